@@ -1,0 +1,338 @@
+// Process basics for the real-component harness: free ports, temporary directories, servers that
+// are started, probed until ready, stopped, and never outlive the test process.
+import { spawn, type ChildProcess } from 'node:child_process';
+import { createWriteStream, mkdtempSync, rmSync, type WriteStream } from 'node:fs';
+import { mkdtemp } from 'node:fs/promises';
+import http from 'node:http';
+import net from 'node:net';
+import os from 'node:os';
+import path from 'node:path';
+
+// ---------------------------------------------------------------------------------------------
+// Cleanup at exit: every child is SIGKILLed (with its process group) and every temp dir removed.
+
+const liveGroups = new Set<number>();
+const tempDirs = new Set<string>();
+let hooksInstalled = false;
+
+function killGroup(pid: number, signal: NodeJS.Signals): void {
+  try {
+    process.kill(-pid, signal);
+  } catch {
+    try {
+      process.kill(pid, signal);
+    } catch {
+      // already gone
+    }
+  }
+}
+
+function cleanupSync(): void {
+  for (const pid of liveGroups) killGroup(pid, 'SIGKILL');
+  liveGroups.clear();
+  for (const dir of tempDirs) {
+    try {
+      rmSync(dir, { recursive: true, force: true, maxRetries: 3 });
+    } catch {
+      // a mount or a busy file must not hide the test's own result
+    }
+  }
+  tempDirs.clear();
+}
+
+function installExitHooks(): void {
+  if (hooksInstalled) return;
+  hooksInstalled = true;
+  process.once('exit', cleanupSync);
+  for (const [signal, code] of [['SIGINT', 130], ['SIGTERM', 143], ['SIGHUP', 129]] as const) {
+    process.once(signal, () => {
+      cleanupSync();
+      process.exit(code);
+    });
+  }
+}
+
+/**
+ * Stops every server this process started and removes every temp dir made by makeTempDir.
+ * Runs by itself at exit; call it from an `after()` hook to reclaim disk between test files.
+ */
+export async function cleanupAll(): Promise<void> {
+  cleanupSync();
+}
+
+// ---------------------------------------------------------------------------------------------
+
+/** A TCP port on 127.0.0.1 that was free a moment ago (the kernel picked it). */
+export async function freePort(): Promise<number> {
+  return new Promise((resolve, reject) => {
+    const server = net.createServer();
+    server.unref();
+    server.on('error', reject);
+    server.listen(0, '127.0.0.1', () => {
+      const address = server.address();
+      const port = typeof address === 'object' && address ? address.port : 0;
+      server.close(() => (port ? resolve(port) : reject(new Error('freePort: no port assigned'))));
+    });
+  });
+}
+
+/** A fresh directory under os.tmpdir(); removed when the test process exits (or by cleanupAll). */
+export async function makeTempDir(prefix: string): Promise<string> {
+  installExitHooks();
+  const dir = await mkdtemp(path.join(os.tmpdir(), `regmirror-${prefix.replace(/[^A-Za-z0-9_.-]/g, '-')}-`));
+  tempDirs.add(dir);
+  return dir;
+}
+
+/** Synchronous twin of makeTempDir for places that cannot await. */
+export function makeTempDirSync(prefix: string): string {
+  installExitHooks();
+  const dir = mkdtempSync(path.join(os.tmpdir(), `regmirror-${prefix.replace(/[^A-Za-z0-9_.-]/g, '-')}-`));
+  tempDirs.add(dir);
+  return dir;
+}
+
+export function sleep(ms: number): Promise<void> {
+  return new Promise((resolve) => setTimeout(resolve, ms));
+}
+
+/** Polls `condition` until it returns true; throws after timeoutMs naming `what`. */
+export async function waitFor(
+  condition: () => Promise<boolean> | boolean,
+  opts: { timeoutMs?: number; intervalMs?: number; what?: string } = {},
+): Promise<void> {
+  const timeoutMs = opts.timeoutMs ?? 10_000;
+  const intervalMs = opts.intervalMs ?? 50;
+  const deadline = Date.now() + timeoutMs;
+  for (;;) {
+    let ok = false;
+    try {
+      ok = await condition();
+    } catch {
+      ok = false;
+    }
+    if (ok) return;
+    if (Date.now() >= deadline) throw new Error(`timed out after ${timeoutMs}ms waiting for ${opts.what ?? 'condition'}`);
+    await sleep(intervalMs);
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// One-shot commands (skopeo, ctr, docker): bounded in time, output collected.
+
+export interface CommandResult {
+  stdout: string;
+  stderr: string;
+  code: number;
+}
+
+export async function runCommand(
+  cmd: string,
+  args: string[],
+  opts: { env?: NodeJS.ProcessEnv; cwd?: string; timeoutMs?: number; input?: string } = {},
+): Promise<CommandResult> {
+  installExitHooks();
+  const timeoutMs = opts.timeoutMs ?? 120_000;
+  return new Promise((resolve, reject) => {
+    const child = spawn(cmd, args, { env: opts.env ?? process.env, cwd: opts.cwd, stdio: ['pipe', 'pipe', 'pipe'] });
+    const out: Buffer[] = [];
+    const err: Buffer[] = [];
+    child.stdout.on('data', (b: Buffer) => out.push(b));
+    child.stderr.on('data', (b: Buffer) => err.push(b));
+    const timer = setTimeout(() => {
+      child.kill('SIGKILL');
+      reject(new Error(`${cmd} ${args.join(' ')}: timed out after ${timeoutMs}ms\n${Buffer.concat(err).toString()}`));
+    }, timeoutMs);
+    child.on('error', (error) => {
+      clearTimeout(timer);
+      reject(error);
+    });
+    child.on('close', (code, signal) => {
+      clearTimeout(timer);
+      resolve({ stdout: Buffer.concat(out).toString(), stderr: Buffer.concat(err).toString(), code: code ?? (signal ? 128 : 1) });
+    });
+    child.stdin.end(opts.input ?? '');
+  });
+}
+
+// ---------------------------------------------------------------------------------------------
+// Minimal HTTP client for probes: no keep-alive (nothing left open to hold the test process).
+
+export interface HttpResponse {
+  status: number;
+  headers: http.IncomingHttpHeaders;
+  body: Buffer;
+}
+
+export async function httpRequest(
+  url: string,
+  opts: { method?: string; headers?: Record<string, string>; body?: string | Buffer; socketPath?: string; timeoutMs?: number } = {},
+): Promise<HttpResponse> {
+  const target = new URL(url);
+  return new Promise((resolve, reject) => {
+    const req = http.request(
+      {
+        host: target.hostname,
+        port: target.port || 80,
+        path: target.pathname + target.search,
+        method: opts.method ?? 'GET',
+        headers: opts.headers,
+        socketPath: opts.socketPath,
+        agent: false,
+        timeout: opts.timeoutMs ?? 5_000,
+      },
+      (res) => {
+        const chunks: Buffer[] = [];
+        res.on('data', (b: Buffer) => chunks.push(b));
+        res.on('end', () => resolve({ status: res.statusCode ?? 0, headers: res.headers, body: Buffer.concat(chunks) }));
+        res.on('error', reject);
+      },
+    );
+    req.on('timeout', () => req.destroy(new Error(`${opts.method ?? 'GET'} ${url}: timed out`)));
+    req.on('error', reject);
+    req.end(opts.body);
+  });
+}
+
+// ---------------------------------------------------------------------------------------------
+// Long-running servers.
+
+export interface ServerProcess {
+  pid: number;
+  /** Sends `signal` (SIGTERM by default), waits for exit (SIGKILL after 10 s), then kills what is left of its process group. */
+  stop(signal?: NodeJS.Signals): Promise<void>;
+  /** SIGKILL to the whole process group, as a crash or OOM kill would. */
+  kill9(): Promise<void>;
+  /** Sends a signal without waiting (SIGHUP to reload dockerd, for example). */
+  signal(signal: NodeJS.Signals): void;
+  /** stdout and stderr interleaved as they arrived (the last 8 MiB). */
+  output(): string;
+  /** Exit code or signal once the process has exited; undefined while it runs. */
+  exitStatus(): { code: number | null; signal: NodeJS.Signals | null } | undefined;
+}
+
+const OUTPUT_CAP = 8 * 1024 * 1024;
+const STOP_GRACE_MS = 10_000;
+
+export async function spawnServer(
+  cmd: string,
+  args: string[],
+  opts: { ready: () => Promise<boolean>; env?: NodeJS.ProcessEnv; cwd?: string; timeoutMs?: number; logFile?: string },
+): Promise<ServerProcess> {
+  installExitHooks();
+  // setpriv --pdeathsig: the kernel kills the server if this process dies without running its exit
+  // hooks (SIGKILL, OOM); detached puts it in its own process group so its children go with it.
+  const child: ChildProcess = spawn('setpriv', ['--pdeathsig', 'SIGKILL', '--', cmd, ...args], {
+    env: opts.env ?? process.env,
+    cwd: opts.cwd,
+    detached: true,
+    stdio: ['ignore', 'pipe', 'pipe'],
+  });
+  const pid = child.pid;
+  if (pid === undefined) {
+    const error = await new Promise<Error>((resolve) => child.once('error', resolve));
+    throw new Error(`spawnServer ${cmd}: ${error.message}`);
+  }
+  liveGroups.add(pid);
+  // Unreferenced: a test that forgets stop() still exits, and the exit hook kills the server.
+  child.unref();
+
+  let chunks: Buffer[] = [];
+  let bytes = 0;
+  let log: WriteStream | undefined;
+  if (opts.logFile) log = createWriteStream(opts.logFile, { flags: 'a' });
+  const collect = (b: Buffer): void => {
+    chunks.push(b);
+    bytes += b.length;
+    if (bytes > OUTPUT_CAP * 2) {
+      const all = Buffer.concat(chunks).subarray(-OUTPUT_CAP);
+      chunks = [all];
+      bytes = all.length;
+    }
+    log?.write(b);
+  };
+  for (const stream of [child.stdout, child.stderr]) {
+    stream?.on('data', collect);
+    (stream as net.Socket | null)?.unref();
+  }
+
+  let status: { code: number | null; signal: NodeJS.Signals | null } | undefined;
+  const exited = new Promise<void>((resolve) => {
+    child.once('exit', (code, signal) => {
+      status = { code, signal };
+      liveGroups.delete(pid);
+      // leftovers in the group (dockerd's containerd, for example) go with the leader
+      killGroup(pid, 'SIGKILL');
+      resolve();
+    });
+  });
+
+  const output = (): string => Buffer.concat(chunks).toString();
+
+  const waitExit = async (ms: number): Promise<boolean> => {
+    if (status) return true;
+    let timer: NodeJS.Timeout | undefined;
+    const timedOut = new Promise<false>((resolve) => (timer = setTimeout(() => resolve(false), ms)));
+    const result = await Promise.race([exited.then(() => true as const), timedOut]);
+    clearTimeout(timer);
+    return result;
+  };
+
+  const closeLog = async (): Promise<void> => {
+    // let the pipes drain into the log before closing it
+    await new Promise<void>((resolve) => setImmediate(resolve));
+    if (log) await new Promise<void>((resolve) => log!.end(resolve));
+    log = undefined;
+  };
+
+  const server: ServerProcess = {
+    pid,
+    async stop(signal: NodeJS.Signals = 'SIGTERM') {
+      if (!status) {
+        try {
+          process.kill(pid, signal);
+        } catch {
+          // exited between the check and the kill
+        }
+        if (!(await waitExit(STOP_GRACE_MS))) {
+          killGroup(pid, 'SIGKILL');
+          await waitExit(STOP_GRACE_MS);
+        }
+      }
+      await closeLog();
+    },
+    async kill9() {
+      if (!status) {
+        killGroup(pid, 'SIGKILL');
+        await waitExit(STOP_GRACE_MS);
+      }
+      await closeLog();
+    },
+    signal(signal: NodeJS.Signals) {
+      if (!status) process.kill(pid, signal);
+    },
+    output,
+    exitStatus: () => status,
+  };
+
+  const timeoutMs = opts.timeoutMs ?? 20_000;
+  const deadline = Date.now() + timeoutMs;
+  for (;;) {
+    if (status) {
+      await closeLog();
+      throw new Error(`${cmd} exited (${status.code ?? status.signal}) before it was ready:\n${output().slice(-4000)}`);
+    }
+    let ok = false;
+    try {
+      ok = await opts.ready();
+    } catch {
+      ok = false;
+    }
+    if (ok) return server;
+    if (Date.now() >= deadline) {
+      await server.kill9();
+      throw new Error(`${cmd} was not ready after ${timeoutMs}ms:\n${output().slice(-4000)}`);
+    }
+    await sleep(50);
+  }
+}
