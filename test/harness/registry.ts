@@ -1,0 +1,149 @@
+// CNCF distribution 2.8 (Debian's docker-registry) as an upstream registry, or with `proxy:` as the
+// anchor pull-through cache that users run today. Requests are read back from its access log.
+import { writeFile } from 'node:fs/promises';
+import path from 'node:path';
+import { freePort, httpRequest, makeTempDir, spawnServer, waitFor, type ServerProcess } from './process.ts';
+import type { TokenServer } from './token-server.ts';
+
+export interface RegistryRequest {
+  method: string;
+  /** Request path without the query string. */
+  path: string;
+  /** The raw query string without '?', or ''. */
+  query: string;
+  status: number;
+  bytes: number;
+  userAgent: string;
+}
+
+export interface RequestFilter {
+  method?: string;
+  path?: RegExp;
+  status?: number;
+}
+
+export interface RegistryServer {
+  /** http://127.0.0.1:PORT */
+  url: string;
+  /** 127.0.0.1:PORT, the registry part of an image reference. */
+  host: string;
+  port: number;
+  /** Temp dir holding config.yml, storage/ and registry.log. */
+  dir: string;
+  storageDir: string;
+  configFile: string;
+  /** `${host}/${name}:${tag}` */
+  ref(name: string, tagOrDigest: string): string;
+  stop(): Promise<void>;
+  /** Starts again after stop(), on the same port and storage. */
+  start(): Promise<void>;
+  /** SIGKILL, as a crash would; start() brings it back. */
+  kill9(): Promise<void>;
+  /** Every request served since the first start, oldest first (all outputs across restarts). */
+  requests(): Promise<RegistryRequest[]>;
+  countRequests(filter: RequestFilter): Promise<number>;
+  output(): string;
+}
+
+export interface StartRegistryOptions {
+  tokenAuth?: TokenServer;
+  /** Pull-through cache of another registry. distribution panics at start when remoteurl is down, so start that first. */
+  proxy?: { remoteurl: string; username?: string; password?: string };
+  port?: number;
+  /** Storage directory to use instead of a fresh one (a second registry on the same bytes). */
+  storageDir?: string;
+}
+
+// gorilla's CombinedLoggingHandler, which distribution wraps around everything, writes to stdout:
+// 127.0.0.1 - - [28/Nov/2026:00:13:05 +0000] "GET /v2/ HTTP/1.1" 401 87 "" "skopeo/1.9.3"
+const ACCESS_LINE = /^\S+ \S+ \S+ \[[^\]]+\] "([A-Z]+) (\S+) HTTP\/[\d.]+" (\d{3}) (\d+|-) "[^"]*" "([^"]*)"/;
+const SYNC_PATH = '/harness-sync/';
+
+export async function startRegistry(opts: StartRegistryOptions = {}): Promise<RegistryServer> {
+  const dir = await makeTempDir('registry');
+  const port = opts.port ?? (await freePort());
+  const storageDir = opts.storageDir ?? path.join(dir, 'storage');
+  const configFile = path.join(dir, 'config.yml');
+  const url = `http://127.0.0.1:${port}`;
+  const config: Record<string, unknown> = {
+    version: 0.1,
+    log: { level: 'info', formatter: 'text', accesslog: { disabled: false } },
+    storage: {
+      filesystem: { rootdirectory: storageDir },
+      delete: { enabled: true },
+      // no background upload purging: nothing happens in a test that the test did not ask for
+      maintenance: { uploadpurging: { enabled: false } },
+    },
+    // a fixed secret: upload state stays valid across restart()
+    http: { addr: `127.0.0.1:${port}`, secret: 'regmirror-test-harness' },
+  };
+  if (opts.tokenAuth) {
+    const t = opts.tokenAuth;
+    config.auth = { token: { realm: t.realm, service: t.service, issuer: t.issuer, rootcertbundle: t.certFile } };
+  }
+  if (opts.proxy) config.proxy = opts.proxy;
+  // JSON is YAML, and distribution's yaml.v2 reads it
+  await writeFile(configFile, JSON.stringify(config, null, 2));
+
+  let earlierOutput = '';
+  let server: ServerProcess | undefined;
+  let syncCount = 0;
+
+  const start = async (): Promise<void> => {
+    if (server && !server.exitStatus()) return;
+    if (server) earlierOutput += server.output();
+    server = await spawnServer('docker-registry', ['serve', configFile], {
+      logFile: path.join(dir, 'registry.log'),
+      ready: async () => [200, 401].includes((await httpRequest(`${url}/v2/`)).status),
+    });
+  };
+
+  const allOutput = (): string => earlierOutput + (server?.output() ?? '');
+
+  const parse = (): RegistryRequest[] => {
+    const out: RegistryRequest[] = [];
+    for (const line of allOutput().split('\n')) {
+      const m = ACCESS_LINE.exec(line);
+      if (!m) continue;
+      const [pathname = '', query = ''] = m[2]!.split('?', 2);
+      if (pathname.startsWith(SYNC_PATH)) continue;
+      out.push({ method: m[1]!, path: pathname, query, status: Number(m[3]), bytes: m[4] === '-' ? 0 : Number(m[4]), userAgent: m[5]! });
+    }
+    return out;
+  };
+
+  const requests = async (): Promise<RegistryRequest[]> => {
+    // The access line is written after the response is sent, so a client can finish before its
+    // line exists. A marker request, logged after everything before it, flushes that race.
+    if (server && !server.exitStatus()) {
+      const marker = `${SYNC_PATH}${++syncCount}`;
+      await httpRequest(`${url}${marker}`).catch(() => undefined);
+      await waitFor(() => allOutput().includes(` ${marker} `), { timeoutMs: 5_000, intervalMs: 10, what: 'registry access log' }).catch(() => undefined);
+    }
+    return parse();
+  };
+
+  await start();
+
+  return {
+    url,
+    host: `127.0.0.1:${port}`,
+    port,
+    dir,
+    storageDir,
+    configFile,
+    ref: (name, tagOrDigest) => `127.0.0.1:${port}/${name}${tagOrDigest.includes(':') ? '@' : ':'}${tagOrDigest}`,
+    stop: async () => server?.stop(),
+    start,
+    kill9: async () => server?.kill9(),
+    requests,
+    countRequests: async (filter) =>
+      (await requests()).filter(
+        (r) =>
+          (filter.method === undefined || r.method === filter.method) &&
+          (filter.path === undefined || filter.path.test(r.path)) &&
+          (filter.status === undefined || r.status === filter.status),
+      ).length,
+    output: allOutput,
+  };
+}
