@@ -1,0 +1,189 @@
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { parse } from 'yaml';
+import { ConfigMap, PersistentVolumeClaim, Secret, Service } from 'kubernetes-models/v1';
+import { DaemonSet, Deployment } from 'kubernetes-models/apps/v1';
+import { Value } from '@sinclair/typebox/value';
+import { MirrorConfigFileSchema, resolveConfig } from '../../mirror/config.ts';
+import { desiredConfigMap, CONFIG_KEY } from './config-map.ts';
+import { desiredSecret } from './secret.ts';
+import { desiredPersistentVolumeClaim } from './persistent-volume-claim.ts';
+import { desiredDeployment } from './deployment.ts';
+import { desiredService } from './service.ts';
+import { desiredDaemonSet } from './daemon-set.ts';
+import { CHECKSUM_ANNOTATION, PATHS } from './inputs.ts';
+import { inputsFixture } from '../test-fixtures.ts';
+
+const credentialed = {
+  upstreams: [{ registry: 'docker.io', credentialsSecretRef: { name: 'hub-credentials' }, tagTTL: '1m' }, { registry: 'ghcr.io' }],
+  auth: { htpasswdSecretRef: { name: 'mirror-users' }, allowAnonymousWithCredentials: false },
+};
+const credentials = new Map([['docker.io', { username: 'alice', password: 's3cret-pass' }]]);
+const nodeCredentials = { username: 'regmirror-node', password: 'node-pass-123', htpasswdLine: 'regmirror-node:$2b$10$abcdefghijklmnopqrstuv' };
+
+/** Validates against the Kubernetes OpenAPI schema (kubernetes-models) and returns the typed object. */
+function valid<M extends { validate(): void }>(Model: new (data: never) => M, data: object): M {
+  const model = new Model(data as never);
+  model.validate();
+  return model;
+}
+
+function assertOwned(object: { metadata?: { ownerReferences?: unknown[]; namespace?: string } }) {
+  assert.equal(object.metadata?.namespace, 'registry-cache');
+  assert.deepEqual(object.metadata?.ownerReferences, [{
+    apiVersion: 'regmirror.dev/v1alpha1', kind: 'RegistryMirror', name: 'hub',
+    uid: '6c1f3a52-0d4e-4a8e-9a55-1b2c3d4e5f60', controller: true, blockOwnerDeletion: true,
+  }]);
+}
+
+test('the ConfigMap holds a mirror config file that the mirror itself accepts', () => {
+  const inputs = inputsFixture({ upstreamCredentials: credentials, htpasswd: 'bob:$2y$05$x\n', nodeCredentials }, {
+    ...credentialed, storage: { size: '50Gi', maxSize: '45Gi', ttl: '168h', accessMode: 'ReadWriteOnce' }, prefetch: ['docker.io/library/nginx:1.27'],
+  });
+  const configMap = valid(ConfigMap, desiredConfigMap(inputs));
+  assertOwned(configMap);
+  const text = configMap.data![CONFIG_KEY]!;
+  const config = parse(text);
+  assert.equal(config.listen, ':5000');
+  assert.deepEqual(config.storage, { path: PATHS.storage, maxSize: '45Gi', ttl: '168h' });
+  assert.deepEqual(config.upstreams[0], {
+    registry: 'docker.io', url: 'https://registry-1.docker.io', tagTTL: '1m',
+    credentials: { username: 'alice', passwordFile: `${PATHS.secretsDir}/upstream-0-password` },
+  });
+  assert.deepEqual(config.upstreams[1], { registry: 'ghcr.io', url: 'https://ghcr.io' });
+  assert.equal(config.default, 'docker.io');
+  assert.deepEqual(config.auth, { htpasswd: `${PATHS.secretsDir}/htpasswd` });
+  assert.deepEqual(config.prefetch, ['docker.io/library/nginx:1.27']);
+  assert.ok(!text.includes('s3cret-pass') && !text.includes('node-pass-123'), 'no password in the ConfigMap');
+  // The mirror's own schema takes the file (its password files exist only in the pod).
+  assert.deepEqual([...Value.Errors(MirrorConfigFileSchema, config)], []);
+  const plain = parse(desiredConfigMap(inputsFixture()).data[CONFIG_KEY]);
+  assert.equal(resolveConfig(plain, 'configmap').upstreams.length, 2);
+});
+
+test('the Secret normalises upstream credentials and adds the nodes\' htpasswd entry', () => {
+  const inputs = inputsFixture({ upstreamCredentials: credentials, htpasswd: 'bob:$2y$05$x\n\n', nodeCredentials }, credentialed);
+  const secret = valid(Secret, desiredSecret(inputs));
+  assertOwned(secret);
+  const data = Object.fromEntries(Object.entries(secret.data!).map(([k, v]) => [k, Buffer.from(v, 'base64').toString()]));
+  assert.deepEqual(data, {
+    'upstream-0-username': 'alice',
+    'upstream-0-password': 's3cret-pass',
+    'node-username': 'regmirror-node',
+    'node-password': 'node-pass-123',
+    htpasswd: 'bob:$2y$05$x\nregmirror-node:$2b$10$abcdefghijklmnopqrstuv\n',
+  });
+  assert.equal(secret.type, 'Opaque');
+});
+
+test('without credentials or auth the Secret is empty', () => {
+  const secret = valid(Secret, desiredSecret(inputsFixture()));
+  assert.deepEqual(secret.data, {});
+});
+
+test('the PersistentVolumeClaim asks for the spec\'s size, class and access mode', () => {
+  const pvc = valid(PersistentVolumeClaim, desiredPersistentVolumeClaim(inputsFixture({}, {
+    storage: { size: '50Gi', storageClassName: 'standard', accessMode: 'ReadWriteOnce' },
+  })));
+  assertOwned(pvc);
+  assert.equal(pvc.metadata?.name, 'regmirror-hub');
+  assert.deepEqual(pvc.spec?.accessModes, ['ReadWriteOnce']);
+  assert.equal(pvc.spec?.resources?.requests?.storage, '50Gi');
+  assert.equal(pvc.spec?.storageClassName, 'standard');
+  const defaulted = desiredPersistentVolumeClaim(inputsFixture());
+  assert.equal(defaulted.spec.resources && (defaulted.spec.resources as { requests: { storage: string } }).requests.storage, '10Gi');
+  assert.ok(!('storageClassName' in defaulted.spec), 'no class: the cluster default applies');
+});
+
+test('the Deployment runs the mirror non-root on a read-only root with probes, resources and mounts', () => {
+  const deployment = valid(Deployment, desiredDeployment(inputsFixture({ upstreamCredentials: credentials, nodeCredentials, htpasswd: '' }, credentialed)));
+  assertOwned(deployment);
+  const pod = deployment.spec!.template.spec!;
+  const container = pod.containers[0]!;
+  assert.deepEqual([...container.command!, ...container.args!], ['regmirror', 'mirror', '--config', '/etc/regmirror/config.yaml']);
+  assert.equal(container.image, 'ghcr.io/regmirror/regmirror:0.1.0');
+  assert.equal(container.readinessProbe?.httpGet?.path, '/readyz');
+  assert.equal(container.livenessProbe?.httpGet?.path, '/healthz');
+  assert.equal(container.readinessProbe?.httpGet?.port, 'registry');
+  assert.equal(container.ports?.[0]?.containerPort, 5000);
+  assert.equal(pod.securityContext?.runAsNonRoot, true);
+  assert.equal(container.securityContext?.readOnlyRootFilesystem, true);
+  assert.equal(container.securityContext?.allowPrivilegeEscalation, false);
+  assert.deepEqual(container.securityContext?.capabilities?.drop, ['ALL']);
+  assert.equal(container.resources?.requests?.memory, '128Mi');
+  assert.equal(container.resources?.limits?.memory, '1Gi');
+  assert.deepEqual(container.volumeMounts?.map((m) => m.mountPath).sort(), ['/etc/regmirror', '/run/secrets/regmirror', '/tmp', '/var/lib/regmirror']);
+  assert.equal(deployment.spec?.strategy?.type, 'Recreate');
+  assert.equal(pod.automountServiceAccountToken, false);
+  assert.deepEqual(deployment.spec?.selector.matchLabels, {
+    'app.kubernetes.io/name': 'regmirror', 'app.kubernetes.io/instance': 'hub', 'app.kubernetes.io/component': 'mirror',
+  });
+  for (const [k, v] of Object.entries(deployment.spec!.selector.matchLabels!)) assert.equal(deployment.spec!.template.metadata?.labels?.[k], v);
+});
+
+test('the Deployment\'s checksum changes with the config, the credentials and the certificate, and only then', () => {
+  const checksum = (inputs: ReturnType<typeof inputsFixture>) =>
+    desiredDeployment(inputs).spec.template.metadata.annotations[CHECKSUM_ANNOTATION];
+  const base = checksum(inputsFixture({ upstreamCredentials: credentials }, credentialed));
+  assert.equal(checksum(inputsFixture({ upstreamCredentials: credentials }, credentialed)), base, 'stable for the same inputs');
+  assert.notEqual(checksum(inputsFixture({ upstreamCredentials: new Map([['docker.io', { username: 'alice', password: 'rotated' }]]) }, credentialed)), base);
+  assert.notEqual(checksum(inputsFixture({ upstreamCredentials: credentials }, { ...credentialed, storage: { size: '10Gi', ttl: '1h', accessMode: 'ReadWriteOnce' } })), base);
+  assert.notEqual(checksum(inputsFixture({ upstreamCredentials: credentials, tlsDigest: 'abc' }, credentialed)), base);
+});
+
+test('with TLS the mirror serves HTTPS: certificate mounted, probes and endpoint use https', () => {
+  const inputs = inputsFixture({}, { tls: { secretName: 'mirror-tls' } });
+  const deployment = valid(Deployment, desiredDeployment(inputs));
+  const container = deployment.spec!.template.spec!.containers[0]!;
+  assert.equal(container.readinessProbe?.httpGet?.scheme, 'HTTPS');
+  assert.ok(container.volumeMounts?.some((m) => m.mountPath === PATHS.tlsDir));
+  const config = parse(desiredConfigMap(inputs).data[CONFIG_KEY]);
+  assert.deepEqual(config.tls, { cert: `${PATHS.tlsDir}/tls.crt`, key: `${PATHS.tlsDir}/tls.key` });
+  const daemonSet = desiredDaemonSet(inputs);
+  assert.ok(daemonSet.spec.template.spec.containers[0]!.args.includes('https://10.96.0.42:5000'));
+});
+
+test('the Service exposes port 5000 on a ClusterIP for the mirror pods', () => {
+  const service = valid(Service, desiredService(inputsFixture()));
+  assertOwned(service);
+  assert.equal(service.spec?.type, 'ClusterIP');
+  assert.deepEqual(service.spec?.ports, [{ name: 'http', port: 5000, targetPort: 'registry', protocol: 'TCP' }]);
+  assert.equal(service.spec?.selector?.['app.kubernetes.io/component'], 'mirror');
+});
+
+test('the DaemonSet runs the node agent with the contract\'s flags and the runtimes\' host directories', () => {
+  const daemonSet = valid(DaemonSet, desiredDaemonSet(inputsFixture({}, {
+    nodeConfig: { enabled: true, runtimes: ['containerd', 'docker', 'crio'], nodeSelector: { 'kubernetes.io/os': 'linux' }, tolerations: [{ operator: 'Exists' }] },
+  })));
+  assertOwned(daemonSet);
+  const pod = daemonSet.spec!.template.spec!;
+  const container = pod.containers[0]!;
+  assert.deepEqual([...container.command!, ...container.args!], [
+    'regmirror', 'node-agent', '--mirror', 'http://10.96.0.42:5000', '--registries', 'docker.io,ghcr.io', '--mode', 'apply',
+    '--containerd-hosts-dir', '/host/etc/containerd/certs.d',
+    '--docker-daemon-json', '/host/etc/docker/daemon.json',
+    '--crio-dir', '/host/etc/containers/registries.conf.d',
+  ]);
+  assert.deepEqual(pod.volumes?.map((v) => v.hostPath?.path), ['/etc/containerd/certs.d', '/etc/docker', '/etc/containers/registries.conf.d']);
+  assert.equal(pod.hostPID, true, 'docker needs SIGHUP from the host PID namespace');
+  assert.deepEqual(pod.nodeSelector, { 'kubernetes.io/os': 'linux' });
+  assert.deepEqual(pod.tolerations, [{ operator: 'Exists' }]);
+  assert.equal(container.securityContext?.readOnlyRootFilesystem, true);
+});
+
+test('switching the node agent to remove mode changes its pod template so every node rolls', () => {
+  const apply = desiredDaemonSet(inputsFixture());
+  const remove = desiredDaemonSet(inputsFixture({ nodeAgentMode: 'remove' }));
+  const args = remove.spec.template.spec.containers[0]!.args;
+  assert.equal(args[args.indexOf('--mode') + 1], 'remove');
+  assert.notDeepEqual(apply.spec.template, remove.spec.template);
+  assert.equal(apply.spec.template.spec.hostPID, false, 'containerd alone needs no host PID namespace');
+  assert.deepEqual(apply.spec.template.spec.volumes.map((v) => v.name), ['containerd']);
+});
+
+test('with auth on, the node agent gets the nodes\' pull credentials from the owned Secret', () => {
+  const daemonSet = valid(DaemonSet, desiredDaemonSet(inputsFixture({ nodeCredentials }, credentialed)));
+  const env = daemonSet.spec!.template.spec!.containers[0]!.env!;
+  assert.deepEqual(env.find((e) => e.name === 'REGMIRROR_MIRROR_PASSWORD')?.valueFrom?.secretKeyRef, { name: 'regmirror-hub', key: 'node-password' });
+  assert.ok(!JSON.stringify(daemonSet).includes('node-pass-123'), 'the password itself is not in the DaemonSet');
+});

@@ -1,0 +1,50 @@
+// The mirror's configuration file (DESIGN.md's mirror contract) in a ConfigMap. Credentials are
+// referenced by file path into the owned Secret's mount, never written here.
+import { stringify } from 'yaml';
+import type { RegistryMirror } from '../api/registry-mirror.ts';
+import {
+  MIRROR_PORT, PATHS, defaultRegistry, metadata, names, upstreamSecretKeys, upstreamUrl, type DesiredInputs,
+} from './inputs.ts';
+
+export const CONFIG_KEY = 'config.yaml';
+
+/** The mirror config file as data (the same shape mirror/config.ts reads). */
+export function mirrorConfig(inputs: DesiredInputs): Record<string, unknown> {
+  const { spec } = inputs.mirror;
+  const storage: Record<string, unknown> = { path: PATHS.storage };
+  if (spec.storage.maxSize) storage.maxSize = spec.storage.maxSize;
+  if (spec.storage.ttl) storage.ttl = spec.storage.ttl;
+  const config: Record<string, unknown> = {
+    listen: `:${MIRROR_PORT}`,
+    storage,
+    upstreams: spec.upstreams.map((upstream, index) => {
+      const out: Record<string, unknown> = { registry: upstream.registry, url: upstreamUrl(upstream) };
+      if (upstream.tagTTL) out.tagTTL = upstream.tagTTL;
+      const credentials = inputs.upstreamCredentials.get(upstream.registry);
+      if (upstream.credentialsSecretRef && credentials) {
+        // The mirror contract takes the username inline; it is an account name, not a secret.
+        out.credentials = { username: credentials.username, passwordFile: `${PATHS.secretsDir}/${upstreamSecretKeys(index).password}` };
+      }
+      return out;
+    }),
+    default: defaultRegistry(spec),
+  };
+  const auth: Record<string, unknown> = {};
+  if (spec.auth?.htpasswdSecretRef) auth.htpasswd = `${PATHS.secretsDir}/htpasswd`;
+  if (spec.auth?.allowAnonymousWithCredentials) auth.allowAnonymousWithCredentials = true;
+  if (Object.keys(auth).length > 0) config.auth = auth;
+  if (spec.prefetch?.length) config.prefetch = spec.prefetch;
+  if (spec.tls) config.tls = { cert: `${PATHS.tlsDir}/tls.crt`, key: `${PATHS.tlsDir}/tls.key` };
+  config.log = { level: 'info' };
+  return config;
+}
+
+export function desiredConfigMap(inputs: DesiredInputs) {
+  const mirror: RegistryMirror = inputs.mirror;
+  return {
+    apiVersion: 'v1',
+    kind: 'ConfigMap',
+    metadata: metadata(mirror, names(mirror).configMap, 'mirror'),
+    data: { [CONFIG_KEY]: stringify(mirrorConfig(inputs)) },
+  };
+}

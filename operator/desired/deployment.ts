@@ -1,0 +1,103 @@
+// The mirror's Deployment. The pod template carries a checksum of everything the mirror reads at
+// start (config, credentials, certificate), so changing any of them rolls the pods.
+import { createHash } from 'node:crypto';
+import { desiredConfigMap } from './config-map.ts';
+import { desiredSecret } from './secret.ts';
+import {
+  CHECKSUM_ANNOTATION, MIRROR_PORT, PATHS, labels, metadata, names, selector, type DesiredInputs,
+} from './inputs.ts';
+
+const DEFAULT_RESOURCES = {
+  requests: { cpu: '100m', memory: '128Mi' },
+  limits: { memory: '1Gi' },
+};
+
+/** Non-root user and group the mirror runs as; the volume is group-writable for it (fsGroup). */
+export const MIRROR_UID = 65532;
+
+export function configChecksum(inputs: DesiredInputs): string {
+  const hash = createHash('sha256');
+  hash.update(JSON.stringify(desiredConfigMap(inputs).data));
+  hash.update(JSON.stringify(desiredSecret(inputs).data));
+  hash.update(inputs.tlsDigest ?? '');
+  return hash.digest('hex');
+}
+
+export function desiredDeployment(inputs: DesiredInputs) {
+  const { mirror } = inputs;
+  const { spec } = mirror;
+  const n = names(mirror);
+  const scheme = spec.tls ? 'HTTPS' : 'HTTP';
+  const probe = (path: string, periodSeconds: number, failureThreshold: number) => ({
+    httpGet: { path, port: 'registry', scheme },
+    periodSeconds,
+    timeoutSeconds: 3,
+    failureThreshold,
+  });
+  const volumes: Record<string, unknown>[] = [
+    { name: 'config', configMap: { name: n.configMap } },
+    { name: 'secrets', secret: { secretName: n.secret, defaultMode: 0o440 } },
+    { name: 'storage', persistentVolumeClaim: { claimName: n.pvc } },
+    { name: 'tmp', emptyDir: { sizeLimit: '64Mi' } },
+  ];
+  const volumeMounts: Record<string, unknown>[] = [
+    { name: 'config', mountPath: PATHS.configDir, readOnly: true },
+    { name: 'secrets', mountPath: PATHS.secretsDir, readOnly: true },
+    { name: 'storage', mountPath: PATHS.storage },
+    { name: 'tmp', mountPath: '/tmp' },
+  ];
+  if (spec.tls) {
+    volumes.push({ name: 'tls', secret: { secretName: spec.tls.secretName, defaultMode: 0o440 } });
+    volumeMounts.push({ name: 'tls', mountPath: PATHS.tlsDir, readOnly: true });
+  }
+  return {
+    apiVersion: 'apps/v1',
+    kind: 'Deployment',
+    metadata: metadata(mirror, n.deployment, 'mirror'),
+    spec: {
+      replicas: spec.replicas,
+      selector: { matchLabels: selector(mirror, 'mirror') },
+      // One ReadWriteOnce volume cannot be attached to the old and the new pod on two nodes at once.
+      strategy: spec.storage.accessMode === 'ReadWriteOnce' ? { type: 'Recreate' } : { type: 'RollingUpdate' },
+      template: {
+        metadata: {
+          labels: labels(mirror, 'mirror'),
+          annotations: { [CHECKSUM_ANNOTATION]: configChecksum(inputs) },
+        },
+        spec: {
+          automountServiceAccountToken: false,
+          enableServiceLinks: false,
+          securityContext: {
+            runAsNonRoot: true,
+            runAsUser: MIRROR_UID,
+            runAsGroup: MIRROR_UID,
+            fsGroup: MIRROR_UID,
+            seccompProfile: { type: 'RuntimeDefault' },
+          },
+          containers: [
+            {
+              name: 'mirror',
+              image: inputs.image,
+              command: ['regmirror'],
+              args: ['mirror', '--config', PATHS.configFile],
+              ports: [{ name: 'registry', containerPort: MIRROR_PORT, protocol: 'TCP' }],
+              readinessProbe: probe('/readyz', 5, 3),
+              livenessProbe: { ...probe('/healthz', 10, 6), initialDelaySeconds: 10 },
+              resources: {
+                requests: { ...DEFAULT_RESOURCES.requests, ...spec.resources?.requests },
+                limits: { ...DEFAULT_RESOURCES.limits, ...spec.resources?.limits },
+              },
+              securityContext: {
+                allowPrivilegeEscalation: false,
+                readOnlyRootFilesystem: true,
+                capabilities: { drop: ['ALL'] },
+              },
+              volumeMounts,
+            },
+          ],
+          volumes,
+        },
+      },
+    },
+  };
+}

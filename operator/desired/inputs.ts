@@ -1,0 +1,132 @@
+// What every desired-state builder reads: the RegistryMirror (defaults applied) and the facts the
+// reconciler gathered for it. Builders are pure functions of this; the reconciler does the I/O.
+import { Value } from '@sinclair/typebox/value';
+import {
+  API_VERSION, KIND, RegistryMirrorSpecSchema,
+  type RegistryMirror, type RegistryMirrorSpec, type Upstream,
+} from '../api/registry-mirror.ts';
+import type { Credentials } from '../credentials.ts';
+
+export const MIRROR_PORT = 5000;
+export const FIELD_MANAGER = 'regmirror-operator';
+export const FINALIZER = 'regmirror.dev/node-cleanup';
+export const CHECKSUM_ANNOTATION = 'regmirror.dev/config-checksum';
+
+/** Paths inside the mirror container. */
+export const PATHS = {
+  configDir: '/etc/regmirror',
+  configFile: '/etc/regmirror/config.yaml',
+  secretsDir: '/run/secrets/regmirror',
+  tlsDir: '/run/secrets/regmirror-tls',
+  storage: '/var/lib/regmirror',
+} as const;
+
+/** Where the node agent sees each runtime's host directory. */
+export const HOST_PATHS = {
+  containerd: { host: '/etc/containerd/certs.d', mount: '/host/etc/containerd/certs.d', flag: '--containerd-hosts-dir', value: '/host/etc/containerd/certs.d' },
+  docker: { host: '/etc/docker', mount: '/host/etc/docker', flag: '--docker-daemon-json', value: '/host/etc/docker/daemon.json' },
+  crio: { host: '/etc/containers/registries.conf.d', mount: '/host/etc/containers/registries.conf.d', flag: '--crio-dir', value: '/host/etc/containers/registries.conf.d' },
+} as const;
+
+export type NodeAgentMode = 'apply' | 'remove';
+
+export interface NodeCredentials {
+  username: string;
+  password: string;
+  /** The bcrypt htpasswd line for username/password, kept stable so pods do not roll for nothing. */
+  htpasswdLine: string;
+}
+
+export interface DesiredInputs {
+  mirror: RegistryMirror;
+  /** The mirror image (spec.image, else the operator's --mirror-image). */
+  image: string;
+  /** The node agent image; the same image runs every program. */
+  nodeAgentImage: string;
+  /** Upstream credentials by registry, already normalised from the referenced Secrets. */
+  upstreamCredentials: Map<string, Credentials>;
+  /** Content of the user's htpasswd Secret, when spec.auth.htpasswdSecretRef is set. */
+  htpasswd?: string;
+  nodeCredentials?: NodeCredentials;
+  /** A digest of the TLS Secret's data, so a new certificate rolls the mirror. */
+  tlsDigest?: string;
+  /** The Service's ClusterIP once known; the node agent needs it. */
+  serviceIP?: string;
+  nodeAgentMode: NodeAgentMode;
+}
+
+/** The spec with every schema default filled in, as the API server would have stored it. */
+export function withDefaults(spec: RegistryMirrorSpec): RegistryMirrorSpec {
+  return Value.Default(RegistryMirrorSpecSchema, structuredClone(spec)) as RegistryMirrorSpec;
+}
+
+export function names(mirror: RegistryMirror) {
+  const base = `regmirror-${mirror.metadata.name}`;
+  return {
+    configMap: base,
+    secret: base,
+    pvc: base,
+    deployment: base,
+    service: base,
+    daemonSet: `${base}-node`,
+  };
+}
+
+export function labels(mirror: RegistryMirror, component: 'mirror' | 'node-agent'): Record<string, string> {
+  return {
+    'app.kubernetes.io/name': 'regmirror',
+    'app.kubernetes.io/instance': mirror.metadata.name,
+    'app.kubernetes.io/component': component,
+    'app.kubernetes.io/managed-by': FIELD_MANAGER,
+  };
+}
+
+/** The subset of labels a selector uses; selectors are immutable, so they never grow. */
+export function selector(mirror: RegistryMirror, component: 'mirror' | 'node-agent'): Record<string, string> {
+  return {
+    'app.kubernetes.io/name': 'regmirror',
+    'app.kubernetes.io/instance': mirror.metadata.name,
+    'app.kubernetes.io/component': component,
+  };
+}
+
+export function ownerReference(mirror: RegistryMirror) {
+  return {
+    apiVersion: API_VERSION,
+    kind: KIND,
+    name: mirror.metadata.name,
+    uid: mirror.metadata.uid,
+    controller: true,
+    blockOwnerDeletion: true,
+  };
+}
+
+export function metadata(mirror: RegistryMirror, name: string, component: 'mirror' | 'node-agent') {
+  return {
+    name,
+    namespace: mirror.metadata.namespace,
+    labels: labels(mirror, component),
+    ownerReferences: [ownerReference(mirror)],
+  };
+}
+
+export function upstreamUrl(upstream: Upstream): string {
+  if (upstream.url) return upstream.url;
+  return upstream.registry === 'docker.io' ? 'https://registry-1.docker.io' : `https://${upstream.registry}`;
+}
+
+export function defaultRegistry(spec: RegistryMirrorSpec): string {
+  if (spec.default) return spec.default;
+  return spec.upstreams.some((u) => u.registry === 'docker.io') ? 'docker.io' : spec.upstreams[0]!.registry;
+}
+
+export function endpoint(mirror: RegistryMirror, serviceIP: string): string {
+  const scheme = mirror.spec.tls ? 'https' : 'http';
+  const host = serviceIP.includes(':') ? `[${serviceIP}]` : serviceIP;
+  return `${scheme}://${host}:${MIRROR_PORT}`;
+}
+
+/** Secret keys for one upstream's credentials; registry names may hold ':' which keys may not. */
+export function upstreamSecretKeys(index: number) {
+  return { username: `upstream-${index}-username`, password: `upstream-${index}-password` };
+}
