@@ -1,4 +1,34 @@
-// Placeholder while the node-agent is being built; replaced by the node-agent's own entry point.
-export async function main(_argv: string[]): Promise<void> {
-  throw new Error('regmirror node-agent is not built yet');
+// `regmirror node-agent`: points this node's container runtimes at the mirror (or takes that
+// away), then stays up keeping it so and answering /readyz, unless --once.
+import { createLogger } from '../common/logger.ts';
+import { reconcileOnce, startAgent } from './agent.ts';
+import { parseAgentConfig, usage } from './config.ts';
+
+export async function main(argv: string[]): Promise<void> {
+  if (argv.includes('--help') || argv.includes('-h')) {
+    process.stdout.write(usage());
+    return;
+  }
+  const config = parseAgentConfig(argv, process.env);
+  const log = createLogger('node-agent', config.logLevel);
+
+  if (config.once) {
+    const result = await reconcileOnce(config, log);
+    // Files in place but a runtime that will not use them (containerd without config_path) is a
+    // failure an init container must show.
+    if (!result.ready) process.exitCode = 1;
+    return;
+  }
+
+  const agent = await startAgent(config, log);
+  await new Promise<void>((resolve) => {
+    const shutdown = (signal: NodeJS.Signals): void => {
+      // The configuration stays on the node: a restarted or updated pod must not make pulls slow.
+      // Taking it away is remove mode's job.
+      log.info({ signal }, 'node agent stopping; node configuration left in place');
+      void agent.stop().then(resolve);
+    };
+    process.once('SIGTERM', shutdown);
+    process.once('SIGINT', shutdown);
+  });
 }

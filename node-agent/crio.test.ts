@@ -1,0 +1,29 @@
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { parse as parseToml } from 'smol-toml';
+
+// smol-toml builds null-prototype tables; compare them as plain data
+const parse = (text: string): Record<string, unknown> => JSON.parse(JSON.stringify(parseToml(text)));
+import { CRIO_MARKER, crioDropIn, isManagedCrioDropIn } from './crio.ts';
+
+test('the drop-in names the registry and the mirror, insecure only for plain HTTP', () => {
+  const dropIn = crioDropIn({ registries: ['docker.io'], mirror: 'http://10.96.0.42:5000', defaultRegistry: 'docker.io' });
+  assert.equal(dropIn.text, `${CRIO_MARKER}
+[[registry]]
+prefix = "docker.io"
+location = "docker.io"
+
+[[registry.mirror]]
+location = "10.96.0.42:5000"
+insecure = true
+`);
+  assert.ok(isManagedCrioDropIn(dropIn.text));
+  const tls = parse(crioDropIn({ registries: ['docker.io'], mirror: 'https://mirror.internal', defaultRegistry: 'docker.io' }).text);
+  assert.deepEqual(tls, { registry: [{ prefix: 'docker.io', location: 'docker.io', mirror: [{ location: 'mirror.internal', insecure: false }] }] });
+});
+
+test('registries other than the mirror default are left direct, because containers/image sends no ?ns=', () => {
+  const dropIn = crioDropIn({ registries: ['docker.io', 'ghcr.io'], mirror: 'http://m:5000', defaultRegistry: 'docker.io' });
+  assert.deepEqual(dropIn.skipped, ['ghcr.io']);
+  assert.deepEqual((parse(dropIn.text).registry as { prefix: string }[]).map((r) => r.prefix), ['docker.io']);
+});

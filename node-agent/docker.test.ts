@@ -1,0 +1,97 @@
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import {
+  DaemonJsonError, daemonJsonForReload, daemonJsonPidFile, daemonJsonSocket, mirrorsInDockerInfo, planDockerApply, planDockerRemove,
+} from './docker.ts';
+
+const MIRROR = 'http://10.96.0.42:5000';
+const ORIGINAL = Buffer.from('{\n    "log-driver": "journald",\n    "storage-driver": "overlay2",\n    "registry-mirrors": ["https://corp.example"]\n}\n');
+
+test('apply puts the mirror first in registry-mirrors and keeps every other key and the indentation', () => {
+  const plan = planDockerApply(ORIGINAL, null, MIRROR);
+  assert.equal(plan.text, `{
+    "log-driver": "journald",
+    "storage-driver": "overlay2",
+    "registry-mirrors": [
+        "${MIRROR}",
+        "https://corp.example"
+    ]
+}
+`);
+  assert.deepEqual(plan.state, { mirror: MIRROR, original: ORIGINAL.toString('base64') });
+});
+
+test('apply creates daemon.json when there is none and remembers that there was none', () => {
+  const plan = planDockerApply(null, null, MIRROR);
+  assert.equal(plan.text, `{\n  "registry-mirrors": [\n    "${MIRROR}"\n  ]\n}\n`);
+  assert.equal(plan.state.original, null);
+});
+
+test('apply is idempotent and replaces its previous mirror when the URL changes', () => {
+  const first = planDockerApply(ORIGINAL, null, MIRROR);
+  const again = planDockerApply(Buffer.from(first.text!), first.state, MIRROR);
+  assert.equal(again.text, null);
+  assert.deepEqual(again.state, first.state);
+  const moved = planDockerApply(Buffer.from(first.text!), first.state, 'http://10.96.0.43:5000');
+  assert.deepEqual(JSON.parse(moved.text!)['registry-mirrors'], ['http://10.96.0.43:5000', 'https://corp.example']);
+  assert.equal(moved.state.original, first.state.original, 'the original stays the file before the agent');
+});
+
+test('a daemon.json rewritten by someone else without our entry becomes the new original', () => {
+  const first = planDockerApply(ORIGINAL, null, MIRROR);
+  const rewritten = Buffer.from('{"debug": true}');
+  const plan = planDockerApply(rewritten, first.state, MIRROR);
+  assert.deepEqual(JSON.parse(plan.text!), { debug: true, 'registry-mirrors': [MIRROR] });
+  assert.equal(plan.state.original, rewritten.toString('base64'));
+});
+
+test('remove restores the original bytes exactly when nothing else changed', () => {
+  const applied = planDockerApply(ORIGINAL, null, MIRROR);
+  const plan = planDockerRemove(Buffer.from(applied.text!), applied.state);
+  assert.equal(plan.action, 'write');
+  assert.ok(plan.action === 'write' && plan.bytes.equals(ORIGINAL));
+});
+
+test('remove deletes daemon.json when the agent created it and nothing else was added', () => {
+  const applied = planDockerApply(null, null, MIRROR);
+  assert.deepEqual(planDockerRemove(Buffer.from(applied.text!), applied.state), { action: 'delete' });
+});
+
+test('remove takes only our entry out when other keys changed meanwhile', () => {
+  const applied = planDockerApply(ORIGINAL, null, MIRROR);
+  const edited = JSON.parse(applied.text!);
+  edited.debug = true;
+  const plan = planDockerRemove(Buffer.from(JSON.stringify(edited, null, 4)), applied.state);
+  assert.ok(plan.action === 'write');
+  assert.deepEqual(JSON.parse(plan.bytes.toString()), {
+    'log-driver': 'journald', 'storage-driver': 'overlay2', 'registry-mirrors': ['https://corp.example'], debug: true,
+  });
+});
+
+test('remove leaves the file alone when our entry is already gone or nothing was applied', () => {
+  const applied = planDockerApply(ORIGINAL, null, MIRROR);
+  assert.deepEqual(planDockerRemove(ORIGINAL, applied.state), { action: 'none' });
+  assert.deepEqual(planDockerRemove(ORIGINAL, null), { action: 'none' });
+  assert.deepEqual(planDockerRemove(null, applied.state), { action: 'none' });
+});
+
+test('the reload step keeps the registry-mirrors key so dockerd drops the mirror on SIGHUP', () => {
+  const applied = planDockerApply(Buffer.from('{"debug": false}'), null, MIRROR);
+  assert.deepEqual(JSON.parse(daemonJsonForReload(Buffer.from(applied.text!), MIRROR)), { debug: false, 'registry-mirrors': [] });
+});
+
+test('a daemon.json that is not a JSON object is refused, not overwritten', () => {
+  assert.throws(() => planDockerApply(Buffer.from('{"debug": tru'), null, MIRROR), DaemonJsonError);
+  assert.throws(() => planDockerApply(Buffer.from('[1]'), null, MIRROR), DaemonJsonError);
+  assert.throws(() => planDockerApply(Buffer.from('{"registry-mirrors": "http://x"}'), null, MIRROR), DaemonJsonError);
+  assert.equal(planDockerApply(Buffer.from(''), null, MIRROR).text, `{\n  "registry-mirrors": [\n    "${MIRROR}"\n  ]\n}\n`);
+});
+
+test('pidfile, socket and live mirrors are read from daemon.json and docker info', () => {
+  const json = Buffer.from('{"pidfile": "/tmp/d/dockerd.pid", "hosts": ["tcp://0.0.0.0:2375", "unix:///tmp/d/docker.sock"]}');
+  assert.equal(daemonJsonPidFile(json), '/tmp/d/dockerd.pid');
+  assert.equal(daemonJsonSocket(json), '/tmp/d/docker.sock');
+  assert.equal(daemonJsonPidFile(Buffer.from('{}')), undefined);
+  assert.deepEqual(mirrorsInDockerInfo({ RegistryConfig: { Mirrors: ['http://10.96.0.42:5000/'] } }), [MIRROR]);
+  assert.deepEqual(mirrorsInDockerInfo({}), []);
+});

@@ -1,0 +1,35 @@
+// Finding a runtime daemon to signal. A pid from a pidfile is trusted only when /proc says the
+// process has the expected name: in a pod without hostPID the same number is someone else.
+import { readdir } from 'node:fs/promises';
+import { readTextOrNull } from './node-files.ts';
+
+async function commOf(pid: number, procRoot: string): Promise<string | undefined> {
+  return (await readTextOrNull(`${procRoot}/${pid}/comm`))?.trim();
+}
+
+export type ProcessLookup =
+  | { found: true; pid: number; via: string }
+  | { found: false; reason: string };
+
+export async function findDaemon(comm: string, pidFiles: string[], procRoot = '/proc'): Promise<ProcessLookup> {
+  for (const file of pidFiles) {
+    const text = (await readTextOrNull(file))?.trim();
+    if (!text || !/^\d+$/.test(text)) continue;
+    const pid = Number(text);
+    if ((await commOf(pid, procRoot)) === comm) return { found: true, pid, via: file };
+  }
+  let entries: string[];
+  try {
+    entries = await readdir(procRoot);
+  } catch {
+    return { found: false, reason: `${procRoot} is not readable` };
+  }
+  const matches: number[] = [];
+  for (const entry of entries) {
+    if (!/^\d+$/.test(entry)) continue;
+    if ((await commOf(Number(entry), procRoot)) === comm) matches.push(Number(entry));
+  }
+  if (matches.length === 1) return { found: true, pid: matches[0]!, via: procRoot };
+  if (matches.length > 1) return { found: false, reason: `${matches.length} ${comm} processes and no pidfile (${pidFiles.join(', ')}) names one` };
+  return { found: false, reason: `no ${comm} process visible (pidfile ${pidFiles.join(', ') || 'none'}; the DaemonSet needs hostPID)` };
+}

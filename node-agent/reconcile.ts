@@ -1,0 +1,434 @@
+// One reconcile pass per runtime: read what is on the node, ask the pure writers what should be
+// there, change only what differs. Level-triggered and idempotent: running it twice changes nothing.
+import http from 'node:http';
+import { readdir } from 'node:fs/promises';
+import path from 'node:path';
+import { parse } from 'smol-toml';
+import type { Logger } from '../common/logger.ts';
+import type { AgentConfig, Runtime } from './config.ts';
+import {
+  containerdHostsToml, isManagedHostsToml, planHostsApply, planHostsRemove, readContainerdRegistrySetup, type HostsPlan,
+} from './containerd.ts';
+import { basicAuthorization, readCredentials } from './credentials.ts';
+import { CRIO_DROP_IN, crioDropIn, isManagedCrioDropIn } from './crio.ts';
+import {
+  DaemonJsonError, daemonJsonForReload, daemonJsonPidFile, daemonJsonSocket, mirrorsInDockerInfo, planDockerApply, planDockerRemove, type DockerState,
+} from './docker.ts';
+import {
+  exists, isDirectory, moveFile, readFileOrNull, readTextOrNull, removeDirIfEmpty, removeFile, writeFileAtomic,
+} from './node-files.ts';
+import { findDaemon } from './processes.ts';
+
+export interface RuntimeStatus {
+  runtime: Runtime;
+  /** The runtime's configuration location exists on this node. */
+  present: boolean;
+  /** apply: our configuration is in place and the runtime will use it; remove: it is gone. */
+  done: boolean;
+  /** Files written, restored or removed in this pass. */
+  changed: string[];
+  /** Why `done` is false, in words an operator can act on. */
+  problems: string[];
+  /** Directories whose changes should trigger another pass. */
+  watch: string[];
+}
+
+/** Logs each distinct notice once per process, so a periodic check does not repeat itself. */
+export class Notices {
+  readonly #seen = new Set<string>();
+  readonly #log: Logger;
+  constructor(log: Logger) {
+    this.#log = log;
+  }
+  warn(key: string, msg: string, fields: Record<string, unknown> = {}): void {
+    if (this.#seen.has(key)) return;
+    this.#seen.add(key);
+    this.#log.warn(fields, msg);
+  }
+  info(key: string, msg: string, fields: Record<string, unknown> = {}): void {
+    if (this.#seen.has(key)) return;
+    this.#seen.add(key);
+    this.#log.info(fields, msg);
+  }
+}
+
+export interface ReconcileContext {
+  config: AgentConfig;
+  log: Logger;
+  notices: Notices;
+}
+
+function status(runtime: Runtime, present: boolean): RuntimeStatus {
+  return { runtime, present, done: true, changed: [], problems: [], watch: [] };
+}
+
+function fail(s: RuntimeStatus, problem: string): void {
+  s.done = false;
+  s.problems.push(problem);
+}
+
+// ---------------------------------------------------------------------------------------------
+// containerd
+
+const BACKUP_SUFFIX = '.regmirror-backup';
+
+async function containerdPresent(config: AgentConfig): Promise<boolean> {
+  return (await exists(config.containerdConfig)) || (await isDirectory(config.containerdHostsDir));
+}
+
+/** Does this hosts.toml send containerd to our mirror? (Another RegistryMirror's files are not ours.) */
+function pointsAtMirror(text: string, mirror: string): boolean {
+  try {
+    const host = (parse(text) as { host?: unknown }).host;
+    return host !== null && typeof host === 'object' && Object.hasOwn(host, mirror);
+  } catch {
+    return false;
+  }
+}
+
+async function carryOutHostsPlan(plan: HostsPlan, dir: string, mode: number): Promise<boolean> {
+  const file = path.join(dir, 'hosts.toml');
+  const backup = file + BACKUP_SUFFIX;
+  switch (plan.action) {
+    case 'none':
+      return false;
+    case 'write':
+      // rename keeps the foreign file's bytes, mode and owner exactly for the restore
+      if (plan.backupCurrent) await moveFile(file, backup);
+      await writeFileAtomic(file, plan.text, { mode, keepMode: false });
+      return true;
+    case 'restore':
+      await moveFile(backup, file);
+      return true;
+    case 'delete':
+      await removeFile(file);
+      await removeDirIfEmpty(dir);
+      return true;
+    case 'drop-backup':
+      await removeFile(backup);
+      return true;
+  }
+}
+
+async function registryDirs(hostsDir: string): Promise<string[]> {
+  try {
+    return (await readdir(hostsDir, { withFileTypes: true })).filter((e) => e.isDirectory()).map((e) => e.name);
+  } catch {
+    return [];
+  }
+}
+
+/** Reports whether containerd will read the hosts directory at all. */
+async function checkContainerdConfig(ctx: ReconcileContext, s: RuntimeStatus): Promise<void> {
+  const { config, notices } = ctx;
+  const text = await readTextOrNull(config.containerdConfig);
+  if (text === null) {
+    notices.warn('containerd-no-config', 'containerd config.toml not found: cannot check that config_path is set (containerd 1.x ignores hosts.toml without it)', { file: config.containerdConfig });
+    return;
+  }
+  let setup;
+  try {
+    setup = readContainerdRegistrySetup(text);
+  } catch (error) {
+    fail(s, `containerd config ${config.containerdConfig} is not TOML the agent can read: ${(error as Error).message.split('\n')[0]}`);
+    return;
+  }
+  if (setup.criDisabled) {
+    notices.info('containerd-cri-disabled', "containerd's CRI plugin is disabled (Docker's containerd): kubelet does not pull through it; hosts.toml written anyway", { file: config.containerdConfig });
+    return;
+  }
+  if (setup.configPath === undefined) {
+    fail(s, `containerd config ${config.containerdConfig} does not set config_path under [plugins."io.containerd.grpc.v1.cri".registry], so containerd ignores hosts.toml; set config_path = "/etc/containerd/certs.d" and restart containerd (the agent does not rewrite config.toml)`);
+    return;
+  }
+  if (setup.legacyMirrors) {
+    notices.warn('containerd-legacy-mirrors', 'containerd config.toml sets both registry.mirrors and config_path; containerd refuses to start with both', { file: config.containerdConfig });
+  }
+  const dirs = setup.configPath.split(':');
+  const hostsDir = path.resolve(config.containerdHostsDir);
+  if (!dirs.some((d) => d !== '' && (hostsDir === path.resolve(d) || hostsDir.endsWith(path.resolve(d))))) {
+    notices.warn('containerd-other-config-path', "containerd's config_path does not look like the directory the agent writes; fine only when that is the same directory mounted elsewhere", { configPath: setup.configPath, hostsDir: config.containerdHostsDir });
+  }
+}
+
+export async function reconcileContainerd(ctx: ReconcileContext): Promise<RuntimeStatus> {
+  const { config, log } = ctx;
+  const s = status('containerd', await containerdPresent(config));
+  if (!s.present) return s;
+  const hostsDir = config.containerdHostsDir;
+  s.watch.push(hostsDir);
+  const apply = config.mode === 'apply';
+
+  let authorization: string | undefined;
+  if (apply && config.credentialsFile) authorization = basicAuthorization(await readCredentials(config.credentialsFile));
+  // A file with a credential in it is for root's eyes only.
+  const mode = authorization ? 0o600 : 0o644;
+
+  const wanted = apply ? config.registries : [];
+  for (const registry of wanted) {
+    const dir = path.join(hostsDir, registry);
+    const file = path.join(dir, 'hosts.toml');
+    const desired = containerdHostsToml({ registry, mirror: config.mirror, authorization, dialTimeout: config.dialTimeout });
+    const plan = planHostsApply(await readTextOrNull(file), desired);
+    if (await carryOutHostsPlan(plan, dir, mode)) {
+      s.changed.push(file);
+      log.info({ registry, file, backedUp: plan.action === 'write' && plan.backupCurrent }, 'containerd hosts.toml written');
+    }
+    s.watch.push(dir);
+  }
+  // Everything else that sends containerd to this mirror goes: all of it on removal, and
+  // registries dropped from the list when applying.
+  for (const registry of await registryDirs(hostsDir)) {
+    if (wanted.includes(registry)) continue;
+    const dir = path.join(hostsDir, registry);
+    const file = path.join(dir, 'hosts.toml');
+    const current = await readTextOrNull(file);
+    const hasBackup = await exists(file + BACKUP_SUFFIX);
+    const ours = current !== null && isManagedHostsToml(current) && pointsAtMirror(current, config.mirror);
+    const listed = config.registries.includes(registry);
+    if (!ours && !(listed && (hasBackup || (current !== null && isManagedHostsToml(current))))) continue;
+    const plan = planHostsRemove(current, hasBackup);
+    if (await carryOutHostsPlan(plan, dir, mode)) {
+      s.changed.push(file);
+      log.info({ registry, file, action: plan.action }, 'containerd hosts.toml taken away');
+    }
+  }
+  if (apply) await checkContainerdConfig(ctx, s);
+  return s;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Docker
+
+function dockerStateFile(daemonJson: string): string {
+  return `${daemonJson}.regmirror-state.json`;
+}
+
+async function readDockerState(file: string): Promise<DockerState | null> {
+  const text = await readTextOrNull(file);
+  if (text === null) return null;
+  try {
+    const value = JSON.parse(text) as Partial<DockerState>;
+    if (typeof value.mirror === 'string' && (typeof value.original === 'string' || value.original === null)) {
+      return { mirror: value.mirror, original: value.original };
+    }
+  } catch {
+    // a damaged state file is treated as absent: the current file becomes the original
+  }
+  return null;
+}
+
+function dockerPidFiles(config: AgentConfig, daemonJson: Buffer | null): string[] {
+  const named = daemonJsonPidFile(daemonJson);
+  return named ? [named, config.dockerPidFile] : [config.dockerPidFile];
+}
+
+/** GET /info on dockerd's socket; undefined when the socket does not answer. */
+function dockerInfo(socketPath: string): Promise<unknown> {
+  return new Promise((resolve) => {
+    const req = http.get({ socketPath, path: '/info', agent: false, timeout: 3000 }, (res) => {
+      const chunks: Buffer[] = [];
+      res.on('data', (b: Buffer) => chunks.push(b));
+      res.on('end', () => {
+        try {
+          resolve(res.statusCode === 200 ? JSON.parse(Buffer.concat(chunks).toString()) : undefined);
+        } catch {
+          resolve(undefined);
+        }
+      });
+      res.on('error', () => resolve(undefined));
+    });
+    req.on('timeout', () => req.destroy());
+    req.on('error', () => resolve(undefined));
+  });
+}
+
+const sleep = (ms: number): Promise<void> => new Promise((resolve) => setTimeout(resolve, ms));
+
+/**
+ * SIGHUPs dockerd and waits (bounded) until GET /info shows `expect` (true: mirror listed).
+ * Returns a problem, or undefined when dockerd took the change or cannot be asked.
+ */
+async function reloadDockerd(ctx: ReconcileContext, daemonJson: Buffer | null, mirror: string, expect: boolean): Promise<string | undefined> {
+  const { config, log, notices } = ctx;
+  const lookup = await findDaemon('dockerd', dockerPidFiles(config, daemonJson));
+  if (!lookup.found) {
+    notices.warn(`dockerd-not-found:${lookup.reason}`, 'dockerd not signalled: it reads daemon.json when it starts', { reason: lookup.reason });
+    return undefined;
+  }
+  process.kill(lookup.pid, 'SIGHUP');
+  log.info({ pid: lookup.pid, via: lookup.via }, 'dockerd sent SIGHUP to reload registry-mirrors');
+  const socket = daemonJsonSocket(daemonJson) ?? '/var/run/docker.sock';
+  for (let attempt = 0; attempt < 50; attempt++) {
+    const info = await dockerInfo(socket);
+    if (info === undefined) {
+      notices.warn(`docker-socket:${socket}`, 'dockerd socket does not answer; cannot confirm the reload', { socket });
+      await sleep(1000); // give the reload a moment before anything rewrites the file again
+      return undefined;
+    }
+    if (mirrorsInDockerInfo(info).includes(mirror) === expect) return undefined;
+    await sleep(100);
+  }
+  return `dockerd did not ${expect ? 'take up' : 'drop'} registry mirror ${mirror} after SIGHUP (see dockerd's log: a --registry-mirror flag conflicts with daemon.json)`;
+}
+
+async function dockerPresent(config: AgentConfig): Promise<boolean> {
+  if (await exists(config.dockerDaemonJson)) return true;
+  return (await findDaemon('dockerd', [config.dockerPidFile])).found;
+}
+
+/** Why this node's Docker is left alone (Docker mirrors only Docker Hub, and sends no credentials). */
+function dockerSkipReason(config: AgentConfig): string | undefined {
+  if (!config.registries.includes('docker.io')) return 'docker.io is not among the mirrored registries and Docker mirrors cover Docker Hub only';
+  if (config.defaultRegistry !== 'docker.io') return `the mirror's default registry is ${config.defaultRegistry}, but Docker asks a mirror for Docker Hub content without naming the registry`;
+  if (config.credentialsFile) return 'the mirror requires auth and dockerd cannot send credentials to a registry mirror';
+  return undefined;
+}
+
+export async function reconcileDocker(ctx: ReconcileContext): Promise<RuntimeStatus> {
+  const { config, log, notices } = ctx;
+  const s = status('docker', await dockerPresent(config));
+  if (!s.present) return s;
+  const file = config.dockerDaemonJson;
+  const stateFile = dockerStateFile(file);
+  s.watch.push(path.dirname(file));
+
+  const skip = config.mode === 'apply' ? dockerSkipReason(config) : undefined;
+  if (config.mode === 'apply' && !skip) {
+    for (const registry of config.registries.filter((r) => r !== 'docker.io')) {
+      notices.warn(`docker-hub-only:${registry}`, `Docker's registry-mirrors cover Docker Hub only: ${registry} pulls on Docker nodes go straight to ${registry}`, { registry });
+    }
+    const current = await readFileOrNull(file);
+    let plan;
+    try {
+      plan = planDockerApply(current, await readDockerState(stateFile), config.mirror);
+    } catch (error) {
+      if (!(error instanceof DaemonJsonError)) throw error;
+      fail(s, `${file}: ${error.message}; left untouched`);
+      return s;
+    }
+    if (plan.text !== null) {
+      // State first: if the agent dies between the two writes, the next pass still knows the original.
+      await writeFileAtomic(stateFile, `${JSON.stringify(plan.state)}\n`, { mode: 0o600, keepMode: false });
+      await writeFileAtomic(file, plan.text, { mode: 0o644, keepMode: true });
+      s.changed.push(file);
+      log.info({ file, mirror: config.mirror }, 'docker daemon.json: registry mirror merged');
+      const problem = await reloadDockerd(ctx, Buffer.from(plan.text), config.mirror, true);
+      if (problem) fail(s, problem);
+    }
+    return s;
+  }
+
+  if (skip) notices.warn(`docker-skip:${skip}`, `Docker left alone: ${skip}`);
+  // remove mode, or Docker is not to be configured: take our entry out if it is there.
+  const state = await readDockerState(stateFile);
+  if (state === null) return s;
+  const current = await readFileOrNull(file);
+  let plan;
+  try {
+    plan = planDockerRemove(current, state);
+  } catch (error) {
+    if (!(error instanceof DaemonJsonError)) throw error;
+    fail(s, `${file}: ${error.message}; cannot take the mirror out`);
+    return s;
+  }
+  if (plan.action !== 'none' && current !== null) {
+    // dockerd reloads registry-mirrors only when the key is in the file, so an original without
+    // the key would leave our mirror live: first reload with our entry out and the key kept.
+    const interim = daemonJsonForReload(current, state.mirror);
+    await writeFileAtomic(file, interim, { keepMode: true });
+    const problem = await reloadDockerd(ctx, Buffer.from(interim), state.mirror.replace(/\/+$/, ''), false);
+    if (problem) fail(s, problem);
+    if (plan.action === 'write') await writeFileAtomic(file, plan.bytes, { keepMode: true });
+    else await removeFile(file);
+    s.changed.push(file);
+    const restored = plan.action === 'delete' || (state.original !== null && plan.bytes.equals(Buffer.from(state.original, 'base64')));
+    log.info({ file, restoredOriginal: restored }, 'docker daemon.json: registry mirror taken out');
+  }
+  await removeFile(stateFile);
+  return s;
+}
+
+// ---------------------------------------------------------------------------------------------
+// CRI-O
+
+async function reloadCrio(ctx: ReconcileContext): Promise<void> {
+  // CRI-O caches registries.conf and reloads it on SIGHUP; Podman and skopeo read it per run.
+  const lookup = await findDaemon('crio', ['/var/run/crio/crio.pid']);
+  if (!lookup.found) {
+    ctx.notices.info(`crio-not-found:${lookup.reason}`, 'crio not signalled: it reads registries.conf.d when it starts', { reason: lookup.reason });
+    return;
+  }
+  process.kill(lookup.pid, 'SIGHUP');
+  ctx.log.info({ pid: lookup.pid }, 'crio sent SIGHUP to reload registries.conf');
+}
+
+export async function reconcileCrio(ctx: ReconcileContext): Promise<RuntimeStatus> {
+  const { config, log, notices } = ctx;
+  const s = status('crio', await isDirectory(config.crioDir));
+  if (!s.present) return s;
+  s.watch.push(config.crioDir);
+  const file = path.join(config.crioDir, CRIO_DROP_IN);
+  const current = await readTextOrNull(file);
+
+  let desired: string | null = null;
+  if (config.mode === 'apply') {
+    if (config.credentialsFile) {
+      notices.warn('crio-auth', 'CRI-O left alone: the mirror requires auth and the agent does not write containers auth.json');
+    } else {
+      const dropIn = crioDropIn({ registries: config.registries, mirror: config.mirror, defaultRegistry: config.defaultRegistry });
+      for (const registry of dropIn.skipped) {
+        notices.warn(`crio-skip:${registry}`, `CRI-O pulls of ${registry} go direct: containers/image does not tell a mirror which registry it wants, and the mirror's default is ${config.defaultRegistry}`, { registry });
+      }
+      if (dropIn.skipped.length < config.registries.length) desired = dropIn.text;
+    }
+  }
+
+  if (desired !== null) {
+    if (current === desired) return s;
+    await writeFileAtomic(file, desired, { mode: 0o644, keepMode: false });
+    s.changed.push(file);
+    log.info({ file }, 'registries.conf drop-in written');
+  } else {
+    if (current === null || !isManagedCrioDropIn(current)) return s;
+    await removeFile(file);
+    s.changed.push(file);
+    log.info({ file }, 'registries.conf drop-in removed');
+  }
+  await reloadCrio(ctx);
+  return s;
+}
+
+// ---------------------------------------------------------------------------------------------
+
+export interface NodeStatus {
+  mode: AgentConfig['mode'];
+  /** apply: every present runtime uses the mirror; remove: nothing of ours is left. */
+  ready: boolean;
+  runtimes: RuntimeStatus[];
+  problems: string[];
+}
+
+const RECONCILERS: Record<Runtime, (ctx: ReconcileContext) => Promise<RuntimeStatus>> = {
+  containerd: reconcileContainerd,
+  docker: reconcileDocker,
+  crio: reconcileCrio,
+};
+
+export async function reconcileNode(ctx: ReconcileContext): Promise<NodeStatus> {
+  const runtimes: RuntimeStatus[] = [];
+  for (const runtime of ctx.config.runtimes) {
+    try {
+      runtimes.push(await RECONCILERS[runtime](ctx));
+    } catch (error) {
+      const s = status(runtime, true);
+      fail(s, `${runtime}: ${(error as Error).message}`);
+      runtimes.push(s);
+    }
+  }
+  const problems = runtimes.flatMap((r) => r.problems);
+  if (ctx.config.mode === 'apply' && !runtimes.some((r) => r.present)) {
+    problems.push(`no container runtime found: none of ${ctx.config.runtimes.join(', ')} has its configuration location on this node (containerd ${ctx.config.containerdHostsDir} or ${ctx.config.containerdConfig}, docker ${ctx.config.dockerDaemonJson}, crio ${ctx.config.crioDir})`);
+  }
+  return { mode: ctx.config.mode, ready: problems.length === 0, runtimes, problems };
+}
