@@ -1,0 +1,139 @@
+// A node's containerd (1.6, Debian's package) running as root with every path under a temp dir,
+// so several can run at once and none touches /var/lib/containerd or /run/containerd.
+import { mkdir, writeFile } from 'node:fs/promises';
+import net from 'node:net';
+import path from 'node:path';
+import { makeTempDir, runCommand, spawnServer, type CommandResult, type ServerProcess } from './process.ts';
+
+export interface HostsTomlMirror {
+  /** http://127.0.0.1:PORT (plain HTTP is fine: the scheme is taken from here) */
+  url: string;
+  capabilities?: ('pull' | 'resolve' | 'push')[];
+  /** Skip TLS verification for an https:// mirror. */
+  skipVerify?: boolean;
+}
+
+export interface Containerd {
+  socket: string;
+  hostsDir: string;
+  root: string;
+  state: string;
+  configFile: string;
+  /** Runs `ctr -a socket ...args` (namespace `default` unless args say otherwise). */
+  ctr(args: string[]): Promise<CommandResult>;
+  /** `ctr images pull --hosts-dir hostsDir ref`; throws with ctr's output on failure. */
+  pull(ref: string, opts?: { platform?: string; allPlatforms?: boolean; namespace?: string }): Promise<void>;
+  /** Image names known to containerd (namespace `default`). */
+  images(namespace?: string): Promise<string[]>;
+  /** Writes `<hostsDir>/<registry>/hosts.toml`: server plus one [host] table per mirror, in order. */
+  writeHostsToml(registry: string, opts: { server?: string; mirrors?: HostsTomlMirror[] }): Promise<string>;
+  output(): string;
+  stop(): Promise<void>;
+  kill9(): Promise<void>;
+  /** Starts again after stop() or kill9() with the same config, root and state. */
+  start(): Promise<void>;
+}
+
+export interface StartContainerdOptions {
+  /** Where hosts.toml files live (default: <tempdir>/certs.d, created empty). */
+  hostsDir?: string;
+  /** Write `config_path = hostsDir` for the CRI plugin (default true); false is a node that lacks it. */
+  configPath?: boolean;
+}
+
+function tomlString(value: string): string {
+  return JSON.stringify(value); // TOML basic strings escape like JSON for the paths used here
+}
+
+async function socketAnswers(socket: string): Promise<boolean> {
+  return new Promise((resolve) => {
+    const conn = net.connect(socket, () => {
+      conn.destroy();
+      resolve(true);
+    });
+    conn.on('error', () => resolve(false));
+  });
+}
+
+export async function startContainerd(opts: StartContainerdOptions = {}): Promise<Containerd> {
+  const dir = await makeTempDir('containerd');
+  const root = path.join(dir, 'root');
+  const state = path.join(dir, 'state');
+  const socket = path.join(dir, 'containerd.sock');
+  const hostsDir = opts.hostsDir ?? path.join(dir, 'certs.d');
+  const configFile = path.join(dir, 'config.toml');
+  await mkdir(hostsDir, { recursive: true });
+  const lines = [
+    'version = 2',
+    `root = ${tomlString(root)}`,
+    `state = ${tomlString(state)}`,
+    // snapshotters that cannot work here only add warnings and start-up time
+    'disabled_plugins = ["io.containerd.snapshotter.v1.aufs", "io.containerd.snapshotter.v1.btrfs", "io.containerd.snapshotter.v1.zfs", "io.containerd.snapshotter.v1.devmapper"]',
+    '[grpc]',
+    `  address = ${tomlString(socket)}`,
+    // the ttrpc socket and the opt dir default to shared paths (/run/containerd, /opt/containerd)
+    '[ttrpc]',
+    `  address = ${tomlString(`${socket}.ttrpc`)}`,
+    '[plugins."io.containerd.internal.v1.opt"]',
+    `  path = ${tomlString(path.join(dir, 'opt'))}`,
+  ];
+  if (opts.configPath ?? true) {
+    lines.push('[plugins."io.containerd.grpc.v1.cri".registry]', `  config_path = ${tomlString(hostsDir)}`);
+  }
+  await writeFile(configFile, lines.join('\n') + '\n');
+
+  let server: ServerProcess | undefined;
+  let earlierOutput = '';
+  const start = async (): Promise<void> => {
+    if (server && !server.exitStatus()) return;
+    if (server) earlierOutput += server.output();
+    server = await spawnServer('containerd', ['--config', configFile], {
+      logFile: path.join(dir, 'containerd.log'),
+      ready: async () => (await socketAnswers(socket)) && (await runCommand('ctr', ['-a', socket, 'version'], { timeoutMs: 5_000 })).code === 0,
+    });
+  };
+  await start();
+
+  const ctr = (args: string[]): Promise<CommandResult> => runCommand('ctr', ['-a', socket, ...args], { timeoutMs: 300_000 });
+
+  return {
+    socket,
+    hostsDir,
+    root,
+    state,
+    configFile,
+    ctr,
+    async pull(ref, pullOpts = {}) {
+      const args = [...(pullOpts.namespace ? ['-n', pullOpts.namespace] : []), 'images', 'pull', '--hosts-dir', hostsDir];
+      if (pullOpts.allPlatforms) args.push('--all-platforms');
+      else if (pullOpts.platform) args.push('--platform', pullOpts.platform);
+      args.push(ref);
+      const result = await ctr(args);
+      if (result.code !== 0) throw new Error(`ctr ${args.join(' ')} failed (${result.code}):\n${result.stderr}${result.stdout.slice(-2000)}`);
+    },
+    async images(namespace = 'default') {
+      const result = await ctr(['-n', namespace, 'images', 'ls', '-q']);
+      if (result.code !== 0) throw new Error(`ctr images ls failed: ${result.stderr}`);
+      return result.stdout.split('\n').filter(Boolean);
+    },
+    async writeHostsToml(registry, hosts) {
+      const text = [
+        ...(hosts.server ? [`server = ${tomlString(hosts.server)}`, ''] : []),
+        ...(hosts.mirrors ?? []).flatMap((m) => [
+          `[host.${tomlString(m.url)}]`,
+          `  capabilities = ${JSON.stringify(m.capabilities ?? ['pull', 'resolve'])}`,
+          ...(m.skipVerify ? ['  skip_verify = true'] : []),
+          '',
+        ]),
+      ].join('\n');
+      const file = path.join(hostsDir, registry, 'hosts.toml');
+      await mkdir(path.dirname(file), { recursive: true });
+      await writeFile(file, text);
+      return file;
+    },
+    output: () => earlierOutput + (server?.output() ?? ''),
+    stop: async () => server?.stop(),
+    kill9: async () => server?.kill9(),
+    start,
+  };
+}
