@@ -1,0 +1,152 @@
+// Wires one mirror together: config -> store, upstream clients, cache, metrics, HTTP server.
+// Tests build mirrors through this in-process; `regmirror mirror` (main.ts) does the same.
+import { readFileSync, watch, type FSWatcher } from 'node:fs';
+import { access, constants, writeFile, unlink } from 'node:fs/promises';
+import type { AddressInfo, Socket } from 'node:net';
+import { ConfigError } from '../common/config-error.ts';
+import { join } from 'node:path';
+import Fastify, { type FastifyInstance } from 'fastify';
+import type { Logger } from '../common/logger.ts';
+import { HtpasswdAuth } from './auth.ts';
+import { PullThroughCache } from './cache.ts';
+import type { MirrorConfig } from './config.ts';
+import { RegistryError } from './errors.ts';
+import { MirrorMetrics } from './metrics.ts';
+import { registerRoutes } from './routes.ts';
+import { ContentStore } from './store.ts';
+import { UpstreamClient, type UpstreamTimeouts } from './upstream.ts';
+
+export interface MirrorOptions {
+  logger: Logger;
+  /** Injected clock for tag TTLs (tests). */
+  now?: () => number;
+  timeouts?: Partial<UpstreamTimeouts>;
+}
+
+export interface Mirror {
+  app: FastifyInstance;
+  store: ContentStore;
+  cache: PullThroughCache;
+  metrics: MirrorMetrics;
+  /** Starts listening; resolves with the URL clients use. */
+  listen(): Promise<string>;
+  /** Stops accepting, lets in-flight responses finish (up to graceMs), then closes upstream connections. */
+  close(graceMs?: number): Promise<void>;
+}
+
+/** Node's parser rejects huge or malformed requests before any route runs: answer those as a registry would too. */
+function clientErrorResponse(status: number, message: string): string {
+  const body = JSON.stringify(new RegistryError('UNSUPPORTED', status, message).toJSON());
+  const reason = status === 431 ? 'Request Header Fields Too Large' : 'Bad Request';
+  return `HTTP/1.1 ${status} ${reason}\r\nContent-Type: application/json\r\nContent-Length: ${Buffer.byteLength(body)}\r\nConnection: close\r\n\r\n${body}`;
+}
+
+export async function createMirror(config: MirrorConfig, options: MirrorOptions): Promise<Mirror> {
+  const { logger } = options;
+  const store = new ContentStore(config.storage.path);
+  const { removedTemporary } = await store.init();
+  if (removedTemporary > 0) logger.info({ files: removedTemporary }, 'removed unfinished downloads left by a previous run');
+
+  const metrics = new MirrorMetrics();
+  const observer = {
+    onResponse: (registry: string, method: string, status: number | 'error', seconds: number) =>
+      metrics.upstreamRequests.observe({ upstream: registry, method, status: String(status) }, seconds),
+    onRateLimit: (registry: string, remaining: number) => metrics.rateLimitRemaining.set({ upstream: registry }, remaining),
+  };
+  const upstreams = new Map(
+    config.upstreams.map((upstream) => [
+      upstream.registry,
+      { client: new UpstreamClient(upstream, { logger, observer, ...(options.timeouts ? { timeouts: options.timeouts } : {}) }), tagTTLMs: upstream.tagTTLMs },
+    ]),
+  );
+  const cache = new PullThroughCache({ store, logger, metrics, ...(options.now ? { now: options.now } : {}) });
+  const auth = config.auth.htpasswd ? new HtpasswdAuth(config.auth.htpasswd, { configSource: config.source, ...(options.now ? { now: options.now } : {}) }) : undefined;
+
+  const tls = config.tls ? { cert: readTlsFile(config, 'cert'), key: readTlsFile(config, 'key') } : undefined;
+  const app = Fastify({
+    logger: false,
+    exposeHeadRoutes: false,
+    return503OnClosing: true,
+    forceCloseConnections: 'idle',
+    ...(tls ? { https: tls } : {}),
+    clientErrorHandler: (error: NodeJS.ErrnoException, socket: Socket) => {
+      const tooLarge = error.code === 'HPE_HEADER_OVERFLOW';
+      if (socket.writable) socket.end(clientErrorResponse(tooLarge ? 431 : 400, tooLarge ? 'request header fields too large' : 'malformed HTTP request'));
+      else socket.destroy();
+    },
+  } as Parameters<typeof Fastify>[0]) as unknown as FastifyInstance;
+
+  const probe = join(config.storage.path, 'tmp', '.readyz');
+  registerRoutes(app, {
+    cache,
+    upstreams,
+    defaultRegistry: config.defaultRegistry,
+    auth,
+    metrics,
+    logger,
+    storeWritable: async () => {
+      try {
+        await access(config.storage.path, constants.W_OK);
+        await writeFile(probe, 'ok');
+        await unlink(probe);
+        return true;
+      } catch {
+        return false;
+      }
+    },
+  });
+
+  let watchers: FSWatcher[] = [];
+  if (config.tls) watchers = watchTls(config, app, logger);
+
+  return {
+    app,
+    store,
+    cache,
+    metrics,
+    async listen() {
+      await app.listen({ host: config.listen.host, port: config.listen.port });
+      const address = app.server.address() as AddressInfo;
+      const host = address.family === 'IPv6' ? `[${address.address}]` : address.address;
+      const url = `${tls ? 'https' : 'http'}://${host}:${address.port}`;
+      logger.info({ url, store: config.storage.path, upstreams: config.upstreams.map((u) => `${u.registry}=${u.url.href}`), default: config.defaultRegistry, auth: auth ? 'htpasswd' : 'none' }, 'mirror listening');
+      return url;
+    },
+    async close(graceMs = 25_000) {
+      for (const watcher of watchers) watcher.close();
+      const timer = setTimeout(() => app.server.closeAllConnections?.(), graceMs);
+      try {
+        await app.close();
+      } finally {
+        clearTimeout(timer);
+        await Promise.all([...upstreams.values()].map((u) => u.client.close()));
+      }
+    },
+  };
+}
+
+function readTlsFile(config: MirrorConfig, which: 'cert' | 'key'): Buffer {
+  try {
+    return readFileSync(config.tls![which]);
+  } catch (error) {
+    throw new ConfigError(config.source, `tls.${which}`, `cannot read ${config.tls![which]}: ${(error as NodeJS.ErrnoException).code ?? 'error'}`);
+  }
+}
+
+/** Kubernetes rotates a Secret by swapping a symlink: watch the directory and reload on any change. */
+function watchTls(config: MirrorConfig, app: FastifyInstance, logger: Logger): FSWatcher[] {
+  let timer: NodeJS.Timeout | undefined;
+  const reload = () => {
+    clearTimeout(timer);
+    timer = setTimeout(() => {
+      try {
+        (app.server as unknown as { setSecureContext(options: { cert: Buffer; key: Buffer }): void }).setSecureContext({ cert: readFileSync(config.tls!.cert), key: readFileSync(config.tls!.key) });
+        logger.info('TLS certificate reloaded');
+      } catch (error) {
+        logger.error({ err: error }, 'TLS certificate reload failed; keeping the previous one');
+      }
+    }, 200);
+  };
+  const dirs = new Set([join(config.tls!.cert, '..'), join(config.tls!.key, '..')]);
+  return [...dirs].map((dir) => watch(dir, reload));
+}

@@ -1,0 +1,412 @@
+// The pull-through cache: local first, then the upstream, once. Manifests by digest and blobs are
+// immutable and never re-asked; a tag is re-checked with a HEAD (free of Docker Hub's rate limit)
+// once its tagTTL has passed, and when that check fails the stored manifest is served.
+import { createHash } from 'node:crypto';
+import type { Readable } from 'node:stream';
+import type { Logger } from '../common/logger.ts';
+import {
+  RegistryError,
+  blobUnknown,
+  denied,
+  manifestInvalid,
+  manifestUnknown,
+  tooManyRequests,
+  upstreamUnavailable,
+} from './errors.ts';
+import { BlobFill, DigestMismatchError, SizeMismatchError } from './fill.ts';
+import type { MirrorMetrics } from './metrics.ts';
+import { parseDigest, type Digest } from './reference.ts';
+import type { ContentStore, StoredManifest } from './store.ts';
+import { UpstreamAuthError, type UpstreamClient, type UpstreamResponse } from './upstream.ts';
+
+export const MANIFEST_MEDIA_TYPES = [
+  'application/vnd.oci.image.index.v1+json',
+  'application/vnd.docker.distribution.manifest.list.v2+json',
+  'application/vnd.oci.image.manifest.v1+json',
+  'application/vnd.docker.distribution.manifest.v2+json',
+] as const;
+const ACCEPT = MANIFEST_MEDIA_TYPES.join(', ');
+
+/** Distribution's own limit: nothing larger is a manifest. */
+const MAX_MANIFEST_BYTES = 4 * 1024 * 1024;
+
+export interface ManifestResult extends StoredManifest {
+  digest: string;
+}
+
+export type BlobResult =
+  | { source: 'store'; size: number; open(range?: { start: number; end: number }): Readable }
+  | { source: 'upstream'; size: number | undefined; open(range?: { start: number; end: number }): Readable };
+
+export interface Repository {
+  upstream: UpstreamClient;
+  /** Normalised repository name (library/nginx for Docker Hub's nginx). */
+  name: string;
+  /** Per-upstream tag trust window. */
+  tagTTLMs: number;
+}
+
+export interface CacheHooks {
+  /** Told of every stored item read or written, for eviction's access order. */
+  onAccess?(kind: 'blob' | 'manifest', digest: Digest, size: number): void;
+}
+
+export class PullThroughCache {
+  private readonly store: ContentStore;
+  private readonly logger: Logger;
+  private readonly metrics: MirrorMetrics;
+  private readonly now: () => number;
+  private readonly hooks: CacheHooks;
+  private readonly blobFills = new Map<string, { fill: BlobFill; ready: Promise<BlobFill> }>();
+  private readonly manifestFetches = new Map<string, Promise<ManifestResult>>();
+  private readonly tagChecks = new Map<string, Promise<ManifestResult>>();
+  /** Tag records, read through from disk: a warm tag pull within tagTTL does no file I/O. */
+  private readonly tags = new Map<string, { digest: string; mediaType: string; checkedAt: number }>();
+  /** Small manifests kept in memory; the store stays the source of truth. */
+  private readonly manifestMemory = new Map<string, StoredManifest>();
+  private manifestMemoryBytes = 0;
+  private readonly manifestMemoryLimit: number;
+
+  constructor(options: { store: ContentStore; logger: Logger; metrics: MirrorMetrics; now?: () => number; hooks?: CacheHooks; manifestMemoryBytes?: number }) {
+    this.store = options.store;
+    this.logger = options.logger;
+    this.metrics = options.metrics;
+    this.now = options.now ?? Date.now;
+    this.hooks = options.hooks ?? {};
+    this.manifestMemoryLimit = options.manifestMemoryBytes ?? 64 * 1024 * 1024;
+  }
+
+  // ---------------------------------------------------------------- manifests
+
+  async manifestByDigest(repo: Repository, digest: Digest): Promise<ManifestResult> {
+    const stored = await this.readManifest(digest);
+    if (stored) {
+      this.metrics.cacheRequests.inc({ kind: 'manifest', result: 'hit' });
+      return { ...stored, digest: digest.text };
+    }
+    this.metrics.cacheRequests.inc({ kind: 'manifest', result: 'miss' });
+    return this.fetchManifestOnce(repo, digest.text, digest);
+  }
+
+  async manifestByTag(repo: Repository, tag: string): Promise<ManifestResult> {
+    const key = `${repo.upstream.registry}/${repo.name}:${tag}`;
+    const record = await this.readTagRecord(repo, tag, key);
+    if (record && this.now() - record.checkedAt < repo.tagTTLMs) {
+      const stored = await this.readManifest(parseDigest(record.digest));
+      if (stored) {
+        this.metrics.cacheRequests.inc({ kind: 'manifest', result: 'hit' });
+        return { ...stored, digest: record.digest };
+      }
+    }
+    let pending = this.tagChecks.get(key);
+    if (!pending) {
+      pending = this.revalidateTag(repo, tag, key, record).finally(() => this.tagChecks.delete(key));
+      this.tagChecks.set(key, pending);
+    }
+    return pending;
+  }
+
+  private async revalidateTag(repo: Repository, tag: string, key: string, record: { digest: string; mediaType: string } | undefined): Promise<ManifestResult> {
+    const stored = record ? await this.readManifest(parseDigest(record.digest)) : undefined;
+    if (!record || !stored) {
+      this.metrics.cacheRequests.inc({ kind: 'manifest', result: 'miss' });
+      const fetched = await this.fetchManifestOnce(repo, tag);
+      await this.rememberTag(repo, tag, key, fetched);
+      return fetched;
+    }
+
+    // We hold a copy: ask the upstream, cheaply, whether the tag still points at it.
+    let response: UpstreamResponse;
+    try {
+      response = await repo.upstream.fetch(repo.name, `manifests/${tag}`, { method: 'HEAD', accept: ACCEPT, headersTimeoutMs: repo.upstream.timeouts.revalidateMs });
+      await response.body.dump();
+    } catch (error) {
+      return this.serveStale(repo, tag, record, stored, describe(error));
+    }
+    if (response.status === 429 || response.status >= 500) return this.serveStale(repo, tag, record, stored, `HTTP ${response.status}`);
+    if (response.status === 404) {
+      this.tags.delete(key);
+      await this.store.deleteTag(repo.upstream.registry, repo.name, tag);
+      throw manifestUnknown(tag);
+    }
+    if (response.status === 401 || response.status === 403) throw denied(`upstream ${repo.upstream.registry} denied access to ${repo.name}`);
+    const upstreamDigest = header(response.headers, 'docker-content-digest');
+    if (response.status === 200 && upstreamDigest === record.digest) {
+      this.metrics.cacheRequests.inc({ kind: 'manifest', result: 'revalidated' });
+      await this.rememberTag(repo, tag, key, { digest: record.digest, mediaType: record.mediaType });
+      return { ...stored, digest: record.digest };
+    }
+    // The tag moved (or the upstream did not say where): take the current manifest.
+    this.metrics.cacheRequests.inc({ kind: 'manifest', result: 'miss' });
+    const movedTo = tryParseDigest(upstreamDigest);
+    const moved = movedTo ? await this.readManifest(movedTo) : undefined;
+    const fetched = moved && movedTo ? { ...moved, digest: movedTo.text } : await this.fetchManifestOnce(repo, tag);
+    this.logger.info({ upstream: repo.upstream.registry, repository: repo.name, tag, from: record.digest, to: fetched.digest }, 'tag moved upstream');
+    await this.rememberTag(repo, tag, key, fetched);
+    return fetched;
+  }
+
+  private serveStale(repo: Repository, tag: string, record: { digest: string }, stored: StoredManifest, why: string): ManifestResult {
+    this.metrics.cacheRequests.inc({ kind: 'manifest', result: 'stale' });
+    this.logger.warn({ upstream: repo.upstream.registry, repository: repo.name, tag, digest: record.digest, reason: why }, 'upstream could not revalidate tag; serving stored manifest');
+    return { ...stored, digest: record.digest };
+  }
+
+  private async rememberTag(repo: Repository, tag: string, key: string, manifest: { digest: string; mediaType: string }): Promise<void> {
+    const record = { digest: manifest.digest, mediaType: manifest.mediaType, checkedAt: this.now() };
+    this.tags.set(key, record);
+    await this.store.writeTag(repo.upstream.registry, repo.name, tag, record);
+  }
+
+  private async readTagRecord(repo: Repository, tag: string, key: string) {
+    const cached = this.tags.get(key);
+    if (cached) return cached;
+    const record = await this.store.readTag(repo.upstream.registry, repo.name, tag);
+    if (record) this.tags.set(key, record);
+    return record;
+  }
+
+  /** One upstream GET per manifest reference, however many clients ask at once. */
+  private fetchManifestOnce(repo: Repository, reference: string, digest?: Digest): Promise<ManifestResult> {
+    const key = `${repo.upstream.registry}/${repo.name}@${reference}`;
+    let pending = this.manifestFetches.get(key);
+    if (!pending) {
+      this.metrics.inflightFills.inc();
+      pending = this.fetchManifest(repo, reference, digest).finally(() => {
+        this.metrics.inflightFills.dec();
+        this.manifestFetches.delete(key);
+      });
+      this.manifestFetches.set(key, pending);
+    }
+    return pending;
+  }
+
+  private async fetchManifest(repo: Repository, reference: string, expected?: Digest): Promise<ManifestResult> {
+    const response = await this.upstreamGet(repo, `manifests/${reference}`, ACCEPT, () => manifestUnknown(reference));
+    const announced = Number(header(response.headers, 'content-length'));
+    if (announced > MAX_MANIFEST_BYTES) {
+      await response.body.dump();
+      throw manifestInvalid(`upstream manifest is ${announced} bytes, over the ${MAX_MANIFEST_BYTES} byte limit`);
+    }
+    let bytes: Buffer;
+    try {
+      bytes = Buffer.from(await response.body.arrayBuffer());
+    } catch (error) {
+      throw upstreamUnavailable(repo.upstream.registry, describe(error));
+    }
+    const algorithm = expected?.algorithm ?? 'sha256';
+    const actual = `${algorithm}:${createHash(algorithm).update(bytes).digest('hex')}`;
+    const claimed = expected?.text ?? header(response.headers, 'docker-content-digest');
+    if (claimed && claimed.startsWith(`${algorithm}:`) && claimed !== actual) {
+      this.metrics.fillFailures.inc({ reason: 'digest' });
+      this.logger.error({ upstream: repo.upstream.registry, repository: repo.name, reference, expected: claimed, actual }, 'upstream manifest does not match its digest; not stored');
+      throw upstreamUnavailable(repo.upstream.registry, `manifest content does not match digest ${claimed}`);
+    }
+    const mediaType = manifestMediaType(header(response.headers, 'content-type'), bytes);
+    if (!mediaType) throw upstreamUnavailable(repo.upstream.registry, `${reference} is not a manifest this mirror understands`);
+    const digest = parseDigest(actual);
+    await this.store.writeManifest(digest, { bytes, mediaType });
+    this.remember(digest.text, { bytes, mediaType });
+    this.hooks.onAccess?.('manifest', digest, bytes.length);
+    this.logger.info({ upstream: repo.upstream.registry, repository: repo.name, reference, digest: actual, mediaType, bytes: bytes.length }, 'manifest fetched from upstream');
+    return { bytes, mediaType, digest: actual };
+  }
+
+  private async readManifest(digest: Digest): Promise<StoredManifest | undefined> {
+    const inMemory = this.manifestMemory.get(digest.text);
+    if (inMemory) {
+      // Map order is insertion order: re-inserting makes it the most recently used.
+      this.manifestMemory.delete(digest.text);
+      this.manifestMemory.set(digest.text, inMemory);
+      this.hooks.onAccess?.('manifest', digest, inMemory.bytes.length);
+      return inMemory;
+    }
+    const stored = await this.store.readManifest(digest);
+    if (stored) {
+      this.remember(digest.text, stored);
+      this.hooks.onAccess?.('manifest', digest, stored.bytes.length);
+    }
+    return stored;
+  }
+
+  private remember(digest: string, manifest: StoredManifest): void {
+    if (this.manifestMemory.has(digest)) return;
+    this.manifestMemory.set(digest, manifest);
+    this.manifestMemoryBytes += manifest.bytes.length;
+    for (const [oldest, value] of this.manifestMemory) {
+      if (this.manifestMemoryBytes <= this.manifestMemoryLimit) break;
+      this.manifestMemory.delete(oldest);
+      this.manifestMemoryBytes -= value.bytes.length;
+    }
+  }
+
+  /** Drops a manifest from memory (eviction removed it from the store). */
+  forgetManifest(digest: string): void {
+    const value = this.manifestMemory.get(digest);
+    if (!value) return;
+    this.manifestMemory.delete(digest);
+    this.manifestMemoryBytes -= value.bytes.length;
+  }
+
+  // ---------------------------------------------------------------- blobs
+
+  /** Whether a blob can be served right now without the upstream (HEAD from the store). */
+  async blobFromStore(digest: Digest): Promise<Extract<BlobResult, { source: 'store' }> | undefined> {
+    const stat = await this.store.statBlob(digest);
+    if (!stat) return undefined;
+    this.hooks.onAccess?.('blob', digest, stat.size);
+    return { source: 'store', size: stat.size, open: (range) => this.store.readBlob(digest, range) };
+  }
+
+  async blob(repo: Repository, digest: Digest): Promise<BlobResult> {
+    const stored = await this.blobFromStore(digest);
+    if (stored) {
+      this.metrics.cacheRequests.inc({ kind: 'blob', result: 'hit' });
+      return stored;
+    }
+    this.metrics.cacheRequests.inc({ kind: 'blob', result: 'miss' });
+    let entry = this.blobFills.get(digest.text);
+    if (!entry) entry = this.startFill(repo, digest);
+    const fill = await entry.ready;
+    return { source: 'upstream', size: fill.size, open: (range) => fill.createReader(range?.start, range?.end) };
+  }
+
+  /** The blob's size and presence as the upstream reports it, without fetching it. */
+  async headBlobUpstream(repo: Repository, digest: Digest): Promise<{ size: number | undefined }> {
+    const response = await this.upstreamRequest(repo, `blobs/${digest.text}`, 'HEAD', undefined, () => blobUnknown(digest.text));
+    await response.body.dump();
+    const length = Number(header(response.headers, 'content-length'));
+    return { size: Number.isFinite(length) ? length : undefined };
+  }
+
+  private startFill(repo: Repository, digest: Digest): { fill: BlobFill; ready: Promise<BlobFill> } {
+    const fill = new BlobFill(digest, this.store.temporaryPath());
+    const started = this.now();
+    this.metrics.inflightFills.inc();
+    const ready = (async () => {
+      const response = await this.upstreamGet(repo, `blobs/${digest.text}`, undefined, () => blobUnknown(digest.text));
+      const length = Number(header(response.headers, 'content-length'));
+      const size = Number.isFinite(length) && header(response.headers, 'content-length') !== undefined ? length : undefined;
+      this.logger.info({ upstream: repo.upstream.registry, repository: repo.name, digest: digest.text, bytes: size }, 'blob fetch from upstream started');
+      const counted = countBytes(response.body, (n) => this.metrics.bytesFetched.inc({ upstream: repo.upstream.registry }, n));
+      fill
+        .run({ size, body: counted }, async (temporary) => {
+          await this.store.commitBlob(temporary, digest);
+          // From here the store serves it; later requests must not find this fill.
+          this.blobFills.delete(digest.text);
+          this.hooks.onAccess?.('blob', digest, fill.written);
+        })
+        .then(
+          () => this.logger.info({ upstream: repo.upstream.registry, repository: repo.name, digest: digest.text, bytes: fill.written, ms: this.now() - started }, 'blob stored'),
+          (error: Error) => {
+            this.metrics.fillFailures.inc({ reason: failureReason(error) });
+            this.logger.error({ upstream: repo.upstream.registry, repository: repo.name, digest: digest.text, bytesReceived: fill.written, err: error }, 'blob fetch failed; nothing stored');
+          },
+        )
+        .finally(() => {
+          this.blobFills.delete(digest.text);
+          this.metrics.inflightFills.dec();
+        });
+      return fill;
+    })();
+    ready.catch(() => {
+      this.blobFills.delete(digest.text);
+      this.metrics.inflightFills.dec();
+    });
+    const entry = { fill, ready };
+    this.blobFills.set(digest.text, entry);
+    return entry;
+  }
+
+  // ---------------------------------------------------------------- tags/list
+
+  async listTags(repo: Repository, query: Record<string, string>): Promise<{ body: unknown; link?: string }> {
+    try {
+      const response = await this.upstreamRequest(repo, 'tags/list', 'GET', undefined, () => manifestUnknown('tags'), query);
+      const body = await response.body.json();
+      const link = header(response.headers, 'link');
+      return { body, ...(link ? { link } : {}) };
+    } catch (error) {
+      if (!(error instanceof RegistryError) || error.status < 500) throw error;
+      // The upstream is away: answer with the tags this mirror has seen, rather than nothing.
+      const tags = await this.store.listTags(repo.upstream.registry, repo.name);
+      if (tags.length === 0) throw error;
+      this.logger.warn({ upstream: repo.upstream.registry, repository: repo.name, reason: error.message }, 'upstream could not list tags; listing stored tags');
+      return { body: { name: repo.name, tags } };
+    }
+  }
+
+  // ---------------------------------------------------------------- upstream
+
+  private upstreamGet(repo: Repository, path: string, accept: string | undefined, notFound: () => RegistryError): Promise<UpstreamResponse> {
+    return this.upstreamRequest(repo, path, 'GET', accept, notFound);
+  }
+
+  /** An upstream request whose failures are already registry errors for the client. */
+  private async upstreamRequest(repo: Repository, path: string, method: 'GET' | 'HEAD', accept: string | undefined, notFound: () => RegistryError, query?: Record<string, string>): Promise<UpstreamResponse> {
+    let response: UpstreamResponse;
+    try {
+      response = await repo.upstream.fetch(repo.name, path, { method, ...(accept ? { accept } : {}), ...(query ? { query } : {}) });
+    } catch (error) {
+      if (error instanceof UpstreamAuthError) throw denied(error.message);
+      throw upstreamUnavailable(repo.upstream.registry, describe(error));
+    }
+    if (response.status === 200) return response;
+    await response.body.dump();
+    if (response.status === 404) throw notFound();
+    if (response.status === 401 || response.status === 403) throw denied(`upstream ${repo.upstream.registry} denied access to ${repo.name}`);
+    if (response.status === 429) throw tooManyRequests(repo.upstream.registry, header(response.headers, 'retry-after'));
+    throw upstreamUnavailable(repo.upstream.registry, `HTTP ${response.status}`);
+  }
+}
+
+function header(headers: UpstreamResponse['headers'], name: string): string | undefined {
+  const value = headers[name];
+  return Array.isArray(value) ? value[0] : value;
+}
+
+/** A digest the upstream sent in a header, or undefined when it is not one we can use. */
+function tryParseDigest(text: string | undefined): Digest | undefined {
+  if (!text) return undefined;
+  try {
+    return parseDigest(text);
+  } catch {
+    return undefined;
+  }
+}
+
+/** The upstream's Content-Type when it names a manifest type, else the document's own mediaType. */
+function manifestMediaType(contentType: string | undefined, bytes: Buffer): string | undefined {
+  const declared = contentType?.split(';')[0]?.trim();
+  if (declared && (MANIFEST_MEDIA_TYPES as readonly string[]).includes(declared)) return declared;
+  try {
+    const document = JSON.parse(bytes.toString('utf8')) as { mediaType?: unknown; manifests?: unknown; layers?: unknown };
+    if (typeof document.mediaType === 'string' && (MANIFEST_MEDIA_TYPES as readonly string[]).includes(document.mediaType)) return document.mediaType;
+    if (Array.isArray(document.manifests)) return 'application/vnd.oci.image.index.v1+json';
+    if (Array.isArray(document.layers)) return 'application/vnd.oci.image.manifest.v1+json';
+  } catch {
+    return undefined;
+  }
+  return undefined;
+}
+
+async function* countBytes(body: AsyncIterable<Uint8Array>, count: (n: number) => void): AsyncGenerator<Uint8Array> {
+  for await (const chunk of body) {
+    count(chunk.byteLength);
+    yield chunk;
+  }
+}
+
+function failureReason(error: Error): string {
+  if (error instanceof DigestMismatchError) return 'digest';
+  if (error instanceof SizeMismatchError) return 'size';
+  const code = (error as NodeJS.ErrnoException).code ?? '';
+  if (code === 'ENOSPC' || code === 'EDQUOT' || code === 'EIO') return 'disk';
+  if (code.startsWith('UND_ERR_') && code.includes('TIMEOUT')) return 'timeout';
+  return 'upstream';
+}
+
+function describe(error: unknown): string {
+  const err = error as NodeJS.ErrnoException & { cause?: NodeJS.ErrnoException };
+  return err.cause?.code ?? err.code ?? err.message ?? String(error);
+}

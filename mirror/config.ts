@@ -1,0 +1,207 @@
+// The mirror's configuration file (contract in shared/DESIGN.md): read once at start, validated
+// against one schema, and turned into resolved values (bytes, milliseconds, URLs, passwords).
+// Every mistake becomes a ConfigError that names the file and the key.
+import { readFileSync } from 'node:fs';
+import { Type, type Static } from '@sinclair/typebox';
+import { Value } from '@sinclair/typebox/value';
+import { parse as parseYaml } from 'yaml';
+import { ConfigError } from '../common/config-error.ts';
+import { parseDuration } from '../common/duration.ts';
+import { parseQuantity } from '../common/quantity.ts';
+import { LOG_LEVELS } from '../common/logger.ts';
+import type { LevelWithSilent } from 'pino';
+
+const Str = Type.String({ minLength: 1 });
+
+const CredentialsSchema = Type.Object(
+  { username: Str, password: Type.Optional(Str), passwordFile: Type.Optional(Str) },
+  { additionalProperties: false },
+);
+
+const UpstreamSchema = Type.Object(
+  { registry: Str, url: Str, tagTTL: Type.Optional(Str), credentials: Type.Optional(CredentialsSchema) },
+  { additionalProperties: false },
+);
+
+export const MirrorConfigFileSchema = Type.Object(
+    {
+      listen: Type.Optional(Str),
+      storage: Type.Object(
+        { path: Str, maxSize: Type.Optional(Str), ttl: Type.Optional(Str) },
+        { additionalProperties: false },
+      ),
+      upstreams: Type.Optional(Type.Array(UpstreamSchema, { minItems: 1 })),
+      default: Type.Optional(Str),
+      auth: Type.Optional(
+        Type.Object(
+          { htpasswd: Type.Optional(Str), allowAnonymousWithCredentials: Type.Optional(Type.Boolean()) },
+          { additionalProperties: false },
+        ),
+      ),
+      prefetch: Type.Optional(Type.Array(Str)),
+      prefetchInterval: Type.Optional(Str),
+      tls: Type.Optional(Type.Object({ cert: Str, key: Str }, { additionalProperties: false })),
+      log: Type.Optional(Type.Object({ level: Type.Optional(Str) }, { additionalProperties: false })),
+    },
+    { additionalProperties: false },
+);
+export type MirrorConfigFile = Static<typeof MirrorConfigFileSchema>;
+
+export interface UpstreamConfig {
+  /** The name clients use (containerd's ?ns=), e.g. "docker.io". */
+  registry: string;
+  url: URL;
+  /** How long a tag's digest is trusted before asking the upstream again. */
+  tagTTLMs: number;
+  credentials?: { username: string; password: string };
+}
+
+export interface MirrorConfig {
+  /** Where this configuration came from, for messages. */
+  source: string;
+  listen: { host: string; port: number };
+  storage: { path: string; maxSizeBytes?: number; ttlMs?: number };
+  upstreams: UpstreamConfig[];
+  defaultRegistry: string;
+  auth: { htpasswd?: string; allowAnonymousWithCredentials: boolean };
+  prefetch: string[];
+  prefetchIntervalMs: number;
+  tls?: { cert: string; key: string };
+  logLevel: LevelWithSilent;
+}
+
+/** What `npm start` runs with no file: a Docker Hub mirror on :5000 storing under ./data. */
+export const DEFAULT_CONFIG_FILE: MirrorConfigFile = {
+  listen: ':5000',
+  storage: { path: './data' },
+  upstreams: [{ registry: 'docker.io', url: 'https://registry-1.docker.io' }],
+  default: 'docker.io',
+};
+
+const REGISTRY_NAME = /^(?:[a-z0-9](?:[a-z0-9-]*[a-z0-9])?)(?:\.[a-z0-9](?:[a-z0-9-]*[a-z0-9])?)*(?::\d{1,5})?$/;
+
+export function loadConfigFile(file: string): MirrorConfig {
+  let text: string;
+  try {
+    text = readFileSync(file, 'utf8');
+  } catch (error) {
+    throw new ConfigError(file, '(file)', `cannot read: ${(error as NodeJS.ErrnoException).code ?? (error as Error).message}`);
+  }
+  let data: unknown;
+  try {
+    data = parseYaml(text);
+  } catch (error) {
+    throw new ConfigError(file, '(file)', `not valid YAML: ${(error as Error).message.split('\n')[0]}`);
+  }
+  return resolveConfig(data ?? {}, file);
+}
+
+/** Dotted key for a JSON pointer: /upstreams/0/url -> upstreams[0].url */
+function keyOf(pointer: string): string {
+  return pointer
+    .split('/')
+    .slice(1)
+    .map((part) => (/^\d+$/.test(part) ? `[${part}]` : `.${part}`))
+    .join('')
+    .replace(/^\./, '') || '(top level)';
+}
+
+export function resolveConfig(data: unknown, source: string): MirrorConfig {
+  const first = Value.Errors(MirrorConfigFileSchema, data).First();
+  if (first) {
+    const message = first.message.toLowerCase();
+    throw new ConfigError(source, keyOf(first.path), message === 'unexpected property' ? 'unknown key (see the configuration reference in README.md)' : message);
+  }
+  const file = data as MirrorConfigFile;
+
+  const duration = (key: string, text: string | undefined, fallback: number): number => {
+    if (text === undefined) return fallback;
+    const ms = parseDuration(text);
+    if (ms === undefined) throw new ConfigError(source, key, `"${text}" is not a duration (e.g. 30s, 5m, 168h)`);
+    return ms;
+  };
+  const quantity = (key: string, text: string | undefined): number | undefined => {
+    if (text === undefined) return undefined;
+    const bytes = parseQuantity(text);
+    if (bytes === undefined || bytes <= 0) throw new ConfigError(source, key, `"${text}" is not a size (e.g. 500Mi, 20Gi)`);
+    return bytes;
+  };
+
+  const upstreams = (file.upstreams ?? DEFAULT_CONFIG_FILE.upstreams!).map((upstream, index): UpstreamConfig => {
+    const at = `upstreams[${index}]`;
+    if (!REGISTRY_NAME.test(upstream.registry)) throw new ConfigError(source, `${at}.registry`, `"${upstream.registry}" is not a registry host name (e.g. docker.io, ghcr.io, registry.example.com:5000)`);
+    let url: URL;
+    try {
+      url = new URL(upstream.url);
+    } catch {
+      throw new ConfigError(source, `${at}.url`, `"${upstream.url}" is not a URL`);
+    }
+    if (url.protocol !== 'https:' && url.protocol !== 'http:') throw new ConfigError(source, `${at}.url`, 'must be an http:// or https:// URL');
+    return {
+      registry: upstream.registry,
+      url,
+      tagTTLMs: duration(`${at}.tagTTL`, upstream.tagTTL, 0),
+      ...(upstream.credentials ? { credentials: resolveCredentials(source, `${at}.credentials`, upstream.credentials) } : {}),
+    };
+  });
+  const seen = new Set<string>();
+  upstreams.forEach((upstream, index) => {
+    if (seen.has(upstream.registry)) throw new ConfigError(source, `upstreams[${index}].registry`, `"${upstream.registry}" is listed twice`);
+    seen.add(upstream.registry);
+  });
+
+  const defaultRegistry = file.default ?? (seen.has('docker.io') ? 'docker.io' : upstreams[0]!.registry);
+  if (!seen.has(defaultRegistry)) throw new ConfigError(source, 'default', `"${defaultRegistry}" is not one of upstreams[].registry (${[...seen].join(', ')})`);
+
+  const level = (file.log?.level ?? 'info') as LevelWithSilent;
+  if (!LOG_LEVELS.includes(level)) throw new ConfigError(source, 'log.level', `"${level}" is not one of ${LOG_LEVELS.join(', ')}`);
+
+  const auth = { allowAnonymousWithCredentials: file.auth?.allowAnonymousWithCredentials ?? false, ...(file.auth?.htpasswd ? { htpasswd: file.auth.htpasswd } : {}) };
+  if (upstreams.some((u) => u.credentials) && !auth.htpasswd && !auth.allowAnonymousWithCredentials) {
+    throw new ConfigError(
+      source,
+      'auth.htpasswd',
+      'an upstream has credentials, so anyone who can reach this mirror could pull private images through it: set auth.htpasswd, or set auth.allowAnonymousWithCredentials: true to accept that',
+    );
+  }
+
+  const maxSizeBytes = quantity('storage.maxSize', file.storage.maxSize);
+  const ttlMs = file.storage.ttl === undefined ? undefined : duration('storage.ttl', file.storage.ttl, 0);
+  if (ttlMs === 0) throw new ConfigError(source, 'storage.ttl', 'must be longer than 0s (leave it out to keep content until storage.maxSize needs room)');
+
+  return {
+    source,
+    listen: parseListen(source, file.listen ?? ':5000'),
+    storage: { path: file.storage.path, ...(maxSizeBytes ? { maxSizeBytes } : {}), ...(ttlMs ? { ttlMs } : {}) },
+    upstreams,
+    defaultRegistry,
+    auth,
+    prefetch: file.prefetch ?? [],
+    prefetchIntervalMs: duration('prefetchInterval', file.prefetchInterval, 6 * 3_600_000),
+    ...(file.tls ? { tls: file.tls } : {}),
+    logLevel: level,
+  };
+}
+
+function resolveCredentials(source: string, key: string, credentials: NonNullable<MirrorConfigFile['upstreams']>[number]['credentials'] & object) {
+  if (credentials.password !== undefined && credentials.passwordFile !== undefined) throw new ConfigError(source, key, 'set password or passwordFile, not both');
+  if (credentials.passwordFile !== undefined) {
+    let password: string;
+    try {
+      password = readFileSync(credentials.passwordFile, 'utf8').replace(/\r?\n$/, '');
+    } catch (error) {
+      throw new ConfigError(source, `${key}.passwordFile`, `cannot read ${credentials.passwordFile}: ${(error as NodeJS.ErrnoException).code ?? 'error'}`);
+    }
+    if (!password) throw new ConfigError(source, `${key}.passwordFile`, `${credentials.passwordFile} is empty`);
+    return { username: credentials.username, password };
+  }
+  if (credentials.password === undefined) throw new ConfigError(source, key, 'needs password or passwordFile');
+  return { username: credentials.username, password: credentials.password };
+}
+
+function parseListen(source: string, listen: string): { host: string; port: number } {
+  const match = /^(?:\[([0-9a-fA-F:]+)\]|([^:]*)):(\d{1,5})$/.exec(listen);
+  const port = match ? Number(match[3]) : NaN;
+  if (!match || port > 65535) throw new ConfigError(source, 'listen', `"${listen}" is not host:port or :port`);
+  return { host: match[1] ?? (match[2] || '0.0.0.0'), port };
+}

@@ -1,0 +1,58 @@
+// Repository names, tags and digests as the OCI distribution spec defines them. Everything a
+// client sends is checked here before it reaches the store, so no request can name a path
+// outside it (no "..", no "/" in a tag, no unknown digest algorithm).
+import { digestInvalid, nameInvalid, tagInvalid } from './errors.ts';
+
+const COMPONENT = /^[a-z0-9]+(?:(?:\.|_|__|-+)[a-z0-9]+)*$/;
+const TAG = /^[A-Za-z0-9_][A-Za-z0-9._-]{0,127}$/;
+const DIGEST_GRAMMAR = /^[a-z0-9]+(?:[.+_-][a-z0-9]+)*:[A-Za-z0-9=_-]+$/;
+
+export const MAX_NAME_LENGTH = 255;
+
+/** Hex lengths of the digest algorithms this mirror can verify. */
+export const DIGEST_ALGORITHMS = { sha256: 64, sha512: 128 } as const;
+export type DigestAlgorithm = keyof typeof DIGEST_ALGORITHMS;
+
+export interface Digest {
+  algorithm: DigestAlgorithm;
+  hex: string;
+  /** "sha256:<hex>" */
+  text: string;
+}
+
+export function validateName(name: string): string {
+  if (name.length === 0) throw nameInvalid('empty name');
+  if (name.length > MAX_NAME_LENGTH) throw nameInvalid(`longer than ${MAX_NAME_LENGTH} characters`);
+  for (const component of name.split('/')) {
+    if (!COMPONENT.test(component)) throw nameInvalid(`component "${component.slice(0, 64)}" is not lowercase letters, digits and separators`);
+  }
+  return name;
+}
+
+export function validateTag(tag: string): string {
+  if (!TAG.test(tag)) throw tagInvalid(tag.slice(0, 200));
+  return tag;
+}
+
+export function parseDigest(text: string): Digest {
+  if (!DIGEST_GRAMMAR.test(text)) throw digestInvalid(`"${text.slice(0, 200)}" is not algorithm:hex`);
+  const colon = text.indexOf(':');
+  const algorithm = text.slice(0, colon);
+  const hex = text.slice(colon + 1);
+  if (!Object.hasOwn(DIGEST_ALGORITHMS, algorithm)) throw digestInvalid(`unsupported algorithm "${algorithm.slice(0, 32)}"`);
+  const length = DIGEST_ALGORITHMS[algorithm as DigestAlgorithm];
+  if (hex.length !== length || !/^[a-f0-9]+$/.test(hex)) throw digestInvalid(`${algorithm} needs ${length} lowercase hex characters`);
+  return { algorithm: algorithm as DigestAlgorithm, hex, text };
+}
+
+export function isDigestReference(reference: string): boolean {
+  return reference.includes(':');
+}
+
+/**
+ * Docker Hub's short names: "nginx" means "library/nginx". Only Docker Hub does this; for any
+ * other registry a one-segment name is taken as it is.
+ */
+export function normaliseName(registry: string, name: string): string {
+  return registry === 'docker.io' && !name.includes('/') ? `library/${name}` : name;
+}

@@ -1,0 +1,177 @@
+// The HTTP layer: the OCI distribution read API on fastify. It parses and checks what the client
+// sent, picks the upstream (containerd's ?ns=, else the default), asks the cache, and writes the
+// response exactly as a registry would. It holds no caching logic of its own.
+import type { FastifyInstance, FastifyReply, FastifyRequest } from 'fastify';
+import type { Logger } from '../common/logger.ts';
+import type { HtpasswdAuth } from './auth.ts';
+import type { PullThroughCache, Repository } from './cache.ts';
+import { RegistryError, nameUnknown, rangeInvalid, unsupported } from './errors.ts';
+import type { MirrorMetrics } from './metrics.ts';
+import { isDigestReference, normaliseName, parseDigest, validateName, validateTag } from './reference.ts';
+import type { UpstreamClient } from './upstream.ts';
+
+export interface RouteContext {
+  cache: PullThroughCache;
+  upstreams: Map<string, { client: UpstreamClient; tagTTLMs: number }>;
+  defaultRegistry: string;
+  auth: HtpasswdAuth | undefined;
+  metrics: MirrorMetrics;
+  logger: Logger;
+  /** Whether the store is writable (readiness). */
+  storeWritable(): Promise<boolean>;
+}
+
+const API_VERSION = { 'docker-distribution-api-version': 'registry/2.0' };
+const CONTENT_PATH = /^\/v2\/(.+)\/(manifests|blobs)\/([^/]+)$/;
+const TAGS_PATH = /^\/v2\/(.+)\/tags\/list$/;
+const UPLOADS_PATH = /^\/v2\/.+\/blobs\/uploads(?:\/.*)?$/;
+
+type Route = 'base' | 'manifest' | 'blob' | 'tags' | 'other';
+
+export function registerRoutes(app: FastifyInstance, context: RouteContext): void {
+  const { metrics } = context;
+
+  // Requests with bodies (pushes) are refused without reading the body.
+  app.removeAllContentTypeParsers();
+  app.addContentTypeParser('*', (_request, _payload, done) => done(null, undefined));
+
+  app.setErrorHandler((error: unknown, request, reply) => {
+    const registryError = toRegistryError(error);
+    if (!(error instanceof RegistryError)) context.logger.error({ err: error, url: request.url }, 'request failed');
+    else if (registryError.status >= 500) context.logger.warn({ code: registryError.code, reason: registryError.message, url: request.url }, 'request failed upstream');
+    else context.logger.debug({ code: registryError.code, url: request.url }, 'request refused');
+    void reply.code(registryError.status).headers({ ...API_VERSION, ...registryError.headers }).type('application/json').send(registryError.toJSON());
+  });
+  app.setNotFoundHandler((request, reply) => {
+    void reply.code(404).headers(API_VERSION).send(new RegistryError('NAME_UNKNOWN', 404, `no such endpoint: ${request.method} ${request.url.split('?')[0]!.slice(0, 200)}`).toJSON());
+  });
+
+  app.addHook('onResponse', async (request, reply) => {
+    metrics.requests.inc({ route: routeOf(request), method: request.method, status: String(reply.statusCode) });
+  });
+
+  app.get('/healthz', async () => ({ status: 'ok' }));
+  app.get('/readyz', async (_request, reply) => {
+    const writable = await context.storeWritable();
+    return reply.code(writable ? 200 : 503).send({ store: writable ? 'writable' : 'not writable' });
+  });
+  app.get('/metrics', async (_request, reply) => {
+    return reply.type(metrics.registry.contentType).send(await metrics.registry.metrics());
+  });
+
+  app.route({
+    method: ['GET', 'HEAD', 'POST', 'PUT', 'PATCH', 'DELETE'],
+    url: '/v2/*',
+    handler: async (request, reply) => {
+      reply.headers(API_VERSION);
+      if (context.auth) await context.auth.check(request.headers.authorization);
+      const path = request.url.split('?')[0]!;
+      if (path === '/v2/' || path === '/v2') {
+        if (request.method !== 'GET' && request.method !== 'HEAD') throw unsupported(`${request.method} /v2/`);
+        return reply.type('application/json').send('{}');
+      }
+      if (UPLOADS_PATH.test(path) || (request.method !== 'GET' && request.method !== 'HEAD')) throw unsupported(`${request.method} (push, delete and uploads)`);
+      const head = request.method === 'HEAD';
+      const query = request.query as Record<string, string | string[] | undefined>;
+
+      const content = CONTENT_PATH.exec(path);
+      if (content) {
+        const repo = repositoryFor(context, content[1]!, query.ns);
+        return content[2] === 'manifests' ? serveManifest(context, repo, content[3]!, head, reply) : serveBlob(context, repo, content[3]!, head, request, reply);
+      }
+      const tags = TAGS_PATH.exec(path);
+      if (tags) {
+        const repo = repositoryFor(context, tags[1]!, query.ns);
+        const params: Record<string, string> = {};
+        for (const key of ['n', 'last'] as const) if (typeof query[key] === 'string') params[key] = query[key];
+        const { body, link } = await context.cache.listTags(repo, params);
+        if (link) reply.header('link', link);
+        return reply.type('application/json').send(body);
+      }
+      throw new RegistryError('NAME_UNKNOWN', 404, 'not an OCI distribution endpoint this mirror serves');
+    },
+  });
+
+}
+
+function repositoryFor(context: RouteContext, rawName: string, ns: string | string[] | undefined): Repository {
+  const registry = typeof ns === 'string' && ns !== '' ? ns : context.defaultRegistry;
+  const upstream = context.upstreams.get(registry);
+  if (!upstream) throw nameUnknown(rawName.slice(0, 255), `registry "${registry.slice(0, 255)}" is not mirrored here (configured: ${[...context.upstreams.keys()].join(', ')})`);
+  const name = normaliseName(registry, validateName(rawName));
+  return { upstream: upstream.client, name, tagTTLMs: upstream.tagTTLMs };
+}
+
+async function serveManifest(context: RouteContext, repo: Repository, reference: string, head: boolean, reply: FastifyReply) {
+  const manifest = isDigestReference(reference)
+    ? await context.cache.manifestByDigest(repo, parseDigest(reference))
+    : await context.cache.manifestByTag(repo, validateTag(reference));
+  reply.headers({
+    'content-type': manifest.mediaType,
+    'content-length': String(manifest.bytes.length),
+    'docker-content-digest': manifest.digest,
+    etag: `"${manifest.digest}"`,
+  });
+  return head ? reply.send() : reply.send(manifest.bytes);
+}
+
+async function serveBlob(context: RouteContext, repo: Repository, reference: string, head: boolean, request: FastifyRequest, reply: FastifyReply) {
+  const digest = parseDigest(reference);
+  const common = { 'content-type': 'application/octet-stream', 'docker-content-digest': digest.text, etag: `"${digest.text}"`, 'accept-ranges': 'bytes' };
+  if (head) {
+    // HEAD never starts a download: answer from the store, else from the upstream's own HEAD.
+    const stored = await context.cache.blobFromStore(digest);
+    const size = stored ? stored.size : (await context.cache.headBlobUpstream(repo, digest)).size;
+    reply.headers({ ...common, ...(size !== undefined ? { 'content-length': String(size) } : {}) });
+    return reply.send();
+  }
+  const blob = await context.cache.blob(repo, digest);
+  const range = blob.size !== undefined ? parseRange(request.headers.range, blob.size) : undefined;
+  const source = blob.source === 'store' ? 'store' : 'upstream';
+  if (range === 'unsatisfiable') throw rangeInvalid(blob.size!);
+  const length = range ? range.end - range.start + 1 : blob.size;
+  reply.headers(common);
+  if (length !== undefined) reply.header('content-length', String(length));
+  if (range) reply.code(206).header('content-range', `bytes ${range.start}-${range.end}/${blob.size}`);
+  reply.raw.once('finish', () => {
+    if (length !== undefined) context.metrics.bytesServed.inc({ source }, length);
+  });
+  return reply.send(blob.open(range));
+}
+
+/** A single `bytes=` range; anything else (several ranges, other units, bad syntax) is ignored, as RFC 9110 allows. */
+export function parseRange(header: string | undefined, size: number): { start: number; end: number } | 'unsatisfiable' | undefined {
+  if (!header) return undefined;
+  const match = /^bytes=(\d*)-(\d*)$/.exec(header.trim());
+  if (!match || (match[1] === '' && match[2] === '')) return undefined;
+  let start: number;
+  let end: number;
+  if (match[1] === '') {
+    const suffix = Number(match[2]);
+    if (suffix === 0) return 'unsatisfiable';
+    start = Math.max(0, size - suffix);
+    end = size - 1;
+  } else {
+    start = Number(match[1]);
+    end = match[2] === '' ? size - 1 : Math.min(Number(match[2]), size - 1);
+    if (match[2] !== '' && Number(match[2]) < start) return undefined;
+  }
+  if (start >= size) return 'unsatisfiable';
+  return { start, end };
+}
+
+function routeOf(request: FastifyRequest): Route {
+  const path = request.url.split('?')[0]!;
+  if (path === '/v2/' || path === '/v2') return 'base';
+  if (path.includes('/manifests/')) return 'manifest';
+  if (path.includes('/blobs/')) return 'blob';
+  if (path.endsWith('/tags/list')) return 'tags';
+  return 'other';
+}
+
+function toRegistryError(error: unknown): RegistryError {
+  if (error instanceof RegistryError) return error;
+  const status = (error as { statusCode?: number }).statusCode;
+  if (status && status >= 400 && status < 500) return new RegistryError('UNSUPPORTED', status, (error as Error).message);
+  return new RegistryError('UNKNOWN', 500, 'internal error');
+}

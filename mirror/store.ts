@@ -1,0 +1,182 @@
+// The content store on a filesystem volume. Content is addressed by digest and written to a
+// temporary file that is renamed into place only after its digest checked out, so a crash or
+// kill -9 can leave a stray temporary file (removed at the next start) but never a partial blob
+// that is later served. Tag records say which digest a tag pointed at and when we last asked.
+import { createReadStream, type ReadStream } from 'node:fs';
+import { mkdir, open, readFile, readdir, rename, rm, stat, unlink, utimes, writeFile } from 'node:fs/promises';
+import { randomUUID } from 'node:crypto';
+import { join } from 'node:path';
+import type { Digest } from './reference.ts';
+
+export interface TagRecord {
+  digest: string;
+  mediaType: string;
+  /** When the upstream last confirmed (or gave us) this digest for the tag, ms since epoch. */
+  checkedAt: number;
+}
+
+export interface StoredManifest {
+  bytes: Buffer;
+  mediaType: string;
+}
+
+export interface StoredItem {
+  kind: 'blob' | 'manifest';
+  digest: string;
+  size: number;
+  /** Last read (or write), ms since epoch: kept in the file's mtime, so it survives restarts. */
+  lastAccess: number;
+}
+
+/** Directory names under the store root. Tags live under names that no repository component can take. */
+const BLOBS = 'blobs';
+const MANIFESTS = 'manifests';
+const TAGS = 'tags';
+const TMP = 'tmp';
+const TAG_DIR = '_tags';
+
+export class ContentStore {
+  readonly root: string;
+
+  constructor(root: string) {
+    this.root = root;
+  }
+
+  /** Creates the layout and removes temporary files a previous process left behind. */
+  async init(): Promise<{ removedTemporary: number }> {
+    const tmp = join(this.root, TMP);
+    let removedTemporary = 0;
+    try {
+      removedTemporary = (await readdir(tmp)).length;
+    } catch {
+      // first start: nothing to clean
+    }
+    await rm(tmp, { recursive: true, force: true });
+    for (const dir of [BLOBS, MANIFESTS, TAGS, TMP]) await mkdir(join(this.root, dir), { recursive: true });
+    return { removedTemporary };
+  }
+
+  blobPath(digest: Digest): string {
+    return join(this.root, BLOBS, digest.algorithm, digest.hex.slice(0, 2), digest.hex);
+  }
+
+  manifestPath(digest: Digest): string {
+    return join(this.root, MANIFESTS, digest.algorithm, digest.hex.slice(0, 2), digest.hex);
+  }
+
+  private tagPath(registry: string, name: string, tag: string): string {
+    // registry, name and tag were validated against the distribution grammar: no "..", no "/" in a tag.
+    return join(this.root, TAGS, registry, name, TAG_DIR, tag);
+  }
+
+  /** A new temporary file path on the same filesystem as the store, for write-then-rename. */
+  temporaryPath(): string {
+    return join(this.root, TMP, randomUUID());
+  }
+
+  async statBlob(digest: Digest): Promise<{ size: number } | undefined> {
+    try {
+      const info = await stat(this.blobPath(digest));
+      return { size: info.size };
+    } catch {
+      return undefined;
+    }
+  }
+
+  readBlob(digest: Digest, range?: { start: number; end: number }): ReadStream {
+    return createReadStream(this.blobPath(digest), range ? { start: range.start, end: range.end, highWaterMark: 1 << 20 } : { highWaterMark: 1 << 20 });
+  }
+
+  /** Moves a verified temporary file into place as the blob. */
+  async commitBlob(temporary: string, digest: Digest): Promise<void> {
+    const target = this.blobPath(digest);
+    await mkdir(join(target, '..'), { recursive: true });
+    await rename(temporary, target);
+  }
+
+  async readManifest(digest: Digest): Promise<StoredManifest | undefined> {
+    const path = this.manifestPath(digest);
+    try {
+      const [bytes, mediaType] = await Promise.all([readFile(path), readFile(`${path}.type`, 'utf8')]);
+      return { bytes, mediaType };
+    } catch {
+      return undefined;
+    }
+  }
+
+  /** Manifests are small: written whole, media type first, so a present manifest always has one. */
+  async writeManifest(digest: Digest, manifest: StoredManifest): Promise<void> {
+    const path = this.manifestPath(digest);
+    await mkdir(join(path, '..'), { recursive: true });
+    await this.writeAtomically(`${path}.type`, manifest.mediaType);
+    await this.writeAtomically(path, manifest.bytes);
+  }
+
+  async readTag(registry: string, name: string, tag: string): Promise<TagRecord | undefined> {
+    try {
+      return JSON.parse(await readFile(this.tagPath(registry, name, tag), 'utf8')) as TagRecord;
+    } catch {
+      return undefined;
+    }
+  }
+
+  async writeTag(registry: string, name: string, tag: string, record: TagRecord): Promise<void> {
+    const path = this.tagPath(registry, name, tag);
+    await mkdir(join(path, '..'), { recursive: true });
+    await this.writeAtomically(path, JSON.stringify(record));
+  }
+
+  async deleteTag(registry: string, name: string, tag: string): Promise<void> {
+    await rm(this.tagPath(registry, name, tag), { force: true });
+  }
+
+  /** Tags stored for one repository (used when the upstream cannot list them). */
+  async listTags(registry: string, name: string): Promise<string[]> {
+    try {
+      return (await readdir(join(this.root, TAGS, registry, name, TAG_DIR))).sort();
+    } catch {
+      return [];
+    }
+  }
+
+  /** Records a read: the file's mtime is the last-access time that eviction orders by. */
+  async touch(kind: StoredItem['kind'], digest: Digest, at = Date.now()): Promise<void> {
+    const path = kind === 'blob' ? this.blobPath(digest) : this.manifestPath(digest);
+    const seconds = at / 1000;
+    await utimes(path, seconds, seconds).catch(() => undefined);
+  }
+
+  async remove(kind: StoredItem['kind'], digest: Digest): Promise<void> {
+    const path = kind === 'blob' ? this.blobPath(digest) : this.manifestPath(digest);
+    await unlink(path).catch(() => undefined);
+    if (kind === 'manifest') await unlink(`${path}.type`).catch(() => undefined);
+  }
+
+  /** Walks every stored blob and manifest (at start, to rebuild the eviction index). */
+  async *items(): AsyncGenerator<StoredItem> {
+    for (const kind of ['blob', 'manifest'] as const) {
+      const top = join(this.root, kind === 'blob' ? BLOBS : MANIFESTS);
+      for (const algorithm of await readdir(top).catch(() => [] as string[])) {
+        for (const prefix of await readdir(join(top, algorithm)).catch(() => [] as string[])) {
+          for (const file of await readdir(join(top, algorithm, prefix)).catch(() => [] as string[])) {
+            if (file.endsWith('.type')) continue;
+            const info = await stat(join(top, algorithm, prefix, file)).catch(() => undefined);
+            if (info?.isFile()) yield { kind, digest: `${algorithm}:${file}`, size: info.size, lastAccess: info.mtimeMs };
+          }
+        }
+      }
+    }
+  }
+
+  private async writeAtomically(path: string, data: string | Buffer): Promise<void> {
+    const temporary = this.temporaryPath();
+    const handle = await open(temporary, 'w');
+    try {
+      await writeFile(handle, data);
+      await handle.datasync();
+    } finally {
+      await handle.close();
+    }
+    await rename(temporary, path);
+  }
+}

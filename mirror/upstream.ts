@@ -1,0 +1,214 @@
+// The client for one upstream registry: undici with keep-alive, Docker Hub's bearer-token flow
+// (anonymous or with credentials, tokens cached per scope until they expire), Basic auth, and
+// redirects to blob storage (credentials are never sent to another origin).
+import { Agent, request, type Dispatcher } from 'undici';
+import type { Logger } from '../common/logger.ts';
+import type { UpstreamConfig } from './config.ts';
+
+export interface UpstreamTimeouts {
+  /** TCP/TLS connect. */
+  connectMs: number;
+  /** Until response headers arrive. */
+  headersMs: number;
+  /** Longest pause between two body chunks: a stalled transfer fails after this. */
+  bodyIdleMs: number;
+  /** Tag revalidation (HEAD) must be quick: past this the stored manifest is served. */
+  revalidateMs: number;
+}
+
+export const DEFAULT_TIMEOUTS: UpstreamTimeouts = { connectMs: 5_000, headersMs: 30_000, bodyIdleMs: 30_000, revalidateMs: 5_000 };
+
+export interface UpstreamResponse {
+  status: number;
+  headers: Record<string, string | string[] | undefined>;
+  body: Dispatcher.ResponseData['body'];
+}
+
+interface CachedToken {
+  token: string;
+  expiresAt: number;
+}
+
+interface Challenge {
+  scheme: 'bearer' | 'basic';
+  params: Record<string, string>;
+}
+
+export interface UpstreamObserver {
+  /** Called for every upstream exchange with its outcome; used for metrics. */
+  onResponse?(registry: string, method: string, status: number | 'error', seconds: number): void;
+  onRateLimit?(registry: string, remaining: number): void;
+}
+
+const MAX_REDIRECTS = 5;
+
+export class UpstreamClient {
+  readonly registry: string;
+  readonly url: URL;
+  readonly timeouts: UpstreamTimeouts;
+  private readonly credentials: UpstreamConfig['credentials'];
+  private readonly dispatcher: Dispatcher;
+  private readonly logger: Logger;
+  private readonly observer: UpstreamObserver;
+  private readonly tokens = new Map<string, CachedToken>();
+  private readonly pendingTokens = new Map<string, Promise<string>>();
+  /** Set once the upstream has asked for Basic auth, so later requests send it at once. */
+  private basicAuth = false;
+  private challenge: Challenge | undefined;
+
+  constructor(config: UpstreamConfig, options: { logger: Logger; timeouts?: Partial<UpstreamTimeouts>; observer?: UpstreamObserver; dispatcher?: Dispatcher }) {
+    this.registry = config.registry;
+    this.url = config.url;
+    this.credentials = config.credentials;
+    this.timeouts = { ...DEFAULT_TIMEOUTS, ...options.timeouts };
+    this.logger = options.logger.child({ upstream: config.registry });
+    this.observer = options.observer ?? {};
+    this.dispatcher =
+      options.dispatcher ??
+      new Agent({
+        connect: { timeout: this.timeouts.connectMs },
+        headersTimeout: this.timeouts.headersMs,
+        bodyTimeout: this.timeouts.bodyIdleMs,
+        keepAliveTimeout: 30_000,
+        connections: 64,
+      });
+  }
+
+  /**
+   * Sends GET or HEAD for `/v2/<name>/<path>`, authenticating as the upstream asks. The caller
+   * must consume or dump the body of the returned response.
+   */
+  async fetch(name: string, path: string, options: { method: 'GET' | 'HEAD'; accept?: string; headersTimeoutMs?: number; query?: Record<string, string> }): Promise<UpstreamResponse> {
+    const target = new URL(`${this.url.pathname.replace(/\/$/, '')}/v2/${name}/${path}`, this.url);
+    for (const [key, value] of Object.entries(options.query ?? {})) target.searchParams.set(key, value);
+    const scope = `repository:${name}:pull`;
+    const headers: Record<string, string> = { 'user-agent': 'regmirror' };
+    if (options.accept) headers.accept = options.accept;
+
+    let authorization = await this.authorizationFor(scope, false);
+    for (let attempt = 0; ; attempt++) {
+      const response = await this.send(target, options.method, { ...headers, ...(authorization ? { authorization } : {}) }, options.headersTimeoutMs);
+      if (response.status !== 401) return response;
+      const header = response.headers['www-authenticate'];
+      await response.body.dump();
+      const challenge = parseChallenge(Array.isArray(header) ? header[0] : header);
+      if (attempt > 0 || !challenge) throw new UpstreamAuthError(this.registry, `${name} answered 401 ${this.credentials ? 'with' : 'without'} credentials`);
+      this.challenge = challenge;
+      if (challenge.scheme === 'basic') this.basicAuth = true;
+      authorization = await this.authorizationFor(scope, true);
+      if (!authorization) throw new UpstreamAuthError(this.registry, `${name} asks for Basic credentials and none are configured`);
+    }
+  }
+
+  /** Follows redirects itself: blob storage lives on other origins that must not see our token. */
+  private async send(target: URL, method: string, headers: Record<string, string>, headersTimeoutMs?: number): Promise<UpstreamResponse> {
+    let url = target;
+    let currentHeaders = headers;
+    for (let hop = 0; hop <= MAX_REDIRECTS; hop++) {
+      const started = performance.now();
+      let response: Dispatcher.ResponseData;
+      try {
+        response = await request(url, {
+          method: method as Dispatcher.HttpMethod,
+          headers: currentHeaders,
+          dispatcher: this.dispatcher,
+          ...(headersTimeoutMs ? { headersTimeout: headersTimeoutMs } : {}),
+        });
+      } catch (error) {
+        this.observer.onResponse?.(this.registry, method, 'error', (performance.now() - started) / 1000);
+        throw error;
+      }
+      this.observer.onResponse?.(this.registry, method, response.statusCode, (performance.now() - started) / 1000);
+      const remaining = parseRateLimit(response.headers['ratelimit-remaining']);
+      if (remaining !== undefined) this.observer.onRateLimit?.(this.registry, remaining);
+      const location = response.headers.location;
+      if (response.statusCode >= 300 && response.statusCode < 400 && location && response.statusCode !== 304) {
+        await response.body.dump();
+        const next = new URL(Array.isArray(location) ? location[0]! : location, url);
+        if (next.origin !== target.origin) {
+          const { authorization: _dropped, ...rest } = currentHeaders;
+          currentHeaders = rest;
+        }
+        url = next;
+        continue;
+      }
+      return { status: response.statusCode, headers: response.headers, body: response.body };
+    }
+    throw new Error(`more than ${MAX_REDIRECTS} redirects from ${target.href}`);
+  }
+
+  private async authorizationFor(scope: string, afterChallenge: boolean): Promise<string | undefined> {
+    if (this.basicAuth) return this.basicHeader();
+    if (this.challenge?.scheme !== 'bearer') return undefined;
+    const cached = this.tokens.get(scope);
+    if (cached && cached.expiresAt > Date.now() && !afterChallenge) return `Bearer ${cached.token}`;
+    let pending = this.pendingTokens.get(scope);
+    if (!pending) {
+      pending = this.fetchToken(this.challenge.params, scope).finally(() => this.pendingTokens.delete(scope));
+      this.pendingTokens.set(scope, pending);
+    }
+    return `Bearer ${await pending}`;
+  }
+
+  private basicHeader(): string | undefined {
+    if (!this.credentials) return undefined;
+    return `Basic ${Buffer.from(`${this.credentials.username}:${this.credentials.password}`).toString('base64')}`;
+  }
+
+  /** Docker's token flow: GET realm?service=...&scope=..., with Basic credentials when we have them. */
+  private async fetchToken(params: Record<string, string>, scope: string): Promise<string> {
+    const realm = params.realm;
+    if (!realm) throw new Error('bearer challenge without a realm');
+    const url = new URL(realm);
+    if (params.service) url.searchParams.set('service', params.service);
+    url.searchParams.set('scope', scope);
+    const headers: Record<string, string> = { 'user-agent': 'regmirror' };
+    const basic = this.basicHeader();
+    if (basic) headers.authorization = basic;
+    const response = await request(url, { method: 'GET', headers, dispatcher: this.dispatcher });
+    if (response.statusCode !== 200) {
+      await response.body.dump();
+      throw new UpstreamAuthError(this.registry, `token server answered HTTP ${response.statusCode}`);
+    }
+    const body = (await response.body.json()) as { token?: string; access_token?: string; expires_in?: number; issued_at?: string };
+    const token = body.token ?? body.access_token;
+    if (!token) throw new UpstreamAuthError(this.registry, 'token server answered without a token');
+    const issued = body.issued_at ? Date.parse(body.issued_at) : Date.now();
+    const lifetimeMs = Math.max(60, body.expires_in ?? 60) * 1000;
+    // Renew a little early so a token never expires between our check and the upstream's.
+    this.tokens.set(scope, { token, expiresAt: (Number.isNaN(issued) ? Date.now() : Math.min(issued, Date.now())) + lifetimeMs - 10_000 });
+    this.logger.debug({ scope, expiresInSec: lifetimeMs / 1000 }, 'upstream token issued');
+    return token;
+  }
+
+  async close(): Promise<void> {
+    await this.dispatcher.close();
+  }
+}
+
+/** The upstream (or its token server) refused us: wrong credentials, or none for a private repository. */
+export class UpstreamAuthError extends Error {
+  constructor(registry: string, why: string) {
+    super(`upstream ${registry} refused access: ${why}`);
+    this.name = 'UpstreamAuthError';
+  }
+}
+
+/** Parses `Bearer realm="...",service="...",scope="..."` (and `Basic realm="..."`). */
+export function parseChallenge(header: string | undefined): Challenge | undefined {
+  if (!header) return undefined;
+  const match = /^\s*(Bearer|Basic)\s*(.*)$/i.exec(header);
+  if (!match) return undefined;
+  const params: Record<string, string> = {};
+  const pair = /([A-Za-z_]+)\s*=\s*(?:"((?:[^"\\]|\\.)*)"|([^,\s]*))/g;
+  for (const part of match[2]!.matchAll(pair)) params[part[1]!.toLowerCase()] = part[2] !== undefined ? part[2].replace(/\\(.)/g, '$1') : part[3]!;
+  return { scheme: match[1]!.toLowerCase() as Challenge['scheme'], params };
+}
+
+/** Docker Hub sends `ratelimit-remaining: 76;w=21600`. */
+function parseRateLimit(header: string | string[] | undefined): number | undefined {
+  const value = Array.isArray(header) ? header[0] : header;
+  if (!value) return undefined;
+  const remaining = Number.parseInt(value, 10);
+  return Number.isFinite(remaining) ? remaining : undefined;
+}

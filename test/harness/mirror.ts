@@ -1,0 +1,82 @@
+// regmirror's own mirror for tests: in-process (fast, with an injectable clock and timeouts) or as
+// a child process running `regmirror mirror --config FILE` exactly as users do (for kill -9, SIGTERM).
+import { writeFile } from 'node:fs/promises';
+import path from 'node:path';
+import { stringify } from 'yaml';
+import { createLogger } from '../../common/logger.ts';
+import { createMirror, type Mirror } from '../../mirror/app.ts';
+import { resolveConfig, type MirrorConfigFile } from '../../mirror/config.ts';
+import type { UpstreamTimeouts } from '../../mirror/upstream.ts';
+import { freePort, httpRequest, makeTempDir, spawnServer, type ServerProcess } from './process.ts';
+
+export interface TestMirrorOptions {
+  upstreams: NonNullable<MirrorConfigFile['upstreams']>;
+  default?: string;
+  storagePath?: string;
+  /** Any other config file keys (auth, storage.maxSize, ...). */
+  extra?: Partial<MirrorConfigFile>;
+  now?: () => number;
+  timeouts?: Partial<UpstreamTimeouts>;
+  logLevel?: string;
+}
+
+export interface TestMirror {
+  url: string;
+  /** 127.0.0.1:PORT */
+  host: string;
+  port: number;
+  storagePath: string;
+  mirror: Mirror;
+  stop(): Promise<void>;
+}
+
+async function configFor(opts: TestMirrorOptions, port: number): Promise<MirrorConfigFile> {
+  const storagePath = opts.storagePath ?? path.join(await makeTempDir('mirror-store'), 'data');
+  return {
+    listen: `127.0.0.1:${port}`,
+    upstreams: opts.upstreams,
+    ...(opts.default ? { default: opts.default } : {}),
+    log: { level: opts.logLevel ?? process.env.REGMIRROR_TEST_LOG ?? 'silent' },
+    ...opts.extra,
+    storage: { path: storagePath, ...opts.extra?.storage },
+  };
+}
+
+/** A mirror in this process, on 127.0.0.1 and a free port. */
+export async function startTestMirror(opts: TestMirrorOptions): Promise<TestMirror> {
+  const port = await freePort();
+  const file = await configFor(opts, port);
+  const config = resolveConfig(file, 'test mirror config');
+  const mirror = await createMirror(config, {
+    logger: createLogger('regmirror-mirror', config.logLevel),
+    ...(opts.now ? { now: opts.now } : {}),
+    ...(opts.timeouts ? { timeouts: opts.timeouts } : {}),
+  });
+  const url = await mirror.listen();
+  return { url, host: `127.0.0.1:${port}`, port, storagePath: config.storage.path, mirror, stop: () => mirror.close(2_000) };
+}
+
+export interface MirrorProcess {
+  url: string;
+  host: string;
+  port: number;
+  storagePath: string;
+  configFile: string;
+  process: ServerProcess;
+}
+
+/** `node bin/regmirror.ts mirror --config FILE` as a child process. */
+export async function startMirrorProcess(opts: TestMirrorOptions & { port?: number }): Promise<MirrorProcess> {
+  const port = opts.port ?? (await freePort());
+  const file = await configFor({ ...opts, logLevel: opts.logLevel ?? 'info' }, port);
+  const dir = await makeTempDir('mirror-config');
+  const configFile = path.join(dir, 'config.yaml');
+  await writeFile(configFile, stringify(file));
+  const root = path.resolve(import.meta.dirname, '../..');
+  const child = await spawnServer(process.execPath, [path.join(root, 'bin/regmirror.ts'), 'mirror', '--config', configFile], {
+    cwd: root,
+    logFile: path.join(dir, 'mirror.log'),
+    ready: async () => (await httpRequest(`http://127.0.0.1:${port}/healthz`)).status === 200,
+  });
+  return { url: `http://127.0.0.1:${port}`, host: `127.0.0.1:${port}`, port, storagePath: file.storage.path, configFile, process: child };
+}
