@@ -11,13 +11,18 @@ export type ProcessLookup =
   | { found: true; pid: number; via: string }
   | { found: false; reason: string };
 
-export async function findDaemon(comm: string, pidFiles: string[], procRoot = '/proc'): Promise<ProcessLookup> {
+/**
+ * The daemon named `comm`: from the first pidfile whose pid is such a process, else (when `scan`)
+ * the only such process in /proc.
+ */
+export async function findDaemon(comm: string, pidFiles: string[], scan: boolean, procRoot = '/proc'): Promise<ProcessLookup> {
   for (const file of pidFiles) {
     const text = (await readTextOrNull(file))?.trim();
     if (!text || !/^\d+$/.test(text)) continue;
     const pid = Number(text);
     if ((await commOf(pid, procRoot)) === comm) return { found: true, pid, via: file };
   }
+  if (!scan) return { found: false, reason: `no ${comm} process at the pid in ${pidFiles.join(', ')}` };
   let entries: string[];
   try {
     entries = await readdir(procRoot);

@@ -218,9 +218,10 @@ async function readDockerState(file: string): Promise<DockerState | null> {
   return null;
 }
 
-function dockerPidFiles(config: AgentConfig, daemonJson: Buffer | null): string[] {
+/** daemon.json's own pidfile is authoritative (that dockerd wrote it); otherwise the configured one, then /proc. */
+function lookUpDockerd(config: AgentConfig, daemonJson: Buffer | null) {
   const named = daemonJsonPidFile(daemonJson);
-  return named ? [named, config.dockerPidFile] : [config.dockerPidFile];
+  return named ? findDaemon('dockerd', [named], false) : findDaemon('dockerd', [config.dockerPidFile], true);
 }
 
 /** GET /info on dockerd's socket; undefined when the socket does not answer. */
@@ -251,7 +252,7 @@ const sleep = (ms: number): Promise<void> => new Promise((resolve) => setTimeout
  */
 async function reloadDockerd(ctx: ReconcileContext, daemonJson: Buffer | null, mirror: string, expect: boolean): Promise<string | undefined> {
   const { config, log, notices } = ctx;
-  const lookup = await findDaemon('dockerd', dockerPidFiles(config, daemonJson));
+  const lookup = await lookUpDockerd(config, daemonJson);
   if (!lookup.found) {
     notices.warn(`dockerd-not-found:${lookup.reason}`, 'dockerd not signalled: it reads daemon.json when it starts', { reason: lookup.reason });
     return undefined;
@@ -274,7 +275,7 @@ async function reloadDockerd(ctx: ReconcileContext, daemonJson: Buffer | null, m
 
 async function dockerPresent(config: AgentConfig): Promise<boolean> {
   if (await exists(config.dockerDaemonJson)) return true;
-  return (await findDaemon('dockerd', [config.dockerPidFile])).found;
+  return (await findDaemon('dockerd', [config.dockerPidFile], true)).found;
 }
 
 /** Why this node's Docker is left alone (Docker mirrors only Docker Hub, and sends no credentials). */
@@ -354,7 +355,7 @@ export async function reconcileDocker(ctx: ReconcileContext): Promise<RuntimeSta
 
 async function reloadCrio(ctx: ReconcileContext): Promise<void> {
   // CRI-O caches registries.conf and reloads it on SIGHUP; Podman and skopeo read it per run.
-  const lookup = await findDaemon('crio', ['/var/run/crio/crio.pid']);
+  const lookup = await findDaemon('crio', ['/var/run/crio/crio.pid'], true);
   if (!lookup.found) {
     ctx.notices.info(`crio-not-found:${lookup.reason}`, 'crio not signalled: it reads registries.conf.d when it starts', { reason: lookup.reason });
     return;

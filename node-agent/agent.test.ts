@@ -1,0 +1,219 @@
+// The agent against node directories in a temp dir (no runtime daemons): backups and restores,
+// re-applying after interference, readiness, and refusing unsafe input.
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { chmod, mkdir, readFile, readdir, rm, stat, writeFile } from 'node:fs/promises';
+import path from 'node:path';
+import { pino } from 'pino';
+import { makeTempDir, runCommand, waitFor, httpRequest } from '../test/harness/process.ts';
+import { startAgent, reconcileOnce } from './agent.ts';
+import { parseAgentConfig, type AgentConfig } from './config.ts';
+import { MANAGED_MARKER } from './containerd.ts';
+
+const quiet = pino({ level: 'silent' });
+const REPO = path.resolve(import.meta.dirname, '..');
+
+interface Node {
+  root: string;
+  hostsDir: string;
+  containerdConfig: string;
+  daemonJson: string;
+  crioDir: string;
+}
+
+async function makeNode(opts: { configPath?: boolean } = {}): Promise<Node> {
+  const root = await makeTempDir('node-agent');
+  const node = {
+    root,
+    hostsDir: path.join(root, 'etc/containerd/certs.d'),
+    containerdConfig: path.join(root, 'etc/containerd/config.toml'),
+    daemonJson: path.join(root, 'etc/docker/daemon.json'),
+    crioDir: path.join(root, 'etc/containers/registries.conf.d'),
+  };
+  await mkdir(node.hostsDir, { recursive: true });
+  const registry = opts.configPath === false ? '' : `[plugins."io.containerd.grpc.v1.cri".registry]\n  config_path = "${node.hostsDir}"\n`;
+  await writeFile(node.containerdConfig, `version = 2\n${registry}`);
+  return node;
+}
+
+function nodeArgs(node: Node, extra: string[] = []): string[] {
+  return [
+    '--mirror', 'http://127.0.0.1:5999',
+    '--registries', 'docker.io,ghcr.io',
+    '--containerd-hosts-dir', node.hostsDir,
+    '--containerd-config', node.containerdConfig,
+    '--docker-daemon-json', node.daemonJson,
+    '--crio-dir', node.crioDir,
+    '--ready-listen', '127.0.0.1:0',
+    ...extra,
+  ];
+}
+
+function nodeConfig(node: Node, extra: string[] = []): AgentConfig {
+  return parseAgentConfig(nodeArgs(node, extra), {});
+}
+
+test('apply backs up an existing hosts.toml and remove puts it back byte for byte', async () => {
+  const node = await makeNode();
+  const theirs = '# the platform team\'s\r\nserver = "https://registry-1.docker.io"\n[host."https://corp.example"]\n  capabilities = ["pull"]\n';
+  await mkdir(path.join(node.hostsDir, 'docker.io'));
+  await writeFile(path.join(node.hostsDir, 'docker.io/hosts.toml'), theirs, { mode: 0o640 });
+  await chmod(path.join(node.hostsDir, 'docker.io/hosts.toml'), 0o640);
+
+  const applied = await reconcileOnce(nodeConfig(node, ['--runtimes', 'containerd']), quiet);
+  assert.equal(applied.ready, true, applied.problems.join('; '));
+  for (const registry of ['docker.io', 'ghcr.io']) {
+    const text = await readFile(path.join(node.hostsDir, registry, 'hosts.toml'), 'utf8');
+    assert.ok(text.startsWith(MANAGED_MARKER), registry);
+    assert.match(text, /\[host\."http:\/\/127\.0\.0\.1:5999"\]/);
+  }
+  assert.equal(await readFile(path.join(node.hostsDir, 'docker.io/hosts.toml.regmirror-backup'), 'utf8'), theirs);
+
+  const again = await reconcileOnce(nodeConfig(node, ['--runtimes', 'containerd']), quiet);
+  assert.deepEqual(again.runtimes.flatMap((r) => r.changed), [], 'a second pass changes nothing');
+
+  const removed = await reconcileOnce(nodeConfig(node, ['--runtimes', 'containerd', '--mode', 'remove']), quiet);
+  assert.equal(removed.ready, true);
+  assert.equal(await readFile(path.join(node.hostsDir, 'docker.io/hosts.toml'), 'utf8'), theirs);
+  assert.equal((await stat(path.join(node.hostsDir, 'docker.io/hosts.toml'))).mode & 0o777, 0o640);
+  assert.deepEqual(await readdir(path.join(node.hostsDir, 'docker.io')), ['hosts.toml']);
+  assert.deepEqual(await readdir(node.hostsDir), ['docker.io'], 'the ghcr.io directory the agent made is gone');
+});
+
+test('a registry dropped from the list is taken away on the next apply', async () => {
+  const node = await makeNode();
+  await reconcileOnce(nodeConfig(node, ['--runtimes', 'containerd']), quiet);
+  const config = { ...nodeConfig(node, ['--runtimes', 'containerd']), registries: ['docker.io'] };
+  await reconcileOnce(config, quiet);
+  assert.deepEqual(await readdir(node.hostsDir), ['docker.io']);
+});
+
+test('a containerd without config_path is reported and the node is not ready', async () => {
+  const node = await makeNode({ configPath: false });
+  const result = await reconcileOnce(nodeConfig(node, ['--runtimes', 'containerd']), quiet);
+  assert.equal(result.ready, false);
+  assert.match(result.problems.join('\n'), /does not set config_path .* containerd ignores hosts\.toml/);
+  assert.ok((await readFile(path.join(node.hostsDir, 'docker.io/hosts.toml'), 'utf8')).startsWith(MANAGED_MARKER), 'the files are written anyway');
+  assert.match(await readFile(node.containerdConfig, 'utf8'), /^version = 2\n$/, 'config.toml is never rewritten');
+});
+
+test('node credentials become an Authorization header in a file only root can read', async () => {
+  const node = await makeNode();
+  const secret = path.join(node.root, 'secret');
+  await mkdir(secret);
+  await writeFile(path.join(secret, 'username'), 'node');
+  await writeFile(path.join(secret, 'password'), 's3cret:x\n');
+  await reconcileOnce(nodeConfig(node, ['--runtimes', 'containerd', '--credentials-file', secret]), quiet);
+  const file = path.join(node.hostsDir, 'docker.io/hosts.toml');
+  assert.match(await readFile(file, 'utf8'), new RegExp(`Authorization = "Basic ${Buffer.from('node:s3cret:x').toString('base64')}"`));
+  assert.equal((await stat(file)).mode & 0o777, 0o600);
+});
+
+test('daemon.json keeps its other keys and permissions, and removal restores it byte for byte', async () => {
+  const node = await makeNode();
+  await mkdir(path.dirname(node.daemonJson), { recursive: true });
+  // a pidfile nobody wrote: no dockerd is signalled
+  const original = `{\n\t"log-driver": "json-file",\n\t"pidfile": "${node.root}/nodockerd.pid"\n}`;
+  await writeFile(node.daemonJson, original);
+  await chmod(node.daemonJson, 0o600);
+
+  const applied = await reconcileOnce(nodeConfig(node, ['--runtimes', 'docker']), quiet);
+  assert.equal(applied.ready, true, applied.problems.join('; '));
+  const merged = JSON.parse(await readFile(node.daemonJson, 'utf8'));
+  assert.deepEqual(merged, { 'log-driver': 'json-file', pidfile: `${node.root}/nodockerd.pid`, 'registry-mirrors': ['http://127.0.0.1:5999'] });
+  assert.equal((await stat(node.daemonJson)).mode & 0o777, 0o600);
+
+  await reconcileOnce(nodeConfig(node, ['--runtimes', 'docker', '--mode', 'remove']), quiet);
+  assert.equal(await readFile(node.daemonJson, 'utf8'), original);
+  assert.equal((await stat(node.daemonJson)).mode & 0o777, 0o600);
+  assert.deepEqual(await readdir(path.dirname(node.daemonJson)), ['daemon.json'], 'no state file left behind');
+});
+
+test('the CRI-O drop-in is written for the mirror default and deleted on removal', async () => {
+  const node = await makeNode();
+  await mkdir(node.crioDir, { recursive: true });
+  await writeFile(path.join(node.crioDir, 'shortnames.conf'), '[aliases]\n');
+  await reconcileOnce(nodeConfig(node, ['--runtimes', 'crio']), quiet);
+  assert.match(await readFile(path.join(node.crioDir, '99-regmirror.conf'), 'utf8'), /prefix = "docker.io"[\s\S]*location = "127.0.0.1:5999"/);
+  await reconcileOnce(nodeConfig(node, ['--runtimes', 'crio', '--mode', 'remove']), quiet);
+  assert.deepEqual(await readdir(node.crioDir), ['shortnames.conf']);
+});
+
+test('the running agent puts back a hosts.toml that something else deleted or changed', async () => {
+  const node = await makeNode();
+  const agent = await startAgent(nodeConfig(node, ['--runtimes', 'containerd']), quiet);
+  try {
+    const file = path.join(node.hostsDir, 'docker.io/hosts.toml');
+    const ours = await readFile(file, 'utf8');
+    await rm(file);
+    await waitFor(async () => (await readFile(file, 'utf8').catch(() => '')) === ours, { timeoutMs: 5000, what: 'hosts.toml re-applied after deletion' });
+    await rm(path.join(node.hostsDir, 'ghcr.io'), { recursive: true });
+    await waitFor(async () => (await readFile(path.join(node.hostsDir, 'ghcr.io/hosts.toml'), 'utf8').catch(() => '')).startsWith(MANAGED_MARKER), { timeoutMs: 5000, what: 'registry directory re-created' });
+    await writeFile(file, 'server = "https://elsewhere"\n');
+    await waitFor(async () => (await readFile(file, 'utf8')) === ours, { timeoutMs: 5000, what: 'hosts.toml re-applied after a change' });
+  } finally {
+    await agent.stop();
+  }
+});
+
+test('/readyz answers 200 once the node is configured and 503 with the reason when it is not', async () => {
+  const node = await makeNode({ configPath: false });
+  const readyFile = path.join(node.root, 'ready');
+  const agent = await startAgent(nodeConfig(node, ['--runtimes', 'containerd', '--ready-file', readyFile]), quiet);
+  try {
+    const url = `http://${agent.readinessAddress()}`;
+    const notReady = await httpRequest(`${url}/readyz`);
+    assert.equal(notReady.status, 503);
+    assert.match(notReady.body.toString(), /config_path/);
+    assert.equal((await httpRequest(`${url}/healthz`)).status, 200);
+    await assert.rejects(stat(readyFile));
+
+    await writeFile(node.containerdConfig, `version = 2\n[plugins."io.containerd.grpc.v1.cri".registry]\nconfig_path = "${node.hostsDir}"\n`);
+    const result = await agent.nextPass();
+    assert.equal(result.ready, true);
+    assert.equal((await httpRequest(`${url}/readyz`)).status, 200);
+    await stat(readyFile);
+    const status = JSON.parse((await httpRequest(`${url}/status`)).body.toString());
+    assert.deepEqual(status.runtimes.map((r: { runtime: string; present: boolean }) => [r.runtime, r.present]), [['containerd', true]]);
+  } finally {
+    await agent.stop();
+  }
+  await assert.rejects(stat(readyFile), 'the ready file goes when the agent stops');
+});
+
+test('in remove mode the agent cleans up, then stays up and ready', async () => {
+  const node = await makeNode();
+  await reconcileOnce(nodeConfig(node, ['--runtimes', 'containerd']), quiet);
+  const agent = await startAgent(nodeConfig(node, ['--runtimes', 'containerd', '--mode', 'remove']), quiet);
+  try {
+    assert.deepEqual(await readdir(node.hostsDir), []);
+    assert.equal((await httpRequest(`http://${agent.readinessAddress()}/readyz`)).status, 200);
+  } finally {
+    await agent.stop();
+  }
+});
+
+test('regmirror node-agent refuses an unsafe registry with exit code 2 and writes nothing', async () => {
+  const node = await makeNode();
+  const run = await runCommand(process.execPath, ['bin/regmirror.ts', 'node-agent', ...nodeArgs(node, ['--registries', 'docker.io,../../../etc', '--once'])], { cwd: REPO });
+  assert.equal(run.code, 2);
+  assert.match(run.stderr, /configuration error: flag --registries: registries: "\.\.\/\.\.\/\.\.\/etc" is not a registry host name/);
+  assert.deepEqual(await readdir(node.hostsDir), []);
+
+  const env = { ...process.env, REGMIRROR_MIRROR: 'mirror:5000', REGMIRROR_REGISTRIES: 'docker.io' };
+  const fromEnv = await runCommand(process.execPath, ['bin/regmirror.ts', 'node-agent', '--once'], { cwd: REPO, env });
+  assert.equal(fromEnv.code, 2);
+  assert.match(fromEnv.stderr, /environment REGMIRROR_MIRROR: mirror: .*not a URL|environment REGMIRROR_MIRROR: mirror: .*http or https/);
+});
+
+test('regmirror node-agent --once applies, exits 0, and exits 1 naming the problem when containerd will ignore it', async () => {
+  const node = await makeNode();
+  const ok = await runCommand(process.execPath, ['bin/regmirror.ts', 'node-agent', ...nodeArgs(node, ['--runtimes', 'containerd', '--once'])], { cwd: REPO });
+  assert.equal(ok.code, 0, ok.stderr + ok.stdout);
+  assert.deepEqual((await readdir(node.hostsDir)).sort(), ['docker.io', 'ghcr.io']);
+
+  const bad = await makeNode({ configPath: false });
+  const fail = await runCommand(process.execPath, ['bin/regmirror.ts', 'node-agent', ...nodeArgs(bad, ['--runtimes', 'containerd', '--once'])], { cwd: REPO });
+  assert.equal(fail.code, 1);
+  assert.match(fail.stdout, /"problems":\[[^\]]*does not set config_path[^\]]*\],"msg":"node not configured"/);
+});
