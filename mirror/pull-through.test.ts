@@ -1,0 +1,246 @@
+// The pull-through cache against a real distribution registry, with skopeo as the client.
+import { after, before, describe, test } from 'node:test';
+import assert from 'node:assert/strict';
+import { createHash } from 'node:crypto';
+import { readdir, readFile, writeFile } from 'node:fs/promises';
+import path from 'node:path';
+import { pushImage, readBlob, skopeo, writeOciImage, type TestImage } from '../test/harness/oci-image.ts';
+import { cleanupAll, httpRequest, makeTempDir } from '../test/harness/process.ts';
+import { startRegistry, type RegistryServer } from '../test/harness/registry.ts';
+import { startTestMirror, type TestMirror } from '../test/harness/mirror.ts';
+
+const sha256 = (bytes: Buffer) => `sha256:${createHash('sha256').update(bytes).digest('hex')}`;
+
+async function copyThrough(mirror: TestMirror, ref: string): Promise<string> {
+  const dest = await makeTempDir('skopeo-dest');
+  const result = await skopeo(['copy', '--src-tls-verify=false', '--retry-times=0', `docker://${mirror.host}/${ref}`, `oci:${dest}:x`]);
+  assert.equal(result.code, 0, `skopeo copy ${ref} through the mirror failed:\n${result.stderr}`);
+  return dest;
+}
+
+const blobGets = (registry: RegistryServer) => registry.countRequests({ method: 'GET', path: /\/blobs\/sha256:/, status: 200 });
+const manifestRequests = (registry: RegistryServer, method: string) => registry.countRequests({ method, path: /\/manifests\// });
+
+describe('pull-through cache', () => {
+  let upstream: RegistryServer;
+  let image: TestImage;
+
+  before(async () => {
+    upstream = await startRegistry();
+    image = await writeOciImage(await makeTempDir('image'), { tag: 'v1', layerSizes: [300_000, 50_000], seed: 'pull-through' });
+    await pushImage(image, upstream.ref('library/app', 'v1'));
+  });
+  after(cleanupAll);
+
+  test('first pull fetches from the upstream, the second is served from the store', async () => {
+    const mirror = await startTestMirror({ upstreams: [{ registry: 'docker.io', url: upstream.url }] });
+    try {
+      const before = await blobGets(upstream);
+      await copyThrough(mirror, 'library/app:v1');
+      const afterFirst = await blobGets(upstream);
+      assert.equal(afterFirst - before, image.layers.length + 1, 'each layer and the config fetched once');
+      await copyThrough(mirror, 'app:v1'); // Docker Hub short name: library/ added
+      assert.equal(await blobGets(upstream), afterFirst, 'second pull made no upstream blob GET');
+    } finally {
+      await mirror.stop();
+    }
+  });
+
+  test('manifests and blobs carry the headers a registry sends, for GET and HEAD, by tag and by digest', async () => {
+    const mirror = await startTestMirror({ upstreams: [{ registry: 'docker.io', url: upstream.url }] });
+    try {
+      const manifestBytes = await readBlob(image, image.manifestDigest);
+      for (const reference of ['v1', image.manifestDigest]) {
+        for (const method of ['GET', 'HEAD']) {
+          const res = await httpRequest(`${mirror.url}/v2/library/app/manifests/${reference}`, { method, headers: { accept: image.manifestMediaType } });
+          assert.equal(res.status, 200);
+          assert.equal(res.headers['docker-content-digest'], image.manifestDigest);
+          assert.equal(res.headers['content-type'], image.manifestMediaType);
+          assert.equal(res.headers['content-length'], String(manifestBytes.length));
+          if (method === 'GET') assert.deepEqual(res.body, manifestBytes);
+        }
+      }
+      const layer = image.layers[0]!;
+      const layerBytes = await readBlob(image, layer.digest);
+      const head = await httpRequest(`${mirror.url}/v2/library/app/blobs/${layer.digest}`, { method: 'HEAD' });
+      assert.equal(head.status, 200);
+      assert.equal(head.headers['content-length'], String(layer.size));
+      assert.equal(head.headers['docker-content-digest'], layer.digest);
+      const get = await httpRequest(`${mirror.url}/v2/library/app/blobs/${layer.digest}`, { timeoutMs: 20_000 });
+      assert.equal(get.status, 200);
+      assert.equal(get.headers['content-type'], 'application/octet-stream');
+      assert.equal(sha256(get.body), layer.digest);
+      assert.deepEqual(get.body, layerBytes);
+    } finally {
+      await mirror.stop();
+    }
+  });
+
+  test('Range requests get 206 with the right bytes, cold and warm; an impossible range gets 416', async () => {
+    const mirror = await startTestMirror({ upstreams: [{ registry: 'docker.io', url: upstream.url }] });
+    try {
+      const layer = image.layers[0]!;
+      const bytes = await readBlob(image, layer.digest);
+      for (const round of ['cold', 'warm']) {
+        const res = await httpRequest(`${mirror.url}/v2/library/app/blobs/${layer.digest}`, { headers: { range: 'bytes=1000-1999' } });
+        assert.equal(res.status, 206, round);
+        assert.equal(res.headers['content-range'], `bytes 1000-1999/${layer.size}`);
+        assert.deepEqual(res.body, bytes.subarray(1000, 2000), round);
+      }
+      const suffix = await httpRequest(`${mirror.url}/v2/library/app/blobs/${layer.digest}`, { headers: { range: 'bytes=-10' } });
+      assert.deepEqual(suffix.body, bytes.subarray(bytes.length - 10));
+      const bad = await httpRequest(`${mirror.url}/v2/library/app/blobs/${layer.digest}`, { headers: { range: `bytes=${layer.size}-` } });
+      assert.equal(bad.status, 416);
+      assert.equal(bad.headers['content-range'], `bytes */${layer.size}`);
+    } finally {
+      await mirror.stop();
+    }
+  });
+
+  test('a tag that moved upstream is followed when tagTTL is 0', async () => {
+    const mirror = await startTestMirror({ upstreams: [{ registry: 'docker.io', url: upstream.url, tagTTL: '0s' }] });
+    try {
+      const first = await writeOciImage(await makeTempDir('moving'), { tag: 'moving', seed: 'moving-1' });
+      const second = await writeOciImage(await makeTempDir('moving'), { tag: 'moving', seed: 'moving-2' });
+      await pushImage(first, upstream.ref('library/moving', 'moving'));
+      const a = await httpRequest(`${mirror.url}/v2/library/moving/manifests/moving`);
+      assert.equal(a.headers['docker-content-digest'], first.manifestDigest);
+      await pushImage(second, upstream.ref('library/moving', 'moving'));
+      const b = await httpRequest(`${mirror.url}/v2/library/moving/manifests/moving`);
+      assert.equal(b.headers['docker-content-digest'], second.manifestDigest);
+    } finally {
+      await mirror.stop();
+    }
+  });
+
+  test('within tagTTL a tag is served without asking the upstream; after it, one HEAD revalidates', async () => {
+    let now = 1_000_000;
+    const mirror = await startTestMirror({ upstreams: [{ registry: 'docker.io', url: upstream.url, tagTTL: '30s' }], now: () => now });
+    try {
+      await httpRequest(`${mirror.url}/v2/library/app/manifests/v1`);
+      const gets = await manifestRequests(upstream, 'GET');
+      const heads = await manifestRequests(upstream, 'HEAD');
+      for (let i = 0; i < 5; i++) assert.equal((await httpRequest(`${mirror.url}/v2/library/app/manifests/v1`)).status, 200);
+      assert.equal(await manifestRequests(upstream, 'HEAD'), heads, 'no HEAD within tagTTL');
+      now += 31_000;
+      assert.equal((await httpRequest(`${mirror.url}/v2/library/app/manifests/v1`)).status, 200);
+      assert.equal(await manifestRequests(upstream, 'HEAD'), heads + 1, 'one HEAD after tagTTL');
+      assert.equal(await manifestRequests(upstream, 'GET'), gets, 'unchanged tag: no manifest GET');
+    } finally {
+      await mirror.stop();
+    }
+  });
+
+  test('manifests by digest are never re-asked upstream', async () => {
+    const mirror = await startTestMirror({ upstreams: [{ registry: 'docker.io', url: upstream.url }] });
+    try {
+      await httpRequest(`${mirror.url}/v2/library/app/manifests/${image.manifestDigest}`);
+      const count = (await manifestRequests(upstream, 'GET')) + (await manifestRequests(upstream, 'HEAD'));
+      for (let i = 0; i < 3; i++) await httpRequest(`${mirror.url}/v2/library/app/manifests/${image.manifestDigest}`);
+      assert.equal((await manifestRequests(upstream, 'GET')) + (await manifestRequests(upstream, 'HEAD')), count);
+    } finally {
+      await mirror.stop();
+    }
+  });
+
+  test('8 concurrent cold clients cause one upstream GET of the blob and all get the right bytes', async () => {
+    const big = await writeOciImage(await makeTempDir('big'), { tag: 'big', layerSizes: [8 * 1024 * 1024], seed: 'concurrent' });
+    await pushImage(big, upstream.ref('library/big', 'big'));
+    const mirror = await startTestMirror({ upstreams: [{ registry: 'docker.io', url: upstream.url }] });
+    try {
+      const layer = big.layers[0]!;
+      const path = new RegExp(`/blobs/${layer.digest}$`);
+      const before = await upstream.countRequests({ method: 'GET', path });
+      const responses = await Promise.all(Array.from({ length: 8 }, () => httpRequest(`${mirror.url}/v2/library/big/blobs/${layer.digest}`, { timeoutMs: 30_000 })));
+      for (const res of responses) {
+        assert.equal(res.status, 200);
+        assert.equal(sha256(res.body), layer.digest);
+      }
+      assert.equal((await upstream.countRequests({ method: 'GET', path })) - before, 1);
+    } finally {
+      await mirror.stop();
+    }
+  });
+
+  test('several upstreams in one mirror are chosen by ?ns=, the default takes requests without it', async () => {
+    const ghcr = await startRegistry();
+    const other = await writeOciImage(await makeTempDir('ghcr'), { tag: 'v2', seed: 'ghcr-image' });
+    await pushImage(other, ghcr.ref('org/tool', 'v2'));
+    const mirror = await startTestMirror({ upstreams: [{ registry: 'docker.io', url: upstream.url }, { registry: 'ghcr.io', url: ghcr.url }], default: 'docker.io' });
+    try {
+      const fromGhcr = await httpRequest(`${mirror.url}/v2/org/tool/manifests/v2?ns=ghcr.io`);
+      assert.equal(fromGhcr.headers['docker-content-digest'], other.manifestDigest);
+      const fromHub = await httpRequest(`${mirror.url}/v2/library/app/manifests/v1?ns=docker.io`);
+      assert.equal(fromHub.headers['docker-content-digest'], image.manifestDigest);
+      const noNs = await httpRequest(`${mirror.url}/v2/library/app/manifests/v1`);
+      assert.equal(noNs.headers['docker-content-digest'], image.manifestDigest);
+      const notOnHub = await httpRequest(`${mirror.url}/v2/org/tool/manifests/v2`);
+      assert.equal(notOnHub.status, 404);
+      const unknown = await httpRequest(`${mirror.url}/v2/org/tool/manifests/v2?ns=quay.io`);
+      assert.equal(unknown.status, 404);
+      assert.equal(JSON.parse(unknown.body.toString()).errors[0].code, 'NAME_UNKNOWN');
+      const tags = await httpRequest(`${mirror.url}/v2/org/tool/tags/list?ns=ghcr.io`);
+      assert.deepEqual(JSON.parse(tags.body.toString()), { name: 'org/tool', tags: ['v2'] });
+    } finally {
+      await mirror.stop();
+      await ghcr.stop();
+    }
+  });
+
+  test('with the upstream stopped, stored tags and blobs are still served, and a mirror restarted meanwhile starts and serves them', async () => {
+    const own = await startRegistry();
+    await pushImage(image, own.ref('library/app', 'v1'));
+    const storagePath = path.join(await makeTempDir('offline-store'), 'data');
+    const first = await startTestMirror({ upstreams: [{ registry: 'docker.io', url: own.url }], storagePath });
+    await copyThrough(first, 'library/app:v1');
+    await own.stop();
+    try {
+      await copyThrough(first, 'library/app:v1');
+      const metrics = (await httpRequest(`${first.url}/metrics`)).body.toString();
+      assert.match(metrics, /regmirror_cache_requests_total\{kind="manifest",result="stale"\} [1-9]/);
+      await first.stop();
+      const second = await startTestMirror({ upstreams: [{ registry: 'docker.io', url: own.url }], storagePath });
+      try {
+        await copyThrough(second, 'library/app:v1');
+        const missing = await httpRequest(`${second.url}/v2/library/other/manifests/v1`);
+        assert.equal(missing.status, 502);
+        assert.equal(JSON.parse(missing.body.toString()).errors[0].code, 'UNAVAILABLE');
+      } finally {
+        await second.stop();
+      }
+    } finally {
+      await first.stop().catch(() => undefined);
+    }
+  });
+
+  test('an upstream serving corrupted bytes gets no complete 200 to any client, and nothing is stored', async () => {
+    const own = await startRegistry();
+    const victim = await writeOciImage(await makeTempDir('corrupt'), { tag: 'v1', layerSizes: [2 * 1024 * 1024], seed: 'corrupt' });
+    await pushImage(victim, own.ref('library/corrupt', 'v1'));
+    const layer = victim.layers[0]!;
+    // distribution serves the data file as it is: flip one byte in its storage
+    const hex = layer.digest.slice('sha256:'.length);
+    const data = path.join(own.storageDir, 'docker/registry/v2/blobs/sha256', hex.slice(0, 2), hex, 'data');
+    const bytes = await readFile(data);
+    bytes[bytes.length >> 1] ^= 0xff;
+    await writeFile(data, bytes);
+    const mirror = await startTestMirror({ upstreams: [{ registry: 'docker.io', url: own.url }] });
+    try {
+      const results = await Promise.allSettled(Array.from({ length: 3 }, () => httpRequest(`${mirror.url}/v2/library/corrupt/blobs/${layer.digest}`, { timeoutMs: 20_000 })));
+      for (const result of results) {
+        if (result.status === 'fulfilled') {
+          const complete = result.value.status === 200 && result.value.body.length === layer.size;
+          assert.ok(!complete, 'a client received the whole corrupted blob with 200');
+        }
+      }
+      const stored = await readdir(path.join(mirror.storagePath, 'blobs/sha256', hex.slice(0, 2))).catch(() => []);
+      assert.ok(!stored.includes(hex), 'corrupted blob was stored');
+      assert.deepEqual(await readdir(path.join(mirror.storagePath, 'tmp')), [], 'no temporary file left');
+      const metrics = (await httpRequest(`${mirror.url}/metrics`)).body.toString();
+      assert.match(metrics, /regmirror_fetch_failures_total\{reason="digest"\} 1/);
+    } finally {
+      await mirror.stop();
+      await own.stop();
+    }
+  });
+});
