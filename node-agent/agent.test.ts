@@ -215,5 +215,7 @@ test('regmirror node-agent --once applies, exits 0, and exits 1 naming the probl
   const bad = await makeNode({ configPath: false });
   const fail = await runCommand(process.execPath, ['bin/regmirror.ts', 'node-agent', ...nodeArgs(bad, ['--runtimes', 'containerd', '--once'])], { cwd: REPO });
   assert.equal(fail.code, 1);
-  assert.match(fail.stdout, /"problems":\[[^\]]*does not set config_path[^\]]*\],"msg":"node not configured"/);
+  const report = JSON.parse(fail.stdout.trim().split('\n').at(-1)!);
+  assert.equal(report.msg, 'node not configured');
+  assert.match(report.problems.join('\n'), /does not set config_path/);
 });
