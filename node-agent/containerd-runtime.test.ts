@@ -1,0 +1,64 @@
+// A real containerd pulls through the mirror once the agent has written its hosts directory,
+// and stops asking the mirror once the agent has taken it away.
+import { after, before, test } from 'node:test';
+import assert from 'node:assert/strict';
+import { readdir } from 'node:fs/promises';
+import { startContainerd, type Containerd } from '../test/harness/containerd.ts';
+import { mirrorManifestRequests, runNodeAgent, startMirroredRegistries, type MirroredRegistries } from './runtime-fixtures.ts';
+
+let upstreams: MirroredRegistries;
+let containerd: Containerd;
+
+before(async () => {
+  upstreams = await startMirroredRegistries();
+  await upstreams.push(upstreams.hub, 'library/alpine', 'v1');
+  await upstreams.push(upstreams.hub, 'library/alpine', 'v2');
+  await upstreams.push(upstreams.ghcr, 'acme/tool', 'v1');
+  containerd = await startContainerd();
+});
+
+after(async () => {
+  await containerd?.stop();
+  await upstreams?.stop();
+});
+
+function agentArgs(mode: 'apply' | 'remove'): string[] {
+  return [
+    '--mirror', upstreams.mirror.url,
+    '--registries', 'docker.io,ghcr.io',
+    '--runtimes', 'containerd',
+    '--containerd-hosts-dir', containerd.hostsDir,
+    '--containerd-config', containerd.configFile,
+    '--mode', mode,
+    '--once',
+    '--ready-listen', '',
+  ];
+}
+
+test('containerd pulls docker.io and ghcr.io images through the mirror the agent configured', async () => {
+  await runNodeAgent(agentArgs('apply'));
+  assert.deepEqual((await readdir(containerd.hostsDir)).sort(), ['docker.io', 'ghcr.io']);
+
+  const before = await mirrorManifestRequests(upstreams.mirror);
+  // The hosts.toml servers (registry-1.docker.io, ghcr.io) are not reachable from here: only the
+  // mirror can have answered these pulls, and it fetched from the stand-in upstreams.
+  await containerd.pull('docker.io/library/alpine:v1');
+  await containerd.pull('ghcr.io/acme/tool:v1');
+  assert.ok((await mirrorManifestRequests(upstreams.mirror)) >= before + 2, 'the mirror served the manifests');
+  assert.ok((await upstreams.hub.countRequests({ method: 'GET', path: /^\/v2\/library\/alpine\/manifests\// })) >= 1);
+  assert.ok((await upstreams.ghcr.countRequests({ method: 'GET', path: /^\/v2\/acme\/tool\/manifests\// })) >= 1);
+  const images = await containerd.images();
+  assert.ok(images.includes('docker.io/library/alpine:v1'), images.join(', '));
+  assert.ok(images.includes('ghcr.io/acme/tool:v1'), images.join(', '));
+});
+
+test('after removal containerd no longer asks the mirror', async () => {
+  await runNodeAgent(agentArgs('remove'));
+  assert.deepEqual(await readdir(containerd.hostsDir), []);
+
+  const mirrorBefore = await mirrorManifestRequests(upstreams.mirror);
+  const hubBefore = await upstreams.hub.countRequests({ path: /^\/v2\/library\/alpine\// });
+  await assert.rejects(containerd.pull('docker.io/library/alpine:v2'), /registry-1\.docker\.io/, 'the pull goes to Docker Hub itself');
+  assert.equal(await mirrorManifestRequests(upstreams.mirror), mirrorBefore, 'the mirror was not asked');
+  assert.equal(await upstreams.hub.countRequests({ path: /^\/v2\/library\/alpine\// }), hubBefore);
+});
