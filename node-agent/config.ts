@@ -26,6 +26,8 @@ export interface AgentConfig {
   crioDir: string;
   /** A file `username:password`, or a directory with `username` and `password` files (a mounted basic-auth Secret). */
   credentialsFile: string | undefined;
+  /** Node credentials given inline (REGMIRROR_MIRROR_USERNAME / REGMIRROR_MIRROR_PASSWORD, from a Secret). */
+  credentials: { username: string; password: string } | undefined;
   /** Reconcile at least this often, whatever fs.watch reports. */
   resyncIntervalMs: number;
   dialTimeout: string;
@@ -215,6 +217,23 @@ export function parseAgentConfig(argv: string[], env: NodeJS.ProcessEnv): AgentC
     throw new ConfigError(credentialsIn.source, OPTIONS.credentialsFile.flag, `"${credentialsFile}" must be an absolute path`);
   }
 
+  // Inline credentials come only from the environment: a password in a flag shows in `ps`.
+  const username = env.REGMIRROR_MIRROR_USERNAME;
+  const password = env.REGMIRROR_MIRROR_PASSWORD;
+  let credentials: AgentConfig['credentials'];
+  if (username !== undefined || password !== undefined) {
+    if (!username || password === undefined || password === '') {
+      throw new ConfigError('environment REGMIRROR_MIRROR_USERNAME / REGMIRROR_MIRROR_PASSWORD', 'credentials', 'both must be set (or neither)');
+    }
+    if (username.includes(':')) {
+      throw new ConfigError('environment REGMIRROR_MIRROR_USERNAME', 'credentials', 'a username must not contain ":"');
+    }
+    if (credentialsFile !== undefined) {
+      throw new ConfigError('environment REGMIRROR_MIRROR_USERNAME', 'credentials', 'set either these or --credentials-file (REGMIRROR_CREDENTIALS_FILE), not both');
+    }
+    credentials = { username, password };
+  }
+
   const levelIn = required('logLevel');
   if (!(LOG_LEVELS as readonly string[]).includes(levelIn.value)) {
     throw new ConfigError(levelIn.source, OPTIONS.logLevel.flag, `"${levelIn.value}" must be one of ${LOG_LEVELS.join(', ')}`);
@@ -233,6 +252,7 @@ export function parseAgentConfig(argv: string[], env: NodeJS.ProcessEnv): AgentC
     dockerPidFile: path('dockerPidFile'),
     crioDir: path('crioDir'),
     credentialsFile,
+    credentials,
     resyncIntervalMs,
     dialTimeout: dialIn.value,
     readyListen,

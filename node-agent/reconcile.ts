@@ -58,6 +58,10 @@ export interface ReconcileContext {
   notices: Notices;
 }
 
+function mirrorRequiresAuth(config: AgentConfig): boolean {
+  return config.credentials !== undefined || config.credentialsFile !== undefined;
+}
+
 function status(runtime: Runtime, present: boolean): RuntimeStatus {
   return { runtime, present, done: true, changed: [], problems: [], watch: [] };
 }
@@ -160,7 +164,8 @@ export async function reconcileContainerd(ctx: ReconcileContext): Promise<Runtim
   const apply = config.mode === 'apply';
 
   let authorization: string | undefined;
-  if (apply && config.credentialsFile) authorization = basicAuthorization(await readCredentials(config.credentialsFile));
+  if (apply && config.credentials) authorization = basicAuthorization(config.credentials);
+  else if (apply && config.credentialsFile) authorization = basicAuthorization(await readCredentials(config.credentialsFile));
   // A file with a credential in it is for root's eyes only.
   const mode = authorization ? 0o600 : 0o644;
 
@@ -282,7 +287,7 @@ async function dockerPresent(config: AgentConfig): Promise<boolean> {
 function dockerSkipReason(config: AgentConfig): string | undefined {
   if (!config.registries.includes('docker.io')) return 'docker.io is not among the mirrored registries and Docker mirrors cover Docker Hub only';
   if (config.defaultRegistry !== 'docker.io') return `the mirror's default registry is ${config.defaultRegistry}, but Docker asks a mirror for Docker Hub content without naming the registry`;
-  if (config.credentialsFile) return 'the mirror requires auth and dockerd cannot send credentials to a registry mirror';
+  if (mirrorRequiresAuth(config)) return 'the mirror requires auth and dockerd cannot send credentials to a registry mirror';
   return undefined;
 }
 
@@ -374,7 +379,7 @@ export async function reconcileCrio(ctx: ReconcileContext): Promise<RuntimeStatu
 
   let desired: string | null = null;
   if (config.mode === 'apply') {
-    if (config.credentialsFile) {
+    if (mirrorRequiresAuth(config)) {
       notices.warn('crio-auth', 'CRI-O left alone: the mirror requires auth and the agent does not write containers auth.json');
     } else {
       const dropIn = crioDropIn({ registries: config.registries, mirror: config.mirror, defaultRegistry: config.defaultRegistry });
