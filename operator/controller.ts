@@ -1,0 +1,226 @@
+// The thin loop around the reconciler: informers keep caches of RegistryMirrors, the kinds they own
+// and Secrets; their event handlers only enqueue keys; workers take keys from the queue and
+// reconcile. A watch that fails is restarted from its last resourceVersion (and relists when the
+// server answers 410 Gone), so events survive an API server restart.
+import { makeInformer, type Informer, type KubeConfig, type KubernetesObject, type ObjectCache as InformerCache } from '@kubernetes/client-node';
+import type { Logger } from '../common/logger.ts';
+import { API_VERSION, KIND, type RegistryMirror } from './api/registry-mirror.ts';
+import { FIELD_MANAGER } from './desired/inputs.ts';
+import type { EventRecorder } from './events.ts';
+import { collectionPath, type KubeApi, type KubeObject } from './kube/api.ts';
+import type { OperatorMetrics } from './metrics.ts';
+import { Reconciler, type ObjectCache } from './reconciler.ts';
+import { WorkQueue } from './work-queue.ts';
+
+const OWNED_KINDS: [string, string][] = [
+  ['v1', 'ConfigMap'],
+  ['v1', 'Service'],
+  ['v1', 'PersistentVolumeClaim'],
+  ['apps/v1', 'Deployment'],
+  ['apps/v1', 'DaemonSet'],
+];
+const MANAGED_SELECTOR = `app.kubernetes.io/managed-by=${FIELD_MANAGER}`;
+
+export interface ControllerOptions {
+  kubeConfig: KubeConfig;
+  api: KubeApi;
+  events: EventRecorder;
+  logger: Logger;
+  metrics: OperatorMetrics;
+  /** Namespaces to watch; empty means all. */
+  namespaces: string[];
+  mirrorImage: string;
+  nodeCleanupTimeoutMs: number;
+  workers?: number;
+  /** Every mirror is reconciled at least this often, whatever the watches say. */
+  resyncMs?: number;
+}
+
+type AnyObject = KubernetesObject & KubeObject;
+
+interface WatchedKind {
+  name: string;
+  informers: Map<string, Informer<AnyObject> & InformerCache<AnyObject>>;
+}
+
+export class Controller {
+  private readonly options: ControllerOptions;
+  private readonly queue: WorkQueue;
+  private readonly reconciler: Reconciler;
+  private readonly kinds: WatchedKind[] = [];
+  private mirrors!: WatchedKind;
+  private secrets!: WatchedKind;
+  private readonly restartTimers = new Set<NodeJS.Timeout>();
+  private resyncTimer?: NodeJS.Timeout;
+  private workers: Promise<void>[] = [];
+  private stopped = false;
+
+  constructor(options: ControllerOptions) {
+    this.options = options;
+    this.queue = new WorkQueue({ onDepth: (depth) => options.metrics.queueDepth.set(depth) });
+    const cache: ObjectCache = {
+      mirror: (namespace, name) => this.lookup(this.mirrors, namespace, name) as RegistryMirror | undefined,
+      secret: (namespace, name) => this.lookup(this.secrets, namespace, name) as ReturnType<ObjectCache['secret']>,
+    };
+    this.reconciler = new Reconciler({
+      api: options.api,
+      cache,
+      events: options.events,
+      logger: options.logger,
+      mirrorImage: options.mirrorImage,
+      nodeCleanupTimeoutMs: options.nodeCleanupTimeoutMs,
+    });
+  }
+
+  /** Starts the watches, waits for their first lists, then starts the workers. */
+  async start(): Promise<void> {
+    this.mirrors = this.watch(API_VERSION, KIND, undefined, (obj) => this.enqueue(obj));
+    this.secrets = this.watch('v1', 'Secret', undefined, (obj) => this.onSecret(obj));
+    for (const [apiVersion, kind] of OWNED_KINDS) this.watch(apiVersion, kind, MANAGED_SELECTOR, (obj) => this.enqueueOwner(obj));
+    await Promise.all(this.kinds.flatMap((kind) => [...kind.informers.entries()].map(([namespace, informer]) => this.startInformer(kind.name, namespace, informer))));
+    this.options.logger.info({ namespaces: this.options.namespaces.length ? this.options.namespaces : 'all' }, 'caches synced; reconciling');
+    for (const mirror of this.allMirrors()) this.enqueue(mirror);
+    const workers = this.options.workers ?? 2;
+    this.workers = Array.from({ length: workers }, () => this.work());
+    this.resyncTimer = setInterval(() => {
+      for (const mirror of this.allMirrors()) this.enqueue(mirror);
+    }, this.options.resyncMs ?? 10 * 60_000);
+    this.resyncTimer.unref();
+  }
+
+  async stop(): Promise<void> {
+    this.stopped = true;
+    clearInterval(this.resyncTimer);
+    for (const timer of this.restartTimers) clearTimeout(timer);
+    this.queue.shutDown();
+    await Promise.all(this.kinds.flatMap((kind) => [...kind.informers.values()].map((informer) => informer.stop())));
+    await Promise.all(this.workers);
+  }
+
+  private lookup(kind: WatchedKind, namespace: string, name: string): AnyObject | undefined {
+    const informer = kind.informers.get(namespace) ?? kind.informers.get('');
+    return informer?.get(name, namespace);
+  }
+
+  private allMirrors(): AnyObject[] {
+    return [...this.mirrors.informers.values()].flatMap((informer) => [...informer.list()]);
+  }
+
+  private watch(apiVersion: string, kind: string, labelSelector: string | undefined, handler: (obj: AnyObject) => void): WatchedKind {
+    const watched: WatchedKind = { name: `${apiVersion}/${kind}`, informers: new Map() };
+    const namespaces = this.options.namespaces.length ? this.options.namespaces : [''];
+    for (const namespace of namespaces) {
+      const path = collectionPath(apiVersion, kind, namespace || undefined);
+      const list = async () => {
+        const result = await this.options.api.list<AnyObject>(apiVersion, kind, namespace || undefined, labelSelector);
+        // Lists return items without apiVersion/kind; the reconciler and builders want them.
+        for (const item of result.items) {
+          item.apiVersion ??= apiVersion;
+          item.kind ??= kind;
+        }
+        return result as never;
+      };
+      const informer = makeInformer<AnyObject>(this.options.kubeConfig, path, list, labelSelector);
+      informer.on('add', handler);
+      informer.on('update', handler);
+      informer.on('delete', handler);
+      watched.informers.set(namespace, informer);
+    }
+    this.kinds.push(watched);
+    return watched;
+  }
+
+  /**
+   * Starts one informer and keeps it running: client-node's ListWatch stops on an error other than
+   * 410 Gone, so it is started again with backoff; it resumes from the last resourceVersion it saw.
+   */
+  private async startInformer(kind: string, namespace: string, informer: Informer<AnyObject>): Promise<void> {
+    const { logger, metrics } = this.options;
+    let delayMs = 500;
+    let failed = false;
+    let synced = false;
+    const restart = async () => {
+      if (this.stopped) return;
+      failed = false;
+      await informer.start();
+      // A start that failed again has already scheduled the next try, with a longer delay.
+      if (!failed) delayMs = 500;
+    };
+    informer.on('error', (error: unknown) => {
+      failed = true;
+      if (this.stopped) return;
+      metrics.watchRestarts.inc({ resource: kind });
+      logger.warn({ resource: kind, namespace: namespace || undefined, err: (error as Error)?.message ?? String(error), retryInMs: delayMs }, 'watch failed; restarting');
+      if (!synced) return;
+      const timer = setTimeout(() => {
+        this.restartTimers.delete(timer);
+        void restart();
+      }, delayMs);
+      delayMs = Math.min(delayMs * 2, 30_000);
+      this.restartTimers.add(timer);
+    });
+    // The first list must succeed before workers read the caches.
+    for (;;) {
+      failed = false;
+      await informer.start();
+      if (!failed || this.stopped) break;
+      await new Promise((resolve) => setTimeout(resolve, delayMs));
+      delayMs = Math.min(delayMs * 2, 30_000);
+    }
+    synced = true;
+    delayMs = 500;
+  }
+
+  private enqueue(obj: AnyObject): void {
+    const { namespace, name } = obj.metadata ?? {};
+    if (namespace && name) this.queue.add(`${namespace}/${name}`);
+  }
+
+  private enqueueOwner(obj: AnyObject): void {
+    const owner = obj.metadata?.ownerReferences?.find((ref) => ref.controller && ref.kind === KIND && ref.apiVersion.startsWith(`${API_VERSION.split('/')[0]}/`));
+    if (owner && obj.metadata?.namespace) this.queue.add(`${obj.metadata.namespace}/${owner.name}`);
+  }
+
+  private onSecret(secret: AnyObject): void {
+    this.enqueueOwner(secret);
+    const namespace = secret.metadata?.namespace;
+    const name = secret.metadata?.name;
+    if (!namespace || !name) return;
+    for (const mirror of this.allMirrors() as unknown as RegistryMirror[]) {
+      if (mirror.metadata.namespace !== namespace) continue;
+      const { spec } = mirror;
+      const references =
+        spec.upstreams?.some((u) => u.credentialsSecretRef?.name === name) ||
+        spec.auth?.htpasswdSecretRef?.name === name ||
+        spec.tls?.secretName === name;
+      if (references) this.queue.add(`${namespace}/${mirror.metadata.name}`);
+    }
+  }
+
+  private async work(): Promise<void> {
+    const { metrics, logger } = this.options;
+    for (;;) {
+      const key = await this.queue.get();
+      if (key === undefined) return;
+      const end = metrics.duration.startTimer();
+      try {
+        const result = await this.reconciler.reconcile(key);
+        this.queue.forget(key);
+        if (result.requeueAfterMs !== undefined) {
+          this.queue.addAfter(key, result.requeueAfterMs);
+          metrics.reconciles.inc({ result: 'requeue' });
+        } else {
+          metrics.reconciles.inc({ result: 'success' });
+        }
+      } catch (error) {
+        metrics.reconciles.inc({ result: 'error' });
+        metrics.errors.inc();
+        const retryInMs = this.queue.addRateLimited(key);
+        logger.error({ mirror: key, err: (error as Error).message, retryInMs }, 'reconcile failed');
+      } finally {
+        end();
+        this.queue.done(key);
+      }
+    }
+  }
+}

@@ -1,0 +1,304 @@
+// Reconcile one RegistryMirror: level-triggered and idempotent. It reads the mirror and the Secrets
+// it references, builds the desired objects with the pure builders, applies them with server-side
+// apply, and writes status from what the server returned. Deletion runs the node-cleanup finalizer.
+import { createHash } from 'node:crypto';
+import type { Logger } from '../common/logger.ts';
+import { API_VERSION, KIND, type RegistryMirror, type RegistryMirrorStatus } from './api/registry-mirror.ts';
+import { InvalidCredentialsError, normaliseCredentials, type Credentials, type SecretLike } from './credentials.ts';
+import { desiredConfigMap } from './desired/config-map.ts';
+import { desiredDaemonSet, MODE_ANNOTATION } from './desired/daemon-set.ts';
+import { desiredDeployment } from './desired/deployment.ts';
+import {
+  FINALIZER, endpoint, names, withDefaults, type DesiredInputs, type NodeAgentMode,
+} from './desired/inputs.ts';
+import { desiredPersistentVolumeClaim } from './desired/persistent-volume-claim.ts';
+import { desiredSecret } from './desired/secret.ts';
+import { desiredService } from './desired/service.ts';
+import type { EventRecorder } from './events.ts';
+import { isNotFound, type KubeApi, type KubeObject } from './kube/api.ts';
+import { nodeCredentials } from './node-credentials.ts';
+import {
+  READY, desiredStatus, nodesDone, type DaemonSetStatus, type Observed, type Problem, type WorkloadStatus,
+} from './status.ts';
+
+export interface ReconcileResult {
+  /** Look again after this long even if no watch event arrives (waiting on something unwatched). */
+  requeueAfterMs?: number;
+}
+
+/** Where the reconciler reads watched objects (the informers' caches). */
+export interface ObjectCache {
+  mirror(namespace: string, name: string): RegistryMirror | undefined;
+  secret(namespace: string, name: string): (SecretLike & KubeObject) | undefined;
+}
+
+export interface ReconcilerOptions {
+  api: KubeApi;
+  cache: ObjectCache;
+  events: EventRecorder;
+  logger: Logger;
+  mirrorImage: string;
+  /** How long the finalizer waits for nodes to drop the mirror before letting the objects go. */
+  nodeCleanupTimeoutMs: number;
+  now?: () => Date;
+}
+
+type Applied = KubeObject & { status?: Record<string, unknown>; spec?: Record<string, unknown> };
+
+const NODE_CLEANUP_POLL_MS = 5_000;
+
+export class Reconciler {
+  private readonly options: ReconcilerOptions;
+  private readonly now: () => Date;
+
+  constructor(options: ReconcilerOptions) {
+    this.options = options;
+    this.now = options.now ?? (() => new Date());
+  }
+
+  async reconcile(key: string): Promise<ReconcileResult> {
+    const [namespace, name] = key.split('/') as [string, string];
+    const cached = this.options.cache.mirror(namespace, name);
+    // Gone: owner references let the garbage collector take the owned objects.
+    if (!cached) return {};
+    const mirror: RegistryMirror = { ...cached, spec: withDefaults(cached.spec) };
+    if (mirror.metadata.deletionTimestamp) return this.finalize(mirror);
+
+    if (!mirror.metadata.finalizers?.includes(FINALIZER)) await this.setFinalizer(mirror, true);
+
+    const gathered = await this.gatherInputs(mirror, 'apply');
+    if (gathered.problem) {
+      // Keep what runs now: a config without its credentials would only break pulls that work.
+      const service = await this.options.api.find<Applied>('v1', 'Service', namespace, names(mirror).service);
+      await this.writeStatus(mirror, {
+        problem: gathered.problem,
+        endpoint: service?.spec?.clusterIP ? endpoint(mirror, String(service.spec.clusterIP)) : undefined,
+        wantedReplicas: mirror.spec.replicas,
+        nodeConfigEnabled: mirror.spec.nodeConfig.enabled,
+        deleting: false,
+      });
+      return {};
+    }
+    const inputs = gathered.inputs;
+    const { api } = this.options;
+    await api.apply(desiredConfigMap(inputs));
+    await api.apply(desiredSecret(inputs));
+    const pvc = await api.apply<Applied>(desiredPersistentVolumeClaim(inputs));
+    const service = await api.apply<Applied>(desiredService(inputs));
+    const clusterIP = service.spec?.clusterIP as string | undefined;
+    const deployment = await api.apply<Applied>(desiredDeployment(inputs));
+
+    let daemonSet: Applied | undefined;
+    if (clusterIP && clusterIP !== 'None') {
+      inputs.serviceIP = clusterIP;
+      if (mirror.spec.nodeConfig.enabled) {
+        daemonSet = await api.apply<Applied>(desiredDaemonSet(inputs));
+      } else {
+        // Turned off: an existing agent takes the configuration away and stays to keep it away.
+        const existing = await api.find<Applied>('apps/v1', 'DaemonSet', namespace, names(mirror).daemonSet);
+        if (existing) daemonSet = await api.apply<Applied>(desiredDaemonSet({ ...inputs, nodeAgentMode: 'remove' }));
+      }
+    }
+
+    await this.writeStatus(mirror, {
+      endpoint: clusterIP ? endpoint(mirror, clusterIP) : undefined,
+      pvcPhase: pvc.status?.phase as string | undefined,
+      deployment: workloadStatus(deployment),
+      wantedReplicas: mirror.spec.replicas,
+      daemonSet: daemonSet ? daemonSetStatus(daemonSet) : undefined,
+      nodeAgentMode: daemonSet ? modeOf(daemonSet) : undefined,
+      nodeConfigEnabled: mirror.spec.nodeConfig.enabled,
+      deleting: false,
+    });
+    return {};
+  }
+
+  /** Reads the referenced Secrets into builder inputs, or names the first problem with them. */
+  private async gatherInputs(mirror: RegistryMirror, mode: NodeAgentMode): Promise<{ inputs: DesiredInputs; problem?: undefined } | { problem: Problem; inputs?: undefined }> {
+    const { cache } = this.options;
+    const { namespace } = mirror.metadata;
+    const { spec } = mirror;
+    const missing = (secretName: string, what: string): { problem: Problem } => ({
+      problem: { reason: 'SecretNotFound', message: `Secret ${secretName} (${what}) not found in namespace ${namespace}` },
+    });
+    const invalid = (message: string): { problem: Problem } => ({ problem: { reason: 'InvalidCredentials', message } });
+
+    const upstreamCredentials = new Map<string, Credentials>();
+    for (const upstream of spec.upstreams) {
+      const ref = upstream.credentialsSecretRef;
+      if (!ref) continue;
+      const secret = cache.secret(namespace, ref.name);
+      if (!secret) return missing(ref.name, `credentials for ${upstream.registry}`);
+      try {
+        upstreamCredentials.set(upstream.registry, normaliseCredentials(secret, upstream.registry, ref.name));
+      } catch (error) {
+        if (error instanceof InvalidCredentialsError) return invalid(error.message);
+        throw error;
+      }
+    }
+
+    const inputs: DesiredInputs = {
+      mirror,
+      image: spec.image ?? this.options.mirrorImage,
+      nodeAgentImage: this.options.mirrorImage,
+      upstreamCredentials,
+      nodeAgentMode: mode,
+    };
+
+    const htpasswdRef = spec.auth?.htpasswdSecretRef;
+    if (htpasswdRef) {
+      const secret = cache.secret(namespace, htpasswdRef.name);
+      if (!secret) return missing(htpasswdRef.name, 'htpasswd for spec.auth');
+      const text = secret.data?.htpasswd;
+      if (!text) return invalid(`Secret ${htpasswdRef.name} (spec.auth) has no key "htpasswd"`);
+      inputs.htpasswd = Buffer.from(text, 'base64').toString('utf8');
+      inputs.nodeCredentials = await nodeCredentials(cache.secret(namespace, names(mirror).secret)?.data);
+    }
+
+    if (spec.tls) {
+      const secret = cache.secret(namespace, spec.tls.secretName);
+      if (!secret) return missing(spec.tls.secretName, 'spec.tls');
+      if (!secret.data?.['tls.crt'] || !secret.data?.['tls.key']) {
+        return invalid(`Secret ${spec.tls.secretName} (spec.tls) needs keys "tls.crt" and "tls.key"`);
+      }
+      inputs.tlsDigest = createHash('sha256').update(secret.data['tls.crt']).update(secret.data['tls.key']).digest('hex');
+    }
+    return { inputs };
+  }
+
+  /** The finalizer: switch the node agent to remove mode, wait (bounded) for it, then let go. */
+  private async finalize(mirror: RegistryMirror): Promise<ReconcileResult> {
+    if (!mirror.metadata.finalizers?.includes(FINALIZER)) return {};
+    const { api, events, logger } = this.options;
+    const { namespace } = mirror.metadata;
+    const n = names(mirror);
+    const current = await api.find<Applied>('apps/v1', 'DaemonSet', namespace, n.daemonSet);
+    if (!current) {
+      await this.setFinalizer(mirror, false);
+      return {};
+    }
+    const waitedMs = this.now().getTime() - Date.parse(mirror.metadata.deletionTimestamp!);
+    let daemonSet = current;
+    if (modeOf(current) !== 'remove') {
+      const service = await api.find<Applied>('v1', 'Service', namespace, n.service);
+      const serviceIP = (service?.spec?.clusterIP as string | undefined) ?? mirrorIPFromArgs(current);
+      const gathered = await this.gatherInputs(mirror, 'remove');
+      // Secrets may already be gone; removal needs none of them, only the registries and the address.
+      const inputs: DesiredInputs = gathered.inputs ?? {
+        mirror,
+        image: mirror.spec.image ?? this.options.mirrorImage,
+        nodeAgentImage: this.options.mirrorImage,
+        upstreamCredentials: new Map(),
+        nodeAgentMode: 'remove',
+      };
+      if (!serviceIP) {
+        logger.warn({ mirror: `${namespace}/${mirror.metadata.name}` }, 'no mirror address left to remove from nodes');
+      } else {
+        daemonSet = await api.apply<Applied>(desiredDaemonSet({ ...inputs, serviceIP, nodeAgentMode: 'remove' }));
+        await events.record(mirror, 'Normal', 'NodeCleanup', 'switched the node agent to remove mode; waiting for every node');
+      }
+    }
+    const nodes = nodesDone(daemonSetStatus(daemonSet));
+    const done = modeOf(daemonSet) === 'remove' && nodes.complete;
+    const timedOut = waitedMs >= this.options.nodeCleanupTimeoutMs;
+    if (done || timedOut) {
+      if (done) {
+        await events.record(mirror, 'Normal', 'NodesCleaned', `mirror configuration removed from ${nodes.desired} node(s)`);
+      } else {
+        await events.record(mirror, 'Warning', 'NodeCleanupTimedOut',
+          `${nodes.done} of ${nodes.desired} nodes confirmed removal within ${Math.round(this.options.nodeCleanupTimeoutMs / 1000)}s; deleting anyway (runtimes fall back to the upstream registry)`);
+      }
+      await this.setFinalizer(mirror, false);
+      return {};
+    }
+    await this.writeStatus(mirror, {
+      wantedReplicas: mirror.spec.replicas,
+      daemonSet: daemonSetStatus(daemonSet),
+      nodeAgentMode: modeOf(daemonSet),
+      nodeConfigEnabled: mirror.spec.nodeConfig.enabled,
+      deleting: true,
+    });
+    return { requeueAfterMs: Math.min(NODE_CLEANUP_POLL_MS, this.options.nodeCleanupTimeoutMs - waitedMs + 100) };
+  }
+
+  /** Adds or removes the operator's finalizer with server-side apply (the field manager owns only it). */
+  private async setFinalizer(mirror: RegistryMirror, present: boolean): Promise<void> {
+    const { name, namespace } = mirror.metadata;
+    try {
+      await this.options.api.apply({
+        apiVersion: API_VERSION,
+        kind: KIND,
+        metadata: { name, namespace, ...(present ? { finalizers: [FINALIZER] } : {}) },
+      });
+    } catch (error) {
+      // Removing it from an object that is already gone is done.
+      if (!present && isNotFound(error)) return;
+      throw error;
+    }
+  }
+
+  private async writeStatus(mirror: RegistryMirror, observed: Observed): Promise<void> {
+    const { api, events, logger } = this.options;
+    const status = desiredStatus(mirror, observed, this.now());
+    const before = mirror.status;
+    if (sameStatus(before, status)) return;
+    const { name, namespace } = mirror.metadata;
+    try {
+      await api.apply({ apiVersion: API_VERSION, kind: KIND, metadata: { name, namespace }, status }, 'status');
+    } catch (error) {
+      if (isNotFound(error)) return;
+      throw error;
+    }
+    const previous = before?.conditions?.find((c) => c.type === READY);
+    const ready = status.conditions!.find((c) => c.type === READY)!;
+    if (previous?.reason !== ready.reason) {
+      const warning = ready.reason === 'SecretNotFound' || ready.reason === 'InvalidCredentials';
+      await events.record(mirror, warning ? 'Warning' : 'Normal', ready.reason, ready.message);
+      logger.info({ mirror: `${namespace}/${name}`, ready: ready.status, reason: ready.reason }, ready.message);
+    }
+  }
+}
+
+function sameStatus(a: RegistryMirrorStatus | undefined, b: RegistryMirrorStatus): boolean {
+  return JSON.stringify(normalise(a)) === JSON.stringify(normalise(b));
+}
+
+function normalise(status: RegistryMirrorStatus | undefined) {
+  if (!status) return undefined;
+  return {
+    observedGeneration: status.observedGeneration,
+    endpoint: status.endpoint,
+    nodes: status.nodes ? { desired: status.nodes.desired, configured: status.nodes.configured } : undefined,
+    conditions: [...(status.conditions ?? [])]
+      .sort((x, y) => x.type.localeCompare(y.type))
+      .map((c) => ({ type: c.type, status: c.status, reason: c.reason, message: c.message, lastTransitionTime: c.lastTransitionTime, observedGeneration: c.observedGeneration })),
+  };
+}
+
+function workloadStatus(object: Applied): WorkloadStatus {
+  const status = (object.status ?? {}) as WorkloadStatus;
+  return { ...status, generation: object.metadata?.generation };
+}
+
+function daemonSetStatus(object: Applied): DaemonSetStatus {
+  const status = (object.status ?? {}) as DaemonSetStatus;
+  return { ...status, generation: object.metadata?.generation };
+}
+
+function modeOf(daemonSet: Applied): NodeAgentMode {
+  return daemonSet.metadata?.annotations?.[MODE_ANNOTATION] === 'remove' ? 'remove' : 'apply';
+}
+
+/** The ClusterIP the running agent was given, for removal when the Service is already gone. */
+function mirrorIPFromArgs(daemonSet: Applied): string | undefined {
+  const spec = daemonSet.spec as { template?: { spec?: { containers?: { args?: string[] }[] } } } | undefined;
+  const args = spec?.template?.spec?.containers?.[0]?.args ?? [];
+  const at = args.indexOf('--mirror');
+  const url = at >= 0 ? args[at + 1] : undefined;
+  if (!url) return undefined;
+  try {
+    return new URL(url).hostname.replace(/^\[|\]$/g, '');
+  } catch {
+    return undefined;
+  }
+}
