@@ -13,6 +13,7 @@ import path from 'node:path';
 
 const liveGroups = new Set<number>();
 const tempDirs = new Set<string>();
+const exitCleanups = new Set<() => void>();
 let hooksInstalled = false;
 
 function killGroup(pid: number, signal: NodeJS.Signals): void {
@@ -30,6 +31,14 @@ function killGroup(pid: number, signal: NodeJS.Signals): void {
 function cleanupSync(): void {
   for (const pid of liveGroups) killGroup(pid, 'SIGKILL');
   liveGroups.clear();
+  for (const cleanup of exitCleanups) {
+    try {
+      cleanup();
+    } catch {
+      // keep going: the rest still has to be cleaned
+    }
+  }
+  exitCleanups.clear();
   for (const dir of tempDirs) {
     try {
       rmSync(dir, { recursive: true, force: true, maxRetries: 3 });
@@ -50,6 +59,16 @@ function installExitHooks(): void {
       process.exit(code);
     });
   }
+}
+
+/**
+ * Registers synchronous work for exit, run after servers are killed and before temp dirs are
+ * removed (unmounting what a killed daemon left mounted, for example). Returns an unregister function.
+ */
+export function registerExitCleanup(cleanup: () => void): () => void {
+  installExitHooks();
+  exitCleanups.add(cleanup);
+  return () => exitCleanups.delete(cleanup);
 }
 
 /**
