@@ -1,0 +1,75 @@
+// CRI-O pulls with containers/image; skopeo 1.9 is that same library. skopeo has no flag for the
+// drop-in directory (its --registries.d is signature-storage configuration, and
+// --registries-conf replaces only the main file), but containers/image also reads
+// $HOME/.config/containers/registries.conf.d/, so the agent writes its drop-in there under a temp
+// HOME: the real drop-in loading, without touching /etc.
+import { after, before, test } from 'node:test';
+import assert from 'node:assert/strict';
+import { mkdir, readdir, writeFile } from 'node:fs/promises';
+import path from 'node:path';
+import { makeTempDir } from '../test/harness/process.ts';
+import { skopeo } from '../test/harness/oci-image.ts';
+import { mirrorManifestRequests, runNodeAgent, startMirroredRegistries, type MirroredRegistries } from './runtime-fixtures.ts';
+
+let upstreams: MirroredRegistries;
+let home: string;
+let dropInDir: string;
+let registriesConf: string;
+
+before(async () => {
+  upstreams = await startMirroredRegistries();
+  await upstreams.push(upstreams.hub, 'library/nginx', 'v1');
+  await upstreams.push(upstreams.hub, 'library/nginx', 'v2');
+  home = await makeTempDir('crio-home');
+  dropInDir = path.join(home, '.config/containers/registries.conf.d');
+  await mkdir(dropInDir, { recursive: true });
+  // an empty main file, so the machine's own registries.conf plays no part
+  registriesConf = path.join(home, 'registries.conf');
+  await writeFile(registriesConf, 'unqualified-search-registries = []\n');
+});
+
+after(async () => {
+  await upstreams?.stop();
+});
+
+function agentArgs(mode: 'apply' | 'remove'): string[] {
+  return [
+    '--mirror', upstreams.mirror.url,
+    '--registries', 'docker.io,ghcr.io',
+    '--runtimes', 'crio',
+    '--crio-dir', dropInDir,
+    '--mode', mode,
+    '--once',
+  ];
+}
+
+async function pull(ref: string): Promise<{ code: number; stderr: string }> {
+  const out = path.join(await makeTempDir('crio-pull'), 'image');
+  return skopeo(['--debug', '--registries-conf', registriesConf, 'copy', '--retry-times=0', `docker://${ref}`, `dir:${out}`], {
+    env: { ...process.env, HOME: home },
+    timeoutMs: 60_000,
+  });
+}
+
+test('containers/image reads the drop-in and pulls docker.io through the mirror', async () => {
+  const run = await runNodeAgent(agentArgs('apply'));
+  assert.match(run.stdout, /CRI-O pulls of ghcr\.io go direct/, 'the agent says which registries the drop-in cannot cover');
+  assert.deepEqual(await readdir(dropInDir), ['99-regmirror.conf']);
+
+  const before = await mirrorManifestRequests(upstreams.mirror);
+  const result = await pull('docker.io/library/nginx:v1');
+  assert.equal(result.code, 0, result.stderr.slice(-3000));
+  // skopeo --debug logs each configuration file it loads (quotes escaped: \"...\")
+  assert.match(result.stderr, /Loading registries configuration \\"[^"]*\.config\/containers\/registries\.conf\.d\/99-regmirror\.conf\\"/);
+  assert.ok((await mirrorManifestRequests(upstreams.mirror)) > before, 'the mirror served the manifest');
+  assert.ok((await upstreams.hub.countRequests({ method: 'GET', path: /^\/v2\/library\/nginx\/manifests\// })) >= 1);
+});
+
+test('after removal the drop-in is gone and containers/image no longer asks the mirror', async () => {
+  await runNodeAgent(agentArgs('remove'));
+  assert.deepEqual(await readdir(dropInDir), []);
+  const before = await mirrorManifestRequests(upstreams.mirror);
+  const result = await pull('docker.io/library/nginx:v2');
+  assert.notEqual(result.code, 0);
+  assert.equal(await mirrorManifestRequests(upstreams.mirror), before, 'the mirror was not asked');
+});
