@@ -23,6 +23,7 @@ export interface AgentConfig {
   containerdConfig: string;
   dockerDaemonJson: string;
   dockerPidFile: string;
+  dockerSocket: string;
   crioDir: string;
   /** A file `username:password`, or a directory with `username` and `password` files (a mounted basic-auth Secret). */
   credentialsFile: string | undefined;
@@ -57,6 +58,7 @@ export const OPTIONS = {
   containerdConfig: { flag: 'containerd-config', env: 'REGMIRROR_CONTAINERD_CONFIG', type: 'string', default: '/etc/containerd/config.toml', help: "containerd's config.toml, read (never written) to check config_path" },
   dockerDaemonJson: { flag: 'docker-daemon-json', env: 'REGMIRROR_DOCKER_DAEMON_JSON', type: 'string', default: '/etc/docker/daemon.json', help: "Docker's daemon.json" },
   dockerPidFile: { flag: 'docker-pidfile', env: 'REGMIRROR_DOCKER_PIDFILE', type: 'string', default: '/var/run/docker.pid', help: "dockerd's pidfile, when daemon.json names none" },
+  dockerSocket: { flag: 'docker-socket', env: 'REGMIRROR_DOCKER_SOCKET', type: 'string', default: '/var/run/docker.sock', help: "dockerd's API socket, when daemon.json names none: confirms a reload took the mirror" },
   crioDir: { flag: 'crio-dir', env: 'REGMIRROR_CRIO_DIR', type: 'string', default: '/etc/containers/registries.conf.d', help: 'registries.conf drop-in directory (CRI-O, Podman)' },
   credentialsFile: { flag: 'credentials-file', env: 'REGMIRROR_CREDENTIALS_FILE', type: 'string', help: 'node credentials for a mirror that requires auth' },
   resyncInterval: { flag: 'resync-interval', env: 'REGMIRROR_RESYNC_INTERVAL', type: 'string', default: '1m', help: 'periodic check besides fs.watch' },
@@ -250,6 +252,7 @@ export function parseAgentConfig(argv: string[], env: NodeJS.ProcessEnv): AgentC
     containerdConfig: path('containerdConfig'),
     dockerDaemonJson: path('dockerDaemonJson'),
     dockerPidFile: path('dockerPidFile'),
+    dockerSocket: path('dockerSocket'),
     crioDir: path('crioDir'),
     credentialsFile,
     credentials,

@@ -62,3 +62,26 @@ test('after removal containerd no longer asks the mirror', async () => {
   assert.equal(await mirrorManifestRequests(upstreams.mirror), mirrorBefore, 'the mirror was not asked');
   assert.equal(await upstreams.hub.countRequests({ path: /^\/v2\/library\/alpine\// }), hubBefore);
 });
+
+test('with node credentials containerd pulls through a mirror that requires auth', async () => {
+  const secured = await startMirroredRegistries({ auth: { username: 'regmirror-node', password: 'n0de-secret' } });
+  try {
+    await secured.push(secured.hub, 'library/redis', 'v1');
+    await secured.push(secured.hub, 'library/redis', 'v2');
+    const args = ['--mirror', secured.mirror.url, '--registries', 'docker.io', '--runtimes', 'containerd',
+      '--containerd-hosts-dir', containerd.hostsDir, '--containerd-config', containerd.configFile, '--once'];
+
+    await runNodeAgent(args);
+    await assert.rejects(containerd.pull('docker.io/library/redis:v1'), 'without credentials the mirror refuses and Docker Hub is out of reach');
+
+    await runNodeAgent(args, { REGMIRROR_MIRROR_USERNAME: 'regmirror-node', REGMIRROR_MIRROR_PASSWORD: 'n0de-secret' });
+    const before = await mirrorManifestRequests(secured.mirror);
+    await containerd.pull('docker.io/library/redis:v2');
+    assert.ok((await mirrorManifestRequests(secured.mirror)) > before);
+    assert.ok((await secured.hub.countRequests({ method: 'GET', path: /^\/v2\/library\/redis\/manifests\/v2$/ })) >= 1);
+  } finally {
+    await runNodeAgent(['--mirror', secured.mirror.url, '--registries', 'docker.io', '--runtimes', 'containerd',
+      '--containerd-hosts-dir', containerd.hostsDir, '--containerd-config', containerd.configFile, '--mode', 'remove', '--once']);
+    await secured.stop();
+  }
+});

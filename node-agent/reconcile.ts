@@ -264,7 +264,7 @@ async function reloadDockerd(ctx: ReconcileContext, daemonJson: Buffer | null, m
   }
   process.kill(lookup.pid, 'SIGHUP');
   log.info({ pid: lookup.pid, via: lookup.via }, 'dockerd sent SIGHUP to reload registry-mirrors');
-  const socket = daemonJsonSocket(daemonJson) ?? '/var/run/docker.sock';
+  const socket = daemonJsonSocket(daemonJson) ?? config.dockerSocket;
   for (let attempt = 0; attempt < 50; attempt++) {
     const info = await dockerInfo(socket);
     if (info === undefined) {

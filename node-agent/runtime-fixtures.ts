@@ -1,7 +1,9 @@
 // What the real-runtime tests share: two upstream registries standing in for Docker Hub and
 // ghcr.io with a test image each, a regmirror mirror in front of both, and a count of the
 // requests the mirror answered (its /metrics), so a test can tell a pull went through it.
+import { writeFile } from 'node:fs/promises';
 import path from 'node:path';
+import bcrypt from 'bcryptjs';
 import { runCommand, httpRequest, makeTempDir, type CommandResult } from '../test/harness/process.ts';
 import { pushImage, writeOciImage } from '../test/harness/oci-image.ts';
 import { startRegistry, type RegistryServer } from '../test/harness/registry.ts';
@@ -16,7 +18,13 @@ export interface MirroredRegistries {
   stop(): Promise<void>;
 }
 
-export async function startMirroredRegistries(): Promise<MirroredRegistries> {
+/** `auth`: the mirror requires these credentials (an htpasswd file with one bcrypt entry). */
+export async function startMirroredRegistries(opts: { auth?: { username: string; password: string } } = {}): Promise<MirroredRegistries> {
+  let htpasswd: string | undefined;
+  if (opts.auth) {
+    htpasswd = path.join(await makeTempDir('mirror-auth'), 'htpasswd');
+    await writeFile(htpasswd, `${opts.auth.username}:${await bcrypt.hash(opts.auth.password, 4)}\n`);
+  }
   const hub = await startRegistry();
   const ghcr = await startRegistry();
   const mirror = await startTestMirror({
@@ -25,6 +33,7 @@ export async function startMirroredRegistries(): Promise<MirroredRegistries> {
       { registry: 'ghcr.io', url: ghcr.url },
     ],
     default: 'docker.io',
+    ...(htpasswd ? { extra: { auth: { htpasswd, allowAnonymousWithCredentials: false } } } : {}),
   });
   return {
     hub,
