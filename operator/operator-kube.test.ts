@@ -1,0 +1,414 @@
+// The operator against a real kube-apiserver (test/kube/env.ts): it runs as its own process under
+// its own ServiceAccount's RBAC (operator/rbac.yaml), as it would in a cluster. There is no kubelet:
+// where a test needs pods to be "ready" it writes the workload's /status itself, and says so
+// (playKubelet*).
+import assert from 'node:assert/strict';
+import { spawn, type ChildProcess } from 'node:child_process';
+import { createWriteStream } from 'node:fs';
+import path from 'node:path';
+import { after, before, describe, it } from 'node:test';
+import { setTimeout as sleep } from 'node:timers/promises';
+import { fileURLToPath } from 'node:url';
+import { parse } from 'yaml';
+import { kubeEnvAvailability, startKubeEnv, type KubeEnv } from '../test/kube/env.ts';
+import { freePort, makeTempDir } from '../test/harness/process.ts';
+import { KubeApi, type KubeObject } from './kube/api.ts';
+import { API_VERSION, KIND } from './api/registry-mirror.ts';
+import { CHECKSUM_ANNOTATION, FINALIZER } from './desired/inputs.ts';
+import { MODE_ANNOTATION } from './desired/daemon-set.ts';
+
+const ROOT = fileURLToPath(new URL('../', import.meta.url));
+const CRD_FILE = path.join(ROOT, 'crds/registrymirrors.regmirror.dev.yaml');
+const RBAC_FILE = path.join(ROOT, 'operator/rbac.yaml');
+const OPERATOR_NAMESPACE = 'regmirror-system';
+const SERVICE_ACCOUNT = 'system:serviceaccount:regmirror-system:regmirror-operator';
+const NS = 'registry-cache';
+const WAIT_MS = 30_000;
+const CLEANUP_TIMEOUT = '6s';
+
+const availability = kubeEnvAvailability();
+const skip: string | false = availability.ok ? false : availability.reason;
+if (!availability.ok) {
+  process.stderr.write(`\n*** operator API-server tests SKIPPED: ${availability.reason} ***\n\n`);
+  // CI must run them: there a missing API server is a failure, not a skip.
+  if (process.env.CI === 'true') it('the Kubernetes API test environment is available in CI', () => assert.fail(availability.reason));
+}
+
+type Obj = KubeObject & { spec?: any; status?: any; data?: Record<string, string>; type?: string };
+
+async function eventually<T>(what: string, probe: () => Promise<T | undefined | false>, timeoutMs = WAIT_MS): Promise<T> {
+  const deadline = Date.now() + timeoutMs;
+  let lastError: unknown;
+  for (;;) {
+    try {
+      const value = await probe();
+      if (value !== undefined && value !== false) return value;
+    } catch (error) {
+      lastError = error;
+    }
+    if (Date.now() > deadline) throw new Error(`timed out after ${timeoutMs / 1000}s waiting for ${what}${lastError ? ` (last error: ${(lastError as Error).message})` : ''}`);
+    await sleep(200);
+  }
+}
+
+interface OperatorProcess {
+  identity: string;
+  metricsUrl: string;
+  logs: () => string;
+  stop(): Promise<number | null>;
+  exited: Promise<number | null>;
+}
+
+async function startOperator(kubeconfig: string, identity: string, logDir: string): Promise<OperatorProcess> {
+  const port = await freePort();
+  const logFile = path.join(logDir, `${identity}.log`);
+  const out = createWriteStream(logFile);
+  let text = '';
+  const child: ChildProcess = spawn(process.execPath, [
+    path.join(ROOT, 'bin/regmirror.ts'), 'operator',
+    '--kubeconfig', kubeconfig,
+    '--leader-election-namespace', OPERATOR_NAMESPACE,
+    '--identity', identity,
+    '--metrics-address', `127.0.0.1:${port}`,
+    '--mirror-image', 'registry.example/regmirror:test',
+    '--node-cleanup-timeout', CLEANUP_TIMEOUT,
+    '--log-level', 'debug',
+  ], { stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env, KUBECONFIG: '', KUBERNETES_SERVICE_HOST: '' } });
+  for (const stream of [child.stdout!, child.stderr!]) {
+    stream.on('data', (chunk: Buffer) => {
+      text += chunk.toString();
+      out.write(chunk);
+    });
+  }
+  const exited = new Promise<number | null>((resolve) => child.on('exit', (code) => resolve(code)));
+  const operator: OperatorProcess = {
+    identity,
+    metricsUrl: `http://127.0.0.1:${port}/metrics`,
+    logs: () => text,
+    exited,
+    async stop() {
+      if (child.exitCode === null && child.signalCode === null) child.kill('SIGTERM');
+      const code = await Promise.race([exited, sleep(15_000).then(() => 'timeout' as const)]);
+      if (code === 'timeout') {
+        child.kill('SIGKILL');
+        return exited;
+      }
+      return code;
+    },
+  };
+  running.add(operator);
+  void exited.then(() => running.delete(operator));
+  return operator;
+}
+
+const running = new Set<OperatorProcess>();
+
+async function metric(operator: OperatorProcess, name: string): Promise<number | undefined> {
+  const response = await fetch(operator.metricsUrl);
+  const text = await response.text();
+  const line = text.split('\n').find((l) => l.startsWith(`${name} `) || l.startsWith(`${name}{`));
+  return line ? Number(line.split(' ').at(-1)) : undefined;
+}
+
+describe('operator against a real kube-apiserver', { skip }, () => {
+  let env: KubeEnv;
+  let admin: KubeApi;
+  let operatorKubeconfig: string;
+  let logDir: string;
+  let operator: OperatorProcess;
+
+  const kubectl = async (args: string[], input?: string) => {
+    const result = await env.kubectl(args, input === undefined ? {} : { input });
+    return result;
+  };
+  const mustKubectl = async (args: string[], input?: string) => {
+    const result = await kubectl(args, input);
+    assert.equal(result.code, 0, `kubectl ${args.join(' ')}: ${result.stderr}`);
+    return result.stdout;
+  };
+  const mirror = (name: string) => admin.find<Obj>(API_VERSION, KIND, NS, name);
+  const owned = (apiVersion: string, kind: string, name: string) => admin.find<Obj>(apiVersion, kind, NS, name);
+  const ready = async (name: string) => (await mirror(name))?.status?.conditions?.find((c: { type: string }) => c.type === 'Ready');
+  const applyMirror = (name: string, spec: object) =>
+    mustKubectl(['apply', '-f', '-'], JSON.stringify({ apiVersion: API_VERSION, kind: KIND, metadata: { name, namespace: NS }, spec }));
+  const eventsFor = async (name: string) => {
+    const list = await admin.list<Obj & { reason?: string; type?: string; message?: string; involvedObject?: { name: string; kind: string } }>('v1', 'Event', NS);
+    return list.items.filter((e) => e.involvedObject?.kind === KIND && e.involvedObject.name === name);
+  };
+
+  /** The test plays kubelet and the volume provisioner: the claim is bound, the mirror pods are up. */
+  const playKubeletMirrorRunning = async (name: string) => {
+    await admin.request('PATCH', `/api/v1/namespaces/${NS}/persistentvolumeclaims/regmirror-${name}/status`, {
+      body: { status: { phase: 'Bound', accessModes: ['ReadWriteOnce'], capacity: { storage: '10Gi' } } },
+      contentType: 'application/merge-patch+json',
+    });
+    const deployment = (await owned('apps/v1', 'Deployment', `regmirror-${name}`))!;
+    await admin.request('PATCH', `/apis/apps/v1/namespaces/${NS}/deployments/regmirror-${name}/status`, {
+      body: { status: { observedGeneration: deployment.metadata!.generation, replicas: 1, updatedReplicas: 1, readyReplicas: 1, availableReplicas: 1 } },
+      contentType: 'application/merge-patch+json',
+    });
+  };
+  /** The test plays kubelet for the node agent: `nodes` agent pods of the current template are ready. */
+  const playKubeletNodeAgentsReady = async (name: string, nodes: number) => {
+    const daemonSet = (await owned('apps/v1', 'DaemonSet', `regmirror-${name}-node`))!;
+    await admin.request('PATCH', `/apis/apps/v1/namespaces/${NS}/daemonsets/regmirror-${name}-node/status`, {
+      body: {
+        status: {
+          observedGeneration: daemonSet.metadata!.generation,
+          desiredNumberScheduled: nodes, currentNumberScheduled: nodes, updatedNumberScheduled: nodes,
+          numberReady: nodes, numberAvailable: nodes, numberMisscheduled: 0,
+        },
+      },
+      contentType: 'application/merge-patch+json',
+    });
+  };
+
+  before(async () => {
+    logDir = await makeTempDir('operator-kube');
+    env = await startKubeEnv();
+    admin = new KubeApi(env.kubeConfig(), 'regmirror-test');
+    await mustKubectl(['create', 'namespace', OPERATOR_NAMESPACE]);
+    await mustKubectl(['create', 'namespace', NS]);
+    await mustKubectl(['apply', '-f', CRD_FILE]);
+    await mustKubectl(['wait', '--for=condition=Established', '--timeout=60s', 'crd/registrymirrors.regmirror.dev']);
+    await mustKubectl(['apply', '-f', RBAC_FILE]);
+    operatorKubeconfig = await env.kubeconfigFor(SERVICE_ACCOUNT, ['system:serviceaccounts', `system:serviceaccounts:${OPERATOR_NAMESPACE}`, 'system:authenticated']);
+    operator = await startOperator(operatorKubeconfig, 'operator-a', logDir);
+  });
+
+  after(async () => {
+    for (const op of running) await op.stop();
+    if (process.env.REGMIRROR_KUBE_KEEP === '1') process.stderr.write(`operator logs kept in ${logDir}\n`);
+    await env?.stop();
+  });
+
+  it('installs the CRD: short name and printer columns work in kubectl', async () => {
+    const out = await mustKubectl(['get', 'rmir', '-n', NS]);
+    assert.match(out + (await kubectl(['get', 'rmir', '-n', NS])).stderr, /No resources found|ENDPOINT/);
+  });
+
+  it('the server rejects invalid specs with messages that say what to fix', async () => {
+    const cases: [object, RegExp][] = [
+      [{ upstreams: [{ registry: 'docker.io', credentialsSecretRef: { name: 'hub' } }] }, /upstream credentials need spec\.auth\.htpasswdSecretRef/],
+      [{ upstreams: [{ registry: 'Docker.IO' }] }, /spec\.upstreams\[0\]\.registry/],
+      [{ upstreams: [{ registry: 'docker.io' }], storage: { size: '50GB' } }, /spec\.storage\.size/],
+      [{ upstreams: [{ registry: 'docker.io' }], storage: { size: '10Gi', maxSize: '20Gi' } }, /maxSize must not exceed size/],
+      [{ upstreams: [{ registry: 'docker.io', tagTTL: '5 minutes' }] }, /tagTTL/],
+      [{ upstreams: [{ registry: 'docker.io' }, { registry: 'docker.io' }] }, /Duplicate value/],
+      [{ upstreams: [{ registry: 'docker.io' }], replicas: 2 }, /ReadWriteMany/],
+    ];
+    for (const [spec, message] of cases) {
+      const result = await kubectl(['apply', '-f', '-'], JSON.stringify({ apiVersion: API_VERSION, kind: KIND, metadata: { name: 'invalid', namespace: NS }, spec }));
+      assert.notEqual(result.code, 0, `accepted: ${JSON.stringify(spec)}`);
+      assert.match(result.stderr, message);
+    }
+    const long = await kubectl(['apply', '-f', '-'], JSON.stringify({ apiVersion: API_VERSION, kind: KIND, metadata: { name: 'a'.repeat(41), namespace: NS }, spec: { upstreams: [{ registry: 'docker.io' }] } }));
+    assert.notEqual(long.code, 0);
+    assert.match(long.stderr, /at most 40 characters/);
+  });
+
+  it('a RegistryMirror produces every owned object with an owner reference, the endpoint and a finalizer', async () => {
+    await applyMirror('hub', { upstreams: [{ registry: 'docker.io', tagTTL: '1m' }, { registry: 'ghcr.io' }], storage: { size: '5Gi' } });
+    const cr = (await mirror('hub'))!;
+    const kinds: [string, string, string][] = [
+      ['v1', 'ConfigMap', 'regmirror-hub'], ['v1', 'Secret', 'regmirror-hub'], ['v1', 'PersistentVolumeClaim', 'regmirror-hub'],
+      ['v1', 'Service', 'regmirror-hub'], ['apps/v1', 'Deployment', 'regmirror-hub'], ['apps/v1', 'DaemonSet', 'regmirror-hub-node'],
+    ];
+    for (const [apiVersion, kind, name] of kinds) {
+      const object = await eventually(`${kind} ${name}`, () => owned(apiVersion, kind, name));
+      assert.deepEqual(object.metadata?.ownerReferences, [
+        { apiVersion: API_VERSION, kind: KIND, name: 'hub', uid: cr.metadata!.uid, controller: true, blockOwnerDeletion: true },
+      ], kind);
+      const managers = (object.metadata?.managedFields as { manager: string; operation: string }[]).map((m) => `${m.manager}/${m.operation}`);
+      assert.ok(managers.includes('regmirror-operator/Apply'), `${kind} applied by the operator's field manager: ${managers}`);
+    }
+    const service = (await owned('v1', 'Service', 'regmirror-hub'))!;
+    const endpoint = `http://${service.spec.clusterIP}:5000`;
+    const status = await eventually('status.endpoint', async () => (await mirror('hub'))?.status?.endpoint === endpoint && (await mirror('hub'))!.status);
+    assert.equal(status.observedGeneration, 1);
+    assert.deepEqual((await mirror('hub'))!.metadata!.finalizers, [FINALIZER]);
+    const condition = await eventually('Ready condition', () => ready('hub'));
+    assert.equal(condition.status, 'False');
+    assert.equal(condition.reason, 'VolumePending', 'no provisioner binds the claim here');
+    const daemonSet = (await owned('apps/v1', 'DaemonSet', 'regmirror-hub-node'))!;
+    const args: string[] = daemonSet.spec.template.spec.containers[0].args;
+    assert.deepEqual(args.slice(0, 7), ['node-agent', '--mirror', endpoint, '--registries', 'docker.io,ghcr.io', '--mode', 'apply']);
+    const config = parse((await owned('v1', 'ConfigMap', 'regmirror-hub'))!.data!['config.yaml']!);
+    assert.equal(config.upstreams[0].tagTTL, '1m');
+    const pvc = (await owned('v1', 'PersistentVolumeClaim', 'regmirror-hub'))!;
+    assert.equal(pvc.spec.resources.requests.storage, '5Gi');
+    const table = await mustKubectl(['get', 'rmir', 'hub', '-n', NS]);
+    assert.match(table, /NAME\s+ENDPOINT\s+READY\s+NODES\s+AGE/);
+    assert.ok(table.includes(endpoint));
+  });
+
+  it('becomes Ready once the volume is bound, the mirror available and every node configured', async () => {
+    await playKubeletMirrorRunning('hub');
+    await eventually('NodesPending', async () => (await ready('hub'))?.reason === 'NodesPending');
+    await playKubeletNodeAgentsReady('hub', 3);
+    const condition = await eventually('Ready=True', async () => (await ready('hub'))?.status === 'True' && ready('hub'));
+    assert.equal(condition.reason, 'Available');
+    assert.deepEqual((await mirror('hub'))!.status.nodes, { desired: 3, configured: 3 });
+    const events = await eventsFor('hub');
+    assert.ok(events.some((e) => e.reason === 'Available'), 'an Event says it became available');
+  });
+
+  it('a spec change rewrites the config and rolls the Deployment', async () => {
+    const before = (await owned('apps/v1', 'Deployment', 'regmirror-hub'))!.spec.template.metadata.annotations[CHECKSUM_ANNOTATION];
+    await applyMirror('hub', { upstreams: [{ registry: 'docker.io', tagTTL: '5m' }, { registry: 'ghcr.io' }], storage: { size: '5Gi', ttl: '72h' } });
+    await eventually('config with ttl 72h', async () => parse((await owned('v1', 'ConfigMap', 'regmirror-hub'))!.data!['config.yaml']!).storage.ttl === '72h');
+    const after = await eventually('a new checksum', async () => {
+      const value = (await owned('apps/v1', 'Deployment', 'regmirror-hub'))!.spec.template.metadata.annotations[CHECKSUM_ANNOTATION];
+      return value !== before && value;
+    });
+    assert.notEqual(after, before);
+    await eventually('observedGeneration 2', async () => (await mirror('hub'))?.status?.observedGeneration === 2);
+  });
+
+  it('an owned object deleted by hand comes back', async () => {
+    const old = (await owned('apps/v1', 'Deployment', 'regmirror-hub'))!;
+    await mustKubectl(['delete', 'deployment', 'regmirror-hub', '-n', NS, '--wait=false']);
+    const back = await eventually('the Deployment back', async () => {
+      const d = await owned('apps/v1', 'Deployment', 'regmirror-hub');
+      return d && d.metadata!.uid !== old.metadata!.uid && d;
+    });
+    assert.equal(back.metadata!.ownerReferences![0]!.name, 'hub');
+    await mustKubectl(['delete', 'configmap', 'regmirror-hub', '-n', NS]);
+    await eventually('the ConfigMap back', () => owned('v1', 'ConfigMap', 'regmirror-hub'));
+  });
+
+  it('a missing credentials Secret gives a condition and an Event, and recovers when it is created', async () => {
+    await applyMirror('private', {
+      upstreams: [{ registry: 'docker.io', credentialsSecretRef: { name: 'hub-credentials' } }],
+      auth: { allowAnonymousWithCredentials: true },
+    });
+    const condition = await eventually('SecretNotFound', async () => (await ready('private'))?.reason === 'SecretNotFound' && ready('private'));
+    assert.match(condition.message, /hub-credentials/);
+    await eventually('a SecretNotFound Event', async () => (await eventsFor('private')).find((e) => e.reason === 'SecretNotFound' && e.type === 'Warning'));
+    assert.equal(await owned('apps/v1', 'Deployment', 'regmirror-private'), undefined, 'no mirror without its credentials');
+
+    await mustKubectl(['create', 'secret', 'generic', 'hub-credentials', '-n', NS, '--type=kubernetes.io/basic-auth', '--from-literal=username=alice', '--from-literal=password=p4ssw0rd-hub']);
+    await eventually('recovered', async () => (await ready('private'))?.reason === 'VolumePending');
+    const secret = (await owned('v1', 'Secret', 'regmirror-private'))!;
+    assert.equal(Buffer.from(secret.data!['upstream-0-password']!, 'base64').toString(), 'p4ssw0rd-hub');
+    const configMap = (await owned('v1', 'ConfigMap', 'regmirror-private'))!;
+    assert.ok(!JSON.stringify(configMap).includes('p4ssw0rd-hub'), 'no password in the ConfigMap');
+    assert.ok(!operator.logs().includes('p4ssw0rd-hub'), 'no password in the logs');
+    for (const event of await eventsFor('private')) assert.ok(!JSON.stringify(event).includes('p4ssw0rd-hub'), 'no password in Events');
+
+    // A rotated password rolls the mirror.
+    const before = (await owned('apps/v1', 'Deployment', 'regmirror-private'))!.spec.template.metadata.annotations[CHECKSUM_ANNOTATION];
+    await mustKubectl(['apply', '-f', '-'], JSON.stringify({
+      apiVersion: 'v1', kind: 'Secret', type: 'kubernetes.io/basic-auth', metadata: { name: 'hub-credentials', namespace: NS },
+      stringData: { username: 'alice', password: 'rotated-pass' },
+    }));
+    await eventually('rolled on rotation', async () =>
+      (await owned('apps/v1', 'Deployment', 'regmirror-private'))!.spec.template.metadata.annotations[CHECKSUM_ANNOTATION] !== before);
+  });
+
+  it('a Secret of the wrong type gives InvalidCredentials', async () => {
+    await mustKubectl(['create', 'secret', 'generic', 'opaque-credentials', '-n', NS, '--from-literal=username=bob', '--from-literal=password=opaque-pass']);
+    await applyMirror('opaque', {
+      upstreams: [{ registry: 'ghcr.io', credentialsSecretRef: { name: 'opaque-credentials' } }],
+      auth: { allowAnonymousWithCredentials: true },
+    });
+    const condition = await eventually('InvalidCredentials', async () => (await ready('opaque'))?.reason === 'InvalidCredentials' && ready('opaque'));
+    assert.match(condition.message, /kubernetes\.io\/basic-auth or kubernetes\.io\/dockerconfigjson/);
+    assert.ok(!condition.message.includes('opaque-pass'));
+  });
+
+  it('deleting a RegistryMirror takes the configuration off the nodes first, then lets the objects go', async () => {
+    await mustKubectl(['delete', 'rmir', 'hub', '-n', NS, '--wait=false']);
+    const daemonSet = await eventually('the node agent in remove mode', async () => {
+      const ds = await owned('apps/v1', 'DaemonSet', 'regmirror-hub-node');
+      return ds?.metadata?.annotations?.[MODE_ANNOTATION] === 'remove' && ds;
+    });
+    const args: string[] = daemonSet.spec.template.spec.containers[0].args;
+    assert.equal(args[args.indexOf('--mode') + 1], 'remove');
+    await eventually('NodeCleanup', async () => (await ready('hub'))?.reason === 'NodeCleanup');
+    assert.ok(await mirror('hub'), 'held by the finalizer while nodes still use the mirror');
+    await playKubeletNodeAgentsReady('hub', 3);
+    await eventually('the RegistryMirror gone', async () => (await mirror('hub')) === undefined);
+  });
+
+  it('deletion is bounded: nodes that never confirm do not hold the RegistryMirror forever', async () => {
+    await applyMirror('stuck', { upstreams: [{ registry: 'quay.io' }] });
+    await eventually('its DaemonSet', () => owned('apps/v1', 'DaemonSet', 'regmirror-stuck-node'));
+    await playKubeletNodeAgentsReady('stuck', 2);
+    const started = Date.now();
+    await mustKubectl(['delete', 'rmir', 'stuck', '-n', NS, '--wait=false']);
+    await eventually('the RegistryMirror gone after the cleanup timeout', async () => (await mirror('stuck')) === undefined, 30_000);
+    assert.ok(Date.now() - started >= 5_000, 'it waited for the nodes first');
+    // The Event outlives the object; look it up by name.
+    const events = (await admin.list<Obj & { reason?: string; involvedObject?: { name: string } }>('v1', 'Event', NS)).items;
+    assert.ok(events.some((e) => e.involvedObject?.name === 'stuck' && e.reason === 'NodeCleanupTimedOut'));
+  });
+
+  it('the operator runs under its own RBAC identity, which cannot do more than it needs', async () => {
+    for (const [verb, resource, allowed] of [
+      ['patch', 'deployments.apps', 'yes'], ['watch', 'secrets', 'yes'], ['patch', 'registrymirrors.regmirror.dev/status', 'yes'],
+      ['delete', 'secrets', 'no'], ['list', 'nodes', 'no'], ['create', 'pods', 'no'], ['delete', 'registrymirrors.regmirror.dev', 'no'],
+    ] as const) {
+      const result = await kubectl(['auth', 'can-i', verb, resource, '-n', NS, '--kubeconfig', operatorKubeconfig]);
+      assert.equal(result.stdout.trim(), allowed, `${verb} ${resource}`);
+    }
+    assert.ok(!/forbidden/i.test(operator.logs()), 'no request of the operator was forbidden');
+  });
+
+  it('restarting the operator converges on what changed while it was down', async () => {
+    assert.equal(await operator.stop(), 0, 'a clean exit on SIGTERM');
+    await applyMirror('private', {
+      upstreams: [{ registry: 'docker.io', credentialsSecretRef: { name: 'hub-credentials' }, tagTTL: '2m' }],
+      auth: { allowAnonymousWithCredentials: true },
+    });
+    await mustKubectl(['delete', 'service', 'regmirror-private', '-n', NS]);
+    operator = await startOperator(operatorKubeconfig, 'operator-a2', logDir);
+    await eventually('the Service back', () => owned('v1', 'Service', 'regmirror-private'));
+    await eventually('the new tagTTL', async () => parse((await owned('v1', 'ConfigMap', 'regmirror-private'))!.data!['config.yaml']!).upstreams[0].tagTTL === '2m');
+    const service = (await owned('v1', 'Service', 'regmirror-private'))!;
+    await eventually('the node agent pointed at the new ClusterIP', async () =>
+      (await owned('apps/v1', 'DaemonSet', 'regmirror-private-node'))!.spec.template.spec.containers[0].args.includes(`http://${service.spec.clusterIP}:5000`));
+  });
+
+  it('watches survive an API server restart without losing events', async () => {
+    await env.restartApiServer();
+    await applyMirror('private', {
+      upstreams: [{ registry: 'docker.io', credentialsSecretRef: { name: 'hub-credentials' }, tagTTL: '3m' }],
+      auth: { allowAnonymousWithCredentials: true },
+    });
+    await eventually('the change after the restart reconciled', async () =>
+      parse((await owned('v1', 'ConfigMap', 'regmirror-private'))!.data!['config.yaml']!).upstreams[0].tagTTL === '3m', 60_000);
+    await mustKubectl(['delete', 'deployment', 'regmirror-private', '-n', NS]);
+    await eventually('the deleted Deployment back', () => owned('apps/v1', 'Deployment', 'regmirror-private'), 60_000);
+  });
+
+  it('two operators: one leader reconciles, the other takes over when it stops', async () => {
+    await eventually('operator-a2 leads', async () => (await metric(operator, 'regmirror_operator_leader')) === 1);
+    const standby = await startOperator(operatorKubeconfig, 'operator-b', logDir);
+    await eventually('operator-b serves metrics', async () => (await metric(standby, 'regmirror_operator_leader')) !== undefined);
+    await sleep(3_000);
+    assert.equal(await metric(standby, 'regmirror_operator_leader'), 0, 'the standby does not lead');
+    assert.equal(await metric(standby, 'regmirror_operator_reconcile_total{result="success"}'), undefined, 'the standby reconciled nothing');
+    const lease = (await admin.get<Obj>('coordination.k8s.io/v1', 'Lease', OPERATOR_NAMESPACE, 'regmirror-operator'))!;
+    assert.equal(lease.spec.holderIdentity, 'operator-a2');
+
+    await operator.stop();
+    await eventually('operator-b leads', async () => (await metric(standby, 'regmirror_operator_leader')) === 1, 30_000);
+    await applyMirror('private', {
+      upstreams: [{ registry: 'docker.io', credentialsSecretRef: { name: 'hub-credentials' }, tagTTL: '4m' }],
+      auth: { allowAnonymousWithCredentials: true },
+    });
+    await eventually('the new leader reconciles', async () =>
+      parse((await owned('v1', 'ConfigMap', 'regmirror-private'))!.data!['config.yaml']!).upstreams[0].tagTTL === '4m');
+    assert.ok((await metric(standby, 'regmirror_operator_reconcile_total{result="success"}'))! > 0);
+    operator = standby;
+  });
+
+  it('reports reconciles, errors, durations and queue depth as Prometheus metrics', async () => {
+    const text = await (await fetch(operator.metricsUrl)).text();
+    for (const name of ['regmirror_operator_reconcile_total', 'regmirror_operator_reconcile_errors_total', 'regmirror_operator_reconcile_duration_seconds_bucket', 'regmirror_operator_workqueue_depth']) {
+      assert.ok(text.includes(name), name);
+    }
+  });
+});
+
