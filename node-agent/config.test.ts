@@ -81,3 +81,11 @@ test('missing and malformed settings name what to set', () => {
   assert.equal(configError([...BASE, '--default-registry', 'quay.io']).key, 'default-registry');
   assert.equal(configError([...BASE, '--no-such-flag']).key, 'flags');
 });
+
+test('node credentials come from the environment as a pair, never half, never with a file too', () => {
+  const env = { REGMIRROR_MIRROR_USERNAME: 'regmirror-node', REGMIRROR_MIRROR_PASSWORD: 'p:w' };
+  assert.deepEqual(parseAgentConfig(BASE, env).credentials, { username: 'regmirror-node', password: 'p:w' });
+  assert.equal(parseAgentConfig(BASE, {}).credentials, undefined);
+  assert.match(configError(BASE, { REGMIRROR_MIRROR_USERNAME: 'regmirror-node' }).message, /REGMIRROR_MIRROR_PASSWORD.*both must be set/);
+  assert.match(configError([...BASE, '--credentials-file', '/run/secrets/node'], env).message, /not both/);
+});
