@@ -1,0 +1,181 @@
+// The reconcile logic against an in-memory stand-in for the API server. It models only what the
+// reconciler relies on (apply creates or replaces, status apply, a ClusterIP for Services);
+// operator-kube.test.ts runs the same flows against a real kube-apiserver.
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { createLogger } from '../common/logger.ts';
+import { API_VERSION, KIND, type RegistryMirror } from './api/registry-mirror.ts';
+import { MODE_ANNOTATION } from './desired/daemon-set.ts';
+import { FINALIZER } from './desired/inputs.ts';
+import { EventRecorder } from './events.ts';
+import type { KubeApi, KubeObject } from './kube/api.ts';
+import { Reconciler } from './reconciler.ts';
+import { mirrorFixture } from './test-fixtures.ts';
+
+type Obj = KubeObject & { spec?: any; status?: any; data?: Record<string, string>; type?: string; reason?: string };
+
+class FakeApiServer {
+  readonly objects = new Map<string, Obj>();
+  private uid = 0;
+  private key = (apiVersion: string, kind: string, namespace: string, name: string) => `${apiVersion}/${kind}/${namespace}/${name}`;
+
+  async find<T>(apiVersion: string, kind: string, namespace: string, name: string): Promise<T | undefined> {
+    return structuredClone(this.objects.get(this.key(apiVersion, kind, namespace, name))) as T | undefined;
+  }
+
+  async apply<T>(object: Obj & { apiVersion: string; kind: string; metadata: { name: string; namespace: string } }, subresource?: 'status'): Promise<T> {
+    const key = this.key(object.apiVersion, object.kind, object.metadata.namespace, object.metadata.name);
+    const existing = this.objects.get(key);
+    if (subresource === 'status') {
+      if (!existing) throw Object.assign(new Error('not found'), { status: 404 });
+      existing.status = structuredClone(object.status);
+      return structuredClone(existing) as T;
+    }
+    if (object.kind === KIND) {
+      if (!existing) throw new Error('the fake applies RegistryMirror metadata only');
+      existing.metadata!.finalizers = object.metadata.finalizers ?? [];
+      if (existing.metadata!.deletionTimestamp && existing.metadata!.finalizers.length === 0) this.objects.delete(key);
+      return structuredClone(existing) as T;
+    }
+    const next: Obj = structuredClone(object);
+    next.metadata!.uid = existing?.metadata?.uid ?? `uid-${++this.uid}`;
+    if (object.kind === 'Service') next.spec.clusterIP = existing?.spec?.clusterIP ?? '10.96.0.42';
+    const specChanged = JSON.stringify(existing?.spec) !== JSON.stringify(next.spec);
+    next.metadata!.generation = (existing?.metadata?.generation ?? 0) + (specChanged || !existing ? 1 : 0);
+    next.status = existing?.status ?? {};
+    if (object.kind === 'PersistentVolumeClaim') next.status = existing?.status ?? { phase: 'Pending' };
+    this.objects.set(key, next);
+    return structuredClone(next) as T;
+  }
+
+  async create<T>(object: Obj & { metadata: { namespace: string; generateName?: string } }): Promise<T> {
+    const name = object.metadata.name ?? `${object.metadata.generateName}${++this.uid}`;
+    const stored = { ...structuredClone(object), metadata: { ...object.metadata, name } };
+    this.objects.set(this.key(object.apiVersion!, object.kind!, object.metadata.namespace, name), stored);
+    return structuredClone(stored) as T;
+  }
+
+  async mergePatch<T>(apiVersion: string, kind: string, namespace: string, name: string, patch: object): Promise<T> {
+    const key = this.key(apiVersion, kind, namespace, name);
+    Object.assign(this.objects.get(key)!, patch);
+    return structuredClone(this.objects.get(key)) as T;
+  }
+
+  all(kind: string): Obj[] {
+    return [...this.objects.values()].filter((o) => o.kind === kind);
+  }
+}
+
+function setup(spec: Parameters<typeof mirrorFixture>[0] = {}, options: { timeoutMs?: number; now?: () => Date } = {}) {
+  const server = new FakeApiServer();
+  const cr = mirrorFixture(spec);
+  server.objects.set(`${API_VERSION}/${KIND}/${cr.metadata.namespace}/${cr.metadata.name}`, cr as Obj);
+  const secrets = new Map<string, Obj>();
+  const api = server as unknown as KubeApi;
+  const logger = createLogger('test', 'silent');
+  const reconciler = new Reconciler({
+    api,
+    cache: {
+      mirror: (ns, name) => server.objects.get(`${API_VERSION}/${KIND}/${ns}/${name}`) as RegistryMirror | undefined,
+      secret: (ns, name) => secrets.get(`${ns}/${name}`) ?? (server.objects.get(`v1/Secret/${ns}/${name}`) as Obj | undefined),
+    },
+    events: new EventRecorder(api, logger, 'test'),
+    logger,
+    mirrorImage: 'registry.example/regmirror:test',
+    nodeCleanupTimeoutMs: options.timeoutMs ?? 60_000,
+    now: options.now,
+  });
+  const mirror = () => server.objects.get(`${API_VERSION}/${KIND}/registry-cache/hub`) as RegistryMirror | undefined;
+  const ready = () => mirror()?.status?.conditions?.find((c) => c.type === 'Ready');
+  return { server, secrets, reconciler, mirror, ready };
+}
+
+test('a first reconcile creates every owned kind, adds the finalizer and reports the endpoint', async () => {
+  const { server, reconciler, mirror, ready } = setup();
+  assert.deepEqual(await reconciler.reconcile('registry-cache/hub'), {});
+  assert.deepEqual(['ConfigMap', 'Secret', 'PersistentVolumeClaim', 'Service', 'Deployment', 'DaemonSet'].map((k) => server.all(k).length), [1, 1, 1, 1, 1, 1]);
+  assert.deepEqual(mirror()!.metadata.finalizers, [FINALIZER]);
+  assert.equal(mirror()!.status!.endpoint, 'http://10.96.0.42:5000');
+  assert.equal(ready()!.reason, 'VolumePending');
+  assert.deepEqual(server.all('Event').map((e) => e.reason), ['VolumePending']);
+});
+
+test('reconciling again with nothing changed writes nothing new', async () => {
+  const { server, reconciler } = setup();
+  await reconciler.reconcile('registry-cache/hub');
+  const before = JSON.stringify([...server.objects.entries()]);
+  await reconciler.reconcile('registry-cache/hub');
+  assert.equal(JSON.stringify([...server.objects.entries()]), before);
+});
+
+test('a missing credentials Secret stops the rollout with SecretNotFound until it exists', async () => {
+  const spec = { upstreams: [{ registry: 'docker.io', credentialsSecretRef: { name: 'hub-credentials' } }], auth: { allowAnonymousWithCredentials: true } };
+  const { server, secrets, reconciler, ready } = setup(spec);
+  await reconciler.reconcile('registry-cache/hub');
+  assert.equal(ready()!.reason, 'SecretNotFound');
+  assert.equal(server.all('Deployment').length, 0);
+  assert.equal(server.all('Event').find((e) => e.reason === 'SecretNotFound')?.type, 'Warning');
+  const b64 = (s: string) => Buffer.from(s).toString('base64');
+  secrets.set('registry-cache/hub-credentials', { type: 'kubernetes.io/basic-auth', data: { username: b64('alice'), password: b64('pw') } });
+  await reconciler.reconcile('registry-cache/hub');
+  assert.equal(ready()!.reason, 'VolumePending');
+  assert.equal(server.all('Deployment').length, 1);
+});
+
+test('with auth on, node credentials are made once and kept across reconciles', async () => {
+  const spec = { auth: { htpasswdSecretRef: { name: 'users' }, allowAnonymousWithCredentials: false } };
+  const { server, secrets, reconciler } = setup(spec);
+  secrets.set('registry-cache/users', { data: { htpasswd: Buffer.from('bob:$2y$05$abc\n').toString('base64') } });
+  await reconciler.reconcile('registry-cache/hub');
+  const first = structuredClone(server.all('Secret')[0]!.data);
+  const checksum = server.all('Deployment')[0]!.spec.template.metadata.annotations;
+  await reconciler.reconcile('registry-cache/hub');
+  assert.deepEqual(server.all('Secret')[0]!.data, first);
+  assert.deepEqual(server.all('Deployment')[0]!.spec.template.metadata.annotations, checksum, 'no roll for nothing');
+  const htpasswd = Buffer.from(first!.htpasswd!, 'base64').toString();
+  assert.match(htpasswd, /^bob:\$2y\$05\$abc\nregmirror-node:\$2[aby]\$10\$/);
+});
+
+test('deletion switches the node agent to remove mode and holds the finalizer until every node confirms', async () => {
+  const { server, reconciler, mirror } = setup();
+  await reconciler.reconcile('registry-cache/hub');
+  mirror()!.metadata.deletionTimestamp = new Date().toISOString();
+  const result = await reconciler.reconcile('registry-cache/hub');
+  assert.ok(result.requeueAfterMs! > 0 && result.requeueAfterMs! <= 5_000);
+  const daemonSet = server.all('DaemonSet')[0]!;
+  assert.equal(daemonSet.metadata!.annotations![MODE_ANNOTATION], 'remove');
+  assert.deepEqual(mirror()!.metadata.finalizers, [FINALIZER]);
+  assert.equal(mirror()!.status!.conditions!.find((c) => c.type === 'Ready')!.reason, 'NodeCleanup');
+  // The agents report ready in remove mode (what kubelet would do).
+  daemonSet.status = { observedGeneration: daemonSet.metadata!.generation, desiredNumberScheduled: 2, updatedNumberScheduled: 2, numberReady: 2 };
+  await reconciler.reconcile('registry-cache/hub');
+  assert.equal(mirror(), undefined, 'finalizer removed: the object goes');
+  assert.ok(server.all('Event').some((e) => e.reason === 'NodesCleaned'));
+});
+
+test('deletion stops waiting for nodes after the cleanup timeout, with a Warning', async () => {
+  let now = new Date();
+  const { server, reconciler, mirror } = setup({}, { timeoutMs: 30_000, now: () => now });
+  await reconciler.reconcile('registry-cache/hub');
+  mirror()!.metadata.deletionTimestamp = now.toISOString();
+  await reconciler.reconcile('registry-cache/hub');
+  assert.ok(mirror());
+  now = new Date(now.getTime() + 31_000);
+  await reconciler.reconcile('registry-cache/hub');
+  assert.equal(mirror(), undefined);
+  assert.equal(server.all('Event').find((e) => e.reason === 'NodeCleanupTimedOut')?.type, 'Warning');
+});
+
+test('turning node configuration off keeps an existing agent in remove mode and creates none otherwise', async () => {
+  const off = { nodeConfig: { enabled: false, runtimes: ['containerd' as const] } };
+  const fresh = setup(off);
+  await fresh.reconciler.reconcile('registry-cache/hub');
+  assert.equal(fresh.server.all('DaemonSet').length, 0);
+  assert.equal(fresh.ready()!.reason, 'VolumePending');
+
+  const { server, reconciler, mirror } = setup();
+  await reconciler.reconcile('registry-cache/hub');
+  mirror()!.spec.nodeConfig.enabled = false;
+  await reconciler.reconcile('registry-cache/hub');
+  assert.equal(server.all('DaemonSet')[0]!.metadata!.annotations![MODE_ANNOTATION], 'remove');
+});
