@@ -151,6 +151,9 @@ test('the running agent puts back a hosts.toml that something else deleted or ch
     await waitFor(async () => (await readFile(path.join(node.hostsDir, 'ghcr.io/hosts.toml'), 'utf8').catch(() => '')).startsWith(MANAGED_MARKER), { timeoutMs: 5000, what: 'registry directory re-created' });
     await writeFile(file, 'server = "https://elsewhere"\n');
     await waitFor(async () => (await readFile(file, 'utf8')) === ours, { timeoutMs: 5000, what: 'hosts.toml re-applied after a change' });
+    // the re-created directory is watched too (a new inode, not the deleted one)
+    await rm(path.join(node.hostsDir, 'ghcr.io/hosts.toml'));
+    await waitFor(async () => (await readFile(path.join(node.hostsDir, 'ghcr.io/hosts.toml'), 'utf8').catch(() => '')).startsWith(MANAGED_MARKER), { timeoutMs: 5000, what: 'hosts.toml in the re-created directory re-applied' });
   } finally {
     await agent.stop();
   }

@@ -1,6 +1,7 @@
 // The long-running agent: a reconcile pass at start, again whenever fs.watch sees one of its
 // directories change (debounced), and at least every resync interval. Passes never overlap.
 import { watch, type FSWatcher } from 'node:fs';
+import { stat } from 'node:fs/promises';
 import type { Logger } from '../common/logger.ts';
 import type { AgentConfig } from './config.ts';
 import { startReadiness, type ReadinessReporter } from './readiness.ts';
@@ -48,7 +49,7 @@ export async function startAgent(config: AgentConfig, log: Logger): Promise<Runn
     readyFile: config.readyFile,
     aliveWithinMs: config.resyncIntervalMs * 3 + 60_000,
   });
-  const watchers = new Map<string, FSWatcher>();
+  const watchers = new Map<string, { watcher: FSWatcher; ino: number }>();
   let last: NodeStatus | undefined;
   let stopped = false;
   let running: Promise<void> | undefined;
@@ -58,25 +59,28 @@ export async function startAgent(config: AgentConfig, log: Logger): Promise<Runn
   let started = 0;
   let waiters: { after: number; wake: (s: NodeStatus) => void }[] = [];
 
-  const rewatch = (dirs: string[]): void => {
+  // A directory deleted and made again is a new inode that the old watcher does not see, so each
+  // watcher remembers the inode it watches and is replaced when that changes.
+  const rewatch = async (dirs: string[]): Promise<void> => {
     const wanted = new Set(dirs);
-    for (const [dir, watcher] of watchers) {
-      if (!wanted.has(dir)) {
-        watcher.close();
+    for (const [dir, w] of watchers) {
+      const ino = await stat(dir).then((st) => st.ino, () => undefined);
+      if (!wanted.has(dir) || ino !== w.ino) {
+        w.watcher.close();
         watchers.delete(dir);
       }
     }
     for (const dir of wanted) {
       if (watchers.has(dir)) continue;
       try {
+        const ino = (await stat(dir)).ino;
         const watcher = watch(dir, { persistent: false }, () => schedule());
-        // a watched directory that is deleted ends its watcher; the next pass watches it again
         watcher.on('error', () => {
           watcher.close();
           watchers.delete(dir);
           schedule();
         });
-        watchers.set(dir, watcher);
+        watchers.set(dir, { watcher, ino });
       } catch {
         // not there (yet): the periodic check covers it
       }
@@ -95,7 +99,7 @@ export async function startAgent(config: AgentConfig, log: Logger): Promise<Runn
     last = result;
     logResult(log, result);
     await readiness.update(result).catch((error: Error) => log.error({ err: error }, 'ready file not updated'));
-    if (!stopped) rewatch(result.runtimes.flatMap((r) => r.watch));
+    if (!stopped) await rewatch(result.runtimes.flatMap((r) => r.watch));
     const toWake = waiters.filter((w) => w.after < seq);
     waiters = waiters.filter((w) => w.after >= seq);
     for (const w of toWake) w.wake(result);
@@ -145,7 +149,7 @@ export async function startAgent(config: AgentConfig, log: Logger): Promise<Runn
       stopped = true;
       clearInterval(resync);
       clearTimeout(debounce);
-      for (const watcher of watchers.values()) watcher.close();
+      for (const w of watchers.values()) w.watcher.close();
       watchers.clear();
       await running;
       await readiness.close();

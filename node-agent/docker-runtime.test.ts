@@ -4,7 +4,11 @@ import { after, before, test } from 'node:test';
 import assert from 'node:assert/strict';
 import { readFile, readdir, stat } from 'node:fs/promises';
 import path from 'node:path';
+import { pino } from 'pino';
 import { startDockerd, type Dockerd } from '../test/harness/dockerd.ts';
+import { waitFor } from '../test/harness/process.ts';
+import { startAgent } from './agent.ts';
+import { parseAgentConfig } from './config.ts';
 import { mirrorManifestRequests, runNodeAgent, startMirroredRegistries, type MirroredRegistries } from './runtime-fixtures.ts';
 
 let upstreams: MirroredRegistries;
@@ -66,4 +70,26 @@ test('removal restores the original daemon.json byte for byte and dockerd stops 
   const mirrorBefore = await mirrorManifestRequests(upstreams.mirror);
   await assert.rejects(dockerd.pull('library/busybox:v2'));
   assert.equal(await mirrorManifestRequests(upstreams.mirror), mirrorBefore, 'the mirror was not asked');
+});
+
+test('the running agent merges the mirror back when daemon.json is rewritten, and removal restores the rewritten file', async () => {
+  const log = pino({ level: 'silent' });
+  const config = parseAgentConfig([...agentArgs('apply').filter((a) => a !== '--once'), '--ready-listen', '127.0.0.1:0'], {});
+  const agent = await startAgent(config, log);
+  try {
+    assert.equal(agent.status()?.ready, true, agent.status()?.problems.join('; '));
+    // configuration management rewrites the file without our entry and reloads dockerd itself
+    await dockerd.writeDaemonJson({ 'log-level': 'warn' });
+    const rewritten = await readFile(dockerd.daemonJson);
+    dockerd.reload();
+    await waitFor(async () => ((await dockerd.readDaemonJson())['registry-mirrors'] as string[] | undefined)?.[0] === upstreams.mirror.url, { timeoutMs: 10_000, what: 'mirror merged back into daemon.json' });
+    await waitFor(async () => ((await dockerd.info()).RegistryConfig as { Mirrors: string[] }).Mirrors.includes(`${upstreams.mirror.url}/`), { timeoutMs: 10_000, what: 'dockerd reloaded with the mirror' });
+    assert.equal((await dockerd.readDaemonJson())['log-level'], 'warn', 'their change is kept');
+
+    await agent.stop();
+    await runNodeAgent(agentArgs('remove'));
+    assert.ok((await readFile(dockerd.daemonJson)).equals(rewritten), 'removal restores the file as its owner last wrote it');
+  } finally {
+    await agent.stop();
+  }
 });
