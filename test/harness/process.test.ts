@@ -63,6 +63,19 @@ test('spawnServer waits for ready, captures output and logFile, and stop() ends 
   assert.deepEqual(server.exitStatus(), { code: null, signal: 'SIGTERM' });
 });
 
+test('onLine sees every complete line of output', async () => {
+  const port = await freePort();
+  const lines: string[] = [];
+  const server = await spawnServer(
+    process.execPath,
+    ['-e', `console.log('one'); console.error('two'); require('node:http').createServer((q, r) => r.end()).listen(${port}, '127.0.0.1')`],
+    { ready: async () => (await httpRequest(`http://127.0.0.1:${port}/`)).status === 200, onLine: (line, stream) => lines.push(`${stream}:${line}`) },
+  );
+  await waitFor(() => lines.length === 2, { what: 'two lines' });
+  await server.stop();
+  assert.deepEqual(lines.sort(), ['stderr:two', 'stdout:one']);
+});
+
 test('kill9() kills the server like a crash would', async () => {
   const dir = await makeTempDir('proc');
   const port = await freePort();

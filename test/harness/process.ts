@@ -153,11 +153,11 @@ export async function runCommand(
   installExitHooks();
   const timeoutMs = opts.timeoutMs ?? 120_000;
   return new Promise((resolve, reject) => {
-    const child = spawn(cmd, args, { env: opts.env ?? process.env, cwd: opts.cwd, stdio: ['pipe', 'pipe', 'pipe'] });
+    const child = spawn(cmd, args, { env: opts.env ?? process.env, cwd: opts.cwd, stdio: [opts.input === undefined ? 'ignore' : 'pipe', 'pipe', 'pipe'] });
     const out: Buffer[] = [];
     const err: Buffer[] = [];
-    child.stdout.on('data', (b: Buffer) => out.push(b));
-    child.stderr.on('data', (b: Buffer) => err.push(b));
+    child.stdout?.on('data', (b: Buffer) => out.push(b));
+    child.stderr?.on('data', (b: Buffer) => err.push(b));
     const timer = setTimeout(() => {
       child.kill('SIGKILL');
       reject(new Error(`${cmd} ${args.join(' ')}: timed out after ${timeoutMs}ms\n${Buffer.concat(err).toString()}`));
@@ -170,7 +170,10 @@ export async function runCommand(
       clearTimeout(timer);
       resolve({ stdout: Buffer.concat(out).toString(), stderr: Buffer.concat(err).toString(), code: code ?? (signal ? 128 : 1) });
     });
-    child.stdin.end(opts.input ?? '');
+    if (child.stdin) {
+      child.stdin.on('error', () => undefined); // a command that exits without reading its input
+      child.stdin.end(opts.input);
+    }
   });
 }
 
@@ -236,7 +239,15 @@ const STOP_GRACE_MS = 10_000;
 export async function spawnServer(
   cmd: string,
   args: string[],
-  opts: { ready: () => Promise<boolean>; env?: NodeJS.ProcessEnv; cwd?: string; timeoutMs?: number; logFile?: string },
+  opts: {
+    ready: () => Promise<boolean>;
+    env?: NodeJS.ProcessEnv;
+    cwd?: string;
+    timeoutMs?: number;
+    logFile?: string;
+    /** Called with every complete line of stdout and of stderr, however long the server runs. */
+    onLine?: (line: string, stream: 'stdout' | 'stderr') => void;
+  },
 ): Promise<ServerProcess> {
   installExitHooks();
   // setpriv --pdeathsig: the kernel kills the server if this process dies without running its exit
@@ -260,7 +271,8 @@ export async function spawnServer(
   let bytes = 0;
   let log: WriteStream | undefined;
   if (opts.logFile) log = createWriteStream(opts.logFile, { flags: 'a' });
-  const collect = (b: Buffer): void => {
+  const collect = (data: Buffer | string): void => {
+    const b = typeof data === 'string' ? Buffer.from(data) : data;
     chunks.push(b);
     bytes += b.length;
     if (bytes > OUTPUT_CAP * 2) {
@@ -270,8 +282,22 @@ export async function spawnServer(
     }
     log?.write(b);
   };
-  for (const stream of [child.stdout, child.stderr]) {
+  for (const [name, stream] of [['stdout', child.stdout], ['stderr', child.stderr]] as const) {
     stream?.on('data', collect);
+    if (opts.onLine) {
+      const onLine = opts.onLine;
+      let partial = '';
+      stream?.setEncoding('utf8');
+      stream?.on('data', (text: string) => {
+        const lines = (partial + text).split('\n');
+        partial = lines.pop() ?? '';
+        for (const line of lines) onLine(line, name);
+      });
+      stream?.on('end', () => {
+        if (partial) onLine(partial, name);
+        partial = '';
+      });
+    }
     (stream as net.Socket | null)?.unref();
   }
 

@@ -36,6 +36,9 @@ test('start() after stop() serves the same content on the same port, and request
   try {
     const image = await writeOciImage(await makeTempDir('img'));
     await pushImage(image, registry.ref('library/kept', 'v1'));
+    await registry.resetRequests();
+    assert.equal(await registry.countRequests({}), 0);
+    await pushImage(image, registry.ref('library/kept', 'v1'));
     await registry.stop();
     await assert.rejects(httpRequest(`${registry.url}/v2/`));
     await registry.start();

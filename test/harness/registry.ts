@@ -42,6 +42,8 @@ export interface RegistryServer {
   /** Every request served since the first start, oldest first (all outputs across restarts). */
   requests(): Promise<RegistryRequest[]>;
   countRequests(filter: RequestFilter): Promise<number>;
+  /** Forgets the requests seen so far (after fixtures are pushed, for example). */
+  resetRequests(): Promise<void>;
   output(): string;
 }
 
@@ -88,29 +90,31 @@ export async function startRegistry(opts: StartRegistryOptions = {}): Promise<Re
   let earlierOutput = '';
   let server: ServerProcess | undefined;
   let syncCount = 0;
+  // parsed as lines arrive, so counts stay exact however much a long benchmark logs
+  const parsed: RegistryRequest[] = [];
+  const markersSeen = new Set<string>();
+  const onLine = (line: string): void => {
+    const m = ACCESS_LINE.exec(line);
+    if (!m) return;
+    const [pathname = '', query = ''] = m[2]!.split('?', 2);
+    if (pathname.startsWith(SYNC_PATH)) {
+      markersSeen.add(pathname);
+      return;
+    }
+    parsed.push({ method: m[1]!, path: pathname, query, status: Number(m[3]), bytes: m[4] === '-' ? 0 : Number(m[4]), userAgent: m[5]! });
+  };
 
   const start = async (): Promise<void> => {
     if (server && !server.exitStatus()) return;
-    if (server) earlierOutput += server.output();
+    if (server) earlierOutput = (earlierOutput + server.output()).slice(-1_000_000);
     server = await spawnServer('docker-registry', ['serve', configFile], {
       logFile: path.join(dir, 'registry.log'),
+      onLine,
       ready: async () => [200, 401].includes((await httpRequest(`${url}/v2/`)).status),
     });
   };
 
   const allOutput = (): string => earlierOutput + (server?.output() ?? '');
-
-  const parse = (): RegistryRequest[] => {
-    const out: RegistryRequest[] = [];
-    for (const line of allOutput().split('\n')) {
-      const m = ACCESS_LINE.exec(line);
-      if (!m) continue;
-      const [pathname = '', query = ''] = m[2]!.split('?', 2);
-      if (pathname.startsWith(SYNC_PATH)) continue;
-      out.push({ method: m[1]!, path: pathname, query, status: Number(m[3]), bytes: m[4] === '-' ? 0 : Number(m[4]), userAgent: m[5]! });
-    }
-    return out;
-  };
 
   const requests = async (): Promise<RegistryRequest[]> => {
     // The access line is written after the response is sent, so a client can finish before its
@@ -118,9 +122,9 @@ export async function startRegistry(opts: StartRegistryOptions = {}): Promise<Re
     if (server && !server.exitStatus()) {
       const marker = `${SYNC_PATH}${++syncCount}`;
       await httpRequest(`${url}${marker}`).catch(() => undefined);
-      await waitFor(() => allOutput().includes(` ${marker} `), { timeoutMs: 5_000, intervalMs: 10, what: 'registry access log' }).catch(() => undefined);
+      await waitFor(() => markersSeen.has(marker), { timeoutMs: 5_000, intervalMs: 5, what: 'registry access log' }).catch(() => undefined);
     }
-    return parse();
+    return [...parsed];
   };
 
   await start();
@@ -144,6 +148,10 @@ export async function startRegistry(opts: StartRegistryOptions = {}): Promise<Re
           (filter.path === undefined || filter.path.test(r.path)) &&
           (filter.status === undefined || r.status === filter.status),
       ).length,
+    resetRequests: async () => {
+      await requests();
+      parsed.length = 0;
+    },
     output: allOutput,
   };
 }
