@@ -5,7 +5,7 @@ import assert from 'node:assert/strict';
 import { chmod, mkdir, readFile, readdir, rm, stat, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import { pino } from 'pino';
-import { makeTempDir, runCommand, waitFor, httpRequest } from '../test/harness/process.ts';
+import { freePort, httpRequest, makeTempDir, runCommand, spawnServer, waitFor } from '../test/harness/process.ts';
 import { startAgent, reconcileOnce } from './agent.ts';
 import { parseAgentConfig, type AgentConfig } from './config.ts';
 import { MANAGED_MARKER } from './containerd.ts';
@@ -221,4 +221,40 @@ test('regmirror node-agent --once applies, exits 0, and exits 1 naming the probl
   const report = JSON.parse(fail.stdout.trim().split('\n').at(-1)!);
   assert.equal(report.msg, 'node not configured');
   assert.match(report.problems.join('\n'), /does not set config_path/);
+});
+
+test('a node with none of the runtimes is not ready, and says where it looked', async () => {
+  const root = await makeTempDir('node-agent-empty');
+  const config = parseAgentConfig([
+    '--mirror', 'http://127.0.0.1:5999', '--registries', 'docker.io', '--runtimes', 'containerd,crio',
+    '--containerd-hosts-dir', path.join(root, 'certs.d'), '--containerd-config', path.join(root, 'config.toml'),
+    '--crio-dir', path.join(root, 'registries.conf.d'),
+  ], {});
+  const result = await reconcileOnce(config, quiet);
+  assert.equal(result.ready, false);
+  assert.match(result.problems.join('\n'), /no container runtime found/);
+  assert.deepEqual(await readdir(root), [], 'nothing is created where no runtime is');
+});
+
+test('regmirror node-agent runs as the DaemonSet does: environment only, /readyz, SIGTERM leaves the node configured', async () => {
+  const node = await makeNode();
+  const port = await freePort();
+  const env = {
+    ...process.env,
+    REGMIRROR_MIRROR: 'http://127.0.0.1:5999',
+    REGMIRROR_REGISTRIES: 'docker.io',
+    REGMIRROR_RUNTIMES: 'containerd',
+    REGMIRROR_CONTAINERD_HOSTS_DIR: node.hostsDir,
+    REGMIRROR_CONTAINERD_CONFIG: node.containerdConfig,
+    REGMIRROR_READY_LISTEN: `127.0.0.1:${port}`,
+  };
+  const agent = await spawnServer(process.execPath, ['bin/regmirror.ts', 'node-agent'], {
+    cwd: REPO,
+    env,
+    ready: async () => (await httpRequest(`http://127.0.0.1:${port}/readyz`)).status === 200,
+  });
+  assert.ok((await readFile(path.join(node.hostsDir, 'docker.io/hosts.toml'), 'utf8')).startsWith(MANAGED_MARKER));
+  await agent.stop('SIGTERM');
+  assert.equal(agent.exitStatus()?.code, 0, agent.output());
+  assert.ok((await readFile(path.join(node.hostsDir, 'docker.io/hosts.toml'), 'utf8')).startsWith(MANAGED_MARKER), 'configuration stays after SIGTERM');
 });
