@@ -63,7 +63,13 @@ export class LeaderElector {
     if (this.stopped) return;
     this.leading = true;
     logger.info({ lease: `${this.options.namespace}/${this.options.name}`, identity }, 'became leader');
-    await callbacks.onStarted();
+    // Renewing must not wait for the leader's work to start (cache sync can take a while).
+    Promise.resolve()
+      .then(callbacks.onStarted)
+      .catch((error: unknown) => {
+        logger.error({ err: (error as Error).message }, 'leader work failed to start; stepping down');
+        this.stop();
+      });
     let lastRenew = Date.now();
     while (!this.stopped) {
       await this.sleep(retryPeriodMs);

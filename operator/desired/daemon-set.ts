@@ -56,7 +56,6 @@ export function desiredDaemonSet(inputs: DesiredInputs) {
           enableServiceLinks: false,
           // dockerd re-reads daemon.json on SIGHUP, which the agent can only send from the host's PID namespace.
           hostPID: runtimes.includes('docker'),
-          priorityClassName: 'system-node-critical',
           ...(nodeConfig.nodeSelector && Object.keys(nodeConfig.nodeSelector).length > 0 ? { nodeSelector: nodeConfig.nodeSelector } : {}),
           ...(nodeConfig.tolerations?.length ? { tolerations: nodeConfig.tolerations } : {}),
           securityContext: { seccompProfile: { type: 'RuntimeDefault' } },
