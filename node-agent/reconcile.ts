@@ -252,19 +252,24 @@ function dockerInfo(socketPath: string): Promise<unknown> {
 const sleep = (ms: number): Promise<void> => new Promise((resolve) => setTimeout(resolve, ms));
 
 /**
- * SIGHUPs dockerd and waits (bounded) until GET /info shows `expect` (true: mirror listed).
- * Returns a problem, or undefined when dockerd took the change or cannot be asked.
+ * Brings the running dockerd in line with daemon.json: when GET /info does not show the mirror as
+ * `expect` says (or cannot be asked, right after the file changed), SIGHUP and wait, bounded,
+ * until it does. Level-triggered: a reload that failed is tried again on the next pass.
+ * Returns a problem, or undefined when dockerd has it right or cannot be reached at all.
  */
-async function reloadDockerd(ctx: ReconcileContext, daemonJson: Buffer | null, mirror: string, expect: boolean): Promise<string | undefined> {
+async function syncDockerd(ctx: ReconcileContext, daemonJson: Buffer | null, mirror: string, expect: boolean, fileChanged: boolean): Promise<string | undefined> {
   const { config, log, notices } = ctx;
   const lookup = await lookUpDockerd(config, daemonJson);
   if (!lookup.found) {
     notices.warn(`dockerd-not-found:${lookup.reason}`, 'dockerd not signalled: it reads daemon.json when it starts', { reason: lookup.reason });
     return undefined;
   }
+  const socket = daemonJsonSocket(daemonJson) ?? config.dockerSocket;
+  const before = await dockerInfo(socket);
+  if (before !== undefined && mirrorsInDockerInfo(before).includes(mirror) === expect) return undefined;
+  if (before === undefined && !fileChanged) return undefined; // cannot tell; signalled when the file changed
   process.kill(lookup.pid, 'SIGHUP');
   log.info({ pid: lookup.pid, via: lookup.via }, 'dockerd sent SIGHUP to reload registry-mirrors');
-  const socket = daemonJsonSocket(daemonJson) ?? config.dockerSocket;
   for (let attempt = 0; attempt < 50; attempt++) {
     const info = await dockerInfo(socket);
     if (info === undefined) {
@@ -313,15 +318,17 @@ export async function reconcileDocker(ctx: ReconcileContext): Promise<RuntimeSta
       fail(s, `${file}: ${error.message}; left untouched`);
       return s;
     }
+    let written = current;
     if (plan.text !== null) {
       // State first: if the agent dies between the two writes, the next pass still knows the original.
       await writeFileAtomic(stateFile, `${JSON.stringify(plan.state)}\n`, { mode: 0o600, keepMode: false });
       await writeFileAtomic(file, plan.text, { mode: 0o644, keepMode: true });
+      written = Buffer.from(plan.text);
       s.changed.push(file);
       log.info({ file, mirror: config.mirror }, 'docker daemon.json: registry mirror merged');
-      const problem = await reloadDockerd(ctx, Buffer.from(plan.text), config.mirror, true);
-      if (problem) fail(s, problem);
     }
+    const problem = await syncDockerd(ctx, written, config.mirror, true, plan.text !== null);
+    if (problem) fail(s, problem);
     return s;
   }
 
@@ -343,7 +350,7 @@ export async function reconcileDocker(ctx: ReconcileContext): Promise<RuntimeSta
     // the key would leave our mirror live: first reload with our entry out and the key kept.
     const interim = daemonJsonForReload(current, state.mirror);
     await writeFileAtomic(file, interim, { keepMode: true });
-    const problem = await reloadDockerd(ctx, Buffer.from(interim), state.mirror.replace(/\/+$/, ''), false);
+    const problem = await syncDockerd(ctx, Buffer.from(interim), state.mirror.replace(/\/+$/, ''), false, true);
     if (problem) fail(s, problem);
     if (plan.action === 'write') await writeFileAtomic(file, plan.bytes, { keepMode: true });
     else await removeFile(file);
