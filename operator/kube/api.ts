@@ -105,13 +105,20 @@ export class KubeApi {
       body = JSON.stringify(options.body);
       headers['content-type'] = options.contentType ?? 'application/json';
     }
-    const response = await fetch(url, {
-      method,
-      headers,
-      body,
-      dispatcher: context.getDispatcher() as never,
-      signal: AbortSignal.timeout(30_000),
-    });
+    let response;
+    try {
+      response = await fetch(url, {
+        method,
+        headers,
+        body,
+        dispatcher: context.getDispatcher() as never,
+        signal: AbortSignal.timeout(30_000),
+      });
+    } catch (error) {
+      // undici says "fetch failed"; the cause says why (ECONNREFUSED, a certificate problem...).
+      const cause = (error as { cause?: { code?: string; message?: string } }).cause;
+      throw new Error(`${method} ${url.origin}${path}: ${cause?.code ?? cause?.message ?? (error as Error).message}`);
+    }
     const text = await response.text();
     if (!response.ok) {
       let reason = response.statusText;
