@@ -258,3 +258,12 @@ test('regmirror node-agent runs as the DaemonSet does: environment only, /readyz
   assert.equal(agent.exitStatus()?.code, 0, agent.output());
   assert.ok((await readFile(path.join(node.hostsDir, 'docker.io/hosts.toml'), 'utf8')).startsWith(MANAGED_MARKER), 'configuration stays after SIGTERM');
 });
+
+test('only the runtimes found on the node are configured', async () => {
+  const node = await makeNode();
+  // the CRI-O drop-in directory does not exist on this node
+  const result = await reconcileOnce(nodeConfig(node, ['--runtimes', 'containerd,crio']), quiet);
+  assert.equal(result.ready, true, result.problems.join('; '));
+  assert.deepEqual(result.runtimes.map((r) => [r.runtime, r.present]), [['containerd', true], ['crio', false]]);
+  await assert.rejects(stat(node.crioDir), 'no drop-in directory is made on a node without CRI-O');
+});
