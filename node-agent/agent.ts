@@ -133,7 +133,9 @@ export async function startAgent(config: AgentConfig, log: Logger): Promise<Runn
 
   const resync = setInterval(run, config.resyncIntervalMs);
 
-  await pass();
+  // the first pass goes through run() too, so a resync tick cannot start a second one beside it
+  run();
+  await running;
   log.info({ mode: config.mode, mirror: config.mirror, registries: config.registries, readyz: readiness.address(), ready: last?.ready }, 'node agent running');
 
   return {
@@ -149,9 +151,9 @@ export async function startAgent(config: AgentConfig, log: Logger): Promise<Runn
       stopped = true;
       clearInterval(resync);
       clearTimeout(debounce);
+      await running;
       for (const w of watchers.values()) w.watcher.close();
       watchers.clear();
-      await running;
       await readiness.close();
       for (const w of waiters) w.wake(last!);
       waiters = [];
