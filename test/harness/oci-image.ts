@@ -2,7 +2,7 @@
 // that containerd and dockerd really unpack, a config with the right diff_ids, a manifest, and an
 // index for multi-arch), pushed to a registry with skopeo.
 import { createCipheriv, createHash, randomUUID } from 'node:crypto';
-import { createWriteStream } from 'node:fs';
+import { createReadStream, createWriteStream } from 'node:fs';
 import { mkdir, readFile, rename, stat, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import { Readable, Transform } from 'node:stream';
@@ -355,15 +355,18 @@ export async function pushImageHttp(image: TestImage, ref: string, opts: { creds
   const base = `http://${host}`;
   let authorization: string | undefined;
 
-  const send = async (method: string, pathOrUrl: string, body?: Buffer, headers: Record<string, string> = {}): Promise<HttpResponse> => {
+  // body is a factory: a request answered 401 is sent again with a token, and a stream reads once
+  const send = async (method: string, pathOrUrl: string, body?: () => Promise<{ data: Buffer | Readable; size: number }>, headers: Record<string, string> = {}): Promise<HttpResponse> => {
     const target = pathOrUrl.startsWith('http') ? pathOrUrl : `${base}${pathOrUrl}`;
     for (let attempt = 0; attempt < 2; attempt++) {
+      const payload = body ? await body() : undefined;
       const res = await httpRequest(target, {
         method,
-        body,
+        body: payload?.data,
         timeoutMs: 60_000,
-        headers: { ...headers, ...(authorization ? { authorization } : {}), ...(body ? { 'content-length': String(body.length) } : {}) },
+        headers: { ...headers, ...(authorization ? { authorization } : {}), ...(payload ? { 'content-length': String(payload.size) } : {}) },
       });
+      if (payload?.data instanceof Readable) payload.data.destroy();
       const challenge = res.headers['www-authenticate'];
       if (res.status !== 401 || attempt > 0 || !challenge) return res;
       authorization = await answerChallenge(challenge, opts.creds);
@@ -384,11 +387,15 @@ export async function pushImageHttp(image: TestImage, ref: string, opts: { creds
     if (started.status !== 202 || !location) throw new Error(`push ${ref}: starting an upload answered ${started.status}: ${started.body}`);
     const uploadUrl = new URL(location, base);
     uploadUrl.searchParams.set('digest', digest);
-    const put = await send('PUT', uploadUrl.toString(), await readBlob(image, digest), { 'content-type': 'application/octet-stream' });
+    const file = blobPath(image.layoutDir, digest);
+    const put = await send('PUT', uploadUrl.toString(), async () => ({ data: createReadStream(file), size: (await stat(file)).size }), {
+      'content-type': 'application/octet-stream',
+    });
     if (put.status !== 201) throw new Error(`push ${ref}: blob ${digest} answered ${put.status}: ${put.body}`);
   }
   const putManifest = async (target: string, digest: string, mediaType: string): Promise<void> => {
-    const res = await send('PUT', `/v2/${name}/manifests/${target}`, await readBlob(image, digest), { 'content-type': mediaType });
+    const bytes = await readBlob(image, digest);
+    const res = await send('PUT', `/v2/${name}/manifests/${target}`, async () => ({ data: bytes, size: bytes.length }), { 'content-type': mediaType });
     if (res.status !== 201) throw new Error(`push ${ref}: manifest ${target} answered ${res.status}: ${res.body}`);
   };
   for (const p of image.platforms ?? []) await putManifest(p.manifestDigest, p.manifestDigest, image.manifestMediaType);

@@ -4,9 +4,11 @@ import { spawn, type ChildProcess } from 'node:child_process';
 import { createWriteStream, mkdtempSync, rmSync, type WriteStream } from 'node:fs';
 import { mkdtemp } from 'node:fs/promises';
 import http from 'node:http';
+import https from 'node:https';
 import net from 'node:net';
 import os from 'node:os';
 import path from 'node:path';
+import { Readable } from 'node:stream';
 
 // ---------------------------------------------------------------------------------------------
 // Cleanup at exit: every child is SIGKILLed (with its process group) and every temp dir removed.
@@ -188,31 +190,44 @@ export interface HttpResponse {
 
 export async function httpRequest(
   url: string,
-  opts: { method?: string; headers?: Record<string, string>; body?: string | Buffer; socketPath?: string; timeoutMs?: number } = {},
+  opts: {
+    method?: string;
+    headers?: Record<string, string>;
+    /** A Readable is streamed (set content-length in headers for registries that need it). */
+    body?: string | Buffer | Readable;
+    socketPath?: string;
+    timeoutMs?: number;
+    /** PEM CA to trust for https:// URLs (the harness's self-signed certificates). */
+    ca?: string | Buffer;
+  } = {},
 ): Promise<HttpResponse> {
   const target = new URL(url);
+  const secure = target.protocol === 'https:';
   return new Promise((resolve, reject) => {
-    const req = http.request(
-      {
-        host: target.hostname,
-        port: target.port || 80,
-        path: target.pathname + target.search,
-        method: opts.method ?? 'GET',
-        headers: opts.headers,
-        socketPath: opts.socketPath,
-        agent: false,
-        timeout: opts.timeoutMs ?? 5_000,
-      },
-      (res) => {
-        const chunks: Buffer[] = [];
-        res.on('data', (b: Buffer) => chunks.push(b));
-        res.on('end', () => resolve({ status: res.statusCode ?? 0, headers: res.headers, body: Buffer.concat(chunks) }));
-        res.on('error', reject);
-      },
-    );
+    const options: https.RequestOptions = {
+      host: target.hostname,
+      port: target.port || (secure ? 443 : 80),
+      path: target.pathname + target.search,
+      method: opts.method ?? 'GET',
+      headers: opts.headers,
+      socketPath: opts.socketPath,
+      agent: false,
+      timeout: opts.timeoutMs ?? 5_000,
+      ...(secure && opts.ca ? { ca: opts.ca } : {}),
+    };
+    const onResponse = (res: http.IncomingMessage): void => {
+      const chunks: Buffer[] = [];
+      res.on('data', (b: Buffer) => chunks.push(b));
+      res.on('end', () => resolve({ status: res.statusCode ?? 0, headers: res.headers, body: Buffer.concat(chunks) }));
+      res.on('error', reject);
+    };
+    const req = secure ? https.request(options, onResponse) : http.request(options, onResponse);
     req.on('timeout', () => req.destroy(new Error(`${opts.method ?? 'GET'} ${url}: timed out`)));
     req.on('error', reject);
-    req.end(opts.body);
+    if (opts.body instanceof Readable) {
+      opts.body.on('error', (error) => req.destroy(error));
+      opts.body.pipe(req);
+    } else req.end(opts.body);
   });
 }
 

@@ -59,6 +59,14 @@ test('push needs credentials', async () => {
   await assert.rejects(pushImage(image, registry.ref('library/public', 'v2')), /unauthorized|authentication required|denied/i);
 });
 
+test('images with Docker media types are pushed with credentials through the token flow too', async () => {
+  const docker = await writeOciImage(await makeTempDir('img'), { dockerMediaTypes: true, layerSizes: [300_000] });
+  await assert.rejects(pushImage(docker, registry.ref('library/docker', 'v1')), /401|unauthorized|denied/i);
+  await pushImage(docker, registry.ref('library/docker', 'v1'), { creds: 'alice:wonderland' });
+  const result = await pull(registry.ref('library/docker', 'v1'));
+  assert.equal(result.code, 0, result.stderr);
+});
+
 test('wrong credentials get 401 from the token server, and every token issued is counted', async () => {
   const before = tokens.tokensIssued();
   const wrong = await httpRequest(`${tokens.realm}?service=${tokens.service}&scope=repository:library/secret:pull`, {
