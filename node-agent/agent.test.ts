@@ -267,3 +267,18 @@ test('only the runtimes found on the node are configured', async () => {
   assert.deepEqual(result.runtimes.map((r) => [r.runtime, r.present]), [['containerd', true], ['crio', false]]);
   await assert.rejects(stat(node.crioDir), 'no drop-in directory is made on a node without CRI-O');
 });
+
+test('a rotated credentials file reaches hosts.toml on the next periodic check', async () => {
+  const node = await makeNode();
+  const secret = path.join(node.root, 'node-credentials');
+  await writeFile(secret, 'node:first\n');
+  const agent = await startAgent(nodeConfig(node, ['--runtimes', 'containerd', '--credentials-file', secret, '--resync-interval', '1s']), quiet);
+  try {
+    const file = path.join(node.hostsDir, 'docker.io/hosts.toml');
+    assert.match(await readFile(file, 'utf8'), new RegExp(Buffer.from('node:first').toString('base64')));
+    await writeFile(secret, 'node:second\n');
+    await waitFor(async () => (await readFile(file, 'utf8')).includes(Buffer.from('node:second').toString('base64')), { timeoutMs: 5000, what: 'new credentials in hosts.toml' });
+  } finally {
+    await agent.stop();
+  }
+});

@@ -3,9 +3,13 @@
 import { after, before, test } from 'node:test';
 import assert from 'node:assert/strict';
 import { readdir } from 'node:fs/promises';
+import path from 'node:path';
 import { startContainerd, type Containerd } from '../test/harness/containerd.ts';
+import { runCommand } from '../test/harness/process.ts';
+import { criPullImage } from './cri-pull.ts';
 import { mirrorManifestRequests, runNodeAgent, startMirroredRegistries, type MirroredRegistries } from './runtime-fixtures.ts';
 
+const REPO = path.resolve(import.meta.dirname, '..');
 let upstreams: MirroredRegistries;
 let containerd: Containerd;
 
@@ -13,6 +17,7 @@ before(async () => {
   upstreams = await startMirroredRegistries();
   await upstreams.push(upstreams.hub, 'library/alpine', 'v1');
   await upstreams.push(upstreams.hub, 'library/alpine', 'v2');
+  await upstreams.push(upstreams.hub, 'library/alpine', 'cri');
   await upstreams.push(upstreams.ghcr, 'acme/tool', 'v1');
   containerd = await startContainerd();
 });
@@ -50,6 +55,30 @@ test('containerd pulls docker.io and ghcr.io images through the mirror the agent
   const images = await containerd.images();
   assert.ok(images.includes('docker.io/library/alpine:v1'), images.join(', '));
   assert.ok(images.includes('ghcr.io/acme/tool:v1'), images.join(', '));
+});
+
+test("through the CRI, as kubelet pulls, containerd finds the agent's hosts.toml via config_path", async () => {
+  const before = await mirrorManifestRequests(upstreams.mirror);
+  const ref = await criPullImage(containerd.socket, 'docker.io/library/alpine:cri');
+  assert.match(ref, /^sha256:[0-9a-f]{64}$/);
+  assert.ok((await mirrorManifestRequests(upstreams.mirror)) > before, 'the mirror served the manifest');
+  const images = await containerd.images('k8s.io');
+  assert.ok(images.includes('docker.io/library/alpine:cri'), images.join(', '));
+});
+
+test('a containerd without config_path is reported, and indeed its CRI pulls do not use the mirror', async () => {
+  const bare = await startContainerd({ configPath: false });
+  try {
+    const run = await runCommand(process.execPath, ['bin/regmirror.ts', 'node-agent', '--mirror', upstreams.mirror.url, '--registries', 'docker.io',
+      '--runtimes', 'containerd', '--containerd-hosts-dir', bare.hostsDir, '--containerd-config', bare.configFile, '--once'], { cwd: REPO });
+    assert.equal(run.code, 1, 'not configured: exit 1');
+    assert.match(run.stdout, /does not set config_path/);
+    const before = await mirrorManifestRequests(upstreams.mirror);
+    await assert.rejects(criPullImage(bare.socket, 'docker.io/library/alpine:cri'), /registry-1\.docker\.io/);
+    assert.equal(await mirrorManifestRequests(upstreams.mirror), before, 'the hosts.toml was ignored');
+  } finally {
+    await bare.stop();
+  }
 });
 
 test('after removal containerd no longer asks the mirror', async () => {
