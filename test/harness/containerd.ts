@@ -11,6 +11,8 @@ export interface HostsTomlMirror {
   capabilities?: ('pull' | 'resolve' | 'push')[];
   /** Skip TLS verification for an https:// mirror. */
   skipVerify?: boolean;
+  /** CA file to trust for an https:// mirror. */
+  ca?: string;
 }
 
 export interface Containerd {
@@ -26,7 +28,7 @@ export interface Containerd {
   /** Image names known to containerd (namespace `default`). */
   images(namespace?: string): Promise<string[]>;
   /** Writes `<hostsDir>/<registry>/hosts.toml`: server plus one [host] table per mirror, in order. */
-  writeHostsToml(registry: string, opts: { server?: string; mirrors?: HostsTomlMirror[] }): Promise<string>;
+  writeHostsToml(registry: string, opts: { server?: string; ca?: string; mirrors?: HostsTomlMirror[] }): Promise<string>;
   output(): string;
   stop(): Promise<void>;
   kill9(): Promise<void>;
@@ -118,11 +120,14 @@ export async function startContainerd(opts: StartContainerdOptions = {}): Promis
     },
     async writeHostsToml(registry, hosts) {
       const text = [
-        ...(hosts.server ? [`server = ${tomlString(hosts.server)}`, ''] : []),
+        ...(hosts.server ? [`server = ${tomlString(hosts.server)}`] : []),
+        ...(hosts.ca ? [`ca = ${tomlString(hosts.ca)}`] : []),
+        '',
         ...(hosts.mirrors ?? []).flatMap((m) => [
           `[host.${tomlString(m.url)}]`,
           `  capabilities = ${JSON.stringify(m.capabilities ?? ['pull', 'resolve'])}`,
           ...(m.skipVerify ? ['  skip_verify = true'] : []),
+          ...(m.ca ? [`  ca = ${tomlString(m.ca)}`] : []),
           '',
         ]),
       ].join('\n');

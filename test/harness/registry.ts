@@ -3,6 +3,7 @@
 import { writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import { freePort, httpRequest, makeTempDir, spawnServer, waitFor, type ServerProcess } from './process.ts';
+import type { TestCertificate } from './tls.ts';
 import type { TokenServer } from './token-server.ts';
 
 export interface RegistryRequest {
@@ -28,6 +29,8 @@ export interface RegistryServer {
   /** 127.0.0.1:PORT, the registry part of an image reference. */
   host: string;
   port: number;
+  /** The certificate's CA file when started with tls. */
+  caFile?: string;
   /** Temp dir holding config.yml, storage/ and registry.log. */
   dir: string;
   storageDir: string;
@@ -54,6 +57,8 @@ export interface StartRegistryOptions {
   port?: number;
   /** Storage directory to use instead of a fresh one (a second registry on the same bytes). */
   storageDir?: string;
+  /** Serve https with this certificate (see tls.ts); url becomes https://127.0.0.1:PORT. */
+  tls?: TestCertificate;
 }
 
 // gorilla's CombinedLoggingHandler, which distribution wraps around everything, writes to stdout:
@@ -66,7 +71,8 @@ export async function startRegistry(opts: StartRegistryOptions = {}): Promise<Re
   const port = opts.port ?? (await freePort());
   const storageDir = opts.storageDir ?? path.join(dir, 'storage');
   const configFile = path.join(dir, 'config.yml');
-  const url = `http://127.0.0.1:${port}`;
+  const url = `${opts.tls ? 'https' : 'http'}://127.0.0.1:${port}`;
+  const ca = opts.tls?.certPem;
   const config: Record<string, unknown> = {
     version: 0.1,
     log: { level: 'info', formatter: 'text', accesslog: { disabled: false } },
@@ -77,7 +83,11 @@ export async function startRegistry(opts: StartRegistryOptions = {}): Promise<Re
       maintenance: { uploadpurging: { enabled: false } },
     },
     // a fixed secret: upload state stays valid across restart()
-    http: { addr: `127.0.0.1:${port}`, secret: 'regmirror-test-harness' },
+    http: {
+      addr: `127.0.0.1:${port}`,
+      secret: 'regmirror-test-harness',
+      ...(opts.tls ? { tls: { certificate: opts.tls.certFile, key: opts.tls.keyFile } } : {}),
+    },
   };
   if (opts.tokenAuth) {
     const t = opts.tokenAuth;
@@ -110,7 +120,7 @@ export async function startRegistry(opts: StartRegistryOptions = {}): Promise<Re
     server = await spawnServer('docker-registry', ['serve', configFile], {
       logFile: path.join(dir, 'registry.log'),
       onLine,
-      ready: async () => [200, 401].includes((await httpRequest(`${url}/v2/`)).status),
+      ready: async () => [200, 401].includes((await httpRequest(`${url}/v2/`, { ca })).status),
     });
   };
 
@@ -121,7 +131,7 @@ export async function startRegistry(opts: StartRegistryOptions = {}): Promise<Re
     // line exists. A marker request, logged after everything before it, flushes that race.
     if (server && !server.exitStatus()) {
       const marker = `${SYNC_PATH}${++syncCount}`;
-      await httpRequest(`${url}${marker}`).catch(() => undefined);
+      await httpRequest(`${url}${marker}`, { ca }).catch(() => undefined);
       await waitFor(() => markersSeen.has(marker), { timeoutMs: 5_000, intervalMs: 5, what: 'registry access log' }).catch(() => undefined);
     }
     return [...parsed];
@@ -134,6 +144,7 @@ export async function startRegistry(opts: StartRegistryOptions = {}): Promise<Re
     host: `127.0.0.1:${port}`,
     port,
     dir,
+    ...(opts.tls ? { caFile: opts.tls.caFile } : {}),
     storageDir,
     configFile,
     ref: (name, tagOrDigest) => `127.0.0.1:${port}/${name}${tagOrDigest.includes(':') ? '@' : ':'}${tagOrDigest}`,
