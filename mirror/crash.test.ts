@@ -25,7 +25,8 @@ test('kill -9 during a large fill leaves nothing that is served; after a restart
   await pushImage(image, upstream.ref('library/large', 'v1'));
   const layer = image.layers[0]!;
   // A slow link makes "in the middle of the fill" a moment the test can hit every time.
-  const slow = await startFaultProxy({ host: '127.0.0.1', port: upstream.port }, { bytesPerSecond: 4 * 1024 * 1024 });
+  const slow = await startFaultProxy({ target: upstream.url });
+  const throttle = slow.addRule({ path: /\/blobs\//, bytesPerSecond: 4 * 1024 * 1024 });
   const storagePath = path.join(await makeTempDir('crash-store'), 'data');
   const first = await startMirrorProcess({ upstreams: [{ registry: 'docker.io', url: slow.url }], storagePath });
 
@@ -35,9 +36,9 @@ test('kill -9 during a large fill leaves nothing that is served; after a restart
   const cut = await pending;
   assert.ok(cut instanceof Error || cut.body.length < layer.size, 'the client did not get the whole blob from a killed mirror');
   const hex = layer.digest.slice('sha256:'.length);
-  assert.ok(!(await readdir(path.join(storagePath, 'blobs/sha256', hex.slice(0, 2))).catch(() => [])).includes(hex), 'no partial blob in the store');
+  assert.ok(!(await readdir(path.join(storagePath, 'blobs/sha256', hex.slice(0, 2))).catch(() => [] as string[])).includes(hex), 'no partial blob in the store');
 
-  slow.mode.bytesPerSecond = undefined;
+  throttle.remove();
   const second = await startMirrorProcess({ upstreams: [{ registry: 'docker.io', url: slow.url }], storagePath, port: first.port });
   try {
     assert.equal(await temporaryBytes(storagePath), 0, 'leftover temporary file removed at start');

@@ -222,7 +222,7 @@ describe('pull-through cache', () => {
     const hex = layer.digest.slice('sha256:'.length);
     const data = path.join(own.storageDir, 'docker/registry/v2/blobs/sha256', hex.slice(0, 2), hex, 'data');
     const bytes = await readFile(data);
-    bytes[bytes.length >> 1] ^= 0xff;
+    bytes[bytes.length >> 1] = bytes[bytes.length >> 1]! ^ 0xff;
     await writeFile(data, bytes);
     const mirror = await startTestMirror({ upstreams: [{ registry: 'docker.io', url: own.url }] });
     try {
@@ -233,7 +233,7 @@ describe('pull-through cache', () => {
           assert.ok(!complete, 'a client received the whole corrupted blob with 200');
         }
       }
-      const stored = await readdir(path.join(mirror.storagePath, 'blobs/sha256', hex.slice(0, 2))).catch(() => []);
+      const stored = await readdir(path.join(mirror.storagePath, 'blobs/sha256', hex.slice(0, 2))).catch(() => [] as string[]);
       assert.ok(!stored.includes(hex), 'corrupted blob was stored');
       assert.deepEqual(await readdir(path.join(mirror.storagePath, 'tmp')), [], 'no temporary file left');
       const metrics = (await httpRequest(`${mirror.url}/metrics`)).body.toString();

@@ -1,67 +1,285 @@
-// A TCP proxy on loopback between a client and a real server that can misbehave on purpose: slow
-// responses down, stall them after N bytes, or reset connections. Everything else is the real server.
-import net from 'node:net';
+// An HTTP proxy in front of a registry that makes it misbehave on demand: slow, rate-limited
+// (429), failing (5xx), hanging, resetting connections, cutting or corrupting bodies, or down.
+// The upstream failures a mirror must survive, without touching the registry itself.
+import http from 'node:http';
+import type net from 'node:net';
+import { Transform, type TransformCallback } from 'node:stream';
+import { pipeline } from 'node:stream/promises';
+import { freePort, sleep } from './process.ts';
 
-export interface FaultMode {
-  /** Throttle server-to-client bytes to about this rate. */
+export interface FaultRule {
+  method?: string;
+  /** Tested against the request path without its query string. */
+  path?: RegExp;
+  /** Answer with this status instead of forwarding (a registry error body unless `body` is given). */
+  status?: number;
+  headers?: Record<string, string>;
+  body?: string;
+  /** Wait this long before forwarding or answering. */
+  delayMs?: number;
+  /** Never answer; the connection stays open until the client gives up or the proxy stops. */
+  hang?: boolean;
+  /** Destroy the connection without any response. */
+  reset?: boolean;
+  /** Forward, but destroy the connection after this many body bytes (headers promise them all). */
+  truncateAfterBytes?: number;
+  /** Forward, flipping the bits of the body byte at this offset (same length, wrong digest). */
+  corruptByteAt?: number;
+  /** Forward with the body throttled to this rate. */
   bytesPerSecond?: number;
-  /** Forward this many server-to-client bytes per connection, then go silent (connection stays open). */
-  stallAfterBytes?: number;
-  /** Forward this many server-to-client bytes per connection, then reset it. */
-  resetAfterBytes?: number;
+  /** Apply to this many matching requests, then stop matching (default: every one). */
+  times?: number;
+}
+
+export interface ProxiedRequest {
+  method: string;
+  path: string;
+  query: string;
+  status: number;
+  /** Which fault was applied, if any ('status', 'reset', 'hang', 'truncate', 'corrupt', 'down'). */
+  fault?: string;
+}
+
+export interface RuleHandle {
+  /** Requests this rule has applied to. */
+  hits(): number;
+  remove(): void;
 }
 
 export interface FaultProxy {
+  /** http://127.0.0.1:PORT, to use as an upstream url. */
   url: string;
+  host: string;
   port: number;
-  mode: FaultMode;
-  /** Connections accepted so far. */
-  connections(): number;
+  target: string;
+  /** Rules are tried in the order added; the first that matches (and has `times` left) applies. */
+  addRule(rule: FaultRule): RuleHandle;
+  clearRules(): void;
+  /** 'refuse': nothing listens on the port; 'reset': connections are accepted and dropped; false: back up. */
+  setDown(mode: 'refuse' | 'reset' | false): Promise<void>;
+  requests(): ProxiedRequest[];
+  countRequests(filter: { method?: string; path?: RegExp; status?: number; fault?: string }): number;
+  resetRequests(): void;
   stop(): Promise<void>;
 }
 
-export async function startFaultProxy(target: { host: string; port: number }, mode: FaultMode = {}): Promise<FaultProxy> {
-  const sockets = new Set<net.Socket>();
-  let accepted = 0;
-  const proxy: FaultProxy = { url: '', port: 0, mode, connections: () => accepted, stop: async () => undefined };
-  const server = net.createServer((client) => {
-    accepted++;
-    const upstream = net.connect(target.port, target.host);
-    sockets.add(client).add(upstream);
-    let forwarded = 0;
-    const close = () => {
-      client.destroy();
-      upstream.destroy();
-      sockets.delete(client);
-      sockets.delete(upstream);
-    };
-    client.on('error', close).on('close', close);
-    upstream.on('error', close).on('close', close);
-    client.pipe(upstream);
-    upstream.on('data', (chunk: Buffer) => {
-      const { stallAfterBytes, resetAfterBytes, bytesPerSecond } = proxy.mode;
-      const limit = Math.min(stallAfterBytes ?? Infinity, resetAfterBytes ?? Infinity);
-      const allowed = Math.max(0, Math.min(chunk.length, limit - forwarded));
-      if (allowed > 0) client.write(chunk.subarray(0, allowed));
-      forwarded += allowed;
-      if (forwarded >= limit) {
-        upstream.pause();
-        if (resetAfterBytes !== undefined && forwarded >= resetAfterBytes) client.resetAndDestroy();
-        return;
+export interface StartFaultProxyOptions {
+  /** Base URL of the real server, e.g. a RegistryServer's url. */
+  target: string;
+  /** Added to every request, like a round trip to a far-away registry. */
+  latencyMs?: number;
+  /** Throttles every response body, like a slow link. */
+  bytesPerSecond?: number;
+  port?: number;
+}
+
+const ERROR_CODES: Record<number, string> = { 401: 'UNAUTHORIZED', 403: 'DENIED', 404: 'NOT_FOUND', 429: 'TOOMANYREQUESTS', 503: 'UNAVAILABLE' };
+
+/** Passes bytes on at most `rate` bytes per second, measured from the first byte. */
+function throttle(rate: number): Transform {
+  let sent = 0;
+  let startedAt = 0;
+  return new Transform({
+    async transform(chunk: Buffer, _enc, done: TransformCallback) {
+      if (!startedAt) startedAt = Date.now();
+      const slice = Math.max(1024, Math.floor(rate / 20)); // about 20 writes a second
+      for (let offset = 0; offset < chunk.length; offset += slice) {
+        const part = chunk.subarray(offset, offset + slice);
+        sent += part.length;
+        const due = startedAt + (sent / rate) * 1000;
+        const wait = due - Date.now();
+        if (wait > 0) await sleep(wait);
+        this.push(part);
       }
-      if (bytesPerSecond) {
-        upstream.pause();
-        setTimeout(() => upstream.resume(), Math.ceil((allowed / bytesPerSecond) * 1000));
-      }
-    });
+      done();
+    },
   });
-  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
-  server.unref();
-  proxy.port = (server.address() as net.AddressInfo).port;
-  proxy.url = `http://127.0.0.1:${proxy.port}`;
-  proxy.stop = async () => {
-    for (const socket of sockets) socket.destroy();
-    await new Promise<void>((resolve) => server.close(() => resolve()));
+}
+
+function corrupt(at: number): Transform {
+  let seen = 0;
+  return new Transform({
+    transform(chunk: Buffer, _enc, done: TransformCallback) {
+      if (at >= seen && at < seen + chunk.length) {
+        const copy = Buffer.from(chunk);
+        copy[at - seen] = copy[at - seen]! ^ 0xff;
+        chunk = copy;
+      }
+      seen += chunk.length;
+      done(null, chunk);
+    },
+  });
+}
+
+export async function startFaultProxy(opts: StartFaultProxyOptions): Promise<FaultProxy> {
+  const target = new URL(opts.target);
+  const port = opts.port ?? (await freePort());
+  const agent = new http.Agent({ keepAlive: true, maxSockets: 256 });
+  const rules: { rule: FaultRule; hits: number }[] = [];
+  let log: ProxiedRequest[] = [];
+  let down: 'refuse' | 'reset' | false = false;
+  const sockets = new Set<net.Socket>();
+
+  const match = (req: http.IncomingMessage, pathname: string): { rule: FaultRule; hits: number } | undefined =>
+    rules.find(
+      (r) =>
+        (r.rule.times === undefined || r.hits < r.rule.times) &&
+        (r.rule.method === undefined || r.rule.method === req.method) &&
+        (r.rule.path === undefined || r.rule.path.test(pathname)),
+    );
+
+  const handle = async (req: http.IncomingMessage, res: http.ServerResponse): Promise<void> => {
+    const [pathname = '/', query = ''] = (req.url ?? '/').split('?', 2);
+    const entry: ProxiedRequest = { method: req.method ?? 'GET', path: pathname, query, status: 0 };
+    log.push(entry);
+    if (down === 'reset') {
+      entry.fault = 'down';
+      req.socket.destroy();
+      return;
+    }
+    const found = match(req, pathname);
+    if (found) found.hits++;
+    const rule = found?.rule ?? {};
+    const delay = (opts.latencyMs ?? 0) + (rule.delayMs ?? 0);
+    if (delay > 0) await sleep(delay);
+    if (rule.reset) {
+      entry.fault = 'reset';
+      req.socket.destroy();
+      return;
+    }
+    if (rule.hang) {
+      entry.fault = 'hang';
+      return;
+    }
+    if (rule.status !== undefined) {
+      entry.fault = 'status';
+      entry.status = rule.status;
+      const code = ERROR_CODES[rule.status] ?? 'UNKNOWN';
+      const body = rule.body ?? JSON.stringify({ errors: [{ code, message: `fault proxy: ${rule.status}`, detail: null }] });
+      res.writeHead(rule.status, { 'content-type': 'application/json', 'content-length': Buffer.byteLength(body), ...rule.headers });
+      res.end(req.method === 'HEAD' ? undefined : body);
+      return;
+    }
+
+    const upstreamReq = http.request({
+      host: target.hostname,
+      port: target.port || 80,
+      method: req.method,
+      path: req.url,
+      headers: req.headers, // Host included: distribution builds Location URLs from it
+      agent,
+    });
+    req.pipe(upstreamReq);
+    let upstreamRes: http.IncomingMessage;
+    try {
+      upstreamRes = await new Promise<http.IncomingMessage>((resolve, reject) => {
+        upstreamReq.once('response', resolve);
+        upstreamReq.once('error', reject);
+      });
+    } catch (error) {
+      entry.status = 502;
+      if (!res.headersSent) res.writeHead(502, { 'content-type': 'text/plain' });
+      res.end(`fault proxy: ${(error as Error).message}`);
+      return;
+    }
+    entry.status = upstreamRes.statusCode ?? 0;
+    res.writeHead(entry.status, { ...upstreamRes.headers, ...rule.headers });
+    const stages: NodeJS.ReadWriteStream[] = [];
+    const rate = rule.bytesPerSecond ?? opts.bytesPerSecond;
+    if (rule.corruptByteAt !== undefined) {
+      entry.fault = 'corrupt';
+      stages.push(corrupt(rule.corruptByteAt));
+    }
+    if (rate) stages.push(throttle(rate));
+    if (rule.truncateAfterBytes !== undefined) {
+      entry.fault = 'truncate';
+      let left = rule.truncateAfterBytes;
+      stages.push(
+        new Transform({
+          transform(chunk: Buffer, _enc, done: TransformCallback) {
+            if (left <= 0) return done();
+            const part = chunk.subarray(0, left);
+            left -= part.length;
+            this.push(part);
+            if (left <= 0) setImmediate(() => req.socket.destroy());
+            done();
+          },
+        }),
+      );
+    }
+    try {
+      await pipeline([upstreamRes, ...stages, res]);
+    } catch {
+      // the client went away or the connection was cut on purpose
+      upstreamRes.destroy();
+    }
   };
-  return proxy;
+
+  const server = http.createServer((req, res) => {
+    handle(req, res).catch(() => req.socket.destroy());
+  });
+  server.keepAliveTimeout = 30_000;
+  server.on('connection', (socket) => {
+    sockets.add(socket);
+    socket.once('close', () => sockets.delete(socket));
+  });
+  const listen = (): Promise<void> =>
+    new Promise((resolve, reject) => server.once('error', reject).listen(port, '127.0.0.1', () => {
+      server.off('error', reject);
+      resolve();
+    }));
+  const close = (): Promise<void> =>
+    new Promise((resolve) => {
+      if (!server.listening) return resolve();
+      server.close(() => resolve());
+      for (const socket of sockets) socket.destroy();
+    });
+  await listen();
+  server.unref(); // a test that forgets stop() still exits
+
+  return {
+    url: `http://127.0.0.1:${port}`,
+    host: `127.0.0.1:${port}`,
+    port,
+    target: opts.target,
+    addRule(rule) {
+      const entry = { rule, hits: 0 };
+      rules.push(entry);
+      return {
+        hits: () => entry.hits,
+        remove: () => {
+          const i = rules.indexOf(entry);
+          if (i >= 0) rules.splice(i, 1);
+        },
+      };
+    },
+    clearRules: () => {
+      rules.length = 0;
+    },
+    async setDown(mode) {
+      down = mode;
+      if (mode === 'refuse') await close();
+      else if (!server.listening) {
+        await listen();
+        server.unref();
+      }
+      if (mode === 'reset') for (const socket of sockets) socket.destroy();
+    },
+    requests: () => [...log],
+    countRequests: (filter) =>
+      log.filter(
+        (r) =>
+          (filter.method === undefined || r.method === filter.method) &&
+          (filter.path === undefined || filter.path.test(r.path)) &&
+          (filter.status === undefined || r.status === filter.status) &&
+          (filter.fault === undefined || r.fault === filter.fault),
+      ).length,
+    resetRequests: () => {
+      log = [];
+    },
+    async stop() {
+      await close();
+      agent.destroy();
+    },
+  };
 }
