@@ -10,11 +10,14 @@ import { RegistryError } from './errors.ts';
 const REMEMBER_MS = 60_000;
 const RECHECK_FILE_MS = 5_000;
 export const REALM = 'regmirror';
+/** bcrypt (cost 10, as htpasswd -B) of random bytes nobody kept: compared against for users that do not exist. */
+const UNKNOWN_USER_HASH = '$2b$10$GDn4/494Yu5KOg3TiGINbOwx7tRSgtEF0o.rn7vg90HZ16IdulGKy';
 
 export class HtpasswdAuth {
   private readonly file: string;
   private users = new Map<string, string>();
-  private mtimeMs = 0;
+  /** What the loaded file was (inode, size, mtime): a Secret rotation or `cp -p` changes at least one. */
+  private identity = '';
   private checkedFileAt = 0;
   private readonly verified = new Map<string, number>();
   private readonly now: () => number;
@@ -34,7 +37,7 @@ export class HtpasswdAuth {
     let text: string;
     try {
       text = readFileSync(this.file, 'utf8');
-      this.mtimeMs = statSync(this.file).mtimeMs;
+      this.identity = fileIdentity(this.file);
     } catch (error) {
       throw new Error(`cannot read ${this.file}: ${(error as NodeJS.ErrnoException).code ?? 'error'}`);
     }
@@ -56,7 +59,7 @@ export class HtpasswdAuth {
     if (now - this.checkedFileAt < RECHECK_FILE_MS) return;
     this.checkedFileAt = now;
     try {
-      if (statSync(this.file).mtimeMs !== this.mtimeMs) this.load();
+      if (fileIdentity(this.file) !== this.identity) this.load();
     } catch {
       // Keep the users we have while the file is being replaced.
     }
@@ -65,15 +68,19 @@ export class HtpasswdAuth {
   /** Throws UNAUTHORIZED unless the Authorization header carries valid Basic credentials. */
   async check(authorization: string | undefined): Promise<string> {
     this.reloadIfChanged();
-    if (!authorization?.startsWith('Basic ')) throw unauthorized('authentication required');
-    const key = createHash('sha256').update(authorization).digest('hex');
-    const decoded = Buffer.from(authorization.slice(6), 'base64').toString('utf8');
+    // The scheme name is case-insensitive (RFC 9110 11.1); some clients send "basic".
+    const match = authorization ? /^basic[ ]+(\S+)\s*$/i.exec(authorization) : null;
+    if (!match) throw unauthorized('authentication required');
+    const key = createHash('sha256').update(match[1]!).digest('hex');
+    const decoded = Buffer.from(match[1]!, 'base64').toString('utf8');
     const colon = decoded.indexOf(':');
     const user = colon > 0 ? decoded.slice(0, colon) : '';
     const until = this.verified.get(key);
     if (until && until > this.now()) return user;
     const hash = this.users.get(user);
-    if (!hash || !(await bcrypt.compare(decoded.slice(colon + 1), hash))) throw unauthorized('invalid username or password');
+    // An unknown user costs a bcrypt comparison too, so response times do not tell which users exist.
+    const matches = await bcrypt.compare(decoded.slice(colon + 1), hash ?? UNKNOWN_USER_HASH);
+    if (!hash || !matches) throw unauthorized('invalid username or password');
     this.verified.set(key, this.now() + REMEMBER_MS);
     return user;
   }
@@ -81,4 +88,9 @@ export class HtpasswdAuth {
 
 export function unauthorized(message: string): RegistryError {
   return new RegistryError('UNAUTHORIZED', 401, message, undefined, { 'www-authenticate': `Basic realm="${REALM}"` });
+}
+
+function fileIdentity(file: string): string {
+  const info = statSync(file);
+  return `${info.ino}:${info.size}:${info.mtimeMs}`;
 }
