@@ -1,0 +1,223 @@
+// Client authentication: with auth.htpasswd set, /v2/ answers as a registry with Basic auth does
+// (401 UNAUTHORIZED and a Basic challenge), and the real clients log in the way their users do:
+// `docker login`, skopeo --src-creds, a containerd hosts.toml Authorization header.
+import { after, before, describe, test } from 'node:test';
+import assert from 'node:assert/strict';
+import { mkdir, rename, rm, symlink, writeFile } from 'node:fs/promises';
+import path from 'node:path';
+import bcrypt from 'bcryptjs';
+import { stringify } from 'yaml';
+import { startContainerd } from '../test/harness/containerd.ts';
+import { startDockerd } from '../test/harness/dockerd.ts';
+import { startMirrorProcess, startTestMirror, type TestMirror } from '../test/harness/mirror.ts';
+import { pushImage, skopeo, writeOciImage, type TestImage } from '../test/harness/oci-image.ts';
+import { cleanupAll, httpRequest, makeTempDir, runCommand } from '../test/harness/process.ts';
+import { startRegistry, type RegistryServer } from '../test/harness/registry.ts';
+
+const ROOT = path.resolve(import.meta.dirname, '..');
+const basic = (user: string, password: string) => `Basic ${Buffer.from(`${user}:${password}`).toString('base64')}`;
+const errorCode = (body: Buffer) => (JSON.parse(body.toString()) as { errors: { code: string }[] }).errors[0]!.code;
+/** An htpasswd line as `htpasswd -B -n user` writes it (bcrypt, the $2y$ prefix Apache uses). */
+const htpasswdLine = (user: string, password: string) => `${user}:${bcrypt.hashSync(password, 5).replace(/^\$2b\$/, '$2y$')}`;
+
+describe('client auth with htpasswd', () => {
+  let hub: RegistryServer;
+  let image: TestImage;
+  let htpasswdFile: string;
+  let mirror: TestMirror;
+  let clock = Date.now();
+
+  before(async () => {
+    hub = await startRegistry();
+    image = await writeOciImage(await makeTempDir('auth-image'), { tag: 'v1', seed: 'client-auth', layerSizes: [100_000] });
+    await pushImage(image, hub.ref('library/app', 'v1'));
+    await hub.resetRequests();
+    const dir = await makeTempDir('htpasswd');
+    htpasswdFile = path.join(dir, 'htpasswd');
+    await writeFile(htpasswdFile, `# users of the mirror\n${htpasswdLine('alice', 'wonderland')}\n${htpasswdLine('bob', 'builder')}\n`);
+    mirror = await startTestMirror({
+      upstreams: [{ registry: 'docker.io', url: hub.url }],
+      extra: { auth: { htpasswd: htpasswdFile } },
+      now: () => clock,
+    });
+  });
+  after(async () => {
+    await mirror.stop();
+    await cleanupAll();
+  });
+
+  test('a request without credentials gets 401 UNAUTHORIZED with a Basic challenge', async () => {
+    for (const url of ['/v2/', '/v2/library/app/manifests/v1', `/v2/library/app/blobs/${image.layers[0]!.digest}`]) {
+      const res = await httpRequest(`${mirror.url}${url}`);
+      assert.equal(res.status, 401, url);
+      assert.equal(res.headers['www-authenticate'], 'Basic realm="regmirror"');
+      assert.equal(res.headers['docker-distribution-api-version'], 'registry/2.0');
+      assert.match(String(res.headers['content-type']), /^application\/json/);
+      assert.equal(errorCode(res.body), 'UNAUTHORIZED');
+    }
+    const head = await httpRequest(`${mirror.url}/v2/library/app/manifests/v1`, { method: 'HEAD' });
+    assert.equal(head.status, 401);
+    assert.equal(head.headers['www-authenticate'], 'Basic realm="regmirror"');
+    assert.equal(await hub.countRequests({ path: /\/v2\/library\/app\// }), 0, 'nothing was fetched for an unauthenticated client');
+  });
+
+  test('a wrong password, an unknown user or a malformed header gets 401 UNAUTHORIZED with the challenge', async () => {
+    for (const authorization of [basic('alice', 'wrong'), basic('mallory', 'wonderland'), basic('alice', ''), 'Basic !!!not-base64', 'Bearer abc', basic('', 'wonderland')]) {
+      const res = await httpRequest(`${mirror.url}/v2/library/app/manifests/v1`, { headers: { authorization } });
+      assert.equal(res.status, 401, authorization);
+      assert.equal(res.headers['www-authenticate'], 'Basic realm="regmirror"');
+      assert.equal(errorCode(res.body), 'UNAUTHORIZED');
+    }
+  });
+
+  test('valid credentials pull manifests and blobs, and the scheme name is case-insensitive', async () => {
+    const authorization = basic('alice', 'wonderland');
+    assert.equal((await httpRequest(`${mirror.url}/v2/`, { headers: { authorization } })).status, 200);
+    const manifest = await httpRequest(`${mirror.url}/v2/library/app/manifests/v1`, { headers: { authorization } });
+    assert.equal(manifest.status, 200);
+    assert.equal(manifest.headers['docker-content-digest'], image.manifestDigest);
+    const blob = await httpRequest(`${mirror.url}/v2/library/app/blobs/${image.configDigest}`, { headers: { authorization: authorization.replace('Basic', 'basic') } });
+    assert.equal(blob.status, 200);
+  });
+
+  test('/healthz, /readyz and /metrics stay open without credentials', async () => {
+    for (const url of ['/healthz', '/readyz', '/metrics']) assert.equal((await httpRequest(`${mirror.url}${url}`)).status, 200, url);
+  });
+
+  test('skopeo with --src-creds copies through the mirror; without them it is refused', async () => {
+    const refused = await skopeo(['inspect', '--tls-verify=false', '--no-creds', `docker://${mirror.host}/library/app:v1`]);
+    assert.notEqual(refused.code, 0);
+    assert.match(refused.stderr, /unauthorized|authentication required/i);
+    const dest = await makeTempDir('auth-copy');
+    const copied = await skopeo(['copy', '--src-tls-verify=false', '--src-creds=bob:builder', `docker://${mirror.host}/library/app:v1`, `oci:${dest}:v1`]);
+    assert.equal(copied.code, 0, copied.stderr);
+  });
+
+  test('containerd with an Authorization header in hosts.toml pulls through the mirror; without it the pull fails', async () => {
+    const node = await startContainerd();
+    try {
+      // server refuses connections: only the mirror can serve these pulls
+      const hostsToml = (header?: string) =>
+        ['server = "http://127.0.0.1:9"', '', `[host."${mirror.url}"]`, '  capabilities = ["pull", "resolve"]', ...(header ? [`  [host."${mirror.url}".header]`, `    Authorization = "${header}"`] : []), ''].join('\n');
+      await mkdir(path.join(node.hostsDir, 'docker.io'), { recursive: true });
+      await writeFile(path.join(node.hostsDir, 'docker.io', 'hosts.toml'), hostsToml());
+      await assert.rejects(node.pull('docker.io/library/app:v1'), /401|unauthorized|failed/i);
+      await writeFile(path.join(node.hostsDir, 'docker.io', 'hosts.toml'), hostsToml(basic('alice', 'wonderland')));
+      await node.pull('docker.io/library/app:v1');
+      assert.ok((await node.images()).includes('docker.io/library/app:v1'));
+    } finally {
+      await node.stop();
+    }
+  });
+
+  test('docker login stores credentials that docker pull then uses against the mirror', async () => {
+    const docker = await startDockerd();
+    try {
+      const anonymous = await docker.docker(['pull', `${mirror.host}/library/app:v1`]);
+      assert.notEqual(anonymous.code, 0);
+      assert.match(anonymous.stderr, /unauthorized|no basic auth credentials|authentication required/i);
+      const wrong = await runCommand('docker', ['login', '--username', 'alice', '--password-stdin', mirror.host], { input: 'nope\n', env: dockerEnv(docker) });
+      assert.notEqual(wrong.code, 0, 'a wrong password does not log in');
+      const login = await runCommand('docker', ['login', '--username', 'alice', '--password-stdin', mirror.host], { input: 'wonderland\n', env: dockerEnv(docker) });
+      assert.equal(login.code, 0, login.stderr);
+      assert.match(login.stdout, /Login Succeeded/);
+      await docker.pull(`${mirror.host}/library/app:v1`);
+      const id = await docker.docker(['image', 'inspect', '--format', '{{.Id}}', `${mirror.host}/library/app:v1`]);
+      assert.equal(id.stdout.trim(), image.configDigest);
+    } finally {
+      await docker.stop();
+    }
+  });
+
+  test('an edited htpasswd file takes effect without a restart: new users get in, removed users are refused', async () => {
+    const carol = basic('carol', 'singer');
+    assert.equal((await httpRequest(`${mirror.url}/v2/`, { headers: { authorization: carol } })).status, 401);
+    assert.equal((await httpRequest(`${mirror.url}/v2/`, { headers: { authorization: basic('bob', 'builder') } })).status, 200);
+    // written whole and renamed into place, as editors and config tools do
+    await writeFile(`${htpasswdFile}.new`, `${htpasswdLine('alice', 'wonderland')}\n${htpasswdLine('carol', 'singer')}\n`);
+    await rename(`${htpasswdFile}.new`, htpasswdFile);
+    clock += 10_000; // past the file re-check interval
+    assert.equal((await httpRequest(`${mirror.url}/v2/`, { headers: { authorization: carol } })).status, 200);
+    assert.equal((await httpRequest(`${mirror.url}/v2/`, { headers: { authorization: basic('bob', 'builder') } })).status, 401, 'bob was remembered before; removal ends that');
+    assert.equal((await httpRequest(`${mirror.url}/v2/`, { headers: { authorization: basic('alice', 'wonderland') } })).status, 200);
+  });
+});
+
+test('a Kubernetes Secret rotation of the htpasswd file (..data symlink swap) is picked up', async () => {
+  const hub = await startRegistry();
+  // the layout kubelet writes for a Secret volume: htpasswd -> ..data/htpasswd, ..data -> ..<timestamp>
+  const volume = await makeTempDir('htpasswd-secret');
+  const writeVersion = async (name: string, text: string) => {
+    await mkdir(path.join(volume, name));
+    await writeFile(path.join(volume, name, 'htpasswd'), text);
+  };
+  await writeVersion('..2026_11_28_01_00_00.1', `${htpasswdLine('alice', 'first')}\n`);
+  await symlink('..2026_11_28_01_00_00.1', path.join(volume, '..data'));
+  await symlink('..data/htpasswd', path.join(volume, 'htpasswd'));
+  let clock = Date.now();
+  const mirror = await startTestMirror({ upstreams: [{ registry: 'docker.io', url: hub.url }], extra: { auth: { htpasswd: path.join(volume, 'htpasswd') } }, now: () => clock });
+  try {
+    assert.equal((await httpRequest(`${mirror.url}/v2/`, { headers: { authorization: basic('alice', 'first') } })).status, 200);
+    await writeVersion('..2026_11_28_02_00_00.2', `${htpasswdLine('alice', 'second')}\n`);
+    await symlink('..2026_11_28_02_00_00.2', path.join(volume, '..data_tmp'));
+    await rename(path.join(volume, '..data_tmp'), path.join(volume, '..data'));
+    await rm(path.join(volume, '..2026_11_28_01_00_00.1'), { recursive: true });
+    clock += 10_000;
+    assert.equal((await httpRequest(`${mirror.url}/v2/`, { headers: { authorization: basic('alice', 'second') } })).status, 200);
+    assert.equal((await httpRequest(`${mirror.url}/v2/`, { headers: { authorization: basic('alice', 'first') } })).status, 401);
+  } finally {
+    await mirror.stop();
+    await hub.stop();
+  }
+});
+
+describe('regmirror mirror --config with upstream credentials', () => {
+  let hub: RegistryServer;
+  let configDir: string;
+  before(async () => {
+    hub = await startRegistry();
+    configDir = await makeTempDir('auth-config');
+  });
+  after(cleanupAll);
+
+  const configFile = async (name: string, auth: Record<string, unknown> | undefined) => {
+    const file = path.join(configDir, name);
+    await writeFile(
+      file,
+      stringify({
+        listen: '127.0.0.1:0',
+        storage: { path: path.join(configDir, `${name}-data`) },
+        upstreams: [{ registry: 'docker.io', url: hub.url, credentials: { username: 'alice', password: 's3cret' } }],
+        ...(auth ? { auth } : {}),
+      }),
+    );
+    return file;
+  };
+
+  test('without auth.htpasswd the mirror refuses to start, exits non-zero and names auth.htpasswd', async () => {
+    const file = await configFile('open.yaml', undefined);
+    const result = await runCommand(process.execPath, [path.join(ROOT, 'bin/regmirror.ts'), 'mirror', '--config', file], { cwd: ROOT, timeoutMs: 30_000 });
+    assert.notEqual(result.code, 0);
+    assert.match(result.stderr, /auth\.htpasswd/);
+    assert.match(result.stderr, /allowAnonymousWithCredentials/);
+    assert.doesNotMatch(result.stderr + result.stdout, /s3cret/, 'the password is never printed');
+  });
+
+  test('with allowAnonymousWithCredentials: true it starts and serves without client auth', async () => {
+    const mirror = await startMirrorProcess({
+      upstreams: [{ registry: 'docker.io', url: hub.url, credentials: { username: 'alice', password: 's3cret' } }],
+      extra: { auth: { allowAnonymousWithCredentials: true } },
+    });
+    try {
+      assert.equal((await httpRequest(`${mirror.url}/v2/`)).status, 200);
+    } finally {
+      await mirror.process.stop();
+    }
+    assert.doesNotMatch(mirror.process.output(), /s3cret/);
+  });
+});
+
+function dockerEnv(docker: { host: string; daemonJson: string }): NodeJS.ProcessEnv {
+  // the harness's docker() sets these; docker login needs stdin, which runCommand gives only directly
+  return { ...process.env, DOCKER_HOST: docker.host, DOCKER_CONFIG: path.join(path.dirname(docker.daemonJson), 'client') };
+}
