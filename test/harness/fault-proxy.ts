@@ -5,7 +5,7 @@ import http from 'node:http';
 import type net from 'node:net';
 import { Transform, type TransformCallback } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
-import { freePort, sleep } from './process.ts';
+import { sleep } from './process.ts';
 
 export interface FaultRule {
   method?: string;
@@ -113,7 +113,7 @@ function corrupt(at: number): Transform {
 
 export async function startFaultProxy(opts: StartFaultProxyOptions): Promise<FaultProxy> {
   const target = new URL(opts.target);
-  const port = opts.port ?? (await freePort());
+  let port = opts.port ?? 0; // 0: the kernel picks at the first listen, later listens reuse it
   const agent = new http.Agent({ keepAlive: true, maxSockets: 256 });
   const rules: { rule: FaultRule; hits: number }[] = [];
   let log: ProxiedRequest[] = [];
@@ -226,6 +226,7 @@ export async function startFaultProxy(opts: StartFaultProxyOptions): Promise<Fau
   const listen = (): Promise<void> =>
     new Promise((resolve, reject) => server.once('error', reject).listen(port, '127.0.0.1', () => {
       server.off('error', reject);
+      port = (server.address() as net.AddressInfo).port;
       resolve();
     }));
   const close = (): Promise<void> =>

@@ -1,8 +1,9 @@
 // nginx serving a directory of static files: the benchmark's "physical limit" for serving stored
 // bytes from this machine's disk and loopback, to compare the mirror against.
+import { randomUUID } from 'node:crypto';
 import { mkdir, writeFile } from 'node:fs/promises';
 import path from 'node:path';
-import { freePort, httpRequest, makeTempDir, spawnServer, type ServerProcess } from './process.ts';
+import { freePort, httpRequest, isAddressInUse, makeTempDir, spawnServer, type ServerProcess } from './process.ts';
 
 export interface NginxServer {
   url: string;
@@ -24,11 +25,23 @@ export interface StartNginxOptions {
 }
 
 export async function startNginx(opts: StartNginxOptions): Promise<NginxServer> {
+  // a port from freePort can still be taken by another process before nginx binds it
+  for (let attempt = 1; ; attempt++) {
+    try {
+      return await startNginxOnce(opts);
+    } catch (error) {
+      if (opts.port !== undefined || attempt >= 3 || !isAddressInUse(error)) throw error;
+    }
+  }
+}
+
+async function startNginxOnce(opts: StartNginxOptions): Promise<NginxServer> {
   const dir = await makeTempDir('nginx');
   const port = opts.port ?? (await freePort());
   const temp = path.join(dir, 'temp');
   await mkdir(temp);
   const configFile = path.join(dir, 'nginx.conf');
+  const instance = randomUUID(); // tells this nginx's answers from those of whatever else may hold the port
   const q = (value: string): string => JSON.stringify(value); // nginx accepts double-quoted strings
   await writeFile(
     configFile,
@@ -55,6 +68,7 @@ http {
   server {
     listen 127.0.0.1:${port};
     root ${q(opts.root)};
+    add_header X-Regmirror-Harness ${instance} always;
     location / { }
   }
 }
@@ -62,7 +76,7 @@ http {
   );
   const server = await spawnServer('nginx', ['-c', configFile, '-p', dir, '-e', 'stderr'], {
     logFile: path.join(dir, 'nginx.log'),
-    ready: async () => (await httpRequest(`http://127.0.0.1:${port}/`)).status > 0,
+    ready: async () => (await httpRequest(`http://127.0.0.1:${port}/`)).headers['x-regmirror-harness'] === instance,
   });
   return {
     url: `http://127.0.0.1:${port}`,

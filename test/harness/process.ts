@@ -83,18 +83,35 @@ export async function cleanupAll(): Promise<void> {
 
 // ---------------------------------------------------------------------------------------------
 
-/** A TCP port on 127.0.0.1 that was free a moment ago (the kernel picked it). */
+const portsHandedOut = new Set<number>();
+
+/**
+ * A TCP port on 127.0.0.1 that was free a moment ago (the kernel picked it). Never the same port
+ * twice in one process, so servers started side by side do not race for it.
+ */
 export async function freePort(): Promise<number> {
-  return new Promise((resolve, reject) => {
-    const server = net.createServer();
-    server.unref();
-    server.on('error', reject);
-    server.listen(0, '127.0.0.1', () => {
-      const address = server.address();
-      const port = typeof address === 'object' && address ? address.port : 0;
-      server.close(() => (port ? resolve(port) : reject(new Error('freePort: no port assigned'))));
+  for (let attempt = 0; attempt < 20; attempt++) {
+    const port = await new Promise<number>((resolve, reject) => {
+      const server = net.createServer();
+      server.unref();
+      server.on('error', reject);
+      server.listen(0, '127.0.0.1', () => {
+        const address = server.address();
+        const port = typeof address === 'object' && address ? address.port : 0;
+        server.close(() => (port ? resolve(port) : reject(new Error('freePort: no port assigned'))));
+      });
     });
-  });
+    if (!portsHandedOut.has(port)) {
+      portsHandedOut.add(port);
+      return port;
+    }
+  }
+  throw new Error('freePort: the kernel kept handing out ports already given to this process');
+}
+
+/** True when a server's start failed only because its port was taken meanwhile (retry on another). */
+export function isAddressInUse(error: unknown): boolean {
+  return /address already in use|EADDRINUSE|bind\(\) to .* failed \(98/i.test(String(error));
 }
 
 /** A fresh directory under os.tmpdir(); removed when the test process exits (or by cleanupAll). */

@@ -86,3 +86,12 @@ test('a proxy registry fetches blobs from its upstream on the first pull only, t
     await upstream.stop();
   }
 });
+
+test('a registry asked for a port another registry holds fails instead of mistaking the other for itself', async () => {
+  const first = await startRegistry();
+  try {
+    await assert.rejects(startRegistry({ port: first.port }), /address already in use/);
+  } finally {
+    await first.stop();
+  }
+});

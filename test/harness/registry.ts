@@ -1,8 +1,9 @@
 // CNCF distribution 2.8 (Debian's docker-registry) as an upstream registry, or with `proxy:` as the
 // anchor pull-through cache that users run today. Requests are read back from its access log.
+import { randomUUID } from 'node:crypto';
 import { writeFile } from 'node:fs/promises';
 import path from 'node:path';
-import { freePort, httpRequest, makeTempDir, spawnServer, waitFor, type ServerProcess } from './process.ts';
+import { freePort, httpRequest, isAddressInUse, makeTempDir, spawnServer, waitFor, type ServerProcess } from './process.ts';
 import type { TestCertificate } from './tls.ts';
 import type { TokenServer } from './token-server.ts';
 
@@ -67,11 +68,23 @@ const ACCESS_LINE = /^\S+ \S+ \S+ \[[^\]]+\] "([A-Z]+) (\S+) HTTP\/[\d.]+" (\d{3
 const SYNC_PATH = '/harness-sync/';
 
 export async function startRegistry(opts: StartRegistryOptions = {}): Promise<RegistryServer> {
+  // a port from freePort can still be taken by another process before the registry binds it
+  for (let attempt = 1; ; attempt++) {
+    try {
+      return await startRegistryOnce(opts);
+    } catch (error) {
+      if (opts.port !== undefined || attempt >= 3 || !isAddressInUse(error)) throw error;
+    }
+  }
+}
+
+async function startRegistryOnce(opts: StartRegistryOptions): Promise<RegistryServer> {
   const dir = await makeTempDir('registry');
   const port = opts.port ?? (await freePort());
   const storageDir = opts.storageDir ?? path.join(dir, 'storage');
   const configFile = path.join(dir, 'config.yml');
   const url = `${opts.tls ? 'https' : 'http'}://127.0.0.1:${port}`;
+  const instance = randomUUID();
   const ca = opts.tls?.certPem;
   const config: Record<string, unknown> = {
     version: 0.1,
@@ -86,6 +99,8 @@ export async function startRegistry(opts: StartRegistryOptions = {}): Promise<Re
     http: {
       addr: `127.0.0.1:${port}`,
       secret: 'regmirror-test-harness',
+      // tells this registry's answers from those of whatever else may hold the port
+      headers: { 'X-Regmirror-Harness': [instance] },
       ...(opts.tls ? { tls: { certificate: opts.tls.certFile, key: opts.tls.keyFile } } : {}),
     },
   };
@@ -120,7 +135,10 @@ export async function startRegistry(opts: StartRegistryOptions = {}): Promise<Re
     server = await spawnServer('docker-registry', ['serve', configFile], {
       logFile: path.join(dir, 'registry.log'),
       onLine,
-      ready: async () => [200, 401].includes((await httpRequest(`${url}/v2/`, { ca })).status),
+      ready: async () => {
+        const res = await httpRequest(`${url}/v2/`, { ca });
+        return [200, 401].includes(res.status) && res.headers['x-regmirror-harness'] === instance;
+      },
     });
   };
 

@@ -4,9 +4,10 @@
 import { X509Certificate } from 'node:crypto';
 import { readFile } from 'node:fs/promises';
 import http from 'node:http';
+import type { AddressInfo } from 'node:net';
 import path from 'node:path';
 import { importPKCS8, SignJWT, type CryptoKey } from 'jose';
-import { freePort, makeTempDir, runCommand } from './process.ts';
+import { makeTempDir, runCommand } from './process.ts';
 
 export interface TokenRequest {
   /** The user whose Basic credentials were accepted; undefined for anonymous requests. */
@@ -88,8 +89,7 @@ export async function startTokenServer(opts: StartTokenServerOptions = {}): Prom
   const expiresInSec = opts.expiresInSec ?? 300;
   const service = opts.service ?? 'regmirror-test-registry';
   const issuer = opts.issuer ?? 'regmirror-test-token-issuer';
-  const port = await freePort();
-  const url = `http://127.0.0.1:${port}`;
+  let url = ''; // known once the server listens on the port the kernel picks
   const log: TokenRequest[] = [];
   let issued = 0;
 
@@ -172,7 +172,9 @@ export async function startTokenServer(opts: StartTokenServerOptions = {}): Prom
       res.end(JSON.stringify({ details: String(error) }));
     });
   });
-  await new Promise<void>((resolve, reject) => server.once('error', reject).listen(port, '127.0.0.1', () => resolve()));
+  await new Promise<void>((resolve, reject) => server.once('error', reject).listen(0, '127.0.0.1', () => resolve()));
+  const port = (server.address() as AddressInfo).port;
+  url = `http://127.0.0.1:${port}`;
   server.unref(); // a test that forgets stop() still exits
 
   return {
