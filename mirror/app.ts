@@ -9,6 +9,8 @@ import Fastify, { type FastifyInstance } from 'fastify';
 import type { Logger } from '../common/logger.ts';
 import { HtpasswdAuth } from './auth.ts';
 import { PullThroughCache } from './cache.ts';
+import { Evictor } from './eviction.ts';
+import { Prefetcher } from './prefetch.ts';
 import type { MirrorConfig } from './config.ts';
 import { RegistryError } from './errors.ts';
 import { MirrorMetrics } from './metrics.ts';
@@ -28,6 +30,10 @@ export interface Mirror {
   store: ContentStore;
   cache: PullThroughCache;
   metrics: MirrorMetrics;
+  evictor: Evictor;
+  prefetcher: Prefetcher;
+  /** Resolves once the store index is built (eviction works from then on). */
+  indexed: Promise<void>;
   /** Starts listening; resolves with the URL clients use. */
   listen(): Promise<string>;
   /** Stops accepting, lets in-flight responses finish (up to graceMs), then closes upstream connections. */
@@ -59,7 +65,19 @@ export async function createMirror(config: MirrorConfig, options: MirrorOptions)
       { client: new UpstreamClient(upstream, { logger, observer, ...(options.timeouts ? { timeouts: options.timeouts } : {}) }), tagTTLMs: upstream.tagTTLMs },
     ]),
   );
-  const cache = new PullThroughCache({ store, logger, metrics, ...(options.now ? { now: options.now } : {}) });
+  const evictor = new Evictor({ store, policy: config.storage, logger, metrics, ...(options.now ? { now: options.now } : {}) });
+  const cache = new PullThroughCache({
+    store,
+    logger,
+    metrics,
+    ...(options.now ? { now: options.now } : {}),
+    hooks: {
+      onAccess: (kind, digest, size) => evictor.recordAccess(kind, digest, size),
+      onStream: (digest) => evictor.pin(digest),
+    },
+  });
+  evictor.onManifestEvicted = (digest) => cache.forgetManifest(digest);
+  const prefetcher = new Prefetcher({ cache, upstreams, defaultRegistry: config.defaultRegistry, references: config.prefetch, platforms: config.prefetchPlatforms, logger, metrics, configSource: config.source });
   const auth = config.auth.htpasswd ? new HtpasswdAuth(config.auth.htpasswd, { configSource: config.source, ...(options.now ? { now: options.now } : {}) }) : undefined;
 
   const tls = config.tls ? { cert: readTlsFile(config, 'cert'), key: readTlsFile(config, 'key') } : undefined;
@@ -99,21 +117,33 @@ export async function createMirror(config: MirrorConfig, options: MirrorOptions)
   let watchers: FSWatcher[] = [];
   if (config.tls) watchers = watchTls(config, app, logger);
 
+  // The index is built while the mirror already serves: a large store must not delay readiness.
+  const indexed = evictor.buildIndex().then(
+    () => evictor.start(),
+    (error: unknown) => logger.error({ err: error }, 'could not index the store; eviction is off until restart'),
+  );
+
   return {
     app,
     store,
     cache,
     metrics,
+    evictor,
+    prefetcher,
+    indexed,
     async listen() {
       await app.listen({ host: config.listen.host, port: config.listen.port });
       const address = app.server.address() as AddressInfo;
       const host = address.family === 'IPv6' ? `[${address.address}]` : address.address;
       const url = `${tls ? 'https' : 'http'}://${host}:${address.port}`;
       logger.info({ url, store: config.storage.path, upstreams: config.upstreams.map((u) => `${u.registry}=${u.url.href}`), default: config.defaultRegistry, auth: auth ? 'htpasswd' : 'none' }, 'mirror listening');
+      prefetcher.start(config.prefetchIntervalMs);
       return url;
     },
     async close(graceMs = 25_000) {
       for (const watcher of watchers) watcher.close();
+      evictor.stop();
+      prefetcher.stop();
       const timer = setTimeout(() => app.server.closeAllConnections?.(), graceMs);
       try {
         await app.close();

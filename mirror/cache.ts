@@ -46,9 +46,19 @@ export interface Repository {
   tagTTLMs: number;
 }
 
+interface FillEntry {
+  fill: BlobFill;
+  /** Resolves once the upstream answered 200 and bytes flow. */
+  ready: Promise<BlobFill>;
+  /** Resolves once the blob is verified and in the store. */
+  stored: Promise<void>;
+}
+
 export interface CacheHooks {
   /** Told of every stored item read or written, for eviction's access order. */
   onAccess?(kind: 'blob' | 'manifest', digest: Digest, size: number): void;
+  /** Told when a client starts streaming a stored blob; the returned function is called when it stops. */
+  onStream?(digest: string): () => void;
 }
 
 export class PullThroughCache {
@@ -57,7 +67,7 @@ export class PullThroughCache {
   private readonly metrics: MirrorMetrics;
   private readonly now: () => number;
   private readonly hooks: CacheHooks;
-  private readonly blobFills = new Map<string, { fill: BlobFill; ready: Promise<BlobFill> }>();
+  private readonly blobFills = new Map<string, FillEntry>();
   private readonly manifestFetches = new Map<string, Promise<ManifestResult>>();
   private readonly tagChecks = new Map<string, Promise<ManifestResult>>();
   /** Tag records, read through from disk: a warm tag pull within tagTTL does no file I/O. */
@@ -255,7 +265,16 @@ export class PullThroughCache {
     const stat = await this.store.statBlob(digest);
     if (!stat) return undefined;
     this.hooks.onAccess?.('blob', digest, stat.size);
-    return { source: 'store', size: stat.size, open: (range) => this.store.readBlob(digest, range) };
+    return {
+      source: 'store',
+      size: stat.size,
+      open: (range) => {
+        const stream = this.store.readBlob(digest, range);
+        const release = this.hooks.onStream?.(digest.text);
+        if (release) stream.once('close', release);
+        return stream;
+      },
+    };
   }
 
   async blob(repo: Repository, digest: Digest): Promise<BlobResult> {
@@ -279,43 +298,49 @@ export class PullThroughCache {
     return { size: Number.isFinite(length) ? length : undefined };
   }
 
-  private startFill(repo: Repository, digest: Digest): { fill: BlobFill; ready: Promise<BlobFill> } {
+  private startFill(repo: Repository, digest: Digest): FillEntry {
     const fill = new BlobFill(digest, this.store.temporaryPath());
     const started = this.now();
     this.metrics.inflightFills.inc();
-    const ready = (async () => {
-      const response = await this.upstreamGet(repo, `blobs/${digest.text}`, undefined, () => blobUnknown(digest.text));
-      const length = Number(header(response.headers, 'content-length'));
-      const size = Number.isFinite(length) && header(response.headers, 'content-length') !== undefined ? length : undefined;
+    const ready = this.upstreamGet(repo, `blobs/${digest.text}`, undefined, () => blobUnknown(digest.text));
+    const stored = ready.then(async (response) => {
+      const length = header(response.headers, 'content-length');
+      const size = length !== undefined && Number.isFinite(Number(length)) ? Number(length) : undefined;
       this.logger.info({ upstream: repo.upstream.registry, repository: repo.name, digest: digest.text, bytes: size }, 'blob fetch from upstream started');
       const counted = countBytes(response.body, (n) => this.metrics.bytesFetched.inc({ upstream: repo.upstream.registry }, n));
-      fill
-        .run({ size, body: counted }, async (temporary) => {
+      try {
+        await fill.run({ size, body: counted }, async (temporary) => {
           await this.store.commitBlob(temporary, digest);
           // From here the store serves it; later requests must not find this fill.
           this.blobFills.delete(digest.text);
           this.hooks.onAccess?.('blob', digest, fill.written);
-        })
-        .then(
-          () => this.logger.info({ upstream: repo.upstream.registry, repository: repo.name, digest: digest.text, bytes: fill.written, ms: this.now() - started }, 'blob stored'),
-          (error: Error) => {
-            this.metrics.fillFailures.inc({ reason: failureReason(error) });
-            this.logger.error({ upstream: repo.upstream.registry, repository: repo.name, digest: digest.text, bytesReceived: fill.written, err: error }, 'blob fetch failed; nothing stored');
-          },
-        )
-        .finally(() => {
-          this.blobFills.delete(digest.text);
-          this.metrics.inflightFills.dec();
         });
-      return fill;
-    })();
-    ready.catch(() => {
-      this.blobFills.delete(digest.text);
-      this.metrics.inflightFills.dec();
+        this.logger.info({ upstream: repo.upstream.registry, repository: repo.name, digest: digest.text, bytes: fill.written, ms: this.now() - started }, 'blob stored');
+      } catch (error) {
+        this.metrics.fillFailures.inc({ reason: failureReason(error as Error) });
+        this.logger.error({ upstream: repo.upstream.registry, repository: repo.name, digest: digest.text, bytesReceived: fill.written, err: error }, 'blob fetch failed; nothing stored');
+        throw error;
+      }
     });
-    const entry = { fill, ready };
+    const entry: FillEntry = { fill, ready: ready.then(() => fill), stored };
+    stored
+      .catch(() => undefined)
+      .finally(() => {
+        if (this.blobFills.get(digest.text) === entry) this.blobFills.delete(digest.text);
+        this.metrics.inflightFills.dec();
+      });
+    // Waiters handle failures through `ready` and the fill's readers; this keeps them from being unhandled.
+    entry.ready.catch(() => undefined);
     this.blobFills.set(digest.text, entry);
     return entry;
+  }
+
+  /** Brings a blob into the store (prefetch); resolves once it is there. */
+  async ensureBlob(repo: Repository, digest: Digest): Promise<'present' | 'fetched'> {
+    if (await this.store.statBlob(digest)) return 'present';
+    const entry = this.blobFills.get(digest.text) ?? this.startFill(repo, digest);
+    await entry.stored;
+    return 'fetched';
   }
 
   // ---------------------------------------------------------------- tags/list

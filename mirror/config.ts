@@ -40,6 +40,7 @@ export const MirrorConfigFileSchema = Type.Object(
       ),
       prefetch: Type.Optional(Type.Array(Str)),
       prefetchInterval: Type.Optional(Str),
+      prefetchPlatforms: Type.Optional(Type.Array(Str)),
       tls: Type.Optional(Type.Object({ cert: Str, key: Str }, { additionalProperties: false })),
       log: Type.Optional(Type.Object({ level: Type.Optional(Str) }, { additionalProperties: false })),
     },
@@ -66,6 +67,8 @@ export interface MirrorConfig {
   auth: { htpasswd?: string; allowAnonymousWithCredentials: boolean };
   prefetch: string[];
   prefetchIntervalMs: number;
+  /** os/architecture[/variant] whose layers prefetch brings in from a multi-platform index. */
+  prefetchPlatforms: string[];
   tls?: { cert: string; key: string };
   logLevel: LevelWithSilent;
 }
@@ -178,9 +181,19 @@ export function resolveConfig(data: unknown, source: string): MirrorConfig {
     auth,
     prefetch: file.prefetch ?? [],
     prefetchIntervalMs: duration('prefetchInterval', file.prefetchInterval, 6 * 3_600_000),
+    prefetchPlatforms: (file.prefetchPlatforms ?? [defaultPlatform()]).map((platform, index) => {
+      if (!/^[a-z0-9]+\/[a-z0-9_]+(?:\/[a-z0-9]+)?$/.test(platform)) throw new ConfigError(source, `prefetchPlatforms[${index}]`, `"${platform}" is not os/architecture[/variant] (e.g. linux/amd64)`);
+      return platform;
+    }),
     ...(file.tls ? { tls: file.tls } : {}),
     logLevel: level,
   };
+}
+
+/** This machine's platform in OCI's words (Node says x64 where OCI says amd64). */
+function defaultPlatform(): string {
+  const arch = ({ x64: 'amd64', ia32: '386', arm64: 'arm64', arm: 'arm', ppc64: 'ppc64le', s390x: 's390x', riscv64: 'riscv64' } as Record<string, string>)[process.arch] ?? process.arch;
+  return `linux/${arch}`;
 }
 
 function resolveCredentials(source: string, key: string, credentials: NonNullable<MirrorConfigFile['upstreams']>[number]['credentials'] & object) {

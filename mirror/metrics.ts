@@ -61,6 +61,45 @@ export class MirrorMetrics {
     registers: [this.registry],
   });
 
+  readonly storeBytes = new Gauge({
+    name: 'regmirror_store_bytes',
+    help: 'Bytes of blobs and manifests in the store.',
+    registers: [this.registry],
+  });
+
+  readonly storeItems = new Gauge({
+    name: 'regmirror_store_items',
+    help: 'Blobs and manifests in the store.',
+    registers: [this.registry],
+  });
+
+  readonly evictions = new Counter({
+    name: 'regmirror_evictions_total',
+    help: 'Blobs and manifests removed from the store, by reason: ttl (not read for storage.ttl) or size (over storage.maxSize).',
+    labelNames: ['reason'] as const,
+    registers: [this.registry],
+  });
+
+  readonly evictedBytes = new Counter({
+    name: 'regmirror_evicted_bytes_total',
+    help: 'Bytes removed from the store, by reason.',
+    labelNames: ['reason'] as const,
+    registers: [this.registry],
+  });
+
+  readonly prefetchImages = new Counter({
+    name: 'regmirror_prefetch_images_total',
+    help: 'Images from the prefetch list brought into the store, by result (ok, failed).',
+    labelNames: ['result'] as const,
+    registers: [this.registry],
+  });
+
+  readonly prefetchLastRun = new Gauge({
+    name: 'regmirror_prefetch_last_run_timestamp_seconds',
+    help: 'When the last prefetch run finished (Unix time).',
+    registers: [this.registry],
+  });
+
   constructor() {
     collectDefaultMetrics({ register: this.registry, prefix: 'regmirror_process_' });
   }

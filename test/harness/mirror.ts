@@ -13,8 +13,8 @@ export interface TestMirrorOptions {
   upstreams: NonNullable<MirrorConfigFile['upstreams']>;
   default?: string;
   storagePath?: string;
-  /** Any other config file keys (auth, storage.maxSize, ...). */
-  extra?: Partial<MirrorConfigFile>;
+  /** Any other config file keys (auth, storage.maxSize, ...); storage.path comes from storagePath. */
+  extra?: Partial<Omit<MirrorConfigFile, 'storage'>> & { storage?: Partial<MirrorConfigFile['storage']> };
   now?: () => number;
   timeouts?: Partial<UpstreamTimeouts>;
   logLevel?: string;
@@ -38,7 +38,7 @@ async function configFor(opts: TestMirrorOptions, port: number): Promise<MirrorC
     ...(opts.default ? { default: opts.default } : {}),
     log: { level: opts.logLevel ?? process.env.REGMIRROR_TEST_LOG ?? 'silent' },
     ...opts.extra,
-    storage: { path: storagePath, ...opts.extra?.storage },
+    storage: { ...opts.extra?.storage, path: storagePath },
   };
 }
 

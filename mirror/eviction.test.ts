@@ -1,0 +1,185 @@
+// Eviction by last read (storage.ttl) and by size (storage.maxSize), with an injected clock, against
+// a real upstream registry; and prefetch of configured images.
+import { after, before, describe, test } from 'node:test';
+import assert from 'node:assert/strict';
+import http from 'node:http';
+import path from 'node:path';
+import { startTestMirror, type TestMirror } from '../test/harness/mirror.ts';
+import { pushImage, skopeo, writeOciImage, type TestImage } from '../test/harness/oci-image.ts';
+import { cleanupAll, httpRequest, makeTempDir, waitFor } from '../test/harness/process.ts';
+import { startRegistry, type RegistryServer } from '../test/harness/registry.ts';
+import { resolveConfig } from './config.ts';
+import { ConfigError } from '../common/config-error.ts';
+import { createMirror } from './app.ts';
+import { createLogger } from '../common/logger.ts';
+
+const HOUR = 3_600_000;
+
+describe('eviction', () => {
+  let upstream: RegistryServer;
+  let image: TestImage;
+  const blobs = () => image.layers.map((l) => l.digest);
+  const get = (mirror: TestMirror, digest: string) => httpRequest(`${mirror.url}/v2/library/evict/blobs/${digest}`, { timeoutMs: 20_000 });
+  const upstreamGets = (digest: string) => upstream.countRequests({ method: 'GET', path: new RegExp(`/blobs/${digest}$`) });
+
+  before(async () => {
+    upstream = await startRegistry();
+    image = await writeOciImage(await makeTempDir('evict'), { tag: 'v1', seed: 'evict', layerSizes: [400_000, 400_000, 400_000, 8 * 1024 * 1024] });
+    await pushImage(image, upstream.ref('library/evict', 'v1'));
+  });
+  after(cleanupAll);
+
+  test('storage.ttl evicts content not read for that long, counted from the last read, not the first fetch', async () => {
+    let now = 10 * HOUR;
+    const mirror = await startTestMirror({ upstreams: [{ registry: 'docker.io', url: upstream.url }], extra: { storage: { ttl: '1h' } }, now: () => now });
+    try {
+      await mirror.mirror.indexed;
+      const [a, b] = blobs() as [string, string];
+      await get(mirror, a);
+      await get(mirror, b);
+      now += 0.8 * HOUR;
+      await get(mirror, a); // read again: its hour starts over
+      now += 0.3 * HOUR;
+      await mirror.mirror.evictor.evict();
+      assert.equal((await httpRequest(`${mirror.url}/v2/library/evict/blobs/${b}`, { method: 'HEAD' })).status, 200, 'HEAD answered from upstream, not evidence of the store');
+      const before = await upstreamGets(b);
+      await get(mirror, b);
+      assert.equal(await upstreamGets(b), before + 1, 'b was evicted and is fetched again');
+      const beforeA = await upstreamGets(a);
+      await get(mirror, a);
+      assert.equal(await upstreamGets(a), beforeA, 'a, read within the hour, was kept');
+      const metrics = (await httpRequest(`${mirror.url}/metrics`)).body.toString();
+      assert.match(metrics, /regmirror_evictions_total\{reason="ttl"\} [1-9]/);
+    } finally {
+      await mirror.stop();
+    }
+  });
+
+  test('storage.maxSize evicts the least recently read content while serving, and the store stays under it', async () => {
+    let now = 20 * HOUR;
+    const mirror = await startTestMirror({ upstreams: [{ registry: 'docker.io', url: upstream.url }], extra: { storage: { maxSize: '1Mi' } }, now: () => now });
+    try {
+      await mirror.mirror.indexed;
+      const [a, b, c] = blobs() as [string, string, string];
+      await get(mirror, a);
+      now += 1000;
+      await get(mirror, b);
+      now += 1000;
+      await get(mirror, a); // a is now more recent than b
+      now += 1000;
+      await get(mirror, c); // 1.2 MB > 1 MiB: b, the least recently read, goes
+      await waitFor(() => mirror.mirror.evictor.bytes <= 1024 * 1024, { what: 'eviction under maxSize' });
+      const counts = { a: await upstreamGets(a), b: await upstreamGets(b), c: await upstreamGets(c) };
+      await get(mirror, a);
+      await get(mirror, c);
+      assert.equal(await upstreamGets(a), counts.a, 'a kept');
+      assert.equal(await upstreamGets(c), counts.c, 'c kept');
+      await get(mirror, b);
+      assert.equal(await upstreamGets(b), counts.b + 1, 'b evicted and fetched again');
+    } finally {
+      await mirror.stop();
+    }
+  });
+
+  test('last-read times and sizes survive a restart', async () => {
+    let now = 30 * HOUR;
+    const storagePath = path.join(await makeTempDir('evict-restart'), 'data');
+    const options = { upstreams: [{ registry: 'docker.io', url: upstream.url }], storagePath, extra: { storage: { ttl: '1h' } }, now: () => now };
+    const first = await startTestMirror(options);
+    const [a, b] = blobs() as [string, string];
+    await get(first, a);
+    now += 0.9 * HOUR;
+    await get(first, b);
+    await first.stop();
+    now += 0.5 * HOUR; // a: 1.4 h since its read, b: 0.5 h
+    const second = await startTestMirror(options);
+    try {
+      await second.mirror.indexed;
+      assert.equal(second.mirror.evictor.items, 1, 'only b is left after the index rebuild');
+      assert.equal(second.mirror.evictor.bytes, 400_000 + (image.layers[1]!.size - 400_000));
+      const before = await upstreamGets(b);
+      await get(second, b);
+      assert.equal(await upstreamGets(b), before, 'b served from the store after the restart');
+    } finally {
+      await second.stop();
+    }
+  });
+
+  test('a blob being streamed to a client is not evicted under it', async () => {
+    let now = 40 * HOUR;
+    const mirror = await startTestMirror({ upstreams: [{ registry: 'docker.io', url: upstream.url }], extra: { storage: { maxSize: '9Mi' } }, now: () => now });
+    try {
+      await mirror.mirror.indexed;
+      const big = image.layers[3]!;
+      const small = blobs().slice(0, 3);
+      await get(mirror, big.digest);
+      // A client that reads slowly: the response from the store stays open with most of the blob unsent.
+      now += 1000;
+      const response = await new Promise<http.IncomingMessage>((resolve) => http.get(`${mirror.url}/v2/library/evict/blobs/${big.digest}`, resolve));
+      response.pause();
+      for (const digest of small) {
+        now += 1000;
+        await get(mirror, digest); // 8 MiB + 1.2 MB > 9 MiB: the big blob is the least recently read
+      }
+      await mirror.mirror.evictor.evict();
+      assert.equal(mirror.mirror.evictor.bytes, big.size, 'everything but the streamed blob was evicted');
+      let received = 0;
+      response.on('data', (chunk: Buffer) => (received += chunk.length));
+      response.resume();
+      await new Promise((resolve) => response.on('end', resolve));
+      assert.equal(received, big.size, 'the slow client got every byte');
+      for (const digest of small) {
+        now += 1000;
+        await get(mirror, digest);
+      }
+      await waitFor(() => mirror.mirror.evictor.bytes < big.size, { what: 'the big blob to be evicted once nobody streams it' });
+    } finally {
+      await mirror.stop();
+    }
+  });
+});
+
+describe('prefetch', () => {
+  let upstream: RegistryServer;
+
+  before(async () => {
+    upstream = await startRegistry();
+  });
+  after(cleanupAll);
+
+  test('configured images are brought into the store at start and then pull with the upstream down', async () => {
+    const single = await writeOciImage(await makeTempDir('pre1'), { tag: 'v1', seed: 'prefetch-single' });
+    const multi = await writeOciImage(await makeTempDir('pre2'), { tag: 'v2', seed: 'prefetch-multi', platforms: [{ os: 'linux', architecture: 'amd64' }, { os: 'linux', architecture: 'arm64' }] });
+    await pushImage(single, upstream.ref('library/single', 'v1'));
+    await pushImage(multi, upstream.ref('team/multi', 'v2'));
+    const mirror = await startTestMirror({
+      upstreams: [{ registry: 'docker.io', url: upstream.url, tagTTL: '1h' }],
+      extra: { prefetch: ['single:v1', 'docker.io/team/multi:v2'], prefetchPlatforms: ['linux/arm64'] },
+    });
+    try {
+      await waitFor(async () => /regmirror_prefetch_images_total\{result="ok"\} 2/.test((await httpRequest(`${mirror.url}/metrics`)).body.toString()), { timeoutMs: 20_000, what: 'prefetch of both images' });
+      const arm = multi.platforms!.find((p) => p.platform.architecture === 'arm64')!;
+      const amd = multi.platforms!.find((p) => p.platform.architecture === 'amd64')!;
+      assert.equal(await upstream.countRequests({ method: 'GET', path: new RegExp(`/blobs/${arm.layers[0]!.digest}$`) }), 1, 'arm64 layer prefetched');
+      assert.equal(await upstream.countRequests({ method: 'GET', path: new RegExp(`/blobs/${amd.layers[0]!.digest}$`) }), 0, 'amd64 layer not prefetched');
+      await upstream.stop();
+      const dest = await makeTempDir('pre-dest');
+      const result = await skopeo(['copy', '--src-tls-verify=false', `docker://${mirror.host}/library/single:v1`, `oci:${dest}:x`]);
+      assert.equal(result.code, 0, result.stderr);
+    } finally {
+      await mirror.stop();
+      await upstream.start();
+    }
+  });
+
+  test('a prefetch entry that is not an image reference, or names an unknown registry, stops the start with the key named', async () => {
+    const base = { storage: { path: await makeTempDir('pre-bad') }, upstreams: [{ registry: 'docker.io', url: upstream.url }] };
+    for (const [prefetch, message] of [
+      [['ok:v1', 'Bad/Name'], /prefetch\[1\]/],
+      [['quay.io/org/app:v1'], /prefetch\[0\].*quay\.io/],
+    ] as const) {
+      const config = resolveConfig({ ...base, prefetch: [...prefetch] }, 'mirror.yaml');
+      await assert.rejects(createMirror(config, { logger: createLogger('test', 'silent') }), (error: Error) => error instanceof ConfigError && message.test(error.message) && error.message.startsWith('mirror.yaml: '));
+    }
+  });
+});

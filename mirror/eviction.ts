@@ -1,0 +1,165 @@
+// Eviction: content not read for storage.ttl goes, and when the store grows past storage.maxSize
+// the least recently read content goes until it is back under. The index of sizes and last-read
+// times lives in memory and is rebuilt at start from the store itself: each file's mtime is its
+// last read (written through, at most once a minute per item), so the index survives restarts and
+// crashes with nothing extra to keep consistent. Content a client is streaming is never removed.
+import type { Logger } from '../common/logger.ts';
+import type { MirrorMetrics } from './metrics.ts';
+import { parseDigest, type Digest } from './reference.ts';
+import type { ContentStore, StoredItem } from './store.ts';
+
+interface Entry {
+  kind: StoredItem['kind'];
+  digest: string;
+  size: number;
+  lastAccess: number;
+  /** The last-access time last written to the file's mtime. */
+  persistedAccess: number;
+}
+
+export interface EvictionPolicy {
+  maxSizeBytes?: number;
+  ttlMs?: number;
+}
+
+/** Evicting down to this share of maxSize leaves room, so a full store does not evict on every write. */
+const LOW_WATERMARK = 0.9;
+/** Last-read times are written to disk at most this often per item (the hot path stays in memory). */
+const PERSIST_EVERY_MS = 60_000;
+
+export class Evictor {
+  private readonly store: ContentStore;
+  private readonly policy: EvictionPolicy;
+  private readonly logger: Logger;
+  private readonly metrics: MirrorMetrics;
+  private readonly now: () => number;
+  private readonly entries = new Map<string, Entry>();
+  private readonly pins = new Map<string, number>();
+  private totalBytes = 0;
+  private indexed = false;
+  private evicting: Promise<void> | undefined;
+  private timer: NodeJS.Timeout | undefined;
+  /** Called with each removed manifest, so in-memory copies go too. */
+  onManifestEvicted: (digest: string) => void = () => undefined;
+
+  constructor(options: { store: ContentStore; policy: EvictionPolicy; logger: Logger; metrics: MirrorMetrics; now?: () => number }) {
+    this.store = options.store;
+    this.policy = options.policy;
+    this.logger = options.logger;
+    this.metrics = options.metrics;
+    this.now = options.now ?? Date.now;
+  }
+
+  get bytes(): number {
+    return this.totalBytes;
+  }
+
+  get items(): number {
+    return this.entries.size;
+  }
+
+  /** Reads the store into the index. Accesses recorded meanwhile win over what the walk finds. */
+  async buildIndex(): Promise<void> {
+    const started = this.now();
+    for await (const item of this.store.items()) {
+      const key = `${item.kind}:${item.digest}`;
+      if (this.entries.has(key)) continue;
+      this.entries.set(key, { ...item, persistedAccess: item.lastAccess });
+      this.totalBytes += item.size;
+    }
+    this.indexed = true;
+    this.updateGauges();
+    this.logger.info({ items: this.entries.size, bytes: this.totalBytes, ms: this.now() - started }, 'store index built');
+    await this.evict();
+  }
+
+  /** Sweeps for expired content every interval (a tenth of the TTL, between 1 s and 1 h). */
+  start(): void {
+    if (!this.policy.ttlMs) return;
+    const every = Math.min(3_600_000, Math.max(1_000, this.policy.ttlMs / 10));
+    this.timer = setInterval(() => void this.evict(), every);
+    this.timer.unref();
+  }
+
+  stop(): void {
+    clearInterval(this.timer);
+  }
+
+  /** A read or a write of stored content. */
+  recordAccess(kind: StoredItem['kind'], digest: Digest, size: number): void {
+    const key = `${kind}:${digest.text}`;
+    const now = this.now();
+    const entry = this.entries.get(key);
+    if (entry) {
+      entry.lastAccess = now;
+      if (now - entry.persistedAccess >= PERSIST_EVERY_MS) {
+        entry.persistedAccess = now;
+        void this.store.touch(kind, digest, now);
+      }
+      return;
+    }
+    this.entries.set(key, { kind, digest: digest.text, size, lastAccess: now, persistedAccess: now });
+    this.totalBytes += size;
+    void this.store.touch(kind, digest, now);
+    this.updateGauges();
+    if (this.policy.maxSizeBytes && this.totalBytes > this.policy.maxSizeBytes) void this.evict();
+  }
+
+  /** Marks a blob as being streamed; the returned function releases it. */
+  pin(digest: string): () => void {
+    this.pins.set(digest, (this.pins.get(digest) ?? 0) + 1);
+    let released = false;
+    return () => {
+      if (released) return;
+      released = true;
+      const left = (this.pins.get(digest) ?? 1) - 1;
+      if (left > 0) this.pins.set(digest, left);
+      else this.pins.delete(digest);
+    };
+  }
+
+  /** Removes expired content, then least recently read content while over maxSize. One run at a time. */
+  evict(): Promise<void> {
+    if (!this.indexed) return Promise.resolve();
+    this.evicting ??= this.runEviction().finally(() => (this.evicting = undefined));
+    return this.evicting;
+  }
+
+  private async runEviction(): Promise<void> {
+    const now = this.now();
+    const { ttlMs, maxSizeBytes } = this.policy;
+    if (ttlMs) {
+      for (const entry of [...this.entries.values()]) {
+        if (now - entry.lastAccess > ttlMs) await this.remove(entry, 'ttl');
+      }
+    }
+    if (maxSizeBytes && this.totalBytes > maxSizeBytes) {
+      const target = maxSizeBytes * LOW_WATERMARK;
+      const oldestFirst = [...this.entries.values()].sort((a, b) => a.lastAccess - b.lastAccess);
+      for (const entry of oldestFirst) {
+        if (this.totalBytes <= target) break;
+        await this.remove(entry, 'size');
+      }
+      if (this.totalBytes > maxSizeBytes) this.logger.warn({ bytes: this.totalBytes, maxSizeBytes, streaming: this.pins.size }, 'store is over storage.maxSize and everything left is being streamed');
+    }
+    this.updateGauges();
+  }
+
+  private async remove(entry: Entry, reason: 'ttl' | 'size'): Promise<void> {
+    if (this.pins.has(entry.digest)) return;
+    const key = `${entry.kind}:${entry.digest}`;
+    if (this.entries.get(key) !== entry) return;
+    this.entries.delete(key);
+    this.totalBytes -= entry.size;
+    await this.store.remove(entry.kind, parseDigest(entry.digest));
+    if (entry.kind === 'manifest') this.onManifestEvicted(entry.digest);
+    this.metrics.evictions.inc({ reason });
+    this.metrics.evictedBytes.inc({ reason }, entry.size);
+    this.logger.debug({ kind: entry.kind, digest: entry.digest, bytes: entry.size, reason, idleMs: this.now() - entry.lastAccess }, 'evicted');
+  }
+
+  private updateGauges(): void {
+    this.metrics.storeBytes.set(this.totalBytes);
+    this.metrics.storeItems.set(this.entries.size);
+  }
+}
