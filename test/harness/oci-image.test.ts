@@ -1,6 +1,6 @@
 import assert from 'node:assert/strict';
 import { createHash } from 'node:crypto';
-import { readFile } from 'node:fs/promises';
+import { readdir, readFile, stat } from 'node:fs/promises';
 import path from 'node:path';
 import { test } from 'node:test';
 import { gunzipSync } from 'node:zlib';
@@ -34,6 +34,9 @@ test('layers are gzip tars of the requested size whose digests match the manifes
     assert.equal(manifest.layers[i].digest, layer.digest);
     assert.equal(sha256(gunzipSync(blob)), config.rootfs.diff_ids[i]);
   }
+  const blobFiles = await readdir(path.join(image.layoutDir, 'blobs', 'sha256'));
+  const onDisk = (await Promise.all(blobFiles.map(async (f) => (await stat(path.join(image.layoutDir, 'blobs', 'sha256', f))).size))).reduce((a, b) => a + b, 0);
+  assert.equal(image.totalSize, onDisk);
   const listing = await runCommand('tar', ['-tvzf', path.join(image.layoutDir, 'blobs', 'sha256', image.layers[1]!.digest.slice(7))]);
   assert.equal(listing.code, 0, listing.stderr);
   assert.match(listing.stdout, /layer1\/data\.bin/);
@@ -64,6 +67,9 @@ test('platforms write one manifest per platform under an index', async () => {
     { os: 'linux', architecture: 'arm64', variant: 'v8' },
   ]);
   assert.equal(image.platforms?.length, 2);
+  const blobFiles = await readdir(path.join(image.layoutDir, 'blobs', 'sha256'));
+  const onDisk = (await Promise.all(blobFiles.map(async (f) => (await stat(path.join(image.layoutDir, 'blobs', 'sha256', f))).size))).reduce((a, b) => a + b, 0);
+  assert.equal(image.totalSize, onDisk);
   assert.notEqual(image.platforms![0]!.layers[0]!.digest, image.platforms![1]!.layers[0]!.digest);
   const layoutIndex = JSON.parse(await readFile(path.join(image.layoutDir, 'index.json'), 'utf8'));
   assert.equal(layoutIndex.manifests[0].digest, image.indexDigest);
