@@ -195,16 +195,19 @@ export async function main(argv: string[]): Promise<void> {
   const api = new KubeApi(kubeConfig);
   const metrics = new OperatorMetrics({ processMetrics: true });
   const events = new EventRecorder(api, logger, flags.identity);
-  const controller = new Controller({
-    kubeConfig, api, events, logger, metrics,
-    namespaces: flags.namespaces,
-    mirrorImage: flags.mirrorImage,
-    nodeCleanupTimeoutMs: flags.nodeCleanupTimeoutMs,
-    workers: flags.workers,
-  });
-  let controllerStarted = false;
+  const newController = () =>
+    new Controller({
+      kubeConfig, api, events, logger, metrics,
+      namespaces: flags.namespaces,
+      mirrorImage: flags.mirrorImage,
+      nodeCleanupTimeoutMs: flags.nodeCleanupTimeoutMs,
+      workers: flags.workers,
+    });
+  let controller: Controller | undefined;
   let synced = false;
-  const server = flags.metricsAddress ? await serveMetrics(flags.metricsAddress, metrics, () => synced || (flags.leaderElect && !controllerStarted), logger) : undefined;
+  const server = flags.metricsAddress
+    ? await serveMetrics(flags.metricsAddress, metrics, () => synced || (flags.leaderElect && !controller), logger)
+    : undefined;
 
   logger.info({ version: VERSION, server: kubeConfig.getCurrentCluster()!.server, identity: flags.identity, namespaces: flags.namespaces }, 'regmirror operator starting');
 
@@ -213,49 +216,44 @@ export async function main(argv: string[]): Promise<void> {
     : undefined;
 
   let stopping = false;
-  const shutdown = async (signal: string) => {
+  let wakeUp: () => void = () => {};
+  const stopped = new Promise<void>((resolve) => (wakeUp = resolve));
+  const shutdown = (signal: string) => {
     if (stopping) return;
     stopping = true;
     logger.info({ signal }, 'shutting down');
     elector?.stop();
-    if (!elector && controllerStarted) await controller.stop();
+    wakeUp();
   };
-  process.once('SIGTERM', () => void shutdown('SIGTERM'));
-  process.once('SIGINT', () => void shutdown('SIGINT'));
+  process.once('SIGTERM', () => shutdown('SIGTERM'));
+  process.once('SIGINT', () => shutdown('SIGINT'));
 
   const startController = async () => {
-    controllerStarted = true;
+    const started = (controller = newController());
     metrics.leader.set(1);
-    await controller.start();
-    synced = true;
+    await started.start();
+    synced = controller === started;
+  };
+  const stopController = async () => {
+    metrics.leader.set(0);
+    synced = false;
+    const current = controller;
+    controller = undefined;
+    await current?.stop();
   };
 
   if (elector) {
-    let lost = false;
-    await elector.run({
-      onStarted: startController,
-      onStopped: async () => {
-        metrics.leader.set(0);
-        lost = !stopping;
-        await controller.stop();
-      },
-    });
-    server?.close();
-    if (lost) {
-      // Another replica may already be reconciling: exit rather than risk two leaders.
-      logger.error('leadership lost; exiting so a fresh start campaigns again');
-      process.exit(1);
+    while (!stopping) {
+      await elector.run({ onStarted: startController, onStopped: stopController });
+      // Leadership lost (the API server was unreachable past the renew deadline, or another replica
+      // holds the Lease): this replica stopped reconciling before the Lease could expire, and
+      // campaigns again with fresh caches.
+      if (!stopping) logger.warn('leadership lost; reconciling stopped, campaigning again');
     }
-    return;
+  } else {
+    await startController();
+    await stopped;
+    await stopController();
   }
-  await startController();
-  await new Promise<void>((resolve) => {
-    const check = setInterval(() => {
-      if (stopping) {
-        clearInterval(check);
-        resolve();
-      }
-    }, 200);
-  });
   server?.close();
 }

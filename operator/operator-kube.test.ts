@@ -4,7 +4,8 @@
 // (playKubelet*).
 import assert from 'node:assert/strict';
 import { spawn, type ChildProcess } from 'node:child_process';
-import { createWriteStream } from 'node:fs';
+import { createWriteStream, mkdtempSync } from 'node:fs';
+import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import { setTimeout as sleep } from 'node:timers/promises';
@@ -164,7 +165,8 @@ describe('operator against a real kube-apiserver', { skip }, () => {
   };
 
   before(async () => {
-    logDir = await makeTempDir('operator-kube');
+    // REGMIRROR_KUBE_KEEP=1 keeps the operators' logs, as test/kube/env.ts keeps the control plane's.
+    logDir = process.env.REGMIRROR_KUBE_KEEP === '1' ? mkdtempSync(path.join(tmpdir(), 'regmirror-operator-logs-')) : await makeTempDir('operator-kube');
     env = await startKubeEnv();
     admin = new KubeApi(env.kubeConfig(), 'regmirror-test');
     await mustKubectl(['create', 'namespace', OPERATOR_NAMESPACE]);

@@ -118,7 +118,8 @@ export const RegistryMirrorSpecSchema = Type.Object(
       },
       {
         additionalProperties: false,
-        default: {},
+        // The API server validates a default as written, so it spells out its required fields.
+        default: { size: '10Gi', accessMode: 'ReadWriteOnce' },
         ...cel(
           {
             rule: '!has(self.maxSize) || quantity(self.maxSize).compareTo(quantity(self.size)) <= 0',
@@ -185,7 +186,7 @@ export const RegistryMirrorSpecSchema = Type.Object(
         nodeSelector: Type.Optional(StringMap('Nodes to configure.')),
         tolerations: Type.Optional(Type.Array(TolerationSchema, { maxItems: 64 })),
       },
-      { additionalProperties: false, default: {} },
+      { additionalProperties: false, default: { enabled: true, runtimes: ['containerd'] } },
     ),
   },
   {
