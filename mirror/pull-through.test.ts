@@ -162,7 +162,7 @@ describe('pull-through cache', () => {
     }
   });
 
-  test('several upstreams in one mirror are chosen by ?ns=, the default takes requests without it', async () => {
+  test('several upstreams in one mirror are chosen by ?ns= or a registry prefix in the path, the default takes requests without either', async () => {
     const ghcr = await startRegistry();
     const other = await writeOciImage(await makeTempDir('ghcr'), { tag: 'v2', seed: 'ghcr-image' });
     await pushImage(other, ghcr.ref('org/tool', 'v2'));
@@ -174,6 +174,8 @@ describe('pull-through cache', () => {
       assert.equal(fromHub.headers['docker-content-digest'], image.manifestDigest);
       const noNs = await httpRequest(`${mirror.url}/v2/library/app/manifests/v1`);
       assert.equal(noNs.headers['docker-content-digest'], image.manifestDigest);
+      const prefixed = await httpRequest(`${mirror.url}/v2/ghcr.io/org/tool/manifests/v2`);
+      assert.equal(prefixed.headers['docker-content-digest'], other.manifestDigest);
       const notOnHub = await httpRequest(`${mirror.url}/v2/org/tool/manifests/v2`);
       assert.equal(notOnHub.status, 404);
       const unknown = await httpRequest(`${mirror.url}/v2/org/tool/manifests/v2?ns=quay.io`);

@@ -94,12 +94,26 @@ export function registerRoutes(app: FastifyInstance, context: RouteContext): voi
 
 }
 
+/**
+ * Picks the upstream: containerd names it with ?ns=. Clients that cannot (Docker, CRI-O, skopeo
+ * with a registries.conf prefix) may put it first in the path, /v2/ghcr.io/org/app/...; a Docker
+ * Hub name never starts with a dotted component, so that cannot be mistaken. Else the default.
+ */
 function repositoryFor(context: RouteContext, rawName: string, ns: string | string[] | undefined): Repository {
-  const registry = typeof ns === 'string' && ns !== '' ? ns : context.defaultRegistry;
+  let registry = typeof ns === 'string' && ns !== '' ? ns : undefined;
+  let name = rawName;
+  if (!registry) {
+    const slash = rawName.indexOf('/');
+    const first = rawName.slice(0, slash);
+    if (slash > 0 && first.includes('.') && context.upstreams.has(first)) {
+      registry = first;
+      name = rawName.slice(slash + 1);
+    }
+  }
+  registry ??= context.defaultRegistry;
   const upstream = context.upstreams.get(registry);
   if (!upstream) throw nameUnknown(rawName.slice(0, 255), `registry "${registry.slice(0, 255)}" is not mirrored here (configured: ${[...context.upstreams.keys()].join(', ')})`);
-  const name = normaliseName(registry, validateName(rawName));
-  return { upstream: upstream.client, name, tagTTLMs: upstream.tagTTLMs };
+  return { upstream: upstream.client, name: normaliseName(registry, validateName(name)), tagTTLMs: upstream.tagTTLMs };
 }
 
 async function serveManifest(context: RouteContext, repo: Repository, reference: string, head: boolean, reply: FastifyReply) {

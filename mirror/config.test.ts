@@ -1,0 +1,117 @@
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { mkdtempSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import path from 'node:path';
+import { ConfigError } from '../common/config-error.ts';
+import { DEFAULT_CONFIG_FILE, loadConfigFile, resolveConfig } from './config.ts';
+import { parseRange } from './routes.ts';
+import { parseChallenge } from './upstream.ts';
+import { parseImageReference } from './prefetch.ts';
+
+const dir = mkdtempSync(path.join(tmpdir(), 'regmirror-config-'));
+const file = (name: string, text: string) => {
+  const p = path.join(dir, name);
+  writeFileSync(p, text);
+  return p;
+};
+
+test('the default configuration is a Docker Hub mirror on :5000 storing under ./data', () => {
+  const config = resolveConfig(DEFAULT_CONFIG_FILE, 'default');
+  assert.deepEqual(config.listen, { host: '0.0.0.0', port: 5000 });
+  assert.equal(config.storage.path, './data');
+  assert.equal(config.defaultRegistry, 'docker.io');
+  assert.equal(config.upstreams[0]!.url.href, 'https://registry-1.docker.io/');
+  assert.equal(config.upstreams[0]!.tagTTLMs, 0);
+});
+
+test('the DESIGN.md example file loads with every key resolved', () => {
+  const password = file('password', 'hunter2\n');
+  const htpasswd = file('htpasswd', 'alice:$2y$05$abcdefghijklmnopqrstuuJ1vWQ9bN1x5GZ5rJmB1B2wPq3s9Vd1e\n');
+  const config = loadConfigFile(
+    file(
+      'full.yaml',
+      `listen: 127.0.0.1:5000
+storage: {path: ./data, maxSize: 20Gi, ttl: 168h}
+upstreams:
+  - registry: docker.io
+    url: https://registry-1.docker.io
+    tagTTL: 1m
+    credentials: {username: alice, passwordFile: ${password}}
+  - registry: ghcr.io
+    url: https://ghcr.io
+default: docker.io
+auth: {htpasswd: ${htpasswd}}
+prefetch: [docker.io/library/nginx:1.27]
+prefetchInterval: 6h
+log: {level: debug}
+`,
+    ),
+  );
+  assert.equal(config.storage.maxSizeBytes, 20 * 2 ** 30);
+  assert.equal(config.storage.ttlMs, 168 * 3_600_000);
+  assert.equal(config.upstreams[0]!.tagTTLMs, 60_000);
+  assert.deepEqual(config.upstreams[0]!.credentials, { username: 'alice', password: 'hunter2' });
+  assert.equal(config.prefetchIntervalMs, 6 * 3_600_000);
+  assert.equal(config.logLevel, 'debug');
+});
+
+test('every mistake names the file and the key', () => {
+  const cases: [string, RegExp][] = [
+    ['storage: {path: x}\nupstrams: []\n', /bad\.yaml: upstrams: unknown key/],
+    ['upstreams: []\n', /bad\.yaml: storage: /],
+    ['storage: {path: x, maxSize: 20GB}\n', /bad\.yaml: storage\.maxSize: "20GB" is not a size/],
+    ['storage: {path: x, ttl: 7 days}\n', /bad\.yaml: storage\.ttl: "7 days" is not a duration/],
+    ['storage: {path: x}\nupstreams: [{registry: docker.io, url: "ftp://x"}]\n', /bad\.yaml: upstreams\[0\]\.url: must be an http/],
+    ['storage: {path: x}\nupstreams: [{registry: "Docker.IO", url: "https://x"}]\n', /bad\.yaml: upstreams\[0\]\.registry: /],
+    ['storage: {path: x}\nupstreams: [{registry: a.io, url: "https://x"}, {registry: a.io, url: "https://y"}]\n', /bad\.yaml: upstreams\[1\]\.registry: "a\.io" is listed twice/],
+    ['storage: {path: x}\ndefault: quay.io\n', /bad\.yaml: default: "quay\.io" is not one of/],
+    ['storage: {path: x}\nlisten: "5000"\n', /bad\.yaml: listen: /],
+    ['storage: {path: x}\nlog: {level: loud}\n', /bad\.yaml: log\.level: /],
+    ['storage: {path: x}\nupstreams: [{registry: docker.io, url: "https://x", credentials: {username: a, password: b}}]\n', /bad\.yaml: auth\.htpasswd: an upstream has credentials/],
+    ['storage: {path: x}\nupstreams: [{registry: docker.io, url: "https://x", credentials: {username: a, passwordFile: /nonexistent}}]\nauth: {allowAnonymousWithCredentials: true}\n', /bad\.yaml: upstreams\[0\]\.credentials\.passwordFile: cannot read/],
+    ['storage: [oops\n', /bad\.yaml: \(file\): not valid YAML/],
+  ];
+  for (const [text, message] of cases) {
+    assert.throws(() => loadConfigFile(file('bad.yaml', text)), (error: Error) => error instanceof ConfigError && message.test(error.message), text);
+  }
+  assert.throws(() => loadConfigFile(path.join(dir, 'missing.yaml')), /missing\.yaml: \(file\): cannot read: ENOENT/);
+});
+
+test('a password never appears in a configuration error', () => {
+  const text = 'storage: {path: x}\nupstreams: [{registry: docker.io, url: "https://x", credentials: {username: a, password: topsecret, passwordFile: /x}}]\nauth: {allowAnonymousWithCredentials: true}\n';
+  assert.throws(() => loadConfigFile(file('secret.yaml', text)), (error: Error) => !error.message.includes('topsecret') && /password or passwordFile, not both/.test(error.message));
+});
+
+test('Range headers: one bytes range is honoured, other forms are ignored, impossible ones are refused', () => {
+  assert.deepEqual(parseRange('bytes=0-99', 1000), { start: 0, end: 99 });
+  assert.deepEqual(parseRange('bytes=900-', 1000), { start: 900, end: 999 });
+  assert.deepEqual(parseRange('bytes=-100', 1000), { start: 900, end: 999 });
+  assert.deepEqual(parseRange('bytes=990-5000', 1000), { start: 990, end: 999 });
+  assert.equal(parseRange('bytes=1000-', 1000), 'unsatisfiable');
+  assert.equal(parseRange('bytes=-0', 1000), 'unsatisfiable');
+  assert.equal(parseRange('bytes=0-1,5-9', 1000), undefined);
+  assert.equal(parseRange('items=0-1', 1000), undefined);
+  assert.equal(parseRange('bytes=9-1', 1000), undefined);
+  assert.equal(parseRange(undefined, 1000), undefined);
+});
+
+test('WWW-Authenticate challenges are read as Docker Hub and distribution send them', () => {
+  assert.deepEqual(parseChallenge('Bearer realm="https://auth.docker.io/token",service="registry.docker.io",scope="repository:library/nginx:pull"'), {
+    scheme: 'bearer',
+    params: { realm: 'https://auth.docker.io/token', service: 'registry.docker.io', scope: 'repository:library/nginx:pull' },
+  });
+  assert.deepEqual(parseChallenge('Basic realm="Registry Realm"'), { scheme: 'basic', params: { realm: 'Registry Realm' } });
+  assert.equal(parseChallenge('Negotiate abc'), undefined);
+  assert.equal(parseChallenge(undefined), undefined);
+});
+
+test('image references read like Docker reads them', () => {
+  assert.deepEqual(parseImageReference('nginx', 'docker.io'), { registry: 'docker.io', name: 'library/nginx', reference: 'latest' });
+  assert.deepEqual(parseImageReference('nginx:1.27', 'docker.io'), { registry: 'docker.io', name: 'library/nginx', reference: '1.27' });
+  assert.deepEqual(parseImageReference('ghcr.io/org/app:v1', 'docker.io'), { registry: 'ghcr.io', name: 'org/app', reference: 'v1' });
+  assert.deepEqual(parseImageReference('registry.local:5000/app', 'docker.io'), { registry: 'registry.local:5000', name: 'app', reference: 'latest' });
+  const digest = `sha256:${'a'.repeat(64)}`;
+  assert.deepEqual(parseImageReference(`team/app@${digest}`, 'docker.io'), { registry: 'docker.io', name: 'team/app', reference: digest });
+  assert.throws(() => parseImageReference('Bad/Name', 'docker.io'), /invalid repository name/);
+});
