@@ -5,7 +5,7 @@ import net from 'node:net';
 import os from 'node:os';
 import path from 'node:path';
 import { test } from 'node:test';
-import { freePort, httpRequest, makeTempDir, runCommand, spawnServer, waitFor } from './process.ts';
+import { freePort, httpRequest, makeTempDir, runCommand, spawnServer, sweepOrphanedTempDirs, waitFor } from './process.ts';
 
 const HERE = path.dirname(new URL(import.meta.url).pathname);
 
@@ -131,6 +131,25 @@ for (const ending of ['a failed assertion', 'SIGKILL'] as const) {
     await assert.rejects(httpRequest(`http://127.0.0.1:${port}/`));
   });
 }
+
+test('temp dirs of a test process that was SIGKILLed are swept by the next one', async () => {
+  const dir = await makeTempDir('proc');
+  const record = path.join(dir, 'orphan');
+  const script = `
+    import { makeTempDir } from ${JSON.stringify(path.join(HERE, 'process.ts'))};
+    import { writeFileSync } from 'node:fs';
+    const orphan = await makeTempDir('orphan');
+    writeFileSync(${JSON.stringify(record)}, orphan);
+    process.kill(process.pid, 'SIGKILL');
+  `;
+  const child = spawn(process.execPath, ['--input-type=module', '-e', script], { stdio: 'ignore' });
+  await new Promise((resolve) => child.once('exit', resolve));
+  const orphan = readFileSync(record, 'utf8');
+  assert.ok(existsSync(orphan), 'SIGKILL left the dir behind');
+  sweepOrphanedTempDirs();
+  assert.equal(existsSync(orphan), false);
+  assert.ok(existsSync(dir), 'a live process keeps its dirs');
+});
 
 test('runCommand returns stdout, stderr and the exit code', async () => {
   const result = await runCommand('sh', ['-c', 'echo out; echo err >&2; exit 4']);

@@ -1,7 +1,7 @@
 // Process basics for the real-component harness: free ports, temporary directories, servers that
 // are started, probed until ready, stopped, and never outlive the test process.
-import { spawn, type ChildProcess } from 'node:child_process';
-import { createWriteStream, mkdtempSync, rmSync, type WriteStream } from 'node:fs';
+import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
+import { createWriteStream, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync, type WriteStream } from 'node:fs';
 import { mkdtemp } from 'node:fs/promises';
 import http from 'node:http';
 import https from 'node:https';
@@ -44,6 +44,7 @@ function cleanupSync(): void {
   for (const dir of tempDirs) {
     try {
       rmSync(dir, { recursive: true, force: true, maxRetries: 3 });
+      rmSync(path.join(OWNERS_DIR, path.basename(dir)), { force: true });
     } catch {
       // a mount or a busy file must not hide the test's own result
     }
@@ -114,19 +115,84 @@ export function isAddressInUse(error: unknown): boolean {
   return /address already in use|EADDRINUSE|bind\(\) to .* failed \(98/i.test(String(error));
 }
 
-/** A fresh directory under os.tmpdir(); removed when the test process exits (or by cleanupAll). */
-export async function makeTempDir(prefix: string): Promise<string> {
+// A temp dir's owner (pid and process start time, which survives pid reuse) is recorded beside
+// it, so dirs left by a test process that was SIGKILLed are swept by the next one.
+const OWNERS_DIR = path.join(os.tmpdir(), 'regmirror-owners');
+let ownerTag: string | undefined;
+let swept = false;
+
+function processStartTime(pid: number): string | undefined {
+  try {
+    // field 22 of /proc/PID/stat, counted after the parenthesised command name
+    const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
+    return stat.slice(stat.lastIndexOf(')') + 2).split(' ')[19];
+  } catch {
+    return undefined;
+  }
+}
+
+function unmountUnder(dir: string): void {
+  let mounts: string[] = [];
+  try {
+    mounts = readFileSync('/proc/self/mountinfo', 'utf8').split('\n').map((line) => line.split(' ')[4] ?? '');
+  } catch {
+    return;
+  }
+  for (const mount of mounts.filter((m) => m === dir || m.startsWith(`${dir}/`)).sort().reverse()) {
+    spawnSync('umount', ['-l', mount], { stdio: 'ignore' });
+  }
+}
+
+/** Removes temp dirs whose owning test process is gone; runs by itself once per process. */
+export function sweepOrphanedTempDirs(): void {
+  swept = true;
+  let owners: string[] = [];
+  try {
+    owners = readdirSync(OWNERS_DIR);
+  } catch {
+    return;
+  }
+  for (const name of owners) {
+    try {
+      const [pid, started] = readFileSync(path.join(OWNERS_DIR, name), 'utf8').split(':');
+      if (processStartTime(Number(pid)) === started) continue; // its owner still runs
+      const dir = path.join(os.tmpdir(), name);
+      unmountUnder(dir);
+      rmSync(dir, { recursive: true, force: true, maxRetries: 3 });
+      rmSync(path.join(OWNERS_DIR, name), { force: true });
+    } catch {
+      // another process may be sweeping the same dir
+    }
+  }
+}
+
+function registerTempDir(dir: string): void {
   installExitHooks();
-  const dir = await mkdtemp(path.join(os.tmpdir(), `regmirror-${prefix.replace(/[^A-Za-z0-9_.-]/g, '-')}-`));
+  ownerTag ??= `${process.pid}:${processStartTime(process.pid) ?? ''}`;
+  mkdirSync(OWNERS_DIR, { recursive: true });
+  writeFileSync(path.join(OWNERS_DIR, path.basename(dir)), ownerTag);
   tempDirs.add(dir);
+}
+
+function tempDirPrefix(prefix: string): string {
+  if (!swept) sweepOrphanedTempDirs();
+  return path.join(os.tmpdir(), `regmirror-${prefix.replace(/[^A-Za-z0-9_.-]/g, '-')}-`);
+}
+
+/**
+ * A fresh directory under os.tmpdir(); removed when the test process exits (or by cleanupAll),
+ * or, if the process is SIGKILLed, by the next test process that makes a temp dir.
+ */
+export async function makeTempDir(prefix: string): Promise<string> {
+  const dir = await mkdtemp(tempDirPrefix(prefix));
+  registerTempDir(dir);
   return dir;
 }
 
 /** Synchronous twin of makeTempDir for places that cannot await. */
 export function makeTempDirSync(prefix: string): string {
-  installExitHooks();
-  const dir = mkdtempSync(path.join(os.tmpdir(), `regmirror-${prefix.replace(/[^A-Za-z0-9_.-]/g, '-')}-`));
-  tempDirs.add(dir);
+  const dir = mkdtempSync(tempDirPrefix(prefix));
+  registerTempDir(dir);
   return dir;
 }
 
