@@ -20,6 +20,7 @@ before(async () => {
   upstreams = await startMirroredRegistries();
   await upstreams.push(upstreams.hub, 'library/nginx', 'v1');
   await upstreams.push(upstreams.hub, 'library/nginx', 'v2');
+  await upstreams.push(upstreams.ghcr, 'org/tool', 'v1');
   home = await makeTempDir('crio-home');
   dropInDir = path.join(home, '.config/containers/registries.conf.d');
   await mkdir(dropInDir, { recursive: true });
@@ -51,9 +52,8 @@ async function pull(ref: string): Promise<{ code: number; stderr: string }> {
   });
 }
 
-test('containers/image reads the drop-in and pulls docker.io through the mirror', async () => {
-  const run = await runNodeAgent(agentArgs('apply'));
-  assert.match(run.stdout, /CRI-O pulls of ghcr\.io go direct/, 'the agent says which registries the drop-in cannot cover');
+test('containers/image reads the drop-in and pulls docker.io and ghcr.io through the mirror', async () => {
+  await runNodeAgent(agentArgs('apply'));
   assert.deepEqual(await readdir(dropInDir), ['99-regmirror.conf']);
 
   const before = await mirrorManifestRequests(upstreams.mirror);
@@ -63,6 +63,13 @@ test('containers/image reads the drop-in and pulls docker.io through the mirror'
   assert.match(result.stderr, /Loading registries configuration \\"[^"]*\.config\/containers\/registries\.conf\.d\/99-regmirror\.conf\\"/);
   assert.ok((await mirrorManifestRequests(upstreams.mirror)) > before, 'the mirror served the manifest');
   assert.ok((await upstreams.hub.countRequests({ method: 'GET', path: /^\/v2\/library\/nginx\/manifests\// })) >= 1);
+
+  // ghcr.io has no server here but the local upstream behind the mirror: the pull can only succeed through it
+  const ghcrBefore = await mirrorManifestRequests(upstreams.mirror);
+  const ghcr = await pull('ghcr.io/org/tool:v1');
+  assert.equal(ghcr.code, 0, ghcr.stderr.slice(-3000));
+  assert.ok((await mirrorManifestRequests(upstreams.mirror)) > ghcrBefore, 'the mirror served the ghcr.io manifest');
+  assert.ok((await upstreams.ghcr.countRequests({ method: 'GET', path: /^\/v2\/org\/tool\/manifests\// })) >= 1, 'fetched from the ghcr.io upstream');
 });
 
 test('after removal the drop-in is gone and containers/image no longer asks the mirror', async () => {

@@ -8,7 +8,7 @@ import { CRIO_MARKER, crioDropIn, isManagedCrioDropIn } from './crio.ts';
 
 test('the drop-in names the registry and the mirror, insecure only for plain HTTP', () => {
   const dropIn = crioDropIn({ registries: ['docker.io'], mirror: 'http://10.96.0.42:5000', defaultRegistry: 'docker.io' });
-  assert.equal(dropIn.text, `${CRIO_MARKER}
+  assert.equal(dropIn, `${CRIO_MARKER}
 [[registry]]
 prefix = "docker.io"
 location = "docker.io"
@@ -17,13 +17,15 @@ location = "docker.io"
 location = "10.96.0.42:5000"
 insecure = true
 `);
-  assert.ok(isManagedCrioDropIn(dropIn.text));
-  const tls = parse(crioDropIn({ registries: ['docker.io'], mirror: 'https://mirror.internal', defaultRegistry: 'docker.io' }).text);
+  assert.ok(isManagedCrioDropIn(dropIn));
+  const tls = parse(crioDropIn({ registries: ['docker.io'], mirror: 'https://mirror.internal', defaultRegistry: 'docker.io' }));
   assert.deepEqual(tls, { registry: [{ prefix: 'docker.io', location: 'docker.io', mirror: [{ location: 'mirror.internal', insecure: false }] }] });
 });
 
-test('registries other than the mirror default are left direct, because containers/image sends no ?ns=', () => {
+test('registries other than the mirror default are mirrored under a path prefix naming them, because containers/image sends no ?ns=', () => {
   const dropIn = crioDropIn({ registries: ['docker.io', 'ghcr.io'], mirror: 'http://m:5000', defaultRegistry: 'docker.io' });
-  assert.deepEqual(dropIn.skipped, ['ghcr.io']);
-  assert.deepEqual((parse(dropIn.text).registry as { prefix: string }[]).map((r) => r.prefix), ['docker.io']);
+  assert.deepEqual(parse(dropIn).registry, [
+    { prefix: 'docker.io', location: 'docker.io', mirror: [{ location: 'm:5000', insecure: true }] },
+    { prefix: 'ghcr.io', location: 'ghcr.io', mirror: [{ location: 'm:5000/ghcr.io', insecure: true }] },
+  ]);
 });

@@ -11,31 +11,24 @@ export interface CrioDropInInput {
   registries: string[];
   /** http(s)://host[:port] */
   mirror: string;
-  /**
-   * The registry the mirror serves for requests that do not name one. containers/image sends no
-   * `?ns=` to a mirror, so only this registry can go through it.
-   */
+  /** The registry the mirror serves for requests that do not name one (its `default:`). */
   defaultRegistry: string;
 }
 
-export interface CrioDropIn {
-  text: string;
-  /** Registries left to go direct, because the mirror could not tell them from the default. */
-  skipped: string[];
-}
-
-export function crioDropIn(input: CrioDropInInput): CrioDropIn {
+/**
+ * containers/image sends no `?ns=` to a mirror, so every registry but the mirror's default is
+ * mirrored under a path prefix (`mirror:5000/ghcr.io`), which the mirror reads as the registry.
+ */
+export function crioDropIn(input: CrioDropInInput): string {
   const url = new URL(input.mirror);
-  const mirrored = input.registries.filter((r) => r === input.defaultRegistry);
-  const skipped = input.registries.filter((r) => r !== input.defaultRegistry);
-  const registry = mirrored.map((name) => ({
+  const registry = input.registries.map((name) => ({
     prefix: name,
     location: name,
     // insecure lets containers/image speak plain HTTP to the mirror (it tries HTTPS first).
-    mirror: [{ location: url.host, insecure: url.protocol === 'http:' }],
+    mirror: [{ location: name === input.defaultRegistry ? url.host : `${url.host}/${name}`, insecure: url.protocol === 'http:' }],
   }));
   const body = registry.length > 0 ? stringify({ registry }) : '';
-  return { text: `${CRIO_MARKER}\n${body.endsWith('\n') || body === '' ? body : `${body}\n`}`, skipped };
+  return `${CRIO_MARKER}\n${body.endsWith('\n') || body === '' ? body : `${body}\n`}`;
 }
 
 export function isManagedCrioDropIn(text: string): boolean {

@@ -389,11 +389,7 @@ export async function reconcileCrio(ctx: ReconcileContext): Promise<RuntimeStatu
     if (mirrorRequiresAuth(config)) {
       notices.warn('crio-auth', 'CRI-O left alone: the mirror requires auth and the agent does not write containers auth.json');
     } else {
-      const dropIn = crioDropIn({ registries: config.registries, mirror: config.mirror, defaultRegistry: config.defaultRegistry });
-      for (const registry of dropIn.skipped) {
-        notices.warn(`crio-skip:${registry}`, `CRI-O pulls of ${registry} go direct: containers/image does not tell a mirror which registry it wants, and the mirror's default is ${config.defaultRegistry}`, { registry });
-      }
-      if (dropIn.skipped.length < config.registries.length) desired = dropIn.text;
+      desired = crioDropIn({ registries: config.registries, mirror: config.mirror, defaultRegistry: config.defaultRegistry });
     }
   }
 
