@@ -95,3 +95,15 @@ test('a registry asked for a port another registry holds fails instead of mistak
     await first.stop();
   }
 });
+
+test('a quiet registry logs no requests and says so when asked to count them', async () => {
+  const registry = await startRegistry({ quiet: true });
+  try {
+    const image = await writeOciImage(await makeTempDir('img'));
+    await pushImage(image, registry.ref('library/quiet', 'v1'));
+    assert.doesNotMatch(registry.output(), /"PUT \/v2\//);
+    await assert.rejects(registry.countRequests({}), /quiet/);
+  } finally {
+    await registry.stop();
+  }
+});

@@ -60,6 +60,11 @@ export interface StartRegistryOptions {
   storageDir?: string;
   /** Serve https with this certificate (see tls.ts); url becomes https://127.0.0.1:PORT. */
   tls?: TestCertificate;
+  /**
+   * No access log and warnings only, for benchmarks where per-request logging would tax the
+   * registry; requests() and countRequests() then throw.
+   */
+  quiet?: boolean;
 }
 
 // gorilla's CombinedLoggingHandler, which distribution wraps around everything, writes to stdout:
@@ -88,7 +93,7 @@ async function startRegistryOnce(opts: StartRegistryOptions): Promise<RegistrySe
   const ca = opts.tls?.certPem;
   const config: Record<string, unknown> = {
     version: 0.1,
-    log: { level: 'info', formatter: 'text', accesslog: { disabled: false } },
+    log: { level: opts.quiet ? 'warn' : 'info', formatter: 'text', accesslog: { disabled: opts.quiet ?? false } },
     storage: {
       filesystem: { rootdirectory: storageDir },
       delete: { enabled: true },
@@ -145,6 +150,7 @@ async function startRegistryOnce(opts: StartRegistryOptions): Promise<RegistrySe
   const allOutput = (): string => earlierOutput + (server?.output() ?? '');
 
   const requests = async (): Promise<RegistryRequest[]> => {
+    if (opts.quiet) throw new Error('startRegistry({ quiet: true }) keeps no access log to count requests from');
     // The access line is written after the response is sent, so a client can finish before its
     // line exists. A marker request, logged after everything before it, flushes that race.
     if (server && !server.exitStatus()) {
