@@ -1,0 +1,127 @@
+// The Helm chart and the plain manifests: generated files are current, helm 3.6 lints and renders
+// the chart, every rendered object validates against its schema, and the values do what
+// values.yaml says.
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { readFileSync } from 'node:fs';
+import path from 'node:path';
+import { parse } from 'yaml';
+import { LEADER_ELECTION_RULES, OPERATOR_RULES } from '../operator/rbac.ts';
+import { CHART_DIR, GENERATED_FILES, REPO_ROOT, helm, helmTemplate } from './generate.ts';
+import { parseManifests, validateObject, type KubeObject } from './kubernetes-schemas.ts';
+
+const EVERYTHING_ON = [
+  '--set', 'watchNamespaces={team-a,team-b}',
+  '--set', 'metrics.serviceMonitor.enabled=true',
+  '--set', 'metrics.mirrorPodMonitor.enabled=true',
+  '--set', 'metrics.grafanaDashboard.enabled=true',
+  '--set', 'replicaCount=2',
+  '--set', 'image.tag=test',
+  '--set', 'mirrorImage=registry.example.com/regmirror:pinned',
+];
+
+const find = (objects: KubeObject[], kind: string, name?: string) =>
+  objects.filter((o) => o.kind === kind && (name === undefined || o.metadata.name === name));
+
+type Container = { args: string[]; env: { name: string; value?: string }[]; image: string; securityContext: Record<string, unknown> };
+const operatorContainer = (objects: KubeObject[]): Container => {
+  const [deployment] = find(objects, 'Deployment');
+  return (deployment as unknown as { spec: { template: { spec: { containers: Container[] } } } }).spec.template.spec.containers[0]!;
+};
+const envOf = (container: Container, name: string) => container.env.find((e) => e.name === name)?.value;
+
+test('the committed chart RBAC, chart CRD and deploy/regmirror.yaml are what charts/generate.ts writes (run it after changing them)', async () => {
+  for (const [file, render] of GENERATED_FILES) {
+    assert.equal(readFileSync(path.join(REPO_ROOT, file), 'utf8'), await render(), `${file} is stale: run node charts/generate.ts`);
+  }
+});
+
+test('helm 3.6 lints the chart strictly, with the default values and with every option on', async () => {
+  await helm(['lint', '--strict', CHART_DIR]);
+  await helm(['lint', '--strict', CHART_DIR, ...EVERYTHING_ON]);
+});
+
+test('every object the chart renders (and deploy/regmirror.yaml holds) validates against the Kubernetes schemas', async () => {
+  const renders = {
+    defaults: await helmTemplate(['--include-crds']),
+    everything: await helmTemplate(['--include-crds', ...EVERYTHING_ON]),
+    'deploy/regmirror.yaml': readFileSync(path.join(REPO_ROOT, 'deploy', 'regmirror.yaml'), 'utf8'),
+  };
+  for (const [name, text] of Object.entries(renders)) {
+    const objects = parseManifests(text);
+    assert.ok(objects.length >= 8, `${name}: ${objects.length} objects`);
+    for (const object of objects) validateObject(object);
+  }
+  const kinds = parseManifests(renders.everything).map((o) => o.kind).sort();
+  for (const kind of ['ServiceMonitor', 'PodMonitor', 'ConfigMap', 'CustomResourceDefinition']) assert.ok(kinds.includes(kind), kind);
+});
+
+test('every object carries the app.kubernetes.io labels', async () => {
+  for (const object of parseManifests(await helmTemplate(EVERYTHING_ON, { name: 'edge', namespace: 'mirrors' }))) {
+    const labels = object.metadata.labels ?? {};
+    assert.equal(labels['app.kubernetes.io/name'], 'regmirror', `${object.kind} ${object.metadata.name}`);
+    assert.equal(labels['app.kubernetes.io/instance'], 'edge');
+    assert.equal(labels['app.kubernetes.io/managed-by'], 'Helm');
+    assert.equal(labels['app.kubernetes.io/part-of'], 'regmirror');
+    assert.equal(labels['app.kubernetes.io/version'], '0.1.0');
+    if (object.metadata.namespace !== undefined && !['RoleBinding'].includes(object.kind)) assert.equal(object.metadata.namespace, 'mirrors');
+  }
+});
+
+test('the RBAC rules are operator/rbac.ts\'s, bound cluster-wide by default', async () => {
+  const objects = parseManifests(await helmTemplate());
+  const [clusterRole] = find(objects, 'ClusterRole', 'regmirror-operator');
+  assert.deepEqual((clusterRole as unknown as { rules: unknown }).rules, OPERATOR_RULES);
+  const [role] = find(objects, 'Role', 'regmirror-operator-leader-election');
+  assert.deepEqual((role as unknown as { rules: unknown }).rules, LEADER_ELECTION_RULES);
+  const [binding] = find(objects, 'ClusterRoleBinding', 'regmirror-operator');
+  assert.deepEqual((binding as unknown as { subjects: unknown }).subjects, [{ kind: 'ServiceAccount', name: 'regmirror-operator', namespace: 'regmirror-system' }]);
+  assert.equal(find(objects, 'RoleBinding').length, 1, 'only the leader-election RoleBinding');
+  const container = operatorContainer(objects);
+  assert.equal(envOf(container, 'WATCH_NAMESPACE'), undefined);
+  assert.ok(container.args.includes('--leader-elect=true'));
+});
+
+test('watchNamespaces binds the rules in each listed namespace only and tells the operator to watch just those', async () => {
+  const objects = parseManifests(await helmTemplate(EVERYTHING_ON));
+  assert.equal(find(objects, 'ClusterRoleBinding').length, 0);
+  const bindings = find(objects, 'RoleBinding', 'regmirror-operator');
+  assert.deepEqual(bindings.map((b) => b.metadata.namespace), ['team-a', 'team-b']);
+  for (const binding of bindings) assert.deepEqual((binding as unknown as { roleRef: unknown }).roleRef, { apiGroup: 'rbac.authorization.k8s.io', kind: 'ClusterRole', name: 'regmirror-operator' });
+  const container = operatorContainer(objects);
+  assert.equal(envOf(container, 'WATCH_NAMESPACE'), 'team-a,team-b');
+  assert.equal(container.image, 'ghcr.io/regmirror/regmirror:test');
+  assert.equal(envOf(container, 'MIRROR_IMAGE'), 'registry.example.com/regmirror:pinned');
+  const [podMonitor] = find(objects, 'PodMonitor');
+  assert.deepEqual((podMonitor as unknown as { spec: { namespaceSelector: unknown } }).spec.namespaceSelector, { matchNames: ['team-a', 'team-b'] });
+});
+
+test('leader election off drops the Lease RBAC and passes --leader-elect=false', async () => {
+  const objects = parseManifests(await helmTemplate(['--set', 'leaderElection.enabled=false']));
+  assert.equal(find(objects, 'Role').length, 0);
+  assert.ok(operatorContainer(objects).args.includes('--leader-elect=false'));
+});
+
+test('the operator runs as non-root on a read-only root filesystem, with probes on its metrics port', async () => {
+  const objects = parseManifests(await helmTemplate());
+  const [deployment] = find(objects, 'Deployment');
+  const pod = (deployment as unknown as { spec: { template: { spec: Record<string, any> } } }).spec.template.spec;
+  assert.equal(pod.securityContext.runAsNonRoot, true);
+  const container = pod.containers[0];
+  assert.deepEqual(container.command, ['regmirror']);
+  assert.equal(container.args[0], 'operator');
+  assert.equal(container.securityContext.readOnlyRootFilesystem, true);
+  assert.equal(container.readinessProbe.httpGet.path, '/readyz');
+  assert.equal(container.livenessProbe.httpGet.path, '/healthz');
+  assert.equal(envOf(container, 'METRICS_ADDRESS'), ':8080');
+});
+
+test('the chart version and appVersion follow package.json, and the CRD ships in the chart\'s crds/', () => {
+  const chart = parse(readFileSync(path.join(CHART_DIR, 'Chart.yaml'), 'utf8')) as { version: string; appVersion: string };
+  const pkg = JSON.parse(readFileSync(path.join(REPO_ROOT, 'package.json'), 'utf8')) as { version: string };
+  assert.equal(chart.appVersion, pkg.version);
+  assert.equal(chart.version, pkg.version);
+  const crd = parseManifests(readFileSync(path.join(CHART_DIR, 'crds', 'registrymirrors.regmirror.dev.yaml'), 'utf8'));
+  const original = parseManifests(readFileSync(path.join(REPO_ROOT, 'crds', 'registrymirrors.regmirror.dev.yaml'), 'utf8'));
+  assert.deepEqual(crd, original);
+});
