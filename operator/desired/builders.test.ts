@@ -5,6 +5,7 @@ import { ConfigMap, PersistentVolumeClaim, Secret, Service } from 'kubernetes-mo
 import { DaemonSet, Deployment } from 'kubernetes-models/apps/v1';
 import { Value } from '@sinclair/typebox/value';
 import { MirrorConfigFileSchema, resolveConfig } from '../../mirror/config.ts';
+import { parseAgentConfig } from '../../node-agent/config.ts';
 import { desiredConfigMap, CONFIG_KEY } from './config-map.ts';
 import { desiredSecret } from './secret.ts';
 import { desiredPersistentVolumeClaim } from './persistent-volume-claim.ts';
@@ -158,13 +159,27 @@ test('the DaemonSet runs the node agent with the contract\'s flags and the runti
   assertOwned(daemonSet);
   const pod = daemonSet.spec!.template.spec!;
   const container = pod.containers[0]!;
-  assert.deepEqual([...container.command!, ...container.args!], [
-    'regmirror', 'node-agent', '--mirror', 'http://10.96.0.42:5000', '--registries', 'docker.io,ghcr.io', '--mode', 'apply',
-    '--containerd-hosts-dir', '/host/etc/containerd/certs.d',
-    '--docker-daemon-json', '/host/etc/docker/daemon.json',
-    '--crio-dir', '/host/etc/containers/registries.conf.d',
+  assert.deepEqual(container.command, ['regmirror']);
+  assert.deepEqual(container.args!.slice(0, 13), [
+    'node-agent', '--mirror', 'http://10.96.0.42:5000', '--registries', 'docker.io,ghcr.io', '--default-registry', 'docker.io',
+    '--mode', 'apply', '--runtimes', 'containerd,docker,crio', '--ready-listen', '0.0.0.0:9101',
   ]);
-  assert.deepEqual(pod.volumes?.map((v) => v.hostPath?.path), ['/etc/containerd/certs.d', '/etc/docker', '/etc/containers/registries.conf.d']);
+  // The node agent's own flag parser takes these arguments, and they point it at the mounts.
+  const config = parseAgentConfig(container.args!.slice(1), {});
+  assert.equal(config.mirror, 'http://10.96.0.42:5000');
+  assert.deepEqual(config.registries, ['docker.io', 'ghcr.io']);
+  assert.equal(config.mode, 'apply');
+  const mounted = (file: string) => container.volumeMounts!.some((m) => file === m.mountPath || file.startsWith(`${m.mountPath}/`));
+  for (const file of [config.containerdHostsDir, config.containerdConfig, config.dockerDaemonJson, config.dockerPidFile, config.dockerSocket, config.crioDir]) {
+    assert.ok(mounted(file), `${file} is on a host mount`);
+  }
+  assert.deepEqual(pod.volumes?.filter((v) => v.hostPath).map((v) => v.hostPath!.path), [
+    '/etc/containerd', '/etc/containerd/certs.d', '/etc/docker', '/var/run', '/etc/containers/registries.conf.d',
+  ]);
+  assert.equal(container.volumeMounts!.find((m) => m.mountPath === '/host/etc/containerd')?.readOnly, true, 'config.toml is only read');
+  assert.equal(container.volumeMounts!.find((m) => m.mountPath === '/host/etc/containerd/certs.d')?.readOnly, undefined);
+  assert.equal(container.readinessProbe?.httpGet?.path, '/readyz');
+  assert.equal(container.readinessProbe?.httpGet?.port, 'ready');
   assert.equal(pod.hostPID, true, 'docker needs SIGHUP from the host PID namespace');
   assert.deepEqual(pod.nodeSelector, { 'kubernetes.io/os': 'linux' });
   assert.deepEqual(pod.tolerations, [{ operator: 'Exists' }]);
@@ -175,10 +190,10 @@ test('switching the node agent to remove mode changes its pod template so every 
   const apply = desiredDaemonSet(inputsFixture());
   const remove = desiredDaemonSet(inputsFixture({ nodeAgentMode: 'remove' }));
   const args = remove.spec.template.spec.containers[0]!.args;
-  assert.equal(args[args.indexOf('--mode') + 1], 'remove');
+  assert.equal(parseAgentConfig(args.slice(1), {}).mode, 'remove');
   assert.notDeepEqual(apply.spec.template, remove.spec.template);
   assert.equal(apply.spec.template.spec.hostPID, false, 'containerd alone needs no host PID namespace');
-  assert.deepEqual(apply.spec.template.spec.volumes.map((v) => v.name), ['containerd']);
+  assert.deepEqual(apply.spec.template.spec.volumes.map((v) => v.name), ['tmp', 'containerd-config', 'containerd-hosts']);
 });
 
 test('with auth on, the node agent gets the nodes\' pull credentials from the owned Secret', () => {

@@ -1,7 +1,9 @@
 // The node agent's DaemonSet (DESIGN.md's node agent contract): it points each node's runtime at
 // the mirror's ClusterIP, or, in remove mode, takes that configuration away again. The finalizer
 // switches the mode and waits for every pod to report ready in it before the objects go.
-import { HOST_PATHS, endpoint, labels, metadata, names, selector, type DesiredInputs } from './inputs.ts';
+import {
+  NODE_AGENT_READY_PORT, RUNTIME_MOUNTS, defaultRegistry, endpoint, labels, metadata, names, selector, type DesiredInputs,
+} from './inputs.ts';
 import { NODE_PASSWORD_KEY, NODE_USERNAME_KEY } from './secret.ts';
 
 export const MODE_ANNOTATION = 'regmirror.dev/node-agent-mode';
@@ -9,17 +11,18 @@ export const MODE_ANNOTATION = 'regmirror.dev/node-agent-mode';
 export function nodeAgentArgs(inputs: DesiredInputs): string[] {
   const { mirror } = inputs;
   if (!inputs.serviceIP) throw new Error('the node agent needs the Service ClusterIP');
-  const args = [
+  const { runtimes } = mirror.spec.nodeConfig;
+  return [
     'node-agent',
     '--mirror', endpoint(mirror, inputs.serviceIP),
     '--registries', mirror.spec.upstreams.map((u) => u.registry).join(','),
+    '--default-registry', defaultRegistry(mirror.spec),
     '--mode', inputs.nodeAgentMode,
+    '--runtimes', runtimes.join(','),
+    // kubelet probes the pod's IP, not its loopback.
+    '--ready-listen', `0.0.0.0:${NODE_AGENT_READY_PORT}`,
+    ...runtimes.flatMap((runtime) => RUNTIME_MOUNTS[runtime].flags),
   ];
-  for (const runtime of mirror.spec.nodeConfig.runtimes) {
-    const path = HOST_PATHS[runtime];
-    args.push(path.flag, path.value);
-  }
-  return args;
 }
 
 export function desiredDaemonSet(inputs: DesiredInputs) {
@@ -27,6 +30,7 @@ export function desiredDaemonSet(inputs: DesiredInputs) {
   const { nodeConfig } = mirror.spec;
   const n = names(mirror);
   const runtimes = nodeConfig.runtimes;
+  const mounts = runtimes.flatMap((runtime) => RUNTIME_MOUNTS[runtime].mounts);
   const env: Record<string, unknown>[] = [
     { name: 'NODE_NAME', valueFrom: { fieldRef: { fieldPath: 'spec.nodeName' } } },
   ];
@@ -66,6 +70,11 @@ export function desiredDaemonSet(inputs: DesiredInputs) {
               command: ['regmirror'],
               args: nodeAgentArgs(inputs),
               env,
+              ports: [{ name: 'ready', containerPort: NODE_AGENT_READY_PORT, protocol: 'TCP' }],
+              // Ready means this node's runtimes use the mirror (apply) or no longer do (remove):
+              // the finalizer waits on exactly this.
+              readinessProbe: { httpGet: { path: '/readyz', port: 'ready' }, periodSeconds: 5, failureThreshold: 2 },
+              livenessProbe: { httpGet: { path: '/healthz', port: 'ready' }, initialDelaySeconds: 10, periodSeconds: 20, failureThreshold: 3 },
               resources: { requests: { cpu: '10m', memory: '32Mi' }, limits: { memory: '128Mi' } },
               securityContext: {
                 // Host runtime configuration is root's; the agent needs nothing else of root.
@@ -75,13 +84,16 @@ export function desiredDaemonSet(inputs: DesiredInputs) {
                 readOnlyRootFilesystem: true,
                 capabilities: { drop: ['ALL'], add: ['CHOWN', 'DAC_OVERRIDE', 'FOWNER', ...(runtimes.includes('docker') ? ['KILL'] : [])] },
               },
-              volumeMounts: runtimes.map((runtime) => ({ name: runtime, mountPath: HOST_PATHS[runtime].mount })),
+              volumeMounts: [
+                { name: 'tmp', mountPath: '/tmp' },
+                ...mounts.map((m) => ({ name: m.name, mountPath: m.path, ...(m.readOnly ? { readOnly: true } : {}) })),
+              ],
             },
           ],
-          volumes: runtimes.map((runtime) => ({
-            name: runtime,
-            hostPath: { path: HOST_PATHS[runtime].host, type: 'DirectoryOrCreate' },
-          })),
+          volumes: [
+            { name: 'tmp', emptyDir: { sizeLimit: '16Mi' } },
+            ...mounts.map((m) => ({ name: m.name, hostPath: { path: m.host, type: m.readOnly && m.host === '/var/run' ? 'Directory' : 'DirectoryOrCreate' } })),
+          ],
         },
       },
     },

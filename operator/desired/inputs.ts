@@ -3,7 +3,7 @@
 import { Value } from '@sinclair/typebox/value';
 import {
   API_VERSION, KIND, RegistryMirrorSpecSchema,
-  type RegistryMirror, type RegistryMirrorSpec, type Upstream,
+  type RegistryMirror, type RegistryMirrorSpec, type Runtime, type Upstream,
 } from '../api/registry-mirror.ts';
 import type { Credentials } from '../credentials.ts';
 
@@ -21,12 +21,40 @@ export const PATHS = {
   storage: '/var/lib/regmirror',
 } as const;
 
-/** Where the node agent sees each runtime's host directory. */
-export const HOST_PATHS = {
-  containerd: { host: '/etc/containerd/certs.d', mount: '/host/etc/containerd/certs.d', flag: '--containerd-hosts-dir', value: '/host/etc/containerd/certs.d' },
-  docker: { host: '/etc/docker', mount: '/host/etc/docker', flag: '--docker-daemon-json', value: '/host/etc/docker/daemon.json' },
-  crio: { host: '/etc/containers/registries.conf.d', mount: '/host/etc/containers/registries.conf.d', flag: '--crio-dir', value: '/host/etc/containers/registries.conf.d' },
-} as const;
+/**
+ * Host paths each runtime's configuration lives in, where the node agent sees them, and the agent
+ * flags that point it there. Paths the agent only reads are mounted read-only.
+ */
+export interface HostMount {
+  name: string;
+  host: string;
+  path: string;
+  readOnly: boolean;
+}
+
+export const RUNTIME_MOUNTS: Record<Runtime, { mounts: HostMount[]; flags: string[] }> = {
+  containerd: {
+    mounts: [
+      { name: 'containerd-config', host: '/etc/containerd', path: '/host/etc/containerd', readOnly: true },
+      { name: 'containerd-hosts', host: '/etc/containerd/certs.d', path: '/host/etc/containerd/certs.d', readOnly: false },
+    ],
+    flags: ['--containerd-hosts-dir', '/host/etc/containerd/certs.d', '--containerd-config', '/host/etc/containerd/config.toml'],
+  },
+  docker: {
+    mounts: [
+      { name: 'docker-config', host: '/etc/docker', path: '/host/etc/docker', readOnly: false },
+      { name: 'docker-run', host: '/var/run', path: '/host/var/run', readOnly: true },
+    ],
+    flags: ['--docker-daemon-json', '/host/etc/docker/daemon.json', '--docker-pidfile', '/host/var/run/docker.pid', '--docker-socket', '/host/var/run/docker.sock'],
+  },
+  crio: {
+    mounts: [{ name: 'crio-registries', host: '/etc/containers/registries.conf.d', path: '/host/etc/containers/registries.conf.d', readOnly: false }],
+    flags: ['--crio-dir', '/host/etc/containers/registries.conf.d'],
+  },
+};
+
+/** The node agent's /readyz and /healthz port (its readiness says the node is configured or clean). */
+export const NODE_AGENT_READY_PORT = 9101;
 
 export type NodeAgentMode = 'apply' | 'remove';
 
