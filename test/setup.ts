@@ -12,6 +12,7 @@ const DEBIAN_PACKAGES: Record<string, string> = {
   dockerd: 'docker.io', // a node running Docker Engine
   nginx: 'nginx-light', // the benchmark's "serve stored bytes" limit
   hey: 'hey', // load generator for the benchmark
+  debootstrap: 'debootstrap', // the whole-system test's Node 24 base image (test/e2e/image.ts)
 };
 
 function has(command: string): boolean {
