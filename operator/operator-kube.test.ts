@@ -415,3 +415,69 @@ describe('operator against a real kube-apiserver', { skip }, () => {
   });
 });
 
+
+describe('operator with the controller manager: real rollouts, DaemonSet status and garbage collection', { skip }, () => {
+  let env: KubeEnv;
+  let admin: KubeApi;
+  let operator: OperatorProcess;
+
+  const kubectlJson = async (args: string[]) => {
+    const result = await env.kubectl([...args, '-o', 'json']);
+    assert.equal(result.code, 0, result.stderr);
+    return JSON.parse(result.stdout) as { items: Obj[] };
+  };
+  const ownedBy = (uid: string) => (o: Obj) => o.metadata?.ownerReferences?.some((r) => r.uid === uid);
+
+  before(async () => {
+    const logDir = await makeTempDir('operator-gc');
+    env = await startKubeEnv({ controllerManager: true });
+    admin = new KubeApi(env.kubeConfig(), 'regmirror-test');
+    for (const args of [
+      ['create', 'namespace', OPERATOR_NAMESPACE], ['create', 'namespace', NS], ['apply', '-f', CRD_FILE],
+      ['wait', '--for=condition=Established', '--timeout=60s', 'crd/registrymirrors.regmirror.dev'], ['apply', '-f', RBAC_FILE],
+    ]) {
+      const result = await env.kubectl(args);
+      assert.equal(result.code, 0, result.stderr);
+    }
+    const kubeconfig = await env.kubeconfigFor(SERVICE_ACCOUNT, ['system:serviceaccounts', `system:serviceaccounts:${OPERATOR_NAMESPACE}`]);
+    operator = await startOperator(kubeconfig, 'operator-gc', logDir);
+  });
+
+  after(async () => {
+    await operator?.stop();
+    await env?.stop();
+  });
+
+  it('rolls out mirror pods, rolls them again on a spec change, and the garbage collector takes every owned object after deletion', async () => {
+    const apply = (ttl: string) => env.kubectl(['apply', '-f', '-'], {
+      input: JSON.stringify({ apiVersion: API_VERSION, kind: KIND, metadata: { name: 'gc', namespace: NS }, spec: { upstreams: [{ registry: 'docker.io' }], storage: { size: '1Gi', ttl } } }),
+    });
+    assert.equal((await apply('24h')).code, 0);
+    const cr = await eventually('the RegistryMirror', () => admin.find<Obj>(API_VERSION, KIND, NS, 'gc'));
+    const deployment = await eventually('the Deployment', () => admin.find<Obj>('apps/v1', 'Deployment', NS, 'regmirror-gc'));
+    // The real ReplicaSet controller accepts the pod template and makes a pod (it stays Pending: no nodes).
+    await eventually('a mirror pod', async () => (await kubectlJson(['get', 'pods', '-n', NS, '-l', 'app.kubernetes.io/instance=gc,app.kubernetes.io/component=mirror'])).items.length === 1);
+    assert.equal(await apply('48h').then((r) => r.code), 0);
+    await eventually('a second ReplicaSet for the new config', async () =>
+      (await kubectlJson(['get', 'replicasets', '-n', NS])).items.filter(ownedBy(deployment.metadata!.uid!)).length === 2);
+    // With no nodes the DaemonSet controller reports 0 of 0 scheduled: nothing is pending on nodes.
+    await eventually('nodes 0/0 from the real DaemonSet status', async () => {
+      const status = (await admin.find<Obj>(API_VERSION, KIND, NS, 'gc'))?.status;
+      return status?.nodes?.desired === 0 && status.observedGeneration === 2;
+    });
+
+    const deleted = await env.kubectl(['delete', 'rmir', 'gc', '-n', NS, '--wait=true', '--timeout=60s']);
+    assert.equal(deleted.code, 0, deleted.stderr);
+    for (const [apiVersion, kind, name] of [
+      ['v1', 'ConfigMap', 'regmirror-gc'], ['v1', 'Secret', 'regmirror-gc'], ['v1', 'PersistentVolumeClaim', 'regmirror-gc'],
+      ['v1', 'Service', 'regmirror-gc'], ['apps/v1', 'Deployment', 'regmirror-gc'], ['apps/v1', 'DaemonSet', 'regmirror-gc-node'],
+    ] as const) {
+      await eventually(`${kind} collected`, async () => {
+        const object = await admin.find<Obj>(apiVersion, kind, NS, name);
+        // A claim protected by kubernetes.io/pvc-protection is gone once it has a deletionTimestamp and no user.
+        return object === undefined || (kind === 'PersistentVolumeClaim' && !!object.metadata?.deletionTimestamp);
+      }, 60_000);
+    }
+    assert.ok(cr.metadata?.uid);
+  });
+});
