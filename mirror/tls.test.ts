@@ -1,0 +1,178 @@
+// TLS: the mirror serves https from tls.cert/tls.key and picks up a new certificate when the files
+// change, the way Kubernetes rotates a Secret volume (a `..data` symlink swapped to a new
+// timestamped directory), without dropping the connections it already has.
+import { after, before, describe, test } from 'node:test';
+import assert from 'node:assert/strict';
+import { X509Certificate } from 'node:crypto';
+import { mkdir, rename, rm, symlink, writeFile } from 'node:fs/promises';
+import https from 'node:https';
+import path from 'node:path';
+import tls from 'node:tls';
+import { startContainerd } from '../test/harness/containerd.ts';
+import { startTestMirror, type TestMirror } from '../test/harness/mirror.ts';
+import { pushImage, writeOciImage, type TestImage } from '../test/harness/oci-image.ts';
+import { cleanupAll, httpRequest, makeTempDir, sleep, waitFor } from '../test/harness/process.ts';
+import { startRegistry, type RegistryServer } from '../test/harness/registry.ts';
+import { makeCertificate, type TestCertificate } from '../test/harness/tls.ts';
+
+const fingerprint = (pem: string) => new X509Certificate(pem).fingerprint256;
+
+/** The certificate a new TLS connection to the port is given. */
+function servedFingerprint(port: number, ca: string[]): Promise<string> {
+  return new Promise((resolve, reject) => {
+    const socket = tls.connect({ host: '127.0.0.1', port, ca, servername: 'localhost' }, () => {
+      const peer = socket.getPeerCertificate();
+      socket.end();
+      resolve(peer.fingerprint256);
+    });
+    socket.setTimeout(5_000, () => socket.destroy(new Error('TLS handshake timed out')));
+    socket.on('error', reject);
+  });
+}
+
+/** A Secret volume as kubelet lays it out: tls.crt -> ..data/tls.crt, ..data -> ..<timestamp>. */
+class SecretVolume {
+  readonly dir: string;
+  private current = '';
+  private version = 0;
+  constructor(dir: string) {
+    this.dir = dir;
+  }
+  get certFile() {
+    return path.join(this.dir, 'tls.crt');
+  }
+  get keyFile() {
+    return path.join(this.dir, 'tls.key');
+  }
+  async write(cert: TestCertificate): Promise<void> {
+    const name = `..2026_11_28_01_00_0${this.version++}.${process.pid}`;
+    await mkdir(path.join(this.dir, name));
+    await writeFile(path.join(this.dir, name, 'tls.crt'), cert.certPem);
+    await writeFile(path.join(this.dir, name, 'tls.key'), cert.keyPem);
+    if (!this.current) {
+      await symlink(name, path.join(this.dir, '..data'));
+      await symlink('..data/tls.crt', this.certFile);
+      await symlink('..data/tls.key', this.keyFile);
+    } else {
+      // kubelet's atomic writer: a new symlink renamed over ..data, then the old directory removed
+      await symlink(name, path.join(this.dir, '..data_tmp'));
+      await rename(path.join(this.dir, '..data_tmp'), path.join(this.dir, '..data'));
+      await rm(path.join(this.dir, this.current), { recursive: true });
+    }
+    this.current = name;
+  }
+}
+
+describe('TLS', () => {
+  let hub: RegistryServer;
+  let image: TestImage;
+  let first: TestCertificate;
+  let second: TestCertificate;
+  let third: TestCertificate;
+
+  before(async () => {
+    hub = await startRegistry();
+    image = await writeOciImage(await makeTempDir('tls-image'), { tag: 'v1', seed: 'mirror-tls', layerSizes: [100_000] });
+    await pushImage(image, hub.ref('library/app', 'v1'));
+    [first, second, third] = await Promise.all([makeCertificate({ commonName: 'first' }), makeCertificate({ commonName: 'second' }), makeCertificate({ commonName: 'third' })]);
+  });
+  after(cleanupAll);
+
+  const startWithSecret = async (): Promise<{ mirror: TestMirror; volume: SecretVolume }> => {
+    const volume = new SecretVolume(await makeTempDir('tls-secret'));
+    await volume.write(first);
+    const mirror = await startTestMirror({ upstreams: [{ registry: 'docker.io', url: hub.url }], extra: { tls: { cert: volume.certFile, key: volume.keyFile } } });
+    return { mirror, volume };
+  };
+
+  test('the mirror serves https with tls.cert and tls.key, and containerd trusting the CA pulls through it', async () => {
+    const { mirror } = await startWithSecret();
+    const node = await startContainerd();
+    try {
+      assert.match(mirror.url, /^https:\/\/127\.0\.0\.1:\d+$/);
+      assert.equal((await httpRequest(`${mirror.url}/v2/`, { ca: first.certPem })).status, 200);
+      await assert.rejects(httpRequest(`${mirror.url}/v2/`), /self-signed|certificate/i, 'an untrusted client is refused by the TLS handshake');
+      await node.writeHostsToml('docker.io', { server: 'http://127.0.0.1:9', mirrors: [{ url: mirror.url, ca: first.caFile }] });
+      await node.pull('docker.io/library/app:v1');
+      assert.ok((await node.images()).includes('docker.io/library/app:v1'));
+    } finally {
+      await node.stop();
+      await mirror.stop();
+    }
+  });
+
+  test('a Secret rotation (..data symlink swap) is served to new connections without a restart', async () => {
+    const { mirror, volume } = await startWithSecret();
+    const ca = [first.certPem, second.certPem, third.certPem];
+    try {
+      assert.equal(await servedFingerprint(mirror.port, ca), fingerprint(first.certPem));
+      await volume.write(second);
+      await waitFor(async () => (await servedFingerprint(mirror.port, ca)) === fingerprint(second.certPem), { timeoutMs: 10_000, what: 'the second certificate to be served' });
+      assert.equal((await httpRequest(`${mirror.url}/v2/`, { ca: second.certPem })).status, 200);
+      // and again: the watch survives the directory it first saw being removed
+      await volume.write(third);
+      await waitFor(async () => (await servedFingerprint(mirror.port, ca)) === fingerprint(third.certPem), { timeoutMs: 10_000, what: 'the third certificate to be served' });
+    } finally {
+      await mirror.stop();
+    }
+  });
+
+  test('a keep-alive connection opened before a rotation keeps working after it', async () => {
+    const { mirror, volume } = await startWithSecret();
+    const agent = new https.Agent({ keepAlive: true, maxSockets: 1, ca: [first.certPem, second.certPem] });
+    const get = (url: string) =>
+      new Promise<{ status: number; reused: boolean; localPort: number; peer: string; body: Buffer }>((resolve, reject) => {
+        const req = https.get(`${mirror.url}${url}`, { agent, timeout: 10_000 }, (res) => {
+          // the agent takes the socket back at 'end': read what we need now
+          const socket = res.socket as tls.TLSSocket;
+          const seen = { reused: req.reusedSocket, localPort: socket.localPort ?? 0, peer: socket.getPeerCertificate().fingerprint256 };
+          const chunks: Buffer[] = [];
+          res.on('data', (b: Buffer) => chunks.push(b));
+          res.on('end', () => resolve({ status: res.statusCode ?? 0, ...seen, body: Buffer.concat(chunks) }));
+          res.on('error', reject);
+        });
+        req.on('timeout', () => req.destroy(new Error('timed out')));
+        req.on('error', reject);
+      });
+    try {
+      const before = await get('/v2/library/app/manifests/v1');
+      assert.equal(before.status, 200);
+      assert.equal(before.peer, fingerprint(first.certPem));
+      await volume.write(second);
+      await waitFor(async () => (await servedFingerprint(mirror.port, [second.certPem])) === fingerprint(second.certPem), { timeoutMs: 10_000, what: 'the rotation' });
+      await sleep(200);
+      const afterRotation = await get(`/v2/library/app/blobs/${image.layers[0]!.digest}`);
+      assert.equal(afterRotation.status, 200);
+      assert.equal(afterRotation.reused, true, 'the request went over the connection opened before the rotation');
+      assert.equal(afterRotation.localPort, before.localPort);
+      assert.equal(afterRotation.peer, fingerprint(first.certPem), 'that connection keeps the session it had');
+      assert.equal(afterRotation.body.length, image.layers[0]!.size);
+    } finally {
+      agent.destroy();
+      await mirror.stop();
+    }
+  });
+
+  test('a half-written rotation (certificate without its key) keeps the previous certificate until the key arrives', async () => {
+    // plain files replaced one at a time, as cert-manager's csi driver or a hand copy would
+    const dir = await makeTempDir('tls-plain');
+    const certFile = path.join(dir, 'tls.crt');
+    const keyFile = path.join(dir, 'tls.key');
+    await writeFile(certFile, first.certPem);
+    await writeFile(keyFile, first.keyPem);
+    const mirror = await startTestMirror({ upstreams: [{ registry: 'docker.io', url: hub.url }], extra: { tls: { cert: certFile, key: keyFile } } });
+    const ca = [first.certPem, second.certPem];
+    try {
+      await writeFile(`${certFile}.tmp`, second.certPem);
+      await rename(`${certFile}.tmp`, certFile);
+      await sleep(1_000); // well past the reload's debounce: the mismatched pair was seen and refused
+      assert.equal(await servedFingerprint(mirror.port, ca), fingerprint(first.certPem), 'the old pair is still served');
+      assert.equal((await httpRequest(`${mirror.url}/v2/`, { ca: first.certPem })).status, 200);
+      await writeFile(`${keyFile}.tmp`, second.keyPem);
+      await rename(`${keyFile}.tmp`, keyFile);
+      await waitFor(async () => (await servedFingerprint(mirror.port, ca)) === fingerprint(second.certPem), { timeoutMs: 10_000, what: 'the completed pair to be served' });
+    } finally {
+      await mirror.stop();
+    }
+  });
+});
