@@ -60,7 +60,7 @@ interface OperatorProcess {
   exited: Promise<number | null>;
 }
 
-async function startOperator(kubeconfig: string, identity: string, logDir: string): Promise<OperatorProcess> {
+async function startOperator(kubeconfig: string, identity: string, logDir: string, extraArgs: string[] = []): Promise<OperatorProcess> {
   const port = await freePort();
   const logFile = path.join(logDir, `${identity}.log`);
   const out = createWriteStream(logFile);
@@ -74,6 +74,7 @@ async function startOperator(kubeconfig: string, identity: string, logDir: strin
     '--mirror-image', 'registry.example/regmirror:test',
     '--node-cleanup-timeout', CLEANUP_TIMEOUT,
     '--log-level', 'debug',
+    ...extraArgs,
   ], { stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env, KUBECONFIG: '', KUBERNETES_SERVICE_HOST: '' } });
   for (const stream of [child.stdout!, child.stderr!]) {
     stream.on('data', (chunk: Buffer) => {
@@ -416,7 +417,7 @@ describe('operator against a real kube-apiserver', { skip }, () => {
 });
 
 
-describe('operator with the controller manager: real rollouts, DaemonSet status and garbage collection', { skip }, () => {
+describe('operator watching one namespace, with the controller manager: real rollouts, DaemonSet status and garbage collection', { skip }, () => {
   let env: KubeEnv;
   let admin: KubeApi;
   let operator: OperatorProcess;
@@ -439,8 +440,16 @@ describe('operator with the controller manager: real rollouts, DaemonSet status 
       const result = await env.kubectl(args);
       assert.equal(result.code, 0, result.stderr);
     }
+    // The RBAC file's ClusterRole, bound in the watched namespace only: how a namespaced install grants it.
+    for (const args of [
+      ['delete', 'clusterrolebinding', 'regmirror-operator'],
+      ['create', 'rolebinding', 'regmirror-operator', '-n', NS, '--clusterrole=regmirror-operator', `--serviceaccount=${OPERATOR_NAMESPACE}:regmirror-operator`],
+    ]) {
+      const result = await env.kubectl(args);
+      assert.equal(result.code, 0, result.stderr);
+    }
     const kubeconfig = await env.kubeconfigFor(SERVICE_ACCOUNT, ['system:serviceaccounts', `system:serviceaccounts:${OPERATOR_NAMESPACE}`]);
-    operator = await startOperator(kubeconfig, 'operator-gc', logDir);
+    operator = await startOperator(kubeconfig, 'operator-gc', logDir, ['--namespace', NS]);
   });
 
   after(async () => {
@@ -479,5 +488,6 @@ describe('operator with the controller manager: real rollouts, DaemonSet status 
       }, 60_000);
     }
     assert.ok(cr.metadata?.uid);
+    assert.ok(!/forbidden/i.test(operator.logs()), 'a namespace-scoped binding is all it needs');
   });
 });
