@@ -181,8 +181,13 @@ export class UpstreamClient {
     return token;
   }
 
+  /**
+   * Ends every upstream connection. Called after the HTTP server has finished (or cut) its client
+   * responses, so what still runs is a fetch no client waits for: it is aborted (its fill fails
+   * and stores nothing) rather than awaited, which could take as long as the transfer itself.
+   */
   async close(): Promise<void> {
-    await this.dispatcher.close();
+    await this.dispatcher.destroy();
   }
 }
 
