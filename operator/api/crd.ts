@@ -50,10 +50,8 @@ function rewrite(node: JsonSchema): JsonSchema {
     if (key === 'required' && Array.isArray(value) && value.length === 0) continue;
     out[key] = value;
   }
-  // An object with no declared properties (metadata) is left to the API server.
-  if (out.type === 'object' && out.properties && Object.keys(out.properties as object).length === 0 && !out.additionalProperties) {
-    delete out.properties;
-  }
+  // No declared properties: a map (additionalProperties) or an object left to the API server (metadata).
+  if (out.properties && Object.keys(out.properties as object).length === 0) delete out.properties;
   return out;
 }
 
