@@ -66,14 +66,14 @@ export interface MirrorProcess {
 }
 
 /** `node bin/regmirror.ts mirror --config FILE` as a child process. */
-export async function startMirrorProcess(opts: TestMirrorOptions & { port?: number }): Promise<MirrorProcess> {
+export async function startMirrorProcess(opts: TestMirrorOptions & { port?: number; /** More flags after --config FILE. */ args?: string[] }): Promise<MirrorProcess> {
   const port = opts.port ?? (await freePort());
   const file = await configFor({ ...opts, logLevel: opts.logLevel ?? 'info' }, port);
   const dir = await makeTempDir('mirror-config');
   const configFile = path.join(dir, 'config.yaml');
   await writeFile(configFile, stringify(file));
   const root = path.resolve(import.meta.dirname, '../..');
-  const child = await spawnServer(process.execPath, [path.join(root, 'bin/regmirror.ts'), 'mirror', '--config', configFile], {
+  const child = await spawnServer(process.execPath, [path.join(root, 'bin/regmirror.ts'), 'mirror', '--config', configFile, ...(opts.args ?? [])], {
     cwd: root,
     logFile: path.join(dir, 'mirror.log'),
     ready: async () => (await httpRequest(`http://127.0.0.1:${port}/healthz`)).status === 200,

@@ -1,0 +1,140 @@
+// Graceful shutdown of `regmirror mirror` (a child process, as Kubernetes runs it): SIGTERM stops
+// accepting connections, lets responses in flight finish, and exits 0.
+import { after, before, describe, test } from 'node:test';
+import assert from 'node:assert/strict';
+import { createHash } from 'node:crypto';
+import http from 'node:http';
+import net from 'node:net';
+import { startFaultProxy, type FaultProxy } from '../test/harness/fault-proxy.ts';
+import { startMirrorProcess } from '../test/harness/mirror.ts';
+import { pushImage, writeOciImage, type TestImage } from '../test/harness/oci-image.ts';
+import { cleanupAll, makeTempDir, waitFor } from '../test/harness/process.ts';
+import { startRegistry, type RegistryServer } from '../test/harness/registry.ts';
+
+const sha256 = (bytes: Buffer) => `sha256:${createHash('sha256').update(bytes).digest('hex')}`;
+
+/** Whether a new TCP connection to the port is refused. */
+function refuses(port: number): Promise<boolean> {
+  return new Promise((resolve) => {
+    const socket = net.connect(port, '127.0.0.1');
+    socket.once('connect', () => {
+      socket.destroy();
+      resolve(false);
+    });
+    socket.once('error', (error: NodeJS.ErrnoException) => resolve(error.code === 'ECONNREFUSED'));
+  });
+}
+
+/** A GET whose progress the test can watch while it runs. */
+function streamingGet(url: string): { received: () => number; abort: () => void; done: Promise<{ status: number; body: Buffer }> } {
+  let received = 0;
+  let req: http.ClientRequest | undefined;
+  const done = new Promise<{ status: number; body: Buffer }>((resolve, reject) => {
+    req = http.get(url, { agent: false, timeout: 60_000 }, (res) => {
+      const chunks: Buffer[] = [];
+      res.on('data', (b: Buffer) => {
+        chunks.push(b);
+        received += b.length;
+      });
+      res.on('end', () => resolve({ status: res.statusCode ?? 0, body: Buffer.concat(chunks) }));
+      res.on('error', reject);
+    });
+    req.on('timeout', () => req!.destroy(new Error('timed out')));
+    req.on('error', reject);
+  });
+  return { received: () => received, abort: () => req?.destroy(new Error('client gave up')), done };
+}
+
+describe('SIGTERM', () => {
+  let hub: RegistryServer;
+  let proxy: FaultProxy;
+  let image: TestImage;
+
+  before(async () => {
+    hub = await startRegistry();
+    image = await writeOciImage(await makeTempDir('shutdown-image'), { tag: 'v1', seed: 'shutdown', layerSizes: [3 * 1024 * 1024, 1024 * 1024] });
+    await pushImage(image, hub.ref('library/app', 'v1'));
+    proxy = await startFaultProxy({ target: hub.url });
+  });
+  after(async () => {
+    await proxy.stop();
+    await cleanupAll();
+  });
+
+  test('a blob response in flight completes, new connections are refused, and the exit code is 0', async () => {
+    const slow = proxy.addRule({ path: /\/blobs\//, bytesPerSecond: 1024 * 1024 }); // the 3 MiB layer takes about 3 s
+    const mirror = await startMirrorProcess({ upstreams: [{ registry: 'docker.io', url: proxy.url }] });
+    try {
+      const layer = image.layers[0]!;
+      const inFlight = streamingGet(`${mirror.url}/v2/library/app/blobs/${layer.digest}`);
+      await waitFor(() => inFlight.received() > 256 * 1024, { timeoutMs: 20_000, what: 'the response to be under way' });
+      mirror.process.signal('SIGTERM');
+      await waitFor(() => refuses(mirror.port), { timeoutMs: 10_000, what: 'new connections to be refused' });
+      assert.ok(inFlight.received() < layer.size, 'the listener closed while the response was still running');
+      const { status, body } = await inFlight.done;
+      assert.equal(status, 200);
+      assert.equal(body.length, layer.size);
+      assert.equal(sha256(body), layer.digest, 'every byte of the in-flight response arrived');
+      await waitFor(() => mirror.process.exitStatus() !== undefined, { timeoutMs: 30_000, what: 'the mirror to exit' });
+      assert.deepEqual(mirror.process.exitStatus(), { code: 0, signal: null });
+      assert.match(mirror.process.output(), /shutting down/);
+    } finally {
+      slow.remove();
+      await mirror.process.stop();
+    }
+  });
+
+  test('a response still running when --shutdown-grace ends is cut, and the exit code is still 0', async () => {
+    const slow = proxy.addRule({ path: /\/blobs\//, bytesPerSecond: 128 * 1024 }); // 3 MiB: about 24 s
+    const mirror = await startMirrorProcess({ upstreams: [{ registry: 'docker.io', url: proxy.url }], args: ['--shutdown-grace', '1s'] });
+    try {
+      const layer = image.layers[0]!;
+      const inFlight = streamingGet(`${mirror.url}/v2/library/app/blobs/${layer.digest}`);
+      await waitFor(() => inFlight.received() > 0, { timeoutMs: 20_000, what: 'the response to be under way' });
+      mirror.process.signal('SIGTERM');
+      const outcome = await inFlight.done.catch((error: Error) => error);
+      assert.ok(outcome instanceof Error || outcome.body.length < layer.size, 'the client did not get a complete response');
+      await waitFor(() => mirror.process.exitStatus() !== undefined, { timeoutMs: 15_000, what: 'the mirror to exit' });
+      assert.deepEqual(mirror.process.exitStatus(), { code: 0, signal: null });
+    } finally {
+      slow.remove();
+      await mirror.process.stop();
+    }
+  });
+
+  test('an idle keep-alive connection does not hold up the exit', async () => {
+    const mirror = await startMirrorProcess({ upstreams: [{ registry: 'docker.io', url: proxy.url }] });
+    const agent = new http.Agent({ keepAlive: true, maxSockets: 1 });
+    try {
+      const res = await new Promise<http.IncomingMessage>((resolve, reject) => http.get(`${mirror.url}/v2/`, { agent }, resolve).on('error', reject));
+      res.resume();
+      await new Promise((resolve) => res.on('end', resolve));
+      mirror.process.signal('SIGTERM');
+      // the server's keep-alive timeout is far longer than this wait: only closing idle connections ends it in time
+      await waitFor(() => mirror.process.exitStatus() !== undefined, { timeoutMs: 10_000, what: 'the mirror to exit' });
+      assert.deepEqual(mirror.process.exitStatus(), { code: 0, signal: null });
+    } finally {
+      agent.destroy();
+      await mirror.process.stop();
+    }
+  });
+
+  test('an upstream fetch nobody waits for any more does not hold up the exit', async () => {
+    // 1 MiB at 16 KiB/s would take over a minute; the client gives up after the first bytes
+    const slow = proxy.addRule({ path: /\/blobs\//, bytesPerSecond: 16 * 1024 });
+    const mirror = await startMirrorProcess({ upstreams: [{ registry: 'docker.io', url: proxy.url }] });
+    try {
+      const layer = image.layers[1]!;
+      const abandoned = streamingGet(`${mirror.url}/v2/library/app/blobs/${layer.digest}`);
+      await waitFor(() => abandoned.received() > 0, { timeoutMs: 20_000, what: 'the first bytes' });
+      abandoned.abort();
+      await assert.rejects(abandoned.done, /client gave up/);
+      mirror.process.signal('SIGTERM');
+      await waitFor(() => mirror.process.exitStatus() !== undefined, { timeoutMs: 15_000, what: 'the mirror to exit while the upstream transfer still runs' });
+      assert.deepEqual(mirror.process.exitStatus(), { code: 0, signal: null });
+    } finally {
+      slow.remove();
+      await mirror.process.stop();
+    }
+  });
+});
