@@ -1,5 +1,6 @@
 import assert from 'node:assert/strict';
 import { readFileSync } from 'node:fs';
+import path from 'node:path';
 import { after, before, test } from 'node:test';
 import { startDockerd, type Dockerd } from './dockerd.ts';
 import { pushImage, writeOciImage, type TestImage } from './oci-image.ts';
@@ -21,8 +22,10 @@ after(async () => {
   await registry.stop();
 });
 
-function mounted(dir: string): boolean {
-  return readFileSync('/proc/self/mountinfo', 'utf8').split('\n').some((line) => line.split(' ')[4] === dir);
+/** Whether anything is mounted in the daemon's temp dir (data-root's parent). */
+function mounted(dataRoot: string): boolean {
+  const dir = path.dirname(dataRoot);
+  return readFileSync('/proc/self/mountinfo', 'utf8').split('\n').some((line) => (line.split(' ')[4] ?? '').startsWith(`${dir}/`));
 }
 
 test('dockerd answers docker info with vfs storage under its own data root', async () => {

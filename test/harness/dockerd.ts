@@ -1,10 +1,9 @@
 // A node running Docker Engine (dockerd 20.10, Debian's docker.io) with every path under a temp
 // dir and nothing that touches the host's network, so several can run in one test run.
-import { execFileSync } from 'node:child_process';
 import { mkdir, readFile, writeFile } from 'node:fs/promises';
 import { readFileSync, rmSync } from 'node:fs';
 import path from 'node:path';
-import { httpRequest, makeTempDir, registerExitCleanup, runCommand, spawnServer, type CommandResult, type ServerProcess } from './process.ts';
+import { httpRequest, makeTempDir, registerExitCleanup, runCommand, spawnServer, unmountUnder, type CommandResult, type ServerProcess } from './process.ts';
 
 export interface Dockerd {
   /** Path of the API socket. */
@@ -41,14 +40,6 @@ export interface StartDockerdOptions {
   timeoutMs?: number;
 }
 
-function isMounted(dir: string): boolean {
-  try {
-    return readFileSync('/proc/self/mountinfo', 'utf8').split('\n').some((line) => line.split(' ')[4] === dir);
-  } catch {
-    return false;
-  }
-}
-
 /**
  * dockerd SIGKILLed leaves exec-root/containerd/containerd.pid naming its managed containerd; a
  * new dockerd trusts that file while the pid exists (even as a zombie not yet reaped) and then
@@ -68,11 +59,6 @@ function clearStaleContainerd(execRoot: string): void {
     // gone already
   }
   rmSync(pidFile, { force: true });
-}
-
-function unmountIfMounted(dir: string): void {
-  // dockerd bind-mounts data-root onto itself and leaves the mount behind when it is killed
-  if (isMounted(dir)) execFileSync('umount', ['-l', dir], { stdio: 'ignore' });
 }
 
 export async function startDockerd(opts: StartDockerdOptions = {}): Promise<Dockerd> {
@@ -103,7 +89,9 @@ export async function startDockerd(opts: StartDockerdOptions = {}): Promise<Dock
     await writeFile(daemonJson, JSON.stringify({ ...safeKeys, ...keys }, null, 2));
   };
   await writeDaemonJson(opts.daemonJson ?? {});
-  const unregister = registerExitCleanup(() => unmountIfMounted(dataRoot));
+  // dockerd bind-mounts data-root onto itself (and network namespaces under exec-root once
+  // containers ran) and leaves those mounts behind when it is killed
+  const unregister = registerExitCleanup(() => unmountUnder(dir));
 
   const env = { ...process.env, DOCKER_HOST: `unix://${socket}`, DOCKER_CONFIG: clientConfig };
   let server: ServerProcess | undefined;
@@ -111,7 +99,7 @@ export async function startDockerd(opts: StartDockerdOptions = {}): Promise<Dock
   const start = async (): Promise<void> => {
     if (server && !server.exitStatus()) return;
     if (server) earlierOutput += server.output();
-    unmountIfMounted(dataRoot);
+    unmountUnder(dir);
     clearStaleContainerd(execRoot);
     server = await spawnServer(
       'dockerd',
@@ -125,7 +113,7 @@ export async function startDockerd(opts: StartDockerdOptions = {}): Promise<Dock
     );
     dockerd.pid = server.pid;
   };
-  const afterExit = (): void => unmountIfMounted(dataRoot);
+  const afterExit = (): void => unmountUnder(dir);
 
   const dockerd: Dockerd = {
     socket,

@@ -131,7 +131,8 @@ function processStartTime(pid: number): string | undefined {
   }
 }
 
-function unmountUnder(dir: string): void {
+/** Lazily unmounts every mount at or below `dir`, deepest first (what a killed daemon left behind). */
+export function unmountUnder(dir: string): void {
   let mounts: string[] = [];
   try {
     mounts = readFileSync('/proc/self/mountinfo', 'utf8').split('\n').map((line) => line.split(' ')[4] ?? '');
