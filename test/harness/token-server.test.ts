@@ -100,3 +100,19 @@ test('the OAuth2 password grant (containerd with credentials) gets a token too',
   assert.equal(manifest.status, 200);
   assert.equal(manifest.headers['docker-content-digest'], image.manifestDigest);
 });
+
+test('setUser rotates a password, and stop()/start() take the token service down and back on the same realm', async () => {
+  const url = `${tokens.realm}?service=${tokens.service}&scope=repository:library/secret:pull`;
+  const as = (password: string) => ({ headers: { authorization: `Basic ${Buffer.from(`alice:${password}`).toString('base64')}` } });
+  tokens.setUser('alice', 'rotated');
+  try {
+    assert.equal((await httpRequest(url, as('wonderland'))).status, 401);
+    assert.equal((await httpRequest(url, as('rotated'))).status, 200);
+  } finally {
+    tokens.setUser('alice', 'wonderland');
+  }
+  await tokens.stop();
+  await assert.rejects(httpRequest(url), /ECONNREFUSED/);
+  await tokens.start();
+  assert.equal((await httpRequest(url, as('wonderland'))).status, 200);
+});

@@ -30,7 +30,11 @@ export interface TokenServer {
   port: number;
   tokensIssued(): number;
   requests(): TokenRequest[];
+  /** Adds a user or changes a password (credential rotation); undefined removes the user. */
+  setUser(name: string, password: string | undefined): void;
   stop(): Promise<void>;
+  /** Listens again on the same port after stop() (an auth service that went down and came back). */
+  start(): Promise<void>;
 }
 
 export interface StartTokenServerOptions {
@@ -84,7 +88,7 @@ export async function startTokenServer(opts: StartTokenServerOptions = {}): Prom
   const key: CryptoKey = await importPKCS8(await readFile(keyFile, 'utf8'), 'ES256');
   const x5c = [pemBody(certPem)];
 
-  const users = opts.users ?? {};
+  const users: Record<string, string> = { ...opts.users };
   const privateRepos = opts.privateRepos ?? [];
   const expiresInSec = opts.expiresInSec ?? 300;
   const service = opts.service ?? 'regmirror-test-registry';
@@ -172,10 +176,17 @@ export async function startTokenServer(opts: StartTokenServerOptions = {}): Prom
       res.end(JSON.stringify({ details: String(error) }));
     });
   });
-  await new Promise<void>((resolve, reject) => server.once('error', reject).listen(0, '127.0.0.1', () => resolve()));
+  const listen = (port: number): Promise<void> =>
+    new Promise<void>((resolve, reject) =>
+      server.once('error', reject).listen(port, '127.0.0.1', () => {
+        server.off('error', reject);
+        server.unref(); // a test that forgets stop() still exits
+        resolve();
+      }),
+    );
+  await listen(0);
   const port = (server.address() as AddressInfo).port;
   url = `http://127.0.0.1:${port}`;
-  server.unref(); // a test that forgets stop() still exits
 
   return {
     realm: `${url}/token`,
@@ -186,10 +197,18 @@ export async function startTokenServer(opts: StartTokenServerOptions = {}): Prom
     port,
     tokensIssued: () => issued,
     requests: () => [...log],
+    setUser(name, password) {
+      if (password === undefined) delete users[name];
+      else users[name] = password;
+    },
     stop: () =>
       new Promise<void>((resolve) => {
+        if (!server.listening) return resolve();
         server.close(() => resolve());
         server.closeAllConnections();
       }),
+    start: async () => {
+      if (!server.listening) await listen(port);
+    },
   };
 }
