@@ -5,7 +5,7 @@ import type { FastifyInstance, FastifyReply, FastifyRequest } from 'fastify';
 import type { Logger } from '../common/logger.ts';
 import type { HtpasswdAuth } from './auth.ts';
 import type { PullThroughCache, Repository } from './cache.ts';
-import { RegistryError, nameUnknown, rangeInvalid, unsupported } from './errors.ts';
+import { RegistryError, nameUnknown, rangeInvalid, storeFull, unsupported } from './errors.ts';
 import type { MirrorMetrics } from './metrics.ts';
 import { isDigestReference, normaliseName, parseDigest, validateName, validateTag } from './reference.ts';
 import type { UpstreamClient } from './upstream.ts';
@@ -37,7 +37,8 @@ export function registerRoutes(app: FastifyInstance, context: RouteContext): voi
 
   app.setErrorHandler((error: unknown, request, reply) => {
     const registryError = toRegistryError(error);
-    if (!(error instanceof RegistryError)) context.logger.error({ err: error, url: request.url }, 'request failed');
+    if (isStoreFull(error)) context.logger.error({ err: error, url: request.url }, 'the store is full: request failed and nothing was stored');
+    else if (!(error instanceof RegistryError)) context.logger.error({ err: error, url: request.url }, 'request failed');
     else if (registryError.status >= 500) context.logger.warn({ code: registryError.code, reason: registryError.message, url: request.url }, 'request failed upstream');
     else context.logger.debug({ code: registryError.code, url: request.url }, 'request refused');
     void reply.code(registryError.status).headers({ ...API_VERSION, ...registryError.headers }).type('application/json').send(registryError.toJSON());
@@ -183,8 +184,15 @@ function routeOf(request: FastifyRequest): Route {
   return 'other';
 }
 
+/** A write to the store failed for lack of room: the volume's problem, not an internal error. */
+function isStoreFull(error: unknown): boolean {
+  const code = (error as NodeJS.ErrnoException | undefined)?.code;
+  return code === 'ENOSPC' || code === 'EDQUOT';
+}
+
 function toRegistryError(error: unknown): RegistryError {
   if (error instanceof RegistryError) return error;
+  if (isStoreFull(error)) return storeFull((error as NodeJS.ErrnoException).code!);
   const status = (error as { statusCode?: number }).statusCode;
   if (status && status >= 400 && status < 500) return new RegistryError('UNSUPPORTED', status, (error as Error).message);
   return new RegistryError('UNKNOWN', 500, 'internal error');
