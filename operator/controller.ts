@@ -112,6 +112,8 @@ export class Controller {
     for (const namespace of namespaces) {
       const path = collectionPath(apiVersion, kind, namespace || undefined);
       const list = async () => {
+        this.options.metrics.lists.inc({ resource: watched.name });
+        this.options.logger.debug({ resource: watched.name, namespace: namespace || undefined }, 'listing');
         const result = await this.options.api.list<AnyObject>(apiVersion, kind, namespace || undefined, labelSelector);
         // Lists return items without apiVersion/kind; the reconciler and builders want them.
         for (const item of result.items) {

@@ -31,6 +31,12 @@ export class OperatorMetrics {
     help: '1 while this replica holds the leader-election lease and reconciles.',
     registers: [this.registry],
   });
+  readonly lists = new Counter({
+    name: 'regmirror_operator_list_total',
+    help: 'Full lists per resource: one at start, then one each time the server answers a watch with 410 Gone.',
+    labelNames: ['resource'] as const,
+    registers: [this.registry],
+  });
   readonly watchRestarts = new Counter({
     name: 'regmirror_operator_watch_restarts_total',
     help: 'Watches restarted after an error (API server gone, 410 Gone handled by a new list).',

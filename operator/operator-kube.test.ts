@@ -375,6 +375,8 @@ describe('operator against a real kube-apiserver', { skip }, () => {
   });
 
   it('watches survive an API server restart without losing events', async () => {
+    const mirrorLists = () => metric(operator, 'regmirror_operator_list_total{resource="regmirror.dev/v1alpha1/RegistryMirror"}');
+    const listsBefore = (await mirrorLists())!;
     await env.restartApiServer();
     await applyMirror('private', {
       upstreams: [{ registry: 'docker.io', credentialsSecretRef: { name: 'hub-credentials' }, tagTTL: '3m' }],
@@ -384,6 +386,10 @@ describe('operator against a real kube-apiserver', { skip }, () => {
       parse((await owned('v1', 'ConfigMap', 'regmirror-private'))!.data!['config.yaml']!).upstreams[0].tagTTL === '3m', 60_000);
     await mustKubectl(['delete', 'deployment', 'regmirror-private', '-n', NS]);
     await eventually('the deleted Deployment back', () => owned('apps/v1', 'Deployment', 'regmirror-private'), 60_000);
+    // The new server's watch cache starts at the current revision, so resuming from the old
+    // resourceVersion is answered 410 Gone; the informer lists again instead of losing events.
+    assert.ok((await mirrorLists())! > listsBefore, `relisted after 410 Gone (lists: ${listsBefore} -> ${await mirrorLists()})`);
+    assert.ok(!operator.logs().includes('leadership lost'), 'the same controller carried on: the relist came from 410 Gone, not a new start');
   });
 
   it('two operators: one leader reconciles, the other takes over when it stops', async () => {
