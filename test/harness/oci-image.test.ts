@@ -54,6 +54,17 @@ test('skopeo reads the layout by tag, and one layout holds several tags', async 
   }
 });
 
+test('images written at once into one layout keep every tag', async () => {
+  const dir = await makeTempDir('img');
+  const images = await Promise.all(['a', 'b', 'c', 'd', 'e'].map((tag) => writeOciImage(dir, { tag, layerSizes: [100] })));
+  const layoutIndex = JSON.parse(await readFile(path.join(dir, 'index.json'), 'utf8'));
+  assert.deepEqual(
+    layoutIndex.manifests.map((m: { annotations: Record<string, string> }) => m.annotations['org.opencontainers.image.ref.name']).sort(),
+    ['a', 'b', 'c', 'd', 'e'],
+  );
+  assert.equal(new Set(images.map((i) => i.digest)).size, 5);
+});
+
 test('platforms write one manifest per platform under an index', async () => {
   const image = await writeOciImage(await makeTempDir('img'), {
     platforms: [{ os: 'linux', architecture: 'amd64' }, { os: 'linux', architecture: 'arm64', variant: 'v8' }],

@@ -280,23 +280,37 @@ export async function writeOciImage(dir: string, opts: WriteOciImageOptions = {}
     };
   }
 
-  const indexFile = path.join(dir, 'index.json');
-  let layoutIndex: LayoutIndex = { schemaVersion: 2, mediaType: MEDIA_TYPES.oci.index, manifests: [] };
-  try {
-    layoutIndex = JSON.parse(await readFile(indexFile, 'utf8')) as LayoutIndex;
-  } catch {
-    // a new layout
-  }
-  const refName = 'org.opencontainers.image.ref.name';
-  layoutIndex.manifests = layoutIndex.manifests.filter((m) => m.annotations?.[refName] !== tag);
-  layoutIndex.manifests.push({
-    mediaType: image.mediaType,
-    digest: image.digest,
-    size: image.indexSize ?? image.manifestSize,
-    annotations: { [refName]: tag },
-  });
-  await writeFile(indexFile, JSON.stringify(layoutIndex, null, 2));
+  await tagInLayout(dir, tag, image);
   return image;
+}
+
+// index.json is read, changed and written back: images written at once into one layout take turns
+const layoutQueues = new Map<string, Promise<void>>();
+
+async function tagInLayout(dir: string, tag: string, image: TestImage): Promise<void> {
+  const previous = layoutQueues.get(dir) ?? Promise.resolve();
+  const turn = previous.then(async () => {
+    const indexFile = path.join(dir, 'index.json');
+    let layoutIndex: LayoutIndex = { schemaVersion: 2, mediaType: MEDIA_TYPES.oci.index, manifests: [] };
+    try {
+      layoutIndex = JSON.parse(await readFile(indexFile, 'utf8')) as LayoutIndex;
+    } catch {
+      // a new layout
+    }
+    const refName = 'org.opencontainers.image.ref.name';
+    layoutIndex.manifests = layoutIndex.manifests.filter((m) => m.annotations?.[refName] !== tag);
+    layoutIndex.manifests.push({
+      mediaType: image.mediaType,
+      digest: image.digest,
+      size: image.indexSize ?? image.manifestSize,
+      annotations: { [refName]: tag },
+    });
+    await writeFile(indexFile, JSON.stringify(layoutIndex, null, 2));
+  });
+  const settled = turn.catch(() => undefined);
+  layoutQueues.set(dir, settled);
+  await turn;
+  if (layoutQueues.get(dir) === settled) layoutQueues.delete(dir);
 }
 
 function platformSize(p: PlatformImage): number {
