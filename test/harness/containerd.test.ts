@@ -75,3 +75,17 @@ test('configPath: false leaves config_path out of config.toml; several container
     await other.stop();
   }
 });
+
+test('after kill9() start() brings containerd back with the images it had', async () => {
+  const node = await startContainerd();
+  try {
+    await node.writeHostsToml(registry.host, { server: registry.url });
+    await node.pull(registry.ref('library/test', 'v1'));
+    await node.kill9();
+    assert.notEqual((await node.ctr(['version'])).code, 0);
+    await node.start();
+    assert.deepEqual(await node.images(), [registry.ref('library/test', 'v1')]);
+  } finally {
+    await node.stop();
+  }
+});

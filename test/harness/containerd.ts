@@ -3,7 +3,7 @@
 import { mkdir, writeFile } from 'node:fs/promises';
 import net from 'node:net';
 import path from 'node:path';
-import { makeTempDir, runCommand, spawnServer, type CommandResult, type ServerProcess } from './process.ts';
+import { makeTempDir, registerExitCleanup, runCommand, spawnServer, unmountUnder, type CommandResult, type ServerProcess } from './process.ts';
 
 export interface HostsTomlMirror {
   /** http://127.0.0.1:PORT (plain HTTP is fine: the scheme is taken from here) */
@@ -86,6 +86,8 @@ export async function startContainerd(opts: StartContainerdOptions = {}): Promis
 
   let server: ServerProcess | undefined;
   let earlierOutput = '';
+  // a containerd killed while unpacking can leave a snapshot's temporary mount under root
+  registerExitCleanup(() => unmountUnder(dir));
   const start = async (): Promise<void> => {
     if (server && !server.exitStatus()) return;
     if (server) earlierOutput += server.output();
@@ -137,8 +139,14 @@ export async function startContainerd(opts: StartContainerdOptions = {}): Promis
       return file;
     },
     output: () => earlierOutput + (server?.output() ?? ''),
-    stop: async () => server?.stop(),
-    kill9: async () => server?.kill9(),
+    stop: async () => {
+      await server?.stop();
+      unmountUnder(dir);
+    },
+    kill9: async () => {
+      await server?.kill9();
+      unmountUnder(dir);
+    },
     start,
   };
 }
