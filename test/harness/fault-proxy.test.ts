@@ -1,5 +1,6 @@
 import assert from 'node:assert/strict';
 import { createHash } from 'node:crypto';
+import http from 'node:http';
 import { after, before, test } from 'node:test';
 import { startFaultProxy, type FaultProxy } from './fault-proxy.ts';
 import { pushImage, skopeo, writeOciImage, type TestImage } from './oci-image.ts';
@@ -94,4 +95,24 @@ test('setDown refuses or resets connections until it is set back up on the same 
   await assert.rejects(httpRequest(`${proxy.url}/v2/`), /socket hang up|ECONNRESET/);
   await proxy.setDown(false);
   assert.equal((await httpRequest(`${proxy.url}/v2/`)).status, 200);
+});
+
+test('a stall rule sends the first bytes, then nothing, with the connection left open', async () => {
+  const stall = proxy.addRule({ path: /\/blobs\//, stallAfterBytes: 10_000, times: 1 });
+  const received = await new Promise<number>((resolve, reject) => {
+    let bytes = 0;
+    const req = http.get(blobUrl, { agent: false }, (res) => res.on('data', (b: Buffer) => (bytes += b.length)));
+    // an idle timeout: it fires only because the body stopped coming while the connection stayed open
+    req.setTimeout(500, () => {
+      req.destroy();
+      resolve(bytes);
+    });
+    req.on('error', (error) => (bytes > 0 ? undefined : reject(error)));
+  });
+  assert.equal(received, 10_000);
+  assert.equal(stall.hits(), 1);
+  assert.equal(proxy.countRequests({ fault: 'stall' }), 1);
+  const whole = await httpRequest(blobUrl);
+  assert.equal(sha256(whole.body), image.layers[0]!.digest, 'later requests are forwarded whole');
+  stall.remove();
 });

@@ -23,6 +23,8 @@ export interface FaultRule {
   reset?: boolean;
   /** Forward, but destroy the connection after this many body bytes (headers promise them all). */
   truncateAfterBytes?: number;
+  /** Forward this many body bytes, then send nothing more and keep the connection open (a stalled transfer). */
+  stallAfterBytes?: number;
   /** Forward, flipping the bits of the body byte at this offset (same length, wrong digest). */
   corruptByteAt?: number;
   /** Forward with the body throttled to this rate. */
@@ -36,7 +38,7 @@ export interface ProxiedRequest {
   path: string;
   query: string;
   status: number;
-  /** Which fault was applied, if any ('status', 'reset', 'hang', 'truncate', 'corrupt', 'down'). */
+  /** Which fault was applied, if any ('status', 'reset', 'hang', 'truncate', 'stall', 'corrupt', 'down'). */
   fault?: string;
 }
 
@@ -203,6 +205,21 @@ export async function startFaultProxy(opts: StartFaultProxyOptions): Promise<Fau
             this.push(part);
             if (left <= 0) setImmediate(() => req.socket.destroy());
             done();
+          },
+        }),
+      );
+    }
+    if (rule.stallAfterBytes !== undefined) {
+      entry.fault = 'stall';
+      let left = rule.stallAfterBytes;
+      stages.push(
+        new Transform({
+          transform(chunk: Buffer, _enc, done: TransformCallback) {
+            const part = chunk.subarray(0, Math.max(0, left));
+            left -= part.length;
+            if (part.length > 0) this.push(part);
+            // past the limit the callback is never called: backpressure holds the upstream, no timer runs
+            if (left > 0) done();
           },
         }),
       );

@@ -1,0 +1,461 @@
+// Faults the mirror must survive: an upstream that stalls, resets or cuts transfers, a disk that
+// fills up during a fill, many clients at once, and a flood of malformed requests. Every loop is
+// bounded in count and in time; correctness is checked byte for byte against the digests.
+import { after, before, describe, test } from 'node:test';
+import assert from 'node:assert/strict';
+import { execFileSync } from 'node:child_process';
+import { createHash } from 'node:crypto';
+import { readFileSync } from 'node:fs';
+import { mkdir, readdir } from 'node:fs/promises';
+import http from 'node:http';
+import net from 'node:net';
+import path from 'node:path';
+import { startFaultProxy, type FaultProxy } from '../test/harness/fault-proxy.ts';
+import { startMirrorProcess, startTestMirror, type TestMirror } from '../test/harness/mirror.ts';
+import { pushImage, readBlob, writeOciImage, MEDIA_TYPES, type TestImage } from '../test/harness/oci-image.ts';
+import { cleanupAll, httpRequest, makeTempDir, registerExitCleanup, runCommand, waitFor } from '../test/harness/process.ts';
+import { startRegistry, type RegistryServer } from '../test/harness/registry.ts';
+
+const sha256 = (bytes: Buffer) => `sha256:${createHash('sha256').update(bytes).digest('hex')}`;
+const ACCEPT = [MEDIA_TYPES.oci.index, MEDIA_TYPES.oci.manifest, MEDIA_TYPES.docker.index, MEDIA_TYPES.docker.manifest].join(', ');
+
+interface Response {
+  status: number;
+  headers: http.IncomingHttpHeaders;
+  body: Buffer;
+}
+
+/** GET over a shared keep-alive agent; rejects when the connection is cut before the body ends. */
+function get(url: string, agent: http.Agent, headers: Record<string, string> = {}, timeoutMs = 30_000): Promise<Response> {
+  return new Promise((resolve, reject) => {
+    const req = http.get(url, { agent, headers, timeout: timeoutMs }, (res) => {
+      const chunks: Buffer[] = [];
+      res.on('data', (b: Buffer) => chunks.push(b));
+      res.on('end', () => {
+        const body = Buffer.concat(chunks);
+        const promised = res.headers['content-length'];
+        // a cut connection can look like an early end on some paths: a short body is never a success
+        if (promised !== undefined && Number(promised) !== body.length) reject(new Error(`short body: ${body.length} of ${promised}`));
+        else resolve({ status: res.statusCode ?? 0, headers: res.headers, body });
+      });
+      res.on('error', reject);
+      res.on('aborted', () => reject(new Error('response aborted')));
+    });
+    req.on('timeout', () => req.destroy(new Error(`GET ${url}: timed out`)));
+    req.on('error', reject);
+  });
+}
+
+async function storedBlobs(storagePath: string): Promise<string[]> {
+  const found: string[] = [];
+  const top = path.join(storagePath, 'blobs', 'sha256');
+  for (const prefix of await readdir(top).catch(() => [] as string[])) for (const file of await readdir(path.join(top, prefix))) found.push(`sha256:${file}`);
+  return found;
+}
+
+const temporaryFiles = async (storagePath: string) => readdir(path.join(storagePath, 'tmp')).catch(() => [] as string[]);
+
+async function metric(mirror: TestMirror, line: RegExp): Promise<number> {
+  const text = (await httpRequest(`${mirror.url}/metrics`)).body.toString();
+  const found = text.split('\n').find((l) => line.test(l));
+  return found ? Number(found.split(' ').pop()) : 0;
+}
+
+describe('upstream faults during a fill', () => {
+  let hub: RegistryServer;
+  let proxy: FaultProxy;
+  let image: TestImage;
+
+  before(async () => {
+    hub = await startRegistry();
+    image = await writeOciImage(await makeTempDir('faults-image'), { tag: 'v1', seed: 'faults', layerSizes: [2 * 1024 * 1024, 1024 * 1024, 512 * 1024] });
+    await pushImage(image, hub.ref('library/app', 'v1'));
+    proxy = await startFaultProxy({ target: hub.url });
+  });
+  after(async () => {
+    await proxy.stop();
+    await cleanupAll();
+  });
+
+  test('an upstream that stalls mid-blob is timed out: the client is cut, nothing partial is kept, the next request succeeds', async () => {
+    const mirror = await startTestMirror({ upstreams: [{ registry: 'docker.io', url: proxy.url }], timeouts: { bodyIdleMs: 1_000 } });
+    const agent = new http.Agent({ keepAlive: true });
+    try {
+      const layer = image.layers[0]!;
+      const stall = proxy.addRule({ path: /\/blobs\//, stallAfterBytes: 300 * 1024 });
+      await assert.rejects(get(`${mirror.url}/v2/library/app/blobs/${layer.digest}`, agent), /aborted|short body|socket hang up|ECONNRESET/);
+      assert.equal(stall.hits(), 1);
+      await waitFor(async () => (await temporaryFiles(mirror.storagePath)).length === 0, { timeoutMs: 10_000, what: 'the partial download to be removed' });
+      assert.ok(!(await storedBlobs(mirror.storagePath)).includes(layer.digest), 'no partial blob in the store');
+      assert.equal(await metric(mirror, /^regmirror_fetch_failures_total\{reason="timeout"\}/), 1);
+
+      stall.remove(); // the upstream recovers
+      const res = await get(`${mirror.url}/v2/library/app/blobs/${layer.digest}`, agent);
+      assert.equal(res.status, 200);
+      assert.equal(sha256(res.body), layer.digest);
+      assert.ok((await storedBlobs(mirror.storagePath)).includes(layer.digest));
+    } finally {
+      agent.destroy();
+      await mirror.stop();
+    }
+  });
+
+  test('an upstream that never answers is timed out with 502 UNAVAILABLE, and the next request succeeds', async () => {
+    const mirror = await startTestMirror({ upstreams: [{ registry: 'docker.io', url: proxy.url }], timeouts: { headersMs: 1_000 } });
+    const agent = new http.Agent({ keepAlive: true });
+    try {
+      const layer = image.layers[1]!;
+      const hang = proxy.addRule({ path: /\/blobs\//, hang: true, times: 1 });
+      const res = await get(`${mirror.url}/v2/library/app/blobs/${layer.digest}`, agent);
+      assert.equal(res.status, 502);
+      assert.equal(JSON.parse(res.body.toString()).errors[0].code, 'UNAVAILABLE');
+      assert.equal(hang.hits(), 1);
+      const again = await get(`${mirror.url}/v2/library/app/blobs/${layer.digest}`, agent);
+      assert.equal(again.status, 200);
+      assert.equal(sha256(again.body), layer.digest);
+    } finally {
+      agent.destroy();
+      await mirror.stop();
+    }
+  });
+
+  test('an upstream that resets connections gets 502 UNAVAILABLE, and the next request succeeds', async () => {
+    const mirror = await startTestMirror({ upstreams: [{ registry: 'docker.io', url: proxy.url }] });
+    const agent = new http.Agent({ keepAlive: true });
+    try {
+      const reset = proxy.addRule({ reset: true, times: 2 });
+      const manifest = await get(`${mirror.url}/v2/library/app/manifests/v1`, agent, { accept: ACCEPT });
+      assert.equal(manifest.status, 502);
+      assert.equal(JSON.parse(manifest.body.toString()).errors[0].code, 'UNAVAILABLE');
+      const blob = await get(`${mirror.url}/v2/library/app/blobs/${image.configDigest}`, agent);
+      assert.equal(blob.status, 502);
+      assert.equal(reset.hits(), 2);
+      const recovered = await get(`${mirror.url}/v2/library/app/manifests/v1`, agent, { accept: ACCEPT });
+      assert.equal(recovered.status, 200);
+      assert.equal(sha256(recovered.body), image.manifestDigest);
+      assert.equal(sha256((await get(`${mirror.url}/v2/library/app/blobs/${image.configDigest}`, agent)).body), image.configDigest);
+    } finally {
+      agent.destroy();
+      await mirror.stop();
+    }
+  });
+
+  test('an upstream that resets mid-blob: the client is cut, nothing partial is kept, the next request succeeds', async () => {
+    const mirror = await startTestMirror({ upstreams: [{ registry: 'docker.io', url: proxy.url }] });
+    const agent = new http.Agent({ keepAlive: true });
+    try {
+      const layer = image.layers[2]!;
+      const cut = proxy.addRule({ path: /\/blobs\//, truncateAfterBytes: 100_000, times: 1 });
+      await assert.rejects(get(`${mirror.url}/v2/library/app/blobs/${layer.digest}`, agent), /aborted|short body|socket hang up|ECONNRESET/);
+      assert.equal(cut.hits(), 1);
+      await waitFor(async () => (await temporaryFiles(mirror.storagePath)).length === 0, { timeoutMs: 10_000, what: 'the partial download to be removed' });
+      assert.ok(!(await storedBlobs(mirror.storagePath)).includes(layer.digest));
+      const res = await get(`${mirror.url}/v2/library/app/blobs/${layer.digest}`, agent);
+      assert.equal(res.status, 200);
+      assert.equal(sha256(res.body), layer.digest);
+    } finally {
+      agent.destroy();
+      await mirror.stop();
+    }
+  });
+
+  test('40 clients while the upstream resets 30 connections get correct bytes or an error, never wrong bytes, and all succeed afterwards', async (t) => {
+    const mirror = await startTestMirror({ upstreams: [{ registry: 'docker.io', url: proxy.url }] });
+    const agent = new http.Agent({ keepAlive: true, maxSockets: 40 });
+    const blobs = [image.configDigest, ...image.layers.map((l) => l.digest)];
+    try {
+      const reset = proxy.addRule({ path: /\/blobs\//, reset: true, times: 30 });
+      let ok = 0;
+      let failed = 0;
+      const deadline = Date.now() + 20_000;
+      await Promise.all(
+        Array.from({ length: 40 }, async (_, client) => {
+          for (let round = 0; round < 5 && Date.now() < deadline; round++) {
+            const digest = blobs[(client + round) % blobs.length]!;
+            try {
+              const res = await get(`${mirror.url}/v2/library/app/blobs/${digest}`, agent);
+              if (res.status === 200) {
+                assert.equal(sha256(res.body), digest, 'a 200 always carries the right bytes');
+                ok++;
+              } else {
+                assert.equal(res.status, 502);
+                failed++;
+              }
+            } catch (error) {
+              if (error instanceof assert.AssertionError) throw error;
+              failed++; // cut mid-body: the client sees an error, never a complete wrong blob
+            }
+          }
+        }),
+      );
+      t.diagnostic(`ok ${ok}, failed ${failed}, upstream resets ${reset.hits()}`);
+      assert.ok(reset.hits() > 0 && ok > 0 && failed > 0, `ok ${ok}, failed ${failed}, resets ${reset.hits()}`);
+      reset.remove();
+      for (const digest of blobs) assert.equal(sha256((await get(`${mirror.url}/v2/library/app/blobs/${digest}`, agent)).body), digest);
+      assert.deepEqual(await temporaryFiles(mirror.storagePath), []);
+    } finally {
+      agent.destroy();
+      await mirror.stop();
+    }
+  });
+});
+
+/** A small tmpfs mounted under a temp dir for the test's store (root only); unmounted afterwards, and at exit if the test dies. */
+async function withTmpfs(size: string, run: (mountPoint: string) => Promise<void>): Promise<void> {
+  const mountPoint = path.join(await makeTempDir('disk-full'), 'volume');
+  await mkdir(mountPoint);
+  const mounted = await runCommand('mount', ['-t', 'tmpfs', '-o', `size=${size}`, 'tmpfs', mountPoint]);
+  assert.equal(mounted.code, 0, mounted.stderr);
+  const unregister = registerExitCleanup(() => execFileSync('umount', ['-l', mountPoint], { stdio: 'ignore' }));
+  try {
+    await run(mountPoint);
+  } finally {
+    const unmounted = await runCommand('umount', [mountPoint]);
+    if (unmounted.code === 0) unregister();
+  }
+}
+
+describe('a full disk', { skip: process.getuid?.() !== 0 ? 'mounting a tmpfs needs root' : false }, () => {
+  let hub: RegistryServer;
+  let small: TestImage;
+  let big: TestImage;
+  let later: TestImage;
+
+  before(async () => {
+    hub = await startRegistry();
+    small = await writeOciImage(await makeTempDir('disk-small'), { tag: 'v1', seed: 'disk-small', layerSizes: [1024 * 1024] });
+    big = await writeOciImage(await makeTempDir('disk-big'), { tag: 'v1', seed: 'disk-big', layerSizes: [12 * 1024 * 1024] });
+    later = await writeOciImage(await makeTempDir('disk-later'), { tag: 'v1', seed: 'disk-later', layerSizes: [2 * 1024 * 1024] });
+    await pushImage(small, hub.ref('library/small', 'v1'));
+    await pushImage(big, hub.ref('library/big', 'v1'));
+    await pushImage(later, hub.ref('library/later', 'v1'));
+  });
+  after(cleanupAll);
+
+  const pull = async (mirror: TestMirror, agent: http.Agent, name: string, img: TestImage) => {
+    const manifest = await get(`${mirror.url}/v2/library/${name}/manifests/v1`, agent, { accept: ACCEPT });
+    assert.equal(manifest.status, 200);
+    for (const digest of [img.configDigest, ...img.layers.map((l) => l.digest)]) {
+      const res = await get(`${mirror.url}/v2/library/${name}/blobs/${digest}`, agent);
+      assert.equal(res.status, 200);
+      assert.equal(sha256(res.body), digest);
+    }
+  };
+
+  test('filling up during a fill: the client is cut, nothing partial is kept, stored content is still served', () =>
+    withTmpfs('8m', async (volume) => {
+      const mirror = await startTestMirror({ upstreams: [{ registry: 'docker.io', url: hub.url }], storagePath: path.join(volume, 'data') });
+      const agent = new http.Agent({ keepAlive: true });
+      try {
+        await pull(mirror, agent, 'small', small);
+        // the 12 MiB layer cannot fit in what is left of 8 MiB
+        const bigLayer = big.layers[0]!;
+        await assert.rejects(get(`${mirror.url}/v2/library/big/blobs/${bigLayer.digest}`, agent), /aborted|short body|socket hang up|ECONNRESET/);
+        await waitFor(async () => (await temporaryFiles(mirror.storagePath)).length === 0, { timeoutMs: 10_000, what: 'the partial download to be removed' });
+        assert.ok(!(await storedBlobs(mirror.storagePath)).includes(bigLayer.digest), 'nothing partial kept');
+        assert.equal(await metric(mirror, /^regmirror_fetch_failures_total\{reason="disk"\}/), 1, 'the failure is counted as a disk failure');
+
+        // what is stored is still served, even with the upstream gone
+        await hub.stop();
+        try {
+          const stored = await get(`${mirror.url}/v2/library/small/blobs/${small.layers[0]!.digest}`, agent);
+          assert.equal(stored.status, 200);
+          assert.equal(sha256(stored.body), small.layers[0]!.digest);
+          assert.equal((await get(`${mirror.url}/v2/library/small/manifests/v1`, agent, { accept: ACCEPT })).status, 200, 'the stored manifest is served when the upstream is down');
+        } finally {
+          await hub.start();
+        }
+        // the room the failed fill took was given back: content that fits is stored
+        await pull(mirror, agent, 'later', later);
+        assert.ok((await storedBlobs(mirror.storagePath)).includes(later.layers[0]!.digest));
+      } finally {
+        agent.destroy();
+        await mirror.stop();
+      }
+    }));
+
+  test('with no room left, a miss gets 503 UNAVAILABLE saying the store is full, and stored content is still served', () =>
+    withTmpfs('4m', async (volume) => {
+      const mirror = await startTestMirror({ upstreams: [{ registry: 'docker.io', url: hub.url }], storagePath: path.join(volume, 'data') });
+      const agent = new http.Agent({ keepAlive: true });
+      try {
+        await pull(mirror, agent, 'small', small);
+        const filled = await runCommand('dd', ['if=/dev/zero', `of=${path.join(volume, 'filler')}`, 'bs=1M', 'count=8']);
+        assert.notEqual(filled.code, 0, 'dd stopped at a full disk');
+        for (const url of ['/v2/library/later/manifests/v1', `/v2/library/later/blobs/${later.configDigest}`]) {
+          const res = await get(`${mirror.url}${url}`, agent, { accept: ACCEPT });
+          assert.equal(res.status, 503, url);
+          const error = JSON.parse(res.body.toString()).errors[0];
+          assert.equal(error.code, 'UNAVAILABLE');
+          assert.match(error.message, /store is full \(ENOSPC\)/);
+        }
+        assert.ok(!(await storedBlobs(mirror.storagePath)).includes(later.configDigest));
+        const stored = await get(`${mirror.url}/v2/library/small/blobs/${small.layers[0]!.digest}`, agent);
+        assert.equal(sha256(stored.body), small.layers[0]!.digest);
+      } finally {
+        agent.destroy();
+        await mirror.stop();
+      }
+    }));
+});
+
+describe('load', () => {
+  let hub: RegistryServer;
+  let proxy: FaultProxy;
+  const images: TestImage[] = [];
+
+  before(async () => {
+    hub = await startRegistry();
+    proxy = await startFaultProxy({ target: hub.url, latencyMs: 10 });
+    const dirs = await Promise.all(Array.from({ length: 20 }, (_, i) => makeTempDir(`load-${i}`)));
+    for (let i = 0; i < 20; i++) {
+      images.push(await writeOciImage(dirs[i]!, { tag: 'v1', seed: `load-${i}`, layerSizes: [32 * 1024 + i * 9_000, 200 * 1024 + i * 17_000] }));
+    }
+    for (let batch = 0; batch < 20; batch += 5) await Promise.all(images.slice(batch, batch + 5).map((img, j) => pushImage(img, hub.ref(`library/load${batch + j}`, 'v1'))));
+    proxy.resetRequests();
+  });
+  after(async () => {
+    await proxy.stop();
+    await cleanupAll();
+  });
+
+  test('200 concurrent clients pulling 20 images for a bounded time get zero wrong bytes, and each blob is fetched upstream once', async (t) => {
+    const mirror = await startMirrorProcess({ upstreams: [{ registry: 'docker.io', url: proxy.url, tagTTL: '1m' }], logLevel: 'warn' });
+    const agent = new http.Agent({ keepAlive: true, maxSockets: 200 });
+    const layouts = await Promise.all(images.map(async (img) => readBlob(img, img.layers[1]!.digest)));
+    const counts = { manifests: 0, blobs: 0, ranges: 0, bytes: 0 };
+    const deadline = Date.now() + 6_000;
+    try {
+      await Promise.all(
+        Array.from({ length: 200 }, async (_, client) => {
+          for (let round = 0; round < 10 && Date.now() < deadline; round++) {
+            const index = (client * 7 + round) % images.length;
+            const img = images[index]!;
+            const base = `${mirror.url}/v2/library/load${index}`;
+            const manifest = await get(`${base}/manifests/v1`, agent, { accept: ACCEPT });
+            assert.equal(manifest.status, 200);
+            assert.equal(sha256(manifest.body), img.manifestDigest, `manifest of load${index}`);
+            assert.equal(manifest.headers['docker-content-digest'], img.manifestDigest);
+            counts.manifests++;
+            for (const digest of [img.configDigest, ...img.layers.map((l) => l.digest)]) {
+              const blob = await get(`${base}/blobs/${digest}`, agent);
+              assert.equal(blob.status, 200);
+              assert.equal(sha256(blob.body), digest, `blob ${digest} of load${index}`);
+              counts.blobs++;
+              counts.bytes += blob.body.length;
+            }
+            // a range of the large layer, checked against the layout's own bytes
+            const whole = layouts[index]!;
+            const start = (client * 4099 + round * 131) % (whole.length - 1);
+            const end = Math.min(whole.length - 1, start + 65_535);
+            const range = await get(`${base}/blobs/${img.layers[1]!.digest}`, agent, { range: `bytes=${start}-${end}` });
+            assert.equal(range.status, 206);
+            assert.ok(range.body.equals(whole.subarray(start, end + 1)), `range ${start}-${end} of load${index}`);
+            counts.ranges++;
+          }
+        }),
+      );
+      t.diagnostic(`verified ${JSON.stringify(counts)}`);
+      assert.ok(counts.manifests >= 200, `every client completed at least one pull: ${JSON.stringify(counts)}`);
+      for (const [i, img] of images.entries()) {
+        for (const digest of [img.configDigest, ...img.layers.map((l) => l.digest)]) {
+          const fetched = proxy.countRequests({ method: 'GET', path: new RegExp(`^/v2/library/load${i}/blobs/${digest}$`) });
+          assert.equal(fetched, 1, `${digest} of load${i} fetched upstream ${fetched} times`);
+        }
+      }
+      assert.equal(mirror.process.exitStatus(), undefined, 'the mirror is still running');
+    } finally {
+      agent.destroy();
+      await mirror.process.stop();
+    }
+  });
+});
+
+/** Sends raw bytes on a fresh connection and returns the status line's code (0 when none came back). */
+function rawExchange(port: number, payload: string | Buffer, opts: { halfOpen?: boolean } = {}): Promise<number> {
+  return new Promise((resolve) => {
+    const chunks: Buffer[] = [];
+    const socket = net.connect(port, '127.0.0.1', () => {
+      socket.write(payload);
+      // a client that sends part of a request and leaves
+      if (opts.halfOpen) setImmediate(() => socket.destroy());
+    });
+    socket.setTimeout(5_000, () => socket.destroy());
+    socket.on('data', (b: Buffer) => chunks.push(b));
+    socket.on('error', () => undefined);
+    socket.on('close', () => resolve(Number(/^HTTP\/1\.1 (\d{3})/.exec(Buffer.concat(chunks).toString('latin1'))?.[1] ?? 0)));
+  });
+}
+
+function rssBytes(pid: number): number {
+  const match = /^VmRSS:\s+(\d+) kB/m.exec(readFileSync(`/proc/${pid}/status`, 'utf8'));
+  if (!match) throw new Error(`no VmRSS for ${pid}`);
+  return Number(match[1]) * 1024;
+}
+
+test('10,000 malformed requests: no crash, the right error codes, and no memory growth', async (t) => {
+  const hub = await startRegistry();
+  const img = await writeOciImage(await makeTempDir('malformed-image'), { tag: 'v1', seed: 'malformed', layerSizes: [64 * 1024] });
+  await pushImage(img, hub.ref('library/app', 'v1'));
+  const mirror = await startMirrorProcess({ upstreams: [{ registry: 'docker.io', url: hub.url }], logLevel: 'warn' });
+  try {
+    const layer = img.layers[0]!.digest;
+    assert.equal((await httpRequest(`${mirror.url}/v2/library/app/blobs/${layer}`)).status, 200);
+    const close = 'Host: x\r\nConnection: close\r\n\r\n';
+    const kinds: { payload: (i: number) => string; expect: number[]; halfOpen?: boolean }[] = [
+      { payload: () => 'GARBAGE\r\n\r\n', expect: [400] },
+      { payload: (i) => `\x00\x01\x02${'\xff'.repeat(i % 50)}\r\n\r\n`, expect: [400] },
+      { payload: () => 'GET /v2/ HTTP/9.9\r\nHost: x\r\n\r\n', expect: [400, 505] },
+      { payload: () => `GET /v2/ HTTP/1.1\r\nHost: x\r\nX-Big: ${'a'.repeat(70_000)}\r\n\r\n`, expect: [431] },
+      { payload: (i) => `GET /v2/library/../../etc/${i}/manifests/latest HTTP/1.1\r\n${close}`, expect: [400] },
+      { payload: (i) => `GET /v2/library/%zz${i}/manifests/latest HTTP/1.1\r\n${close}`, expect: [400] },
+      { payload: (i) => `GET /v2/library/app/blobs/sha256:${i}zz HTTP/1.1\r\n${close}`, expect: [400] },
+      { payload: (i) => `GET /v2/library/app/manifests/${'~'.repeat(1 + (i % 200))} HTTP/1.1\r\n${close}`, expect: [400] },
+      { payload: (i) => `GET /v2/library/app/blobs/${layer} HTTP/1.1\r\nRange: bytes=${i + 10_000_000}-\r\n${close}`, expect: [416] },
+      { payload: () => `GET /v2/library/app/blobs/${layer} HTTP/1.1\r\nRange: bytes=oops\r\n${close}`, expect: [200] },
+      { payload: (i) => `PUT /v2/library/app/manifests/v${i} HTTP/1.1\r\nContent-Length: 5\r\nContent-Type: application/json\r\n${close}12345`, expect: [405] },
+      { payload: () => `POST /v2/library/app/blobs/uploads/ HTTP/1.1\r\nTransfer-Encoding: chunked\r\n${close}zz\r\nnot a chunk\r\n`, expect: [400, 405] },
+      { payload: () => 'GET /v2/ HTTP/1.1\r\nHost: x\r\nContent-Length: 10\r\nTransfer-Encoding: chunked\r\n\r\n', expect: [400] },
+      { payload: () => 'GET /v2/library/app/manifests/v1 HTTP/1.1\r\nHost: x\r\nAccept: applic', expect: [0], halfOpen: true },
+      { payload: (i) => `GET /${'x'.repeat(i % 3000)} HTTP/1.1\r\n${close}`, expect: [404] },
+      { payload: (i) => `GET /v2/?ns=${'n'.repeat(i % 300)} HTTP/1.1\r\n${close}`, expect: [200] },
+      { payload: (i) => `GET /v2/library/app/manifests/v1?ns=unknown${i}.example HTTP/1.1\r\n${close}`, expect: [404] },
+    ];
+    const statuses = new Map<number, number>();
+    let unexpected = 0;
+    const run = async (total: number) => {
+      let next = 0;
+      const deadline = Date.now() + 60_000;
+      await Promise.all(
+        Array.from({ length: 100 }, async () => {
+          while (next < total && Date.now() < deadline) {
+            const i = next++;
+            const kind = kinds[i % kinds.length]!;
+            const status = await rawExchange(mirror.port, Buffer.from(kind.payload(i), 'latin1'), { halfOpen: kind.halfOpen ?? false });
+            statuses.set(status, (statuses.get(status) ?? 0) + 1);
+            if (!kind.expect.includes(status)) unexpected++;
+          }
+        }),
+      );
+      assert.equal(next, total, 'every request was sent within the time bound');
+    };
+
+    await run(1_000); // warm-up: let the heap and the buffers reach their working size
+    const before = rssBytes(mirror.process.pid);
+    await run(10_000);
+    const afterFlood = rssBytes(mirror.process.pid);
+    t.diagnostic(`answers ${JSON.stringify([...statuses].sort((a, b) => a[0] - b[0]))}; RSS ${(before / 2 ** 20).toFixed(1)} -> ${(afterFlood / 2 ** 20).toFixed(1)} MiB`);
+    assert.equal(unexpected, 0, `unexpected answers: ${JSON.stringify([...statuses])}`);
+    assert.equal(mirror.process.exitStatus(), undefined, 'the mirror is still running');
+    assert.equal((await httpRequest(`${mirror.url}/healthz`)).status, 200);
+    const blob = await httpRequest(`${mirror.url}/v2/library/app/blobs/${layer}`);
+    assert.equal(sha256(blob.body), layer);
+    // a leak of 5 KiB per request would add ~50 MiB; garbage collection noise stays well under this
+    assert.ok(afterFlood - before < 40 * 1024 * 1024, `RSS grew from ${(before / 2 ** 20).toFixed(1)} MiB to ${(afterFlood / 2 ** 20).toFixed(1)} MiB`);
+    assert.doesNotMatch(mirror.process.output(), /"level":(50|60)/, 'nothing was logged as an error or fatal');
+  } finally {
+    await mirror.process.stop();
+    await hub.stop();
+  }
+});
+
