@@ -28,6 +28,7 @@ test('bad flag values are configuration errors that name the flag', () => {
     [['--metrics-address', 'nowhere'], /--metrics-address/],
     [['--node-cleanup-timeout', '5 minutes'], /--node-cleanup-timeout/],
     [['--workers', '0'], /--workers/],
+    [['--lease-duration', '10s', '--renew-deadline', '10s'], /--renew-deadline/],
     [['--log-level', 'loud'], /--log-level/],
     [['--unknown'], /unknown/i],
   ];

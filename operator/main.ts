@@ -30,6 +30,8 @@ flags (each also read from the environment variable in brackets):
   --leader-election-namespace NS    namespace of the Lease [POD_NAMESPACE]; default: the pod's own
   --leader-election-id NAME         name of the Lease; default regmirror-operator
   --identity NAME                   this replica's name in the Lease [POD_NAME]; default host name and pid
+  --lease-duration DURATION         how long a standby waits on a silent leader before taking over; default 15s
+  --renew-deadline DURATION         how long a leader keeps trying to renew before it stops reconciling; default 10s
   --metrics-address HOST:PORT       /metrics, /healthz, /readyz [METRICS_ADDRESS]; default :8080 ("0" turns it off)
   --mirror-image IMAGE              image for mirror and node agent pods [MIRROR_IMAGE]; default ghcr.io/regmirror/regmirror:${VERSION}
   --node-cleanup-timeout DURATION   how long deletion waits for nodes to drop the mirror; default 5m
@@ -44,6 +46,8 @@ export interface OperatorFlags {
   leaderElectionNamespace: string;
   leaderElectionId: string;
   identity: string;
+  leaseDurationMs: number;
+  renewDeadlineMs: number;
   metricsAddress?: { host: string; port: number };
   mirrorImage: string;
   nodeCleanupTimeoutMs: number;
@@ -65,6 +69,8 @@ export function parseFlags(argv: string[], env: NodeJS.ProcessEnv = process.env)
         'leader-election-namespace': { type: 'string' },
         'leader-election-id': { type: 'string' },
         identity: { type: 'string' },
+        'lease-duration': { type: 'string' },
+        'renew-deadline': { type: 'string' },
         'metrics-address': { type: 'string' },
         'mirror-image': { type: 'string' },
         'node-cleanup-timeout': { type: 'string' },
@@ -117,6 +123,17 @@ export function parseFlags(argv: string[], env: NodeJS.ProcessEnv = process.env)
   const nodeCleanupTimeoutMs = timeout ? parseDuration(timeout.value) : 5 * 60_000;
   if (nodeCleanupTimeoutMs === undefined) throw new ConfigError(timeout!.source, timeout!.key, `"${timeout!.value}" is not a duration (e.g. 30s, 5m)`);
 
+  const durationFlag = (name: string, fallbackMs: number): number => {
+    const given = flag(name, v[name as 'lease-duration' | 'renew-deadline']);
+    if (!given) return fallbackMs;
+    const ms = parseDuration(given.value);
+    if (ms === undefined || ms < 1000) throw new ConfigError(given.source, given.key, `"${given.value}" is not a duration of at least 1s`);
+    return ms;
+  };
+  const leaseDurationMs = durationFlag('lease-duration', 15_000);
+  const renewDeadlineMs = durationFlag('renew-deadline', 10_000);
+  if (renewDeadlineMs >= leaseDurationMs) throw new ConfigError('command line', '--renew-deadline', 'must be shorter than --lease-duration, or two replicas could both reconcile');
+
   const workersFlag = flag('workers', v.workers);
   const workers = workersFlag ? Number(workersFlag.value) : 2;
   if (!Number.isInteger(workers) || workers < 1 || workers > 64) throw new ConfigError('command line', '--workers', 'must be a whole number from 1 to 64');
@@ -131,6 +148,8 @@ export function parseFlags(argv: string[], env: NodeJS.ProcessEnv = process.env)
     leaderElectionNamespace,
     leaderElectionId: v['leader-election-id'] ?? 'regmirror-operator',
     identity: flag('identity', v.identity, 'POD_NAME')?.value ?? `${hostname()}-${process.pid}`,
+    leaseDurationMs,
+    renewDeadlineMs,
     metricsAddress,
     mirrorImage: flag('mirror-image', v['mirror-image'], 'MIRROR_IMAGE')?.value ?? `ghcr.io/regmirror/regmirror:${VERSION}`,
     nodeCleanupTimeoutMs,
@@ -212,7 +231,14 @@ export async function main(argv: string[]): Promise<void> {
   logger.info({ version: VERSION, server: kubeConfig.getCurrentCluster()!.server, identity: flags.identity, namespaces: flags.namespaces }, 'regmirror operator starting');
 
   const elector = flags.leaderElect
-    ? new LeaderElector({ api, namespace: flags.leaderElectionNamespace, name: flags.leaderElectionId, identity: flags.identity, logger })
+    ? new LeaderElector({
+      api, logger,
+      namespace: flags.leaderElectionNamespace,
+      name: flags.leaderElectionId,
+      identity: flags.identity,
+      leaseDurationMs: flags.leaseDurationMs,
+      renewDeadlineMs: flags.renewDeadlineMs,
+    })
     : undefined;
 
   let stopping = false;

@@ -74,6 +74,8 @@ async function startOperator(kubeconfig: string, identity: string, logDir: strin
     '--mirror-image', 'registry.example/regmirror:test',
     '--node-cleanup-timeout', CLEANUP_TIMEOUT,
     '--log-level', 'debug',
+    // Long enough that a slow API server restart does not cost the leader its lease.
+    '--lease-duration', '60s', '--renew-deadline', '45s',
     ...extraArgs,
   ], { stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env, KUBECONFIG: '', KUBERNETES_SERVICE_HOST: '' } });
   for (const stream of [child.stdout!, child.stderr!]) {
