@@ -1,6 +1,6 @@
 // Wires one mirror together: config -> store, upstream clients, cache, metrics, HTTP server.
 // Tests build mirrors through this in-process; `regmirror mirror` (main.ts) does the same.
-import { readFileSync, watch, type FSWatcher } from 'node:fs';
+import { readFileSync, statSync, watch, type FSWatcher } from 'node:fs';
 import { access, constants, writeFile, unlink } from 'node:fs/promises';
 import type { AddressInfo, Socket } from 'node:net';
 import { ConfigError } from '../common/config-error.ts';
@@ -163,20 +163,53 @@ function readTlsFile(config: MirrorConfig, which: 'cert' | 'key'): Buffer {
   }
 }
 
-/** Kubernetes rotates a Secret by swapping a symlink: watch the directory and reload on any change. */
+/** How often the certificate files themselves are checked, for changes a directory watch cannot see. */
+const TLS_POLL_MS = 10_000;
+
+/**
+ * Kubernetes rotates a Secret by swapping a symlink: watch the directories and reload on any
+ * change. The files are also checked every few seconds (inode, size, mtime through symlinks),
+ * which catches a certificate linked from a directory nobody watches, and keeps rotation working
+ * where inotify is exhausted (a busy node) instead of failing the start.
+ */
 function watchTls(config: MirrorConfig, app: FastifyInstance, logger: Logger): FSWatcher[] {
+  const files = [config.tls!.cert, config.tls!.key];
+  const identity = () => files.map((file) => {
+    const info = statSync(file);
+    return `${info.ino}:${info.size}:${info.mtimeMs}`;
+  }).join(' ');
+  let loaded = identity();
   let timer: NodeJS.Timeout | undefined;
   const reload = () => {
     clearTimeout(timer);
     timer = setTimeout(() => {
       try {
+        const seen = identity();
         (app.server as unknown as { setSecureContext(options: { cert: Buffer; key: Buffer }): void }).setSecureContext({ cert: readFileSync(config.tls!.cert), key: readFileSync(config.tls!.key) });
+        loaded = seen;
         logger.info('TLS certificate reloaded');
       } catch (error) {
         logger.error({ err: error }, 'TLS certificate reload failed; keeping the previous one');
       }
     }, 200);
   };
-  const dirs = new Set([join(config.tls!.cert, '..'), join(config.tls!.key, '..')]);
-  return [...dirs].map((dir) => watch(dir, reload));
+  const watchers: FSWatcher[] = [];
+  for (const dir of new Set(files.map((file) => join(file, '..')))) {
+    try {
+      // an error event without a listener would take the whole mirror down
+      watchers.push(watch(dir, reload).on('error', (error) => logger.warn({ err: error, dir }, 'TLS directory watch failed; the files are still checked every few seconds')));
+    } catch (error) {
+      logger.warn({ err: error, dir }, 'cannot watch the TLS directory (inotify limits?); checking the files every few seconds instead');
+    }
+  }
+  const poll = setInterval(() => {
+    try {
+      if (identity() !== loaded) reload();
+    } catch {
+      // in the middle of a swap: the next check or the directory watch will see the result
+    }
+  }, TLS_POLL_MS).unref();
+  // close() is all the caller uses of a watcher: the poll and a pending reload stop with the rest
+  watchers.push({ close: () => { clearInterval(poll); clearTimeout(timer); } } as unknown as FSWatcher);
+  return watchers;
 }
