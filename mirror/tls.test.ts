@@ -153,6 +153,25 @@ describe('TLS', () => {
     }
   });
 
+  test('a certificate symlinked from another directory is reloaded when its target changes', async () => {
+    // tls.cert points into a directory the mirror's directory watch does not cover (a projected
+    // volume, a host path, a hand-made link): only checking the files themselves sees the rotation
+    const config = await makeTempDir('tls-links');
+    const elsewhere = new SecretVolume(await makeTempDir('tls-elsewhere'));
+    await elsewhere.write(first);
+    await symlink(elsewhere.certFile, path.join(config, 'tls.crt'));
+    await symlink(elsewhere.keyFile, path.join(config, 'tls.key'));
+    const mirror = await startTestMirror({ upstreams: [{ registry: 'docker.io', url: hub.url }], extra: { tls: { cert: path.join(config, 'tls.crt'), key: path.join(config, 'tls.key') } } });
+    const ca = [first.certPem, second.certPem];
+    try {
+      assert.equal(await servedFingerprint(mirror.port, ca), fingerprint(first.certPem));
+      await elsewhere.write(second);
+      await waitFor(async () => (await servedFingerprint(mirror.port, ca)) === fingerprint(second.certPem), { timeoutMs: 30_000, intervalMs: 250, what: 'the rotated certificate to be served' });
+    } finally {
+      await mirror.stop();
+    }
+  });
+
   test('a half-written rotation (certificate without its key) keeps the previous certificate until the key arrives', async () => {
     // plain files replaced one at a time, as cert-manager's csi driver or a hand copy would
     const dir = await makeTempDir('tls-plain');
