@@ -171,7 +171,7 @@ test('a Kubernetes Secret rotation of the htpasswd file (..data symlink swap) is
   }
 });
 
-describe('regmirror mirror --config with upstream credentials', () => {
+describe('regmirror mirror --config: auth checks at start (an upstream with credentials)', () => {
   let hub: RegistryServer;
   let configDir: string;
   before(async () => {
@@ -201,6 +201,16 @@ describe('regmirror mirror --config with upstream credentials', () => {
     assert.match(result.stderr, /auth\.htpasswd/);
     assert.match(result.stderr, /allowAnonymousWithCredentials/);
     assert.doesNotMatch(result.stderr + result.stdout, /s3cret/, 'the password is never printed');
+  });
+
+  test('an htpasswd file with a non-bcrypt entry stops the start with a message naming auth.htpasswd and the line', async () => {
+    const htpasswd = path.join(configDir, 'htpasswd-md5');
+    // what `htpasswd` writes without -B (Apache MD5): refused, since only bcrypt is checked
+    await writeFile(htpasswd, `${htpasswdLine('alice', 'wonderland')}\nbob:$apr1$x6Ywqh3a$0T6pCNahvQRq8v2LqlF8x.\n`);
+    const file = await configFile('md5.yaml', { htpasswd });
+    const result = await runCommand(process.execPath, [path.join(ROOT, 'bin/regmirror.ts'), 'mirror', '--config', file], { cwd: ROOT, timeoutMs: 30_000 });
+    assert.equal(result.code, 2);
+    assert.match(result.stderr, /auth\.htpasswd: .*line 2 .*bcrypt/);
   });
 
   test('with allowAnonymousWithCredentials: true it starts and serves without client auth', async () => {
