@@ -179,3 +179,16 @@ test('turning node configuration off keeps an existing agent in remove mode and 
   await reconciler.reconcile('registry-cache/hub');
   assert.equal(server.all('DaemonSet')[0]!.metadata!.annotations![MODE_ANNOTATION], 'remove');
 });
+
+test('a refused apply fails the reconcile (for a retry) and says why in a Warning Event', async () => {
+  const { server, reconciler } = setup();
+  const apply = server.apply.bind(server);
+  server.apply = async (object, subresource) => {
+    if (object.kind === 'Deployment') throw new Error('Deployment.apps "regmirror-hub" is invalid: admission webhook said no');
+    return apply(object, subresource);
+  };
+  await assert.rejects(reconciler.reconcile('registry-cache/hub'), /admission webhook said no/);
+  const event = server.all('Event').find((e) => e.reason === 'ApplyFailed');
+  assert.equal(event?.type, 'Warning');
+  assert.match(String(event?.message), /admission webhook said no/);
+});

@@ -69,36 +69,30 @@ export class Reconciler {
     const gathered = await this.gatherInputs(mirror, 'apply');
     if (gathered.problem) {
       // Keep what runs now: a config without its credentials would only break pulls that work.
-      const service = await this.options.api.find<Applied>('v1', 'Service', namespace, names(mirror).service);
+      const { api } = this.options;
+      const n = names(mirror);
+      const service = await api.find<Applied>('v1', 'Service', namespace, n.service);
+      const daemonSet = await api.find<Applied>('apps/v1', 'DaemonSet', namespace, n.daemonSet);
       await this.writeStatus(mirror, {
         problem: gathered.problem,
         endpoint: service?.spec?.clusterIP ? endpoint(mirror, String(service.spec.clusterIP)) : undefined,
         wantedReplicas: mirror.spec.replicas,
+        daemonSet: daemonSet ? daemonSetStatus(daemonSet) : undefined,
+        nodeAgentMode: daemonSet ? modeOf(daemonSet) : undefined,
         nodeConfigEnabled: mirror.spec.nodeConfig.enabled,
         deleting: false,
       });
       return {};
     }
-    const inputs = gathered.inputs;
-    const { api } = this.options;
-    await api.apply(desiredConfigMap(inputs));
-    await api.apply(desiredSecret(inputs));
-    const pvc = await api.apply<Applied>(desiredPersistentVolumeClaim(inputs));
-    const service = await api.apply<Applied>(desiredService(inputs));
-    const clusterIP = service.spec?.clusterIP as string | undefined;
-    const deployment = await api.apply<Applied>(desiredDeployment(inputs));
-
-    let daemonSet: Applied | undefined;
-    if (clusterIP && clusterIP !== 'None') {
-      inputs.serviceIP = clusterIP;
-      if (mirror.spec.nodeConfig.enabled) {
-        daemonSet = await api.apply<Applied>(desiredDaemonSet(inputs));
-      } else {
-        // Turned off: an existing agent takes the configuration away and stays to keep it away.
-        const existing = await api.find<Applied>('apps/v1', 'DaemonSet', namespace, names(mirror).daemonSet);
-        if (existing) daemonSet = await api.apply<Applied>(desiredDaemonSet({ ...inputs, nodeAgentMode: 'remove' }));
-      }
+    let applied;
+    try {
+      applied = await this.applyAll(gathered.inputs);
+    } catch (error) {
+      // Said on the object too, where `kubectl describe` shows it; repeats only bump the count.
+      await this.options.events.record(mirror, 'Warning', 'ApplyFailed', (error as Error).message.slice(0, 1024));
+      throw error;
     }
+    const { pvc, clusterIP, deployment, daemonSet } = applied;
 
     await this.writeStatus(mirror, {
       endpoint: clusterIP ? endpoint(mirror, clusterIP) : undefined,
@@ -111,6 +105,30 @@ export class Reconciler {
       deleting: false,
     });
     return {};
+  }
+
+  /** Applies every owned object in dependency order; the Service's ClusterIP feeds the DaemonSet. */
+  private async applyAll(inputs: DesiredInputs) {
+    const { api } = this.options;
+    const { mirror } = inputs;
+    await api.apply(desiredConfigMap(inputs));
+    await api.apply(desiredSecret(inputs));
+    const pvc = await api.apply<Applied>(desiredPersistentVolumeClaim(inputs));
+    const service = await api.apply<Applied>(desiredService(inputs));
+    const clusterIP = service.spec?.clusterIP as string | undefined;
+    const deployment = await api.apply<Applied>(desiredDeployment(inputs));
+    let daemonSet: Applied | undefined;
+    if (clusterIP && clusterIP !== 'None') {
+      const withIP = { ...inputs, serviceIP: clusterIP };
+      if (mirror.spec.nodeConfig.enabled) {
+        daemonSet = await api.apply<Applied>(desiredDaemonSet(withIP));
+      } else {
+        // Turned off: an existing agent takes the configuration away and stays to keep it away.
+        const existing = await api.find<Applied>('apps/v1', 'DaemonSet', mirror.metadata.namespace, names(mirror).daemonSet);
+        if (existing) daemonSet = await api.apply<Applied>(desiredDaemonSet({ ...withIP, nodeAgentMode: 'remove' }));
+      }
+    }
+    return { pvc, clusterIP, deployment, daemonSet };
   }
 
   /** Reads the referenced Secrets into builder inputs, or names the first problem with them. */
