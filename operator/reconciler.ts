@@ -158,7 +158,7 @@ export class Reconciler {
     const inputs: DesiredInputs = {
       mirror,
       image: spec.image ?? this.options.mirrorImage,
-      nodeAgentImage: this.options.mirrorImage,
+      nodeAgentImage: spec.image ?? this.options.mirrorImage,
       upstreamCredentials,
       nodeAgentMode: mode,
     };
@@ -205,7 +205,7 @@ export class Reconciler {
       const inputs: DesiredInputs = gathered.inputs ?? {
         mirror,
         image: mirror.spec.image ?? this.options.mirrorImage,
-        nodeAgentImage: this.options.mirrorImage,
+        nodeAgentImage: mirror.spec.image ?? this.options.mirrorImage,
         upstreamCredentials: new Map(),
         nodeAgentMode: 'remove',
       };

@@ -69,7 +69,7 @@ export interface DesiredInputs {
   mirror: RegistryMirror;
   /** The mirror image (spec.image, else the operator's --mirror-image). */
   image: string;
-  /** The node agent image; the same image runs every program. */
+  /** The node agent image: the same image runs every program, so spec.image applies here too. */
   nodeAgentImage: string;
   /** Upstream credentials by registry, already normalised from the referenced Secrets. */
   upstreamCredentials: Map<string, Credentials>;
