@@ -152,7 +152,8 @@ async function buildKubeBinaries(goVersion: string): Promise<void> {
   const goPackages = KUBE_BINARIES.map((binary) => GO_PACKAGES[binary]);
   const started = Date.now();
   say(`building kube-apiserver and kube-controller-manager ${kubernetes} and etcd ${etcd} with ${goVersion}`);
-  say(`into ${dir}; a first build takes about 15-20 minutes on 2 cores, later runs reuse it`);
+  say(`into ${dir}; a first build takes about 17 CPU-minutes (15-30 minutes on 2 cores), later runs reuse it`);
+  say('resolving Go modules (a fresh machine downloads about 700 MB into the Go module cache)');
   const total = countPackages(goPackages);
   const args = ['build', '-v', '-trimpath', `-ldflags=-s -w ${versionLdflags(kubernetes).join(' ')}`, '-o', `${partial}/`, ...goPackages];
   const child = spawn('go', args, {
