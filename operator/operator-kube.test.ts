@@ -323,6 +323,32 @@ describe('operator against a real kube-apiserver', { skip }, () => {
     assert.ok(!condition.message.includes('opaque-pass'));
   });
 
+  it('with auth on, the mirror checks htpasswd with the nodes\' own entry added, kept stable across reconciles', async () => {
+    await mustKubectl(['create', 'secret', 'generic', 'mirror-users', '-n', NS, '--from-literal=htpasswd=bob:$2y$05$0123456789012345678901uGbpYAK2ZqLvbEFxa7xW1hMyoXvsT3q']);
+    await applyMirror('locked', {
+      upstreams: [{ registry: 'docker.io', credentialsSecretRef: { name: 'hub-credentials' } }],
+      auth: { htpasswdSecretRef: { name: 'mirror-users' } },
+    });
+    const secret = await eventually('the owned Secret with node credentials', async () => {
+      const s = await owned('v1', 'Secret', 'regmirror-locked');
+      return s?.data?.['node-password'] ? s : undefined;
+    });
+    const htpasswd = Buffer.from(secret.data!.htpasswd!, 'base64').toString();
+    assert.match(htpasswd, /^bob:\$2y\$05\$.*\nregmirror-node:\$2[aby]\$10\$/s);
+    const config = parse((await owned('v1', 'ConfigMap', 'regmirror-locked'))!.data!['config.yaml']!);
+    assert.deepEqual(config.auth, { htpasswd: '/run/secrets/regmirror/htpasswd' });
+    const daemonSet = (await owned('apps/v1', 'DaemonSet', 'regmirror-locked-node'))!;
+    const env: { name: string; valueFrom?: { secretKeyRef?: { name: string; key: string } } }[] = daemonSet.spec.template.spec.containers[0].env;
+    assert.deepEqual(env.find((e) => e.name === 'REGMIRROR_MIRROR_PASSWORD')?.valueFrom?.secretKeyRef, { name: 'regmirror-locked', key: 'node-password' });
+    // Another reconcile (a label change triggers one) makes no new password and no new checksum.
+    const checksum = (await owned('apps/v1', 'Deployment', 'regmirror-locked'))!.spec.template.metadata.annotations[CHECKSUM_ANNOTATION];
+    await mustKubectl(['label', 'rmir', 'locked', '-n', NS, 'touched=yes']);
+    await sleep(2_000);
+    assert.equal((await owned('v1', 'Secret', 'regmirror-locked'))!.data!['node-password'], secret.data!['node-password']);
+    assert.equal((await owned('apps/v1', 'Deployment', 'regmirror-locked'))!.spec.template.metadata.annotations[CHECKSUM_ANNOTATION], checksum);
+    assert.ok(!operator.logs().includes(Buffer.from(secret.data!['node-password']!, 'base64').toString()), 'the node password is never logged');
+  });
+
   it('deleting a RegistryMirror takes the configuration off the nodes first, then lets the objects go', async () => {
     await mustKubectl(['delete', 'rmir', 'hub', '-n', NS, '--wait=false']);
     const daemonSet = await eventually('the node agent in remove mode', async () => {
