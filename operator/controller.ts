@@ -206,7 +206,9 @@ export class Controller {
       if (key === undefined) return;
       const end = metrics.duration.startTimer();
       try {
+        const started = performance.now();
         const result = await this.reconciler.reconcile(key);
+        logger.debug({ mirror: key, ms: Math.round(performance.now() - started), requeueAfterMs: result.requeueAfterMs }, 'reconciled');
         this.queue.forget(key);
         if (result.requeueAfterMs !== undefined) {
           this.queue.addAfter(key, result.requeueAfterMs);

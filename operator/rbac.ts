@@ -14,7 +14,7 @@ export const OPERATOR_NAME = 'regmirror-operator';
 /** Rules over RegistryMirrors and the objects they own (server-side apply creates and patches). */
 export const OPERATOR_RULES: PolicyRule[] = [
   { apiGroups: [GROUP], resources: [PLURAL], verbs: ['get', 'list', 'watch', 'patch'] },
-  { apiGroups: [GROUP], resources: [`${PLURAL}/status`], verbs: ['get', 'patch'] },
+  { apiGroups: [GROUP], resources: [`${PLURAL}/status`], verbs: ['patch'] },
   // Owner references with blockOwnerDeletion need this where OwnerReferencesPermissionEnforcement runs.
   { apiGroups: [GROUP], resources: [`${PLURAL}/finalizers`], verbs: ['update'] },
   // Secrets: read the ones a RegistryMirror references, write the one it owns.
