@@ -13,6 +13,12 @@ export const REALM = 'regmirror';
 /** bcrypt (cost 10, as htpasswd -B) of random bytes nobody kept: compared against for users that do not exist. */
 const UNKNOWN_USER_HASH = '$2b$10$GDn4/494Yu5KOg3TiGINbOwx7tRSgtEF0o.rn7vg90HZ16IdulGKy';
 
+/** Where reloads are reported (the mirror's logger). */
+export interface AuthLog {
+  info(fields: object, message: string): void;
+  error(fields: object, message: string): void;
+}
+
 export class HtpasswdAuth {
   private readonly file: string;
   private users = new Map<string, string>();
@@ -21,23 +27,30 @@ export class HtpasswdAuth {
   private checkedFileAt = 0;
   private readonly verified = new Map<string, number>();
   private readonly now: () => number;
+  private readonly log: AuthLog | undefined;
 
-  constructor(file: string, options: { configSource: string; now?: () => number }) {
+  constructor(file: string, options: { configSource: string; now?: () => number; logger?: AuthLog }) {
     this.file = file;
     this.now = options.now ?? Date.now;
+    this.log = options.logger;
+    let loaded: { users: Map<string, string>; identity: string };
     try {
-      this.load();
+      loaded = this.read();
     } catch (error) {
       throw new ConfigError(options.configSource, 'auth.htpasswd', (error as Error).message);
     }
-    if (this.users.size === 0) throw new ConfigError(options.configSource, 'auth.htpasswd', `${file} has no bcrypt entries (create one with: htpasswd -B -n USER)`);
+    this.users = loaded.users;
+    this.identity = loaded.identity;
   }
 
-  private load(): void {
+  /** Parses the file; throws when it cannot be read, has a line that is not bcrypt, or has no users. */
+  private read(): { users: Map<string, string>; identity: string } {
     let text: string;
+    let identity: string;
     try {
+      // identity first: a file replaced between the two calls is then read again at the next check
+      identity = fileIdentity(this.file);
       text = readFileSync(this.file, 'utf8');
-      this.identity = fileIdentity(this.file);
     } catch (error) {
       throw new Error(`cannot read ${this.file}: ${(error as NodeJS.ErrnoException).code ?? 'error'}`);
     }
@@ -50,18 +63,31 @@ export class HtpasswdAuth {
       if (colon <= 0 || !/^\$2[aby]\$\d\d\$/.test(hash)) throw new Error(`${this.file} line ${index + 1} is not user:bcrypt-hash (only bcrypt entries are accepted)`);
       users.set(line.slice(0, colon), hash);
     }
-    this.users = users;
-    this.verified.clear();
+    if (users.size === 0) throw new Error(`${this.file} has no bcrypt entries (create one with: htpasswd -B -n USER)`);
+    return { users, identity };
   }
 
   private reloadIfChanged(): void {
     const now = this.now();
     if (now - this.checkedFileAt < RECHECK_FILE_MS) return;
     this.checkedFileAt = now;
+    let identity: string;
     try {
-      if (fileIdentity(this.file) !== this.identity) this.load();
+      identity = fileIdentity(this.file);
     } catch {
-      // Keep the users we have while the file is being replaced.
+      return; // being replaced: keep the users we have and look again at the next check
+    }
+    if (identity === this.identity) return;
+    try {
+      const loaded = this.read();
+      this.users = loaded.users;
+      this.identity = loaded.identity;
+      this.verified.clear();
+      this.log?.info({ file: this.file, users: loaded.users.size }, 'htpasswd file reloaded');
+    } catch (error) {
+      // A broken or empty update must not lock every client (and every node) out: keep the old users.
+      this.identity = identity;
+      this.log?.error({ err: error, file: this.file }, 'htpasswd file changed but cannot be used; keeping the previous users');
     }
   }
 
@@ -77,11 +103,13 @@ export class HtpasswdAuth {
     const user = colon > 0 ? decoded.slice(0, colon) : '';
     const until = this.verified.get(key);
     if (until && until > this.now()) return user;
-    const hash = this.users.get(user);
+    const users = this.users;
+    const hash = users.get(user);
     // An unknown user costs a bcrypt comparison too, so response times do not tell which users exist.
     const matches = await bcrypt.compare(decoded.slice(colon + 1), hash ?? UNKNOWN_USER_HASH);
     if (!hash || !matches) throw unauthorized('invalid username or password');
-    this.verified.set(key, this.now() + REMEMBER_MS);
+    // not remembered when the file was reloaded while bcrypt ran: the user may have been removed
+    if (users === this.users) this.verified.set(key, this.now() + REMEMBER_MS);
     return user;
   }
 }
