@@ -6,6 +6,7 @@ import assert from 'node:assert/strict';
 import { mkdir, rename, rm, symlink, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import bcrypt from 'bcryptjs';
+import { HtpasswdAuth } from './auth.ts';
 import { stringify } from 'yaml';
 import { startContainerd } from '../test/harness/containerd.ts';
 import { startDockerd } from '../test/harness/dockerd.ts';
@@ -169,6 +170,33 @@ test('a Kubernetes Secret rotation of the htpasswd file (..data symlink swap) is
     await mirror.stop();
     await hub.stop();
   }
+});
+
+test('a broken or empty htpasswd update keeps the previous users, and both the failure and the next good reload are logged', async () => {
+  const dir = await makeTempDir('htpasswd-broken');
+  const file = path.join(dir, 'htpasswd');
+  await writeFile(file, `${htpasswdLine('alice', 'wonderland')}\n`);
+  let clock = 0;
+  const logged: { level: string; message: string }[] = [];
+  const logger = { info: (_fields: object, message: string) => logged.push({ level: 'info', message }), error: (_fields: object, message: string) => logged.push({ level: 'error', message }) };
+  const auth = new HtpasswdAuth(file, { configSource: 'test', now: () => clock, logger });
+  const alice = basic('alice', 'wonderland');
+  assert.equal(await auth.check(alice), 'alice');
+
+  for (const broken of ['alice:{SHA}W6ph5Mm5Pz8GgiULbPgzG37mj9g=\n', '', '# nobody\n']) {
+    await writeFile(`${file}.new`, broken);
+    await rename(`${file}.new`, file);
+    clock += 10_000;
+    assert.equal(await auth.check(alice), 'alice', `still alice after ${JSON.stringify(broken)}`);
+    assert.equal(logged.at(-1)?.level, 'error');
+    assert.match(logged.at(-1)!.message, /keeping the previous users/);
+  }
+  await writeFile(`${file}.new`, `${htpasswdLine('bob', 'builder')}\n`);
+  await rename(`${file}.new`, file);
+  clock += 10_000;
+  assert.equal(await auth.check(basic('bob', 'builder')), 'bob');
+  await assert.rejects(auth.check(alice), (error: Error & { status?: number }) => error.status === 401);
+  assert.deepEqual(logged.at(-1), { level: 'info', message: 'htpasswd file reloaded' });
 });
 
 describe('regmirror mirror --config: auth checks at start (an upstream with credentials)', () => {
