@@ -78,6 +78,14 @@ test('every mistake names the file and the key', () => {
   assert.throws(() => loadConfigFile(path.join(dir, 'missing.yaml')), /missing\.yaml: \(file\): cannot read: ENOENT/);
 });
 
+test('upstream credentials can both come from files (mounted Secret keys)', () => {
+  const username = file('username', 'alice\n');
+  const password = file('password2', 'hunter2');
+  const config = loadConfigFile(file('files.yaml', `storage: {path: x}\nupstreams: [{registry: docker.io, url: "https://x", credentials: {usernameFile: ${username}, passwordFile: ${password}}}]\nauth: {allowAnonymousWithCredentials: true}\n`));
+  assert.deepEqual(config.upstreams[0]!.credentials, { username: 'alice', password: 'hunter2' });
+  assert.throws(() => loadConfigFile(file('both.yaml', `storage: {path: x}\nupstreams: [{registry: docker.io, url: "https://x", credentials: {username: a, usernameFile: ${username}, password: b}}]\nauth: {allowAnonymousWithCredentials: true}\n`)), /upstreams\[0\]\.credentials: set username or usernameFile, not both/);
+});
+
 test('a password never appears in a configuration error', () => {
   const text = 'storage: {path: x}\nupstreams: [{registry: docker.io, url: "https://x", credentials: {username: a, password: topsecret, passwordFile: /x}}]\nauth: {allowAnonymousWithCredentials: true}\n';
   assert.throws(() => loadConfigFile(file('secret.yaml', text)), (error: Error) => !error.message.includes('topsecret') && /password or passwordFile, not both/.test(error.message));

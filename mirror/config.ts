@@ -14,7 +14,7 @@ import type { LevelWithSilent } from 'pino';
 const Str = Type.String({ minLength: 1 });
 
 const CredentialsSchema = Type.Object(
-  { username: Str, password: Type.Optional(Str), passwordFile: Type.Optional(Str) },
+  { username: Type.Optional(Str), usernameFile: Type.Optional(Str), password: Type.Optional(Str), passwordFile: Type.Optional(Str) },
   { additionalProperties: false },
 );
 
@@ -196,20 +196,25 @@ function defaultPlatform(): string {
   return `linux/${arch}`;
 }
 
-function resolveCredentials(source: string, key: string, credentials: NonNullable<MirrorConfigFile['upstreams']>[number]['credentials'] & object) {
-  if (credentials.password !== undefined && credentials.passwordFile !== undefined) throw new ConfigError(source, key, 'set password or passwordFile, not both');
-  if (credentials.passwordFile !== undefined) {
-    let password: string;
-    try {
-      password = readFileSync(credentials.passwordFile, 'utf8').replace(/\r?\n$/, '');
-    } catch (error) {
-      throw new ConfigError(source, `${key}.passwordFile`, `cannot read ${credentials.passwordFile}: ${(error as NodeJS.ErrnoException).code ?? 'error'}`);
+function resolveCredentials(source: string, key: string, credentials: NonNullable<NonNullable<MirrorConfigFile['upstreams']>[number]['credentials']>) {
+  const fromFileOrInline = (field: 'username' | 'password'): string => {
+    const inline = credentials[field];
+    const file = credentials[`${field}File`];
+    if (inline !== undefined && file !== undefined) throw new ConfigError(source, key, `set ${field} or ${field}File, not both`);
+    if (file === undefined) {
+      if (inline === undefined) throw new ConfigError(source, key, `needs ${field} or ${field}File`);
+      return inline;
     }
-    if (!password) throw new ConfigError(source, `${key}.passwordFile`, `${credentials.passwordFile} is empty`);
-    return { username: credentials.username, password };
-  }
-  if (credentials.password === undefined) throw new ConfigError(source, key, 'needs password or passwordFile');
-  return { username: credentials.username, password: credentials.password };
+    let value: string;
+    try {
+      value = readFileSync(file, 'utf8').replace(/\r?\n$/, '');
+    } catch (error) {
+      throw new ConfigError(source, `${key}.${field}File`, `cannot read ${file}: ${(error as NodeJS.ErrnoException).code ?? 'error'}`);
+    }
+    if (!value) throw new ConfigError(source, `${key}.${field}File`, `${file} is empty`);
+    return value;
+  };
+  return { username: fromFileOrInline('username'), password: fromFileOrInline('password') };
 }
 
 function parseListen(source: string, listen: string): { host: string; port: number } {

@@ -49,13 +49,14 @@ test('the ConfigMap holds a mirror config file that the mirror itself accepts', 
   assert.deepEqual(config.storage, { path: PATHS.storage, maxSize: '45Gi', ttl: '168h' });
   assert.deepEqual(config.upstreams[0], {
     registry: 'docker.io', url: 'https://registry-1.docker.io', tagTTL: '1m',
-    credentials: { username: 'alice', passwordFile: `${PATHS.secretsDir}/upstream-0-password` },
+    credentials: { usernameFile: `${PATHS.secretsDir}/upstream-0-username`, passwordFile: `${PATHS.secretsDir}/upstream-0-password` },
   });
   assert.deepEqual(config.upstreams[1], { registry: 'ghcr.io', url: 'https://ghcr.io' });
   assert.equal(config.default, 'docker.io');
   assert.deepEqual(config.auth, { htpasswd: `${PATHS.secretsDir}/htpasswd` });
   assert.deepEqual(config.prefetch, ['docker.io/library/nginx:1.27']);
   assert.ok(!text.includes('s3cret-pass') && !text.includes('node-pass-123'), 'no password in the ConfigMap');
+  assert.ok(!text.includes('alice'), 'no upstream username in the ConfigMap either');
   // The mirror's own schema takes the file (its password files exist only in the pod).
   assert.deepEqual([...Value.Errors(MirrorConfigFileSchema, config)], []);
   const plain = parse(desiredConfigMap(inputsFixture()).data[CONFIG_KEY]);

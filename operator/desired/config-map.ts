@@ -22,8 +22,9 @@ export function mirrorConfig(inputs: DesiredInputs): Record<string, unknown> {
       if (upstream.tagTTL) out.tagTTL = upstream.tagTTL;
       const credentials = inputs.upstreamCredentials.get(upstream.registry);
       if (upstream.credentialsSecretRef && credentials) {
-        // The mirror contract takes the username inline; it is an account name, not a secret.
-        out.credentials = { username: credentials.username, passwordFile: `${PATHS.secretsDir}/${upstreamSecretKeys(index).password}` };
+        // Both come from the mounted Secret: no part of a credential goes into a ConfigMap.
+        const keys = upstreamSecretKeys(index);
+        out.credentials = { usernameFile: `${PATHS.secretsDir}/${keys.username}`, passwordFile: `${PATHS.secretsDir}/${keys.password}` };
       }
       return out;
     }),
