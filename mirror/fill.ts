@@ -10,6 +10,8 @@ import { Readable } from 'node:stream';
 import type { Digest } from './reference.ts';
 
 const READ_CHUNK = 1 << 20;
+/** The newest bytes written stay in memory too: readers keeping up with the writer take them from here, not the file. */
+const MEMORY_WINDOW = 8 << 20;
 
 export class DigestMismatchError extends Error {
   constructor(expected: string, actual: string) {
@@ -43,6 +45,9 @@ export class BlobFill extends EventEmitter {
   private handle: FileHandle | undefined;
   private readers = 0;
   private finished = false;
+  /** The last MEMORY_WINDOW bytes or so, as written, oldest first. */
+  private recent: { start: number; bytes: Uint8Array }[] = [];
+  private recentBytes = 0;
 
   constructor(digest: Digest, temporaryPath: string) {
     super();
@@ -65,6 +70,7 @@ export class BlobFill extends EventEmitter {
         if (this.size !== undefined && this.written + chunk.byteLength > this.size) throw new SizeMismatchError(this.size, this.written + chunk.byteLength);
         this.hash.update(chunk);
         await this.handle.write(chunk, 0, chunk.byteLength, this.written);
+        this.remember(chunk);
         this.written += chunk.byteLength;
         this.emit('progress');
       }
@@ -118,6 +124,15 @@ export class BlobFill extends EventEmitter {
             }
             if (fill.failure) throw fill.failure;
             const available = fill.available();
+            if (position < available) {
+              const length = Math.min(available - position, READ_CHUNK, last - position + 1);
+              const inMemory = fill.fromMemory(position, length);
+              if (inMemory) {
+                position += inMemory.length;
+                this.push(inMemory);
+                return;
+              }
+            }
             if (position < available && fill.handle) {
               const length = Math.min(available - position, READ_CHUNK, last - position + 1);
               const buffer = Buffer.allocUnsafe(length);
@@ -141,7 +156,32 @@ export class BlobFill extends EventEmitter {
     return stream;
   }
 
+  /** Keeps a written chunk (at offset `written`) in the window, dropping the oldest beyond it. */
+  private remember(chunk: Uint8Array): void {
+    this.recent.push({ start: this.written, bytes: chunk });
+    this.recentBytes += chunk.byteLength;
+    while (this.recent.length > 1 && this.recentBytes - this.recent[0]!.bytes.byteLength >= MEMORY_WINDOW) {
+      this.recentBytes -= this.recent.shift()!.bytes.byteLength;
+    }
+  }
+
+  /** Up to `length` bytes at `position` without copying, when the window still holds them. */
+  private fromMemory(position: number, length: number): Buffer | undefined {
+    for (let i = this.recent.length - 1; i >= 0; i--) {
+      const entry = this.recent[i]!;
+      if (position < entry.start) continue;
+      const offset = position - entry.start;
+      if (offset >= entry.bytes.byteLength) return undefined;
+      return Buffer.from(entry.bytes.buffer, entry.bytes.byteOffset + offset, Math.min(length, entry.bytes.byteLength - offset));
+    }
+    return undefined;
+  }
+
   private async closeIfIdle(): Promise<void> {
+    if (this.finished && this.readers === 0) {
+      this.recent = [];
+      this.recentBytes = 0;
+    }
     if (this.finished && this.readers === 0 && this.handle) {
       const handle = this.handle;
       this.handle = undefined;
