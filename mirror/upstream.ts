@@ -105,20 +105,7 @@ export class UpstreamClient {
     let url = target;
     let currentHeaders = headers;
     for (let hop = 0; hop <= MAX_REDIRECTS; hop++) {
-      const started = performance.now();
-      let response: Dispatcher.ResponseData;
-      try {
-        response = await request(url, {
-          method: method as Dispatcher.HttpMethod,
-          headers: currentHeaders,
-          dispatcher: this.dispatcher,
-          ...(headersTimeoutMs ? { headersTimeout: headersTimeoutMs } : {}),
-        });
-      } catch (error) {
-        this.observer.onResponse?.(this.registry, method, 'error', (performance.now() - started) / 1000);
-        throw error;
-      }
-      this.observer.onResponse?.(this.registry, method, response.statusCode, (performance.now() - started) / 1000);
+      const response = await this.request(url, method, currentHeaders, headersTimeoutMs);
       const remaining = parseRateLimit(response.headers['ratelimit-remaining']);
       if (remaining !== undefined) this.observer.onRateLimit?.(this.registry, remaining);
       const location = response.headers.location;
@@ -135,6 +122,31 @@ export class UpstreamClient {
       return { status: response.statusCode, headers: response.headers, body: response.body };
     }
     throw new Error(`more than ${MAX_REDIRECTS} redirects from ${target.href}`);
+  }
+
+  /**
+   * One exchange. A connection dropped before any answer (most often a pooled keep-alive
+   * connection the upstream had just closed) is tried once more on a new one: GET and HEAD are
+   * safe to repeat, and the client then never sees a blip. Timeouts are not repeated.
+   */
+  private async request(url: URL, method: string, headers: Record<string, string>, headersTimeoutMs: number | undefined): Promise<Dispatcher.ResponseData> {
+    for (let attempt = 0; ; attempt++) {
+      const started = performance.now();
+      try {
+        const response = await request(url, {
+          method: method as Dispatcher.HttpMethod,
+          headers,
+          dispatcher: this.dispatcher,
+          ...(headersTimeoutMs ? { headersTimeout: headersTimeoutMs } : {}),
+        });
+        this.observer.onResponse?.(this.registry, method, response.statusCode, (performance.now() - started) / 1000);
+        return response;
+      } catch (error) {
+        this.observer.onResponse?.(this.registry, method, 'error', (performance.now() - started) / 1000);
+        if (attempt > 0 || !isConnectionDrop(error)) throw error;
+        this.logger.debug({ url: url.pathname, err: error }, 'upstream dropped the connection before answering; trying once more');
+      }
+    }
   }
 
   private async authorizationFor(scope: string, afterChallenge: boolean): Promise<string | undefined> {
@@ -208,6 +220,13 @@ export function parseChallenge(header: string | undefined): Challenge | undefine
   const pair = /([A-Za-z_]+)\s*=\s*(?:"((?:[^"\\]|\\.)*)"|([^,\s]*))/g;
   for (const part of match[2]!.matchAll(pair)) params[part[1]!.toLowerCase()] = part[2] !== undefined ? part[2].replace(/\\(.)/g, '$1') : part[3]!;
   return { scheme: match[1]!.toLowerCase() as Challenge['scheme'], params };
+}
+
+const CONNECTION_DROPS = new Set(['UND_ERR_SOCKET', 'ECONNRESET', 'EPIPE']);
+
+function isConnectionDrop(error: unknown): boolean {
+  const err = error as { code?: string; cause?: { code?: string } };
+  return CONNECTION_DROPS.has(err.code ?? '') || CONNECTION_DROPS.has(err.cause?.code ?? '');
 }
 
 /** Docker Hub sends `ratelimit-remaining: 76;w=21600`. */
