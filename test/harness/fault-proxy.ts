@@ -203,7 +203,6 @@ export async function startFaultProxy(opts: StartFaultProxyOptions): Promise<Fau
             const part = chunk.subarray(0, left);
             left -= part.length;
             this.push(part);
-            if (left <= 0) setImmediate(() => req.socket.destroy());
             done();
           },
         }),
@@ -226,6 +225,9 @@ export async function startFaultProxy(opts: StartFaultProxyOptions): Promise<Fau
     }
     try {
       await pipeline([upstreamRes, ...stages, res]);
+      // cut only once the bytes before the cut have reached the client: destroying the socket right
+      // after the transform could drop them still buffered, headers included, which is a reset instead
+      if (entry.fault === 'truncate') req.socket.destroy();
     } catch {
       // the client went away or the connection was cut on purpose
       upstreamRes.destroy();
