@@ -119,17 +119,34 @@ describe('upstream faults during a fill', () => {
     }
   });
 
-  test('an upstream that resets connections gets 502 UNAVAILABLE, and the next request succeeds', async () => {
+  test('one connection the upstream drops before answering is tried again, and the client never notices', async () => {
     const mirror = await startTestMirror({ upstreams: [{ registry: 'docker.io', url: proxy.url }] });
     const agent = new http.Agent({ keepAlive: true });
     try {
-      const reset = proxy.addRule({ reset: true, times: 2 });
+      proxy.resetRequests();
+      const reset = proxy.addRule({ path: /\/manifests\//, reset: true, times: 1 });
+      const manifest = await get(`${mirror.url}/v2/library/app/manifests/v1`, agent, { accept: ACCEPT });
+      assert.equal(manifest.status, 200);
+      assert.equal(sha256(manifest.body), image.manifestDigest);
+      assert.equal(reset.hits(), 1);
+      assert.equal(proxy.countRequests({ method: 'GET', path: /\/manifests\/v1$/ }), 2, 'the dropped request and its one retry');
+    } finally {
+      agent.destroy();
+      await mirror.stop();
+    }
+  });
+
+  test('an upstream that keeps resetting connections gets 502 UNAVAILABLE, and the next request succeeds', async () => {
+    const mirror = await startTestMirror({ upstreams: [{ registry: 'docker.io', url: proxy.url }] });
+    const agent = new http.Agent({ keepAlive: true });
+    try {
+      const reset = proxy.addRule({ reset: true, times: 4 }); // each request and its one retry
       const manifest = await get(`${mirror.url}/v2/library/app/manifests/v1`, agent, { accept: ACCEPT });
       assert.equal(manifest.status, 502);
       assert.equal(JSON.parse(manifest.body.toString()).errors[0].code, 'UNAVAILABLE');
       const blob = await get(`${mirror.url}/v2/library/app/blobs/${image.configDigest}`, agent);
       assert.equal(blob.status, 502);
-      assert.equal(reset.hits(), 2);
+      assert.equal(reset.hits(), 4);
       const recovered = await get(`${mirror.url}/v2/library/app/manifests/v1`, agent, { accept: ACCEPT });
       assert.equal(recovered.status, 200);
       assert.equal(sha256(recovered.body), image.manifestDigest);
