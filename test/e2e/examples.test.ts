@@ -1,6 +1,6 @@
 // Every RegistryMirror in examples/ is accepted by a real kube-apiserver with the CRD installed
 // (server-side dry run: OpenAPI schema, defaults and CEL rules), and a broken one is refused, so
-// the acceptance means something.
+// the acceptance means something. The plain install (deploy/regmirror.yaml) is dry-run too.
 import { after, before, test } from 'node:test';
 import assert from 'node:assert/strict';
 import { readdirSync, readFileSync } from 'node:fs';
@@ -53,6 +53,15 @@ for (const file of examples) {
     assert.match(out, /registrymirror\.regmirror\.dev\/\S+ created \(server dry run\)/);
   });
 }
+
+test('kube-apiserver accepts the plain install, deploy/regmirror.yaml (kubectl apply --server-side --dry-run=server)', { skip }, async () => {
+  // The namespace the file creates must exist for a dry run of the objects in it.
+  await kubectl(['create', 'namespace', 'regmirror-system']);
+  const out = await kubectl(['apply', '--server-side', '--dry-run=server', '-f', path.join(REPO_ROOT, 'deploy', 'regmirror.yaml')]);
+  for (const object of ['deployment.apps/regmirror-operator', 'clusterrole.rbac.authorization.k8s.io/regmirror-operator', 'serviceaccount/regmirror-operator']) {
+    assert.match(out, new RegExp(`${object.replaceAll('.', '\\.')} serverside-applied \\(server dry run\\)`), out);
+  }
+});
 
 test('kube-apiserver refuses a RegistryMirror that breaks the CRD\'s rules, so acceptance is meaningful', { skip }, async () => {
   const broken = readFileSync(path.join(EXAMPLES_DIR, 'minimal.yaml'), 'utf8')
