@@ -5,7 +5,7 @@ import { after, before, describe, test } from 'node:test';
 import assert from 'node:assert/strict';
 import { execFileSync } from 'node:child_process';
 import { createHash } from 'node:crypto';
-import { readFileSync } from 'node:fs';
+import { readFileSync, readdirSync } from 'node:fs';
 import { mkdir, readdir } from 'node:fs/promises';
 import http from 'node:http';
 import net from 'node:net';
@@ -387,6 +387,57 @@ describe('load', () => {
     }
   });
 });
+
+const openFiles = (pid: number) => readdirSync(`/proc/${pid}/fd`).length;
+
+test('clients that give up mid-download, during fills and from the store, leak no file descriptors', async (t) => {
+  const hub = await startRegistry();
+  const img = await writeOciImage(await makeTempDir('abort-image'), { tag: 'v1', seed: 'aborts', layerSizes: [1024 * 1024, 1024 * 1024, 1024 * 1024] });
+  await pushImage(img, hub.ref('library/app', 'v1'));
+  const proxy = await startFaultProxy({ target: hub.url });
+  proxy.addRule({ path: /\/blobs\//, bytesPerSecond: 2 * 1024 * 1024 }); // fills last about half a second
+  const mirror = await startMirrorProcess({ upstreams: [{ registry: 'docker.io', url: proxy.url }], logLevel: 'warn' });
+  const pid = mirror.process.pid;
+  try {
+    assert.equal((await httpRequest(`${mirror.url}/v2/`)).status, 200);
+    const baseline = openFiles(pid);
+    const digests = img.layers.map((l) => l.digest);
+    const giveUp = (digest: string, afterBytes: number) =>
+      new Promise<void>((resolve) => {
+        let received = 0;
+        const req = http.get(`${mirror.url}/v2/library/app/blobs/${digest}`, { agent: false, timeout: 20_000 }, (res) => {
+          res.on('data', (b: Buffer) => {
+            received += b.length;
+            if (received >= afterBytes) req.destroy();
+          });
+          res.on('end', resolve);
+        });
+        req.on('close', () => resolve());
+        req.on('error', () => resolve());
+      });
+    // two waves: the first while the blobs are being fetched, the second from the store
+    for (let wave = 0; wave < 2; wave++) {
+      await Promise.all(Array.from({ length: 30 }, (_, i) => giveUp(digests[i % digests.length]!, 1 + ((i * 37_123) % 700_000))));
+      await waitFor(async () => (await metricFrom(mirror.url, /^regmirror_inflight_fetches /)) === 0, { timeoutMs: 20_000, what: 'the fills to end' });
+    }
+    const fills = proxy.countRequests({ method: 'GET', path: /\/blobs\// });
+    t.diagnostic(`open files: ${baseline} before, ${openFiles(pid)} after 60 abandoned downloads (${fills} upstream blob GETs)`);
+    await waitFor(() => openFiles(pid) <= baseline + 8, { timeoutMs: 10_000, what: `open files back near ${baseline} (upstream keep-alive connections aside)` });
+    assert.deepEqual(await temporaryFiles(mirror.storagePath), []);
+    for (const digest of digests) assert.equal(sha256((await httpRequest(`${mirror.url}/v2/library/app/blobs/${digest}`)).body), digest);
+    assert.equal(mirror.process.exitStatus(), undefined);
+  } finally {
+    await mirror.process.stop();
+    await proxy.stop();
+    await hub.stop();
+  }
+});
+
+async function metricFrom(url: string, line: RegExp): Promise<number> {
+  const text = (await httpRequest(`${url}/metrics`)).body.toString();
+  const found = text.split('\n').find((l) => line.test(l));
+  return found ? Number(found.split(' ').pop()) : 0;
+}
 
 /** Sends raw bytes on a fresh connection and returns the status line's code (0 when none came back). */
 function rawExchange(port: number, payload: string | Buffer, opts: { halfOpen?: boolean } = {}): Promise<number> {
