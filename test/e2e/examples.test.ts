@@ -28,6 +28,7 @@ async function kubectl(args: string[], input?: string): Promise<string> {
 
 before(async () => {
   if (skip) return;
+  if (!availability.ok) throw new Error(`CI is set, so examples/ must be checked, but: ${availability.reason}`);
   kube = await startKubeEnv();
   await kubectl(['apply', '--server-side', '-f', CRD_FILE]);
   await kubectl(['wait', '--for=condition=Established', '--timeout=60s', 'crd/registrymirrors.regmirror.dev']);

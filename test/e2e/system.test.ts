@@ -92,6 +92,7 @@ async function eventually(what: string, check: () => Promise<boolean> | boolean,
 
 before(async () => {
   if (skip) return;
+  if (reason) throw new Error(`CI is set, so the whole-system test must run, but it needs ${reason}`);
   say('starting kube-apiserver + kube-controller-manager, dockerd, two upstream registries');
   const storageDriver = await dockerStorageDriver();
   [kube, dockerd, hub, ghcr] = await Promise.all([
