@@ -102,6 +102,68 @@ describe('SIGTERM', () => {
     }
   });
 
+  test('SIGTERM under load: every response either completes with the right bytes or is refused, never cut short', async (t) => {
+    // "Refused" includes a request sent on a kept-alive connection just as the mirror closed it
+    // idle: no byte of an answer came, and HTTP/1.1 clients (Go's, containerd's) send such a GET again.
+    const slow = proxy.addRule({ path: /\/blobs\//, bytesPerSecond: 4 * 1024 * 1024 });
+    const mirror = await startMirrorProcess({ upstreams: [{ registry: 'docker.io', url: proxy.url }], logLevel: 'warn' });
+    const agent = new http.Agent({ keepAlive: true, maxSockets: 40 });
+    const outcomes = { complete: 0, refused: 0, unavailable: 0, closedBeforeAnswer: 0 };
+    const problems: string[] = [];
+    try {
+      const blobs = [image.configDigest, ...image.layers.map((l) => l.digest)];
+      const stopping = (async () => {
+        await waitFor(() => outcomes.complete >= 20, { timeoutMs: 30_000, what: 'the load to be under way' });
+        mirror.process.signal('SIGTERM');
+      })();
+      const deadline = Date.now() + 60_000;
+      await Promise.all(
+        Array.from({ length: 40 }, async (_, client) => {
+          for (let round = 0; round < 200 && Date.now() < deadline; round++) {
+            const digest = blobs[(client + round) % blobs.length]!;
+            let answered = false;
+            const result = await new Promise<{ status: number; body: Buffer } | Error>((resolve) => {
+              const req = http.get(`${mirror.url}/v2/library/app/blobs/${digest}`, { agent, timeout: 30_000 }, (res) => {
+                answered = true;
+                const chunks: Buffer[] = [];
+                res.on('data', (b: Buffer) => chunks.push(b));
+                res.on('end', () => resolve({ status: res.statusCode ?? 0, body: Buffer.concat(chunks) }));
+                res.on('error', resolve);
+              });
+              req.on('timeout', () => req.destroy(new Error('timed out')));
+              req.on('error', resolve);
+            });
+            if (result instanceof Error) {
+              if ((result as NodeJS.ErrnoException).code === 'ECONNREFUSED') {
+                outcomes.refused++;
+                return; // the mirror is gone for this client
+              }
+              if (!answered && (result as NodeJS.ErrnoException).code === 'ECONNRESET') {
+                outcomes.closedBeforeAnswer++;
+                continue;
+              }
+              problems.push(`${digest}: ${result.message}${answered ? ' after the response began' : ''}`);
+              return;
+            }
+            if (result.status === 503) outcomes.unavailable++; // asked on a kept-alive connection while closing
+            else if (result.status === 200 && sha256(result.body) === digest) outcomes.complete++;
+            else problems.push(`${digest}: ${result.status} with ${result.body.length} bytes`);
+          }
+        }),
+      );
+      await stopping;
+      t.diagnostic(JSON.stringify(outcomes));
+      assert.deepEqual(problems, []);
+      assert.ok(outcomes.refused > 0, 'clients were refused after SIGTERM');
+      await waitFor(() => mirror.process.exitStatus() !== undefined, { timeoutMs: 30_000, what: 'the mirror to exit' });
+      assert.deepEqual(mirror.process.exitStatus(), { code: 0, signal: null });
+    } finally {
+      slow.remove();
+      agent.destroy();
+      await mirror.process.stop();
+    }
+  });
+
   test('an idle keep-alive connection does not hold up the exit', async () => {
     const mirror = await startMirrorProcess({ upstreams: [{ registry: 'docker.io', url: proxy.url }] });
     const agent = new http.Agent({ keepAlive: true, maxSockets: 1 });
