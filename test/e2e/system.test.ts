@@ -247,7 +247,7 @@ test('a RegistryMirror becomes Ready: the mirror serves and the node agent confi
   }
 });
 
-test('containerd pulls docker.io and ghcr.io images through the mirror (they exist only on the local upstreams)', { skip }, async () => {
+test('containerd pulls docker.io and ghcr.io images through the mirror (they exist only on the local upstreams), the second time from its store', { skip }, async () => {
   await containerd.pull('docker.io/library/app:v1');
   await containerd.pull('ghcr.io/acme/tool:v1');
   const images = await containerd.images();
@@ -261,6 +261,20 @@ test('containerd pulls docker.io and ghcr.io images through the mirror (they exi
   assert.ok(misses >= appImage.layers.length + toolImage.layers.length, `blob misses ${misses}\n${metrics.split('\n').filter((l) => l.startsWith('regmirror_cache')).join('\n')}`);
   const served = await containerd.ctr(['images', 'check']);
   assert.match(served.stdout, /docker\.io\/library\/app:v1.*complete/);
+
+  // The node forgets the image (its content is garbage collected) and pulls again: the layers now
+  // come from the mirror's store; the upstream is asked for no blob.
+  const blobGets = () => hub.countRequests({ method: 'GET', path: /\/v2\/library\/app\/blobs\// });
+  const before = await blobGets();
+  const removed = await containerd.ctr(['images', 'rm', '--sync', 'docker.io/library/app:v1']);
+  assert.equal(removed.code, 0, removed.stderr);
+  const content = await containerd.ctr(['content', 'ls', '-q']);
+  assert.ok(!content.stdout.includes(appImage.layers[0]!.digest), 'the layer left the node');
+  await containerd.pull('docker.io/library/app:v1');
+  assert.equal(await blobGets(), before, 'no blob fetched upstream on the second pull');
+  const again = (await httpRequest(`http://127.0.0.1:${mirrorPod.ports.get('registry')}/metrics`)).body.toString();
+  const hits = Number(/^regmirror_cache_requests_total\{kind="blob",result="hit"\} (\d+)/m.exec(again)?.[1] ?? 0);
+  assert.ok(hits >= appImage.layers.length, `blob hits ${hits}`);
 });
 
 test('deleting the RegistryMirror takes the configuration off the node, then the operator lets it go', { skip }, async () => {
