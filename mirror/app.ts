@@ -1,6 +1,6 @@
 // Wires one mirror together: config -> store, upstream clients, cache, metrics, HTTP server.
 // Tests build mirrors through this in-process; `regmirror mirror` (main.ts) does the same.
-import { readFileSync, statSync, watch, type FSWatcher } from 'node:fs';
+import { readFileSync, statSync, watch } from 'node:fs';
 import { access, constants, writeFile, unlink } from 'node:fs/promises';
 import type { AddressInfo, Socket } from 'node:net';
 import { ConfigError } from '../common/config-error.ts';
@@ -62,7 +62,7 @@ export async function createMirror(config: MirrorConfig, options: MirrorOptions)
   const upstreams = new Map(
     config.upstreams.map((upstream) => [
       upstream.registry,
-      { client: new UpstreamClient(upstream, { logger, observer, ...(options.timeouts ? { timeouts: options.timeouts } : {}) }), tagTTLMs: upstream.tagTTLMs },
+      { client: new UpstreamClient(upstream, { logger, observer, timeouts: { ...config.upstreamTimeouts, ...options.timeouts } }), tagTTLMs: upstream.tagTTLMs },
     ]),
   );
   const evictor = new Evictor({ store, policy: config.storage, logger, metrics, ...(options.now ? { now: options.now } : {}) });
@@ -78,13 +78,14 @@ export async function createMirror(config: MirrorConfig, options: MirrorOptions)
   });
   evictor.onManifestEvicted = (digest) => cache.forgetManifest(digest);
   const prefetcher = new Prefetcher({ cache, upstreams, defaultRegistry: config.defaultRegistry, references: config.prefetch, platforms: config.prefetchPlatforms, logger, metrics, configSource: config.source });
-  const auth = config.auth.htpasswd ? new HtpasswdAuth(config.auth.htpasswd, { configSource: config.source, ...(options.now ? { now: options.now } : {}) }) : undefined;
+  const auth = config.auth.htpasswd ? new HtpasswdAuth(config.auth.htpasswd, { configSource: config.source, logger, ...(options.now ? { now: options.now } : {}) }) : undefined;
 
   const tls = config.tls ? { cert: readTlsFile(config, 'cert'), key: readTlsFile(config, 'key') } : undefined;
   const app = Fastify({
     logger: false,
     exposeHeadRoutes: false,
-    return503OnClosing: true,
+    // Requests already on a kept-alive connection when SIGTERM arrives are still served (within the grace).
+    return503OnClosing: false,
     forceCloseConnections: 'idle',
     ...(tls ? { https: tls } : {}),
     clientErrorHandler: (error: NodeJS.ErrnoException, socket: Socket) => {
@@ -106,15 +107,21 @@ export async function createMirror(config: MirrorConfig, options: MirrorOptions)
       try {
         await access(config.storage.path, constants.W_OK);
         await writeFile(probe, 'ok');
-        await unlink(probe);
         return true;
-      } catch {
+      } catch (error) {
+        // A full volume still serves everything stored: stay in the Service, and say why fills fail.
+        if ((error as NodeJS.ErrnoException).code === 'ENOSPC') {
+          logger.warn({ store: config.storage.path }, 'store volume is full: stored content is served, new content cannot be kept (set storage.maxSize below the volume size)');
+          return true;
+        }
         return false;
+      } finally {
+        await unlink(probe).catch(() => undefined);
       }
     },
   });
 
-  let watchers: FSWatcher[] = [];
+  let watchers: { close(): void }[] = [];
   if (config.tls) watchers = watchTls(config, app, logger);
 
   // The index is built while the mirror already serves: a large store must not delay readiness.
@@ -172,7 +179,7 @@ const TLS_POLL_MS = 10_000;
  * which catches a certificate linked from a directory nobody watches, and keeps rotation working
  * where inotify is exhausted (a busy node) instead of failing the start.
  */
-function watchTls(config: MirrorConfig, app: FastifyInstance, logger: Logger): FSWatcher[] {
+function watchTls(config: MirrorConfig, app: FastifyInstance, logger: Logger): { close(): void }[] {
   const files = [config.tls!.cert, config.tls!.key];
   const identity = () => files.map((file) => {
     const info = statSync(file);
@@ -193,7 +200,7 @@ function watchTls(config: MirrorConfig, app: FastifyInstance, logger: Logger): F
       }
     }, 200);
   };
-  const watchers: FSWatcher[] = [];
+  const watchers: { close(): void }[] = [];
   for (const dir of new Set(files.map((file) => join(file, '..')))) {
     try {
       // an error event without a listener would take the whole mirror down
@@ -210,6 +217,6 @@ function watchTls(config: MirrorConfig, app: FastifyInstance, logger: Logger): F
     }
   }, TLS_POLL_MS).unref();
   // close() is all the caller uses of a watcher: the poll and a pending reload stop with the rest
-  watchers.push({ close: () => { clearInterval(poll); clearTimeout(timer); } } as unknown as FSWatcher);
+  watchers.push({ close: () => { clearInterval(poll); clearTimeout(timer); } });
   return watchers;
 }

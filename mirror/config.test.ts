@@ -23,6 +23,7 @@ test('the default configuration is a Docker Hub mirror on :5000 storing under ./
   assert.equal(config.defaultRegistry, 'docker.io');
   assert.equal(config.upstreams[0]!.url.href, 'https://registry-1.docker.io/');
   assert.equal(config.upstreams[0]!.tagTTLMs, 0);
+  assert.deepEqual(config.upstreamTimeouts, { connectMs: 5_000, headersMs: 30_000, bodyIdleMs: 30_000, revalidateMs: 5_000 });
 });
 
 test('the DESIGN.md example file loads with every key resolved', () => {
@@ -44,6 +45,7 @@ default: docker.io
 auth: {htpasswd: ${htpasswd}}
 prefetch: [docker.io/library/nginx:1.27]
 prefetchInterval: 6h
+upstreamTimeouts: {connect: 2s, response: 1m, idle: 45s, revalidate: 1500ms}
 log: {level: debug}
 `,
     ),
@@ -54,6 +56,7 @@ log: {level: debug}
   assert.deepEqual(config.upstreams[0]!.credentials, { username: 'alice', password: 'hunter2' });
   assert.equal(config.prefetchIntervalMs, 6 * 3_600_000);
   assert.equal(config.logLevel, 'debug');
+  assert.deepEqual(config.upstreamTimeouts, { connectMs: 2_000, headersMs: 60_000, bodyIdleMs: 45_000, revalidateMs: 1_500 });
 });
 
 test('every mistake names the file and the key', () => {
@@ -71,6 +74,8 @@ test('every mistake names the file and the key', () => {
     ['storage: {path: x}\nupstreams: [{registry: docker.io, url: "https://x", credentials: {username: a, password: b}}]\n', /bad\.yaml: auth\.htpasswd: an upstream has credentials/],
     ['storage: {path: x}\nupstreams: [{registry: docker.io, url: "https://x", credentials: {username: a, passwordFile: /nonexistent}}]\nauth: {allowAnonymousWithCredentials: true}\n', /bad\.yaml: upstreams\[0\]\.credentials\.passwordFile: cannot read/],
     ['storage: [oops\n', /bad\.yaml: \(file\): not valid YAML/],
+    ['storage: {path: x}\nupstreamTimeouts: {idle: 0s}\n', /bad\.yaml: upstreamTimeouts\.idle: must be longer than 0s/],
+    ['storage: {path: x}\nupstreamTimeouts: {stall: 5s}\n', /bad\.yaml: upstreamTimeouts\.stall: unknown key/],
   ];
   for (const [text, message] of cases) {
     assert.throws(() => loadConfigFile(file('bad.yaml', text)), (error: Error) => error instanceof ConfigError && message.test(error.message), text);

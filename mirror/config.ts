@@ -10,6 +10,7 @@ import { parseDuration } from '../common/duration.ts';
 import { parseQuantity } from '../common/quantity.ts';
 import { LOG_LEVELS } from '../common/logger.ts';
 import type { LevelWithSilent } from 'pino';
+import { DEFAULT_TIMEOUTS, type UpstreamTimeouts } from './upstream.ts';
 
 const Str = Type.String({ minLength: 1 });
 
@@ -41,6 +42,12 @@ export const MirrorConfigFileSchema = Type.Object(
       prefetch: Type.Optional(Type.Array(Str)),
       prefetchInterval: Type.Optional(Str),
       prefetchPlatforms: Type.Optional(Type.Array(Str)),
+      upstreamTimeouts: Type.Optional(
+        Type.Object(
+          { connect: Type.Optional(Str), response: Type.Optional(Str), idle: Type.Optional(Str), revalidate: Type.Optional(Str) },
+          { additionalProperties: false },
+        ),
+      ),
       tls: Type.Optional(Type.Object({ cert: Str, key: Str }, { additionalProperties: false })),
       log: Type.Optional(Type.Object({ level: Type.Optional(Str) }, { additionalProperties: false })),
     },
@@ -70,6 +77,7 @@ export interface MirrorConfig {
   /** os/architecture[/variant] whose layers prefetch brings in from a multi-platform index. */
   prefetchPlatforms: string[];
   tls?: { cert: string; key: string };
+  upstreamTimeouts: UpstreamTimeouts;
   logLevel: LevelWithSilent;
 }
 
@@ -168,6 +176,11 @@ export function resolveConfig(data: unknown, source: string): MirrorConfig {
     );
   }
 
+  const positive = (key: string, text: string | undefined, fallback: number): number => {
+    const ms = duration(key, text, fallback);
+    if (ms <= 0) throw new ConfigError(source, key, 'must be longer than 0s');
+    return ms;
+  };
   const maxSizeBytes = quantity('storage.maxSize', file.storage.maxSize);
   const ttlMs = file.storage.ttl === undefined ? undefined : duration('storage.ttl', file.storage.ttl, 0);
   if (ttlMs === 0) throw new ConfigError(source, 'storage.ttl', 'must be longer than 0s (leave it out to keep content until storage.maxSize needs room)');
@@ -186,6 +199,12 @@ export function resolveConfig(data: unknown, source: string): MirrorConfig {
       return platform;
     }),
     ...(file.tls ? { tls: file.tls } : {}),
+    upstreamTimeouts: {
+      connectMs: positive('upstreamTimeouts.connect', file.upstreamTimeouts?.connect, DEFAULT_TIMEOUTS.connectMs),
+      headersMs: positive('upstreamTimeouts.response', file.upstreamTimeouts?.response, DEFAULT_TIMEOUTS.headersMs),
+      bodyIdleMs: positive('upstreamTimeouts.idle', file.upstreamTimeouts?.idle, DEFAULT_TIMEOUTS.bodyIdleMs),
+      revalidateMs: positive('upstreamTimeouts.revalidate', file.upstreamTimeouts?.revalidate, DEFAULT_TIMEOUTS.revalidateMs),
+    },
     logLevel: level,
   };
 }

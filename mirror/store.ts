@@ -170,13 +170,19 @@ export class ContentStore {
 
   private async writeAtomically(path: string, data: string | Buffer): Promise<void> {
     const temporary = this.temporaryPath();
-    const handle = await open(temporary, 'w');
     try {
-      await writeFile(handle, data);
-      await handle.datasync();
-    } finally {
-      await handle.close();
+      const handle = await open(temporary, 'w');
+      try {
+        await writeFile(handle, data);
+        await handle.datasync();
+      } finally {
+        await handle.close();
+      }
+      await rename(temporary, path);
+    } catch (error) {
+      // A full disk must not leave half-written files behind.
+      await unlink(temporary).catch(() => undefined);
+      throw error;
     }
-    await rename(temporary, path);
   }
 }
