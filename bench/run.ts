@@ -16,7 +16,7 @@ import { blobGets, distributionBlobPath, pushRandomBlob, regmirrorBlobPath } fro
 import { download, downloadInParallel, firstByte } from './client.ts';
 import { startDistributionProxy } from './distribution-proxy.ts';
 import { describeMachine, renderTable, type Row } from './report.ts';
-import { RssSampler } from './rss.ts';
+import { readMemory, RssSampler } from './rss.ts';
 import { summarize } from './stats.ts';
 
 const MB = 1e6;
@@ -89,6 +89,14 @@ async function main(): Promise<void> {
     waitFor(async () => access(mirrors[mirror].stored(digest)).then(() => true, () => false), { timeoutMs: 60_000, intervalMs: 20, what: `${mirror} to store ${digest}` });
 
   const rows: Row[] = [];
+  /** VmHWM of each mirror after each phase: shows which phase set the peak. */
+  const phasePeaks: { phase: string; distribution: number; regmirror: number }[] = [];
+  const notePeak = async (phase: string) => {
+    const [d, r] = await Promise.all([readMemory(distribution.process.pid), readMemory(regmirror.process.pid)]);
+    phasePeaks.push({ phase, distribution: d.hwm, regmirror: r.hwm });
+    progress(`peak RSS so far: distribution ${(d.hwm / MB).toFixed(0)} MB, regmirror ${(r.hwm / MB).toFixed(0)} MB (now ${(d.rss / MB).toFixed(0)} / ${(r.rss / MB).toFixed(0)} MB)`);
+  };
+  await notePeak('started, idle');
 
   // ---------------------------------------------------------------- warm blob throughput
   progress(`pushing a ${BLOB_SIZE / MB} MB blob to the upstream`);
@@ -131,6 +139,8 @@ async function main(): Promise<void> {
     });
   }
 
+  await notePeak('warm blobs');
+
   // ---------------------------------------------------------------- cold blob, 8 clients at once
   const coldWall: Record<Mirror, number[]> = { distribution: [], regmirror: [] };
   const coldGets: Record<Mirror, number[]> = { distribution: [], regmirror: [] };
@@ -154,6 +164,8 @@ async function main(): Promise<void> {
     rows.push({ metric: `cold ${BLOB_SIZE / MB} MB blob, 8 clients at once: upstream GETs`, unit: 'requests', distribution: gd, regmirror: gr, target: { text: '1 upstream GET', holds: gr.max === 1 } });
   }
 
+  await notePeak('cold blobs, 8 clients');
+
   // ---------------------------------------------------------------- time to first byte, cold
   const ttfb: Record<Mirror | 'upstream', number[]> = { distribution: [], regmirror: [], upstream: [] };
   for (let run = 0; another(run, COLD_RUNS, 'firstByte'); run++) {
@@ -174,9 +186,11 @@ async function main(): Promise<void> {
       distribution: summarize(ttfb.distribution),
       regmirror: r,
       reference: { label: 'upstream itself', summary: u },
-      target: { text: `within 50 ms of the upstream's (is +${(r.median - u.median).toFixed(1)} ms)`, holds: r.median - u.median <= 50 },
+      target: { text: `within 50 ms of the upstream's (is ${signed(r.median - u.median)} ms)`, holds: r.median - u.median <= 50 },
     });
   }
+
+  await notePeak('first byte runs');
 
   // ---------------------------------------------------------------- manifests, 32 clients
   progress('pushing a small image for the manifest and pull runs');
@@ -220,6 +234,8 @@ async function main(): Promise<void> {
     rows.push({ metric: 'manifest by tag, 32 clients, regmirror tagTTL 30s', unit: 'req/s', distribution: dt, regmirror: r30, target: { text: '>= 3x distribution', holds: r30.median / dt.median >= 3 } });
   }
 
+  await notePeak('manifests');
+
   // ---------------------------------------------------------------- full image pull by containerd
   const hostsDirs = {} as Record<Mirror, string>;
   for (const mirror of ['distribution', 'regmirror'] as const) {
@@ -256,6 +272,8 @@ async function main(): Promise<void> {
     rows.push({ metric: `containerd pull of a ${PULL_LAYERS.length}-layer image (~${pullSize} MB), ${kind} mirror`, unit: 'ms', distribution: summarize(pullMs[kind].distribution), regmirror: summarize(pullMs[kind].regmirror) });
   }
 
+  await notePeak('containerd pulls');
+
   // ---------------------------------------------------------------- memory
   const peaks = await sampler.stop();
   {
@@ -268,12 +286,16 @@ async function main(): Promise<void> {
   const table = renderTable(rows);
   const holding = rows.filter((row) => row.target);
   const summaryLine = `${holding.filter((row) => row.target!.holds).length} of ${holding.length} targets hold.`;
-  const document = results({ table, summaryLine, upstreamDuringManifests, load: { start: loadAtStart, end: os.loadavg() } });
+  const document = results({ table, summaryLine, upstreamDuringManifests, phasePeaks, load: { start: loadAtStart, end: os.loadavg() } });
   await writeFile(path.join(import.meta.dirname, 'results.md'), document);
   process.stdout.write(`\n${table}\n\n${summaryLine}\nwritten to bench/results.md in ${elapsed().trim()}s\n`);
 
   await Promise.all([containerd.stop(), nginx.stop(), regmirror.process.stop(), distribution.stop()]);
   await upstream.stop();
+}
+
+function signed(value: number): string {
+  return `${value >= 0 ? '+' : '−'}${Math.abs(value).toFixed(1)}`;
 }
 
 /** `distribution 123 / regmirror 456` for one run's numbers. */
@@ -283,7 +305,8 @@ function fmtRun(values: Record<string, number[]>, run: number, scale = MB, digit
     .join(' / ');
 }
 
-function results(input: { table: string; summaryLine: string; upstreamDuringManifests: number; load: { start: number[]; end: number[] } }): string {
+function results(input: { table: string; summaryLine: string; upstreamDuringManifests: number; phasePeaks: { phase: string; distribution: number; regmirror: number }[]; load: { start: number[]; end: number[] } }): string {
+  const peaks = input.phasePeaks.map((p) => `| ${p.phase} | ${(p.distribution / MB).toFixed(0)} | ${(p.regmirror / MB).toFixed(0)} |`).join('\n');
   return `# regmirror benchmark
 
 Produced by \`npm run bench\` (bench/run.ts) on ${new Date().toISOString()}. Every number below was
@@ -334,6 +357,12 @@ ${input.summaryLine}
   image per run; warm = the same image pulled again (the mirror holds it). The time includes unpacking.
 - **Peak RSS** is the larger of the process's VmHWM and the highest VmRSS sampled every 100 ms from
   /proc/<pid>/status over the whole run.
+
+Peak RSS (VmHWM, MB) after each phase, to see which phase set it:
+
+| after | distribution proxy | regmirror |
+| --- | --- | --- |
+${peaks}
 `;
 }
 
