@@ -111,6 +111,8 @@ async function main(): Promise<void> {
     nginx: `${nginx.url}/${path.relative(regmirror.storagePath, regmirrorBlobPath(regmirror.storagePath, warmDigest))}`,
   };
   await download(warmUrls.nginx, { expectBytes: BLOB_SIZE });
+  // warm means served from the server's own store: the timed runs must not reach the upstream
+  const warmGetsBefore = await blobGets(upstream, warmDigest);
   const warm1: Record<keyof typeof warmUrls, number[]> = { distribution: [], regmirror: [], nginx: [] };
   const warm8: Record<keyof typeof warmUrls, number[]> = { distribution: [], regmirror: [], nginx: [] };
   for (let run = 0; another(run, WARM_RUNS, 'warm'); run++) {
@@ -122,6 +124,8 @@ async function main(): Promise<void> {
     }
     progress(`warm blob run ${run + 1}/${WARM_RUNS}: 1 client MB/s ${fmtRun(warm1, run)}; 8 clients MB/s ${fmtRun(warm8, run)}`);
   }
+  const warmGetsDuring = (await blobGets(upstream, warmDigest)) - warmGetsBefore;
+  if (warmGetsDuring !== 0) throw new Error(`the warm blob runs made ${warmGetsDuring} upstream GETs: a server did not serve it from its store`);
   for (const [clients, values] of [[1, warm1], [8, warm8]] as const) {
     const d = summarize(values.distribution);
     const r = summarize(values.regmirror);
@@ -261,9 +265,13 @@ async function main(): Promise<void> {
     const image = await writeOciImage(await makeTempDir('bench-pull-image'), { layerSizes: PULL_LAYERS, seed: `pull-${run}`, tag: 'v1' });
     await pushImage(image, upstream.ref(`library/pull${run}`, 'v1'));
     const ref = `docker.io/library/pull${run}:v1`;
+    const layerGets = () => upstream.countRequests({ method: 'GET', path: new RegExp(`^/v2/library/pull${run}/blobs/`) });
     for (const mirror of order(run)) {
       pullMs.cold[mirror].push(await pull(mirror, ref, `${mirror}-cold-${run}`));
+      const before = await layerGets();
       pullMs.warm[mirror].push(await pull(mirror, ref, `${mirror}-warm-${run}`));
+      const during = (await layerGets()) - before;
+      if (during !== 0) throw new Error(`the warm pull through ${mirror} made ${during} upstream blob GETs`);
     }
     progress(`containerd pull, run ${run + 1}/${PULL_RUNS}: cold ms ${fmtRun(pullMs.cold, run, 1)}; warm ms ${fmtRun(pullMs.warm, run, 1)}`);
   }
@@ -338,7 +346,8 @@ ${input.summaryLine}
   \`time_starttransfer\` would stop at the status line, which a server may send before any content).
   Manifests: \`hey -c 32 -z ${MANIFEST_SECONDS}s\` with the Accept header a runtime sends.
 - **Warm** means the blob was already stored by that server (its file present in the store) before
-  the timed runs. **Cold** means a new blob (new random bytes, so a new digest) per run, present only
+  the timed runs; the run stops if the upstream's log shows a GET for it during them (and likewise
+  for blob GETs during a warm containerd pull). **Cold** means a new blob (new random bytes, so a new digest) per run, present only
   upstream; both mirrors fetch the same new blob, in alternating order.
 - **Upstream GETs** are GET requests for that blob's digest in the upstream's access log, counted
   after the mirror had stored it (distribution's background store fetches it a second time).
