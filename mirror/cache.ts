@@ -2,6 +2,7 @@
 // immutable and never re-asked; a tag is re-checked with a HEAD (free of Docker Hub's rate limit)
 // once its tagTTL has passed, and when that check fails the stored manifest is served.
 import { createHash } from 'node:crypto';
+import type { FileHandle } from 'node:fs/promises';
 import type { Readable } from 'node:stream';
 import type { Logger } from '../common/logger.ts';
 import {
@@ -34,8 +35,14 @@ export interface ManifestResult extends StoredManifest {
   digest: string;
 }
 
+/** An open stored blob; eviction leaves it alone until close(). */
+export interface StoredBlobFile {
+  handle: FileHandle;
+  close(): Promise<void>;
+}
+
 export type BlobResult =
-  | { source: 'store'; size: number; open(range?: { start: number; end: number }): Readable }
+  | { source: 'store'; size: number; openFile(): Promise<StoredBlobFile> }
   | { source: 'upstream'; size: number | undefined; open(range?: { start: number; end: number }): Readable };
 
 export interface Repository {
@@ -268,11 +275,16 @@ export class PullThroughCache {
     return {
       source: 'store',
       size: stat.size,
-      open: (range) => {
-        const stream = this.store.readBlob(digest, range);
-        const release = this.hooks.onStream?.(digest.text);
-        if (release) stream.once('close', release);
-        return stream;
+      openFile: async () => {
+        const release = this.hooks.onStream?.(digest.text) ?? (() => undefined);
+        try {
+          const handle = await this.store.openBlob(digest);
+          return { handle, close: () => handle.close().finally(release) };
+        } catch {
+          // Evicted between the lookup and now: as if it had never been there.
+          release();
+          throw blobUnknown(digest.text);
+        }
       },
     };
   }

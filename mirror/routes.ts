@@ -7,6 +7,7 @@ import type { HtpasswdAuth } from './auth.ts';
 import type { PullThroughCache, Repository } from './cache.ts';
 import { RegistryError, nameUnknown, rangeInvalid, storeFull, unsupported } from './errors.ts';
 import type { MirrorMetrics } from './metrics.ts';
+import { sendFileRange } from './file-sender.ts';
 import { isDigestReference, normaliseName, parseDigest, validateName, validateTag } from './reference.ts';
 import type { UpstreamClient } from './upstream.ts';
 
@@ -142,14 +143,30 @@ async function serveBlob(context: RouteContext, repo: Repository, reference: str
   }
   const blob = await context.cache.blob(repo, digest);
   const range = blob.size !== undefined ? parseRange(request.headers.range, blob.size) : undefined;
-  const source = blob.source === 'store' ? 'store' : 'upstream';
   if (range === 'unsatisfiable') throw rangeInvalid(blob.size!);
   const length = range ? range.end - range.start + 1 : blob.size;
-  reply.headers(common);
-  if (length !== undefined) reply.header('content-length', String(length));
-  if (range) reply.code(206).header('content-range', `bytes ${range.start}-${range.end}/${blob.size}`);
+  const status = range ? 206 : 200;
+  const headers: Record<string, string> = { ...API_VERSION, ...common };
+  if (length !== undefined) headers['content-length'] = String(length);
+  if (range) headers['content-range'] = `bytes ${range.start}-${range.end}/${blob.size}`;
+
+  if (blob.source === 'store') {
+    // Stored bytes bypass fastify's stream handling (see file-sender.ts), so this reply counts itself.
+    const file = await blob.openFile();
+    reply.hijack();
+    reply.raw.writeHead(status, headers);
+    try {
+      const sent = await sendFileRange(reply.raw, file.handle, range?.start ?? 0, range?.end ?? blob.size - 1);
+      context.metrics.bytesServed.inc({ source: 'store' }, sent);
+    } finally {
+      await file.close();
+      context.metrics.requests.inc({ route: 'blob', method: 'GET', status: String(status) });
+    }
+    return reply;
+  }
+  reply.code(status).headers(headers);
   reply.raw.once('finish', () => {
-    if (length !== undefined) context.metrics.bytesServed.inc({ source }, length);
+    if (length !== undefined) context.metrics.bytesServed.inc({ source: 'upstream' }, length);
   });
   return reply.send(blob.open(range));
 }

@@ -2,8 +2,7 @@
 // temporary file that is renamed into place only after its digest checked out, so a crash or
 // kill -9 can leave a stray temporary file (removed at the next start) but never a partial blob
 // that is later served. Tag records say which digest a tag pointed at and when we last asked.
-import { createReadStream, type ReadStream } from 'node:fs';
-import { mkdir, open, readFile, readdir, rename, rm, stat, unlink, utimes, writeFile } from 'node:fs/promises';
+import { mkdir, open, readFile, readdir, rename, rm, stat, unlink, utimes, writeFile, type FileHandle } from 'node:fs/promises';
 import { randomUUID } from 'node:crypto';
 import { join } from 'node:path';
 import type { Digest } from './reference.ts';
@@ -83,8 +82,9 @@ export class ContentStore {
     }
   }
 
-  readBlob(digest: Digest, range?: { start: number; end: number }): ReadStream {
-    return createReadStream(this.blobPath(digest), range ? { start: range.start, end: range.end, highWaterMark: 1 << 20 } : { highWaterMark: 1 << 20 });
+  /** Opens a stored blob for reading; rejects when it is not (or no longer) there. */
+  openBlob(digest: Digest): Promise<FileHandle> {
+    return open(this.blobPath(digest), 'r');
   }
 
   /** Moves a verified temporary file into place as the blob. */
