@@ -35,7 +35,6 @@ export async function main(argv: string[]): Promise<void> {
   const config = values.config ? loadConfigFile(values.config) : resolveConfig(DEFAULT_CONFIG_FILE, 'built-in default configuration');
   const logger = createLogger('regmirror-mirror', config.logLevel);
   const mirror = await createMirror(config, { logger });
-  await mirror.listen();
 
   let stopping = false;
   const stop = (signal: string) => {
@@ -53,6 +52,8 @@ export async function main(argv: string[]): Promise<void> {
       },
     );
   };
+  // Installed before listening: once /healthz answers, SIGTERM must drain, never kill.
   process.on('SIGTERM', () => stop('SIGTERM'));
   process.on('SIGINT', () => stop('SIGINT'));
+  await mirror.listen();
 }

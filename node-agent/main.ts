@@ -20,15 +20,22 @@ export async function main(argv: string[]): Promise<void> {
     return;
   }
 
+  // Signals are taken from before the agent starts: /readyz can answer while startAgent is still
+  // finishing, and a SIGTERM in that moment must stop the agent, not kill the process.
+  let early: NodeJS.Signals | undefined;
+  let onSignal: (signal: NodeJS.Signals) => void = (signal) => {
+    early = signal;
+  };
+  process.once('SIGTERM', (signal) => onSignal(signal));
+  process.once('SIGINT', (signal) => onSignal(signal));
   const agent = await startAgent(config, log);
   await new Promise<void>((resolve) => {
-    const shutdown = (signal: NodeJS.Signals): void => {
+    onSignal = (signal) => {
       // The configuration stays on the node: a restarted or updated pod must not make pulls slow.
       // Taking it away is remove mode's job.
       log.info({ signal }, 'node agent stopping; node configuration left in place');
       void agent.stop().then(resolve);
     };
-    process.once('SIGTERM', shutdown);
-    process.once('SIGINT', shutdown);
+    if (early) onSignal(early);
   });
 }
