@@ -76,10 +76,7 @@ export class Reconciler {
       await this.writeStatus(mirror, {
         problem: gathered.problem,
         endpoint: service?.spec?.clusterIP ? endpoint(mirror, String(service.spec.clusterIP)) : undefined,
-        wantedReplicas: mirror.spec.replicas,
-        daemonSet: daemonSet ? daemonSetStatus(daemonSet) : undefined,
-        nodeAgentMode: daemonSet ? modeOf(daemonSet) : undefined,
-        nodeConfigEnabled: mirror.spec.nodeConfig.enabled,
+        ...nodeFacts(mirror, daemonSet),
         deleting: false,
       });
       return {};
@@ -98,10 +95,7 @@ export class Reconciler {
       endpoint: clusterIP ? endpoint(mirror, clusterIP) : undefined,
       pvcPhase: pvc.status?.phase as string | undefined,
       deployment: workloadStatus(deployment),
-      wantedReplicas: mirror.spec.replicas,
-      daemonSet: daemonSet ? daemonSetStatus(daemonSet) : undefined,
-      nodeAgentMode: daemonSet ? modeOf(daemonSet) : undefined,
-      nodeConfigEnabled: mirror.spec.nodeConfig.enabled,
+      ...nodeFacts(mirror, daemonSet),
       deleting: false,
     });
     return {};
@@ -230,10 +224,7 @@ export class Reconciler {
       return {};
     }
     await this.writeStatus(mirror, {
-      wantedReplicas: mirror.spec.replicas,
-      daemonSet: daemonSetStatus(daemonSet),
-      nodeAgentMode: modeOf(daemonSet),
-      nodeConfigEnabled: mirror.spec.nodeConfig.enabled,
+      ...nodeFacts(mirror, daemonSet),
       deleting: true,
     });
     return { requeueAfterMs: Math.min(NODE_CLEANUP_POLL_MS, this.options.nodeCleanupTimeoutMs - waitedMs + 100) };
@@ -319,4 +310,14 @@ function mirrorIPFromArgs(daemonSet: Applied): string | undefined {
   } catch {
     return undefined;
   }
+}
+
+/** What the status needs to know of the mirror's replicas and its node agent, wherever it is written from. */
+function nodeFacts(mirror: RegistryMirror, daemonSet: Applied | undefined): Pick<Observed, 'wantedReplicas' | 'daemonSet' | 'nodeAgentMode' | 'nodeConfigEnabled'> {
+  return {
+    wantedReplicas: mirror.spec.replicas,
+    daemonSet: daemonSet ? daemonSetStatus(daemonSet) : undefined,
+    nodeAgentMode: daemonSet ? modeOf(daemonSet) : undefined,
+    nodeConfigEnabled: mirror.spec.nodeConfig.enabled,
+  };
 }
