@@ -3,7 +3,6 @@
 // once its tagTTL has passed, and when that check fails the stored manifest is served.
 import { createHash } from 'node:crypto';
 import type { FileHandle } from 'node:fs/promises';
-import type { Readable } from 'node:stream';
 import type { Logger } from '../common/logger.ts';
 import {
   RegistryError,
@@ -14,6 +13,7 @@ import {
   tooManyRequests,
   upstreamUnavailable,
 } from './errors.ts';
+import type { ByteSource } from './blob-sender.ts';
 import { BlobFill, DigestMismatchError, SizeMismatchError } from './fill.ts';
 import type { MirrorMetrics } from './metrics.ts';
 import { parseDigest, type Digest } from './reference.ts';
@@ -43,7 +43,7 @@ export interface StoredBlobFile {
 
 export type BlobResult =
   | { source: 'store'; size: number; openFile(): Promise<StoredBlobFile> }
-  | { source: 'upstream'; size: number | undefined; open(range?: { start: number; end: number }): Readable };
+  | { source: 'upstream'; size: number | undefined; reader: ByteSource & { close(): void } };
 
 export interface Repository {
   upstream: UpstreamClient;
@@ -297,9 +297,20 @@ export class PullThroughCache {
     }
     this.metrics.cacheRequests.inc({ kind: 'blob', result: 'miss' });
     let entry = this.blobFills.get(digest.text);
-    if (!entry) entry = this.startFill(repo, digest);
+    // A fill that failed a moment ago is not joined: this request starts a new one.
+    if (!entry || entry.fill.failure) entry = this.startFill(repo, digest);
     const fill = await entry.ready;
-    return { source: 'upstream', size: fill.size, open: (range) => fill.createReader(range?.start, range?.end) };
+    // Opened in the same turn as the fill's headers arrived: the fill keeps its bytes for this reader.
+    const reader = fill.openReader();
+    const read: ByteSource['read'] = (position, max) => {
+      try {
+        return reader.read(position, max);
+      } catch (error) {
+        // What a client that got no byte yet is told; one that did is cut.
+        throw failureReason(error as Error) === 'disk' ? error : upstreamUnavailable(repo.upstream.registry, `the transfer of ${digest.text} failed (${describe(error)}); nothing was stored, try again`);
+      }
+    };
+    return { source: 'upstream', size: fill.size, reader: { read, close: reader.close } };
   }
 
   /** The blob's size and presence as the upstream reports it, without fetching it. */
@@ -325,12 +336,12 @@ export class PullThroughCache {
           await this.store.commitBlob(temporary, digest);
           // From here the store serves it; later requests must not find this fill.
           this.blobFills.delete(digest.text);
-          this.hooks.onAccess?.('blob', digest, fill.written);
+          this.hooks.onAccess?.('blob', digest, fill.received);
         });
-        this.logger.info({ upstream: repo.upstream.registry, repository: repo.name, digest: digest.text, bytes: fill.written, ms: this.now() - started }, 'blob stored');
+        this.logger.info({ upstream: repo.upstream.registry, repository: repo.name, digest: digest.text, bytes: fill.received, ms: this.now() - started }, 'blob stored');
       } catch (error) {
         this.metrics.fillFailures.inc({ reason: failureReason(error as Error) });
-        this.logger.error({ upstream: repo.upstream.registry, repository: repo.name, digest: digest.text, bytesReceived: fill.written, err: error }, 'blob fetch failed; nothing stored');
+        this.logger.error({ upstream: repo.upstream.registry, repository: repo.name, digest: digest.text, bytesReceived: fill.received, err: error }, 'blob fetch failed; nothing stored');
         throw error;
       }
     });

@@ -5,7 +5,6 @@ import { createHash } from 'node:crypto';
 import { mkdtemp, rm } from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
-import type { Readable } from 'node:stream';
 import { after, test } from 'node:test';
 import { BlobFill, DigestMismatchError } from './fill.ts';
 import { parseDigest } from './reference.ts';
@@ -29,10 +28,26 @@ function source(content: Buffer, onChunk?: (written: number) => Promise<void>): 
   })();
 }
 
-async function collect(stream: Readable): Promise<Buffer> {
-  const chunks: Buffer[] = [];
-  for await (const chunk of stream) chunks.push(chunk as Buffer);
-  return Buffer.concat(chunks);
+/** Reads bytes [start, end] of the fill as the sender does; `received` sees every piece as it comes. */
+async function collect(fill: BlobFill, start = 0, end = Infinity, received: Buffer[] = []): Promise<Buffer> {
+  const reader = fill.openReader();
+  try {
+    for (let position = start; position <= end; ) {
+      const next = reader.read(position, Math.min(1 << 20, end - position + 1));
+      if (next === 'end') break;
+      if ('wait' in next) {
+        await next.wait;
+        continue;
+      }
+      const piece = await next;
+      received.push(Buffer.from(piece.bytes));
+      position += piece.bytes.length;
+      piece.release();
+    }
+  } finally {
+    reader.close();
+  }
+  return Buffer.concat(received);
 }
 
 function contentOf(size: number): { bytes: Buffer; digest: string } {
@@ -44,18 +59,18 @@ function contentOf(size: number): { bytes: Buffer; digest: string } {
 test('readers that keep up, readers that join after the memory window moved on, and ranges all get the exact bytes', { timeout: 60_000 }, async () => {
   const { bytes, digest } = contentOf(24 * 1024 * 1024);
   const fill = new BlobFill(parseDigest(digest), await temporaryPath());
-  const readers: Promise<Buffer>[] = [collect(fill.createReader())];
+  const readers: Promise<Buffer>[] = [collect(fill)];
   let late: Promise<Buffer> | undefined;
   let lateRange: Promise<Buffer> | undefined;
   const run = fill.run({ size: bytes.length, body: source(bytes, async (offset) => {
     // 16 MiB in, the window no longer holds the start: this reader reads it from the file, then catches up
     if (offset === 16 * 1024 * 1024) {
-      late = collect(fill.createReader());
-      lateRange = collect(fill.createReader(1_000_000, 20_000_000));
+      late = collect(fill);
+      lateRange = collect(fill, 1_000_000, 20_000_000);
     }
     if (offset % (1024 * 1024) === 0) await new Promise((resolve) => setImmediate(resolve));
   }) }, async () => undefined);
-  readers.push(collect(fill.createReader(5, 5)));
+  readers.push(collect(fill, 5, 5));
   await run;
   const [whole, oneByte] = await Promise.all(readers);
   assert.ok(whole!.equals(bytes));
@@ -69,12 +84,7 @@ test('a reader of content that does not match its digest never receives the last
   const wrong = `sha256:${'0'.repeat(64)}`;
   const fill = new BlobFill(parseDigest(wrong), await temporaryPath());
   const received: Buffer[] = [];
-  const reader = fill.createReader();
-  reader.on('data', (chunk: Buffer) => received.push(chunk));
-  const ended = new Promise<Error | undefined>((resolve) => {
-    reader.on('error', resolve);
-    reader.on('end', () => resolve(undefined));
-  });
+  const ended = collect(fill, 0, Infinity, received).then(() => undefined, (error: unknown) => error);
   await assert.rejects(fill.run({ size: bytes.length, body: source(bytes) }, async () => undefined), DigestMismatchError);
   const error = await ended;
   assert.ok(error instanceof DigestMismatchError, 'the reader fails instead of ending');

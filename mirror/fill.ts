@@ -1,17 +1,25 @@
 // One upstream fetch of one blob, shared by every client that asks for it while it runs.
-// The bytes go to a temporary file as they arrive and are hashed on the way; each client reads
-// that file behind the writer, so nobody waits for the whole blob. The last byte is held back
-// until the digest checks out: a client can never receive a complete response of bad content,
-// its connection is cut instead. Verified content is renamed into the store.
+// What the upstream sends is copied into pooled 1 MiB buffers ("slabs"), hashed on the way, and
+// written to a temporary file slab by slab; clients are sent views of the slabs as soon as the
+// bytes arrive, and a client that falls behind the slabs still in memory reads the file. The last
+// byte is held back until the digest checks out and the file is durable and renamed into the
+// store: a client can never receive a complete response of bad content (its connection is cut
+// instead), and a client that has the whole blob can count on the store having it.
 import { createHash, type Hash } from 'node:crypto';
-import { EventEmitter } from 'node:events';
 import { open, unlink, type FileHandle } from 'node:fs/promises';
-import { Readable } from 'node:stream';
+import { BUFFER_SIZE, giveBuffer, takeBuffer } from './buffer-pool.ts';
+import { readFilePiece, type ByteSource, type Piece, type Wait } from './blob-sender.ts';
 import type { Digest } from './reference.ts';
 
-const READ_CHUNK = 1 << 20;
-/** The newest bytes written stay in memory too: readers keeping up with the writer take them from here, not the file. */
-const MEMORY_WINDOW = 8 << 20;
+/** Written slabs kept in memory for readers a little behind the newest bytes. */
+const MEMORY_WINDOW = 8 * BUFFER_SIZE;
+/** Bytes received but not yet on disk before the fill stops reading the upstream for a while. */
+const MAX_UNWRITTEN = 8 * BUFFER_SIZE;
+/**
+ * A datasync is started in the background every time this much more is on disk, so the one at the
+ * end, which the last byte waits for, has little left to flush (a 200 MB file took 105-140 ms).
+ */
+const SYNC_EVERY = 32 * BUFFER_SIZE;
 
 export class DigestMismatchError extends Error {
   constructor(expected: string, actual: string) {
@@ -33,58 +41,90 @@ export interface FillSource {
   body: AsyncIterable<Uint8Array>;
 }
 
-export class BlobFill extends EventEmitter {
+/** A pooled buffer holding bytes [start, start + length) of the blob; back to the pool when nobody refers to it. */
+interface Slab {
+  buffer: Buffer;
+  start: number;
+  length: number;
+  /** The fill's own reference (while the slab is resident) plus one per piece lent to a reader. */
+  refs: number;
+}
+
+export class BlobFill {
   readonly digest: Digest;
   readonly temporaryPath: string;
   size: number | undefined;
+  /** Bytes received from the upstream (and hashed). */
+  received = 0;
+  /** Bytes on disk, from the start. */
   written = 0;
-  /** Set when every byte is written and verified; readers may then read to the end. */
+  /** Set when every byte is verified, durable and in the store; readers may then read to the end. */
   verified = false;
   failure: Error | undefined;
   private readonly hash: Hash;
   private handle: FileHandle | undefined;
   private readers = 0;
   private finished = false;
-  /** The last MEMORY_WINDOW bytes or so, as written, oldest first. */
-  private recent: { start: number; bytes: Uint8Array }[] = [];
-  private recentBytes = 0;
+  /** Slabs in memory, oldest first: written ones (the window), then those waiting for the disk, then the one filling. */
+  private slabs: Slab[] = [];
+  /** The disk writes, in order; settles when every slab queued so far is written. */
+  private writing: Promise<void> = Promise.resolve();
+  /** End of the bytes queued for the disk so far. */
+  private queued = 0;
+  private writeFailure: Error | undefined;
+  private syncing: Promise<void> | undefined;
+  private syncedUpTo = 0;
+  /** Settles at the next change readers care about (bytes, verification, failure). */
+  private progressed!: Promise<void>;
+  private announce!: () => void;
+  private announcing = false;
 
   constructor(digest: Digest, temporaryPath: string) {
-    super();
-    this.setMaxListeners(0);
     this.digest = digest;
     this.temporaryPath = temporaryPath;
     this.hash = createHash(digest.algorithm);
+    this.renewProgress();
   }
 
   /**
    * Copies the source into the temporary file, verifying as it goes. Resolves once the content is
    * verified and `commit` (the rename into the store) has run; rejects, after removing the
-   * temporary file, on any failure. Readers see the outcome through events.
+   * temporary file, on any failure. Readers see the outcome through their sources.
    */
   async run(source: FillSource, commit: (temporaryPath: string) => Promise<void>): Promise<void> {
     this.size = source.size;
     try {
       this.handle = await open(this.temporaryPath, 'w+');
       for await (const chunk of source.body) {
-        if (this.size !== undefined && this.written + chunk.byteLength > this.size) throw new SizeMismatchError(this.size, this.written + chunk.byteLength);
+        if (this.size !== undefined && this.received + chunk.byteLength > this.size) throw new SizeMismatchError(this.size, this.received + chunk.byteLength);
         this.hash.update(chunk);
-        await this.handle.write(chunk, 0, chunk.byteLength, this.written);
-        this.remember(chunk);
-        this.written += chunk.byteLength;
-        this.emit('progress');
+        this.append(chunk);
+        // The first bytes go to disk at once: readers start only once the store takes bytes, so a
+        // full volume is answered with an error, not with a response cut after its headers.
+        if (this.queued === 0) this.queueWrite(this.slabs.at(-1)!);
+        this.progress();
+        if (this.writeFailure) throw this.writeFailure;
+        if (this.received - this.written > MAX_UNWRITTEN) await this.writing;
       }
-      if (this.size !== undefined && this.written !== this.size) throw new SizeMismatchError(this.size, this.written);
+      if (this.size !== undefined && this.received !== this.size) throw new SizeMismatchError(this.size, this.received);
+      const last = this.slabs.at(-1);
+      if (last) this.queueWrite(last);
+      await this.writing;
+      if (this.writeFailure) throw this.writeFailure;
       const actual = this.hash.digest('hex');
       if (actual !== this.digest.hex) throw new DigestMismatchError(this.digest.text, `${this.digest.algorithm}:${actual}`);
+      await this.syncing;
+      if (this.writeFailure) throw this.writeFailure;
       await this.handle.datasync();
       await commit(this.temporaryPath);
-      this.size = this.written;
+      this.size = this.received;
       this.verified = true;
-      this.emit('progress');
+      this.progress();
     } catch (error) {
       this.failure = error instanceof Error ? error : new Error(String(error));
-      this.emit('progress');
+      this.progress();
+      await this.writing;
+      await this.syncing?.catch(() => undefined);
       await unlink(this.temporaryPath).catch(() => undefined);
       throw this.failure;
     } finally {
@@ -93,96 +133,146 @@ export class BlobFill extends EventEmitter {
     }
   }
 
-  /** Bytes a reader may take: everything once verified, else all but the last byte. */
-  private available(): number {
-    if (this.verified) return this.written;
-    return Math.max(0, Math.min(this.written, (this.size ?? this.written) - 1));
-  }
-
-  /** A stream of bytes [start, end] (inclusive) that follows the writer. */
-  createReader(start = 0, end?: number): Readable {
+  /** A source for one reader; `close` it when done (the fill keeps its file and slabs until every reader has). */
+  openReader(): ByteSource & { close(): void } {
     this.readers++;
-    let position = start;
-    let released = false;
-    const release = () => {
-      if (released) return;
-      released = true;
-      this.readers--;
-      void this.closeIfIdle();
+    let closed = false;
+    return {
+      read: (position, max) => this.read(position, max),
+      close: () => {
+        if (closed) return;
+        closed = true;
+        this.readers--;
+        void this.closeIfIdle();
+      },
     };
-    const fill = this;
-    const stream = new Readable({
-      highWaterMark: READ_CHUNK,
-      async read() {
-        try {
-          for (;;) {
-            const last = end ?? (fill.verified ? fill.written - 1 : Infinity);
-            if (position > last) {
-              this.push(null);
-              release();
-              return;
-            }
-            if (fill.failure) throw fill.failure;
-            const available = fill.available();
-            if (position < available) {
-              const length = Math.min(available - position, READ_CHUNK, last - position + 1);
-              const inMemory = fill.fromMemory(position, length);
-              if (inMemory) {
-                position += inMemory.length;
-                this.push(inMemory);
-                return;
-              }
-            }
-            if (position < available && fill.handle) {
-              const length = Math.min(available - position, READ_CHUNK, last - position + 1);
-              const buffer = Buffer.allocUnsafe(length);
-              const { bytesRead } = await fill.handle.read(buffer, 0, length, position);
-              position += bytesRead;
-              this.push(bytesRead === length ? buffer : buffer.subarray(0, bytesRead));
-              return;
-            }
-            await new Promise<void>((resolve) => fill.once('progress', resolve));
-          }
-        } catch (error) {
-          release();
-          this.destroy(error as Error);
-        }
-      },
-      destroy(error, callback) {
-        release();
-        callback(error);
-      },
-    });
-    return stream;
   }
 
-  /** Keeps a written chunk (at offset `written`) in the window, dropping the oldest beyond it. */
-  private remember(chunk: Uint8Array): void {
-    this.recent.push({ start: this.written, bytes: chunk });
-    this.recentBytes += chunk.byteLength;
-    while (this.recent.length > 1 && this.recentBytes - this.recent[0]!.bytes.byteLength >= MEMORY_WINDOW) {
-      this.recentBytes -= this.recent.shift()!.bytes.byteLength;
+  /** Bytes a reader may take: everything once verified, else all but the last byte, once the first write is on disk. */
+  private available(): number {
+    if (this.verified) return this.received;
+    if (this.written === 0) return 0;
+    return Math.max(0, Math.min(this.received, (this.size ?? this.received) - 1));
+  }
+
+  private read(position: number, max: number): Piece | Promise<Piece> | Wait | 'end' {
+    const failure = this.failure ?? this.writeFailure;
+    if (failure) throw failure;
+    const available = this.available();
+    if (position >= available) return this.verified ? 'end' : { wait: this.progressed };
+    const length = Math.min(max, available - position);
+    const slab = this.slabAt(position);
+    if (slab) {
+      slab.refs++;
+      const offset = position - slab.start;
+      return { bytes: slab.buffer.subarray(offset, Math.min(slab.length, offset + length)), release: () => this.unref(slab) };
     }
+    // Behind every slab still in memory, so on disk already.
+    if (!this.handle) throw new Error('blob fill closed while a reader was still reading');
+    return readFilePiece(this.handle, position, length);
   }
 
-  /** Up to `length` bytes at `position` without copying, when the window still holds them. */
-  private fromMemory(position: number, length: number): Buffer | undefined {
-    for (let i = this.recent.length - 1; i >= 0; i--) {
-      const entry = this.recent[i]!;
-      if (position < entry.start) continue;
-      const offset = position - entry.start;
-      if (offset >= entry.bytes.byteLength) return undefined;
-      return Buffer.from(entry.bytes.buffer, entry.bytes.byteOffset + offset, Math.min(length, entry.bytes.byteLength - offset));
+  private slabAt(position: number): Slab | undefined {
+    for (let i = this.slabs.length - 1; i >= 0; i--) {
+      const slab = this.slabs[i]!;
+      if (position >= slab.start) return position < slab.start + slab.length ? slab : undefined;
     }
     return undefined;
   }
 
-  private async closeIfIdle(): Promise<void> {
-    if (this.finished && this.readers === 0) {
-      this.recent = [];
-      this.recentBytes = 0;
+  /** Copies a chunk into slabs, queueing each slab that fills up for the disk. */
+  private append(chunk: Uint8Array): void {
+    let offset = 0;
+    while (offset < chunk.byteLength) {
+      let slab = this.slabs.at(-1);
+      if (!slab || slab.length === BUFFER_SIZE) {
+        slab = { buffer: takeBuffer(), start: this.received, length: 0, refs: 1 };
+        this.slabs.push(slab);
+      }
+      const n = Math.min(chunk.byteLength - offset, BUFFER_SIZE - slab.length);
+      slab.buffer.set(chunk.subarray(offset, offset + n), slab.length);
+      slab.length += n;
+      offset += n;
+      this.received += n;
+      if (slab.length === BUFFER_SIZE) this.queueWrite(slab);
     }
-    if (this.finished && this.readers === 0 && this.handle) {
+  }
+
+  /** Writes the slab's bytes not queued yet, after those queued before; then trims the window and starts a datasync now and then. */
+  private queueWrite(slab: Slab): void {
+    const handle = this.handle!;
+    const from = Math.max(this.queued, slab.start);
+    const to = slab.start + slab.length;
+    if (to <= from) return;
+    this.queued = to;
+    this.writing = this.writing.then(async () => {
+      if (this.writeFailure || this.failure) return;
+      try {
+        for (let at = from; at < to; ) {
+          const { bytesWritten } = await handle.write(slab.buffer, at - slab.start, to - at, at);
+          at += bytesWritten;
+        }
+      } catch (error) {
+        this.writeFailure = error as Error;
+        this.progress();
+        return;
+      }
+      this.written = to;
+      this.progress();
+      this.trimWindow();
+      if (!this.syncing && this.written - this.syncedUpTo >= SYNC_EVERY) {
+        const upTo = this.written;
+        this.syncing = handle.datasync().then(
+          () => {
+            this.syncedUpTo = upTo;
+            this.syncing = undefined;
+          },
+          (error: Error) => {
+            this.writeFailure ??= error;
+            this.syncing = undefined;
+          },
+        );
+      }
+    });
+  }
+
+  /** Lets go of written slabs beyond the window; a reader still sending one keeps it until it is sent. */
+  private trimWindow(): void {
+    let resident = this.written - (this.slabs[0]?.start ?? this.written);
+    while (this.slabs.length > 1 && this.slabs[0]!.start + this.slabs[0]!.length <= this.written && resident - this.slabs[0]!.length >= MEMORY_WINDOW) {
+      const slab = this.slabs.shift()!;
+      resident -= slab.length;
+      this.unref(slab);
+    }
+  }
+
+  private unref(slab: Slab): void {
+    if (--slab.refs === 0) giveBuffer(slab.buffer);
+  }
+
+  private renewProgress(): void {
+    this.progressed = new Promise<void>((resolve) => (this.announce = resolve));
+  }
+
+  /**
+   * Wakes waiting readers once the chunks that arrived in this turn of the event loop are in: a
+   * reader then sends them as one write rather than one per 64 KiB chunk.
+   */
+  private progress(): void {
+    if (this.announcing) return;
+    this.announcing = true;
+    setImmediate(() => {
+      this.announcing = false;
+      const announce = this.announce;
+      this.renewProgress();
+      announce();
+    });
+  }
+
+  private async closeIfIdle(): Promise<void> {
+    if (!this.finished || this.readers > 0) return;
+    for (const slab of this.slabs.splice(0)) this.unref(slab);
+    if (this.handle) {
       const handle = this.handle;
       this.handle = undefined;
       await handle.close().catch(() => undefined);

@@ -7,7 +7,7 @@ import type { HtpasswdAuth } from './auth.ts';
 import type { PullThroughCache, Repository } from './cache.ts';
 import { RegistryError, nameUnknown, rangeInvalid, storeFull, unsupported } from './errors.ts';
 import type { MirrorMetrics } from './metrics.ts';
-import { sendFileRange } from './file-sender.ts';
+import { fileSource, sendRange, type ByteSource } from './blob-sender.ts';
 import { isDigestReference, normaliseName, parseDigest, validateName, validateTag } from './reference.ts';
 import type { UpstreamClient } from './upstream.ts';
 
@@ -143,32 +143,42 @@ async function serveBlob(context: RouteContext, repo: Repository, reference: str
   }
   const blob = await context.cache.blob(repo, digest);
   const range = blob.size !== undefined ? parseRange(request.headers.range, blob.size) : undefined;
-  if (range === 'unsatisfiable') throw rangeInvalid(blob.size!);
+  if (range === 'unsatisfiable') {
+    if (blob.source === 'upstream') blob.reader.close();
+    throw rangeInvalid(blob.size!);
+  }
   const length = range ? range.end - range.start + 1 : blob.size;
   const status = range ? 206 : 200;
   const headers: Record<string, string> = { ...API_VERSION, ...common };
   if (length !== undefined) headers['content-length'] = String(length);
   if (range) headers['content-range'] = `bytes ${range.start}-${range.end}/${blob.size}`;
 
-  if (blob.source === 'store') {
-    // Stored bytes bypass fastify's stream handling (see file-sender.ts), so this reply counts itself.
+  let source: ByteSource;
+  let close: () => Promise<void> | void;
+  if (blob.source === 'upstream') {
+    source = blob.reader;
+    close = () => blob.reader.close();
+  } else {
     const file = await blob.openFile();
+    source = fileSource(file.handle);
+    close = file.close;
+  }
+  // The bytes bypass fastify's stream handling (see blob-sender.ts), so this reply counts itself.
+  // Until the first bytes are at hand the reply is still fastify's: a failure before then (the
+  // upstream cut, the store full) is answered with registry error JSON by the error handler.
+  const begin = () => {
     reply.hijack();
     reply.raw.writeHead(status, headers);
-    try {
-      const sent = await sendFileRange(reply.raw, file.handle, range?.start ?? 0, range?.end ?? blob.size - 1);
-      context.metrics.bytesServed.inc({ source: 'store' }, sent);
-    } finally {
-      await file.close();
-      context.metrics.requests.inc({ route: 'blob', method: 'GET', status: String(status) });
-    }
-    return reply;
+  };
+  try {
+    const end = range ? range.end : blob.size !== undefined ? blob.size - 1 : Infinity;
+    const sent = await sendRange(reply.raw, source, range?.start ?? 0, end, begin);
+    context.metrics.bytesServed.inc({ source: blob.source }, sent);
+    context.metrics.requests.inc({ route: 'blob', method: 'GET', status: String(status) });
+  } finally {
+    await close();
   }
-  reply.code(status).headers(headers);
-  reply.raw.once('finish', () => {
-    if (length !== undefined) context.metrics.bytesServed.inc({ source: 'upstream' }, length);
-  });
-  return reply.send(blob.open(range));
+  return reply;
 }
 
 /** A single `bytes=` range; anything else (several ranges, other units, bad syntax) is ignored, as RFC 9110 allows. */

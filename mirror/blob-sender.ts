@@ -1,0 +1,124 @@
+// Writes a blob's bytes on an HTTP response, from a stored file or from a fill still arriving, with
+// no per-chunk allocation: file reads go into pooled 1 MiB buffers (buffer-pool.ts), fill bytes are
+// sent as views of the fill's own buffers, and each piece is given back once the socket has taken
+// it (the write callback). A stream would allocate a buffer per read and leave it to the garbage
+// collector; measured, this loop serves a stored 200 MB blob about twice as fast with less peak
+// memory (bench/profiling.md). Node has no sendfile, so this is the cheapest copy it can do.
+import type { ServerResponse } from 'node:http';
+import type { FileHandle } from 'node:fs/promises';
+import { BUFFER_SIZE, giveBuffer, takeBuffer } from './buffer-pool.ts';
+
+/**
+ * Pieces handed to the socket and not yet taken by it, per response: enough to keep it busy while
+ * the next read runs. Measured against 4: as fast or faster (warm 200 MB, 8 clients, 2593 vs 2336
+ * MB/s), with half the buffers lent out per client.
+ */
+const IN_FLIGHT = 2;
+
+/** Bytes lent by a source; `release` gives them back once they are sent (or can no longer be). */
+export interface Piece {
+  bytes: Buffer;
+  release(): void;
+}
+
+/** Not there yet: `wait` settles when more bytes may be. */
+export interface Wait {
+  wait: Promise<void>;
+}
+
+export interface ByteSource {
+  /**
+   * Up to `max` bytes at `position`: a piece (or the promise of one, when a file has to be read),
+   * a Wait when they have not arrived yet, or 'end' when the content ends before `position`.
+   * Throws (or rejects) when the source failed: the response is then cut, never ended short.
+   */
+  read(position: number, max: number): Piece | Promise<Piece> | Wait | 'end';
+}
+
+/** Up to `max` bytes of a file at `position`, read into a pooled buffer. */
+export async function readFilePiece(file: FileHandle, position: number, max: number): Promise<Piece> {
+  const buffer = takeBuffer();
+  try {
+    const { bytesRead } = await file.read(buffer, 0, Math.min(max, BUFFER_SIZE), position);
+    if (bytesRead === 0) throw new Error(`file ended at byte ${position}, before the content did`);
+    return { bytes: bytesRead === buffer.length ? buffer : buffer.subarray(0, bytesRead), release: () => giveBuffer(buffer) };
+  } catch (error) {
+    giveBuffer(buffer);
+    throw error;
+  }
+}
+
+/** A stored file as a source: every byte is there. */
+export function fileSource(file: FileHandle): ByteSource {
+  return { read: (position, max) => readFilePiece(file, position, max) };
+}
+
+/**
+ * Writes bytes [start, end] of the source to the response and ends it; `end` may be Infinity when
+ * the length is not known (the source says when it ends). `begin` sends the headers: it is called
+ * once the first bytes are at hand (or the content turns out empty), so a source that fails before
+ * that rejects here and the caller can still answer with an error. Resolves with the bytes the
+ * socket accepted. A client that goes away ends the loop early; a source failing after the headers
+ * destroys the response, so the client sees a cut connection, never a short success.
+ */
+export async function sendRange(response: ServerResponse, source: ByteSource, start: number, end: number, begin: () => void): Promise<number> {
+  let position = start;
+  let inFlight = 0;
+  let sent = 0;
+  let wake: (() => void) | undefined;
+  const signal = () => {
+    const resume = wake;
+    wake = undefined;
+    resume?.();
+  };
+  let begun = false;
+  const beginOnce = () => {
+    if (begun) return;
+    begun = true;
+    begin();
+  };
+  response.on('drain', signal).on('close', signal);
+  try {
+    while (position <= end && !response.destroyed) {
+      if (inFlight >= IN_FLIGHT || response.writableNeedDrain) {
+        await new Promise<void>((resolve) => (wake = resolve));
+        continue;
+      }
+      const next = source.read(position, Math.min(BUFFER_SIZE, end - position + 1));
+      if (next === 'end') break;
+      if ('wait' in next) {
+        // more bytes, or the client going away ('close' signals too)
+        await new Promise<void>((resolve) => {
+          wake = resolve;
+          void next.wait.then(signal);
+        });
+        continue;
+      }
+      const piece = await next;
+      if (response.destroyed) {
+        piece.release();
+        break;
+      }
+      beginOnce();
+      const length = piece.bytes.length;
+      position += length;
+      inFlight++;
+      response.write(piece.bytes, (error) => {
+        inFlight--;
+        if (!error) sent += length;
+        // On an error the socket is gone and no longer holds the bytes either.
+        piece.release();
+        signal();
+      });
+    }
+    beginOnce();
+    if (!response.destroyed) response.end();
+  } catch (error) {
+    if (!begun) throw error;
+    response.destroy(error as Error);
+  } finally {
+    response.off('drain', signal).off('close', signal);
+  }
+  if (!response.destroyed && !response.writableFinished) await new Promise((resolve) => response.once('close', resolve));
+  return sent;
+}
