@@ -5,6 +5,7 @@ import { access, mkdir, writeFile } from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
 import { performance } from 'node:perf_hooks';
+import { buildCompiled } from '../test/harness/compiled.ts';
 import { hey } from '../test/harness/load.ts';
 import { startMirrorProcess } from '../test/harness/mirror.ts';
 import { startNginx } from '../test/harness/nginx.ts';
@@ -60,7 +61,10 @@ async function main(): Promise<void> {
   progress(`upstream (distribution registry) at ${upstream.url}`);
   const distribution = await startDistributionProxy(upstream.url);
   progress(`distribution's proxy at ${distribution.url}`);
+  // regmirror as its image runs it: compiled JavaScript through bin/regmirror.sh (its node flags)
+  const launcher = await buildCompiled();
   const regmirror = await startMirrorProcess({
+    launcher,
     upstreams: [
       { registry: 'docker.io', url: upstream.url, tagTTL: '30s' },
       // the same upstream under a second name, for manifests by tag with tagTTL 0 (?ns=ttl0.bench)
@@ -336,7 +340,8 @@ ${input.summaryLine}
 - **Servers.** The upstream is a distribution 2.8 registry on 127.0.0.1 (its access log is how
   upstream GETs are counted). distribution's own pull-through cache (\`docker-registry\` with a
   \`proxy:\` section, \`remoteurl\` = the upstream) and regmirror (\`regmirror mirror\` as a child
-  process) both store on the same filesystem, both log warnings only (no access log: regmirror writes
+  process, run as its image runs it: compiled with tsconfig.build.json and started by
+  \`bin/regmirror.sh\` with its node flags) both store on the same filesystem, both log warnings only (no access log: regmirror writes
   no per-request line either). nginx (${'`worker_processes auto`'}, sendfile) serves regmirror's own
   stored blob file: the limit for serving stored bytes from this disk over loopback.
 - **Clients.** Blobs: one \`curl\` process per client, body to /dev/null, the same for every server;

@@ -65,15 +65,24 @@ export interface MirrorProcess {
   process: ServerProcess;
 }
 
-/** `node bin/regmirror.ts mirror --config FILE` as a child process. */
-export async function startMirrorProcess(opts: TestMirrorOptions & { port?: number; /** More flags after --config FILE. */ args?: string[] }): Promise<MirrorProcess> {
+/**
+ * `node bin/regmirror.ts mirror --config FILE` as a child process; with `launcher` (from
+ * buildCompiled in compiled.ts), that launcher instead: the compiled programs, as the image runs them.
+ */
+export async function startMirrorProcess(opts: TestMirrorOptions & { port?: number; /** More flags after --config FILE. */ args?: string[]; launcher?: string }): Promise<MirrorProcess> {
   const port = opts.port ?? (await freePort());
   const file = await configFor({ ...opts, logLevel: opts.logLevel ?? 'info' }, port);
   const dir = await makeTempDir('mirror-config');
   const configFile = path.join(dir, 'config.yaml');
   await writeFile(configFile, stringify(file));
   const root = path.resolve(import.meta.dirname, '../..');
-  const child = await spawnServer(process.execPath, [path.join(root, 'bin/regmirror.ts'), 'mirror', '--config', configFile, ...(opts.args ?? [])], {
+  const programArgs = ['mirror', '--config', configFile, ...(opts.args ?? [])];
+  // The launcher runs `node` from PATH: this Node first, as npm scripts do.
+  const [command, args, env] = opts.launcher
+    ? ['sh', [opts.launcher, ...programArgs], { ...process.env, PATH: `${path.dirname(process.execPath)}:${process.env.PATH ?? ''}` }]
+    : [process.execPath, [path.join(root, 'bin/regmirror.ts'), ...programArgs], process.env];
+  const child = await spawnServer(command, args, {
+    env,
     cwd: root,
     logFile: path.join(dir, 'mirror.log'),
     ready: async () => (await httpRequest(`http://127.0.0.1:${port}/healthz`)).status === 200,
