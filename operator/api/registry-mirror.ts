@@ -112,7 +112,7 @@ export const RegistryMirrorSpecSchema = Type.Object(
           description: 'ReadWriteMany is needed for more than one replica.',
         }),
         maxSize: Type.Optional(
-          Type.String({ maxLength: 64, pattern: QUANTITY_PATTERN, description: 'Least-recently-used content is evicted above this; at most size.' }),
+          Type.String({ maxLength: 64, pattern: QUANTITY_PATTERN, description: 'Least-recently-used content is evicted above this; at most size. Defaults to 85% of size.' }),
         ),
         ttl: Type.Optional(Type.String({ maxLength: 64, pattern: DURATION_PATTERN, description: 'Content not read for this long is evicted.' })),
       },

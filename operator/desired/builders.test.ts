@@ -63,6 +63,15 @@ test('the ConfigMap holds a mirror config file that the mirror itself accepts', 
   assert.equal(resolveConfig(plain, 'configmap').upstreams.length, 2);
 });
 
+test('without storage.maxSize the mirror still evicts before the volume fills: at 85% of its size', () => {
+  const config = (storage: { size: string; maxSize?: string }) =>
+    parse(desiredConfigMap(inputsFixture({}, { ...credentialed, storage: { ...storage, accessMode: 'ReadWriteOnce' } })).data[CONFIG_KEY]);
+  assert.equal(config({ size: '50Gi' }).storage.maxSize, '43520Mi');
+  assert.equal(resolveConfig(config({ size: '50Gi' }), 'configmap').storage.maxSizeBytes, 43520 * 2 ** 20);
+  assert.equal(config({ size: '10G' }).storage.maxSize, '8106Mi');
+  assert.equal(config({ size: '50Gi', maxSize: '49Gi' }).storage.maxSize, '49Gi', 'a maxSize given is kept');
+});
+
 test('the Secret normalises upstream credentials and adds the nodes\' htpasswd entry', () => {
   const inputs = inputsFixture({ upstreamCredentials: credentials, htpasswd: 'bob:$2y$05$x\n\n', nodeCredentials }, credentialed);
   const secret = valid(Secret, desiredSecret(inputs));

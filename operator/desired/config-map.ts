@@ -1,6 +1,7 @@
 // The mirror's configuration file (DESIGN.md's mirror contract) in a ConfigMap. Credentials are
 // referenced by file path into the owned Secret's mount, never written here.
 import { stringify } from 'yaml';
+import { formatQuantity, parseQuantity } from '../../common/quantity.ts';
 import type { RegistryMirror } from '../api/registry-mirror.ts';
 import {
   MIRROR_PORT, PATHS, defaultRegistry, metadata, names, upstreamSecretKeys, upstreamUrl, type DesiredInputs,
@@ -8,11 +9,27 @@ import {
 
 export const CONFIG_KEY = 'config.yaml';
 
+/**
+ * Without spec.storage.maxSize the mirror still evicts before its volume is full: at this share of
+ * the volume's size. Not all of a volume is usable (filesystem metadata; ext4 keeps 5% for root and
+ * the mirror runs as 65532), and eviction trims to 90% of maxSize while fills keep adding.
+ */
+export const DEFAULT_MAX_SIZE_SHARE = 0.85;
+
+/** spec.storage.maxSize, else DEFAULT_MAX_SIZE_SHARE of the volume, in whole MiB. */
+export function effectiveMaxSize(storage: { size: string; maxSize?: string | undefined }): string | undefined {
+  if (storage.maxSize) return storage.maxSize;
+  const size = parseQuantity(storage.size);
+  if (size === undefined) return undefined;
+  return formatQuantity(Math.floor((size * DEFAULT_MAX_SIZE_SHARE) / 2 ** 20) * 2 ** 20);
+}
+
 /** The mirror config file as data (the same shape mirror/config.ts reads). */
 export function mirrorConfig(inputs: DesiredInputs): Record<string, unknown> {
   const { spec } = inputs.mirror;
   const storage: Record<string, unknown> = { path: PATHS.storage };
-  if (spec.storage.maxSize) storage.maxSize = spec.storage.maxSize;
+  const maxSize = effectiveMaxSize(spec.storage);
+  if (maxSize) storage.maxSize = maxSize;
   if (spec.storage.ttl) storage.ttl = spec.storage.ttl;
   const config: Record<string, unknown> = {
     listen: `:${MIRROR_PORT}`,
