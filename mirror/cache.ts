@@ -66,6 +66,8 @@ export interface CacheHooks {
   onAccess?(kind: 'blob' | 'manifest', digest: Digest, size: number): void;
   /** Told when a client starts streaming a stored blob; the returned function is called when it stops. */
   onStream?(digest: string): () => void;
+  /** Told when a write of this many bytes failed because the store's volume is full. */
+  onStoreFull?(bytes: number): void;
 }
 
 export class PullThroughCache {
@@ -222,7 +224,12 @@ export class PullThroughCache {
     const mediaType = manifestMediaType(header(response.headers, 'content-type'), bytes);
     if (!mediaType) throw upstreamUnavailable(repo.upstream.registry, `${reference} is not a manifest this mirror understands`);
     const digest = parseDigest(actual);
-    await this.store.writeManifest(digest, { bytes, mediaType });
+    try {
+      await this.store.writeManifest(digest, { bytes, mediaType });
+    } catch (error) {
+      if (isVolumeFull(error)) this.hooks.onStoreFull?.(bytes.length);
+      throw error;
+    }
     this.remember(digest.text, { bytes, mediaType });
     this.hooks.onAccess?.('manifest', digest, bytes.length);
     this.logger.info({ upstream: repo.upstream.registry, repository: repo.name, reference, digest: actual, mediaType, bytes: bytes.length }, 'manifest fetched from upstream');
@@ -340,7 +347,10 @@ export class PullThroughCache {
         });
         this.logger.info({ upstream: repo.upstream.registry, repository: repo.name, digest: digest.text, bytes: fill.received, ms: this.now() - started }, 'blob stored');
       } catch (error) {
-        this.metrics.fillFailures.inc({ reason: failureReason(error as Error) });
+        const reason = failureReason(error as Error);
+        this.metrics.fillFailures.inc({ reason });
+        // the next request for it (a runtime retries, or falls back to the upstream meanwhile) finds room
+        if (isVolumeFull(error)) this.hooks.onStoreFull?.(size ?? fill.received);
         this.logger.error({ upstream: repo.upstream.registry, repository: repo.name, digest: digest.text, bytesReceived: fill.received, err: error }, 'blob fetch failed; nothing stored');
         throw error;
       }
@@ -443,6 +453,12 @@ async function* countBytes(body: AsyncIterable<Uint8Array>, count: (n: number) =
     count(chunk.byteLength);
     yield chunk;
   }
+}
+
+/** A write failed for lack of room (not a broken disk). */
+function isVolumeFull(error: unknown): boolean {
+  const code = (error as NodeJS.ErrnoException | undefined)?.code;
+  return code === 'ENOSPC' || code === 'EDQUOT';
 }
 
 function failureReason(error: Error): string {

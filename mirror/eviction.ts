@@ -1,8 +1,10 @@
 // Eviction: content not read for storage.ttl goes, and when the store grows past storage.maxSize
-// the least recently read content goes until it is back under. The index of sizes and last-read
+// the least recently read content goes until it is back under; when the volume itself is full (a
+// write failed with ENOSPC, with or without maxSize), it goes until what was being written fits. The index of sizes and last-read
 // times lives in memory and is rebuilt at start from the store itself: each file's mtime is its
 // last read (written through, at most once a minute per item), so the index survives restarts and
 // crashes with nothing extra to keep consistent. Content a client is streaming is never removed.
+import { statfs } from 'node:fs/promises';
 import type { Logger } from '../common/logger.ts';
 import type { MirrorMetrics } from './metrics.ts';
 import { parseDigest, type Digest } from './reference.ts';
@@ -24,6 +26,8 @@ export interface EvictionPolicy {
 
 /** Evicting down to this share of maxSize leaves room, so a full store does not evict on every write. */
 const LOW_WATERMARK = 0.9;
+/** Making room on a full volume frees this share of the store beyond what the write needed, so the next writes fit too. */
+const ROOM_MARGIN = 0.1;
 /** Last-read times are written to disk at most this often per item (the hot path stays in memory). */
 const PERSIST_EVERY_MS = 60_000;
 
@@ -38,6 +42,7 @@ export class Evictor {
   private totalBytes = 0;
   private indexed = false;
   private evicting: Promise<void> | undefined;
+  private makingRoom: Promise<unknown> = Promise.resolve();
   private timer: NodeJS.Timeout | undefined;
   /** Called with each removed manifest, so in-memory copies go too. */
   onManifestEvicted: (digest: string) => void = () => undefined;
@@ -125,6 +130,42 @@ export class Evictor {
     return this.evicting;
   }
 
+  /**
+   * The volume is full (a write of `bytes` failed with ENOSPC): evicts the least recently read
+   * content not being streamed until those bytes fit, and a tenth of the store more. Evicts nothing
+   * when even all of that content would not make them fit (the blob is larger than what the volume
+   * can hold for the mirror). Resolves with whether the room is there now.
+   */
+  makeRoom(bytes: number): Promise<boolean> {
+    if (!this.indexed) return Promise.resolve(false);
+    // one at a time: after the first has made room, the next finds it there
+    const run = this.makingRoom.then(() => this.runMakeRoom(bytes));
+    this.makingRoom = run.catch(() => false);
+    return run;
+  }
+
+  private async runMakeRoom(bytes: number): Promise<boolean> {
+    const volume = await statfs(this.store.root);
+    const free = volume.bavail * volume.bsize;
+    const wanted = bytes + this.totalBytes * ROOM_MARGIN - free;
+    if (wanted <= 0) return true;
+    const candidates = [...this.entries.values()].filter((entry) => !this.pins.has(entry.digest)).sort((a, b) => a.lastAccess - b.lastAccess);
+    const evictable = candidates.reduce((sum, entry) => sum + entry.size, 0);
+    if (evictable + free < bytes) {
+      this.logger.warn({ bytes, freeBytes: free, evictableBytes: evictable }, 'the store volume is full and evicting would not make room for this write: nothing evicted');
+      return false;
+    }
+    let freed = 0;
+    for (const entry of candidates) {
+      if (freed >= wanted) break;
+      await this.remove(entry, 'room');
+      freed += entry.size;
+    }
+    this.updateGauges();
+    this.logger.warn({ bytes, freedBytes: freed, storeBytes: this.totalBytes }, 'the store volume was full: evicted the least recently read content to make room');
+    return true;
+  }
+
   private async runEviction(): Promise<void> {
     const now = this.now();
     const { ttlMs, maxSizeBytes } = this.policy;
@@ -145,7 +186,7 @@ export class Evictor {
     this.updateGauges();
   }
 
-  private async remove(entry: Entry, reason: 'ttl' | 'size'): Promise<void> {
+  private async remove(entry: Entry, reason: 'ttl' | 'size' | 'room'): Promise<void> {
     if (this.pins.has(entry.digest)) return;
     const key = `${entry.kind}:${entry.digest}`;
     if (this.entries.get(key) !== entry) return;

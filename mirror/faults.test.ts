@@ -326,7 +326,7 @@ describe('a full disk', { skip: process.getuid?.() !== 0 ? 'mounting a tmpfs nee
       }
     }));
 
-  test('with no room left, a miss gets 503 UNAVAILABLE saying the store is full, and stored content is still served', () =>
+  test('with no room left, a miss gets 503 UNAVAILABLE saying the store is full, the least recently read content makes room, and the retry succeeds', () =>
     withTmpfs('4m', async (volume) => {
       const mirror = await startTestMirror({ upstreams: [{ registry: 'docker.io', url: hub.url }], storagePath: path.join(volume, 'data') });
       const agent = new http.Agent({ keepAlive: true });
@@ -334,16 +334,21 @@ describe('a full disk', { skip: process.getuid?.() !== 0 ? 'mounting a tmpfs nee
         await pull(mirror, agent, 'small', small);
         const filled = await runCommand('dd', ['if=/dev/zero', `of=${path.join(volume, 'filler')}`, 'bs=1M', 'count=8']);
         assert.notEqual(filled.code, 0, 'dd stopped at a full disk');
-        for (const url of ['/v2/library/later/manifests/v1', `/v2/library/later/blobs/${later.configDigest}`]) {
-          const res = await get(`${mirror.url}${url}`, agent, { accept: ACCEPT });
-          assert.equal(res.status, 503, url);
-          const error = JSON.parse(res.body.toString()).errors[0];
-          assert.equal(error.code, 'UNAVAILABLE');
-          assert.match(error.message, /store is full \(ENOSPC\)/);
-        }
-        assert.ok(!(await storedBlobs(mirror.storagePath)).includes(later.configDigest));
-        const stored = await get(`${mirror.url}/v2/library/small/blobs/${small.layers[0]!.digest}`, agent);
-        assert.equal(sha256(stored.body), small.layers[0]!.digest);
+        const manifestUrl = `${mirror.url}/v2/library/later/manifests/v1`;
+        const full = await get(manifestUrl, agent, { accept: ACCEPT });
+        assert.equal(full.status, 503);
+        const error = JSON.parse(full.body.toString()).errors[0];
+        assert.equal(error.code, 'UNAVAILABLE');
+        assert.match(error.message, /store is full \(ENOSPC\)/);
+        // no storage.maxSize here: the full volume itself makes the mirror evict, oldest read first
+        await waitFor(async () => (await metric(mirror, /^regmirror_evictions_total\{reason="room"\}/)) >= 1, { timeoutMs: 10_000, what: 'room to be made' });
+        assert.ok(!(await storedBlobs(mirror.storagePath)).includes(small.layers[0]!.digest), 'the least recently read blob went');
+        const again = await get(manifestUrl, agent, { accept: ACCEPT });
+        assert.equal(again.status, 200);
+        const config = await get(`${mirror.url}/v2/library/later/blobs/${later.configDigest}`, agent);
+        assert.equal(config.status, 200);
+        assert.equal(sha256(config.body), later.configDigest);
+        assert.ok((await storedBlobs(mirror.storagePath)).includes(later.configDigest), 'stored this time');
       } finally {
         agent.destroy();
         await mirror.stop();

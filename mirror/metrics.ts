@@ -75,7 +75,7 @@ export class MirrorMetrics {
 
   readonly evictions = new Counter({
     name: 'regmirror_evictions_total',
-    help: 'Blobs and manifests removed from the store, by reason: ttl (not read for storage.ttl) or size (over storage.maxSize).',
+    help: 'Blobs and manifests removed from the store, by reason: ttl (not read for storage.ttl), size (over storage.maxSize) or room (the volume was full).',
     labelNames: ['reason'] as const,
     registers: [this.registry],
   });
