@@ -46,6 +46,13 @@ function get(url: string, agent: http.Agent, headers: Record<string, string> = {
   });
 }
 
+/** GETs a blob through the mirror and asserts that all of it, and the right bytes, came back. */
+async function assertServes(mirror: TestMirror, agent: http.Agent, repository: string, digest: string): Promise<void> {
+  const res = await get(`${mirror.url}/v2/${repository}/blobs/${digest}`, agent);
+  assert.equal(res.status, 200, `GET ${repository} ${digest}`);
+  assert.equal(sha256(res.body), digest);
+}
+
 async function storedBlobs(storagePath: string): Promise<string[]> {
   const found: string[] = [];
   const top = path.join(storagePath, 'blobs', 'sha256');
@@ -90,9 +97,7 @@ describe('upstream faults during a fill', () => {
       assert.equal(await metric(mirror, /^regmirror_fetch_failures_total\{reason="timeout"\}/), 1);
 
       stall.remove(); // the upstream recovers
-      const res = await get(`${mirror.url}/v2/library/app/blobs/${layer.digest}`, agent);
-      assert.equal(res.status, 200);
-      assert.equal(sha256(res.body), layer.digest);
+      await assertServes(mirror, agent, 'library/app', layer.digest);
       assert.ok((await storedBlobs(mirror.storagePath)).includes(layer.digest));
     } finally {
       agent.destroy();
@@ -110,9 +115,7 @@ describe('upstream faults during a fill', () => {
       assert.equal(res.status, 502);
       assert.equal(JSON.parse(res.body.toString()).errors[0].code, 'UNAVAILABLE');
       assert.equal(hang.hits(), 1);
-      const again = await get(`${mirror.url}/v2/library/app/blobs/${layer.digest}`, agent);
-      assert.equal(again.status, 200);
-      assert.equal(sha256(again.body), layer.digest);
+      await assertServes(mirror, agent, 'library/app', layer.digest);
     } finally {
       agent.destroy();
       await mirror.stop();
@@ -180,9 +183,7 @@ describe('upstream faults during a fill', () => {
       assert.equal(cut.hits(), 1);
       await waitFor(async () => (await temporaryFiles(mirror.storagePath)).length === 0, { timeoutMs: 10_000, what: 'the partial download to be removed' });
       assert.ok(!(await storedBlobs(mirror.storagePath)).includes(layer.digest));
-      const res = await get(`${mirror.url}/v2/library/app/blobs/${layer.digest}`, agent);
-      assert.equal(res.status, 200);
-      assert.equal(sha256(res.body), layer.digest);
+      await assertServes(mirror, agent, 'library/app', layer.digest);
     } finally {
       agent.destroy();
       await mirror.stop();
@@ -202,9 +203,7 @@ describe('upstream faults during a fill', () => {
       assert.equal(error.code, 'UNAVAILABLE');
       assert.match(error.message, new RegExp(`upstream docker.io unavailable: the transfer of ${layer.digest} failed .*nothing was stored, try again`));
       assert.ok(!(await storedBlobs(mirror.storagePath)).includes(layer.digest));
-      const again = await get(`${mirror.url}/v2/library/app/blobs/${layer.digest}`, agent);
-      assert.equal(again.status, 200);
-      assert.equal(sha256(again.body), layer.digest);
+      await assertServes(mirror, agent, 'library/app', layer.digest);
     } finally {
       agent.destroy();
       await mirror.stop();
@@ -287,11 +286,7 @@ describe('a full disk', { skip: process.getuid?.() !== 0 ? 'mounting a tmpfs nee
   const pull = async (mirror: TestMirror, agent: http.Agent, name: string, img: TestImage) => {
     const manifest = await get(`${mirror.url}/v2/library/${name}/manifests/v1`, agent, { accept: ACCEPT });
     assert.equal(manifest.status, 200);
-    for (const digest of [img.configDigest, ...img.layers.map((l) => l.digest)]) {
-      const res = await get(`${mirror.url}/v2/library/${name}/blobs/${digest}`, agent);
-      assert.equal(res.status, 200);
-      assert.equal(sha256(res.body), digest);
-    }
+    for (const digest of [img.configDigest, ...img.layers.map((l) => l.digest)]) await assertServes(mirror, agent, `library/${name}`, digest);
   };
 
   test('filling up during a fill: the client is cut, nothing partial is kept, stored content is still served', () =>
@@ -310,9 +305,7 @@ describe('a full disk', { skip: process.getuid?.() !== 0 ? 'mounting a tmpfs nee
         // what is stored is still served, even with the upstream gone
         await hub.stop();
         try {
-          const stored = await get(`${mirror.url}/v2/library/small/blobs/${small.layers[0]!.digest}`, agent);
-          assert.equal(stored.status, 200);
-          assert.equal(sha256(stored.body), small.layers[0]!.digest);
+          await assertServes(mirror, agent, 'library/small', small.layers[0]!.digest);
           assert.equal((await get(`${mirror.url}/v2/library/small/manifests/v1`, agent, { accept: ACCEPT })).status, 200, 'the stored manifest is served when the upstream is down');
         } finally {
           await hub.start();
@@ -345,9 +338,7 @@ describe('a full disk', { skip: process.getuid?.() !== 0 ? 'mounting a tmpfs nee
         assert.ok(!(await storedBlobs(mirror.storagePath)).includes(small.layers[0]!.digest), 'the least recently read blob went');
         const again = await get(manifestUrl, agent, { accept: ACCEPT });
         assert.equal(again.status, 200);
-        const config = await get(`${mirror.url}/v2/library/later/blobs/${later.configDigest}`, agent);
-        assert.equal(config.status, 200);
-        assert.equal(sha256(config.body), later.configDigest);
+        await assertServes(mirror, agent, 'library/later', later.configDigest);
         assert.ok((await storedBlobs(mirror.storagePath)).includes(later.configDigest), 'stored this time');
       } finally {
         agent.destroy();
