@@ -149,7 +149,7 @@ export class Evictor {
     const free = volume.bavail * volume.bsize;
     const wanted = bytes + this.totalBytes * ROOM_MARGIN - free;
     if (wanted <= 0) return true;
-    const candidates = [...this.entries.values()].filter((entry) => !this.pins.has(entry.digest)).sort((a, b) => a.lastAccess - b.lastAccess);
+    const candidates = this.leastRecentlyReadFirst();
     const evictable = candidates.reduce((sum, entry) => sum + entry.size, 0);
     if (evictable + free < bytes) {
       this.logger.warn({ bytes, freeBytes: free, evictableBytes: evictable }, 'the store volume is full and evicting would not make room for this write: nothing evicted');
@@ -176,14 +176,18 @@ export class Evictor {
     }
     if (maxSizeBytes && this.totalBytes > maxSizeBytes) {
       const target = maxSizeBytes * LOW_WATERMARK;
-      const oldestFirst = [...this.entries.values()].sort((a, b) => a.lastAccess - b.lastAccess);
-      for (const entry of oldestFirst) {
+      for (const entry of this.leastRecentlyReadFirst()) {
         if (this.totalBytes <= target) break;
         await this.remove(entry, 'size');
       }
       if (this.totalBytes > maxSizeBytes) this.logger.warn({ bytes: this.totalBytes, maxSizeBytes, streaming: this.pins.size }, 'store is over storage.maxSize and everything left is being streamed');
     }
     this.updateGauges();
+  }
+
+  /** What eviction may take, least recently read first: everything not being streamed. */
+  private leastRecentlyReadFirst(): Entry[] {
+    return [...this.entries.values()].filter((entry) => !this.pins.has(entry.digest)).sort((a, b) => a.lastAccess - b.lastAccess);
   }
 
   private async remove(entry: Entry, reason: 'ttl' | 'size' | 'room'): Promise<void> {
