@@ -5,7 +5,7 @@ import { readFile } from 'node:fs/promises';
 import path from 'node:path';
 import { after, before, test } from 'node:test';
 import { pushRandomBlob } from '../../bench/blobs.ts';
-import { buildCompiled } from './compiled.ts';
+import { buildCompiled, launcherEnv } from './compiled.ts';
 import { startMirrorProcess, type MirrorProcess } from './mirror.ts';
 import { httpRequest, runCommand } from './process.ts';
 import { startRegistry, type RegistryServer } from './registry.ts';
@@ -28,7 +28,7 @@ test('the compiled tree holds JavaScript only, and its launcher runs every progr
   const found = await runCommand('find', [root, '-name', '*.ts', '-not', '-path', '*/node_modules/*']);
   assert.equal(found.stdout.trim(), '', 'no TypeScript left to strip at start');
   for (const program of ['mirror', 'operator', 'node-agent']) {
-    const help = await runCommand('sh', [launcher, program, '--help'], { env: { ...process.env, PATH: `${path.dirname(process.execPath)}:${process.env.PATH ?? ''}` } });
+    const help = await runCommand('sh', [launcher, program, '--help'], { env: launcherEnv() });
     assert.equal(help.code, 0, `${program} --help: ${help.stderr}`);
     assert.match(help.stdout, /usage: regmirror/);
   }

@@ -7,6 +7,11 @@ import { makeTempDir, runCommand } from './process.ts';
 
 const REPO_ROOT = path.resolve(import.meta.dirname, '../..');
 
+/** The environment to run the launcher in: it runs `node` from PATH, so this Node comes first, as in npm scripts. */
+export function launcherEnv(): NodeJS.ProcessEnv {
+  return { ...process.env, PATH: `${path.dirname(process.execPath)}:${process.env.PATH ?? ''}` };
+}
+
 /** Builds the tree and returns the path of its launcher, `<dir>/bin/regmirror.sh`. */
 export async function buildCompiled(): Promise<string> {
   const dir = await makeTempDir('compiled');

@@ -7,6 +7,7 @@ import { createLogger } from '../../common/logger.ts';
 import { createMirror, type Mirror } from '../../mirror/app.ts';
 import { resolveConfig, type MirrorConfigFile } from '../../mirror/config.ts';
 import type { UpstreamTimeouts } from '../../mirror/upstream.ts';
+import { launcherEnv } from './compiled.ts';
 import { freePort, httpRequest, makeTempDir, spawnServer, type ServerProcess } from './process.ts';
 
 export interface TestMirrorOptions {
@@ -77,9 +78,8 @@ export async function startMirrorProcess(opts: TestMirrorOptions & { port?: numb
   await writeFile(configFile, stringify(file));
   const root = path.resolve(import.meta.dirname, '../..');
   const programArgs = ['mirror', '--config', configFile, ...(opts.args ?? [])];
-  // The launcher runs `node` from PATH: this Node first, as npm scripts do.
   const [command, args, env] = opts.launcher
-    ? ['sh', [opts.launcher, ...programArgs], { ...process.env, PATH: `${path.dirname(process.execPath)}:${process.env.PATH ?? ''}` }]
+    ? ['sh', [opts.launcher, ...programArgs], launcherEnv()]
     : [process.execPath, [path.join(root, 'bin/regmirror.ts'), ...programArgs], process.env];
   const child = await spawnServer(command, args, {
     env,
