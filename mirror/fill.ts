@@ -72,6 +72,8 @@ export class BlobFill {
   /** End of the bytes queued for the disk so far. */
   private queued = 0;
   private writeFailure: Error | undefined;
+  /** Set when the fill failed: writes still queued are skipped. */
+  private aborted = false;
   private syncing: Promise<void> | undefined;
   private syncedUpTo = 0;
   /** Settles at the next change readers care about (bytes, verification, failure). */
@@ -121,12 +123,18 @@ export class BlobFill {
       this.verified = true;
       this.progress();
     } catch (error) {
-      this.failure = error instanceof Error ? error : new Error(String(error));
-      this.progress();
+      const failure = error instanceof Error ? error : new Error(String(error));
+      this.aborted = true;
       await this.writing;
       await this.syncing?.catch(() => undefined);
       await unlink(this.temporaryPath).catch(() => undefined);
-      throw this.failure;
+      this.finished = true;
+      await this.closeIfIdle();
+      // Published last, once nothing is left to clean up: a reader cut by it and the caller that
+      // counts it (in this same turn) both find the fill settled, its temporary file gone.
+      this.failure = failure;
+      this.progress();
+      throw failure;
     } finally {
       this.finished = true;
       await this.closeIfIdle();
@@ -156,8 +164,7 @@ export class BlobFill {
   }
 
   private read(position: number, max: number): Piece | Promise<Piece> | Wait | 'end' {
-    const failure = this.failure ?? this.writeFailure;
-    if (failure) throw failure;
+    if (this.failure) throw this.failure;
     const available = this.available();
     if (position >= available) return this.verified ? 'end' : { wait: this.progressed };
     const length = Math.min(max, available - position);
@@ -206,15 +213,15 @@ export class BlobFill {
     if (to <= from) return;
     this.queued = to;
     this.writing = this.writing.then(async () => {
-      if (this.writeFailure || this.failure) return;
+      if (this.writeFailure || this.aborted) return;
       try {
         for (let at = from; at < to; ) {
           const { bytesWritten } = await handle.write(slab.buffer, at - slab.start, to - at, at);
           at += bytesWritten;
         }
       } catch (error) {
+        // the run loop sees it at its next chunk and fails the fill
         this.writeFailure = error as Error;
-        this.progress();
         return;
       }
       this.written = to;
