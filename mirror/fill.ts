@@ -122,6 +122,8 @@ export class BlobFill {
       this.size = this.received;
       this.verified = true;
       this.progress();
+      this.finished = true;
+      await this.closeIfIdle();
     } catch (error) {
       const failure = error instanceof Error ? error : new Error(String(error));
       this.aborted = true;
@@ -135,9 +137,6 @@ export class BlobFill {
       this.failure = failure;
       this.progress();
       throw failure;
-    } finally {
-      this.finished = true;
-      await this.closeIfIdle();
     }
   }
 
