@@ -1,9 +1,10 @@
 import assert from 'node:assert/strict';
 import { createHash, createCipheriv } from 'node:crypto';
+import { access } from 'node:fs/promises';
 import { test } from 'node:test';
 import { startRegistry } from '../test/harness/registry.ts';
 import { httpRequest } from '../test/harness/process.ts';
-import { blobGets, pushRandomBlob } from './blobs.ts';
+import { blobGets, distributionBlobPath, dropStoredFiles, pushRandomBlob } from './blobs.ts';
 import { download } from './client.ts';
 
 test('a pushed random blob has the digest of its seeded bytes, and the same seed gives the same digest', async () => {
@@ -38,6 +39,20 @@ test('upstream GETs for a blob are read exactly from the access log: other blobs
     // counted at once after the last response: the log line may not be written yet, and must still count
     assert.equal(await blobGets(registry, one), 3);
     assert.equal(await blobGets(registry, other), 2);
+  } finally {
+    await registry.stop();
+  }
+});
+
+test("a blob's stored file is where distributionBlobPath says, and dropStoredFiles removes it (and refuses a path with nothing there)", async () => {
+  const registry = await startRegistry();
+  try {
+    const digest = await pushRandomBlob(registry.url, 'library/drop', 100_000, 'drop');
+    const file = distributionBlobPath(registry.storageDir, digest);
+    await access(file);
+    await dropStoredFiles([file]);
+    await assert.rejects(access(file), { code: 'ENOENT' });
+    await assert.rejects(dropStoredFiles([file]), (error: Error) => error.message.includes(file) && error.message.includes('ENOENT'));
   } finally {
     await registry.stop();
   }

@@ -2,6 +2,7 @@
 // (POST, one streamed PATCH, PUT ?digest=), hashed on the way, so a 200 MB blob never sits in
 // memory or in a file of ours. And the upstream's count of GETs for one blob.
 import { createCipheriv, createHash } from 'node:crypto';
+import { unlink } from 'node:fs/promises';
 import { once } from 'node:events';
 import http from 'node:http';
 import type { RegistryServer } from '../test/harness/registry.ts';
@@ -75,4 +76,20 @@ export function regmirrorBlobPath(storagePath: string, digest: string): string {
 export function distributionBlobPath(storageDir: string, digest: string): string {
   const hex = digest.slice('sha256:'.length);
   return `${storageDir}/docker/registry/v2/blobs/sha256/${hex.slice(0, 2)}/${hex}/data`;
+}
+
+/**
+ * Deletes a cold blob's stored files (upstream's, each mirror's) once its run is measured, so their
+ * page cache is freed and the next run writes into memory the kernel has used before, as on a
+ * machine that has been up a while. On this VM, page cache growing into memory not used since boot
+ * costs about 3.5 ms per MB of system time (bench/profiling.md); without this, later cold runs
+ * measured that rather than the mirrors. A file not there is an error: a wrong path would
+ * otherwise quietly undo the point.
+ */
+export async function dropStoredFiles(files: string[]): Promise<void> {
+  for (const file of files) {
+    await unlink(file).catch((error: NodeJS.ErrnoException) => {
+      throw new Error(`dropping ${file} after its run: ${error.code ?? error.message}`);
+    });
+  }
 }

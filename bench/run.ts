@@ -13,7 +13,7 @@ import { writeOciImage, pushImage, MEDIA_TYPES } from '../test/harness/oci-image
 import { cleanupAll, httpRequest, makeTempDir, waitFor } from '../test/harness/process.ts';
 import { startRegistry } from '../test/harness/registry.ts';
 import { startContainerd } from '../test/harness/containerd.ts';
-import { blobGets, distributionBlobPath, pushRandomBlob, regmirrorBlobPath } from './blobs.ts';
+import { blobGets, distributionBlobPath, dropStoredFiles, pushRandomBlob, regmirrorBlobPath } from './blobs.ts';
 import { download, downloadInParallel, firstByte } from './client.ts';
 import { startDistributionProxy } from './distribution-proxy.ts';
 import { describeMachine, renderTable, type Row } from './report.ts';
@@ -92,6 +92,8 @@ async function main(): Promise<void> {
   };
   const order = (run: number): Mirror[] => (run % 2 === 0 ? ['distribution', 'regmirror'] : ['regmirror', 'distribution']);
   const blobUrl = (base: string, repository: string, digest: string) => `${base}/v2/${repository}/blobs/${digest}`;
+  /** A cold blob's files in the upstream and both mirrors, deleted once its run is measured (dropStoredFiles says why). */
+  const dropCold = (digest: string) => dropStoredFiles([distributionBlobPath(upstream.storageDir, digest), ...Object.values(mirrors).map((m) => m.stored(digest))]);
   const waitStored = (mirror: Mirror, digest: string) =>
     waitFor(async () => access(mirrors[mirror].stored(digest)).then(() => true, () => false), { timeoutMs: 60_000, intervalMs: 20, what: `${mirror} to store ${digest}` });
 
@@ -165,6 +167,7 @@ async function main(): Promise<void> {
       coldGets[mirror].push((await blobGets(upstream, digest)) - before);
     }
     progress(`cold blob, 8 clients, run ${run + 1}/${COLD_RUNS}: wall ms ${fmtRun(coldWall, run, 1)}; upstream GETs ${fmtRun(coldGets, run, 1)}`);
+    await dropCold(digest);
   }
   {
     const d = summarize(coldWall.distribution);
@@ -187,6 +190,7 @@ async function main(): Promise<void> {
       await waitStored(mirror, digest);
     }
     progress(`time to first byte of a cold blob, run ${run + 1}/${COLD_RUNS}: ms ${fmtRun(ttfb, run, 1, 1)}`);
+    await dropCold(digest);
   }
   {
     const u = summarize(ttfb.upstream);
@@ -356,7 +360,11 @@ ${input.summaryLine}
 - **Warm** means the blob was already stored by that server (its file present in the store) before
   the timed runs; the run stops if the upstream's log shows a GET for it during them (and likewise
   for blob GETs during a warm containerd pull). **Cold** means a new blob (new random bytes, so a new digest) per run, present only
-  upstream; both mirrors fetch the same new blob, in alternating order.
+  upstream; both mirrors fetch the same new blob, in alternating order. Once a cold run is measured,
+  that blob's files are deleted from the upstream's and both mirrors' storage, so each run writes
+  into memory the kernel has used before, as on a machine that has been up a while (on this VM,
+  page cache growing into memory not used since boot is slow, and slows whoever waits for its own
+  write: regmirror's clients, not distribution's; bench/profiling.md).
 - **Upstream GETs** are GET requests for that blob's digest in the upstream's access log, counted
   after the mirror had stored it (distribution's background store fetches it a second time).
 - **Manifests by tag.** distribution's proxy has no tag TTL: its tag service
