@@ -11,10 +11,15 @@ import { BUFFER_SIZE, giveBuffer, takeBuffer } from './buffer-pool.ts';
 import { readFilePiece, type ByteSource, type Piece, type Wait } from './blob-sender.ts';
 import type { Digest } from './reference.ts';
 
-/** Written slabs kept in memory for readers a little behind the newest bytes. */
-const MEMORY_WINDOW = 8 * BUFFER_SIZE;
+/**
+ * Written slabs kept in memory for readers a little behind the newest bytes. 4 MiB rather than 8:
+ * a containerd pull fills its layers at once, and at 8 MiB per fill (twice, with MAX_UNWRITTEN)
+ * those fills set the mirror's peak memory (168 -> 152 MB over the benchmark, cold 8 clients ~10%
+ * slower; bench/profiling.md).
+ */
+const MEMORY_WINDOW = 4 * BUFFER_SIZE;
 /** Bytes received but not yet on disk before the fill stops reading the upstream for a while. */
-const MAX_UNWRITTEN = 8 * BUFFER_SIZE;
+const MAX_UNWRITTEN = 4 * BUFFER_SIZE;
 /**
  * A datasync is started in the background every time this much more is on disk, so the one at the
  * end, which the last byte waits for, has little left to flush (a 200 MB file took 105-140 ms).
