@@ -15,6 +15,7 @@ import {
 } from './errors.ts';
 import type { ByteSource } from './blob-sender.ts';
 import { BlobFill, DigestMismatchError, SizeMismatchError } from './fill.ts';
+import { ManifestMemory } from './manifest-memory.ts';
 import type { MirrorMetrics } from './metrics.ts';
 import { parseDigest, type Digest } from './reference.ts';
 import type { ContentStore, StoredManifest } from './store.ts';
@@ -82,9 +83,7 @@ export class PullThroughCache {
   /** Tag records, read through from disk: a warm tag pull within tagTTL does no file I/O. */
   private readonly tags = new Map<string, { digest: string; mediaType: string; checkedAt: number }>();
   /** Small manifests kept in memory; the store stays the source of truth. */
-  private readonly manifestMemory = new Map<string, StoredManifest>();
-  private manifestMemoryBytes = 0;
-  private readonly manifestMemoryLimit: number;
+  private readonly manifestMemory: ManifestMemory;
 
   constructor(options: { store: ContentStore; logger: Logger; metrics: MirrorMetrics; now?: () => number; hooks?: CacheHooks; manifestMemoryBytes?: number }) {
     this.store = options.store;
@@ -92,7 +91,7 @@ export class PullThroughCache {
     this.metrics = options.metrics;
     this.now = options.now ?? Date.now;
     this.hooks = options.hooks ?? {};
-    this.manifestMemoryLimit = options.manifestMemoryBytes ?? 64 * 1024 * 1024;
+    this.manifestMemory = new ManifestMemory(options.manifestMemoryBytes ?? 64 * 1024 * 1024);
   }
 
   // ---------------------------------------------------------------- manifests
@@ -230,7 +229,7 @@ export class PullThroughCache {
       if (isVolumeFull(error)) this.hooks.onStoreFull?.(bytes.length);
       throw error;
     }
-    this.remember(digest.text, { bytes, mediaType });
+    this.manifestMemory.add(digest.text, { bytes, mediaType });
     this.hooks.onAccess?.('manifest', digest, bytes.length);
     this.logger.info({ upstream: repo.upstream.registry, repository: repo.name, reference, digest: actual, mediaType, bytes: bytes.length }, 'manifest fetched from upstream');
     return { bytes, mediaType, digest: actual };
@@ -239,37 +238,20 @@ export class PullThroughCache {
   private async readManifest(digest: Digest): Promise<StoredManifest | undefined> {
     const inMemory = this.manifestMemory.get(digest.text);
     if (inMemory) {
-      // Map order is insertion order: re-inserting makes it the most recently used.
-      this.manifestMemory.delete(digest.text);
-      this.manifestMemory.set(digest.text, inMemory);
       this.hooks.onAccess?.('manifest', digest, inMemory.bytes.length);
       return inMemory;
     }
     const stored = await this.store.readManifest(digest);
     if (stored) {
-      this.remember(digest.text, stored);
+      this.manifestMemory.add(digest.text, stored);
       this.hooks.onAccess?.('manifest', digest, stored.bytes.length);
     }
     return stored;
   }
 
-  private remember(digest: string, manifest: StoredManifest): void {
-    if (this.manifestMemory.has(digest)) return;
-    this.manifestMemory.set(digest, manifest);
-    this.manifestMemoryBytes += manifest.bytes.length;
-    for (const [oldest, value] of this.manifestMemory) {
-      if (this.manifestMemoryBytes <= this.manifestMemoryLimit) break;
-      this.manifestMemory.delete(oldest);
-      this.manifestMemoryBytes -= value.bytes.length;
-    }
-  }
-
   /** Drops a manifest from memory (eviction removed it from the store). */
   forgetManifest(digest: string): void {
-    const value = this.manifestMemory.get(digest);
-    if (!value) return;
     this.manifestMemory.delete(digest);
-    this.manifestMemoryBytes -= value.bytes.length;
   }
 
   // ---------------------------------------------------------------- blobs
