@@ -2,8 +2,8 @@
 // (POST, one streamed PATCH, PUT ?digest=), hashed on the way, so a 200 MB blob never sits in
 // memory or in a file of ours. And the upstream's count of GETs for one blob.
 import { createCipheriv, createHash } from 'node:crypto';
-import { unlink } from 'node:fs/promises';
 import { once } from 'node:events';
+import { unlink } from 'node:fs/promises';
 import http from 'node:http';
 import type { RegistryServer } from '../test/harness/registry.ts';
 
