@@ -6,6 +6,7 @@ import { mkdtemp, rm } from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
 import { after, test } from 'node:test';
+import type { ByteSource } from './blob-sender.ts';
 import { BlobFill, DigestMismatchError } from './fill.ts';
 import { parseDigest } from './reference.ts';
 
@@ -89,4 +90,41 @@ test('a reader of content that does not match its digest never receives the last
   const error = await ended;
   assert.ok(error instanceof DigestMismatchError, 'the reader fails instead of ending');
   assert.ok(Buffer.concat(received).length < bytes.length);
+});
+
+test('written bytes stay in memory only while an open reader is behind them', { timeout: 60_000 }, async () => {
+  const MiB = 1024 * 1024;
+  const { bytes, digest } = contentOf(12 * MiB);
+  const fill = new BlobFill(parseDigest(digest), await temporaryPath());
+  const held: { behind: number; caughtUp: number } = { behind: 0, caughtUp: 0 };
+  let behind: (ByteSource & { close(): void }) | undefined;
+  let reading: Promise<Buffer> | undefined;
+  /** Lets the disk catch up with what arrived, so what is left in memory is the fill's choice. */
+  const settle = async () => {
+    while (fill.written < fill.received - (fill.received % MiB)) await new Promise((resolve) => setImmediate(resolve));
+    await new Promise((resolve) => setImmediate(resolve));
+  };
+  const run = fill.run({ size: bytes.length, body: source(bytes, async (offset) => {
+    if (offset === 0) {
+      // opened, reads nothing yet: it still needs every byte from 0
+      behind = fill.openReader();
+      reading = collect(fill);
+    }
+    if (offset === 6 * MiB) {
+      await settle();
+      held.behind = fill.bytesInMemory;
+      behind!.close();
+    }
+    if (offset === 10 * MiB) {
+      await settle();
+      held.caughtUp = fill.bytesInMemory;
+    }
+    if (offset % MiB === 0) await new Promise((resolve) => setImmediate(resolve));
+  }) }, async () => undefined);
+  await run;
+  assert.ok((await reading!).equals(bytes));
+  // the window (4 MiB written) plus the slab filling, for the reader still at byte 0
+  assert.ok(held.behind >= 4 * MiB, `held ${held.behind} bytes for a reader at byte 0`);
+  // with every reader past the written slabs, only the slab still filling is left
+  assert.ok(held.caughtUp <= MiB, `held ${held.caughtUp} bytes with every reader caught up`);
 });

@@ -12,10 +12,11 @@ import { readFilePiece, type ByteSource, type Piece, type Wait } from './blob-se
 import type { Digest } from './reference.ts';
 
 /**
- * Written slabs kept in memory for readers a little behind the newest bytes. 4 MiB rather than 8:
- * a containerd pull fills its layers at once, and at 8 MiB per fill (twice, with MAX_UNWRITTEN)
- * those fills set the mirror's peak memory (168 -> 152 MB over the benchmark, cold 8 clients ~10%
- * slower; bench/profiling.md).
+ * Written slabs kept in memory for readers a little behind the newest bytes, at most: a written
+ * slab goes back to the pool as soon as every open reader is past it, and readers further behind
+ * read the file. 4 MiB rather than 8: a containerd pull fills its layers at once, and at 8 MiB per
+ * fill (twice, with MAX_UNWRITTEN) those fills set the mirror's peak memory (168 -> 152 MB over
+ * the benchmark, cold 8 clients ~10% slower; bench/profiling.md).
  */
 const MEMORY_WINDOW = 4 * BUFFER_SIZE;
 /** Bytes received but not yet on disk before the fill stops reading the upstream for a while. */
@@ -68,7 +69,8 @@ export class BlobFill {
   failure: Error | undefined;
   private readonly hash: Hash;
   private handle: FileHandle | undefined;
-  private readers = 0;
+  /** Where each open reader reads next: it still needs every byte from there on. */
+  private readonly readers = new Set<{ next: number }>();
   private finished = false;
   /** Slabs in memory, oldest first: written ones (the window), then those waiting for the disk, then the one filling. */
   private slabs: Slab[] = [];
@@ -145,16 +147,29 @@ export class BlobFill {
     }
   }
 
+  /** Bytes of the blob the fill holds in memory (slabs it keeps, not counting pieces readers are still sending). */
+  get bytesInMemory(): number {
+    return this.slabs.reduce((sum, slab) => sum + slab.length, 0);
+  }
+
   /** A source for one reader; `close` it when done (the fill keeps its file and slabs until every reader has). */
   openReader(): ByteSource & { close(): void } {
-    this.readers++;
+    const reader = { next: 0 };
+    this.readers.add(reader);
     let closed = false;
     return {
-      read: (position, max) => this.read(position, max),
+      read: (position, max) => {
+        reader.next = position;
+        const result = this.read(position, max);
+        // A piece lent just now holds its slab; what this reader has passed may go.
+        this.trimWindow();
+        return result;
+      },
       close: () => {
         if (closed) return;
         closed = true;
-        this.readers--;
+        this.readers.delete(reader);
+        this.trimWindow();
         void this.closeIfIdle();
       },
     };
@@ -247,14 +262,27 @@ export class BlobFill {
     });
   }
 
-  /** Lets go of written slabs beyond the window; a reader still sending one keeps it until it is sent. */
+  /**
+   * Lets go of written slabs that no open reader needs any more, and of those beyond the window
+   * whoever needs them (they read the file); a reader still sending one keeps it until it is sent.
+   */
   private trimWindow(): void {
     let resident = this.written - (this.slabs[0]?.start ?? this.written);
-    while (this.slabs.length > 1 && this.slabs[0]!.start + this.slabs[0]!.length <= this.written && resident - this.slabs[0]!.length >= MEMORY_WINDOW) {
-      const slab = this.slabs.shift()!;
+    while (this.slabs.length > 1) {
+      const slab = this.slabs[0]!;
+      const end = slab.start + slab.length;
+      if (end > this.written) break;
+      // Oldest first: a reader that needs this slab needs every later one too.
+      if (resident - slab.length < MEMORY_WINDOW && this.neededBefore(end)) break;
+      this.slabs.shift();
       resident -= slab.length;
       this.unref(slab);
     }
+  }
+
+  private neededBefore(end: number): boolean {
+    for (const reader of this.readers) if (reader.next < end) return true;
+    return false;
   }
 
   private unref(slab: Slab): void {
@@ -281,7 +309,7 @@ export class BlobFill {
   }
 
   private async closeIfIdle(): Promise<void> {
-    if (!this.finished || this.readers > 0) return;
+    if (!this.finished || this.readers.size > 0) return;
     for (const slab of this.slabs.splice(0)) this.unref(slab);
     if (this.handle) {
       const handle = this.handle;

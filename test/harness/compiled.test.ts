@@ -41,6 +41,6 @@ test('the compiled mirror pulls a blob through from the upstream, with the launc
   assert.equal(`sha256:${createHash('sha256').update(response.body).digest('hex')}`, digest);
   // sh execs node: the mirror's own process carries the flags the launcher documents
   const cmdline = (await readFile(`/proc/${mirror.process.pid}/cmdline`, 'utf8')).split('\0');
-  for (const flag of ['--max-semi-space-size=2', '--heap-growing-percent=100']) assert.ok(cmdline.includes(flag), cmdline.join(' '));
+  for (const flag of ['--max-semi-space-size=1', '--heap-growing-percent=100', '--no-allocation-site-pretenuring']) assert.ok(cmdline.includes(flag), cmdline.join(' '));
   assert.ok(cmdline.some((arg) => arg.endsWith('/bin/regmirror.js')), cmdline.join(' '));
 });
