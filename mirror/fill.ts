@@ -280,6 +280,7 @@ export class BlobFill {
     }
   }
 
+  /** Whether an open reader has yet to read some byte before `end`. */
   private neededBefore(end: number): boolean {
     for (const reader of this.readers) if (reader.next < end) return true;
     return false;
