@@ -1,0 +1,82 @@
+// The loop that writes a blob's bytes on a response: it keeps the next piece ready while the socket
+// is still taking the previous one, never holds more than IN_FLIGHT pieces for one client however
+// slow that client is, and gives every piece back.
+import assert from 'node:assert/strict';
+import { once } from 'node:events';
+import http from 'node:http';
+import net from 'node:net';
+import { test } from 'node:test';
+import { setTimeout as sleep } from 'node:timers/promises';
+import { IN_FLIGHT, sendRange, type ByteSource } from './blob-sender.ts';
+
+const PIECE = 1 << 20;
+const SIZE = 48 * PIECE;
+
+/** The byte at `position` of the test content: a pattern a shifted or dropped piece would break. */
+const byteAt = (position: number) => (position * 7 + (position >> 20)) & 0xff;
+
+/** A source of SIZE pattern bytes in PIECE pieces that counts what it lends and gets back. */
+function countingSource() {
+  const counts = { read: 0, released: 0 };
+  const source: ByteSource = {
+    read(position, max) {
+      if (position >= SIZE) return 'end';
+      const bytes = Buffer.alloc(Math.min(max, PIECE, SIZE - position));
+      for (let i = 0; i < bytes.length; i++) bytes[i] = byteAt(position + i);
+      counts.read++;
+      return { bytes, release: () => counts.released++ };
+    },
+  };
+  return { source, counts };
+}
+
+/** Polls until `value()` has not changed for `quietMs` (at most 10 s), and returns it. */
+async function settled(value: () => number, quietMs = 400): Promise<number> {
+  let last = value();
+  let quietSince = Date.now();
+  for (const deadline = Date.now() + 10_000; Date.now() < deadline; ) {
+    await sleep(25);
+    const now = value();
+    if (now !== last) [last, quietSince] = [now, Date.now()];
+    else if (Date.now() - quietSince >= quietMs) return now;
+  }
+  throw new Error('the count kept changing for 10 s');
+}
+
+test('a client that stops reading holds IN_FLIGHT pieces, the next one already read; once it reads on it gets every byte', async () => {
+  const { source, counts } = countingSource();
+  let sent: Promise<number> | undefined;
+  const server = http.createServer((_request, response) => {
+    sent = sendRange(response, source, 0, SIZE - 1, () => response.writeHead(200, { 'content-length': SIZE }));
+  });
+  server.listen(0, '127.0.0.1');
+  await once(server, 'listening');
+  const { port } = server.address() as net.AddressInfo;
+  try {
+    const client = net.connect(port, '127.0.0.1');
+    await once(client, 'connect');
+    client.pause();
+    client.write(`GET /blob HTTP/1.1\r\nhost: 127.0.0.1\r\nconnection: close\r\n\r\n`);
+
+    // The kernel's buffers fill, then the loop stops: with IN_FLIGHT pieces lent to the socket,
+    // the last of them read while the one before was still being sent.
+    const read = await settled(() => counts.read);
+    assert.ok(read < SIZE / PIECE, `the loop stopped before the end (${read} pieces read)`);
+    assert.equal(read - counts.released, IN_FLIGHT, `pieces held for a client that does not read: ${read - counts.released}`);
+
+    const chunks: Buffer[] = [];
+    client.on('data', (chunk: Buffer) => chunks.push(chunk));
+    client.resume();
+    await once(client, 'end');
+    const answer = Buffer.concat(chunks);
+    const body = answer.subarray(answer.indexOf('\r\n\r\n') + 4);
+    assert.match(answer.subarray(0, 12).toString(), /^HTTP\/1\.1 200/);
+    assert.equal(body.length, SIZE);
+    for (let position = 0; position < SIZE; position += 4093) assert.equal(body[position], byteAt(position), `byte ${position}`);
+    assert.equal(await sent, SIZE);
+    assert.equal(counts.released, counts.read, 'every piece given back');
+  } finally {
+    server.closeAllConnections();
+    server.close();
+  }
+});
