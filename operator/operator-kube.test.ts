@@ -329,10 +329,10 @@ describe('operator against a real kube-apiserver', { skip }, () => {
       upstreams: [{ registry: 'docker.io', credentialsSecretRef: { name: 'hub-credentials' } }],
       auth: { htpasswdSecretRef: { name: 'mirror-users' } },
     });
-    const secret = await eventually('the owned Secret with node credentials', async () => {
-      const s = await owned('v1', 'Secret', 'regmirror-locked');
-      return s?.data?.['node-password'] ? s : undefined;
-    });
+    // The DaemonSet is the last object a reconcile applies, and the status comes after it.
+    await eventually('the first reconcile done', async () => (await owned('apps/v1', 'DaemonSet', 'regmirror-locked-node')) && ready('locked'));
+    const secret = (await owned('v1', 'Secret', 'regmirror-locked'))!;
+    assert.ok(secret.data?.['node-password'], 'the owned Secret holds the nodes\' password');
     const htpasswd = Buffer.from(secret.data!.htpasswd!, 'base64').toString();
     assert.match(htpasswd, /^bob:\$2y\$05\$.*\nregmirror-node:\$2[aby]\$10\$/s);
     const config = parse((await owned('v1', 'ConfigMap', 'regmirror-locked'))!.data!['config.yaml']!);
