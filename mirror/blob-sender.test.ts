@@ -6,10 +6,12 @@ import { once } from 'node:events';
 import http from 'node:http';
 import net from 'node:net';
 import { test } from 'node:test';
-import { setTimeout as sleep } from 'node:timers/promises';
+import { waitFor } from '../test/harness/process.ts';
 import { IN_FLIGHT, sendRange, type ByteSource } from './blob-sender.ts';
+import { BUFFER_SIZE } from './buffer-pool.ts';
 
-const PIECE = 1 << 20;
+/** The loop asks a source for at most one pooled buffer's worth at a time. */
+const PIECE = BUFFER_SIZE;
 const SIZE = 48 * PIECE;
 
 /** The byte at `position` of the test content: a pattern a shifted or dropped piece would break. */
@@ -30,17 +32,16 @@ function countingSource() {
   return { source, counts };
 }
 
-/** Polls until `value()` has not changed for `quietMs` (at most 10 s), and returns it. */
+/** Waits until `value()` has not changed for `quietMs` (the harness's poller bounds it), and returns it. */
 async function settled(value: () => number, quietMs = 400): Promise<number> {
   let last = value();
   let quietSince = Date.now();
-  for (const deadline = Date.now() + 10_000; Date.now() < deadline; ) {
-    await sleep(25);
+  await waitFor(() => {
     const now = value();
     if (now !== last) [last, quietSince] = [now, Date.now()];
-    else if (Date.now() - quietSince >= quietMs) return now;
-  }
-  throw new Error('the count kept changing for 10 s');
+    return Date.now() - quietSince >= quietMs;
+  }, { intervalMs: 25, what: 'the send loop to stop reading' });
+  return last;
 }
 
 test('a client that stops reading holds IN_FLIGHT pieces, the next one already read; once it reads on it gets every byte', async () => {
