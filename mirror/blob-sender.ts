@@ -3,7 +3,8 @@
 // sent as views of the fill's own buffers, and each piece is given back once the socket has taken
 // it (the write callback). A stream would allocate a buffer per read and leave it to the garbage
 // collector; measured, this loop serves a stored 200 MB blob about twice as fast with less peak
-// memory (bench/profiling.md). Node has no sendfile, so this is the cheapest copy it can do.
+// memory (bench/profiling.md). Node has no sendfile or mmap; both, tried through a prototype addon,
+// were no faster here within the memory budget (sendfile slower, mmap only with whole blobs mapped).
 import type { ServerResponse } from 'node:http';
 import type { FileHandle } from 'node:fs/promises';
 import { BUFFER_SIZE, giveBuffer, takeBuffer } from './buffer-pool.ts';
