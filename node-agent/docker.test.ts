@@ -75,6 +75,24 @@ test('remove leaves the file alone when our entry is already gone or nothing was
   assert.deepEqual(planDockerRemove(null, applied.state), { action: 'none' });
 });
 
+test('a removal cut short after its reload step still brings the original bytes back', () => {
+  // The agent dies (evicted, OOM) between writing the reload form and the original: the next
+  // removal pass finds our entry gone, the keys reformatted, and the state file still there.
+  for (const original of [ORIGINAL, Buffer.from('{\n\t"debug": false\n}\n'), null]) {
+    const applied = planDockerApply(original, null, MIRROR);
+    const interim = Buffer.from(daemonJsonForReload(Buffer.from(applied.text!), MIRROR));
+    assert.ok(original === null || !interim.equals(original), 'the reload form differs from the original');
+    const plan = planDockerRemove(interim, applied.state);
+    if (original === null) assert.deepEqual(plan, { action: 'delete' });
+    else assert.ok(plan.action === 'write' && plan.bytes.equals(original), `restores ${original.toString()}`);
+  }
+  // Someone changed it since: their file stays as it is.
+  const applied = planDockerApply(ORIGINAL, null, MIRROR);
+  const edited = JSON.parse(daemonJsonForReload(Buffer.from(applied.text!), MIRROR));
+  edited.debug = true;
+  assert.deepEqual(planDockerRemove(Buffer.from(JSON.stringify(edited)), applied.state), { action: 'none' });
+});
+
 test('the reload step keeps the registry-mirrors key so dockerd drops the mirror on SIGHUP', () => {
   const applied = planDockerApply(Buffer.from('{"debug": false}'), null, MIRROR);
   assert.deepEqual(JSON.parse(daemonJsonForReload(Buffer.from(applied.text!), MIRROR)), { debug: false, 'registry-mirrors': [] });

@@ -96,13 +96,29 @@ export type DockerRemovePlan =
 
 /**
  * Remove: only our entry comes out. When nothing else changed since the agent wrote the file,
- * the original bytes come back exactly (or the file goes, when there was none).
+ * the original bytes come back exactly (or the file goes, when there was none). That holds too
+ * when a removal was cut short after its interim reload (our entry already out, the key kept,
+ * the keys reformatted): the state file is still there, and the original comes back.
  */
 export function planDockerRemove(current: Buffer | null, state: DockerState | null): DockerRemovePlan {
   if (state === null || current === null) return { action: 'none' };
   const doc = parseDaemonJson(current);
-  if (!mirrorsOf(doc).some((m) => sameMirror(m, state.mirror))) return { action: 'none' };
+  const ours = mirrorsOf(doc).some((m) => sameMirror(m, state.mirror));
   const originalBytes = state.original === null ? null : Buffer.from(state.original, 'base64');
+  if (!ours) {
+    // Our entry is out: an interrupted removal when the rest is the original (restore it), else
+    // someone else's file now (leave it).
+    if (originalBytes !== null && current.equals(originalBytes)) return { action: 'none' };
+    let original: Record<string, unknown>;
+    try {
+      original = originalBytes ? parseDaemonJson(originalBytes) : {};
+    } catch {
+      return { action: 'none' };
+    }
+    const rest = withoutMirror(doc, state.mirror, KEY in original);
+    if (!isDeepStrictEqual(rest, original)) return { action: 'none' };
+    return originalBytes === null ? { action: 'delete' } : { action: 'write', bytes: originalBytes };
+  }
   let originalDoc: Record<string, unknown> | undefined;
   try {
     originalDoc = originalBytes ? parseDaemonJson(originalBytes) : {};
