@@ -166,7 +166,10 @@ describe('pull-through cache', () => {
     const ghcr = await startRegistry();
     const other = await writeOciImage(await makeTempDir('ghcr'), { tag: 'v2', seed: 'ghcr-image' });
     await pushImage(other, ghcr.ref('org/tool', 'v2'));
-    const mirror = await startTestMirror({ upstreams: [{ registry: 'docker.io', url: upstream.url }, { registry: 'ghcr.io', url: ghcr.url }], default: 'docker.io' });
+    const mirror = await startTestMirror({
+      upstreams: [{ registry: 'docker.io', url: upstream.url }, { registry: 'ghcr.io', url: ghcr.url }, { registry: 'registry.example.com:5000', url: ghcr.url }],
+      default: 'docker.io',
+    });
     try {
       const fromGhcr = await httpRequest(`${mirror.url}/v2/org/tool/manifests/v2?ns=ghcr.io`);
       assert.equal(fromGhcr.headers['docker-content-digest'], other.manifestDigest);
@@ -176,6 +179,10 @@ describe('pull-through cache', () => {
       assert.equal(noNs.headers['docker-content-digest'], image.manifestDigest);
       const prefixed = await httpRequest(`${mirror.url}/v2/ghcr.io/org/tool/manifests/v2`);
       assert.equal(prefixed.headers['docker-content-digest'], other.manifestDigest);
+      // a registry with a port: a path has no ':', so the port follows '__'
+      const ported = await httpRequest(`${mirror.url}/v2/registry.example.com__5000/org/tool/manifests/v2`);
+      assert.equal(ported.status, 200, ported.body.toString());
+      assert.equal(ported.headers['docker-content-digest'], other.manifestDigest);
       const notOnHub = await httpRequest(`${mirror.url}/v2/org/tool/manifests/v2`);
       assert.equal(notOnHub.status, 404);
       const unknown = await httpRequest(`${mirror.url}/v2/org/tool/manifests/v2?ns=quay.io`);

@@ -9,6 +9,7 @@ import { RegistryError, nameUnknown, rangeInvalid, storeFull, unsupported } from
 import type { MirrorMetrics } from './metrics.ts';
 import { fileSource, sendRange, type ByteSource } from './blob-sender.ts';
 import { isDigestReference, normaliseName, parseDigest, validateName, validateTag } from './reference.ts';
+import { registryFromPathComponent } from '../common/registry-path.ts';
 import type { UpstreamClient } from './upstream.ts';
 
 export interface RouteContext {
@@ -98,17 +99,18 @@ export function registerRoutes(app: FastifyInstance, context: RouteContext): voi
 
 /**
  * Picks the upstream: containerd names it with ?ns=. Clients that cannot (Docker, CRI-O, skopeo
- * with a registries.conf prefix) may put it first in the path, /v2/ghcr.io/org/app/...; a Docker
- * Hub name never starts with a dotted component, so that cannot be mistaken. Else the default.
+ * with a registries.conf prefix) may put it first in the path, /v2/ghcr.io/org/app/... or, with a
+ * port, /v2/registry.example.com__5000/org/app/... (common/registry-path.ts); a Docker Hub name
+ * never starts with such a component, so that cannot be mistaken. Else the default.
  */
 function repositoryFor(context: RouteContext, rawName: string, ns: string | string[] | undefined): Repository {
   let registry = typeof ns === 'string' && ns !== '' ? ns : undefined;
   let name = rawName;
   if (!registry) {
     const slash = rawName.indexOf('/');
-    const first = rawName.slice(0, slash);
-    if (slash > 0 && first.includes('.') && context.upstreams.has(first)) {
-      registry = first;
+    const named = slash > 0 ? registryFromPathComponent(rawName.slice(0, slash)) : undefined;
+    if (named !== undefined && context.upstreams.has(named)) {
+      registry = named;
       name = rawName.slice(slash + 1);
     }
   }

@@ -36,7 +36,7 @@ after(async () => {
 function agentArgs(mode: 'apply' | 'remove'): string[] {
   return [
     '--mirror', upstreams.mirror.url,
-    '--registries', 'docker.io,ghcr.io',
+    '--registries', 'docker.io,ghcr.io,registry.example.com:5000',
     '--runtimes', 'crio',
     '--crio-dir', dropInDir,
     '--mode', mode,
@@ -70,6 +70,12 @@ test('containers/image reads the drop-in and pulls docker.io and ghcr.io through
   assert.equal(ghcr.code, 0, ghcr.stderr.slice(-3000));
   assert.ok((await mirrorManifestRequests(upstreams.mirror)) > ghcrBefore, 'the mirror served the ghcr.io manifest');
   assert.ok((await upstreams.ghcr.countRequests({ method: 'GET', path: /^\/v2\/org\/tool\/manifests\// })) >= 1, 'fetched from the ghcr.io upstream');
+
+  // a registry with a port (no such host here either): its mirror location must still parse
+  const portedBefore = await mirrorManifestRequests(upstreams.mirror);
+  const ported = await pull('registry.example.com:5000/org/tool:v1');
+  assert.equal(ported.code, 0, ported.stderr.slice(-3000));
+  assert.ok((await mirrorManifestRequests(upstreams.mirror)) > portedBefore, 'the mirror served registry.example.com:5000');
 });
 
 test('after removal the drop-in is gone and containers/image no longer asks the mirror', async () => {

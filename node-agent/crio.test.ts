@@ -29,3 +29,11 @@ test('registries other than the mirror default are mirrored under a path prefix 
     { prefix: 'ghcr.io', location: 'ghcr.io', mirror: [{ location: 'm:5000/ghcr.io', insecure: true }] },
   ]);
 });
+
+test('a registry with a port is named in the mirror path with its port after __, since a path allows no colon', () => {
+  const dropIn = crioDropIn({ registries: ['docker.io', 'registry.example.com:5000'], mirror: 'http://m:5000', defaultRegistry: 'docker.io' });
+  assert.deepEqual(parse(dropIn).registry, [
+    { prefix: 'docker.io', location: 'docker.io', mirror: [{ location: 'm:5000', insecure: true }] },
+    { prefix: 'registry.example.com:5000', location: 'registry.example.com:5000', mirror: [{ location: 'm:5000/registry.example.com__5000', insecure: true }] },
+  ]);
+});

@@ -1,6 +1,7 @@
 // CRI-O (and Podman, Buildah, skopeo): a registries.conf drop-in with one [[registry]] per
 // mirrored registry and the mirror as its [[registry.mirror]]. Pure: config in, file text out.
 import { stringify } from 'smol-toml';
+import { registryPathComponent } from '../common/registry-path.ts';
 
 /** The drop-in's name; drop-ins load in lexical order and a later [[registry]] for a prefix wins. */
 export const CRIO_DROP_IN = '99-regmirror.conf';
@@ -17,7 +18,8 @@ export interface CrioDropInInput {
 
 /**
  * containers/image sends no `?ns=` to a mirror, so every registry but the mirror's default is
- * mirrored under a path prefix (`mirror:5000/ghcr.io`), which the mirror reads as the registry.
+ * mirrored under a path prefix (`mirror:5000/ghcr.io`), which the mirror reads as the registry; a
+ * port is written after `__` (`mirror:5000/registry.example.com__5000`: a path allows no ':').
  */
 export function crioDropIn(input: CrioDropInInput): string {
   const url = new URL(input.mirror);
@@ -25,7 +27,7 @@ export function crioDropIn(input: CrioDropInInput): string {
     prefix: name,
     location: name,
     // insecure lets containers/image speak plain HTTP to the mirror (it tries HTTPS first).
-    mirror: [{ location: name === input.defaultRegistry ? url.host : `${url.host}/${name}`, insecure: url.protocol === 'http:' }],
+    mirror: [{ location: name === input.defaultRegistry ? url.host : `${url.host}/${registryPathComponent(name)}`, insecure: url.protocol === 'http:' }],
   }));
   const body = registry.length > 0 ? stringify({ registry }) : '';
   return `${CRIO_MARKER}\n${body.endsWith('\n') || body === '' ? body : `${body}\n`}`;

@@ -31,6 +31,8 @@ export async function startMirroredRegistries(opts: { auth?: { username: string;
     upstreams: [
       { registry: 'docker.io', url: hub.url },
       { registry: 'ghcr.io', url: ghcr.url },
+      // a registry with a port, served by the same upstream as ghcr.io
+      { registry: 'registry.example.com:5000', url: ghcr.url },
     ],
     default: 'docker.io',
     ...(htpasswd ? { extra: { auth: { htpasswd, allowAnonymousWithCredentials: false } } } : {}),
