@@ -201,6 +201,13 @@ describe('operator against a real kube-apiserver', { skip }, () => {
       [{ upstreams: [{ registry: 'docker.io', tagTTL: '5 minutes' }] }, /tagTTL/],
       [{ upstreams: [{ registry: 'docker.io' }, { registry: 'docker.io' }] }, /Duplicate value/],
       [{ upstreams: [{ registry: 'docker.io' }], replicas: 2 }, /ReadWriteMany/],
+      // values the mirror itself would refuse to start with (it would crash-loop)
+      [{ upstreams: [{ registry: 'docker.io' }], storage: { size: '10Gi', ttl: '0s' } }, /ttl must be longer than 0s/],
+      [{ upstreams: [{ registry: 'docker.io' }], storage: { size: '10Gi', maxSize: '0' } }, /maxSize must be at least 1Mi/],
+      [{ upstreams: [{ registry: 'docker.io' }], storage: { size: '1Mi' } }, /size must be at least 2Mi/],
+      // values the DaemonSet would be refused for, after the mirror's other objects had changed
+      [{ upstreams: [{ registry: 'docker.io' }], nodeConfig: { nodeSelector: { pool: 'yes please' } } }, /spec\.nodeConfig\.nodeSelector\.pool/],
+      [{ upstreams: [{ registry: 'docker.io' }], nodeConfig: { nodeSelector: { 'not a key': 'x' } } }, /label keys are/],
     ];
     for (const [spec, message] of cases) {
       const result = await kubectl(['apply', '-f', '-'], JSON.stringify({ apiVersion: API_VERSION, kind: KIND, metadata: { name: 'invalid', namespace: NS }, spec }));
@@ -321,6 +328,18 @@ describe('operator against a real kube-apiserver', { skip }, () => {
     const condition = await eventually('InvalidCredentials', async () => (await ready('opaque'))?.reason === 'InvalidCredentials' && ready('opaque'));
     assert.match(condition.message, /kubernetes\.io\/basic-auth or kubernetes\.io\/dockerconfigjson/);
     assert.ok(!condition.message.includes('opaque-pass'));
+  });
+
+  it('an object the API server refuses turns Ready False with ApplyFailed and the server\'s reason; a larger memory request alone raises the limit', async () => {
+    await applyMirror('sized', { upstreams: [{ registry: 'docker.io' }], resources: { requests: { memory: '2Gi' } } });
+    const deployment = await eventually('Deployment', () => owned('apps/v1', 'Deployment', 'regmirror-sized'));
+    assert.deepEqual(deployment.spec.template.spec.containers[0].resources.limits, { memory: '2Gi' });
+
+    await applyMirror('sized', { upstreams: [{ registry: 'docker.io' }], resources: { requests: { memory: '2Gi' }, limits: { memory: '1Gi' } } });
+    const condition = await eventually('ApplyFailed', async () => (await ready('sized'))?.reason === 'ApplyFailed' && ready('sized'));
+    assert.equal(condition.status, 'False');
+    assert.match(condition.message, /must be less than or equal to memory limit/);
+    assert.equal(condition.observedGeneration, 2);
   });
 
   it('with auth on, the mirror checks htpasswd with the nodes\' own entry added, kept stable across reconciles', async () => {

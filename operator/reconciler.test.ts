@@ -8,7 +8,7 @@ import { API_VERSION, KIND, type RegistryMirror } from './api/registry-mirror.ts
 import { MODE_ANNOTATION } from './desired/daemon-set.ts';
 import { FINALIZER } from './desired/inputs.ts';
 import { EventRecorder } from './events.ts';
-import type { KubeApi, KubeObject } from './kube/api.ts';
+import { ApiError, type KubeApi, type KubeObject } from './kube/api.ts';
 import { Reconciler } from './reconciler.ts';
 import { mirrorFixture } from './test-fixtures.ts';
 
@@ -191,4 +191,21 @@ test('a refused apply fails the reconcile (for a retry) and says why in a Warnin
   const event = server.all('Event').find((e) => e.reason === 'ApplyFailed');
   assert.equal(event?.type, 'Warning');
   assert.match(String(event?.message), /admission webhook said no/);
+  // a transient failure (not a refusal) says nothing in Ready: the retry may well succeed
+  assert.equal(server.all(KIND)[0]!.status?.conditions, undefined);
+});
+
+test('a refused apply turns Ready False with reason ApplyFailed and the server\'s message, so the status stops speaking for a spec that was not applied', async () => {
+  const { server, reconciler } = setup();
+  await reconciler.reconcile('registry-cache/hub');
+  const apply = server.apply.bind(server);
+  server.apply = async (object, subresource) => {
+    if (object.kind === 'DaemonSet') throw new ApiError(422, 'Invalid', 'DaemonSet.apps "regmirror-hub-node" is invalid: spec.template.spec.nodeSelector: Invalid value: "yes please"');
+    return apply(object, subresource);
+  };
+  await assert.rejects(reconciler.reconcile('registry-cache/hub'), /nodeSelector/);
+  const ready = server.all(KIND)[0]!.status.conditions.find((c: { type: string }) => c.type === 'Ready');
+  assert.equal(ready.status, 'False');
+  assert.equal(ready.reason, 'ApplyFailed');
+  assert.match(ready.message, /spec\.template\.spec\.nodeSelector: Invalid value/);
 });

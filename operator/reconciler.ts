@@ -15,7 +15,7 @@ import { desiredPersistentVolumeClaim } from './desired/persistent-volume-claim.
 import { desiredSecret } from './desired/secret.ts';
 import { desiredService } from './desired/service.ts';
 import type { EventRecorder } from './events.ts';
-import { isNotFound, type KubeApi, type KubeObject } from './kube/api.ts';
+import { isNotFound, isRefused, type KubeApi, type KubeObject } from './kube/api.ts';
 import { nodeCredentials } from './node-credentials.ts';
 import {
   READY, desiredStatus, nodesDone, type DaemonSetStatus, type Observed, type Problem, type WorkloadStatus,
@@ -69,16 +69,7 @@ export class Reconciler {
     const gathered = await this.gatherInputs(mirror, 'apply');
     if (gathered.problem) {
       // Keep what runs now: a config without its credentials would only break pulls that work.
-      const { api } = this.options;
-      const n = names(mirror);
-      const service = await api.find<Applied>('v1', 'Service', namespace, n.service);
-      const daemonSet = await api.find<Applied>('apps/v1', 'DaemonSet', namespace, n.daemonSet);
-      await this.writeStatus(mirror, {
-        problem: gathered.problem,
-        endpoint: service?.spec?.clusterIP ? endpoint(mirror, String(service.spec.clusterIP)) : undefined,
-        ...nodeFacts(mirror, daemonSet),
-        deleting: false,
-      });
+      await this.writeProblem(mirror, gathered.problem);
       return {};
     }
     let applied;
@@ -86,7 +77,10 @@ export class Reconciler {
       applied = await this.applyAll(gathered.inputs);
     } catch (error) {
       // Said on the object too, where `kubectl describe` shows it; repeats only bump the count.
-      await this.options.events.record(mirror, 'Warning', 'ApplyFailed', (error as Error).message.slice(0, 1024));
+      const message = (error as Error).message.slice(0, 1024);
+      await this.options.events.record(mirror, 'Warning', 'ApplyFailed', message);
+      // and in Ready, so the status no longer speaks for a spec that was not applied
+      if (isRefused(error)) await this.writeProblem(mirror, { reason: 'ApplyFailed', message });
       throw error;
     }
     const { pvc, clusterIP, deployment, daemonSet } = applied;
@@ -99,6 +93,21 @@ export class Reconciler {
       deleting: false,
     });
     return {};
+  }
+
+  /** Ready=False for `problem`, with what is known of the objects that run now. */
+  private async writeProblem(mirror: RegistryMirror, problem: Problem): Promise<void> {
+    const { api } = this.options;
+    const { namespace } = mirror.metadata;
+    const n = names(mirror);
+    const service = await api.find<Applied>('v1', 'Service', namespace, n.service);
+    const daemonSet = await api.find<Applied>('apps/v1', 'DaemonSet', namespace, n.daemonSet);
+    await this.writeStatus(mirror, {
+      problem,
+      endpoint: service?.spec?.clusterIP ? endpoint(mirror, String(service.spec.clusterIP)) : undefined,
+      ...nodeFacts(mirror, daemonSet),
+      deleting: false,
+    });
   }
 
   /** Applies every owned object in dependency order; the Service's ClusterIP feeds the DaemonSet. */

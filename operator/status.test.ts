@@ -33,6 +33,9 @@ test('the first thing that keeps the mirror from being ready is the reason', () 
   assert.equal(reason({ daemonSet: { ...nodesReady, generation: 3 } }), 'NodesPending', 'a DaemonSet that has not seen its new template');
   assert.equal(reason({ daemonSet: undefined, nodeConfigEnabled: false }), 'Available');
   assert.equal(reason({ deleting: true, nodeAgentMode: 'remove' }), 'NodeCleanup');
+  assert.equal(reason({ problem: { reason: 'ApplyFailed', message: 'x' } }), 'ApplyFailed');
+  // nothing to wait for with no pods wanted, but nothing serves either
+  assert.equal(reason({ wantedReplicas: 0, deployment: { ...available, replicas: 0, updatedReplicas: 0, availableReplicas: 0 } }), 'ScaledToZero');
 });
 
 test('lastTransitionTime moves only when the condition\'s status changes', () => {

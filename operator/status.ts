@@ -10,14 +10,17 @@ export const READY = 'Ready';
 export type NotReadyReason =
   | 'SecretNotFound'
   | 'InvalidCredentials'
+  | 'ApplyFailed'
   | 'Terminating'
+  | 'ScaledToZero'
   | 'NodeCleanup'
   | 'VolumePending'
   | 'Progressing'
   | 'NodesPending';
 
 export interface Problem {
-  reason: 'SecretNotFound' | 'InvalidCredentials';
+  /** ApplyFailed: the API server refused an owned object built from the spec (its message says which field). */
+  reason: 'SecretNotFound' | 'InvalidCredentials' | 'ApplyFailed';
   message: string;
 }
 
@@ -76,6 +79,7 @@ function readyCondition(observed: Observed): Pick<Condition, 'status' | 'reason'
       : notReady('Terminating', 'the RegistryMirror is being deleted');
   }
   if (observed.problem) return notReady(observed.problem.reason, observed.problem.message);
+  if (observed.wantedReplicas === 0) return notReady('ScaledToZero', 'spec.replicas is 0: no mirror pod is serving');
   if (!deploymentAvailable(observed.deployment, observed.wantedReplicas)) {
     if (observed.pvcPhase !== 'Bound') {
       return notReady('VolumePending', `the cache volume is ${observed.pvcPhase ? observed.pvcPhase.toLowerCase() : 'not created yet'}`);

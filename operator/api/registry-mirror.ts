@@ -37,8 +37,19 @@ const LocalSecretRef = Type.Object(
   { name: SecretName },
   { additionalProperties: false, description: 'A Secret in the RegistryMirror\'s namespace.' },
 );
-const StringMap = (description: string) =>
-  Type.Object({}, { additionalProperties: Type.String(), description });
+/** Label keys and values as Kubernetes checks them, so a bad selector is refused when applied, not by the DaemonSet. */
+const LABEL_KEY = '^([a-z0-9]([-a-z0-9]*[a-z0-9])?(\\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*/)?[A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?$';
+const LabelSelector = (description: string) =>
+  Type.Object(
+    {},
+    {
+      additionalProperties: Type.String({ maxLength: 63, pattern: '^(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?$' }),
+      // bounds the key check's cost, which the API server estimates before it accepts the CRD
+      maxProperties: 32,
+      description,
+      ...cel({ rule: `self.all(k, k.matches(r'${LABEL_KEY}'))`, message: 'label keys are [prefix/]name: a DNS subdomain, then letters, digits, -, _ and . (name at most 63 characters)' }),
+    },
+  );
 const QuantityMap = (description: string) =>
   Type.Object({}, { additionalProperties: Type.String({ pattern: '^[0-9]+(\\.[0-9]+)?(m|Ki|Mi|Gi|Ti|Pi|Ei|k|M|G|T|P|E)?$' }), description });
 
@@ -126,6 +137,14 @@ export const RegistryMirrorSpecSchema = Type.Object(
             message: 'maxSize must not exceed size',
             fieldPath: '.maxSize',
           },
+          // The mirror refuses to start on these (mirror/config.ts): say so when the spec is applied.
+          { rule: "quantity(self.size).compareTo(quantity('2Mi')) >= 0", message: 'size must be at least 2Mi', fieldPath: '.size' },
+          { rule: "!has(self.maxSize) || quantity(self.maxSize).compareTo(quantity('1Mi')) >= 0", message: 'maxSize must be at least 1Mi', fieldPath: '.maxSize' },
+          {
+            rule: "!has(self.ttl) || self.ttl.matches('[1-9]')",
+            message: 'ttl must be longer than 0s (leave it out to keep content until maxSize needs room)',
+            fieldPath: '.ttl',
+          },
           {
             rule: 'has(self.storageClassName) == has(oldSelf.storageClassName) && (!has(self.storageClassName) || self.storageClassName == oldSelf.storageClassName)',
             message: 'storageClassName is immutable',
@@ -183,7 +202,7 @@ export const RegistryMirrorSpecSchema = Type.Object(
           maxItems: 3,
           'x-kubernetes-list-type': 'set',
         }),
-        nodeSelector: Type.Optional(StringMap('Nodes to configure.')),
+        nodeSelector: Type.Optional(LabelSelector('Nodes to configure.')),
         tolerations: Type.Optional(Type.Array(TolerationSchema, { maxItems: 64 })),
       },
       { additionalProperties: false, default: { enabled: true, runtimes: ['containerd'] } },

@@ -132,6 +132,13 @@ test('the Deployment runs the mirror non-root on a read-only root with probes, r
   for (const [k, v] of Object.entries(deployment.spec!.selector.matchLabels!)) assert.equal(deployment.spec!.template.metadata?.labels?.[k], v);
 });
 
+test('a memory request above the default limit raises the limit with it; a limit the user gives stays as given', () => {
+  const memory = (resources: object) => desiredDeployment(inputsFixture({}, { resources } as never)).spec.template.spec.containers[0]!.resources;
+  assert.deepEqual(memory({ requests: { memory: '2Gi' } }), { requests: { cpu: '100m', memory: '2Gi' }, limits: { memory: '2Gi' } });
+  assert.deepEqual(memory({ requests: { memory: '512Mi' } }).limits, { memory: '1Gi' });
+  assert.deepEqual(memory({ requests: { memory: '2Gi' }, limits: { memory: '4Gi', cpu: '2' } }).limits, { memory: '4Gi', cpu: '2' });
+});
+
 test('the Deployment\'s checksum changes with the config, the credentials and the certificate, and only then', () => {
   const checksum = (inputs: ReturnType<typeof inputsFixture>) =>
     desiredDeployment(inputs).spec.template.metadata.annotations[CHECKSUM_ANNOTATION];

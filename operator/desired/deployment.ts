@@ -1,6 +1,7 @@
 // The mirror's Deployment. The pod template carries a checksum of everything the mirror reads at
 // start (config, credentials, certificate), so changing any of them rolls the pods.
 import { createHash } from 'node:crypto';
+import { parseQuantity } from '../../common/quantity.ts';
 import { desiredConfigMap } from './config-map.ts';
 import { desiredSecret } from './secret.ts';
 import {
@@ -14,6 +15,20 @@ const DEFAULT_RESOURCES = {
 
 /** Non-root user and group the mirror runs as; the volume is group-writable for it (fsGroup). */
 export const MIRROR_UID = 65532;
+
+/**
+ * The user's resources over the defaults. A memory request above the default limit, with no limit
+ * given, raises the limit to the request: Kubernetes refuses a request above its limit, and the
+ * user asked for that much.
+ */
+export function mirrorResources(resources: { requests?: Record<string, string>; limits?: Record<string, string> } | undefined) {
+  const requests = { ...DEFAULT_RESOURCES.requests, ...resources?.requests };
+  const limits: Record<string, string> = { ...DEFAULT_RESOURCES.limits, ...resources?.limits };
+  if (resources?.limits?.memory === undefined && (parseQuantity(requests.memory) ?? 0) > (parseQuantity(limits.memory!) ?? 0)) {
+    limits.memory = requests.memory;
+  }
+  return { requests, limits };
+}
 
 export function configChecksum(inputs: DesiredInputs): string {
   const hash = createHash('sha256');
@@ -83,10 +98,7 @@ export function desiredDeployment(inputs: DesiredInputs) {
               ports: [{ name: 'registry', containerPort: MIRROR_PORT, protocol: 'TCP' }],
               readinessProbe: probe('/readyz', 5, 3),
               livenessProbe: { ...probe('/healthz', 10, 6), initialDelaySeconds: 10 },
-              resources: {
-                requests: { ...DEFAULT_RESOURCES.requests, ...spec.resources?.requests },
-                limits: { ...DEFAULT_RESOURCES.limits, ...spec.resources?.limits },
-              },
+              resources: mirrorResources(spec.resources),
               securityContext: {
                 allowPrivilegeEscalation: false,
                 readOnlyRootFilesystem: true,

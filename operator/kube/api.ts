@@ -64,6 +64,8 @@ export class ApiError extends Error {
 
 export const isNotFound = (error: unknown): boolean => error instanceof ApiError && error.status === 404;
 export const isConflict = (error: unknown): boolean => error instanceof ApiError && error.status === 409;
+/** The server said no to the object itself (invalid, bad request, forbidden): trying again as it is will not help. */
+export const isRefused = (error: unknown): boolean => error instanceof ApiError && [400, 403, 422].includes(error.status);
 
 function resourceOf(apiVersion: string, kind: string): Resource {
   const resource = RESOURCES[`${apiVersion}/${kind}`];
