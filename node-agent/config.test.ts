@@ -82,6 +82,14 @@ test('missing and malformed settings name what to set', () => {
   assert.equal(configError([...BASE, '--no-such-flag']).key, 'flags');
 });
 
+test('--mirror-ca is an absolute path and only for an https mirror', () => {
+  const https = ['--mirror', 'https://10.96.0.42:5000', '--registries', 'docker.io'];
+  assert.equal(parseAgentConfig([...https, '--mirror-ca', '/run/secrets/regmirror-ca/ca.crt'], {}).mirrorCa, '/run/secrets/regmirror-ca/ca.crt');
+  assert.equal(parseAgentConfig(https, {}).mirrorCa, undefined);
+  assert.match(configError([...BASE, '--mirror-ca', '/ca.crt']).message, /flag --mirror-ca: mirror-ca: is for an https:\/\/ mirror/);
+  assert.equal(configError([...https, '--mirror-ca', 'ca.crt']).key, 'mirror-ca');
+});
+
 test('node credentials come from the environment as a pair, never half, never with a file too', () => {
   const env = { REGMIRROR_MIRROR_USERNAME: 'regmirror-node', REGMIRROR_MIRROR_PASSWORD: 'p:w' };
   assert.deepEqual(parseAgentConfig(BASE, env).credentials, { username: 'regmirror-node', password: 'p:w' });

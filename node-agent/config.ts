@@ -25,6 +25,10 @@ export interface AgentConfig {
   dockerPidFile: string;
   dockerSocket: string;
   crioDir: string;
+  /** PEM CA for an https mirror's certificate, written where each runtime looks for it. */
+  mirrorCa: string | undefined;
+  dockerCertsDir: string;
+  crioCertsDir: string;
   /** A file `username:password`, or a directory with `username` and `password` files (a mounted basic-auth Secret). */
   credentialsFile: string | undefined;
   /** Node credentials given inline (REGMIRROR_MIRROR_USERNAME / REGMIRROR_MIRROR_PASSWORD, from a Secret). */
@@ -60,6 +64,9 @@ export const OPTIONS = {
   dockerPidFile: { flag: 'docker-pidfile', env: 'REGMIRROR_DOCKER_PIDFILE', type: 'string', default: '/var/run/docker.pid', help: "dockerd's pidfile, when daemon.json names none" },
   dockerSocket: { flag: 'docker-socket', env: 'REGMIRROR_DOCKER_SOCKET', type: 'string', default: '/var/run/docker.sock', help: "dockerd's API socket, when daemon.json names none: confirms a reload took the mirror" },
   crioDir: { flag: 'crio-dir', env: 'REGMIRROR_CRIO_DIR', type: 'string', default: '/etc/containers/registries.conf.d', help: 'registries.conf drop-in directory (CRI-O, Podman)' },
+  mirrorCa: { flag: 'mirror-ca', env: 'REGMIRROR_MIRROR_CA', type: 'string', help: "PEM file: the CA of an https mirror's certificate (or the certificate itself), put where each runtime looks; re-read every pass" },
+  dockerCertsDir: { flag: 'docker-certs-dir', env: 'REGMIRROR_DOCKER_CERTS_DIR', type: 'string', default: '/etc/docker/certs.d', help: "Docker's per-registry certificate directory (for --mirror-ca)" },
+  crioCertsDir: { flag: 'crio-certs-dir', env: 'REGMIRROR_CRIO_CERTS_DIR', type: 'string', default: '/etc/containers/certs.d', help: "containers/image's per-registry certificate directory (CRI-O, Podman; for --mirror-ca)" },
   credentialsFile: { flag: 'credentials-file', env: 'REGMIRROR_CREDENTIALS_FILE', type: 'string', help: 'node credentials for a mirror that requires auth' },
   resyncInterval: { flag: 'resync-interval', env: 'REGMIRROR_RESYNC_INTERVAL', type: 'string', default: '1m', help: 'periodic check besides fs.watch' },
   dialTimeout: { flag: 'dial-timeout', env: 'REGMIRROR_DIAL_TIMEOUT', type: 'string', default: '2s', help: 'containerd dial timeout for the mirror (containerd 1.7+)' },
@@ -213,6 +220,12 @@ export function parseAgentConfig(argv: string[], env: NodeJS.ProcessEnv): AgentC
   if (readyFile !== undefined && !readyFile.startsWith('/')) {
     throw new ConfigError(readyFileIn.source, OPTIONS.readyFile.flag, `"${readyFile}" must be an absolute path`);
   }
+  const caIn = read('mirrorCa');
+  const mirrorCa = caIn.value?.trim() || undefined;
+  if (mirrorCa !== undefined) {
+    if (!mirrorCa.startsWith('/')) throw new ConfigError(caIn.source, OPTIONS.mirrorCa.flag, `"${mirrorCa}" must be an absolute path`);
+    if (!mirror.startsWith('https:')) throw new ConfigError(caIn.source, OPTIONS.mirrorCa.flag, `is for an https:// mirror; --mirror is ${mirror}`);
+  }
   const credentialsIn = read('credentialsFile');
   const credentialsFile = credentialsIn.value?.trim() || undefined;
   if (credentialsFile !== undefined && !credentialsFile.startsWith('/')) {
@@ -254,6 +267,9 @@ export function parseAgentConfig(argv: string[], env: NodeJS.ProcessEnv): AgentC
     dockerPidFile: path('dockerPidFile'),
     dockerSocket: path('dockerSocket'),
     crioDir: path('crioDir'),
+    mirrorCa,
+    dockerCertsDir: path('dockerCertsDir'),
+    crioCertsDir: path('crioCertsDir'),
     credentialsFile,
     credentials,
     resyncIntervalMs,

@@ -6,6 +6,7 @@ import { readdir } from 'node:fs/promises';
 import path from 'node:path';
 import { startContainerd, type Containerd } from '../test/harness/containerd.ts';
 import { runCommand } from '../test/harness/process.ts';
+import { makeCertificate } from '../test/harness/tls.ts';
 import { criPullImage } from './cri-pull.ts';
 import { mirrorManifestRequests, runNodeAgent, startMirroredRegistries, type MirroredRegistries } from './runtime-fixtures.ts';
 
@@ -112,5 +113,32 @@ test('with node credentials containerd pulls through a mirror that requires auth
     await runNodeAgent(['--mirror', secured.mirror.url, '--registries', 'docker.io', '--runtimes', 'containerd',
       '--containerd-hosts-dir', containerd.hostsDir, '--containerd-config', containerd.configFile, '--mode', 'remove', '--once']);
     await secured.stop();
+  }
+});
+
+test('with --mirror-ca containerd trusts an https mirror with its own CA and pulls through it; removal takes the CA away', async () => {
+  const cert = await makeCertificate();
+  const secure = await startMirroredRegistries({ tls: cert });
+  const args = ['--mirror', secure.mirror.url, '--registries', 'docker.io', '--runtimes', 'containerd',
+    '--containerd-hosts-dir', containerd.hostsDir, '--containerd-config', containerd.configFile, '--once', '--ready-listen', ''];
+  try {
+    assert.match(secure.mirror.url, /^https:/);
+    await secure.push(secure.hub, 'library/nats', 'v1');
+    await secure.push(secure.hub, 'library/nats', 'v2');
+
+    await runNodeAgent(args);
+    await assert.rejects(containerd.pull('docker.io/library/nats:v1'), 'without the CA the handshake fails and Docker Hub is out of reach');
+
+    await runNodeAgent([...args, '--mirror-ca', cert.certFile]);
+    assert.deepEqual((await readdir(path.join(containerd.hostsDir, 'docker.io'))).sort(), ['hosts.toml', 'regmirror-ca.crt']);
+    const before = await mirrorManifestRequests(secure.mirror, cert.certPem);
+    await containerd.pull('docker.io/library/nats:v2');
+    assert.ok((await mirrorManifestRequests(secure.mirror, cert.certPem)) > before, 'pulled through the https mirror');
+
+    await runNodeAgent([...args, '--mirror-ca', cert.certFile, '--mode', 'remove']);
+    assert.deepEqual(await readdir(containerd.hostsDir), [], 'hosts.toml, the CA and the directory are gone');
+  } finally {
+    await runNodeAgent([...args, '--mode', 'remove']);
+    await secure.stop();
   }
 });

@@ -19,6 +19,8 @@ export interface HostsTomlInput {
   authorization?: string | undefined;
   /** Go duration; containerd 1.7+ honours it, 1.6 ignores unknown keys. */
   dialTimeout: string;
+  /** The CA file's name in the hosts.toml's directory, for an https mirror with its own CA. */
+  caFile?: string | undefined;
 }
 
 export function containerdHostsToml(input: HostsTomlInput): string {
@@ -26,6 +28,7 @@ export function containerdHostsToml(input: HostsTomlInput): string {
     capabilities: ['pull', 'resolve'],
     dial_timeout: input.dialTimeout,
   };
+  if (input.caFile) host.ca = input.caFile;
   if (input.authorization) host.header = { Authorization: input.authorization };
   const body = stringify({ server: upstreamServer(input.registry), host: { [input.mirror]: host } });
   return `${MANAGED_MARKER}\n${body.endsWith('\n') ? body : `${body}\n`}`;

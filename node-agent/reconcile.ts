@@ -18,6 +18,7 @@ import {
   exists, isDirectory, moveFile, readFileOrNull, readTextOrNull, removeDirIfEmpty, removeFile, writeFileAtomic,
 } from './node-files.ts';
 import { findDaemon } from './processes.ts';
+import { CA_FILE_NAME, certsDirCaFile, readMirrorCa, syncCaFile } from './mirror-ca.ts';
 
 export interface RuntimeStatus {
   runtime: Runtime;
@@ -155,6 +156,18 @@ async function checkContainerdConfig(ctx: ReconcileContext, s: RuntimeStatus): P
   }
 }
 
+/**
+ * The mirror's CA when applying with --mirror-ca (read each pass, so a rotated Secret is picked
+ * up; its directory is watched for that), else undefined. Unreadable: this runtime's pass fails
+ * with the reason and changes nothing.
+ */
+async function mirrorCaFor(ctx: ReconcileContext, s: RuntimeStatus): Promise<Buffer | undefined> {
+  const { config } = ctx;
+  if (config.mode !== 'apply' || config.mirrorCa === undefined) return undefined;
+  s.watch.push(path.dirname(config.mirrorCa));
+  return readMirrorCa(config.mirrorCa);
+}
+
 export async function reconcileContainerd(ctx: ReconcileContext): Promise<RuntimeStatus> {
   const { config, log } = ctx;
   const s = status('containerd', await containerdPresent(config));
@@ -168,12 +181,16 @@ export async function reconcileContainerd(ctx: ReconcileContext): Promise<Runtim
   else if (apply && config.credentialsFile) authorization = basicAuthorization(await readCredentials(config.credentialsFile));
   // A file with a credential in it is for root's eyes only.
   const mode = authorization ? 0o600 : 0o644;
+  const ca = await mirrorCaFor(ctx, s);
 
   const wanted = apply ? config.registries : [];
   for (const registry of wanted) {
     const dir = path.join(hostsDir, registry);
     const file = path.join(dir, 'hosts.toml');
-    const desired = containerdHostsToml({ registry, mirror: config.mirror, authorization, dialTimeout: config.dialTimeout });
+    // the CA first: the hosts.toml that names it may be read as soon as it is in place
+    const caFile = path.join(dir, CA_FILE_NAME);
+    if (await syncCaFile(caFile, ca, false)) s.changed.push(caFile);
+    const desired = containerdHostsToml({ registry, mirror: config.mirror, authorization, dialTimeout: config.dialTimeout, caFile: ca ? CA_FILE_NAME : undefined });
     const plan = planHostsApply(await readTextOrNull(file), desired);
     if (await carryOutHostsPlan(plan, dir, mode)) {
       s.changed.push(file);
@@ -196,6 +213,11 @@ export async function reconcileContainerd(ctx: ReconcileContext): Promise<Runtim
     if (await carryOutHostsPlan(plan, dir, mode)) {
       s.changed.push(file);
       log.info({ registry, file, action: plan.action }, 'containerd hosts.toml taken away');
+    }
+    // our hosts.toml is gone (or was never there): the CA it named goes too, then the emptied directory
+    if (plan.action !== 'none' || current === null) {
+      const caFile = path.join(dir, CA_FILE_NAME);
+      if (await syncCaFile(caFile, undefined, true)) s.changed.push(caFile);
     }
   }
   if (apply) await checkContainerdConfig(ctx, s);
@@ -309,14 +331,23 @@ export async function reconcileDocker(ctx: ReconcileContext): Promise<RuntimeSta
     for (const registry of config.registries.filter((r) => r !== 'docker.io')) {
       notices.warn(`docker-hub-only:${registry}`, `Docker's registry-mirrors cover Docker Hub only: ${registry} pulls on Docker nodes go straight to ${registry}`, { registry });
     }
+    const ca = await mirrorCaFor(ctx, s);
     const current = await readFileOrNull(file);
+    const previous = await readDockerState(stateFile);
     let plan;
     try {
-      plan = planDockerApply(current, await readDockerState(stateFile), config.mirror);
+      plan = planDockerApply(current, previous, config.mirror);
     } catch (error) {
       if (!(error instanceof DaemonJsonError)) throw error;
       fail(s, `${file}: ${error.message}; left untouched`);
       return s;
+    }
+    // dockerd reads certs.d per connection: the CA is in place before daemon.json names the mirror
+    const caFile = certsDirCaFile(config.dockerCertsDir, config.mirror);
+    if (await syncCaFile(caFile, ca, true)) s.changed.push(caFile);
+    if (previous !== null && previous.mirror !== config.mirror) {
+      const oldCaFile = certsDirCaFile(config.dockerCertsDir, previous.mirror);
+      if (await syncCaFile(oldCaFile, undefined, true)) s.changed.push(oldCaFile);
     }
     let written = current;
     if (plan.text !== null) {
@@ -358,6 +389,8 @@ export async function reconcileDocker(ctx: ReconcileContext): Promise<RuntimeSta
     const restored = plan.action === 'delete' || (state.original !== null && plan.bytes.equals(Buffer.from(state.original, 'base64')));
     log.info({ file, restoredOriginal: restored }, 'docker daemon.json: registry mirror taken out');
   }
+  const caFile = certsDirCaFile(config.dockerCertsDir, state.mirror);
+  if (await syncCaFile(caFile, undefined, true)) s.changed.push(caFile);
   await removeFile(stateFile);
   return s;
 }
@@ -392,6 +425,10 @@ export async function reconcileCrio(ctx: ReconcileContext): Promise<RuntimeStatu
       desired = crioDropIn({ registries: config.registries, mirror: config.mirror, defaultRegistry: config.defaultRegistry });
     }
   }
+
+  // containers/image reads certs.d per pull: the CA is in place before the drop-in names the mirror
+  const caFile = certsDirCaFile(config.crioCertsDir, config.mirror);
+  if (await syncCaFile(caFile, desired !== null ? await mirrorCaFor(ctx, s) : undefined, true)) s.changed.push(caFile);
 
   if (desired !== null) {
     if (current === desired) return s;

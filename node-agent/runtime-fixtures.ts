@@ -19,7 +19,7 @@ export interface MirroredRegistries {
 }
 
 /** `auth`: the mirror requires these credentials (an htpasswd file with one bcrypt entry). */
-export async function startMirroredRegistries(opts: { auth?: { username: string; password: string } } = {}): Promise<MirroredRegistries> {
+export async function startMirroredRegistries(opts: { auth?: { username: string; password: string }; tls?: { certFile: string; keyFile: string } } = {}): Promise<MirroredRegistries> {
   let htpasswd: string | undefined;
   if (opts.auth) {
     htpasswd = path.join(await makeTempDir('mirror-auth'), 'htpasswd');
@@ -35,7 +35,10 @@ export async function startMirroredRegistries(opts: { auth?: { username: string;
       { registry: 'registry.example.com:5000', url: ghcr.url },
     ],
     default: 'docker.io',
-    ...(htpasswd ? { extra: { auth: { htpasswd, allowAnonymousWithCredentials: false } } } : {}),
+    extra: {
+      ...(htpasswd ? { auth: { htpasswd, allowAnonymousWithCredentials: false } } : {}),
+      ...(opts.tls ? { tls: { cert: opts.tls.certFile, key: opts.tls.keyFile } } : {}),
+    },
   });
   return {
     hub,
@@ -55,8 +58,8 @@ export async function startMirroredRegistries(opts: { auth?: { username: string;
 }
 
 /** Manifest requests the mirror has answered so far, from its Prometheus counter. */
-export async function mirrorManifestRequests(mirror: { url: string }): Promise<number> {
-  const text = (await httpRequest(`${mirror.url}/metrics`)).body.toString();
+export async function mirrorManifestRequests(mirror: { url: string }, ca?: string): Promise<number> {
+  const text = (await httpRequest(`${mirror.url}/metrics`, ca ? { ca } : {})).body.toString();
   let total = 0;
   for (const line of text.split('\n')) {
     if (line.startsWith('regmirror_http_requests_total{') && line.includes('route="manifest"')) {

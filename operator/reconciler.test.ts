@@ -209,3 +209,20 @@ test('a refused apply turns Ready False with reason ApplyFailed and the server\'
   assert.equal(ready.reason, 'ApplyFailed');
   assert.match(ready.message, /spec\.template\.spec\.nodeSelector: Invalid value/);
 });
+
+test('with spec.tls the nodes are given the CA from the TLS Secret: its ca.crt, else the self-signed certificate', async () => {
+  const { server, secrets, reconciler } = setup({ tls: { secretName: 'mirror-tls' } });
+  const b64 = (s: string) => Buffer.from(s).toString('base64');
+  const caKey = () => {
+    const pod = server.all('DaemonSet')[0]!.spec.template.spec;
+    const args: string[] = pod.containers[0].args;
+    assert.equal(args[args.indexOf('--mirror-ca') + 1], '/run/secrets/regmirror-ca/ca.crt');
+    return pod.volumes.find((v: { name: string }) => v.name === 'mirror-ca').secret.items[0].key;
+  };
+  secrets.set('registry-cache/mirror-tls', { type: 'kubernetes.io/tls', data: { 'tls.crt': b64('cert'), 'tls.key': b64('key'), 'ca.crt': b64('ca') } });
+  await reconciler.reconcile('registry-cache/hub');
+  assert.equal(caKey(), 'ca.crt');
+  secrets.set('registry-cache/mirror-tls', { type: 'kubernetes.io/tls', data: { 'tls.crt': b64('cert'), 'tls.key': b64('key') } });
+  await reconciler.reconcile('registry-cache/hub');
+  assert.equal(caKey(), 'tls.crt');
+});

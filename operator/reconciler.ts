@@ -183,6 +183,8 @@ export class Reconciler {
         return invalid(`Secret ${spec.tls.secretName} (spec.tls) needs keys "tls.crt" and "tls.key"`);
       }
       inputs.tlsDigest = createHash('sha256').update(secret.data['tls.crt']).update(secret.data['tls.key']).digest('hex');
+      // cert-manager and most issuers put the CA in ca.crt; a self-signed certificate is its own
+      inputs.tlsCaKey = secret.data['ca.crt'] ? 'ca.crt' : 'tls.crt';
     }
     return { inputs };
   }

@@ -187,12 +187,13 @@ test('the DaemonSet runs the node agent with the contract\'s flags and the runti
   assert.deepEqual(config.registries, ['docker.io', 'ghcr.io']);
   assert.equal(config.mode, 'apply');
   const mounted = (file: string) => container.volumeMounts!.some((m) => file === m.mountPath || file.startsWith(`${m.mountPath}/`));
-  for (const file of [config.containerdHostsDir, config.containerdConfig, config.dockerDaemonJson, config.dockerPidFile, config.dockerSocket, config.crioDir]) {
+  for (const file of [config.containerdHostsDir, config.containerdConfig, config.dockerDaemonJson, config.dockerPidFile, config.dockerSocket, config.crioDir, config.dockerCertsDir, config.crioCertsDir]) {
     assert.ok(mounted(file), `${file} is on a host mount`);
   }
   assert.deepEqual(pod.volumes?.filter((v) => v.hostPath).map((v) => v.hostPath!.path), [
-    '/etc/containerd', '/etc/containerd/certs.d', '/etc/docker', '/var/run', '/etc/containers/registries.conf.d',
+    '/etc/containerd', '/etc/containerd/certs.d', '/etc/docker', '/var/run', '/etc/containers/registries.conf.d', '/etc/containers/certs.d',
   ]);
+  assert.equal(config.mirrorCa, undefined, 'plain HTTP: no CA');
   assert.equal(container.volumeMounts!.find((m) => m.mountPath === '/host/etc/containerd')?.readOnly, true, 'config.toml is only read');
   assert.equal(container.volumeMounts!.find((m) => m.mountPath === '/host/etc/containerd/certs.d')?.readOnly, undefined);
   assert.equal(container.readinessProbe?.httpGet?.path, '/readyz');
@@ -201,6 +202,20 @@ test('the DaemonSet runs the node agent with the contract\'s flags and the runti
   assert.deepEqual(pod.nodeSelector, { 'kubernetes.io/os': 'linux' });
   assert.deepEqual(pod.tolerations, [{ operator: 'Exists' }]);
   assert.equal(container.securityContext?.readOnlyRootFilesystem, true);
+});
+
+test('with TLS the node agent gets the CA from the TLS Secret (ca.crt, else the certificate), never the key, and passes it on', () => {
+  for (const key of ['ca.crt', 'tls.crt'] as const) {
+    const daemonSet = valid(DaemonSet, desiredDaemonSet(inputsFixture({ tlsCaKey: key }, { tls: { secretName: 'mirror-tls' } })));
+    const pod = daemonSet.spec!.template.spec!;
+    const container = pod.containers[0]!;
+    const config = parseAgentConfig(container.args!.slice(1), {});
+    assert.equal(config.mirror, 'https://10.96.0.42:5000');
+    assert.equal(config.mirrorCa, '/run/secrets/regmirror-ca/ca.crt');
+    const volume = pod.volumes!.find((v) => v.name === 'mirror-ca')!;
+    assert.deepEqual(volume.secret, { secretName: 'mirror-tls', items: [{ key, path: 'ca.crt' }], defaultMode: 0o444, optional: true });
+    assert.deepEqual(container.volumeMounts!.find((m) => m.name === 'mirror-ca'), { name: 'mirror-ca', mountPath: '/run/secrets/regmirror-ca', readOnly: true });
+  }
 });
 
 test('switching the node agent to remove mode changes its pod template so every node rolls', () => {

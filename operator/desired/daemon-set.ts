@@ -2,7 +2,7 @@
 // the mirror's ClusterIP, or, in remove mode, takes that configuration away again. The finalizer
 // switches the mode and waits for every pod to report ready in it before the objects go.
 import {
-  NODE_AGENT_READY_PORT, RUNTIME_MOUNTS, defaultRegistry, endpoint, labels, metadata, names, selector, type DesiredInputs,
+  NODE_AGENT_READY_PORT, PATHS, RUNTIME_MOUNTS, defaultRegistry, endpoint, labels, metadata, names, selector, type DesiredInputs,
 } from './inputs.ts';
 import { NODE_PASSWORD_KEY, NODE_USERNAME_KEY } from './secret.ts';
 
@@ -22,6 +22,7 @@ export function nodeAgentArgs(inputs: DesiredInputs): string[] {
     // kubelet probes the pod's IP, not its loopback.
     '--ready-listen', `0.0.0.0:${NODE_AGENT_READY_PORT}`,
     ...runtimes.flatMap((runtime) => RUNTIME_MOUNTS[runtime].flags),
+    ...(inputs.tlsCaKey ? ['--mirror-ca', `${PATHS.nodeAgentCaDir}/ca.crt`] : []),
   ];
 }
 
@@ -87,11 +88,16 @@ export function desiredDaemonSet(inputs: DesiredInputs) {
               volumeMounts: [
                 { name: 'tmp', mountPath: '/tmp' },
                 ...mounts.map((m) => ({ name: m.name, mountPath: m.path, ...(m.readOnly ? { readOnly: true } : {}) })),
+                ...(inputs.tlsCaKey ? [{ name: 'mirror-ca', mountPath: PATHS.nodeAgentCaDir, readOnly: true }] : []),
               ],
             },
           ],
           volumes: [
             { name: 'tmp', emptyDir: { sizeLimit: '16Mi' } },
+            // Only the CA from the TLS Secret, never its key; kubelet updates it on rotation (no subPath).
+            ...(inputs.tlsCaKey && mirror.spec.tls
+              ? [{ name: 'mirror-ca', secret: { secretName: mirror.spec.tls.secretName, items: [{ key: inputs.tlsCaKey, path: 'ca.crt' }], defaultMode: 0o444, optional: true } }]
+              : []),
             ...mounts.map((m) => ({ name: m.name, hostPath: { path: m.host, type: m.readOnly && m.host === '/var/run' ? 'Directory' : 'DirectoryOrCreate' } })),
           ],
         },

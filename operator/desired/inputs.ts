@@ -19,6 +19,8 @@ export const PATHS = {
   secretsDir: '/run/secrets/regmirror',
   tlsDir: '/run/secrets/regmirror-tls',
   storage: '/var/lib/regmirror',
+  /** In the node agent: the CA of an https mirror's certificate, from the TLS Secret. */
+  nodeAgentCaDir: '/run/secrets/regmirror-ca',
 } as const;
 
 /**
@@ -45,11 +47,18 @@ export const RUNTIME_MOUNTS: Record<Runtime, { mounts: HostMount[]; flags: strin
       { name: 'docker-config', host: '/etc/docker', path: '/host/etc/docker', readOnly: false },
       { name: 'docker-run', host: '/var/run', path: '/host/var/run', readOnly: true },
     ],
-    flags: ['--docker-daemon-json', '/host/etc/docker/daemon.json', '--docker-pidfile', '/host/var/run/docker.pid', '--docker-socket', '/host/var/run/docker.sock'],
+    flags: [
+      '--docker-daemon-json', '/host/etc/docker/daemon.json', '--docker-pidfile', '/host/var/run/docker.pid', '--docker-socket', '/host/var/run/docker.sock',
+      '--docker-certs-dir', '/host/etc/docker/certs.d',
+    ],
   },
   crio: {
-    mounts: [{ name: 'crio-registries', host: '/etc/containers/registries.conf.d', path: '/host/etc/containers/registries.conf.d', readOnly: false }],
-    flags: ['--crio-dir', '/host/etc/containers/registries.conf.d'],
+    mounts: [
+      { name: 'crio-registries', host: '/etc/containers/registries.conf.d', path: '/host/etc/containers/registries.conf.d', readOnly: false },
+      // an https mirror's CA goes to certs.d/<host:port>/ (and comes out again when TLS is turned off)
+      { name: 'crio-certs', host: '/etc/containers/certs.d', path: '/host/etc/containers/certs.d', readOnly: false },
+    ],
+    flags: ['--crio-dir', '/host/etc/containers/registries.conf.d', '--crio-certs-dir', '/host/etc/containers/certs.d'],
   },
 };
 
@@ -78,6 +87,8 @@ export interface DesiredInputs {
   nodeCredentials?: NodeCredentials;
   /** A digest of the TLS Secret's data, so a new certificate rolls the mirror. */
   tlsDigest?: string;
+  /** The TLS Secret's key the nodes trust the mirror by: ca.crt when it has one, else tls.crt (self-signed). */
+  tlsCaKey?: 'ca.crt' | 'tls.crt';
   /** The Service's ClusterIP once known; the node agent needs it. */
   serviceIP?: string;
   nodeAgentMode: NodeAgentMode;
