@@ -10,6 +10,7 @@ import {
   denied,
   manifestInvalid,
   manifestUnknown,
+  nameUnknown,
   tooManyRequests,
   upstreamUnavailable,
 } from './errors.ts';
@@ -80,6 +81,8 @@ export class PullThroughCache {
   private readonly blobFills = new Map<string, FillEntry>();
   private readonly manifestFetches = new Map<string, Promise<ManifestResult>>();
   private readonly tagChecks = new Map<string, Promise<ManifestResult>>();
+  /** Upstreams that answered 429 with Retry-After: until then, stored tags are served without asking. */
+  private readonly quietUntil = new Map<string, number>();
   /** Tag records, read through from disk: a warm tag pull within tagTTL does no file I/O. */
   private readonly tags = new Map<string, { digest: string; mediaType: string; checkedAt: number }>();
   /** Small manifests kept in memory; the store stays the source of truth. */
@@ -133,6 +136,10 @@ export class PullThroughCache {
       return fetched;
     }
 
+    // The upstream asked us to hold off (429 with Retry-After): the copy we hold is the answer until then.
+    const quiet = this.quietUntil.get(repo.upstream.registry);
+    if (quiet !== undefined && this.now() < quiet) return this.serveStale(repo, tag, record, stored, 'upstream rate limit (Retry-After)', 'debug');
+
     // We hold a copy: ask the upstream, cheaply, whether the tag still points at it.
     let response: UpstreamResponse;
     try {
@@ -141,6 +148,7 @@ export class PullThroughCache {
     } catch (error) {
       return this.serveStale(repo, tag, record, stored, describe(error));
     }
+    if (response.status === 429) this.holdOff(repo, header(response.headers, 'retry-after'));
     if (response.status === 429 || response.status >= 500) return this.serveStale(repo, tag, record, stored, `HTTP ${response.status}`);
     if (response.status === 404) {
       this.tags.delete(key);
@@ -158,16 +166,39 @@ export class PullThroughCache {
     this.metrics.cacheRequests.inc({ kind: 'manifest', result: 'miss' });
     const movedTo = tryParseDigest(upstreamDigest);
     const moved = movedTo ? await this.readManifest(movedTo) : undefined;
-    const fetched = moved && movedTo ? { ...moved, digest: movedTo.text } : await this.fetchManifestOnce(repo, tag);
+    let fetched: ManifestResult;
+    if (moved && movedTo) {
+      fetched = { ...moved, digest: movedTo.text };
+    } else {
+      try {
+        fetched = await this.fetchManifestOnce(repo, tag);
+      } catch (error) {
+        // The tag moved but the new manifest would not come (Docker Hub's rate limit refuses GETs
+        // while HEADs still answer, or the upstream failed): the copy we hold still answers. A tag
+        // gone or access denied since the HEAD is the upstream's word and goes to the client.
+        if (error instanceof RegistryError && [401, 403, 404].includes(error.status)) throw error;
+        if (error instanceof RegistryError && error.status === 429) this.holdOff(repo, error.headers['retry-after']);
+        return this.serveStale(repo, tag, record, stored, `tag moved to ${upstreamDigest ?? 'an unnamed digest'} but fetching it failed: ${describe(error)}`);
+      }
+    }
     this.logger.info({ upstream: repo.upstream.registry, repository: repo.name, tag, from: record.digest, to: fetched.digest }, 'tag moved upstream');
     await this.rememberTag(repo, tag, key, fetched);
     return fetched;
   }
 
-  private serveStale(repo: Repository, tag: string, record: { digest: string }, stored: StoredManifest, why: string): ManifestResult {
+  private serveStale(repo: Repository, tag: string, record: { digest: string }, stored: StoredManifest, why: string, level: 'warn' | 'debug' = 'warn'): ManifestResult {
     this.metrics.cacheRequests.inc({ kind: 'manifest', result: 'stale' });
-    this.logger.warn({ upstream: repo.upstream.registry, repository: repo.name, tag, digest: record.digest, reason: why }, 'upstream could not revalidate tag; serving stored manifest');
+    this.logger[level]({ upstream: repo.upstream.registry, repository: repo.name, tag, digest: record.digest, reason: why }, 'upstream could not revalidate tag; serving stored manifest');
     return { ...stored, digest: record.digest };
+  }
+
+  /** Notes an upstream's Retry-After (seconds or an HTTP date; at most an hour is honoured). */
+  private holdOff(repo: Repository, retryAfter: string | undefined): void {
+    const ms = retryAfterMs(retryAfter, this.now());
+    if (ms === undefined || ms <= 0) return;
+    const until = this.now() + Math.min(ms, MAX_HOLD_OFF_MS);
+    this.quietUntil.set(repo.upstream.registry, until);
+    this.logger.warn({ upstream: repo.upstream.registry, retryAfter, until: new Date(until).toISOString() }, 'upstream rate limit: stored tags are served without revalidation until then');
   }
 
   private async rememberTag(repo: Repository, tag: string, key: string, manifest: { digest: string; mediaType: string }): Promise<void> {
@@ -362,7 +393,7 @@ export class PullThroughCache {
 
   async listTags(repo: Repository, query: Record<string, string>): Promise<{ body: unknown; link?: string }> {
     try {
-      const response = await this.upstreamRequest(repo, 'tags/list', 'GET', undefined, () => manifestUnknown('tags'), query);
+      const response = await this.upstreamRequest(repo, 'tags/list', 'GET', undefined, () => nameUnknown(repo.name), query);
       const body = await response.body.json();
       const link = header(response.headers, 'link');
       return { body, ...(link ? { link } : {}) };
@@ -450,6 +481,18 @@ function failureReason(error: Error): string {
   if (code === 'ENOSPC' || code === 'EDQUOT' || code === 'EIO') return 'disk';
   if (code.startsWith('UND_ERR_') && code.includes('TIMEOUT')) return 'timeout';
   return 'upstream';
+}
+
+/** The longest Retry-After honoured: past it, tags are asked about again (and served stored while refused). */
+const MAX_HOLD_OFF_MS = 3_600_000;
+
+/** Retry-After as milliseconds from `now`: delta-seconds or an HTTP date (RFC 9110 10.2.3). */
+export function retryAfterMs(value: string | undefined, now: number): number | undefined {
+  if (value === undefined) return undefined;
+  const text = value.trim();
+  if (/^\d+$/.test(text)) return Number(text) * 1000;
+  const date = Date.parse(text);
+  return Number.isNaN(date) ? undefined : date - now;
 }
 
 function describe(error: unknown): string {

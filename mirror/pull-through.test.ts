@@ -8,6 +8,8 @@ import { pushImage, readBlob, skopeo, writeOciImage, type TestImage } from '../t
 import { cleanupAll, httpRequest, makeTempDir } from '../test/harness/process.ts';
 import { startRegistry, type RegistryServer } from '../test/harness/registry.ts';
 import { startTestMirror, type TestMirror } from '../test/harness/mirror.ts';
+import { startFaultProxy } from '../test/harness/fault-proxy.ts';
+import { retryAfterMs } from './cache.ts';
 
 const sha256 = (bytes: Buffer) => `sha256:${createHash('sha256').update(bytes).digest('hex')}`;
 
@@ -110,6 +112,42 @@ describe('pull-through cache', () => {
       assert.equal(b.headers['docker-content-digest'], second.manifestDigest);
     } finally {
       await mirror.stop();
+    }
+  });
+
+  test('a tag that moved while the upstream refuses manifest GETs (Docker Hub rate limits GETs, not HEADs) is served from the stored copy, and after a 429 the upstream is left alone until its Retry-After', async () => {
+    let now = 5_000_000;
+    const proxy = await startFaultProxy({ target: upstream.url });
+    const mirror = await startTestMirror({ upstreams: [{ registry: 'docker.io', url: proxy.url, tagTTL: '0s' }], now: () => now });
+    try {
+      const first = await writeOciImage(await makeTempDir('limited'), { tag: 'latest', seed: 'limited-1' });
+      const second = await writeOciImage(await makeTempDir('limited'), { tag: 'latest', seed: 'limited-2' });
+      await pushImage(first, upstream.ref('library/limited', 'latest'));
+      const url = `${mirror.url}/v2/library/limited/manifests/latest`;
+      assert.equal((await httpRequest(url)).headers['docker-content-digest'], first.manifestDigest);
+      await pushImage(second, upstream.ref('library/limited', 'latest'));
+
+      const failing = proxy.addRule({ method: 'GET', path: /\/manifests\//, status: 503 });
+      const whileFailing = await httpRequest(url);
+      assert.equal(whileFailing.status, 200, whileFailing.body.toString());
+      assert.equal(whileFailing.headers['docker-content-digest'], first.manifestDigest);
+      failing.remove();
+
+      const limited = proxy.addRule({ method: 'GET', path: /\/manifests\//, status: 429, headers: { 'retry-after': '60' } });
+      proxy.resetRequests();
+      for (const method of ['GET', 'HEAD'] as const) {
+        const res = await httpRequest(url, { method });
+        assert.equal(res.status, 200, `${method}: ${res.body.toString()}`);
+        assert.equal(res.headers['docker-content-digest'], first.manifestDigest, method);
+      }
+      assert.deepEqual(proxy.requests().map((r) => `${r.method} ${r.status}`), ['HEAD 200', 'GET 429'], 'held off after the 429');
+      limited.remove();
+
+      now += 61_000;
+      assert.equal((await httpRequest(url)).headers['docker-content-digest'], second.manifestDigest, 'followed once Retry-After has passed');
+    } finally {
+      await mirror.stop();
+      await proxy.stop();
     }
   });
 
@@ -252,4 +290,63 @@ describe('pull-through cache', () => {
       await own.stop();
     }
   });
+
+  test('tags/list: an unknown repository is NAME_UNKNOWN, and the next-page Link leads back to the same registry through this mirror', async () => {
+    const ghcr = await startRegistry();
+    const tool = await writeOciImage(await makeTempDir('paged'), { tag: 'g1', seed: 'paged-ghcr' });
+    await pushImage(tool, ghcr.ref('org/tool', 'g1'));
+    await pushImage(tool, ghcr.ref('org/tool', 'g2'));
+    await pushImage(image, upstream.ref('org/tool', 'hub-only')); // same name on the default registry
+    const proxy = await startFaultProxy({ target: ghcr.url });
+    const mirror = await startTestMirror({ upstreams: [{ registry: 'docker.io', url: upstream.url }, { registry: 'ghcr.io', url: proxy.url }], default: 'docker.io' });
+    try {
+      const unknown = await httpRequest(`${mirror.url}/v2/library/nope/tags/list`);
+      assert.equal(unknown.status, 404);
+      assert.equal(JSON.parse(unknown.body.toString()).errors[0].code, 'NAME_UNKNOWN');
+
+      // distribution 2.8 answers without paging; the proxy plays an upstream that pages
+      const paged = proxy.addRule({
+        method: 'GET', path: /\/tags\/list$/, times: 2, status: 200,
+        body: JSON.stringify({ name: 'org/tool', tags: ['g1'] }), headers: { link: '</v2/org/tool/tags/list?last=g1&n=1>; rel="next"' },
+      });
+      const prefixed = await httpRequest(`${mirror.url}/v2/ghcr.io/org/tool/tags/list?n=1`);
+      assert.equal(prefixed.headers.link, '</v2/ghcr.io/org/tool/tags/list?n=1&last=g1>; rel="next"');
+      const viaNs = await httpRequest(`${mirror.url}/v2/org/tool/tags/list?n=1&ns=ghcr.io`);
+      assert.equal(viaNs.headers.link, '</v2/org/tool/tags/list?n=1&last=g1&ns=ghcr.io>; rel="next"');
+      paged.remove();
+      proxy.resetRequests();
+      const next = /^<([^>]+)>/.exec(String(viaNs.headers.link))![1]!;
+      const page2 = await httpRequest(`${mirror.url}${next}`);
+      assert.equal(page2.status, 200);
+      // distribution 2.8 itself lists every tag whatever the paging; what matters is whose
+      assert.deepEqual(JSON.parse(page2.body.toString()).tags, ['g1', 'g2'], 'ghcr.io\'s tags, not the default registry\'s');
+      assert.deepEqual(proxy.requests().map((r) => [r.path, r.query]), [['/v2/org/tool/tags/list', 'n=1&last=g1']], 'the paging went on at ghcr.io');
+    } finally {
+      await mirror.stop();
+      await proxy.stop();
+      await ghcr.stop();
+    }
+  });
+
+  test('each request is counted once in regmirror_http_requests_total, blob GETs too', async () => {
+    const mirror = await startTestMirror({ upstreams: [{ registry: 'docker.io', url: upstream.url }] });
+    try {
+      const layer = image.layers[0]!;
+      for (let i = 0; i < 3; i++) assert.equal((await httpRequest(`${mirror.url}/v2/library/app/blobs/${layer.digest}`)).status, 200);
+      await httpRequest(`${mirror.url}/v2/library/app/manifests/v1`);
+      const metrics = (await httpRequest(`${mirror.url}/metrics`)).body.toString();
+      assert.match(metrics, /regmirror_http_requests_total\{route="blob",method="GET",status="200"\} 3\n/);
+      assert.match(metrics, /regmirror_http_requests_total\{route="manifest",method="GET",status="200"\} 1\n/);
+    } finally {
+      await mirror.stop();
+    }
+  });
+});
+
+test('Retry-After is read as delta-seconds or an HTTP date, and anything else is ignored', () => {
+  const now = Date.parse('2026-11-28T10:00:00Z');
+  assert.equal(retryAfterMs('120', now), 120_000);
+  assert.equal(retryAfterMs('Sat, 28 Nov 2026 10:05:00 GMT', now), 300_000);
+  assert.equal(retryAfterMs('soon', now), undefined);
+  assert.equal(retryAfterMs(undefined, now), undefined);
 });

@@ -88,7 +88,8 @@ export function registerRoutes(app: FastifyInstance, context: RouteContext): voi
         const params: Record<string, string> = {};
         for (const key of ['n', 'last'] as const) if (typeof query[key] === 'string') params[key] = query[key];
         const { body, link } = await context.cache.listTags(repo, params);
-        if (link) reply.header('link', link);
+        const next = link ? nextPageLink(link, tags[1]!, query.ns) : undefined;
+        if (next) reply.header('link', next);
         return reply.type('application/json').send(body);
       }
       throw new RegistryError('NAME_UNKNOWN', 404, 'not an OCI distribution endpoint this mirror serves');
@@ -165,9 +166,10 @@ async function serveBlob(context: RouteContext, repo: Repository, reference: str
     source = fileSource(file.handle);
     close = file.close;
   }
-  // The bytes bypass fastify's stream handling (see blob-sender.ts), so this reply counts itself.
-  // Until the first bytes are at hand the reply is still fastify's: a failure before then (the
-  // upstream cut, the store full) is answered with registry error JSON by the error handler.
+  // The bytes bypass fastify's stream handling (see blob-sender.ts); its onResponse hook still
+  // counts the request. Until the first bytes are at hand the reply is still fastify's: a failure
+  // before then (the upstream cut, the store full) is answered with registry error JSON by the
+  // error handler.
   const begin = () => {
     reply.hijack();
     reply.raw.writeHead(status, headers);
@@ -176,11 +178,34 @@ async function serveBlob(context: RouteContext, repo: Repository, reference: str
     const end = range ? range.end : blob.size !== undefined ? blob.size - 1 : Infinity;
     const sent = await sendRange(reply.raw, source, range?.start ?? 0, end, begin);
     context.metrics.bytesServed.inc({ source: blob.source }, sent);
-    context.metrics.requests.inc({ route: 'blob', method: 'GET', status: String(status) });
   } finally {
     await close();
   }
   return reply;
+}
+
+/**
+ * The upstream's `Link: <...>; rel="next"` for tags/list, pointed back at this mirror as the client
+ * asked: the client's own repository path (a registry prefix, Docker Hub's short name) and its
+ * ?ns=, with the upstream's paging parameters. Passed on as it was, the next page would name the
+ * upstream's path without ?ns= and so reach the default registry. Undefined when it is not one.
+ */
+export function nextPageLink(link: string, clientName: string, ns: string | string[] | undefined): string | undefined {
+  const match = /^\s*<([^>]*)>(.*)$/.exec(link);
+  if (!match) return undefined;
+  let upstream: URL;
+  try {
+    upstream = new URL(match[1]!, 'http://upstream.invalid');
+  } catch {
+    return undefined;
+  }
+  const params = new URLSearchParams();
+  for (const key of ['n', 'last']) {
+    const value = upstream.searchParams.get(key);
+    if (value !== null) params.set(key, value);
+  }
+  if (typeof ns === 'string' && ns !== '') params.set('ns', ns);
+  return `</v2/${clientName}/tags/list?${params.toString()}>${match[2]}`;
 }
 
 /** A single `bytes=` range; anything else (several ranges, other units, bad syntax) is ignored, as RFC 9110 allows. */
