@@ -54,12 +54,15 @@ export class Controller {
   private resyncTimer?: NodeJS.Timeout;
   private workers: Promise<void>[] = [];
   private stopped = false;
+  /** Per RegistryMirror: the generation and deletion it was last seen with (see onMirror). */
+  private readonly mirrorFingerprints = new Map<string, string>();
 
   constructor(options: ControllerOptions) {
     this.options = options;
     this.queue = new WorkQueue({ onDepth: (depth) => options.metrics.queueDepth.set(depth) });
     const cache: ObjectCache = {
       mirror: (namespace, name) => this.lookup(this.mirrors, namespace, name) as RegistryMirror | undefined,
+      mirrors: () => this.allMirrors() as unknown as RegistryMirror[],
       secret: (namespace, name) => this.lookup(this.secrets, namespace, name) as ReturnType<ObjectCache['secret']>,
     };
     this.reconciler = new Reconciler({
@@ -74,7 +77,7 @@ export class Controller {
 
   /** Starts the watches, waits for their first lists, then starts the workers. */
   async start(): Promise<void> {
-    this.mirrors = this.watch(API_VERSION, KIND, undefined, (obj) => this.enqueue(obj));
+    this.mirrors = this.watch(API_VERSION, KIND, undefined, (obj) => this.onMirror(obj));
     this.secrets = this.watch('v1', 'Secret', undefined, (obj) => this.onSecret(obj));
     for (const [apiVersion, kind] of OWNED_KINDS) this.watch(apiVersion, kind, MANAGED_SELECTOR, (obj) => this.enqueueOwner(obj));
     await Promise.all(this.kinds.flatMap((kind) => [...kind.informers.entries()].map(([namespace, informer]) => this.startInformer(kind.name, namespace, informer))));
@@ -171,6 +174,24 @@ export class Controller {
     }
     synced = true;
     delayMs = 500;
+  }
+
+  /**
+   * A RegistryMirror changed. Which mirror may configure which nodes depends on the others
+   * (node-conflict.ts), so a new spec, a deletion starting or a mirror going away is a reason to
+   * look at every mirror again; status writes, the common case, are not.
+   */
+  private onMirror(obj: AnyObject): void {
+    this.enqueue(obj);
+    const { namespace, name } = obj.metadata ?? {};
+    if (!namespace || !name) return;
+    const key = `${namespace}/${name}`;
+    const present = this.lookup(this.mirrors, namespace, name) !== undefined;
+    const fingerprint = present ? `${obj.metadata?.generation ?? ''}|${obj.metadata?.deletionTimestamp ?? ''}` : 'gone';
+    if (this.mirrorFingerprints.get(key) === fingerprint) return;
+    if (present) this.mirrorFingerprints.set(key, fingerprint);
+    else this.mirrorFingerprints.delete(key);
+    for (const other of this.allMirrors()) this.enqueue(other);
   }
 
   private enqueue(obj: AnyObject): void {

@@ -133,6 +133,8 @@ describe('operator against a real kube-apiserver', { skip }, () => {
   const mirror = (name: string) => admin.find<Obj>(API_VERSION, KIND, NS, name);
   const owned = (apiVersion: string, kind: string, name: string) => admin.find<Obj>(apiVersion, kind, NS, name);
   const ready = async (name: string) => (await mirror(name))?.status?.conditions?.find((c: { type: string }) => c.type === 'Ready');
+  /** A node pool of its own: two mirrors of one registry on the same nodes would conflict (node-conflict.ts). */
+  const ownNodes = (pool: string) => ({ nodeConfig: { enabled: true, runtimes: ['containerd'], nodeSelector: { 'regmirror.test/pool': pool } } });
   const applyMirror = (name: string, spec: object) =>
     mustKubectl(['apply', '-f', '-'], JSON.stringify({ apiVersion: API_VERSION, kind: KIND, metadata: { name, namespace: NS }, spec }));
   const eventsFor = async (name: string) => {
@@ -220,7 +222,7 @@ describe('operator against a real kube-apiserver', { skip }, () => {
   });
 
   it('a RegistryMirror produces every owned object with an owner reference, the endpoint and a finalizer', async () => {
-    await applyMirror('hub', { upstreams: [{ registry: 'docker.io', tagTTL: '1m' }, { registry: 'ghcr.io' }], storage: { size: '5Gi' } });
+    await applyMirror('hub', { upstreams: [{ registry: 'docker.io', tagTTL: '1m' }, { registry: 'ghcr.io' }], storage: { size: '5Gi' }, ...ownNodes('hub') });
     const cr = (await mirror('hub'))!;
     const kinds: [string, string, string][] = [
       ['v1', 'ConfigMap', 'regmirror-hub'], ['v1', 'Secret', 'regmirror-hub'], ['v1', 'PersistentVolumeClaim', 'regmirror-hub'],
@@ -268,7 +270,7 @@ describe('operator against a real kube-apiserver', { skip }, () => {
 
   it('a spec change rewrites the config and rolls the Deployment', async () => {
     const before = (await owned('apps/v1', 'Deployment', 'regmirror-hub'))!.spec.template.metadata.annotations[CHECKSUM_ANNOTATION];
-    await applyMirror('hub', { upstreams: [{ registry: 'docker.io', tagTTL: '5m' }, { registry: 'ghcr.io' }], storage: { size: '5Gi', ttl: '72h' } });
+    await applyMirror('hub', { upstreams: [{ registry: 'docker.io', tagTTL: '5m' }, { registry: 'ghcr.io' }], storage: { size: '5Gi', ttl: '72h' }, ...ownNodes('hub') });
     await eventually('config with ttl 72h', async () => parse((await owned('v1', 'ConfigMap', 'regmirror-hub'))!.data!['config.yaml']!).storage.ttl === '72h');
     const after = await eventually('a new checksum', async () => {
       const value = (await owned('apps/v1', 'Deployment', 'regmirror-hub'))!.spec.template.metadata.annotations[CHECKSUM_ANNOTATION];
@@ -294,6 +296,7 @@ describe('operator against a real kube-apiserver', { skip }, () => {
     await applyMirror('private', {
       upstreams: [{ registry: 'docker.io', credentialsSecretRef: { name: 'hub-credentials' } }],
       auth: { allowAnonymousWithCredentials: true },
+      ...ownNodes('private'),
     });
     const condition = await eventually('SecretNotFound', async () => (await ready('private'))?.reason === 'SecretNotFound' && ready('private'));
     assert.match(condition.message, /hub-credentials/);
@@ -331,15 +334,32 @@ describe('operator against a real kube-apiserver', { skip }, () => {
   });
 
   it('an object the API server refuses turns Ready False with ApplyFailed and the server\'s reason; a larger memory request alone raises the limit', async () => {
-    await applyMirror('sized', { upstreams: [{ registry: 'docker.io' }], resources: { requests: { memory: '2Gi' } } });
+    await applyMirror('sized', { upstreams: [{ registry: 'docker.io' }], resources: { requests: { memory: '2Gi' } }, ...ownNodes('sized') });
     const deployment = await eventually('Deployment', () => owned('apps/v1', 'Deployment', 'regmirror-sized'));
     assert.deepEqual(deployment.spec.template.spec.containers[0].resources.limits, { memory: '2Gi' });
 
-    await applyMirror('sized', { upstreams: [{ registry: 'docker.io' }], resources: { requests: { memory: '2Gi' }, limits: { memory: '1Gi' } } });
+    await applyMirror('sized', { upstreams: [{ registry: 'docker.io' }], resources: { requests: { memory: '2Gi' }, limits: { memory: '1Gi' } }, ...ownNodes('sized') });
     const condition = await eventually('ApplyFailed', async () => (await ready('sized'))?.reason === 'ApplyFailed' && ready('sized'));
     assert.equal(condition.status, 'False');
     assert.match(condition.message, /must be less than or equal to memory limit/);
     assert.equal(condition.observedGeneration, 2);
+  });
+
+  it('a second RegistryMirror for nodes and files another already configures gets NodeConfigConflict and no DaemonSet, and takes over when the first lets go', async () => {
+    const quay = { upstreams: [{ registry: 'quay.io' }] };
+    await applyMirror('quay-a', { ...quay, ...ownNodes('quay') });
+    await eventually('quay-a DaemonSet', () => owned('apps/v1', 'DaemonSet', 'regmirror-quay-a-node'));
+    await applyMirror('quay-b', { ...quay, ...ownNodes('quay') });
+    const condition = await eventually('NodeConfigConflict', async () => (await ready('quay-b'))?.reason === 'NodeConfigConflict' && ready('quay-b'));
+    assert.match(condition.message, new RegExp(`RegistryMirror ${NS}/quay-a \\(created earlier\\).*containerd's hosts\\.toml for quay\\.io`));
+    assert.ok(await owned('apps/v1', 'Deployment', 'regmirror-quay-b'), 'the second mirror still serves');
+    assert.equal(await owned('apps/v1', 'DaemonSet', 'regmirror-quay-b-node'), undefined);
+    assert.ok((await eventsFor('quay-b')).some((e) => e.reason === 'NodeConfigConflict' && e.type === 'Warning'));
+
+    // The first turns its node configuration off: the second is looked at again and takes the nodes.
+    await applyMirror('quay-a', { ...quay, nodeConfig: { enabled: false, runtimes: ['containerd'], nodeSelector: { 'regmirror.test/pool': 'quay' } } });
+    await eventually('quay-b DaemonSet', () => owned('apps/v1', 'DaemonSet', 'regmirror-quay-b-node'));
+    await eventually('quay-b no longer in conflict', async () => (await ready('quay-b'))?.reason !== 'NodeConfigConflict');
   });
 
   it('with auth on, the mirror checks htpasswd with the nodes\' own entry added, kept stable across reconciles', async () => {
@@ -347,6 +367,7 @@ describe('operator against a real kube-apiserver', { skip }, () => {
     await applyMirror('locked', {
       upstreams: [{ registry: 'docker.io', credentialsSecretRef: { name: 'hub-credentials' } }],
       auth: { htpasswdSecretRef: { name: 'mirror-users' } },
+      ...ownNodes('locked'),
     });
     // The DaemonSet is the last object a reconcile applies, and the status comes after it.
     await eventually('the first reconcile done', async () => (await owned('apps/v1', 'DaemonSet', 'regmirror-locked-node')) && ready('locked'));
@@ -383,7 +404,7 @@ describe('operator against a real kube-apiserver', { skip }, () => {
   });
 
   it('deletion is bounded: nodes that never confirm do not hold the RegistryMirror forever', async () => {
-    await applyMirror('stuck', { upstreams: [{ registry: 'quay.io' }] });
+    await applyMirror('stuck', { upstreams: [{ registry: 'quay.io' }], ...ownNodes('stuck') });
     await eventually('its DaemonSet', () => owned('apps/v1', 'DaemonSet', 'regmirror-stuck-node'));
     await playKubeletNodeAgentsReady('stuck', 2);
     const started = Date.now();
@@ -411,6 +432,7 @@ describe('operator against a real kube-apiserver', { skip }, () => {
     await applyMirror('private', {
       upstreams: [{ registry: 'docker.io', credentialsSecretRef: { name: 'hub-credentials' }, tagTTL: '2m' }],
       auth: { allowAnonymousWithCredentials: true },
+      ...ownNodes('private'),
     });
     await mustKubectl(['delete', 'service', 'regmirror-private', '-n', NS]);
     operator = await startOperator(operatorKubeconfig, 'operator-a2', logDir);
@@ -428,6 +450,7 @@ describe('operator against a real kube-apiserver', { skip }, () => {
     await applyMirror('private', {
       upstreams: [{ registry: 'docker.io', credentialsSecretRef: { name: 'hub-credentials' }, tagTTL: '3m' }],
       auth: { allowAnonymousWithCredentials: true },
+      ...ownNodes('private'),
     });
     await eventually('the change after the restart reconciled', async () =>
       parse((await owned('v1', 'ConfigMap', 'regmirror-private'))!.data!['config.yaml']!).upstreams[0].tagTTL === '3m', 60_000);
@@ -454,6 +477,7 @@ describe('operator against a real kube-apiserver', { skip }, () => {
     await applyMirror('private', {
       upstreams: [{ registry: 'docker.io', credentialsSecretRef: { name: 'hub-credentials' }, tagTTL: '4m' }],
       auth: { allowAnonymousWithCredentials: true },
+      ...ownNodes('private'),
     });
     await eventually('the new leader reconciles', async () =>
       parse((await owned('v1', 'ConfigMap', 'regmirror-private'))!.data!['config.yaml']!).upstreams[0].tagTTL === '4m');

@@ -77,6 +77,7 @@ function setup(spec: Parameters<typeof mirrorFixture>[0] = {}, options: { timeou
     api,
     cache: {
       mirror: (ns, name) => server.objects.get(`${API_VERSION}/${KIND}/${ns}/${name}`) as RegistryMirror | undefined,
+      mirrors: () => server.all(KIND) as unknown as RegistryMirror[],
       secret: (ns, name) => secrets.get(`${ns}/${name}`) ?? (server.objects.get(`v1/Secret/${ns}/${name}`) as Obj | undefined),
     },
     events: new EventRecorder(api, logger, 'test'),
@@ -225,4 +226,27 @@ test('with spec.tls the nodes are given the CA from the TLS Secret: its ca.crt, 
   secrets.set('registry-cache/mirror-tls', { type: 'kubernetes.io/tls', data: { 'tls.crt': b64('cert'), 'tls.key': b64('key') } });
   await reconciler.reconcile('registry-cache/hub');
   assert.equal(caKey(), 'tls.crt');
+});
+
+test('a second RegistryMirror for the same nodes and files serves but configures no nodes, says why, and takes over once the first is gone', async () => {
+  const { server, reconciler, ready } = setup();
+  const hub = server.all(KIND)[0]!;
+  hub.metadata!.creationTimestamp = '2026-01-01T00:00:00Z';
+  const other = mirrorFixture({}, 'other') as Obj;
+  other.metadata!.creationTimestamp = '2026-01-02T00:00:00Z';
+  server.objects.set(`${API_VERSION}/${KIND}/registry-cache/other`, other);
+  await reconciler.reconcile('registry-cache/hub');
+  await reconciler.reconcile('registry-cache/other');
+  assert.deepEqual(server.all('DaemonSet').map((d) => d.metadata!.name), ['regmirror-hub-node']);
+  assert.equal(server.all('Deployment').length, 2, 'the second mirror still serves');
+  const otherReady = () => (server.objects.get(`${API_VERSION}/${KIND}/registry-cache/other`) as RegistryMirror).status!.conditions!.find((c) => c.type === 'Ready')!;
+  assert.equal(otherReady().reason, 'NodeConfigConflict');
+  assert.match(otherReady().message, /RegistryMirror registry-cache\/hub .* containerd's hosts\.toml for docker\.io, ghcr\.io/);
+  assert.equal(server.all('Event').find((e) => e.reason === 'NodeConfigConflict')?.type, 'Warning');
+  assert.notEqual(ready()!.reason, 'NodeConfigConflict', 'the first is not affected');
+
+  server.objects.delete(`${API_VERSION}/${KIND}/registry-cache/hub`);
+  await reconciler.reconcile('registry-cache/other');
+  assert.ok(server.all('DaemonSet').some((d) => d.metadata!.name === 'regmirror-other-node'));
+  assert.notEqual(otherReady().reason, 'NodeConfigConflict');
 });

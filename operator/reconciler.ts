@@ -17,6 +17,7 @@ import { desiredService } from './desired/service.ts';
 import type { EventRecorder } from './events.ts';
 import { isNotFound, isRefused, type KubeApi, type KubeObject } from './kube/api.ts';
 import { nodeCredentials } from './node-credentials.ts';
+import { nodeConfigHolder } from './node-conflict.ts';
 import {
   READY, desiredStatus, nodesDone, type DaemonSetStatus, type Observed, type Problem, type WorkloadStatus,
 } from './status.ts';
@@ -29,6 +30,8 @@ export interface ReconcileResult {
 /** Where the reconciler reads watched objects (the informers' caches). */
 export interface ObjectCache {
   mirror(namespace: string, name: string): RegistryMirror | undefined;
+  /** Every RegistryMirror the operator watches: node configuration must not overlap between them. */
+  mirrors(): RegistryMirror[];
   secret(namespace: string, name: string): (SecretLike & KubeObject) | undefined;
 }
 
@@ -72,9 +75,10 @@ export class Reconciler {
       await this.writeProblem(mirror, gathered.problem);
       return {};
     }
+    const conflict = nodeConfigHolder(mirror, this.options.cache.mirrors().map((m) => ({ ...m, spec: withDefaults(m.spec) })));
     let applied;
     try {
-      applied = await this.applyAll(gathered.inputs);
+      applied = await this.applyAll(gathered.inputs, conflict !== undefined);
     } catch (error) {
       // Said on the object too, where `kubectl describe` shows it; repeats only bump the count.
       const message = (error as Error).message.slice(0, 1024);
@@ -90,6 +94,11 @@ export class Reconciler {
       pvcPhase: pvc.status?.phase as string | undefined,
       deployment: workloadStatus(deployment),
       ...nodeFacts(mirror, daemonSet),
+      ...(conflict
+        ? {
+            nodeConflict: `its nodes are configured by RegistryMirror ${conflict.holder.metadata.namespace}/${conflict.holder.metadata.name} (created earlier), and both would write ${conflict.files}; give the two disjoint nodeConfig.nodeSelector labels, or set nodeConfig.enabled: false on one. The mirror itself serves.`,
+          }
+        : {}),
       deleting: false,
     });
     return {};
@@ -111,7 +120,7 @@ export class Reconciler {
   }
 
   /** Applies every owned object in dependency order; the Service's ClusterIP feeds the DaemonSet. */
-  private async applyAll(inputs: DesiredInputs) {
+  private async applyAll(inputs: DesiredInputs, nodeConflict: boolean) {
     const { api } = this.options;
     const { mirror } = inputs;
     await api.apply(desiredConfigMap(inputs));
@@ -123,10 +132,11 @@ export class Reconciler {
     let daemonSet: Applied | undefined;
     if (clusterIP && clusterIP !== 'None') {
       const withIP = { ...inputs, serviceIP: clusterIP };
-      if (mirror.spec.nodeConfig.enabled) {
+      if (mirror.spec.nodeConfig.enabled && !nodeConflict) {
         daemonSet = await api.apply<Applied>(desiredDaemonSet(withIP));
       } else {
-        // Turned off: an existing agent takes the configuration away and stays to keep it away.
+        // Turned off, or another RegistryMirror holds these nodes: an existing agent takes the
+        // configuration away and stays to keep it away.
         const existing = await api.find<Applied>('apps/v1', 'DaemonSet', mirror.metadata.namespace, names(mirror).daemonSet);
         if (existing) daemonSet = await api.apply<Applied>(desiredDaemonSet({ ...withIP, nodeAgentMode: 'remove' }));
       }
@@ -272,7 +282,7 @@ export class Reconciler {
     const previous = before?.conditions?.find((c) => c.type === READY);
     const ready = status.conditions!.find((c) => c.type === READY)!;
     if (previous?.reason !== ready.reason) {
-      const warning = ready.reason === 'SecretNotFound' || ready.reason === 'InvalidCredentials';
+      const warning = ['SecretNotFound', 'InvalidCredentials', 'ApplyFailed', 'NodeConfigConflict'].includes(ready.reason);
       await events.record(mirror, warning ? 'Warning' : 'Normal', ready.reason, ready.message);
       logger.info({ mirror: `${namespace}/${name}`, ready: ready.status, reason: ready.reason }, ready.message);
     }

@@ -13,6 +13,7 @@ export type NotReadyReason =
   | 'ApplyFailed'
   | 'Terminating'
   | 'ScaledToZero'
+  | 'NodeConfigConflict'
   | 'NodeCleanup'
   | 'VolumePending'
   | 'Progressing'
@@ -50,6 +51,8 @@ export interface Observed {
   daemonSet?: DaemonSetStatus;
   nodeAgentMode?: NodeAgentMode;
   nodeConfigEnabled: boolean;
+  /** Another RegistryMirror configures these nodes: why this one does not. */
+  nodeConflict?: string;
   deleting: boolean;
 }
 
@@ -79,6 +82,7 @@ function readyCondition(observed: Observed): Pick<Condition, 'status' | 'reason'
       : notReady('Terminating', 'the RegistryMirror is being deleted');
   }
   if (observed.problem) return notReady(observed.problem.reason, observed.problem.message);
+  if (observed.nodeConflict) return notReady('NodeConfigConflict', `nodes not configured: ${observed.nodeConflict}`);
   if (observed.wantedReplicas === 0) return notReady('ScaledToZero', 'spec.replicas is 0: no mirror pod is serving');
   if (!deploymentAvailable(observed.deployment, observed.wantedReplicas)) {
     if (observed.pvcPhase !== 'Bound') {
