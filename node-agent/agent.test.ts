@@ -139,6 +139,26 @@ test('the CRI-O drop-in is written for the mirror default and deleted on removal
   assert.deepEqual(await readdir(node.crioDir), ['shortnames.conf']);
 });
 
+test('removal leaves another mirror\'s Docker entry and CRI-O drop-in alone (another RegistryMirror\'s agent writes the same files)', async () => {
+  const node = await makeNode();
+  await mkdir(path.dirname(node.daemonJson), { recursive: true });
+  await writeFile(node.daemonJson, `{"pidfile": "${node.root}/nodockerd.pid"}`);
+  await mkdir(node.crioDir, { recursive: true });
+  await reconcileOnce(nodeConfig(node, ['--runtimes', 'docker,crio']), quiet);
+  const daemonJson = await readFile(node.daemonJson, 'utf8');
+  const dropIn = await readFile(path.join(node.crioDir, '99-regmirror.conf'), 'utf8');
+  const other = parseAgentConfig(nodeArgs(node, ['--runtimes', 'docker,crio', '--mode', 'remove']).map((a) => (a === 'http://127.0.0.1:5999' ? 'http://127.0.0.1:6000' : a)), {});
+  assert.equal(other.mirror, 'http://127.0.0.1:6000');
+  const removed = await reconcileOnce(other, quiet);
+  assert.equal(removed.ready, true, removed.problems.join('; '));
+  assert.equal(await readFile(node.daemonJson, 'utf8'), daemonJson, 'daemon.json untouched');
+  assert.equal(await readFile(path.join(node.crioDir, '99-regmirror.conf'), 'utf8'), dropIn, 'drop-in untouched');
+  // the mirror they belong to takes them away
+  await reconcileOnce(nodeConfig(node, ['--runtimes', 'docker,crio', '--mode', 'remove']), quiet);
+  assert.deepEqual(await readdir(node.crioDir), []);
+  assert.equal(await readFile(node.daemonJson, 'utf8'), `{"pidfile": "${node.root}/nodockerd.pid"}`);
+});
+
 test('the running agent puts back a hosts.toml that something else deleted or changed', async () => {
   const node = await makeNode();
   const agent = await startAgent(nodeConfig(node, ['--runtimes', 'containerd']), quiet);

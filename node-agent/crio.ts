@@ -1,6 +1,6 @@
 // CRI-O (and Podman, Buildah, skopeo): a registries.conf drop-in with one [[registry]] per
 // mirrored registry and the mirror as its [[registry.mirror]]. Pure: config in, file text out.
-import { stringify } from 'smol-toml';
+import { parse, stringify } from 'smol-toml';
 import { registryPathComponent } from '../common/registry-path.ts';
 
 /** The drop-in's name; drop-ins load in lexical order and a later [[registry]] for a prefix wins. */
@@ -35,4 +35,18 @@ export function crioDropIn(input: CrioDropInInput): string {
 
 export function isManagedCrioDropIn(text: string): boolean {
   return text.startsWith(CRIO_MARKER);
+}
+
+/**
+ * Does this drop-in send containers/image to `mirror` (http(s)://host[:port])? Another
+ * RegistryMirror's agent writes the same file name; removal takes away only this mirror's.
+ */
+export function crioDropInPointsAt(text: string, mirror: string): boolean {
+  const host = new URL(mirror).host;
+  try {
+    const { registry } = parse(text) as { registry?: { mirror?: { location?: unknown }[] }[] };
+    return (registry ?? []).some((r) => (r.mirror ?? []).some((m) => typeof m.location === 'string' && (m.location === host || m.location.startsWith(`${host}/`))));
+  } catch {
+    return false;
+  }
 }

@@ -10,7 +10,7 @@ import {
   containerdHostsToml, isManagedHostsToml, planHostsApply, planHostsRemove, readContainerdRegistrySetup, type HostsPlan,
 } from './containerd.ts';
 import { basicAuthorization, readCredentials } from './credentials.ts';
-import { CRIO_DROP_IN, crioDropIn, isManagedCrioDropIn } from './crio.ts';
+import { CRIO_DROP_IN, crioDropIn, crioDropInPointsAt, isManagedCrioDropIn } from './crio.ts';
 import {
   DaemonJsonError, daemonJsonForReload, daemonJsonPidFile, daemonJsonSocket, mirrorsInDockerInfo, planDockerApply, planDockerRemove, type DockerState,
 } from './docker.ts';
@@ -364,9 +364,10 @@ export async function reconcileDocker(ctx: ReconcileContext): Promise<RuntimeSta
   }
 
   if (skip) notices.warn(`docker-skip:${skip}`, `Docker left alone: ${skip}`);
-  // remove mode, or Docker is not to be configured: take our entry out if it is there.
+  // remove mode, or Docker is not to be configured: take our entry out if it is there. The state
+  // file names the mirror whose entry it is; another RegistryMirror's is not ours to take out.
   const state = await readDockerState(stateFile);
-  if (state === null) return s;
+  if (state === null || state.mirror !== config.mirror) return s;
   const current = await readFileOrNull(file);
   let plan;
   try {
@@ -436,7 +437,8 @@ export async function reconcileCrio(ctx: ReconcileContext): Promise<RuntimeStatu
     s.changed.push(file);
     log.info({ file }, 'registries.conf drop-in written');
   } else {
-    if (current === null || !isManagedCrioDropIn(current)) return s;
+    // only this mirror's drop-in: another RegistryMirror's agent writes the same file name
+    if (current === null || !isManagedCrioDropIn(current) || !crioDropInPointsAt(current, config.mirror)) return s;
     await removeFile(file);
     s.changed.push(file);
     log.info({ file }, 'registries.conf drop-in removed');
