@@ -159,6 +159,20 @@ test('removal leaves another mirror\'s Docker entry and CRI-O drop-in alone (ano
   assert.equal(await readFile(node.daemonJson, 'utf8'), `{"pidfile": "${node.root}/nodockerd.pid"}`);
 });
 
+test('a runtime dropped from the list (--remove-runtimes) is cleaned while the others stay configured', async () => {
+  const node = await makeNode();
+  await mkdir(path.dirname(node.daemonJson), { recursive: true });
+  const original = `{"pidfile": "${node.root}/nodockerd.pid"}`;
+  await writeFile(node.daemonJson, original);
+  await reconcileOnce(nodeConfig(node, ['--runtimes', 'containerd,docker']), quiet);
+  assert.match(await readFile(node.daemonJson, 'utf8'), /127\.0\.0\.1:5999/);
+  const narrowed = await reconcileOnce(nodeConfig(node, ['--runtimes', 'containerd', '--remove-runtimes', 'docker']), quiet);
+  assert.equal(narrowed.ready, true, narrowed.problems.join('; '));
+  assert.equal(await readFile(node.daemonJson, 'utf8'), original, 'Docker no longer points at the mirror');
+  assert.ok((await readFile(path.join(node.hostsDir, 'docker.io/hosts.toml'), 'utf8')).startsWith(MANAGED_MARKER), 'containerd still does');
+  assert.throws(() => nodeConfig(node, ['--runtimes', 'docker', '--remove-runtimes', 'docker']), /--remove-runtimes.*docker also in --runtimes|remove-runtimes: docker also in --runtimes/);
+});
+
 test('the running agent puts back a hosts.toml that something else deleted or changed', async () => {
   const node = await makeNode();
   const agent = await startAgent(nodeConfig(node, ['--runtimes', 'containerd']), quiet);

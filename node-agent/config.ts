@@ -19,6 +19,8 @@ export interface AgentConfig {
   mode: Mode;
   once: boolean;
   runtimes: Runtime[];
+  /** Runtimes dropped from the list whose configuration for this mirror is taken away while the others are applied. */
+  removeRuntimes: Runtime[];
   containerdHostsDir: string;
   containerdConfig: string;
   dockerDaemonJson: string;
@@ -58,6 +60,7 @@ export const OPTIONS = {
   mode: { flag: 'mode', env: 'REGMIRROR_MODE', type: 'string', default: 'apply', help: 'apply: configure the runtimes; remove: take the configuration away' },
   once: { flag: 'once', env: 'REGMIRROR_ONCE', type: 'boolean', help: 'apply (or remove) once and exit 0' },
   runtimes: { flag: 'runtimes', env: 'REGMIRROR_RUNTIMES', type: 'string', default: RUNTIMES.join(','), help: 'runtimes to configure when present on the node' },
+  removeRuntimes: { flag: 'remove-runtimes', env: 'REGMIRROR_REMOVE_RUNTIMES', type: 'string', default: '', help: 'runtimes whose configuration for this mirror is taken away (dropped from --runtimes)' },
   containerdHostsDir: { flag: 'containerd-hosts-dir', env: 'REGMIRROR_CONTAINERD_HOSTS_DIR', type: 'string', default: '/etc/containerd/certs.d', help: "containerd's config_path (hosts.toml directories)" },
   containerdConfig: { flag: 'containerd-config', env: 'REGMIRROR_CONTAINERD_CONFIG', type: 'string', default: '/etc/containerd/config.toml', help: "containerd's config.toml, read (never written) to check config_path" },
   dockerDaemonJson: { flag: 'docker-daemon-json', env: 'REGMIRROR_DOCKER_DAEMON_JSON', type: 'string', default: '/etc/docker/daemon.json', help: "Docker's daemon.json" },
@@ -185,16 +188,24 @@ export function parseAgentConfig(argv: string[], env: NodeJS.ProcessEnv): AgentC
     throw new ConfigError(onceIn.source, OPTIONS.once.flag, `"${onceIn.value}" must be true or false`);
   }
 
-  const runtimesIn = required('runtimes');
-  const runtimes: Runtime[] = [];
-  for (const raw of runtimesIn.value.split(',')) {
-    const name = raw.trim();
-    if (name === '') continue;
-    if (!(RUNTIMES as readonly string[]).includes(name)) {
-      throw new ConfigError(runtimesIn.source, OPTIONS.runtimes.flag, `"${name}" is not one of ${RUNTIMES.join(', ')}`);
+  const runtimeList = (name: 'runtimes' | 'removeRuntimes', text: string, source: string): Runtime[] => {
+    const list: Runtime[] = [];
+    for (const raw of text.split(',')) {
+      const runtime = raw.trim();
+      if (runtime === '') continue;
+      if (!(RUNTIMES as readonly string[]).includes(runtime)) {
+        throw new ConfigError(source, OPTIONS[name].flag, `"${runtime}" is not one of ${RUNTIMES.join(', ')}`);
+      }
+      if (!list.includes(runtime as Runtime)) list.push(runtime as Runtime);
     }
-    if (!runtimes.includes(name as Runtime)) runtimes.push(name as Runtime);
-  }
+    return list;
+  };
+  const runtimesIn = required('runtimes');
+  const runtimes = runtimeList('runtimes', runtimesIn.value, runtimesIn.source);
+  const removeIn = read('removeRuntimes');
+  const removeRuntimes = runtimeList('removeRuntimes', removeIn.value ?? '', removeIn.source);
+  const both = removeRuntimes.filter((r) => runtimes.includes(r));
+  if (both.length > 0) throw new ConfigError(removeIn.source, OPTIONS.removeRuntimes.flag, `${both.join(', ')} also in --runtimes`);
 
   const resyncIn = required('resyncInterval');
   const resyncIntervalMs = parseDuration(resyncIn.value);
@@ -261,6 +272,7 @@ export function parseAgentConfig(argv: string[], env: NodeJS.ProcessEnv): AgentC
     mode: modeIn.value,
     once: onceText === 'true' || onceText === '1',
     runtimes,
+    removeRuntimes,
     containerdHostsDir: path('containerdHostsDir'),
     containerdConfig: path('containerdConfig'),
     dockerDaemonJson: path('dockerDaemonJson'),

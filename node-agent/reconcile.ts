@@ -465,9 +465,12 @@ const RECONCILERS: Record<Runtime, (ctx: ReconcileContext) => Promise<RuntimeSta
 
 export async function reconcileNode(ctx: ReconcileContext): Promise<NodeStatus> {
   const runtimes: RuntimeStatus[] = [];
-  for (const runtime of ctx.config.runtimes) {
+  // Runtimes dropped from the list are cleaned as on removal, whatever the mode.
+  const removing = { ...ctx, config: { ...ctx.config, mode: 'remove' as const } };
+  const passes = [...ctx.config.runtimes.map((r) => [r, ctx] as const), ...ctx.config.removeRuntimes.map((r) => [r, removing] as const)];
+  for (const [runtime, runtimeCtx] of passes) {
     try {
-      runtimes.push(await RECONCILERS[runtime](ctx));
+      runtimes.push(await RECONCILERS[runtime](runtimeCtx));
     } catch (error) {
       const s = status(runtime, true);
       fail(s, `${runtime}: ${(error as Error).message}`);
@@ -475,7 +478,7 @@ export async function reconcileNode(ctx: ReconcileContext): Promise<NodeStatus> 
     }
   }
   const problems = runtimes.flatMap((r) => r.problems);
-  if (ctx.config.mode === 'apply' && !runtimes.some((r) => r.present)) {
+  if (ctx.config.mode === 'apply' && !runtimes.some((r) => r.present && ctx.config.runtimes.includes(r.runtime))) {
     problems.push(`no container runtime found: none of ${ctx.config.runtimes.join(', ')} has its configuration location on this node (containerd ${ctx.config.containerdHostsDir} or ${ctx.config.containerdConfig}, docker ${ctx.config.dockerDaemonJson}, crio ${ctx.config.crioDir})`);
   }
   return { mode: ctx.config.mode, ready: problems.length === 0, runtimes, problems };

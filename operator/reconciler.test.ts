@@ -250,3 +250,32 @@ test('a second RegistryMirror for the same nodes and files serves but configures
   assert.ok(server.all('DaemonSet').some((d) => d.metadata!.name === 'regmirror-other-node'));
   assert.notEqual(otherReady().reason, 'NodeConfigConflict');
 });
+
+test('a runtime dropped from nodeConfig.runtimes is taken off the nodes (--remove-runtimes, its mounts kept) until every node runs that, then let go', async () => {
+  const { server, reconciler, mirror } = setup({ nodeConfig: { enabled: true, runtimes: ['containerd', 'docker'] } });
+  await reconciler.reconcile('registry-cache/hub');
+  const daemonSet = () => server.all('DaemonSet')[0]!;
+  const args = (): string[] => daemonSet().spec.template.spec.containers[0].args;
+  const hostPaths = (): string[] => daemonSet().spec.template.spec.volumes.filter((v: { hostPath?: unknown }) => v.hostPath).map((v: { hostPath: { path: string } }) => v.hostPath.path);
+  const allReady = () => {
+    const ds = daemonSet();
+    ds.status = { observedGeneration: ds.metadata!.generation, desiredNumberScheduled: 2, updatedNumberScheduled: 2, numberReady: 2 };
+  };
+  allReady();
+
+  mirror()!.spec.nodeConfig.runtimes = ['containerd'];
+  await reconciler.reconcile('registry-cache/hub');
+  assert.equal(args()[args().indexOf('--runtimes') + 1], 'containerd');
+  assert.equal(args()[args().indexOf('--remove-runtimes') + 1], 'docker');
+  assert.ok(hostPaths().includes('/etc/docker'), 'the agent can still reach daemon.json');
+  assert.equal(daemonSet().spec.template.spec.hostPID, true, 'and signal dockerd');
+
+  await reconciler.reconcile('registry-cache/hub');
+  assert.ok(args().includes('--remove-runtimes'), 'kept while the new template has not run on every node');
+
+  allReady();
+  await reconciler.reconcile('registry-cache/hub');
+  assert.ok(!args().includes('--remove-runtimes'), 'every node took it away: dropped');
+  assert.ok(!hostPaths().includes('/etc/docker'));
+  assert.equal(daemonSet().spec.template.spec.hostPID, false);
+});

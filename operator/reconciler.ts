@@ -3,10 +3,10 @@
 // apply, and writes status from what the server returned. Deletion runs the node-cleanup finalizer.
 import { createHash } from 'node:crypto';
 import type { Logger } from '../common/logger.ts';
-import { API_VERSION, KIND, type RegistryMirror, type RegistryMirrorStatus } from './api/registry-mirror.ts';
+import { API_VERSION, KIND, type RegistryMirror, type RegistryMirrorStatus, type Runtime } from './api/registry-mirror.ts';
 import { InvalidCredentialsError, normaliseCredentials, type Credentials, type SecretLike } from './credentials.ts';
 import { desiredConfigMap } from './desired/config-map.ts';
-import { desiredDaemonSet, MODE_ANNOTATION } from './desired/daemon-set.ts';
+import { desiredDaemonSet, MODE_ANNOTATION, runtimesInDaemonSet } from './desired/daemon-set.ts';
 import { desiredDeployment } from './desired/deployment.ts';
 import {
   FINALIZER, endpoint, names, withDefaults, type DesiredInputs, type NodeAgentMode,
@@ -131,14 +131,14 @@ export class Reconciler {
     const deployment = await api.apply<Applied>(desiredDeployment(inputs));
     let daemonSet: Applied | undefined;
     if (clusterIP && clusterIP !== 'None') {
-      const withIP = { ...inputs, serviceIP: clusterIP };
+      const existing = await api.find<Applied>('apps/v1', 'DaemonSet', mirror.metadata.namespace, names(mirror).daemonSet);
+      const withIP = { ...inputs, serviceIP: clusterIP, cleanupRuntimes: pendingRuntimeCleanup(existing, mirror.spec.nodeConfig.runtimes) };
       if (mirror.spec.nodeConfig.enabled && !nodeConflict) {
         daemonSet = await api.apply<Applied>(desiredDaemonSet(withIP));
-      } else {
+      } else if (existing) {
         // Turned off, or another RegistryMirror holds these nodes: an existing agent takes the
         // configuration away and stays to keep it away.
-        const existing = await api.find<Applied>('apps/v1', 'DaemonSet', mirror.metadata.namespace, names(mirror).daemonSet);
-        if (existing) daemonSet = await api.apply<Applied>(desiredDaemonSet({ ...withIP, nodeAgentMode: 'remove' }));
+        daemonSet = await api.apply<Applied>(desiredDaemonSet({ ...withIP, nodeAgentMode: 'remove' }));
       }
     }
     return { pvc, clusterIP, deployment, daemonSet };
@@ -227,7 +227,8 @@ export class Reconciler {
       if (!serviceIP) {
         logger.warn({ mirror: `${namespace}/${mirror.metadata.name}` }, 'no mirror address left to remove from nodes');
       } else {
-        daemonSet = await api.apply<Applied>(desiredDaemonSet({ ...inputs, serviceIP, nodeAgentMode: 'remove' }));
+        const cleanupRuntimes = runtimesInDaemonSet(current).filter((r) => !mirror.spec.nodeConfig.runtimes.includes(r));
+        daemonSet = await api.apply<Applied>(desiredDaemonSet({ ...inputs, serviceIP, nodeAgentMode: 'remove', cleanupRuntimes }));
         await events.record(mirror, 'Normal', 'NodeCleanup', 'switched the node agent to remove mode; waiting for every node');
       }
     }
@@ -313,6 +314,22 @@ function workloadStatus(object: Applied): WorkloadStatus {
 function daemonSetStatus(object: Applied): DaemonSetStatus {
   const status = (object.status ?? {}) as DaemonSetStatus;
   return { ...status, generation: object.metadata?.generation };
+}
+
+/**
+ * Runtimes the node agent DaemonSet was given that nodeConfig.runtimes no longer lists: the agents
+ * take their configuration away (--remove-runtimes) until a template that does so runs, ready, on
+ * every node; then they are dropped, with their host mounts.
+ */
+export function pendingRuntimeCleanup(existing: Applied | undefined, runtimes: readonly Runtime[]): Runtime[] {
+  if (!existing) return [];
+  const dropped = runtimesInDaemonSet(existing).filter((r) => !runtimes.includes(r));
+  if (dropped.length === 0) return [];
+  const args = ((existing.spec as { template?: { spec?: { containers?: { args?: string[] }[] } } } | undefined)?.template?.spec?.containers?.[0]?.args) ?? [];
+  const at = args.indexOf('--remove-runtimes');
+  const removing = modeOf(existing) === 'remove' ? runtimesInDaemonSet(existing) : at >= 0 ? (args[at + 1] ?? '').split(',') : [];
+  const cleaned = dropped.every((r) => removing.includes(r)) && nodesDone(daemonSetStatus(existing)).complete;
+  return cleaned ? [] : dropped;
 }
 
 function modeOf(daemonSet: Applied): NodeAgentMode {

@@ -5,32 +5,55 @@ import {
   NODE_AGENT_READY_PORT, PATHS, RUNTIME_MOUNTS, defaultRegistry, endpoint, labels, metadata, names, selector, type DesiredInputs,
 } from './inputs.ts';
 import { NODE_PASSWORD_KEY, NODE_USERNAME_KEY } from './secret.ts';
+import type { Runtime } from '../api/registry-mirror.ts';
 
 export const MODE_ANNOTATION = 'regmirror.dev/node-agent-mode';
+
+/** Runtimes the agent touches: the configured ones, and those dropped whose configuration is still being taken away. */
+function touchedRuntimes(inputs: DesiredInputs): Runtime[] {
+  const { runtimes } = inputs.mirror.spec.nodeConfig;
+  return [...runtimes, ...(inputs.cleanupRuntimes ?? []).filter((r) => !runtimes.includes(r))];
+}
 
 export function nodeAgentArgs(inputs: DesiredInputs): string[] {
   const { mirror } = inputs;
   if (!inputs.serviceIP) throw new Error('the node agent needs the Service ClusterIP');
   const { runtimes } = mirror.spec.nodeConfig;
+  const touched = touchedRuntimes(inputs);
+  const dropped = touched.filter((r) => !runtimes.includes(r));
+  // In remove mode every runtime's configuration goes; in apply mode the dropped ones' only.
+  const [apply, remove] = inputs.nodeAgentMode === 'remove' ? [touched, []] : [runtimes, dropped];
   return [
     'node-agent',
     '--mirror', endpoint(mirror, inputs.serviceIP),
     '--registries', mirror.spec.upstreams.map((u) => u.registry).join(','),
     '--default-registry', defaultRegistry(mirror.spec),
     '--mode', inputs.nodeAgentMode,
-    '--runtimes', runtimes.join(','),
+    '--runtimes', apply.join(','),
+    ...(remove.length > 0 ? ['--remove-runtimes', remove.join(',')] : []),
     // kubelet probes the pod's IP, not its loopback.
     '--ready-listen', `0.0.0.0:${NODE_AGENT_READY_PORT}`,
-    ...runtimes.flatMap((runtime) => RUNTIME_MOUNTS[runtime].flags),
+    ...touched.flatMap((runtime) => RUNTIME_MOUNTS[runtime].flags),
     ...(inputs.tlsCaKey ? ['--mirror-ca', `${PATHS.nodeAgentCaDir}/ca.crt`] : []),
   ];
+}
+
+/** The runtimes a running node agent DaemonSet was given, to apply or to take away (its arguments). */
+export function runtimesInDaemonSet(daemonSet: { spec?: unknown } | undefined): Runtime[] {
+  const spec = daemonSet?.spec as { template?: { spec?: { containers?: { args?: string[] }[] } } } | undefined;
+  const args = spec?.template?.spec?.containers?.[0]?.args ?? [];
+  const listed = (flag: string) => {
+    const at = args.indexOf(flag);
+    return at >= 0 && args[at + 1] ? args[at + 1]!.split(',') : [];
+  };
+  return [...new Set([...listed('--runtimes'), ...listed('--remove-runtimes')])].filter((r): r is Runtime => r in RUNTIME_MOUNTS);
 }
 
 export function desiredDaemonSet(inputs: DesiredInputs) {
   const { mirror } = inputs;
   const { nodeConfig } = mirror.spec;
   const n = names(mirror);
-  const runtimes = nodeConfig.runtimes;
+  const runtimes = touchedRuntimes(inputs);
   const mounts = runtimes.flatMap((runtime) => RUNTIME_MOUNTS[runtime].mounts);
   const env: Record<string, unknown>[] = [
     { name: 'NODE_NAME', valueFrom: { fieldRef: { fieldPath: 'spec.nodeName' } } },

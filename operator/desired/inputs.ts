@@ -89,6 +89,11 @@ export interface DesiredInputs {
   tlsDigest?: string;
   /** The TLS Secret's key the nodes trust the mirror by: ca.crt when it has one, else tls.crt (self-signed). */
   tlsCaKey?: 'ca.crt' | 'tls.crt';
+  /**
+   * Runtimes dropped from nodeConfig.runtimes whose configuration the node agents are still taking
+   * away (their mounts stay until then); see pendingRuntimeCleanup in the reconciler.
+   */
+  cleanupRuntimes?: Runtime[];
   /** The Service's ClusterIP once known; the node agent needs it. */
   serviceIP?: string;
   nodeAgentMode: NodeAgentMode;
