@@ -5,8 +5,8 @@ import assert from 'node:assert/strict';
 import { startContainerd } from '../test/harness/containerd.ts';
 import { startDockerd } from '../test/harness/dockerd.ts';
 import { startTestMirror, type TestMirror } from '../test/harness/mirror.ts';
-import { pushImage, skopeo, writeOciImage, type TestImage } from '../test/harness/oci-image.ts';
-import { cleanupAll, makeTempDir } from '../test/harness/process.ts';
+import { MEDIA_TYPES, pushImage, skopeo, writeOciImage, type TestImage } from '../test/harness/oci-image.ts';
+import { cleanupAll, httpRequest, makeTempDir } from '../test/harness/process.ts';
 import { startRegistry, type RegistryServer } from '../test/harness/registry.ts';
 
 describe('real clients pull through the mirror', () => {
@@ -82,5 +82,22 @@ describe('real clients pull through the mirror', () => {
       const result = await skopeo(['copy', '--src-tls-verify=false', `docker://${mirror.host}/${ref}`, `oci:${dest}:x`]);
       assert.equal(result.code, 0, result.stderr);
     }
+  });
+
+  test('a manifest type the client did not list in Accept is refused as distribution does (404), not sent for it to misread; listed, no Accept or */* get it', async () => {
+    const url = `${mirror.url}/v2/library/multi/manifests/multi`;
+    const ask = (accept?: string) => httpRequest(url, accept ? { headers: { accept } } : {});
+    const schema2Only = await ask(MEDIA_TYPES.docker.manifest);
+    assert.equal(schema2Only.status, 404);
+    const error = JSON.parse(schema2Only.body.toString()).errors[0];
+    assert.equal(error.code, 'MANIFEST_UNKNOWN');
+    assert.match(error.message, /application\/vnd\.oci\.image\.index\.v1\+json found, but the Accept header does not include it/);
+    for (const accept of [undefined, '*/*', `${MEDIA_TYPES.oci.manifest}, ${MEDIA_TYPES.oci.index}`, 'application/json']) {
+      const res = await ask(accept);
+      assert.equal(res.status, 200, String(accept));
+      assert.equal(res.headers['content-type'], MEDIA_TYPES.oci.index);
+    }
+    const head = await httpRequest(url, { method: 'HEAD', headers: { accept: MEDIA_TYPES.docker.manifest } });
+    assert.equal(head.status, 404, 'HEAD answers the same');
   });
 });

@@ -4,7 +4,7 @@
 import type { FastifyInstance, FastifyReply, FastifyRequest } from 'fastify';
 import type { Logger } from '../common/logger.ts';
 import type { HtpasswdAuth } from './auth.ts';
-import type { PullThroughCache, Repository } from './cache.ts';
+import { MANIFEST_MEDIA_TYPES, type PullThroughCache, type Repository } from './cache.ts';
 import { RegistryError, nameUnknown, rangeInvalid, storeFull, unsupported } from './errors.ts';
 import type { MirrorMetrics } from './metrics.ts';
 import { fileSource, sendRange, type ByteSource } from './blob-sender.ts';
@@ -80,7 +80,9 @@ export function registerRoutes(app: FastifyInstance, context: RouteContext): voi
       const content = CONTENT_PATH.exec(path);
       if (content) {
         const repo = repositoryFor(context, content[1]!, query.ns);
-        return content[2] === 'manifests' ? serveManifest(context, repo, content[3]!, head, reply) : serveBlob(context, repo, content[3]!, head, request, reply);
+        return content[2] === 'manifests'
+          ? serveManifest(context, repo, content[3]!, head, request.headers.accept, reply)
+          : serveBlob(context, repo, content[3]!, head, request, reply);
       }
       const tags = TAGS_PATH.exec(path);
       if (tags) {
@@ -121,10 +123,13 @@ function repositoryFor(context: RouteContext, rawName: string, ns: string | stri
   return { upstream: upstream.client, name: normaliseName(registry, validateName(name)), tagTTLMs: upstream.tagTTLMs };
 }
 
-async function serveManifest(context: RouteContext, repo: Repository, reference: string, head: boolean, reply: FastifyReply) {
+async function serveManifest(context: RouteContext, repo: Repository, reference: string, head: boolean, accept: string | undefined, reply: FastifyReply) {
   const manifest = isDigestReference(reference)
     ? await context.cache.manifestByDigest(repo, parseDigest(reference))
     : await context.cache.manifestByTag(repo, validateTag(reference));
+  if (!acceptsManifest(accept, manifest.mediaType)) {
+    throw new RegistryError('MANIFEST_UNKNOWN', 404, `${manifest.mediaType} found, but the Accept header does not include it`, { reference, mediaType: manifest.mediaType });
+  }
   reply.headers({
     'content-type': manifest.mediaType,
     'content-length': String(manifest.bytes.length),
@@ -182,6 +187,23 @@ async function serveBlob(context: RouteContext, repo: Repository, reference: str
     await close();
   }
   return reply;
+}
+
+/**
+ * Whether a client's Accept allows a manifest of `mediaType`. Clients list the manifest types they
+ * can read (containerd, Docker and skopeo list all four); one that lists some but not this one
+ * cannot use it, and gets 404 as from distribution, not a document it would misread. No Accept, a
+ * wildcard, or a list naming no manifest type at all (plain `application/json`) takes any.
+ */
+/** Docker's old signed manifests: never served here, but a client that lists only these reads nothing else. */
+const SCHEMA1_MEDIA_TYPES = ['application/vnd.docker.distribution.manifest.v1+json', 'application/vnd.docker.distribution.manifest.v1+prettyjws'];
+
+export function acceptsManifest(accept: string | undefined, mediaType: string): boolean {
+  if (!accept) return true;
+  const listed = accept.split(',').map((part) => part.split(';')[0]!.trim().toLowerCase());
+  if (listed.some((type) => type === '*/*' || type === 'application/*')) return true;
+  const manifestTypes = listed.filter((type) => (MANIFEST_MEDIA_TYPES as readonly string[]).includes(type) || SCHEMA1_MEDIA_TYPES.includes(type));
+  return manifestTypes.length === 0 || manifestTypes.includes(mediaType);
 }
 
 /**
