@@ -60,6 +60,13 @@ describe('bad input', () => {
     });
   }
 
+  test('/v2 without its slash is sent on to /v2/ (301), as distribution does', async () => {
+    const res = await httpRequest(`${mirror.url}/v2`);
+    assert.equal(res.status, 301);
+    assert.equal(res.headers.location, '/v2/');
+    assert.equal((await httpRequest(`${mirror.url}/v2/`)).status, 200);
+  });
+
   test('push, delete and uploads are refused with 405 UNSUPPORTED', async () => {
     for (const [method, url] of [
       ['PUT', '/v2/library/app/manifests/v1'],

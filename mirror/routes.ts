@@ -62,6 +62,9 @@ export function registerRoutes(app: FastifyInstance, context: RouteContext): voi
     return reply.type(metrics.registry.contentType).send(await metrics.registry.metrics());
   });
 
+  // The base endpoint without its slash: sent on, as distribution does, to /v2/.
+  app.route({ method: ['GET', 'HEAD'], url: '/v2', handler: async (_request, reply) => reply.headers(API_VERSION).redirect('/v2/', 301) });
+
   app.route({
     method: ['GET', 'HEAD', 'POST', 'PUT', 'PATCH', 'DELETE'],
     url: '/v2/*',
@@ -69,7 +72,7 @@ export function registerRoutes(app: FastifyInstance, context: RouteContext): voi
       reply.headers(API_VERSION);
       if (context.auth) await context.auth.check(request.headers.authorization);
       const path = request.url.split('?')[0]!;
-      if (path === '/v2/' || path === '/v2') {
+      if (path === '/v2/') {
         if (request.method !== 'GET' && request.method !== 'HEAD') throw unsupported(`${request.method} /v2/`);
         return reply.type('application/json').send('{}');
       }
