@@ -6,7 +6,7 @@ import type { Logger } from '../common/logger.ts';
 import { API_VERSION, KIND, type RegistryMirror, type RegistryMirrorStatus, type Runtime } from './api/registry-mirror.ts';
 import { InvalidCredentialsError, normaliseCredentials, type Credentials, type SecretLike } from './credentials.ts';
 import { desiredConfigMap } from './desired/config-map.ts';
-import { desiredDaemonSet, MODE_ANNOTATION, runtimesInDaemonSet } from './desired/daemon-set.ts';
+import { desiredDaemonSet, MODE_ANNOTATION, nodeAgentArg, runtimesIn, runtimesInDaemonSet } from './desired/daemon-set.ts';
 import { desiredDeployment } from './desired/deployment.ts';
 import {
   FINALIZER, endpoint, names, withDefaults, type DesiredInputs, type NodeAgentMode,
@@ -325,9 +325,7 @@ export function pendingRuntimeCleanup(existing: Applied | undefined, runtimes: r
   if (!existing) return [];
   const dropped = runtimesInDaemonSet(existing).filter((r) => !runtimes.includes(r));
   if (dropped.length === 0) return [];
-  const args = ((existing.spec as { template?: { spec?: { containers?: { args?: string[] }[] } } } | undefined)?.template?.spec?.containers?.[0]?.args) ?? [];
-  const at = args.indexOf('--remove-runtimes');
-  const removing = modeOf(existing) === 'remove' ? runtimesInDaemonSet(existing) : at >= 0 ? (args[at + 1] ?? '').split(',') : [];
+  const removing = modeOf(existing) === 'remove' ? runtimesInDaemonSet(existing) : runtimesIn(existing, '--remove-runtimes');
   const cleaned = dropped.every((r) => removing.includes(r)) && nodesDone(daemonSetStatus(existing)).complete;
   return cleaned ? [] : dropped;
 }
@@ -338,10 +336,7 @@ function modeOf(daemonSet: Applied): NodeAgentMode {
 
 /** The ClusterIP the running agent was given, for removal when the Service is already gone. */
 function mirrorIPFromArgs(daemonSet: Applied): string | undefined {
-  const spec = daemonSet.spec as { template?: { spec?: { containers?: { args?: string[] }[] } } } | undefined;
-  const args = spec?.template?.spec?.containers?.[0]?.args ?? [];
-  const at = args.indexOf('--mirror');
-  const url = at >= 0 ? args[at + 1] : undefined;
+  const url = nodeAgentArg(daemonSet, '--mirror');
   if (!url) return undefined;
   try {
     return new URL(url).hostname.replace(/^\[|\]$/g, '');

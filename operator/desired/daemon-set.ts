@@ -38,15 +38,22 @@ export function nodeAgentArgs(inputs: DesiredInputs): string[] {
   ];
 }
 
-/** The runtimes a running node agent DaemonSet was given, to apply or to take away (its arguments). */
-export function runtimesInDaemonSet(daemonSet: { spec?: unknown } | undefined): Runtime[] {
+/** The value a running node agent DaemonSet gives one of the agent's flags (nodeAgentArgs), if any. */
+export function nodeAgentArg(daemonSet: { spec?: unknown } | undefined, flag: string): string | undefined {
   const spec = daemonSet?.spec as { template?: { spec?: { containers?: { args?: string[] }[] } } } | undefined;
   const args = spec?.template?.spec?.containers?.[0]?.args ?? [];
-  const listed = (flag: string) => {
-    const at = args.indexOf(flag);
-    return at >= 0 && args[at + 1] ? args[at + 1]!.split(',') : [];
-  };
-  return [...new Set([...listed('--runtimes'), ...listed('--remove-runtimes')])].filter((r): r is Runtime => r in RUNTIME_MOUNTS);
+  const at = args.indexOf(flag);
+  return at >= 0 ? args[at + 1] : undefined;
+}
+
+/** Runtimes listed in one of the agent's flags of a running DaemonSet. */
+export function runtimesIn(daemonSet: { spec?: unknown } | undefined, flag: '--runtimes' | '--remove-runtimes'): Runtime[] {
+  return (nodeAgentArg(daemonSet, flag) ?? '').split(',').filter((r): r is Runtime => r in RUNTIME_MOUNTS);
+}
+
+/** The runtimes a running node agent DaemonSet was given, to apply or to take away. */
+export function runtimesInDaemonSet(daemonSet: { spec?: unknown } | undefined): Runtime[] {
+  return [...new Set([...runtimesIn(daemonSet, '--runtimes'), ...runtimesIn(daemonSet, '--remove-runtimes')])];
 }
 
 export function desiredDaemonSet(inputs: DesiredInputs) {
