@@ -1,4 +1,5 @@
-// A registry named in the first path component of a repository, for clients that cannot tell a
+// Registry names: where a registry's API lives, and how one is named in the first path component
+// of a repository, for clients that cannot tell a
 // mirror which registry they want with containerd's ?ns= (CRI-O, Podman and skopeo through a
 // registries.conf mirror): mirror:5000/ghcr.io/org/app is org/app on ghcr.io.
 //
@@ -19,4 +20,9 @@ export function registryPathComponent(registry: string): string {
 export function registryFromPathComponent(component: string): string | undefined {
   if (!component.includes('.') && !component.includes('__')) return undefined;
   return component.replace('__', ':');
+}
+
+/** Where a registry's API lives when nothing says otherwise: Docker Hub's is not at docker.io itself. */
+export function registryApiUrl(registry: string): string {
+  return registry === 'docker.io' ? 'https://registry-1.docker.io' : `https://${registry}`;
 }

@@ -76,6 +76,9 @@ test('every mistake names the file and the key', () => {
     ['storage: [oops\n', /bad\.yaml: \(file\): not valid YAML/],
     ['storage: {path: x}\nupstreamTimeouts: {idle: 0s}\n', /bad\.yaml: upstreamTimeouts\.idle: must be longer than 0s/],
     ['storage: {path: x}\nupstreamTimeouts: {stall: 5s}\n', /bad\.yaml: upstreamTimeouts\.stall: unknown key/],
+    // a timer of 0 or past 2^31-1 ms fires at once: prefetch would run back to back
+    ['storage: {path: x}\nprefetchInterval: 0s\n', /bad\.yaml: prefetchInterval: "0s" must be between 1m and 596h/],
+    ['storage: {path: x}\nprefetchInterval: 720h\n', /bad\.yaml: prefetchInterval: "720h" must be between 1m and 596h/],
   ];
   for (const [text, message] of cases) {
     assert.throws(() => loadConfigFile(file('bad.yaml', text)), (error: Error) => error instanceof ConfigError && message.test(error.message), text);
@@ -94,6 +97,16 @@ test('upstream credentials can both come from files (mounted Secret keys)', () =
 test('a password never appears in a configuration error', () => {
   const text = 'storage: {path: x}\nupstreams: [{registry: docker.io, url: "https://x", credentials: {username: a, password: topsecret, passwordFile: /x}}]\nauth: {allowAnonymousWithCredentials: true}\n';
   assert.throws(() => loadConfigFile(file('secret.yaml', text)), (error: Error) => !error.message.includes('topsecret') && /password or passwordFile, not both/.test(error.message));
+  // nor one written into an upstream URL, which is refused (it would be logged with the URL)
+  for (const url of ['https://alice:topsecret@registry.example', 'https://alice:topsecret@bad host']) {
+    assert.throws(() => loadConfigFile(file('userinfo.yaml', `storage: {path: x}\nupstreams: [{registry: docker.io, url: "${url}"}]\n`)),
+      (error: Error) => !error.message.includes('topsecret') && /upstreams\[0\]\.url: "https:\/\/\*\*\*@/.test(error.message), url);
+  }
+});
+
+test('an upstream without url is reached where the registry\'s API lives: Docker Hub\'s at registry-1.docker.io', () => {
+  const config = loadConfigFile(file('urls.yaml', 'storage: {path: x}\nupstreams: [{registry: docker.io}, {registry: ghcr.io}, {registry: "registry.example.com:5000"}]\n'));
+  assert.deepEqual(config.upstreams.map((u) => u.url.href), ['https://registry-1.docker.io/', 'https://ghcr.io/', 'https://registry.example.com:5000/']);
 });
 
 test('Range headers: one bytes range is honoured, other forms are ignored, impossible ones are refused', () => {

@@ -8,6 +8,7 @@ import { parse as parseYaml } from 'yaml';
 import { ConfigError } from '../common/config-error.ts';
 import { parseDuration } from '../common/duration.ts';
 import { parseQuantity } from '../common/quantity.ts';
+import { registryApiUrl } from '../common/registry-path.ts';
 import { LOG_LEVELS } from '../common/logger.ts';
 import type { LevelWithSilent } from 'pino';
 import { DEFAULT_TIMEOUTS, type UpstreamTimeouts } from './upstream.ts';
@@ -20,7 +21,7 @@ const CredentialsSchema = Type.Object(
 );
 
 const UpstreamSchema = Type.Object(
-  { registry: Str, url: Str, tagTTL: Type.Optional(Str), credentials: Type.Optional(CredentialsSchema) },
+  { registry: Str, url: Type.Optional(Str), tagTTL: Type.Optional(Str), credentials: Type.Optional(CredentialsSchema) },
   { additionalProperties: false },
 );
 
@@ -107,6 +108,9 @@ export function loadConfigFile(file: string): MirrorConfig {
   return resolveConfig(data ?? {}, file);
 }
 
+/** The longest delay a Node timer takes (2^31-1 ms, about 596h); a longer one fires at once. */
+const MAX_TIMER_MS = 2 ** 31 - 1;
+
 /** Dotted key for a JSON pointer: /upstreams/0/url -> upstreams[0].url */
 function keyOf(pointer: string): string {
   return pointer
@@ -141,13 +145,17 @@ export function resolveConfig(data: unknown, source: string): MirrorConfig {
   const upstreams = (file.upstreams ?? DEFAULT_CONFIG_FILE.upstreams!).map((upstream, index): UpstreamConfig => {
     const at = `upstreams[${index}]`;
     if (!REGISTRY_NAME.test(upstream.registry)) throw new ConfigError(source, `${at}.registry`, `"${upstream.registry}" is not a registry host name (e.g. docker.io, ghcr.io, registry.example.com:5000)`);
+    const text = upstream.url ?? registryApiUrl(upstream.registry);
+    // a password written into the URL must not reach an error message (or, later, a log line)
+    const shown = text.replace(/\/\/[^/@]*@/, '//***@');
     let url: URL;
     try {
-      url = new URL(upstream.url);
+      url = new URL(text);
     } catch {
-      throw new ConfigError(source, `${at}.url`, `"${upstream.url}" is not a URL`);
+      throw new ConfigError(source, `${at}.url`, `"${shown}" is not a URL`);
     }
     if (url.protocol !== 'https:' && url.protocol !== 'http:') throw new ConfigError(source, `${at}.url`, 'must be an http:// or https:// URL');
+    if (url.username || url.password) throw new ConfigError(source, `${at}.url`, `"${shown}" carries credentials; put them in ${at}.credentials (never logged)`);
     return {
       registry: upstream.registry,
       url,
@@ -181,6 +189,12 @@ export function resolveConfig(data: unknown, source: string): MirrorConfig {
     if (ms <= 0) throw new ConfigError(source, key, 'must be longer than 0s');
     return ms;
   };
+  const prefetchInterval = (): number => {
+    const ms = duration('prefetchInterval', file.prefetchInterval, 6 * 3_600_000);
+    // a timer fires at once for 0 and for anything past 2^31-1 ms: prefetch would run back to back
+    if (ms < 60_000 || ms > MAX_TIMER_MS) throw new ConfigError(source, 'prefetchInterval', `"${file.prefetchInterval}" must be between 1m and 596h`);
+    return ms;
+  };
   const maxSizeBytes = quantity('storage.maxSize', file.storage.maxSize);
   const ttlMs = file.storage.ttl === undefined ? undefined : duration('storage.ttl', file.storage.ttl, 0);
   if (ttlMs === 0) throw new ConfigError(source, 'storage.ttl', 'must be longer than 0s (leave it out to keep content until storage.maxSize needs room)');
@@ -193,7 +207,7 @@ export function resolveConfig(data: unknown, source: string): MirrorConfig {
     defaultRegistry,
     auth,
     prefetch: file.prefetch ?? [],
-    prefetchIntervalMs: duration('prefetchInterval', file.prefetchInterval, 6 * 3_600_000),
+    prefetchIntervalMs: prefetchInterval(),
     prefetchPlatforms: (file.prefetchPlatforms ?? [defaultPlatform()]).map((platform, index) => {
       if (!/^[a-z0-9]+\/[a-z0-9_]+(?:\/[a-z0-9]+)?$/.test(platform)) throw new ConfigError(source, `prefetchPlatforms[${index}]`, `"${platform}" is not os/architecture[/variant] (e.g. linux/amd64)`);
       return platform;

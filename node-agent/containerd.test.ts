@@ -5,8 +5,9 @@ import { parse as parseToml } from 'smol-toml';
 // smol-toml builds null-prototype tables; compare them as plain data
 const parse = (text: string): Record<string, unknown> => JSON.parse(JSON.stringify(parseToml(text)));
 import {
-  MANAGED_MARKER, containerdHostsToml, isManagedHostsToml, planHostsApply, planHostsRemove, readContainerdRegistrySetup, upstreamServer,
+  MANAGED_MARKER, containerdHostsToml, isManagedHostsToml, planHostsApply, planHostsRemove, readContainerdRegistrySetup,
 } from './containerd.ts';
+import { registryApiUrl } from '../common/registry-path.ts';
 
 test('hosts.toml sends containerd to the mirror first and to the real registry as server', () => {
   const text = containerdHostsToml({ registry: 'docker.io', mirror: 'http://10.96.0.42:5000', dialTimeout: '2s' });
@@ -25,8 +26,8 @@ dial_timeout = "2s"
 });
 
 test('the server of a registry other than Docker Hub is the registry itself', () => {
-  assert.equal(upstreamServer('ghcr.io'), 'https://ghcr.io');
-  assert.equal(upstreamServer('registry.example.com:5000'), 'https://registry.example.com:5000');
+  assert.equal(registryApiUrl('ghcr.io'), 'https://ghcr.io');
+  assert.equal(registryApiUrl('registry.example.com:5000'), 'https://registry.example.com:5000');
   const doc = parse(containerdHostsToml({ registry: 'ghcr.io', mirror: 'https://mirror.internal', dialTimeout: '1s' }));
   assert.equal(doc.server, 'https://ghcr.io');
 });

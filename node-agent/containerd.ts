@@ -1,15 +1,10 @@
 // containerd: pure writers for `<hostsDir>/<registry>/hosts.toml` and a reader for config.toml.
 // Nothing here touches the disk; node-files.ts carries out the plans these functions return.
 import { parse, stringify } from 'smol-toml';
+import { registryApiUrl } from '../common/registry-path.ts';
 
 /** First line of every hosts.toml the agent writes: how it tells its own file from someone else's. */
 export const MANAGED_MARKER = '# Managed by regmirror node-agent: restored or removed when the mirror is taken away.';
-
-/** The registry's own endpoint, where containerd goes when the mirror fails. */
-export function upstreamServer(registry: string): string {
-  // Docker Hub's registry API does not live at docker.io itself.
-  return registry === 'docker.io' ? 'https://registry-1.docker.io' : `https://${registry}`;
-}
 
 export interface HostsTomlInput {
   registry: string;
@@ -30,7 +25,8 @@ export function containerdHostsToml(input: HostsTomlInput): string {
   };
   if (input.caFile) host.ca = input.caFile;
   if (input.authorization) host.header = { Authorization: input.authorization };
-  const body = stringify({ server: upstreamServer(input.registry), host: { [input.mirror]: host } });
+  // server: the registry's own endpoint, where containerd goes when the mirror fails
+  const body = stringify({ server: registryApiUrl(input.registry), host: { [input.mirror]: host } });
   return `${MANAGED_MARKER}\n${body.endsWith('\n') ? body : `${body}\n`}`;
 }
 

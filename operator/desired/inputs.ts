@@ -1,6 +1,7 @@
 // What every desired-state builder reads: the RegistryMirror (defaults applied) and the facts the
 // reconciler gathered for it. Builders are pure functions of this; the reconciler does the I/O.
 import { Value } from '@sinclair/typebox/value';
+import { registryApiUrl } from '../../common/registry-path.ts';
 import {
   API_VERSION, KIND, RegistryMirrorSpecSchema,
   type RegistryMirror, type RegistryMirrorSpec, type Runtime, type Upstream,
@@ -155,8 +156,7 @@ export function metadata(mirror: RegistryMirror, name: string, component: 'mirro
 }
 
 export function upstreamUrl(upstream: Upstream): string {
-  if (upstream.url) return upstream.url;
-  return upstream.registry === 'docker.io' ? 'https://registry-1.docker.io' : `https://${upstream.registry}`;
+  return upstream.url ?? registryApiUrl(upstream.registry);
 }
 
 export function defaultRegistry(spec: RegistryMirrorSpec): string {
