@@ -6,7 +6,7 @@ import assert from 'node:assert/strict';
 import { mkdir, rename, rm, symlink, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import bcrypt from 'bcryptjs';
-import { HtpasswdAuth } from './auth.ts';
+import { HtpasswdAuth, unknownUserHash } from './auth.ts';
 import { stringify } from 'yaml';
 import { startContainerd } from '../test/harness/containerd.ts';
 import { startDockerd } from '../test/harness/dockerd.ts';
@@ -259,3 +259,14 @@ function dockerEnv(docker: { host: string; daemonJson: string }): NodeJS.Process
   // the harness's docker() sets these; docker login needs stdin, which runCommand gives only directly
   return { ...process.env, DOCKER_HOST: docker.host, DOCKER_CONFIG: path.join(path.dirname(docker.daemonJson), 'client') };
 }
+
+test('an unknown user is compared against a hash as costly as the file\'s entries, so timing does not tell who exists', async () => {
+  // htpasswd -B writes cost 5; a decoy of another cost would answer unknown users faster or slower
+  for (const cost of [5, 7]) {
+    const users = new Map([['alice', await bcrypt.hash('wonderland', cost)], ['bob', await bcrypt.hash('builder', 4)]]);
+    const decoy = unknownUserHash(users);
+    assert.equal(bcrypt.getRounds(decoy), cost);
+    assert.equal(await bcrypt.compare('wonderland', decoy), false);
+    assert.equal(unknownUserHash(users), decoy, 'made once per cost');
+  }
+});

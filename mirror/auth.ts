@@ -1,7 +1,7 @@
 // Client authentication for /v2/: an htpasswd file of bcrypt entries, as distribution and nginx
 // use. bcrypt is slow on purpose, so a verified Authorization header is remembered for a while
 // (keyed by its hash, never its text); the file is re-read when it changes (Secret rotation).
-import { createHash } from 'node:crypto';
+import { createHash, randomBytes } from 'node:crypto';
 import { readFileSync, statSync } from 'node:fs';
 import bcrypt from 'bcryptjs';
 import { ConfigError } from '../common/config-error.ts';
@@ -10,8 +10,23 @@ import { RegistryError } from './errors.ts';
 const REMEMBER_MS = 60_000;
 const RECHECK_FILE_MS = 5_000;
 export const REALM = 'regmirror';
-/** bcrypt (cost 10, as htpasswd -B) of random bytes nobody kept: compared against for users that do not exist. */
-const UNKNOWN_USER_HASH = '$2b$10$GDn4/494Yu5KOg3TiGINbOwx7tRSgtEF0o.rn7vg90HZ16IdulGKy';
+/** Per bcrypt cost, a hash of random bytes nobody kept (made once per process). */
+const decoys = new Map<number, string>();
+
+/**
+ * What an unknown user's password is compared against: a hash of the highest cost among the
+ * file's entries (`htpasswd -B` writes cost 5), so the comparison takes as long as a known user's
+ * and response times do not tell which users exist.
+ */
+export function unknownUserHash(users: ReadonlyMap<string, string>): string {
+  const cost = Math.max(...[...users.values()].map((hash) => bcrypt.getRounds(hash)));
+  let decoy = decoys.get(cost);
+  if (!decoy) {
+    decoy = bcrypt.hashSync(randomBytes(18).toString('base64'), cost);
+    decoys.set(cost, decoy);
+  }
+  return decoy;
+}
 
 /** Where reloads are reported (the mirror's logger). */
 export interface AuthLog {
@@ -106,7 +121,7 @@ export class HtpasswdAuth {
     const users = this.users;
     const hash = users.get(user);
     // An unknown user costs a bcrypt comparison too, so response times do not tell which users exist.
-    const matches = await bcrypt.compare(decoded.slice(colon + 1), hash ?? UNKNOWN_USER_HASH);
+    const matches = await bcrypt.compare(decoded.slice(colon + 1), hash ?? unknownUserHash(users));
     if (!hash || !matches) throw unauthorized('invalid username or password');
     // not remembered when the file was reloaded while bcrypt ran: the user may have been removed
     if (users === this.users) this.verified.set(key, this.now() + REMEMBER_MS);
