@@ -44,7 +44,8 @@ export interface StoredBlobFile {
 }
 
 export type BlobResult =
-  | { source: 'store'; size: number; openFile(): Promise<StoredBlobFile> }
+  /** openFile: undefined when eviction took the blob since the lookup (then fetch it: blobFromUpstream). */
+  | { source: 'store'; size: number; openFile(): Promise<StoredBlobFile | undefined> }
   | { source: 'upstream'; size: number | undefined; reader: ByteSource & { close(): void } };
 
 export interface Repository {
@@ -303,7 +304,7 @@ export class PullThroughCache {
         } catch {
           // Evicted between the lookup and now: as if it had never been there.
           release();
-          throw blobUnknown(digest.text);
+          return undefined;
         }
       },
     };
@@ -315,6 +316,11 @@ export class PullThroughCache {
       this.metrics.cacheRequests.inc({ kind: 'blob', result: 'hit' });
       return stored;
     }
+    return this.blobFromUpstream(repo, digest);
+  }
+
+  /** A miss: the blob streamed from the upstream as it is fetched, one fetch for every client. */
+  async blobFromUpstream(repo: Repository, digest: Digest): Promise<Extract<BlobResult, { source: 'upstream' }>> {
     this.metrics.cacheRequests.inc({ kind: 'blob', result: 'miss' });
     let entry = this.blobFills.get(digest.text);
     // A fill that failed a moment ago is not joined: this request starts a new one.
@@ -383,7 +389,12 @@ export class PullThroughCache {
 
   /** Brings a blob into the store (prefetch); resolves once it is there. */
   async ensureBlob(repo: Repository, digest: Digest): Promise<'present' | 'fetched'> {
-    if (await this.store.statBlob(digest)) return 'present';
+    const stat = await this.store.statBlob(digest);
+    if (stat) {
+      // a read as far as eviction goes: a prefetched image keeps its blobs, not just its manifest
+      this.hooks.onAccess?.('blob', digest, stat.size);
+      return 'present';
+    }
     const entry = this.blobFills.get(digest.text) ?? this.startFill(repo, digest);
     await entry.stored;
     return 'fetched';

@@ -2,6 +2,7 @@
 // a real upstream registry; and prefetch of configured images.
 import { after, before, describe, test } from 'node:test';
 import assert from 'node:assert/strict';
+import { createHash } from 'node:crypto';
 import http from 'node:http';
 import path from 'node:path';
 import { startTestMirror, type TestMirror } from '../test/harness/mirror.ts';
@@ -105,6 +106,29 @@ describe('eviction', () => {
     }
   });
 
+  test('a blob evicted between its lookup and its opening is fetched again, never answered 404: 6 clients over 1500 requests while every miss evicts', async () => {
+    const small = await writeOciImage(await makeTempDir('evict-race'), { tag: 'v1', seed: 'evict-race', layerSizes: Array.from({ length: 6 }, () => 300_000) });
+    await pushImage(small, upstream.ref('library/churn', 'v1'));
+    const mirror = await startTestMirror({ upstreams: [{ registry: 'docker.io', url: upstream.url }], extra: { storage: { maxSize: '1Mi' } } });
+    try {
+      const digests = small.layers.map((l) => l.digest);
+      const statuses = new Map<number, number>();
+      let asked = 0;
+      const deadline = Date.now() + 60_000;
+      await Promise.all(Array.from({ length: 6 }, async (_, worker) => {
+        while (asked < 1500 && Date.now() < deadline) {
+          const digest = digests[(asked++ * 7 + worker) % digests.length]!;
+          const res = await httpRequest(`${mirror.url}/v2/library/churn/blobs/${digest}`, { timeoutMs: 20_000 });
+          statuses.set(res.status, (statuses.get(res.status) ?? 0) + 1);
+          if (res.status === 200) assert.equal(`sha256:${createHash('sha256').update(res.body).digest('hex')}`, digest);
+        }
+      }));
+      assert.deepEqual(Object.fromEntries(statuses), { 200: asked });
+    } finally {
+      await mirror.stop();
+    }
+  });
+
   test('a blob being streamed to a client is not evicted under it', async () => {
     let now = 40 * HOUR;
     const mirror = await startTestMirror({ upstreams: [{ registry: 'docker.io', url: upstream.url }], extra: { storage: { maxSize: '9Mi' } }, now: () => now });
@@ -169,6 +193,27 @@ describe('prefetch', () => {
     } finally {
       await mirror.stop();
       await upstream.start();
+    }
+  });
+
+  test('each prefetch run counts as a read of the whole image: with storage.ttl its blobs stay as long as its manifest does', async () => {
+    const HOUR_MS = 3_600_000;
+    let now = 100 * HOUR_MS;
+    const image = await writeOciImage(await makeTempDir('pre-ttl'), { tag: 'v1', seed: 'prefetch-ttl', layerSizes: [50_000, 60_000] });
+    await pushImage(image, upstream.ref('library/kept', 'v1'));
+    const mirror = await startTestMirror({ upstreams: [{ registry: 'docker.io', url: upstream.url }], extra: { prefetch: ['kept:v1'], storage: { ttl: '1h' } }, now: () => now });
+    try {
+      await mirror.mirror.indexed;
+      await waitFor(async () => /regmirror_prefetch_images_total\{result="ok"\} 1/.test((await httpRequest(`${mirror.url}/metrics`)).body.toString()), { what: 'the first prefetch' });
+      const stored = mirror.mirror.evictor.items;
+      assert.equal(stored, image.layers.length + 2, 'manifest, config and layers');
+      now += 0.6 * HOUR_MS;
+      await mirror.mirror.prefetcher.runOnce();
+      now += 0.6 * HOUR_MS; // 1.2h after the fetch, 0.6h after the last prefetch run
+      await mirror.mirror.evictor.evict();
+      assert.equal(mirror.mirror.evictor.items, stored, 'nothing the last run read is evicted');
+    } finally {
+      await mirror.stop();
     }
   });
 

@@ -166,13 +166,17 @@ async function serveBlob(context: RouteContext, repo: Repository, reference: str
 
   let source: ByteSource;
   let close: () => Promise<void> | void;
-  if (blob.source === 'upstream') {
-    source = blob.reader;
-    close = () => blob.reader.close();
-  } else {
-    const file = await blob.openFile();
+  let from = blob.source;
+  const file = blob.source === 'store' ? await blob.openFile() : undefined;
+  if (file) {
     source = fileSource(file.handle);
     close = file.close;
+  } else {
+    // a miss, or a stored blob that eviction took since the lookup: fetched like a miss (same bytes, same size)
+    const fetched = blob.source === 'upstream' ? blob : await context.cache.blobFromUpstream(repo, digest);
+    source = fetched.reader;
+    close = () => fetched.reader.close();
+    from = 'upstream';
   }
   // The bytes bypass fastify's stream handling (see blob-sender.ts); its onResponse hook still
   // counts the request. Until the first bytes are at hand the reply is still fastify's: a failure
@@ -185,7 +189,7 @@ async function serveBlob(context: RouteContext, repo: Repository, reference: str
   try {
     const end = range ? range.end : blob.size !== undefined ? blob.size - 1 : Infinity;
     const sent = await sendRange(reply.raw, source, range?.start ?? 0, end, begin);
-    context.metrics.bytesServed.inc({ source: blob.source }, sent);
+    context.metrics.bytesServed.inc({ source: from }, sent);
   } finally {
     await close();
   }
