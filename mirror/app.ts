@@ -140,7 +140,19 @@ export async function createMirror(config: MirrorConfig, options: MirrorOptions)
     prefetcher,
     indexed,
     async listen() {
-      await app.listen({ host: config.listen.host, port: config.listen.port });
+      const { host: wanted, port } = config.listen;
+      if (wanted !== undefined) {
+        await app.listen({ host: wanted, port });
+      } else {
+        // `:port`: every interface. '::' takes IPv4 too (dual stack); a node without IPv6 gets 0.0.0.0.
+        try {
+          await app.listen({ host: '::', port });
+        } catch (error) {
+          const code = (error as NodeJS.ErrnoException).code;
+          if (code !== 'EAFNOSUPPORT' && code !== 'EADDRNOTAVAIL') throw error;
+          await app.listen({ host: '0.0.0.0', port });
+        }
+      }
       const address = app.server.address() as AddressInfo;
       const host = address.family === 'IPv6' ? `[${address.address}]` : address.address;
       const url = `${tls ? 'https' : 'http'}://${host}:${address.port}`;

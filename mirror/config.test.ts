@@ -18,7 +18,7 @@ const file = (name: string, text: string) => {
 
 test('the default configuration is a Docker Hub mirror on :5000 storing under ./data', () => {
   const config = resolveConfig(DEFAULT_CONFIG_FILE, 'default');
-  assert.deepEqual(config.listen, { host: '0.0.0.0', port: 5000 });
+  assert.deepEqual(config.listen, { host: undefined, port: 5000 }, 'every interface, IPv6 and IPv4');
   assert.equal(config.storage.path, './data');
   assert.equal(config.defaultRegistry, 'docker.io');
   assert.equal(config.upstreams[0]!.url.href, 'https://registry-1.docker.io/');

@@ -68,7 +68,8 @@ export interface UpstreamConfig {
 export interface MirrorConfig {
   /** Where this configuration came from, for messages. */
   source: string;
-  listen: { host: string; port: number };
+  /** host undefined: every interface, IPv6 and IPv4 (`:port`). */
+  listen: { host: string | undefined; port: number };
   storage: { path: string; maxSizeBytes?: number; ttlMs?: number };
   upstreams: UpstreamConfig[];
   defaultRegistry: string;
@@ -250,9 +251,9 @@ function resolveCredentials(source: string, key: string, credentials: NonNullabl
   return { username: fromFileOrInline('username'), password: fromFileOrInline('password') };
 }
 
-function parseListen(source: string, listen: string): { host: string; port: number } {
+function parseListen(source: string, listen: string): { host: string | undefined; port: number } {
   const match = /^(?:\[([0-9a-fA-F:]+)\]|([^:]*)):(\d{1,5})$/.exec(listen);
   const port = match ? Number(match[3]) : NaN;
   if (!match || port > 65535) throw new ConfigError(source, 'listen', `"${listen}" is not host:port or :port`);
-  return { host: match[1] ?? (match[2] || '0.0.0.0'), port };
+  return { host: match[1] ?? (match[2] || undefined), port };
 }
