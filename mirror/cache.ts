@@ -232,7 +232,7 @@ export class PullThroughCache {
   }
 
   private async fetchManifest(repo: Repository, reference: string, expected?: Digest): Promise<ManifestResult> {
-    const response = await this.upstreamGet(repo, `manifests/${reference}`, ACCEPT, () => manifestUnknown(reference));
+    const response = await this.countFetchFailure(this.upstreamGet(repo, `manifests/${reference}`, ACCEPT, () => manifestUnknown(reference)));
     const announced = Number(header(response.headers, 'content-length'));
     if (announced > MAX_MANIFEST_BYTES) {
       await response.body.dump();
@@ -351,7 +351,7 @@ export class PullThroughCache {
     const fill = new BlobFill(digest, this.store.temporaryPath());
     const started = this.now();
     this.metrics.inflightFills.inc();
-    const ready = this.upstreamGet(repo, `blobs/${digest.text}`, undefined, () => blobUnknown(digest.text));
+    const ready = this.countFetchFailure(this.upstreamGet(repo, `blobs/${digest.text}`, undefined, () => blobUnknown(digest.text)));
     const stored = ready.then(async (response) => {
       const length = header(response.headers, 'content-length');
       const size = length !== undefined && Number.isFinite(Number(length)) ? Number(length) : undefined;
@@ -385,6 +385,18 @@ export class PullThroughCache {
     entry.ready.catch(() => undefined);
     this.blobFills.set(digest.text, entry);
     return entry;
+  }
+
+  /**
+   * Counts a fetch that failed before the upstream sent anything (unreachable, timed out, 5xx, 429,
+   * refused the mirror) in regmirror_fetch_failures_total, as failures after that are counted where
+   * the bytes are checked. An upstream that has no such content (404) failed nothing.
+   */
+  private countFetchFailure<T>(pending: Promise<T>): Promise<T> {
+    return pending.catch((error: Error) => {
+      if (!(error instanceof RegistryError && error.status === 404)) this.metrics.fillFailures.inc({ reason: failureReason(error) });
+      throw error;
+    });
   }
 
   /** Brings a blob into the store (prefetch); resolves once it is there. */
@@ -431,7 +443,8 @@ export class PullThroughCache {
       response = await repo.upstream.fetch(repo.name, path, { method, ...(accept ? { accept } : {}), ...(query ? { query } : {}) });
     } catch (error) {
       if (error instanceof UpstreamAuthError) throw denied(error.message);
-      throw upstreamUnavailable(repo.upstream.registry, describe(error));
+      // the cause keeps the code (a timeout, a refused connection) for the failure metric
+      throw Object.assign(upstreamUnavailable(repo.upstream.registry, describe(error)), { cause: error });
     }
     if (response.status === 200) return response;
     await response.body.dump();
@@ -488,7 +501,9 @@ function isVolumeFull(error: unknown): boolean {
 function failureReason(error: Error): string {
   if (error instanceof DigestMismatchError) return 'digest';
   if (error instanceof SizeMismatchError) return 'size';
-  const code = (error as NodeJS.ErrnoException).code ?? '';
+  // a registry error's own code is the client's (UNAVAILABLE); what happened is in its cause
+  const cause = error.cause as (NodeJS.ErrnoException & { cause?: NodeJS.ErrnoException }) | undefined;
+  const code = (error instanceof RegistryError ? (cause?.code ?? cause?.cause?.code) : (error as NodeJS.ErrnoException).code) ?? '';
   if (code === 'ENOSPC' || code === 'EDQUOT' || code === 'EIO') return 'disk';
   if (code.startsWith('UND_ERR_') && code.includes('TIMEOUT')) return 'timeout';
   return 'upstream';

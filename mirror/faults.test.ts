@@ -117,6 +117,15 @@ describe('upstream faults during a fill', () => {
       assert.equal(res.status, 502);
       assert.equal(JSON.parse(res.body.toString()).errors[0].code, 'UNAVAILABLE');
       assert.equal(hang.hits(), 1);
+      assert.equal(await metric(mirror, /^regmirror_fetch_failures_total\{reason="timeout"\}/), 1, 'a fetch that never got headers is a failure too');
+
+      // so is one the upstream answers with 503, for a blob or a manifest; one it does not have is not
+      const unavailable = proxy.addRule({ path: /\/(blobs|manifests)\//, status: 503 });
+      assert.equal((await get(`${mirror.url}/v2/library/app/blobs/${layer.digest}`, agent)).status, 502);
+      assert.equal((await get(`${mirror.url}/v2/library/app/manifests/v1`, agent)).status, 502);
+      unavailable.remove();
+      assert.equal((await get(`${mirror.url}/v2/library/app/blobs/sha256:${'0'.repeat(64)}`, agent)).status, 404);
+      assert.equal(await metric(mirror, /^regmirror_fetch_failures_total\{reason="upstream"\}/), 2);
       await assertServes(mirror, agent, 'library/app', layer.digest);
     } finally {
       agent.destroy();
