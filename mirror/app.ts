@@ -1,6 +1,7 @@
 // Wires one mirror together: config -> store, upstream clients, cache, metrics, HTTP server.
 // Tests build mirrors through this in-process; `regmirror mirror` (main.ts) does the same.
 import { readFileSync, statSync, watch } from 'node:fs';
+import { createSecureContext } from 'node:tls';
 import { access, constants, writeFile, unlink } from 'node:fs/promises';
 import type { AddressInfo, Socket } from 'node:net';
 import { ConfigError } from '../common/config-error.ts';
@@ -50,7 +51,13 @@ function clientErrorResponse(status: number, message: string): string {
 export async function createMirror(config: MirrorConfig, options: MirrorOptions): Promise<Mirror> {
   const { logger } = options;
   const store = new ContentStore(config.storage.path);
-  const { removedTemporary } = await store.init();
+  let removedTemporary: number;
+  try {
+    ({ removedTemporary } = await store.init());
+  } catch (error) {
+    // not a directory, not writable, a read-only volume: the config names a place that cannot hold the store
+    throw new ConfigError(config.source, 'storage.path', `${config.storage.path} cannot hold the store: ${(error as NodeJS.ErrnoException).code ?? (error as Error).message}`);
+  }
   if (removedTemporary > 0) logger.info({ files: removedTemporary }, 'removed unfinished downloads left by a previous run');
 
   const metrics = new MirrorMetrics();
@@ -82,6 +89,14 @@ export async function createMirror(config: MirrorConfig, options: MirrorOptions)
   const auth = config.auth.htpasswd ? new HtpasswdAuth(config.auth.htpasswd, { configSource: config.source, logger, ...(options.now ? { now: options.now } : {}) }) : undefined;
 
   const tls = config.tls ? { cert: readTlsFile(config, 'cert'), key: readTlsFile(config, 'key') } : undefined;
+  if (tls) {
+    // not PEM, or a certificate that does not match its key: said now, naming the keys, not by the server's first handshake
+    try {
+      createSecureContext(tls);
+    } catch (error) {
+      throw new ConfigError(config.source, 'tls.cert, tls.key', `${config.tls!.cert} and ${config.tls!.key} are not a PEM certificate and its key: ${(error as Error).message}`);
+    }
+  }
   const app = Fastify({
     logger: false,
     exposeHeadRoutes: false,

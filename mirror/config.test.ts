@@ -8,6 +8,7 @@ import { DEFAULT_CONFIG_FILE, loadConfigFile, resolveConfig } from './config.ts'
 import { parseRange } from './routes.ts';
 import { parseChallenge } from './upstream.ts';
 import { parseImageReference } from './prefetch.ts';
+import { runCommand } from '../test/harness/process.ts';
 
 const dir = mkdtempSync(path.join(tmpdir(), 'regmirror-config-'));
 const file = (name: string, text: string) => {
@@ -84,6 +85,15 @@ test('every mistake names the file and the key', () => {
     assert.throws(() => loadConfigFile(file('bad.yaml', text)), (error: Error) => error instanceof ConfigError && message.test(error.message), text);
   }
   assert.throws(() => loadConfigFile(path.join(dir, 'missing.yaml')), /missing\.yaml: \(file\): cannot read: ENOENT/);
+});
+
+test('a storage.path that cannot hold the store stops the start with exit 2 naming storage.path', async () => {
+  const notADirectory = file('a-file', 'x');
+  const config = file('store-on-file.yaml', `listen: "127.0.0.1:0"\nstorage: {path: ${notADirectory}}\n`);
+  const root = path.resolve(import.meta.dirname, '..');
+  const result = await runCommand(process.execPath, [path.join(root, 'bin/regmirror.ts'), 'mirror', '--config', config], { cwd: root, timeoutMs: 30_000 });
+  assert.equal(result.code, 2, result.stderr);
+  assert.match(result.stderr, /store-on-file\.yaml: storage\.path: \S+a-file cannot hold the store: ENOTDIR/);
 });
 
 test('upstream credentials can both come from files (mounted Secret keys)', () => {

@@ -11,9 +11,10 @@ import tls from 'node:tls';
 import { startContainerd } from '../test/harness/containerd.ts';
 import { startTestMirror, type TestMirror } from '../test/harness/mirror.ts';
 import { pushImage, writeOciImage, type TestImage } from '../test/harness/oci-image.ts';
-import { cleanupAll, httpRequest, makeTempDir, sleep, waitFor } from '../test/harness/process.ts';
+import { cleanupAll, httpRequest, makeTempDir, runCommand, sleep, waitFor } from '../test/harness/process.ts';
 import { startRegistry, type RegistryServer } from '../test/harness/registry.ts';
 import { makeCertificate, type TestCertificate } from '../test/harness/tls.ts';
+const ROOT = path.resolve(import.meta.dirname, '..');
 
 const fingerprint = (pem: string) => new X509Certificate(pem).fingerprint256;
 
@@ -192,6 +193,20 @@ describe('TLS', () => {
       await waitFor(async () => (await servedFingerprint(mirror.port, ca)) === fingerprint(second.certPem), { timeoutMs: 10_000, what: 'the completed pair to be served' });
     } finally {
       await mirror.stop();
+    }
+  });
+
+  test('a certificate that is not PEM, or does not match its key, stops the start with exit 2 naming tls.cert and tls.key', async () => {
+    const dir = await makeTempDir('tls-bad');
+    const notPem = path.join(dir, 'not.pem');
+    await writeFile(notPem, 'this is not a certificate\n');
+    for (const [cert, key] of [[notPem, first.keyFile], [first.certFile, second.keyFile]]) {
+      const config = path.join(dir, 'config.yaml');
+      await writeFile(config, `listen: "127.0.0.1:0"\nstorage: {path: ${path.join(dir, 'data')}}\ntls: {cert: ${cert}, key: ${key}}\n`);
+      const result = await runCommand(process.execPath, [path.join(ROOT, 'bin/regmirror.ts'), 'mirror', '--config', config], { cwd: ROOT, timeoutMs: 30_000 });
+      assert.equal(result.code, 2, result.stderr);
+      assert.match(result.stderr, /config\.yaml: tls\.cert, tls\.key: .* are not a PEM certificate and its key/);
+      assert.doesNotMatch(result.stderr, /^\s+at /m, 'a message, not a stack trace');
     }
   });
 });
