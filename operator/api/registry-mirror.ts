@@ -33,10 +33,6 @@ export interface CelRule {
 const cel = (...rules: CelRule[]) => ({ 'x-kubernetes-validations': rules });
 
 const SecretName = Type.String({ minLength: 1, maxLength: 253, pattern: SECRET_NAME_PATTERN });
-const LocalSecretRef = Type.Object(
-  { name: SecretName },
-  { additionalProperties: false, description: 'A Secret in the RegistryMirror\'s namespace.' },
-);
 /** Label keys and values as Kubernetes checks them, so a bad selector is refused when applied, not by the DaemonSet. */
 const LABEL_KEY = '^([a-z0-9]([-a-z0-9]*[a-z0-9])?(\\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*/)?[A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?$';
 const LabelSelector = (description: string) =>
