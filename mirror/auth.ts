@@ -37,6 +37,8 @@ export interface AuthLog {
 export class HtpasswdAuth {
   private readonly file: string;
   private users = new Map<string, string>();
+  /** What unknown users' passwords are compared against, for the loaded users (unknownUserHash). */
+  private decoy = '';
   /** What the loaded file was (inode, size, mtime): a Secret rotation or `cp -p` changes at least one. */
   private identity = '';
   private checkedFileAt = 0;
@@ -55,6 +57,7 @@ export class HtpasswdAuth {
       throw new ConfigError(options.configSource, 'auth.htpasswd', (error as Error).message);
     }
     this.users = loaded.users;
+    this.decoy = unknownUserHash(loaded.users);
     this.identity = loaded.identity;
   }
 
@@ -96,6 +99,7 @@ export class HtpasswdAuth {
     try {
       const loaded = this.read();
       this.users = loaded.users;
+      this.decoy = unknownUserHash(loaded.users);
       this.identity = loaded.identity;
       this.verified.clear();
       this.log?.info({ file: this.file, users: loaded.users.size }, 'htpasswd file reloaded');
@@ -121,7 +125,7 @@ export class HtpasswdAuth {
     const users = this.users;
     const hash = users.get(user);
     // An unknown user costs a bcrypt comparison too, so response times do not tell which users exist.
-    const matches = await bcrypt.compare(decoded.slice(colon + 1), hash ?? unknownUserHash(users));
+    const matches = await bcrypt.compare(decoded.slice(colon + 1), hash ?? this.decoy);
     if (!hash || !matches) throw unauthorized('invalid username or password');
     // not remembered when the file was reloaded while bcrypt ran: the user may have been removed
     if (users === this.users) this.verified.set(key, this.now() + REMEMBER_MS);
