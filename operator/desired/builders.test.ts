@@ -225,6 +225,10 @@ test('switching the node agent to remove mode changes its pod template so every 
   assert.equal(parseAgentConfig(args.slice(1), {}).mode, 'remove');
   assert.notDeepEqual(apply.spec.template, remove.spec.template);
   assert.equal(apply.spec.template.spec.hostPID, false, 'containerd alone needs no host PID namespace');
+  // crio, like dockerd, re-reads its registry configuration on the SIGHUP the agent sends it
+  const crio = desiredDaemonSet(inputsFixture({}, { nodeConfig: { enabled: true, runtimes: ['crio'] } })).spec.template.spec;
+  assert.equal(crio.hostPID, true);
+  assert.ok(crio.containers[0]!.securityContext.capabilities.add.includes('KILL'));
   assert.deepEqual(apply.spec.template.spec.volumes.map((v) => v.name), ['tmp', 'containerd-config', 'containerd-hosts']);
 });
 

@@ -62,6 +62,9 @@ export function desiredDaemonSet(inputs: DesiredInputs) {
   const n = names(mirror);
   const runtimes = touchedRuntimes(inputs);
   const mounts = runtimes.flatMap((runtime) => RUNTIME_MOUNTS[runtime].mounts);
+  // dockerd and crio re-read their registry configuration on SIGHUP, which the agent can only
+  // send from the host's PID namespace (containerd reads hosts.toml on every pull)
+  const signalsDaemon = runtimes.includes('docker') || runtimes.includes('crio');
   const env: Record<string, unknown>[] = [
     { name: 'NODE_NAME', valueFrom: { fieldRef: { fieldPath: 'spec.nodeName' } } },
   ];
@@ -89,8 +92,7 @@ export function desiredDaemonSet(inputs: DesiredInputs) {
         spec: {
           automountServiceAccountToken: false,
           enableServiceLinks: false,
-          // dockerd re-reads daemon.json on SIGHUP, which the agent can only send from the host's PID namespace.
-          hostPID: runtimes.includes('docker'),
+          hostPID: signalsDaemon,
           ...(nodeConfig.nodeSelector && Object.keys(nodeConfig.nodeSelector).length > 0 ? { nodeSelector: nodeConfig.nodeSelector } : {}),
           ...(nodeConfig.tolerations?.length ? { tolerations: nodeConfig.tolerations } : {}),
           securityContext: { seccompProfile: { type: 'RuntimeDefault' } },
@@ -113,7 +115,7 @@ export function desiredDaemonSet(inputs: DesiredInputs) {
                 runAsNonRoot: false,
                 allowPrivilegeEscalation: false,
                 readOnlyRootFilesystem: true,
-                capabilities: { drop: ['ALL'], add: ['CHOWN', 'DAC_OVERRIDE', 'FOWNER', ...(runtimes.includes('docker') ? ['KILL'] : [])] },
+                capabilities: { drop: ['ALL'], add: ['CHOWN', 'DAC_OVERRIDE', 'FOWNER', ...(signalsDaemon ? ['KILL'] : [])] },
               },
               volumeMounts: [
                 { name: 'tmp', mountPath: '/tmp' },
