@@ -300,6 +300,7 @@ export class PullThroughCache {
         const release = this.hooks.onStream?.(digest.text) ?? (() => undefined);
         try {
           const handle = await this.store.openBlob(digest);
+          this.metrics.cacheRequests.inc({ kind: 'blob', result: 'hit' });
           return { handle, close: () => handle.close().finally(release) };
         } catch {
           // Evicted between the lookup and now: as if it had never been there.
@@ -311,12 +312,9 @@ export class PullThroughCache {
   }
 
   async blob(repo: Repository, digest: Digest): Promise<BlobResult> {
-    const stored = await this.blobFromStore(digest);
-    if (stored) {
-      this.metrics.cacheRequests.inc({ kind: 'blob', result: 'hit' });
-      return stored;
-    }
-    return this.blobFromUpstream(repo, digest);
+    // A stored blob counts as a hit once its file is open (eviction may take it before then, and
+    // the request becomes a miss), so each request is counted once, by where its bytes came from.
+    return (await this.blobFromStore(digest)) ?? this.blobFromUpstream(repo, digest);
   }
 
   /** A miss: the blob streamed from the upstream as it is fetched, one fetch for every client. */

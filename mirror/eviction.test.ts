@@ -124,6 +124,10 @@ describe('eviction', () => {
         }
       }));
       assert.deepEqual(Object.fromEntries(statuses), { 200: asked });
+      // each request counted once, as a hit or (fetched again) a miss
+      const metrics = (await httpRequest(`${mirror.url}/metrics`)).body.toString();
+      const count = (result: string) => Number(new RegExp(`^regmirror_cache_requests_total\\{kind="blob",result="${result}"\\} (\\d+)`, 'm').exec(metrics)?.[1] ?? 0);
+      assert.equal(count('hit') + count('miss'), asked, `hits ${count('hit')} + misses ${count('miss')}`);
     } finally {
       await mirror.stop();
     }
