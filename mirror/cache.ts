@@ -1,6 +1,8 @@
 // The pull-through cache: local first, then the upstream, once. Manifests by digest and blobs are
 // immutable and never re-asked; a tag is re-checked with a HEAD (free of Docker Hub's rate limit)
-// once its tagTTL has passed, and when that check fails the stored manifest is served.
+// once its tagTTL has passed, and when that check fails the stored manifest is served. Content is
+// stored once by digest but served only under repositories whose upstream has it
+// (repository-links.ts): stored content asked for under another repository is confirmed with a HEAD.
 import { createHash } from 'node:crypto';
 import type { FileHandle } from 'node:fs/promises';
 import type { Logger } from '../common/logger.ts';
@@ -19,6 +21,7 @@ import { BlobFill, DigestMismatchError, SizeMismatchError } from './fill.ts';
 import { ManifestMemory } from './manifest-memory.ts';
 import type { MirrorMetrics } from './metrics.ts';
 import { parseDigest, type Digest } from './reference.ts';
+import { RepositoryLinks } from './repository-links.ts';
 import type { ContentStore, StoredManifest } from './store.ts';
 import { UpstreamAuthError, type UpstreamClient, type UpstreamResponse } from './upstream.ts';
 
@@ -58,6 +61,10 @@ export interface Repository {
 
 interface FillEntry {
   fill: BlobFill;
+  /** The repository (`registry/name`) whose upstream it is fetched from. */
+  repository: string;
+  /** Set once the fetch failed, before or after the upstream answered: later requests start their own. */
+  failed: boolean;
   /** Resolves once the upstream answered 200 and bytes flow. */
   ready: Promise<BlobFill>;
   /** Resolves once the blob is verified and in the store. */
@@ -88,6 +95,10 @@ export class PullThroughCache {
   private readonly tags = new Map<string, { digest: string; mediaType: string; checkedAt: number }>();
   /** Small manifests kept in memory; the store stays the source of truth. */
   private readonly manifestMemory: ManifestMemory;
+  /** Which repositories each stored digest may be served under. */
+  private readonly links: RepositoryLinks;
+  /** Upstream HEADs confirming that a repository has stored content, one per repository and digest at a time. */
+  private readonly confirmations = new Map<string, Promise<void>>();
 
   constructor(options: { store: ContentStore; logger: Logger; metrics: MirrorMetrics; now?: () => number; hooks?: CacheHooks; manifestMemoryBytes?: number }) {
     this.store = options.store;
@@ -96,6 +107,7 @@ export class PullThroughCache {
     this.now = options.now ?? Date.now;
     this.hooks = options.hooks ?? {};
     this.manifestMemory = new ManifestMemory(options.manifestMemoryBytes ?? 64 * 1024 * 1024);
+    this.links = new RepositoryLinks(this.store, this.logger);
   }
 
   // ---------------------------------------------------------------- manifests
@@ -103,7 +115,10 @@ export class PullThroughCache {
   async manifestByDigest(repo: Repository, digest: Digest): Promise<ManifestResult> {
     const stored = await this.readManifest(digest);
     if (stored) {
-      this.metrics.cacheRequests.inc({ kind: 'manifest', result: 'hit' });
+      const known = await this.links.has(repo.upstream.registry, repo.name, digest.text);
+      if (!known) await this.confirmUpstream(repo, 'manifests', digest);
+      this.metrics.cacheRequests.inc({ kind: 'manifest', result: known ? 'hit' : 'revalidated' });
+      await this.links.addManifest(repo.upstream.registry, repo.name, digest.text, stored.bytes);
       return { ...stored, digest: digest.text };
     }
     this.metrics.cacheRequests.inc({ kind: 'manifest', result: 'miss' });
@@ -113,19 +128,26 @@ export class PullThroughCache {
   async manifestByTag(repo: Repository, tag: string): Promise<ManifestResult> {
     const key = `${repo.upstream.registry}/${repo.name}:${tag}`;
     const record = await this.readTagRecord(repo, tag, key);
+    let result: ManifestResult | undefined;
     if (record && this.now() - record.checkedAt < repo.tagTTLMs) {
       const stored = await this.readManifest(parseDigest(record.digest));
       if (stored) {
         this.metrics.cacheRequests.inc({ kind: 'manifest', result: 'hit' });
-        return { ...stored, digest: record.digest };
+        result = { ...stored, digest: record.digest };
       }
     }
-    let pending = this.tagChecks.get(key);
-    if (!pending) {
-      pending = this.revalidateTag(repo, tag, key, record).finally(() => this.tagChecks.delete(key));
-      this.tagChecks.set(key, pending);
+    if (!result) {
+      let pending = this.tagChecks.get(key);
+      if (!pending) {
+        pending = this.revalidateTag(repo, tag, key, record).finally(() => this.tagChecks.delete(key));
+        this.tagChecks.set(key, pending);
+      }
+      result = await pending;
     }
-    return pending;
+    // The tag record is this repository's own, so what it names is too (records from before links
+    // were kept gain them here).
+    await this.links.addManifest(repo.upstream.registry, repo.name, result.digest, result.bytes);
+    return result;
   }
 
   private async revalidateTag(repo: Repository, tag: string, key: string, record: { digest: string; mediaType: string } | undefined): Promise<ManifestResult> {
@@ -263,6 +285,7 @@ export class PullThroughCache {
     }
     this.manifestMemory.add(digest.text, { bytes, mediaType });
     this.hooks.onAccess?.('manifest', digest, bytes.length);
+    await this.links.addManifest(repo.upstream.registry, repo.name, actual, bytes);
     this.logger.info({ upstream: repo.upstream.registry, repository: repo.name, reference, digest: actual, mediaType, bytes: bytes.length }, 'manifest fetched from upstream');
     return { bytes, mediaType, digest: actual };
   }
@@ -314,18 +337,49 @@ export class PullThroughCache {
   async blob(repo: Repository, digest: Digest): Promise<BlobResult> {
     // A stored blob counts as a hit once its file is open (eviction may take it before then, and
     // the request becomes a miss), so each request is counted once, by where its bytes came from.
-    return (await this.blobFromStore(digest)) ?? this.blobFromUpstream(repo, digest);
+    const stored = await this.blobFromStore(digest);
+    if (stored && !(await this.links.has(repo.upstream.registry, repo.name, digest.text))) await this.confirmUpstream(repo, 'blobs', digest);
+    return stored ?? this.blobFromUpstream(repo, digest);
+  }
+
+  /** The size of a blob for HEAD: the store's, when this repository may have it, else the upstream's (nothing is fetched). */
+  async blobSize(repo: Repository, digest: Digest): Promise<number | undefined> {
+    const stored = await this.store.statBlob(digest);
+    if (stored && (await this.links.has(repo.upstream.registry, repo.name, digest.text))) return stored.size;
+    const { size } = await this.headBlobUpstream(repo, digest);
+    return stored?.size ?? size;
   }
 
   /** A miss: the blob streamed from the upstream as it is fetched, one fetch for every client. */
   async blobFromUpstream(repo: Repository, digest: Digest): Promise<Extract<BlobResult, { source: 'upstream' }>> {
     this.metrics.cacheRequests.inc({ kind: 'blob', result: 'miss' });
+    const repository = `${repo.upstream.registry}/${repo.name}`;
     let entry = this.blobFills.get(digest.text);
     // A fill that failed a moment ago is not joined: this request starts a new one.
-    if (!entry || entry.fill.failure) entry = this.startFill(repo, digest);
-    const fill = await entry.ready;
+    if (!entry || entry.failed) entry = this.startFill(repo, digest);
+    let fill: BlobFill;
+    try {
+      fill = await entry.ready;
+    } catch (error) {
+      // Another repository's fetch of the same digest failed before any byte (not there, denied):
+      // that is its answer, not this repository's, which asks its own upstream.
+      if (entry.repository === repository) throw error;
+      const retry = this.blobFills.get(digest.text);
+      entry = retry && !retry.failed && retry.repository === repository ? retry : this.startFill(repo, digest);
+      fill = await entry.ready;
+    }
     // Opened in the same turn as the fill's headers arrived: the fill keeps its bytes for this reader.
     const reader = fill.openReader();
+    if (entry.repository !== repository && !(await this.links.has(repo.upstream.registry, repo.name, digest.text))) {
+      // Joined another repository's fetch: this repository's upstream must have the blob too. The
+      // open reader keeps the fill's file meanwhile.
+      try {
+        await this.confirmUpstream(repo, 'blobs', digest);
+      } catch (error) {
+        reader.close();
+        throw error;
+      }
+    }
     const read: ByteSource['read'] = (position, max) => {
       try {
         return reader.read(position, max);
@@ -341,6 +395,7 @@ export class PullThroughCache {
   async headBlobUpstream(repo: Repository, digest: Digest): Promise<{ size: number | undefined }> {
     const response = await this.upstreamRequest(repo, `blobs/${digest.text}`, 'HEAD', undefined, () => blobUnknown(digest.text));
     await response.body.dump();
+    await this.links.add(repo.upstream.registry, repo.name, [digest.text]);
     const length = Number(header(response.headers, 'content-length'));
     return { size: Number.isFinite(length) ? length : undefined };
   }
@@ -372,9 +427,13 @@ export class PullThroughCache {
         throw error;
       }
     });
-    const entry: FillEntry = { fill, ready: ready.then(() => fill), stored };
+    const entry: FillEntry = { fill, repository: `${repo.upstream.registry}/${repo.name}`, failed: false, ready: ready.then(() => fill), stored };
+    // the upstream answered 200: this repository has the blob
+    ready.then(() => this.links.add(repo.upstream.registry, repo.name, [digest.text]), () => undefined);
     stored
-      .catch(() => undefined)
+      .catch(() => {
+        entry.failed = true;
+      })
       .finally(() => {
         if (this.blobFills.get(digest.text) === entry) this.blobFills.delete(digest.text);
         this.metrics.inflightFills.dec();
@@ -383,6 +442,28 @@ export class PullThroughCache {
     entry.ready.catch(() => undefined);
     this.blobFills.set(digest.text, entry);
     return entry;
+  }
+
+  /**
+   * Asks the repository's upstream whether it has content this mirror stored for another
+   * repository (a HEAD, nothing fetched), and records the answer. Not there: the client gets the
+   * upstream's 404 (MANIFEST_UNKNOWN, BLOB_UNKNOWN) as if nothing were stored; upstream away:
+   * UNAVAILABLE, as the stored copy cannot be vouched for.
+   */
+  private confirmUpstream(repo: Repository, kind: 'manifests' | 'blobs', digest: Digest): Promise<void> {
+    const key = `${repo.upstream.registry}/${repo.name}@${digest.text}`;
+    let pending = this.confirmations.get(key);
+    if (!pending) {
+      const notFound = kind === 'manifests' ? () => manifestUnknown(digest.text) : () => blobUnknown(digest.text);
+      pending = this.upstreamRequest(repo, `${kind}/${digest.text}`, 'HEAD', kind === 'manifests' ? ACCEPT : undefined, notFound)
+        .then(async (response) => {
+          await response.body.dump();
+          await this.links.add(repo.upstream.registry, repo.name, [digest.text]);
+        })
+        .finally(() => this.confirmations.delete(key));
+      this.confirmations.set(key, pending);
+    }
+    return pending;
   }
 
   /**

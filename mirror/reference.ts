@@ -45,6 +45,16 @@ export function parseDigest(text: string): Digest {
   return { algorithm: algorithm as DigestAlgorithm, hex, text };
 }
 
+/** Whether `text` is a digest this mirror can verify (what parseDigest accepts). */
+export function isDigest(text: string): boolean {
+  try {
+    parseDigest(text);
+    return true;
+  } catch {
+    return false;
+  }
+}
+
 export function isDigestReference(reference: string): boolean {
   return reference.includes(':');
 }

@@ -147,8 +147,7 @@ async function serveBlob(context: RouteContext, repo: Repository, reference: str
   const common = { 'content-type': 'application/octet-stream', 'docker-content-digest': digest.text, etag: `"${digest.text}"`, 'accept-ranges': 'bytes' };
   if (head) {
     // HEAD never starts a download: answer from the store, else from the upstream's own HEAD.
-    const stored = await context.cache.blobFromStore(digest);
-    const size = stored ? stored.size : (await context.cache.headBlobUpstream(repo, digest)).size;
+    const size = await context.cache.blobSize(repo, digest);
     reply.headers({ ...common, ...(size !== undefined ? { 'content-length': String(size) } : {}) });
     return reply.send();
   }

@@ -1,11 +1,12 @@
 // The content store on a filesystem volume. Content is addressed by digest and written to a
 // temporary file that is renamed into place only after its digest checked out, so a crash or
 // kill -9 can leave a stray temporary file (removed at the next start) but never a partial blob
-// that is later served. Tag records say which digest a tag pointed at and when we last asked.
-import { mkdir, open, readFile, readdir, rename, rm, stat, unlink, utimes, writeFile, type FileHandle } from 'node:fs/promises';
+// that is later served. Tag records say which digest a tag pointed at and when we last asked; a
+// repository's links file lists the digests its upstream is known to have (repository-links.ts).
+import { appendFile, mkdir, open, readFile, readdir, rename, rm, stat, unlink, utimes, writeFile, type FileHandle } from 'node:fs/promises';
 import { randomUUID } from 'node:crypto';
 import { join } from 'node:path';
-import type { Digest } from './reference.ts';
+import { isDigest, type Digest } from './reference.ts';
 
 export interface TagRecord {
   digest: string;
@@ -33,6 +34,7 @@ const MANIFESTS = 'manifests';
 const TAGS = 'tags';
 const TMP = 'tmp';
 const TAG_DIR = '_tags';
+const LINKS_FILE = '_links';
 
 export class ContentStore {
   readonly root: string;
@@ -137,6 +139,25 @@ export class ContentStore {
     } catch {
       return [];
     }
+  }
+
+  /** Digests the repository is known to have, one per line of its links file (appended to, never rewritten). */
+  async readLinks(registry: string, name: string): Promise<string[]> {
+    let text: string;
+    try {
+      text = await readFile(join(this.root, TAGS, registry, name, LINKS_FILE), 'utf8');
+    } catch {
+      return [];
+    }
+    // a line cut short by a crash is not a digest, and is skipped
+    return text.split('\n').filter(isDigest);
+  }
+
+  async appendLinks(registry: string, name: string, digests: readonly string[]): Promise<void> {
+    const dir = join(this.root, TAGS, registry, name);
+    await mkdir(dir, { recursive: true });
+    // one write with O_APPEND: lines from concurrent appends do not interleave
+    await appendFile(join(dir, LINKS_FILE), `\n${digests.join('\n')}\n`);
   }
 
   /** Records a read: the file's mtime is the last-access time that eviction orders by. */

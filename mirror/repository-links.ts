@@ -1,0 +1,91 @@
+// Which repository each stored manifest and blob was seen in. The store keeps content once, by
+// digest, whichever repository (or upstream) it came from; a client may only be served it under a
+// repository whose upstream has it. Otherwise content cached from ghcr.io/anyone/x would answer
+// docker.io/myorg/app@sha256:... without that upstream ever having it, getting round any policy
+// that trusts the repository name (distribution's proxy keeps per-repository links for the same
+// reason). A repository learns a digest when its upstream serves it, names it in a manifest it
+// served (the manifest's config, layers and child manifests), or confirms it with a HEAD.
+import type { Logger } from '../common/logger.ts';
+import { isDigest } from './reference.ts';
+import type { ContentStore } from './store.ts';
+
+export class RepositoryLinks {
+  private readonly store: ContentStore;
+  private readonly logger: Logger;
+  /** Per repository (`registry/name`): the digests it is known to have, read from its links file once. */
+  private readonly known = new Map<string, Set<string> | Promise<Set<string>>>();
+  /** Manifests whose references were linked in this process, per repository: each is parsed once. */
+  private readonly expanded = new Map<string, Set<string>>();
+
+  constructor(store: ContentStore, logger: Logger) {
+    this.store = store;
+    this.logger = logger;
+  }
+
+  /** Whether `digest` is known to be in the repository. */
+  async has(registry: string, name: string, digest: string): Promise<boolean> {
+    return (await this.digests(registry, name)).has(digest);
+  }
+
+  /** Records digests as present in the repository (kept on disk; a failed write is logged and kept in memory only). */
+  async add(registry: string, name: string, digests: readonly string[]): Promise<void> {
+    const known = await this.digests(registry, name);
+    const fresh = [...new Set(digests)].filter((digest) => !known.has(digest));
+    if (fresh.length === 0) return;
+    for (const digest of fresh) known.add(digest);
+    try {
+      await this.store.appendLinks(registry, name, fresh);
+    } catch (error) {
+      this.logger.warn({ upstream: registry, repository: name, err: error }, 'could not record which content this repository has; it is asked upstream again after a restart');
+    }
+  }
+
+  /**
+   * Records a manifest served in the repository with everything it references (blobs, child
+   * manifests): the upstream serves those in the same repository. Done once per manifest and
+   * repository in a process; the document is parsed only then.
+   */
+  async addManifest(registry: string, name: string, digest: string, bytes: Buffer): Promise<void> {
+    const key = `${registry}/${name}`;
+    let done = this.expanded.get(key);
+    if (done?.has(digest)) return;
+    await this.add(registry, name, [digest, ...referencedDigests(bytes)]);
+    if (!done) this.expanded.set(key, (done = new Set()));
+    done.add(digest);
+  }
+
+  private digests(registry: string, name: string): Set<string> | Promise<Set<string>> {
+    const key = `${registry}/${name}`;
+    let known = this.known.get(key);
+    if (!known) {
+      known = this.store.readLinks(registry, name).then((digests) => {
+        const set = new Set(digests);
+        this.known.set(key, set);
+        return set;
+      });
+      this.known.set(key, known);
+    }
+    return known;
+  }
+}
+
+/** Digests a manifest or index refers to: config, layers, child manifests, subject, artifact blobs. */
+export function referencedDigests(bytes: Buffer): string[] {
+  let document: unknown;
+  try {
+    document = JSON.parse(bytes.toString('utf8'));
+  } catch {
+    return [];
+  }
+  if (typeof document !== 'object' || document === null) return [];
+  const found: string[] = [];
+  const take = (descriptor: unknown) => {
+    const digest = (descriptor as { digest?: unknown } | null)?.digest;
+    if (typeof digest === 'string' && isDigest(digest)) found.push(digest);
+  };
+  const doc = document as Record<string, unknown>;
+  take(doc.config);
+  take(doc.subject);
+  for (const list of [doc.layers, doc.manifests, doc.blobs]) if (Array.isArray(list)) list.forEach(take);
+  return found;
+}
