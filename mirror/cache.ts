@@ -240,8 +240,9 @@ export class PullThroughCache {
     }
     let bytes: Buffer;
     try {
-      bytes = Buffer.from(await response.body.arrayBuffer());
+      bytes = await readManifestBody(response.body);
     } catch (error) {
+      if (error instanceof RegistryError) throw error;
       throw upstreamUnavailable(repo.upstream.registry, describe(error));
     }
     const algorithm = expected?.algorithm ?? 'sha256';
@@ -481,6 +482,22 @@ function manifestMediaType(contentType: string | undefined, bytes: Buffer): stri
     return undefined;
   }
   return undefined;
+}
+
+/**
+ * A manifest's bytes, counted as they arrive: an upstream that sends no Content-Length (chunked)
+ * is stopped at the limit too, rather than read into memory whole.
+ */
+async function readManifestBody(body: AsyncIterable<Uint8Array>): Promise<Buffer> {
+  const chunks: Uint8Array[] = [];
+  let received = 0;
+  // leaving the loop early destroys the body, which closes the upstream connection
+  for await (const chunk of body) {
+    received += chunk.byteLength;
+    if (received > MAX_MANIFEST_BYTES) throw manifestInvalid(`upstream manifest is over the ${MAX_MANIFEST_BYTES} byte limit (sent without a Content-Length; stopped reading at ${received} bytes)`);
+    chunks.push(chunk);
+  }
+  return Buffer.concat(chunks, received);
 }
 
 async function* countBytes(body: AsyncIterable<Uint8Array>, count: (n: number) => void): AsyncGenerator<Uint8Array> {

@@ -430,6 +430,57 @@ describe('load', () => {
   });
 });
 
+test('an upstream manifest over 4 MiB sent without a Content-Length gets 400 MANIFEST_INVALID: the mirror stops reading at the limit and stores nothing', async () => {
+  // A scripted HTTP server, not a registry: distribution always sends a manifest's Content-Length,
+  // and this one streams a 64 MiB "manifest" chunked, as a broken or hostile upstream could.
+  const total = 64 * 1024 * 1024;
+  let written = 0;
+  let closed = false;
+  let finished = false;
+  const scripted = http.createServer(async (req, res) => {
+    if (req.method !== 'GET' || !/^\/v2\/library\/huge\/manifests\/v1$/.test(req.url ?? '')) {
+      res.writeHead(404).end();
+      return;
+    }
+    res.on('close', () => (closed = true));
+    res.writeHead(200, { 'content-type': MEDIA_TYPES.oci.manifest });
+    const piece = Buffer.alloc(64 * 1024, 'a');
+    const drained = () =>
+      new Promise<void>((resolve) => {
+        const done = () => {
+          res.off('drain', done);
+          res.off('close', done);
+          resolve();
+        };
+        res.on('drain', done);
+        res.on('close', done);
+      });
+    res.write(`{"schemaVersion":2,"mediaType":"${MEDIA_TYPES.oci.manifest}","annotations":{"pad":"`);
+    while (written < total && !res.destroyed) {
+      written += piece.length;
+      if (!res.write(piece)) await drained();
+    }
+    if (!res.destroyed) {
+      res.end('"}}');
+      finished = true;
+    }
+  });
+  await new Promise<void>((resolve) => scripted.listen(0, '127.0.0.1', resolve));
+  const mirror = await startTestMirror({ upstreams: [{ registry: 'docker.io', url: `http://127.0.0.1:${(scripted.address() as net.AddressInfo).port}` }] });
+  try {
+    const res = await httpRequest(`${mirror.url}/v2/library/huge/manifests/v1`, { headers: { accept: ACCEPT }, timeoutMs: 30_000 });
+    assert.equal(res.status, 400, `${res.status}, ${res.body.length} bytes`);
+    assert.equal(JSON.parse(res.body.toString()).errors[0].code, 'MANIFEST_INVALID');
+    await waitFor(() => closed, { timeoutMs: 10_000, what: 'the mirror to close the upstream transfer' });
+    assert.ok(!finished && written < total, `the mirror read the whole ${written}-byte body`);
+    assert.deepEqual(await readdir(path.join(mirror.storagePath, 'manifests', 'sha256')).catch(() => []), [], 'nothing stored');
+  } finally {
+    await mirror.stop();
+    scripted.closeAllConnections();
+    await new Promise((resolve) => scripted.close(resolve));
+  }
+});
+
 const openFiles = (pid: number) => readdirSync(`/proc/${pid}/fd`).length;
 
 test('clients that give up mid-download, during fills and from the store, leak no file descriptors', async (t) => {
