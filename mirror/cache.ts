@@ -20,7 +20,7 @@ import { ManifestMemory } from './manifest-memory.ts';
 import type { MirrorMetrics } from './metrics.ts';
 import { parseDigest, type Digest } from './reference.ts';
 import type { ContentStore, StoredManifest } from './store.ts';
-import { UpstreamAuthError, type UpstreamClient, type UpstreamResponse } from './upstream.ts';
+import { TokenServiceError, UpstreamAuthError, type UpstreamClient, type UpstreamResponse } from './upstream.ts';
 
 export const MANIFEST_MEDIA_TYPES = [
   'application/vnd.oci.image.index.v1+json',
@@ -442,8 +442,11 @@ export class PullThroughCache {
       response = await repo.upstream.fetch(repo.name, path, { method, ...(accept ? { accept } : {}), ...(query ? { query } : {}) });
     } catch (error) {
       if (error instanceof UpstreamAuthError) throw denied(error.message);
+      // the token service down is an outage, as the registry down is: the client may try again
+      if (error instanceof TokenServiceError && error.status === 429) throw tooManyRequests(repo.upstream.registry, error.retryAfter);
+      const why = error instanceof TokenServiceError ? error.message : describe(error);
       // the cause keeps the code (a timeout, a refused connection) for the failure metric
-      throw Object.assign(upstreamUnavailable(repo.upstream.registry, describe(error)), { cause: error });
+      throw Object.assign(upstreamUnavailable(repo.upstream.registry, why), { cause: error });
     }
     if (response.status === 200) return response;
     await response.body.dump();
