@@ -221,6 +221,44 @@ describe('upstream faults during a fill', () => {
     }
   });
 
+  test('blob transfers cut mid-body are each counted once in regmirror_http_requests_total, with the status they began with: an upstream failing mid-fill, clients leaving a stored blob early', async () => {
+    const big = await writeOciImage(await makeTempDir('cut-counted'), { tag: 'v1', seed: 'cut-counted', layerSizes: [32 * 1024 * 1024] });
+    await pushImage(big, hub.ref('library/cut', 'v1'));
+    const mirror = await startTestMirror({ upstreams: [{ registry: 'docker.io', url: proxy.url }] });
+    const agent = new http.Agent({ keepAlive: true });
+    const blobGets = () => metric(mirror, /^regmirror_http_requests_total\{route="blob",method="GET",status="200"\}/);
+    try {
+      const layer = big.layers[0]!;
+      const url = `${mirror.url}/v2/library/cut/blobs/${layer.digest}`;
+      // cut after 8 MiB of 32: the client has had bytes by then, so its own connection is cut
+      const cut = proxy.addRule({ path: new RegExp(`/blobs/${layer.digest}$`), truncateAfterBytes: 8 * 1024 * 1024, times: 1 });
+      await assert.rejects(get(url, agent), /aborted|short body|socket hang up|ECONNRESET/);
+      assert.equal(cut.hits(), 1);
+      await waitFor(async () => (await blobGets()) === 1, { timeoutMs: 5_000, what: 'the cut transfer to be counted' });
+
+      await assertServes(mirror, agent, 'library/cut', layer.digest); // stored now
+      const leaving = Array.from({ length: 5 }, () =>
+        new Promise<number>((resolve) => {
+          let received = 0;
+          const req = http.get(url, { agent: false, timeout: 20_000 }, (res) =>
+            res.on('data', (b: Buffer) => {
+              received += b.length;
+              if (received >= 1024 * 1024) req.destroy();
+            }),
+          );
+          req.on('close', () => resolve(received));
+          req.on('error', () => undefined);
+        }),
+      );
+      for (const received of await Promise.all(leaving)) assert.ok(received < layer.size, `a client meant to leave early got all ${received} bytes`);
+      await waitFor(async () => (await blobGets()) >= 7, { timeoutMs: 5_000, what: 'the 5 abandoned downloads to be counted' });
+      assert.equal(await blobGets(), 7, 'the cut one, the whole one and the 5 abandoned ones, each once');
+    } finally {
+      agent.destroy();
+      await mirror.stop();
+    }
+  });
+
   test('40 clients while the upstream resets 30 connections get correct bytes or an error, never wrong bytes, and all succeed afterwards', async (t) => {
     const mirror = await startTestMirror({ upstreams: [{ registry: 'docker.io', url: proxy.url }] });
     const agent = new http.Agent({ keepAlive: true, maxSockets: 40 });

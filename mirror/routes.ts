@@ -49,8 +49,15 @@ export function registerRoutes(app: FastifyInstance, context: RouteContext): voi
     void reply.code(404).headers(API_VERSION).send(new RegistryError('NAME_UNKNOWN', 404, `no such endpoint: ${request.method} ${request.url.split('?')[0]!.slice(0, 200)}`).toJSON());
   });
 
-  app.addHook('onResponse', async (request, reply) => {
-    metrics.requests.inc({ route: routeOf(request), method: request.method, status: String(reply.statusCode) });
+  // Counted when the response closes, however it ends. fastify's onResponse misses a blob transfer
+  // that is cut (the upstream failed mid-fill, the client went away): serveBlob sends it outside
+  // fastify, and a destroyed response never finishes. The status is the one sent ('none' when the
+  // client left before any was).
+  app.addHook('onRequest', (request, reply, done) => {
+    reply.raw.once('close', () => {
+      metrics.requests.inc({ route: routeOf(request), method: request.method, status: reply.raw.headersSent ? String(reply.raw.statusCode) : 'none' });
+    });
+    done();
   });
 
   app.get('/healthz', async () => ({ status: 'ok' }));
@@ -178,10 +185,10 @@ async function serveBlob(context: RouteContext, repo: Repository, reference: str
     close = () => fetched.reader.close();
     from = 'upstream';
   }
-  // The bytes bypass fastify's stream handling (see blob-sender.ts); its onResponse hook still
-  // counts the request. Until the first bytes are at hand the reply is still fastify's: a failure
-  // before then (the upstream cut, the store full) is answered with registry error JSON by the
-  // error handler.
+  // The bytes bypass fastify's stream handling (see blob-sender.ts); the request is counted when
+  // the response closes, cut or not. Until the first bytes are at hand the reply is still
+  // fastify's: a failure before then (the upstream cut, the store full) is answered with registry
+  // error JSON by the error handler.
   const begin = () => {
     reply.hijack();
     reply.raw.writeHead(status, headers);
