@@ -91,7 +91,7 @@ export function registerRoutes(app: FastifyInstance, context: RouteContext): voi
       if (content) {
         const repo = repositoryFor(context, content[1]!, query.ns);
         return content[2] === 'manifests'
-          ? serveManifest(context, repo, content[3]!, head, request.headers.accept, reply)
+          ? serveManifest(context, repo, content[3]!, head, request, reply)
           : serveBlob(context, repo, content[3]!, head, request, reply);
       }
       const tags = TAGS_PATH.exec(path);
@@ -133,13 +133,14 @@ function repositoryFor(context: RouteContext, rawName: string, ns: string | stri
   return { upstream: upstream.client, name: normaliseName(registry, validateName(name)), tagTTLMs: upstream.tagTTLMs };
 }
 
-async function serveManifest(context: RouteContext, repo: Repository, reference: string, head: boolean, accept: string | undefined, reply: FastifyReply) {
+async function serveManifest(context: RouteContext, repo: Repository, reference: string, head: boolean, request: FastifyRequest, reply: FastifyReply) {
   const manifest = isDigestReference(reference)
     ? await context.cache.manifestByDigest(repo, parseDigest(reference))
     : await context.cache.manifestByTag(repo, validateTag(reference));
-  if (!acceptsManifest(accept, manifest.mediaType)) {
+  if (!acceptsManifest(request.headers.accept, manifest.mediaType)) {
     throw new RegistryError('MANIFEST_UNKNOWN', 404, `${manifest.mediaType} found, but the Accept header does not include it`, { reference, mediaType: manifest.mediaType });
   }
+  if (noneMatch(request.headers['if-none-match'], manifest.digest)) return notModified(reply, manifest.digest);
   reply.headers({
     'content-type': manifest.mediaType,
     'content-length': String(manifest.bytes.length),
@@ -151,11 +152,15 @@ async function serveManifest(context: RouteContext, repo: Repository, reference:
 
 async function serveBlob(context: RouteContext, repo: Repository, reference: string, head: boolean, request: FastifyRequest, reply: FastifyReply) {
   const digest = parseDigest(reference);
+  const condition = noneMatch(request.headers['if-none-match'], digest.text);
+  // The ETag is the digest: a client that names it holds these very bytes, so nothing is fetched for it.
+  if (condition === 'match') return notModified(reply, digest.text);
   const common = { 'content-type': 'application/octet-stream', 'docker-content-digest': digest.text, etag: `"${digest.text}"`, 'accept-ranges': 'bytes' };
-  if (head) {
+  if (head || condition === 'any') {
     // HEAD never starts a download: answer from the store, else from the upstream's own HEAD.
     const stored = await context.cache.blobFromStore(digest);
     const size = stored ? stored.size : (await context.cache.headBlobUpstream(repo, digest)).size;
+    if (condition === 'any') return notModified(reply, digest.text);
     reply.headers({ ...common, ...(size !== undefined ? { 'content-length': String(size) } : {}) });
     return reply.send();
   }
@@ -201,6 +206,23 @@ async function serveBlob(context: RouteContext, repo: Repository, reference: str
     await close();
   }
   return reply;
+}
+
+/**
+ * What If-None-Match (RFC 9110 13.1.2) says of content whose ETag is `"<digest>"`: 'match' when it
+ * lists that entity-tag (compared weakly, as the RFC asks: W/ aside), 'any' for `*` (a match if the
+ * content exists), else undefined: the request goes on as if it had none.
+ */
+export function noneMatch(header: string | undefined, digest: string): 'match' | 'any' | undefined {
+  if (header === undefined) return undefined;
+  if (header.trim() === '*') return 'any';
+  for (const tag of header.matchAll(/(?:W\/)?"([^"]*)"/g)) if (tag[1] === digest) return 'match';
+  return undefined;
+}
+
+/** 304 Not Modified: no body, the validators a 200 would carry. */
+function notModified(reply: FastifyReply, digest: string) {
+  return reply.code(304).headers({ 'docker-content-digest': digest, etag: `"${digest}"` }).send();
 }
 
 /**
