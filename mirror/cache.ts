@@ -275,10 +275,17 @@ export class PullThroughCache {
       return inMemory;
     }
     const stored = await this.store.readManifest(digest);
-    if (stored) {
-      this.manifestMemory.add(digest.text, stored);
-      this.hooks.onAccess?.('manifest', digest, stored.bytes.length);
+    if (!stored) return undefined;
+    // A file changed since it was written (a disk fault, a hand edit) would be served for good under
+    // a digest it does not have: checked here, as it leaves the disk (manifests are small).
+    const actual = `${digest.algorithm}:${createHash(digest.algorithm).update(stored.bytes).digest('hex')}`;
+    if (actual !== digest.text) {
+      this.logger.warn({ digest: digest.text, actual, bytes: stored.bytes.length }, 'stored manifest does not match its digest; removed from the store, fetching it again');
+      await this.store.remove('manifest', digest);
+      return undefined;
     }
+    this.manifestMemory.add(digest.text, stored);
+    this.hooks.onAccess?.('manifest', digest, stored.bytes.length);
     return stored;
   }
 

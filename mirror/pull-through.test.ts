@@ -303,6 +303,31 @@ describe('pull-through cache', () => {
     }
   });
 
+  test('a stored manifest whose file no longer matches its digest is not served: after a restart it is fetched from the upstream again, by tag and by digest, and stored right', async () => {
+    const storagePath = path.join(await makeTempDir('corrupt-manifest'), 'data');
+    const options = { upstreams: [{ registry: 'docker.io', url: upstream.url, tagTTL: '1h' }], storagePath };
+    const hex = image.manifestDigest.slice('sha256:'.length);
+    const file = path.join(storagePath, 'manifests/sha256', hex.slice(0, 2), hex);
+    const first = await startTestMirror(options);
+    assert.equal((await httpRequest(`${first.url}/v2/library/app/manifests/v1`)).status, 200);
+    await first.stop();
+    for (const reference of ['v1', image.manifestDigest]) {
+      await writeFile(file, '{not json');
+      const mirror = await startTestMirror(options);
+      try {
+        const gets = await manifestRequests(upstream, 'GET');
+        const res = await httpRequest(`${mirror.url}/v2/library/app/manifests/${reference}`, { headers: { accept: image.manifestMediaType } });
+        assert.equal(res.status, 200, reference);
+        assert.equal(sha256(res.body), image.manifestDigest, `${reference}: the manifest, not the file's bytes`);
+        assert.equal(res.headers['docker-content-digest'], image.manifestDigest);
+        assert.equal(await manifestRequests(upstream, 'GET'), gets + 1, `${reference}: fetched again`);
+        assert.equal(sha256(await readFile(file)), image.manifestDigest, `${reference}: stored right`);
+      } finally {
+        await mirror.stop();
+      }
+    }
+  });
+
   test('an upstream serving corrupted bytes gets no complete 200 to any client, and nothing is stored', async () => {
     const own = await startRegistry();
     const victim = await writeOciImage(await makeTempDir('corrupt'), { tag: 'v1', layerSizes: [2 * 1024 * 1024], seed: 'corrupt' });
