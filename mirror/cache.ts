@@ -23,7 +23,7 @@ import type { MirrorMetrics } from './metrics.ts';
 import { parseDigest, type Digest } from './reference.ts';
 import { RepositoryLinks } from './repository-links.ts';
 import type { ContentStore, StoredManifest } from './store.ts';
-import { UpstreamAuthError, type UpstreamClient, type UpstreamResponse } from './upstream.ts';
+import { TokenServiceError, UpstreamAuthError, type UpstreamClient, type UpstreamResponse } from './upstream.ts';
 
 export const MANIFEST_MEDIA_TYPES = [
   'application/vnd.oci.image.index.v1+json',
@@ -262,8 +262,9 @@ export class PullThroughCache {
     }
     let bytes: Buffer;
     try {
-      bytes = Buffer.from(await response.body.arrayBuffer());
+      bytes = await readManifestBody(response.body);
     } catch (error) {
+      if (error instanceof RegistryError) throw error;
       throw upstreamUnavailable(repo.upstream.registry, describe(error));
     }
     const algorithm = expected?.algorithm ?? 'sha256';
@@ -297,10 +298,17 @@ export class PullThroughCache {
       return inMemory;
     }
     const stored = await this.store.readManifest(digest);
-    if (stored) {
-      this.manifestMemory.add(digest.text, stored);
-      this.hooks.onAccess?.('manifest', digest, stored.bytes.length);
+    if (!stored) return undefined;
+    // A file changed since it was written (a disk fault, a hand edit) would be served for good under
+    // a digest it does not have: checked here, as it leaves the disk (manifests are small).
+    const actual = `${digest.algorithm}:${createHash(digest.algorithm).update(stored.bytes).digest('hex')}`;
+    if (actual !== digest.text) {
+      this.logger.warn({ digest: digest.text, actual, bytes: stored.bytes.length }, 'stored manifest does not match its digest; removed from the store, fetching it again');
+      await this.store.remove('manifest', digest);
+      return undefined;
     }
+    this.manifestMemory.add(digest.text, stored);
+    this.hooks.onAccess?.('manifest', digest, stored.bytes.length);
     return stored;
   }
 
@@ -522,8 +530,11 @@ export class PullThroughCache {
       response = await repo.upstream.fetch(repo.name, path, { method, ...(accept ? { accept } : {}), ...(query ? { query } : {}) });
     } catch (error) {
       if (error instanceof UpstreamAuthError) throw denied(error.message);
+      // the token service down is an outage, as the registry down is: the client may try again
+      if (error instanceof TokenServiceError && error.status === 429) throw tooManyRequests(repo.upstream.registry, error.retryAfter);
+      const why = error instanceof TokenServiceError ? error.message : describe(error);
       // the cause keeps the code (a timeout, a refused connection) for the failure metric
-      throw Object.assign(upstreamUnavailable(repo.upstream.registry, describe(error)), { cause: error });
+      throw Object.assign(upstreamUnavailable(repo.upstream.registry, why), { cause: error });
     }
     if (response.status === 200) return response;
     await response.body.dump();
@@ -562,6 +573,22 @@ function manifestMediaType(contentType: string | undefined, bytes: Buffer): stri
     return undefined;
   }
   return undefined;
+}
+
+/**
+ * A manifest's bytes, counted as they arrive: an upstream that sends no Content-Length (chunked)
+ * is stopped at the limit too, rather than read into memory whole.
+ */
+async function readManifestBody(body: AsyncIterable<Uint8Array>): Promise<Buffer> {
+  const chunks: Uint8Array[] = [];
+  let received = 0;
+  // leaving the loop early destroys the body, which closes the upstream connection
+  for await (const chunk of body) {
+    received += chunk.byteLength;
+    if (received > MAX_MANIFEST_BYTES) throw manifestInvalid(`upstream manifest is over the ${MAX_MANIFEST_BYTES} byte limit (sent without a Content-Length; stopped reading at ${received} bytes)`);
+    chunks.push(chunk);
+  }
+  return Buffer.concat(chunks, received);
 }
 
 async function* countBytes(body: AsyncIterable<Uint8Array>, count: (n: number) => void): AsyncGenerator<Uint8Array> {

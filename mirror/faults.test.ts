@@ -221,6 +221,44 @@ describe('upstream faults during a fill', () => {
     }
   });
 
+  test('blob transfers cut mid-body are each counted once in regmirror_http_requests_total, with the status they began with: an upstream failing mid-fill, clients leaving a stored blob early', async () => {
+    const big = await writeOciImage(await makeTempDir('cut-counted'), { tag: 'v1', seed: 'cut-counted', layerSizes: [32 * 1024 * 1024] });
+    await pushImage(big, hub.ref('library/cut', 'v1'));
+    const mirror = await startTestMirror({ upstreams: [{ registry: 'docker.io', url: proxy.url }] });
+    const agent = new http.Agent({ keepAlive: true });
+    const blobGets = () => metric(mirror, /^regmirror_http_requests_total\{route="blob",method="GET",status="200"\}/);
+    try {
+      const layer = big.layers[0]!;
+      const url = `${mirror.url}/v2/library/cut/blobs/${layer.digest}`;
+      // cut after 8 MiB of 32: the client has had bytes by then, so its own connection is cut
+      const cut = proxy.addRule({ path: new RegExp(`/blobs/${layer.digest}$`), truncateAfterBytes: 8 * 1024 * 1024, times: 1 });
+      await assert.rejects(get(url, agent), /aborted|short body|socket hang up|ECONNRESET/);
+      assert.equal(cut.hits(), 1);
+      await waitFor(async () => (await blobGets()) === 1, { timeoutMs: 5_000, what: 'the cut transfer to be counted' });
+
+      await assertServes(mirror, agent, 'library/cut', layer.digest); // stored now
+      const leaving = Array.from({ length: 5 }, () =>
+        new Promise<number>((resolve) => {
+          let received = 0;
+          const req = http.get(url, { agent: false, timeout: 20_000 }, (res) =>
+            res.on('data', (b: Buffer) => {
+              received += b.length;
+              if (received >= 1024 * 1024) req.destroy();
+            }),
+          );
+          req.on('close', () => resolve(received));
+          req.on('error', () => undefined);
+        }),
+      );
+      for (const received of await Promise.all(leaving)) assert.ok(received < layer.size, `a client meant to leave early got all ${received} bytes`);
+      await waitFor(async () => (await blobGets()) >= 7, { timeoutMs: 5_000, what: 'the 5 abandoned downloads to be counted' });
+      assert.equal(await blobGets(), 7, 'the cut one, the whole one and the 5 abandoned ones, each once');
+    } finally {
+      agent.destroy();
+      await mirror.stop();
+    }
+  });
+
   test('40 clients while the upstream resets 30 connections get correct bytes or an error, never wrong bytes, and all succeed afterwards', async (t) => {
     const mirror = await startTestMirror({ upstreams: [{ registry: 'docker.io', url: proxy.url }] });
     const agent = new http.Agent({ keepAlive: true, maxSockets: 40 });
@@ -428,6 +466,57 @@ describe('load', () => {
       await mirror.process.stop();
     }
   });
+});
+
+test('an upstream manifest over 4 MiB sent without a Content-Length gets 400 MANIFEST_INVALID: the mirror stops reading at the limit and stores nothing', async () => {
+  // A scripted HTTP server, not a registry: distribution always sends a manifest's Content-Length,
+  // and this one streams a 64 MiB "manifest" chunked, as a broken or hostile upstream could.
+  const total = 64 * 1024 * 1024;
+  let written = 0;
+  let closed = false;
+  let finished = false;
+  const scripted = http.createServer(async (req, res) => {
+    if (req.method !== 'GET' || !/^\/v2\/library\/huge\/manifests\/v1$/.test(req.url ?? '')) {
+      res.writeHead(404).end();
+      return;
+    }
+    res.on('close', () => (closed = true));
+    res.writeHead(200, { 'content-type': MEDIA_TYPES.oci.manifest });
+    const piece = Buffer.alloc(64 * 1024, 'a');
+    const drained = () =>
+      new Promise<void>((resolve) => {
+        const done = () => {
+          res.off('drain', done);
+          res.off('close', done);
+          resolve();
+        };
+        res.on('drain', done);
+        res.on('close', done);
+      });
+    res.write(`{"schemaVersion":2,"mediaType":"${MEDIA_TYPES.oci.manifest}","annotations":{"pad":"`);
+    while (written < total && !res.destroyed) {
+      written += piece.length;
+      if (!res.write(piece)) await drained();
+    }
+    if (!res.destroyed) {
+      res.end('"}}');
+      finished = true;
+    }
+  });
+  await new Promise<void>((resolve) => scripted.listen(0, '127.0.0.1', resolve));
+  const mirror = await startTestMirror({ upstreams: [{ registry: 'docker.io', url: `http://127.0.0.1:${(scripted.address() as net.AddressInfo).port}` }] });
+  try {
+    const res = await httpRequest(`${mirror.url}/v2/library/huge/manifests/v1`, { headers: { accept: ACCEPT }, timeoutMs: 30_000 });
+    assert.equal(res.status, 400, `${res.status}, ${res.body.length} bytes`);
+    assert.equal(JSON.parse(res.body.toString()).errors[0].code, 'MANIFEST_INVALID');
+    await waitFor(() => closed, { timeoutMs: 10_000, what: 'the mirror to close the upstream transfer' });
+    assert.ok(!finished && written < total, `the mirror read the whole ${written}-byte body`);
+    assert.deepEqual(await readdir(path.join(mirror.storagePath, 'manifests', 'sha256')).catch(() => []), [], 'nothing stored');
+  } finally {
+    await mirror.stop();
+    scripted.closeAllConnections();
+    await new Promise((resolve) => scripted.close(resolve));
+  }
 });
 
 const openFiles = (pid: number) => readdirSync(`/proc/${pid}/fd`).length;

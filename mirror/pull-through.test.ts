@@ -78,6 +78,50 @@ describe('pull-through cache', () => {
     }
   });
 
+  test('If-None-Match with the ETag a manifest or blob is sent with gets 304 Not Modified without a body, for GET and HEAD; a blob the mirror lacks is not fetched for it', async () => {
+    const mirror = await startTestMirror({ upstreams: [{ registry: 'docker.io', url: upstream.url }] });
+    try {
+      const layer = image.layers[1]!;
+      const blobUrl = `${mirror.url}/v2/library/app/blobs/${layer.digest}`;
+      const blobGets = () => upstream.countRequests({ method: 'GET', path: new RegExp(`/blobs/${layer.digest}$`) });
+      const before = await blobGets();
+      for (const method of ['GET', 'HEAD']) {
+        const res = await httpRequest(blobUrl, { method, headers: { 'if-none-match': `"${layer.digest}"` } });
+        assert.equal(res.status, 304, `${method} blob`);
+        assert.equal(res.body.length, 0);
+        assert.equal(res.headers.etag, `"${layer.digest}"`);
+        assert.equal(res.headers['docker-content-digest'], layer.digest);
+      }
+      assert.equal(await blobGets(), before, 'the client holds the bytes: nothing fetched for it');
+      assert.equal((await httpRequest(blobUrl, { headers: { 'if-none-match': '*' } })).status, 304, '* and a blob that exists');
+      assert.equal((await httpRequest(`${mirror.url}/v2/library/app/blobs/sha256:${'1'.repeat(64)}`, { headers: { 'if-none-match': '*' } })).status, 404, '* and a blob nowhere');
+      assert.equal((await httpRequest(`${mirror.url}/v2/library/app/blobs/sha256:${'1'.repeat(64)}`, { headers: { 'if-none-match': `"sha256:${'1'.repeat(64)}"` } })).status, 404, 'its own ETag named, and a blob nowhere');
+      const sent = await httpRequest(blobUrl, { headers: { 'if-none-match': `"${image.configDigest}"` } });
+      assert.equal(sent.status, 200, 'another ETag: the blob is sent');
+      assert.equal(sha256(sent.body), layer.digest);
+
+      const etag = `"${image.manifestDigest}"`;
+      for (const reference of ['v1', image.manifestDigest]) {
+        const url = `${mirror.url}/v2/library/app/manifests/${reference}`;
+        assert.equal((await httpRequest(url, { headers: { accept: image.manifestMediaType } })).headers.etag, etag);
+        for (const method of ['GET', 'HEAD']) {
+          for (const ifNoneMatch of [etag, `W/${etag}`, `"sha256:${'2'.repeat(64)}", ${etag}`, '*']) {
+            const res = await httpRequest(url, { method, headers: { accept: image.manifestMediaType, 'if-none-match': ifNoneMatch } });
+            assert.equal(res.status, 304, `${method} ${reference}, If-None-Match: ${ifNoneMatch}`);
+            assert.equal(res.body.length, 0);
+            assert.equal(res.headers.etag, etag);
+            assert.equal(res.headers['docker-content-digest'], image.manifestDigest);
+          }
+        }
+        const changed = await httpRequest(url, { headers: { accept: image.manifestMediaType, 'if-none-match': `"sha256:${'2'.repeat(64)}"` } });
+        assert.equal(changed.status, 200, 'another ETag: the manifest is sent');
+        assert.equal(sha256(changed.body), image.manifestDigest);
+      }
+    } finally {
+      await mirror.stop();
+    }
+  });
+
   test('Range requests get 206 with the right bytes, cold and warm; an impossible range gets 416', async () => {
     const mirror = await startTestMirror({ upstreams: [{ registry: 'docker.io', url: upstream.url }] });
     try {
@@ -257,6 +301,31 @@ describe('pull-through cache', () => {
       }
     } finally {
       await first.stop().catch(() => undefined);
+    }
+  });
+
+  test('a stored manifest whose file no longer matches its digest is not served: after a restart it is fetched from the upstream again, by tag and by digest, and stored right', async () => {
+    const storagePath = path.join(await makeTempDir('corrupt-manifest'), 'data');
+    const options = { upstreams: [{ registry: 'docker.io', url: upstream.url, tagTTL: '1h' }], storagePath };
+    const hex = image.manifestDigest.slice('sha256:'.length);
+    const file = path.join(storagePath, 'manifests/sha256', hex.slice(0, 2), hex);
+    const first = await startTestMirror(options);
+    assert.equal((await httpRequest(`${first.url}/v2/library/app/manifests/v1`)).status, 200);
+    await first.stop();
+    for (const reference of ['v1', image.manifestDigest]) {
+      await writeFile(file, '{not json');
+      const mirror = await startTestMirror(options);
+      try {
+        const gets = await manifestRequests(upstream, 'GET');
+        const res = await httpRequest(`${mirror.url}/v2/library/app/manifests/${reference}`, { headers: { accept: image.manifestMediaType } });
+        assert.equal(res.status, 200, reference);
+        assert.equal(sha256(res.body), image.manifestDigest, `${reference}: the manifest, not the file's bytes`);
+        assert.equal(res.headers['docker-content-digest'], image.manifestDigest);
+        assert.equal(await manifestRequests(upstream, 'GET'), gets + 1, `${reference}: fetched again`);
+        assert.equal(sha256(await readFile(file)), image.manifestDigest, `${reference}: stored right`);
+      } finally {
+        await mirror.stop();
+      }
     }
   });
 

@@ -49,8 +49,15 @@ export function registerRoutes(app: FastifyInstance, context: RouteContext): voi
     void reply.code(404).headers(API_VERSION).send(new RegistryError('NAME_UNKNOWN', 404, `no such endpoint: ${request.method} ${request.url.split('?')[0]!.slice(0, 200)}`).toJSON());
   });
 
-  app.addHook('onResponse', async (request, reply) => {
-    metrics.requests.inc({ route: routeOf(request), method: request.method, status: String(reply.statusCode) });
+  // Counted when the response closes, however it ends. fastify's onResponse misses a blob transfer
+  // that is cut (the upstream failed mid-fill, the client went away): serveBlob sends it outside
+  // fastify, and a destroyed response never finishes. The status is the one sent ('none' when the
+  // client left before any was).
+  app.addHook('onRequest', (request, reply, done) => {
+    reply.raw.once('close', () => {
+      metrics.requests.inc({ route: routeOf(request), method: request.method, status: reply.raw.headersSent ? String(reply.raw.statusCode) : 'none' });
+    });
+    done();
   });
 
   app.get('/healthz', async () => ({ status: 'ok' }));
@@ -84,7 +91,7 @@ export function registerRoutes(app: FastifyInstance, context: RouteContext): voi
       if (content) {
         const repo = repositoryFor(context, content[1]!, query.ns);
         return content[2] === 'manifests'
-          ? serveManifest(context, repo, content[3]!, head, request.headers.accept, reply)
+          ? serveManifest(context, repo, content[3]!, head, request, reply)
           : serveBlob(context, repo, content[3]!, head, request, reply);
       }
       const tags = TAGS_PATH.exec(path);
@@ -126,13 +133,14 @@ function repositoryFor(context: RouteContext, rawName: string, ns: string | stri
   return { upstream: upstream.client, name: normaliseName(registry, validateName(name)), tagTTLMs: upstream.tagTTLMs };
 }
 
-async function serveManifest(context: RouteContext, repo: Repository, reference: string, head: boolean, accept: string | undefined, reply: FastifyReply) {
+async function serveManifest(context: RouteContext, repo: Repository, reference: string, head: boolean, request: FastifyRequest, reply: FastifyReply) {
   const manifest = isDigestReference(reference)
     ? await context.cache.manifestByDigest(repo, parseDigest(reference))
     : await context.cache.manifestByTag(repo, validateTag(reference));
-  if (!acceptsManifest(accept, manifest.mediaType)) {
+  if (!acceptsManifest(request.headers.accept, manifest.mediaType)) {
     throw new RegistryError('MANIFEST_UNKNOWN', 404, `${manifest.mediaType} found, but the Accept header does not include it`, { reference, mediaType: manifest.mediaType });
   }
+  if (noneMatch(request.headers['if-none-match'], manifest.digest)) return notModified(reply, manifest.digest);
   reply.headers({
     'content-type': manifest.mediaType,
     'content-length': String(manifest.bytes.length),
@@ -144,10 +152,13 @@ async function serveManifest(context: RouteContext, repo: Repository, reference:
 
 async function serveBlob(context: RouteContext, repo: Repository, reference: string, head: boolean, request: FastifyRequest, reply: FastifyReply) {
   const digest = parseDigest(reference);
+  const condition = noneMatch(request.headers['if-none-match'], digest.text);
   const common = { 'content-type': 'application/octet-stream', 'docker-content-digest': digest.text, etag: `"${digest.text}"`, 'accept-ranges': 'bytes' };
-  if (head) {
-    // HEAD never starts a download: answer from the store, else from the upstream's own HEAD.
+  if (head || condition) {
+    // HEAD and If-None-Match never start a download: the store answers for a repository that has
+    // the blob, else the upstream's own HEAD (a client naming the ETag holds these very bytes).
     const size = await context.cache.blobSize(repo, digest);
+    if (condition) return notModified(reply, digest.text);
     reply.headers({ ...common, ...(size !== undefined ? { 'content-length': String(size) } : {}) });
     return reply.send();
   }
@@ -177,10 +188,10 @@ async function serveBlob(context: RouteContext, repo: Repository, reference: str
     close = () => fetched.reader.close();
     from = 'upstream';
   }
-  // The bytes bypass fastify's stream handling (see blob-sender.ts); its onResponse hook still
-  // counts the request. Until the first bytes are at hand the reply is still fastify's: a failure
-  // before then (the upstream cut, the store full) is answered with registry error JSON by the
-  // error handler.
+  // The bytes bypass fastify's stream handling (see blob-sender.ts); the request is counted when
+  // the response closes, cut or not. Until the first bytes are at hand the reply is still
+  // fastify's: a failure before then (the upstream cut, the store full) is answered with registry
+  // error JSON by the error handler.
   const begin = () => {
     reply.hijack();
     reply.raw.writeHead(status, headers);
@@ -193,6 +204,23 @@ async function serveBlob(context: RouteContext, repo: Repository, reference: str
     await close();
   }
   return reply;
+}
+
+/**
+ * What If-None-Match (RFC 9110 13.1.2) says of content whose ETag is `"<digest>"`: 'match' when it
+ * lists that entity-tag (compared weakly, as the RFC asks: W/ aside), 'any' for `*` (a match if the
+ * content exists), else undefined: the request goes on as if it had none.
+ */
+export function noneMatch(header: string | undefined, digest: string): 'match' | 'any' | undefined {
+  if (header === undefined) return undefined;
+  if (header.trim() === '*') return 'any';
+  for (const tag of header.matchAll(/(?:W\/)?"([^"]*)"/g)) if (tag[1] === digest) return 'match';
+  return undefined;
+}
+
+/** 304 Not Modified: no body, the validators a 200 would carry. */
+function notModified(reply: FastifyReply, digest: string) {
+  return reply.code(304).headers({ 'docker-content-digest': digest, etag: `"${digest}"` }).send();
 }
 
 /**

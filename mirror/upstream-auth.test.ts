@@ -9,8 +9,10 @@ import { cleanupAll, httpRequest, makeTempDir } from '../test/harness/process.ts
 import { startRegistry, type RegistryServer } from '../test/harness/registry.ts';
 import { startTokenServer, type TokenServer } from '../test/harness/token-server.ts';
 import { startTestMirror } from '../test/harness/mirror.ts';
+import { startFaultProxy } from '../test/harness/fault-proxy.ts';
 
 const errorCode = (body: Buffer) => (JSON.parse(body.toString()) as { errors: { code: string }[] }).errors[0]!.code;
+const errorMessage = (body: Buffer) => (JSON.parse(body.toString()) as { errors: { message: string }[] }).errors[0]!.message;
 
 describe('upstream token auth', () => {
   let tokens: TokenServer;
@@ -71,6 +73,55 @@ describe('upstream token auth', () => {
       assert.equal(blob.status, 200);
     } finally {
       await credentialed.stop();
+    }
+  });
+
+  test('an outage of the token service (5xx, or not reachable) is 502 UNAVAILABLE, not DENIED: counted as a failed fetch, stored tags still served, pulls work again once it is back', async () => {
+    // the registry sends clients to the token server through a fault proxy, which can take it down
+    const tokenProxy = await startFaultProxy({ target: tokens.url });
+    const own = await startRegistry({ tokenAuth: { ...tokens, realm: `${tokenProxy.url}/token` } });
+    await pushImage(publicImage, own.ref('library/public', 'v1'), { creds: 'alice:s3cret' });
+    await pushImage(publicImage, own.ref('library/other', 'v1'), { creds: 'alice:s3cret' });
+    const storagePath = path.join(await makeTempDir('token-outage'), 'data');
+    const options = { upstreams: [{ registry: 'docker.io', url: own.url, tagTTL: '0s' }], storagePath };
+    const first = await startTestMirror(options);
+    assert.equal((await httpRequest(`${first.url}/v2/library/public/manifests/v1`)).status, 200);
+    await first.stop();
+
+    const outage = tokenProxy.addRule({ path: /^\/token$/, status: 503 });
+    // restarted: no token in memory, so every request needs the token service
+    const mirror = await startTestMirror(options);
+    try {
+      const layer = publicImage.layers[0]!.digest;
+      for (const [method, what] of [['GET', 'manifests/v1'], ['GET', `blobs/${layer}`], ['HEAD', `blobs/${layer}`]] as const) {
+        const res = await httpRequest(`${mirror.url}/v2/library/other/${what}`, { method });
+        assert.equal(res.status, 502, `${method} ${what} while the token service answers 503`);
+        if (method === 'GET') {
+          assert.equal(errorCode(res.body), 'UNAVAILABLE');
+          assert.match(errorMessage(res.body), /token service answered HTTP 503/);
+        }
+      }
+      assert.ok(outage.hits() >= 3);
+      const stored = await httpRequest(`${mirror.url}/v2/library/public/manifests/v1`);
+      assert.equal(stored.status, 200, 'a stored tag is served while its upstream cannot be asked');
+      assert.equal(stored.headers['docker-content-digest'], publicImage.manifestDigest);
+      const metrics = (await httpRequest(`${mirror.url}/metrics`)).body.toString();
+      assert.match(metrics, /regmirror_fetch_failures_total\{reason="upstream"\} 2\n/, 'the manifest and the blob GET');
+
+      outage.remove();
+      await tokenProxy.setDown('refuse');
+      const unreachable = await httpRequest(`${mirror.url}/v2/library/other/manifests/v1`);
+      assert.equal(unreachable.status, 502);
+      assert.match(errorMessage(unreachable.body), /token service .* could not be reached \(ECONNREFUSED\)/);
+
+      await tokenProxy.setDown(false);
+      const back = await httpRequest(`${mirror.url}/v2/library/other/manifests/v1`);
+      assert.equal(back.status, 200);
+      assert.equal(back.headers['docker-content-digest'], publicImage.manifestDigest);
+    } finally {
+      await mirror.stop();
+      await tokenProxy.stop();
+      await own.stop();
     }
   });
 

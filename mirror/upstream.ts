@@ -177,10 +177,19 @@ export class UpstreamClient {
     const headers: Record<string, string> = { 'user-agent': 'regmirror' };
     const basic = this.basicHeader();
     if (basic) headers.authorization = basic;
-    const response = await request(url, { method: 'GET', headers, dispatcher: this.dispatcher });
+    let response: Dispatcher.ResponseData;
+    try {
+      response = await request(url, { method: 'GET', headers, dispatcher: this.dispatcher });
+    } catch (error) {
+      const code = (error as NodeJS.ErrnoException).code ?? (error as Error).message;
+      throw new TokenServiceError(`its token service ${url.host} could not be reached (${code})`, { cause: error });
+    }
     if (response.statusCode !== 200) {
       await response.body.dump();
-      throw new UpstreamAuthError(this.registry, `token server answered HTTP ${response.statusCode}`);
+      // Only a refusal is the client's answer; a token service that is down is an outage like any other.
+      if (response.statusCode === 401 || response.statusCode === 403) throw new UpstreamAuthError(this.registry, `token server answered HTTP ${response.statusCode}`);
+      const retryAfter = response.headers['retry-after'];
+      throw new TokenServiceError(`its token service answered HTTP ${response.statusCode}`, { status: response.statusCode, retryAfter: Array.isArray(retryAfter) ? retryAfter[0] : retryAfter });
     }
     const body = (await response.body.json()) as { token?: string; access_token?: string; expires_in?: number; issued_at?: string };
     const token = body.token ?? body.access_token;
@@ -208,6 +217,20 @@ export class UpstreamAuthError extends Error {
   constructor(registry: string, why: string) {
     super(`upstream ${registry} refused access: ${why}`);
     this.name = 'UpstreamAuthError';
+  }
+}
+
+/** The upstream's token service could not give a token: unreachable, or answering 5xx, 429 or anything but a refusal. */
+export class TokenServiceError extends Error {
+  /** The token service's status, when it answered. */
+  readonly status: number | undefined;
+  readonly retryAfter: string | undefined;
+
+  constructor(why: string, options: { status?: number; retryAfter?: string | undefined; cause?: unknown }) {
+    super(why, { cause: options.cause });
+    this.name = 'TokenServiceError';
+    this.status = options.status;
+    this.retryAfter = options.retryAfter;
   }
 }
 
