@@ -66,7 +66,8 @@ export class Evictor {
   /** Reads the store into the index. Accesses recorded meanwhile win over what the walk finds. */
   async buildIndex(): Promise<void> {
     const started = this.now();
-    for await (const item of this.store.items()) {
+    const foreign = (path: string) => this.logger.warn({ path }, 'a file in the store that the mirror did not write (its name is not a digest): left alone, not counted, never evicted');
+    for await (const item of this.store.items(foreign)) {
       const key = `${item.kind}:${item.digest}`;
       if (this.entries.has(key)) continue;
       this.entries.set(key, { ...item, persistedAccess: item.lastAccess });
@@ -75,14 +76,14 @@ export class Evictor {
     this.indexed = true;
     this.updateGauges();
     this.logger.info({ items: this.entries.size, bytes: this.totalBytes, ms: this.now() - started }, 'store index built');
-    await this.evict();
+    await this.inBackground(this.evict());
   }
 
   /** Sweeps for expired content every interval (a tenth of the TTL, between 1 s and 1 h). */
   start(): void {
     if (!this.policy.ttlMs) return;
     const every = Math.min(3_600_000, Math.max(1_000, this.policy.ttlMs / 10));
-    this.timer = setInterval(() => void this.evict(), every);
+    this.timer = setInterval(() => void this.inBackground(this.evict()), every);
     this.timer.unref();
   }
 
@@ -107,7 +108,7 @@ export class Evictor {
     this.totalBytes += size;
     void this.store.touch(kind, digest, now);
     this.updateGauges();
-    if (this.policy.maxSizeBytes && this.totalBytes > this.policy.maxSizeBytes) void this.evict();
+    if (this.policy.maxSizeBytes && this.totalBytes > this.policy.maxSizeBytes) void this.inBackground(this.evict());
   }
 
   /** Marks a blob as being streamed; the returned function releases it. */
@@ -121,6 +122,11 @@ export class Evictor {
       if (left > 0) this.pins.set(digest, left);
       else this.pins.delete(digest);
     };
+  }
+
+  /** Runs eviction in the background: a failure is logged and the next run tries again. */
+  private inBackground(run: Promise<void>): Promise<void> {
+    return run.catch((error: unknown) => this.logger.error({ err: error }, 'eviction run failed; the next one tries again'));
   }
 
   /** Removes expired content, then least recently read content while over maxSize. One run at a time. */
