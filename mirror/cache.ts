@@ -71,6 +71,8 @@ export interface CacheHooks {
   onStream?(digest: string): () => void;
   /** Told when a write of this many bytes failed because the store's volume is full. */
   onStoreFull?(bytes: number): void;
+  /** Asked before a blob download of this many bytes (undefined: not announced) is written; resolves, once there is room, with the function that gives it back. */
+  reserve?(bytes: number | undefined): Promise<() => void>;
 }
 
 export class PullThroughCache {
@@ -326,6 +328,12 @@ export class PullThroughCache {
     const fill = await entry.ready;
     // Opened in the same turn as the fill's headers arrived: the fill keeps its bytes for this reader.
     const reader = fill.openReader();
+    // once stored, the blob is evicted only after this client has it (the fill reads its file until then)
+    const unpin = this.hooks.onStream?.(digest.text) ?? (() => undefined);
+    const close = () => {
+      reader.close();
+      unpin();
+    };
     const read: ByteSource['read'] = (position, max) => {
       try {
         return reader.read(position, max);
@@ -334,7 +342,7 @@ export class PullThroughCache {
         throw failureReason(error as Error) === 'disk' ? error : upstreamUnavailable(repo.upstream.registry, `the transfer of ${digest.text} failed (${describe(error)}); nothing was stored, try again`);
       }
     };
-    return { source: 'upstream', size: fill.size, reader: { read, close: reader.close } };
+    return { source: 'upstream', size: fill.size, reader: { read, close } };
   }
 
   /** The blob's size and presence as the upstream reports it, without fetching it. */
@@ -355,16 +363,21 @@ export class PullThroughCache {
       const size = length !== undefined && Number.isFinite(Number(length)) ? Number(length) : undefined;
       this.logger.info({ upstream: repo.upstream.registry, repository: repo.name, digest: digest.text, bytes: size }, 'blob fetch from upstream started');
       const counted = countBytes(response.body, (n) => this.metrics.bytesFetched.inc({ upstream: repo.upstream.registry }, n));
+      // clients joining while the download waits for room under storage.maxSize are told its length
+      fill.size = size;
+      const release = (await this.hooks.reserve?.(size)) ?? (() => undefined);
       try {
         await fill.run({ size, body: counted }, async (temporary) => {
           await this.store.commitBlob(temporary, digest);
           // From here the store serves it; later requests must not find this fill.
           this.blobFills.delete(digest.text);
           this.hooks.onAccess?.('blob', digest, fill.received);
+          release(); // counted as stored now
         });
         this.logger.info({ upstream: repo.upstream.registry, repository: repo.name, digest: digest.text, bytes: fill.received, ms: this.now() - started }, 'blob stored');
       } catch (error) {
         const reason = failureReason(error as Error);
+        release();
         this.metrics.fillFailures.inc({ reason });
         // the next request for it (a runtime retries, or falls back to the upstream meanwhile) finds room
         if (isVolumeFull(error)) this.hooks.onStoreFull?.(size ?? fill.received);

@@ -3,9 +3,11 @@
 import { after, before, describe, test } from 'node:test';
 import assert from 'node:assert/strict';
 import { createHash } from 'node:crypto';
+import { readdirSync, statSync } from 'node:fs';
 import { mkdir, stat, utimes, writeFile } from 'node:fs/promises';
 import http from 'node:http';
 import path from 'node:path';
+import { startFaultProxy } from '../test/harness/fault-proxy.ts';
 import { startMirrorProcess, startTestMirror, type TestMirror } from '../test/harness/mirror.ts';
 import { pushImage, skopeo, writeOciImage, type TestImage } from '../test/harness/oci-image.ts';
 import { cleanupAll, httpRequest, makeTempDir, sleep, waitFor } from '../test/harness/process.ts';
@@ -33,6 +35,20 @@ async function placeStrayFiles(storagePath: string): Promise<string[]> {
     await utimes(stray, dayAgo, dayAgo);
   }
   return strays;
+}
+
+/** Bytes of every file under the store (stored content and downloads in progress), each file once however it moves meanwhile. */
+function bytesOnDisk(storagePath: string): number {
+  const sizes = new Map<number, number>();
+  for (const name of readdirSync(storagePath, { recursive: true }) as string[]) {
+    try {
+      const info = statSync(path.join(storagePath, name));
+      if (info.isFile()) sizes.set(info.ino, info.size);
+    } catch {
+      // renamed into the store or removed since the listing
+    }
+  }
+  return [...sizes.values()].reduce((sum, size) => sum + size, 0);
 }
 
 describe('eviction', () => {
@@ -169,7 +185,8 @@ describe('eviction', () => {
         await get(mirror, digest); // 8 MiB + 1.2 MB > 9 MiB: the big blob is the least recently read
       }
       await mirror.mirror.evictor.evict();
-      assert.equal(mirror.mirror.evictor.bytes, big.size, 'everything but the streamed blob was evicted');
+      // room for the last one was made before it was fetched: it stays, with the streamed blob
+      assert.equal(mirror.mirror.evictor.bytes, big.size + image.layers[2]!.size, 'everything but the streamed blob and the last one fetched was evicted');
       let received = 0;
       response.on('data', (chunk: Buffer) => (received += chunk.length));
       response.resume();
@@ -224,6 +241,44 @@ describe('eviction', () => {
       assert.equal(await upstreamGets(a), before + 1, 'the expired blob was evicted and is fetched again');
     } finally {
       await mirror.stop();
+    }
+  });
+
+  test('concurrent misses set their sizes aside under storage.maxSize: the store on disk, downloads included, never goes past it, and every pull succeeds', async () => {
+    const MAX = 4 * 1024 * 1024;
+    const wave = await writeOciImage(await makeTempDir('evict-wave'), { tag: 'v1', seed: 'evict-wave', layerSizes: Array.from({ length: 5 }, () => 1536 * 1024) });
+    await pushImage(wave, upstream.ref('library/wave', 'v1'));
+    // a slow link: each download takes most of a second, so they overlap
+    const slow = await startFaultProxy({ target: upstream.url, bytesPerSecond: 2 * 1024 * 1024 });
+    const mirror = await startTestMirror({ upstreams: [{ registry: 'docker.io', url: slow.url }], extra: { storage: { maxSize: '4Mi' } } });
+    try {
+      await mirror.mirror.indexed;
+      // the store is near maxSize first, with content read earlier
+      for (const digest of blobs().slice(0, 3)) assert.equal((await get(mirror, digest)).status, 200);
+      let peak = 0;
+      let sampling = true;
+      const deadline = Date.now() + 60_000;
+      const sampler = (async () => {
+        while (sampling && Date.now() < deadline) {
+          peak = Math.max(peak, bytesOnDisk(mirror.storagePath));
+          await sleep(10);
+        }
+      })();
+      // as containerd pulls an image: every layer at once, 7.5 MiB of them
+      const results = await Promise.all(wave.layers.map((layer) => httpRequest(`${mirror.url}/v2/library/wave/blobs/${layer.digest}`, { timeoutMs: 30_000 })));
+      sampling = false;
+      await sampler;
+      results.forEach((res, i) => {
+        assert.equal(res.status, 200);
+        assert.equal(sha256(res.body), wave.layers[i]!.digest);
+      });
+      assert.ok(peak >= 1536 * 1024, `the sampler saw the downloads (${peak} bytes)`);
+      assert.ok(peak <= MAX, `at most ${MAX} bytes on disk, saw ${peak}`);
+      assert.ok(bytesOnDisk(mirror.storagePath) <= MAX);
+      assert.equal(await metricValue(mirror.url, /^regmirror_store_reserved_bytes /), 0, 'nothing left set aside');
+    } finally {
+      await mirror.stop();
+      await slow.stop();
     }
   });
 });
