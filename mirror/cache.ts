@@ -161,8 +161,8 @@ export class PullThroughCache {
     if (response.status === 401 || response.status === 403) throw denied(`upstream ${repo.upstream.registry} denied access to ${repo.name}`);
     const upstreamDigest = header(response.headers, 'docker-content-digest');
     if (response.status === 200 && upstreamDigest === record.digest) {
-      this.metrics.cacheRequests.inc({ kind: 'manifest', result: 'revalidated' });
       await this.rememberTag(repo, tag, key, { digest: record.digest, mediaType: record.mediaType });
+      this.metrics.cacheRequests.inc({ kind: 'manifest', result: 'revalidated' });
       return { ...stored, digest: record.digest };
     }
     // The tag moved (or the upstream did not say where): take the current manifest.
@@ -204,10 +204,20 @@ export class PullThroughCache {
     this.logger.warn({ upstream: repo.upstream.registry, retryAfter, until: new Date(until).toISOString() }, 'upstream rate limit: stored tags are served without revalidation until then');
   }
 
+  /**
+   * Best effort: the manifest is stored and the record is also kept in memory, so a write that
+   * fails (a full volume) must not fail the pull; the record on disk is only what a restart reads.
+   */
   private async rememberTag(repo: Repository, tag: string, key: string, manifest: { digest: string; mediaType: string }): Promise<void> {
     const record = { digest: manifest.digest, mediaType: manifest.mediaType, checkedAt: this.now() };
     this.tags.set(key, record);
-    await this.store.writeTag(repo.upstream.registry, repo.name, tag, record);
+    try {
+      await this.store.writeTag(repo.upstream.registry, repo.name, tag, record);
+    } catch (error) {
+      const full = isVolumeFull(error);
+      this.logger.warn({ upstream: repo.upstream.registry, repository: repo.name, tag, digest: manifest.digest, err: error }, full ? 'the store volume is full: tag record not written (the manifest is served; making room)' : 'tag record not written (the manifest is served)');
+      if (full) this.hooks.onStoreFull?.(Buffer.byteLength(JSON.stringify(record)));
+    }
   }
 
   private async readTagRecord(repo: Repository, tag: string, key: string) {
