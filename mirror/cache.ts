@@ -78,6 +78,8 @@ export interface CacheHooks {
   onStream?(digest: string): () => void;
   /** Told when a write of this many bytes failed because the store's volume is full. */
   onStoreFull?(bytes: number): void;
+  /** Asked before a blob download of this many bytes (undefined: not announced) is written; resolves, once there is room, with the function that gives it back. */
+  reserve?(bytes: number | undefined): Promise<() => void>;
 }
 
 export class PullThroughCache {
@@ -181,8 +183,8 @@ export class PullThroughCache {
     if (response.status === 401 || response.status === 403) throw denied(`upstream ${repo.upstream.registry} denied access to ${repo.name}`);
     const upstreamDigest = header(response.headers, 'docker-content-digest');
     if (response.status === 200 && upstreamDigest === record.digest) {
-      this.metrics.cacheRequests.inc({ kind: 'manifest', result: 'revalidated' });
       await this.rememberTag(repo, tag, key, { digest: record.digest, mediaType: record.mediaType });
+      this.metrics.cacheRequests.inc({ kind: 'manifest', result: 'revalidated' });
       return { ...stored, digest: record.digest };
     }
     // The tag moved (or the upstream did not say where): take the current manifest.
@@ -224,10 +226,20 @@ export class PullThroughCache {
     this.logger.warn({ upstream: repo.upstream.registry, retryAfter, until: new Date(until).toISOString() }, 'upstream rate limit: stored tags are served without revalidation until then');
   }
 
+  /**
+   * Best effort: the manifest is stored and the record is also kept in memory, so a write that
+   * fails (a full volume) must not fail the pull; the record on disk is only what a restart reads.
+   */
   private async rememberTag(repo: Repository, tag: string, key: string, manifest: { digest: string; mediaType: string }): Promise<void> {
     const record = { digest: manifest.digest, mediaType: manifest.mediaType, checkedAt: this.now() };
     this.tags.set(key, record);
-    await this.store.writeTag(repo.upstream.registry, repo.name, tag, record);
+    try {
+      await this.store.writeTag(repo.upstream.registry, repo.name, tag, record);
+    } catch (error) {
+      const full = isVolumeFull(error);
+      this.logger.warn({ upstream: repo.upstream.registry, repository: repo.name, tag, digest: manifest.digest, err: error }, full ? 'the store volume is full: tag record not written (the manifest is served; making room)' : 'tag record not written (the manifest is served)');
+      if (full) this.hooks.onStoreFull?.(Buffer.byteLength(JSON.stringify(record)));
+    }
   }
 
   private async readTagRecord(repo: Repository, tag: string, key: string) {
@@ -378,13 +390,19 @@ export class PullThroughCache {
     }
     // Opened in the same turn as the fill's headers arrived: the fill keeps its bytes for this reader.
     const reader = fill.openReader();
+    // once stored, the blob is evicted only after this client has it (the fill reads its file until then)
+    const unpin = this.hooks.onStream?.(digest.text) ?? (() => undefined);
+    const close = () => {
+      reader.close();
+      unpin();
+    };
     if (entry.repository !== repository && !(await this.links.has(repo.upstream.registry, repo.name, digest.text))) {
       // Joined another repository's fetch: this repository's upstream must have the blob too. The
       // open reader keeps the fill's file meanwhile.
       try {
         await this.confirmUpstream(repo, 'blobs', digest);
       } catch (error) {
-        reader.close();
+        close();
         throw error;
       }
     }
@@ -396,7 +414,7 @@ export class PullThroughCache {
         throw failureReason(error as Error) === 'disk' ? error : upstreamUnavailable(repo.upstream.registry, `the transfer of ${digest.text} failed (${describe(error)}); nothing was stored, try again`);
       }
     };
-    return { source: 'upstream', size: fill.size, reader: { read, close: reader.close } };
+    return { source: 'upstream', size: fill.size, reader: { read, close } };
   }
 
   /** The blob's size and presence as the upstream reports it, without fetching it. */
@@ -418,16 +436,21 @@ export class PullThroughCache {
       const size = length !== undefined && Number.isFinite(Number(length)) ? Number(length) : undefined;
       this.logger.info({ upstream: repo.upstream.registry, repository: repo.name, digest: digest.text, bytes: size }, 'blob fetch from upstream started');
       const counted = countBytes(response.body, (n) => this.metrics.bytesFetched.inc({ upstream: repo.upstream.registry }, n));
+      // clients joining while the download waits for room under storage.maxSize are told its length
+      fill.size = size;
+      const release = (await this.hooks.reserve?.(size)) ?? (() => undefined);
       try {
         await fill.run({ size, body: counted }, async (temporary) => {
           await this.store.commitBlob(temporary, digest);
           // From here the store serves it; later requests must not find this fill.
           this.blobFills.delete(digest.text);
           this.hooks.onAccess?.('blob', digest, fill.received);
+          release(); // counted as stored now
         });
         this.logger.info({ upstream: repo.upstream.registry, repository: repo.name, digest: digest.text, bytes: fill.received, ms: this.now() - started }, 'blob stored');
       } catch (error) {
         const reason = failureReason(error as Error);
+        release();
         this.metrics.fillFailures.inc({ reason });
         // the next request for it (a runtime retries, or falls back to the upstream meanwhile) finds room
         if (isVolumeFull(error)) this.hooks.onStoreFull?.(size ?? fill.received);

@@ -3,11 +3,14 @@
 import { after, before, describe, test } from 'node:test';
 import assert from 'node:assert/strict';
 import { createHash } from 'node:crypto';
+import { readdirSync, statSync } from 'node:fs';
+import { mkdir, stat, utimes, writeFile } from 'node:fs/promises';
 import http from 'node:http';
 import path from 'node:path';
-import { startTestMirror, type TestMirror } from '../test/harness/mirror.ts';
+import { startFaultProxy } from '../test/harness/fault-proxy.ts';
+import { startMirrorProcess, startTestMirror, type TestMirror } from '../test/harness/mirror.ts';
 import { pushImage, skopeo, writeOciImage, type TestImage } from '../test/harness/oci-image.ts';
-import { cleanupAll, httpRequest, makeTempDir, waitFor } from '../test/harness/process.ts';
+import { cleanupAll, httpRequest, makeTempDir, sleep, waitFor } from '../test/harness/process.ts';
 import { startRegistry, type RegistryServer } from '../test/harness/registry.ts';
 import { resolveConfig } from './config.ts';
 import { ConfigError } from '../common/config-error.ts';
@@ -15,6 +18,38 @@ import { createMirror } from './app.ts';
 import { createLogger } from '../common/logger.ts';
 
 const HOUR = 3_600_000;
+const sha256 = (bytes: Buffer) => `sha256:${createHash('sha256').update(bytes).digest('hex')}`;
+
+async function metricValue(url: string, line: RegExp): Promise<number> {
+  const found = (await httpRequest(`${url}/metrics`)).body.toString().split('\n').find((l) => line.test(l));
+  return found ? Number(found.split(' ').pop()) : 0;
+}
+
+/** Files the mirror did not write, as a backup tool or NFS leaves them, last changed a day ago (the first eviction would take them). */
+async function placeStrayFiles(storagePath: string): Promise<string[]> {
+  const strays = [path.join(storagePath, 'blobs/sha256/ab/ab0123.partial'), path.join(storagePath, 'manifests/sha256/cd/.nfs0000000001f2e3d400000001')];
+  const dayAgo = new Date(Date.now() - 24 * HOUR);
+  for (const stray of strays) {
+    await mkdir(path.dirname(stray), { recursive: true });
+    await writeFile(stray, Buffer.alloc(100_000));
+    await utimes(stray, dayAgo, dayAgo);
+  }
+  return strays;
+}
+
+/** Bytes of every file under the store (stored content and downloads in progress), each file once however it moves meanwhile. */
+function bytesOnDisk(storagePath: string): number {
+  const sizes = new Map<number, number>();
+  for (const name of readdirSync(storagePath, { recursive: true }) as string[]) {
+    try {
+      const info = statSync(path.join(storagePath, name));
+      if (info.isFile()) sizes.set(info.ino, info.size);
+    } catch {
+      // renamed into the store or removed since the listing
+    }
+  }
+  return [...sizes.values()].reduce((sum, size) => sum + size, 0);
+}
 
 describe('eviction', () => {
   let upstream: RegistryServer;
@@ -150,7 +185,8 @@ describe('eviction', () => {
         await get(mirror, digest); // 8 MiB + 1.2 MB > 9 MiB: the big blob is the least recently read
       }
       await mirror.mirror.evictor.evict();
-      assert.equal(mirror.mirror.evictor.bytes, big.size, 'everything but the streamed blob was evicted');
+      // room for the last one was made before it was fetched: it stays, with the streamed blob
+      assert.equal(mirror.mirror.evictor.bytes, big.size + image.layers[2]!.size, 'everything but the streamed blob and the last one fetched was evicted');
       let received = 0;
       response.on('data', (chunk: Buffer) => (received += chunk.length));
       response.resume();
@@ -163,6 +199,86 @@ describe('eviction', () => {
       await waitFor(() => mirror.mirror.evictor.bytes < big.size, { what: 'the big blob to be evicted once nobody streams it' });
     } finally {
       await mirror.stop();
+    }
+  });
+
+  test('a file in the store that the mirror did not write (an unfinished copy, an NFS .nfs file) neither stops the mirror nor is evicted: storage.maxSize evicts around it', async () => {
+    const storagePath = path.join(await makeTempDir('evict-stray'), 'data');
+    const strays = await placeStrayFiles(storagePath);
+    const mirror = await startMirrorProcess({ upstreams: [{ registry: 'docker.io', url: upstream.url }], storagePath, extra: { storage: { maxSize: '1Mi' } }, logLevel: 'warn' });
+    try {
+      // three 400 kB blobs do not fit in 1 MiB: the least recently read content makes room
+      for (const digest of blobs().slice(0, 3)) {
+        const res = await httpRequest(`${mirror.url}/v2/library/evict/blobs/${digest}`, { timeoutMs: 20_000 });
+        assert.equal(res.status, 200);
+        assert.equal(sha256(res.body), digest);
+      }
+      await waitFor(async () => (await metricValue(mirror.url, /^regmirror_evictions_total\{reason="size"\}/)) >= 1, { what: 'eviction by size' });
+      await sleep(200);
+      assert.equal(mirror.process.exitStatus(), undefined, 'the mirror is still running');
+      assert.equal((await httpRequest(`${mirror.url}/healthz`)).status, 200);
+      for (const stray of strays) assert.equal((await stat(stray)).size, 100_000, `${stray} left alone`);
+      assert.match(mirror.process.output(), /"path":"[^"]*ab0123\.partial".*did not write/, 'the stray file is named in a warning');
+    } finally {
+      await mirror.process.stop();
+    }
+  });
+
+  test('a file in the store that the mirror did not write does not turn storage.ttl off: content not read for the TTL is still evicted', async () => {
+    let now = 50 * HOUR;
+    const storagePath = path.join(await makeTempDir('evict-stray-ttl'), 'data');
+    await placeStrayFiles(storagePath);
+    // a TTL of 10 s is swept every second
+    const mirror = await startTestMirror({ upstreams: [{ registry: 'docker.io', url: upstream.url }], storagePath, extra: { storage: { ttl: '10s' } }, now: () => now });
+    try {
+      await mirror.mirror.indexed;
+      const a = blobs()[0]!;
+      await get(mirror, a);
+      now += HOUR;
+      await waitFor(() => mirror.mirror.evictor.items === 0, { timeoutMs: 10_000, what: 'the TTL sweep to evict the blob' });
+      const before = await upstreamGets(a);
+      await get(mirror, a);
+      assert.equal(await upstreamGets(a), before + 1, 'the expired blob was evicted and is fetched again');
+    } finally {
+      await mirror.stop();
+    }
+  });
+
+  test('concurrent misses set their sizes aside under storage.maxSize: the store on disk, downloads included, never goes past it, and every pull succeeds', async () => {
+    const MAX = 4 * 1024 * 1024;
+    const wave = await writeOciImage(await makeTempDir('evict-wave'), { tag: 'v1', seed: 'evict-wave', layerSizes: Array.from({ length: 5 }, () => 1536 * 1024) });
+    await pushImage(wave, upstream.ref('library/wave', 'v1'));
+    // a slow link: each download takes most of a second, so they overlap
+    const slow = await startFaultProxy({ target: upstream.url, bytesPerSecond: 2 * 1024 * 1024 });
+    const mirror = await startTestMirror({ upstreams: [{ registry: 'docker.io', url: slow.url }], extra: { storage: { maxSize: '4Mi' } } });
+    try {
+      await mirror.mirror.indexed;
+      // the store is near maxSize first, with content read earlier
+      for (const digest of blobs().slice(0, 3)) assert.equal((await get(mirror, digest)).status, 200);
+      let peak = 0;
+      let sampling = true;
+      const deadline = Date.now() + 60_000;
+      const sampler = (async () => {
+        while (sampling && Date.now() < deadline) {
+          peak = Math.max(peak, bytesOnDisk(mirror.storagePath));
+          await sleep(10);
+        }
+      })();
+      // as containerd pulls an image: every layer at once, 7.5 MiB of them
+      const results = await Promise.all(wave.layers.map((layer) => httpRequest(`${mirror.url}/v2/library/wave/blobs/${layer.digest}`, { timeoutMs: 30_000 })));
+      sampling = false;
+      await sampler;
+      results.forEach((res, i) => {
+        assert.equal(res.status, 200);
+        assert.equal(sha256(res.body), wave.layers[i]!.digest);
+      });
+      assert.ok(peak >= 1536 * 1024, `the sampler saw the downloads (${peak} bytes)`);
+      assert.ok(peak <= MAX, `at most ${MAX} bytes on disk, saw ${peak}`);
+      assert.ok(bytesOnDisk(mirror.storagePath) <= MAX);
+      assert.equal(await metricValue(mirror.url, /^regmirror_store_reserved_bytes /), 0, 'nothing left set aside');
+    } finally {
+      await mirror.stop();
+      await slow.stop();
     }
   });
 });

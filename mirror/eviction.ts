@@ -4,6 +4,9 @@
 // times lives in memory and is rebuilt at start from the store itself: each file's mtime is its
 // last read (written through, at most once a minute per item), so the index survives restarts and
 // crashes with nothing extra to keep consistent. Content a client is streaming is never removed.
+// A download whose size the upstream announced sets that many bytes aside under maxSize before its
+// first byte is written (evicting to make room, or waiting for it), so concurrent misses cannot
+// take the store past maxSize; once stored, the bytes count as stored instead.
 import { statfs } from 'node:fs/promises';
 import type { Logger } from '../common/logger.ts';
 import type { MirrorMetrics } from './metrics.ts';
@@ -43,6 +46,13 @@ export class Evictor {
   private indexed = false;
   private evicting: Promise<void> | undefined;
   private makingRoom: Promise<unknown> = Promise.resolve();
+  /** Bytes set aside under maxSize for downloads in progress. */
+  private reservedBytes = 0;
+  /** Reservations are granted one at a time, in the order asked: a large one is not starved by small ones. */
+  private reserving: Promise<unknown> = Promise.resolve();
+  /** Settles when a reservation is released, a stream ends or content is removed: a waiting reservation looks again. */
+  private roomChanged!: Promise<void>;
+  private signalRoom!: () => void;
   private timer: NodeJS.Timeout | undefined;
   /** Called with each removed manifest, so in-memory copies go too. */
   onManifestEvicted: (digest: string) => void = () => undefined;
@@ -53,6 +63,7 @@ export class Evictor {
     this.logger = options.logger;
     this.metrics = options.metrics;
     this.now = options.now ?? Date.now;
+    this.renewRoomSignal();
   }
 
   get bytes(): number {
@@ -63,10 +74,15 @@ export class Evictor {
     return this.entries.size;
   }
 
+  get reserved(): number {
+    return this.reservedBytes;
+  }
+
   /** Reads the store into the index. Accesses recorded meanwhile win over what the walk finds. */
   async buildIndex(): Promise<void> {
     const started = this.now();
-    for await (const item of this.store.items()) {
+    const foreign = (path: string) => this.logger.warn({ path }, 'a file in the store that the mirror did not write (its name is not a digest): left alone, not counted, never evicted');
+    for await (const item of this.store.items(foreign)) {
       const key = `${item.kind}:${item.digest}`;
       if (this.entries.has(key)) continue;
       this.entries.set(key, { ...item, persistedAccess: item.lastAccess });
@@ -75,14 +91,14 @@ export class Evictor {
     this.indexed = true;
     this.updateGauges();
     this.logger.info({ items: this.entries.size, bytes: this.totalBytes, ms: this.now() - started }, 'store index built');
-    await this.evict();
+    await this.inBackground(this.evict());
   }
 
   /** Sweeps for expired content every interval (a tenth of the TTL, between 1 s and 1 h). */
   start(): void {
     if (!this.policy.ttlMs) return;
     const every = Math.min(3_600_000, Math.max(1_000, this.policy.ttlMs / 10));
-    this.timer = setInterval(() => void this.evict(), every);
+    this.timer = setInterval(() => void this.inBackground(this.evict()), every);
     this.timer.unref();
   }
 
@@ -107,7 +123,7 @@ export class Evictor {
     this.totalBytes += size;
     void this.store.touch(kind, digest, now);
     this.updateGauges();
-    if (this.policy.maxSizeBytes && this.totalBytes > this.policy.maxSizeBytes) void this.evict();
+    if (this.policy.maxSizeBytes && this.totalBytes > this.policy.maxSizeBytes) void this.inBackground(this.evict());
   }
 
   /** Marks a blob as being streamed; the returned function releases it. */
@@ -120,7 +136,72 @@ export class Evictor {
       const left = (this.pins.get(digest) ?? 1) - 1;
       if (left > 0) this.pins.set(digest, left);
       else this.pins.delete(digest);
+      this.signalRoom();
     };
+  }
+
+  /**
+   * A download of `bytes` (the upstream's Content-Length) is about to be written: sets them aside
+   * under maxSize, evicting the least recently read content not being streamed to make room, and
+   * waits while even that would not be enough (other downloads and streams hold the rest). Resolves
+   * with the function that releases them, called once the blob is stored (and counted as stored)
+   * or the download failed. Sets nothing aside without maxSize, for an unknown size, or for a blob
+   * larger than maxSize by itself (that one is stored, then evicted down to maxSize as it can).
+   */
+  reserve(bytes: number | undefined): Promise<() => void> {
+    const max = this.policy.maxSizeBytes;
+    if (!max || bytes === undefined || bytes <= 0 || bytes > max || !this.indexed) return Promise.resolve(() => undefined);
+    const run = this.reserving.then(() => this.runReserve(bytes, max));
+    this.reserving = run.catch(() => undefined);
+    // a download must never be left waiting on a failed eviction: it goes ahead without a reservation
+    return run.catch((error: unknown) => {
+      this.logger.error({ err: error, bytes }, 'setting room aside for a download failed; it goes ahead without');
+      return () => undefined;
+    });
+  }
+
+  private async runReserve(bytes: number, max: number): Promise<() => void> {
+    let waited = false;
+    for (;;) {
+      const candidates = this.leastRecentlyReadFirst();
+      const evictable = candidates.reduce((sum, entry) => sum + entry.size, 0);
+      if (this.totalBytes - evictable + this.reservedBytes + bytes <= max) {
+        // down to the low watermark when the rest allows, as eviction by size does, else just enough
+        const target = Math.max(max * LOW_WATERMARK, this.totalBytes - evictable + this.reservedBytes + bytes);
+        for (const entry of candidates) {
+          if (this.totalBytes + this.reservedBytes + bytes <= target) break;
+          await this.remove(entry, 'size');
+        }
+      }
+      if (this.totalBytes + this.reservedBytes + bytes <= max) break;
+      if (!waited) this.logger.warn({ bytes, storeBytes: this.totalBytes, reservedBytes: this.reservedBytes, maxSizeBytes: max, streaming: this.pins.size }, 'storage.maxSize is taken by downloads and streams in progress: this download waits for room');
+      waited = true;
+      await this.roomChanged;
+    }
+    this.reservedBytes += bytes;
+    this.updateGauges();
+    let released = false;
+    return () => {
+      if (released) return;
+      released = true;
+      this.reservedBytes -= bytes;
+      this.updateGauges();
+      this.signalRoom();
+    };
+  }
+
+  private renewRoomSignal(): void {
+    this.roomChanged = new Promise((resolve) => {
+      this.signalRoom = () => {
+        this.renewRoomSignal();
+        resolve();
+      };
+    });
+  }
+
+  /** Runs eviction in the background: a failure is logged and the next run tries again. */
+  private inBackground(run: Promise<void>): Promise<void> {
+    return run.catch((error: unknown) => this.logger.error({ err: error }, 'eviction run failed; the next one tries again'));
   }
 
   /** Removes expired content, then least recently read content while over maxSize. One run at a time. */
@@ -196,6 +277,7 @@ export class Evictor {
     if (this.entries.get(key) !== entry) return;
     this.entries.delete(key);
     this.totalBytes -= entry.size;
+    this.signalRoom();
     await this.store.remove(entry.kind, parseDigest(entry.digest));
     if (entry.kind === 'manifest') this.onManifestEvicted(entry.digest);
     this.metrics.evictions.inc({ reason });
@@ -206,5 +288,6 @@ export class Evictor {
   private updateGauges(): void {
     this.metrics.storeBytes.set(this.totalBytes);
     this.metrics.storeItems.set(this.entries.size);
+    this.metrics.storeReservedBytes.set(this.reservedBytes);
   }
 }

@@ -368,6 +368,34 @@ describe('a full disk', { skip: process.getuid?.() !== 0 ? 'mounting a tmpfs nee
       }
     }));
 
+  test('with the volume full, a tag pull of a stored image is answered from the store (tag record rewrite aside), counted as revalidated, and room is made', () =>
+    withTmpfs('4m', async (volume) => {
+      // tagTTL 0s: every tag pull asks the upstream and rewrites the tag record
+      const mirror = await startTestMirror({ upstreams: [{ registry: 'docker.io', url: hub.url, tagTTL: '0s' }], storagePath: path.join(volume, 'data') });
+      const agent = new http.Agent({ keepAlive: true });
+      try {
+        await pull(mirror, agent, 'small', small); // read first: the least recently read
+        await pull(mirror, agent, 'later', later);
+        const filled = await runCommand('dd', ['if=/dev/zero', `of=${path.join(volume, 'filler')}`, 'bs=1M', 'count=8']);
+        assert.notEqual(filled.code, 0, 'dd stopped at a full disk');
+        const revalidated = () => metric(mirror, /^regmirror_cache_requests_total\{kind="manifest",result="revalidated"\}/);
+        const before = await revalidated();
+        for (let i = 0; i < 3; i++) {
+          const res = await get(`${mirror.url}/v2/library/later/manifests/v1`, agent, { accept: ACCEPT });
+          assert.equal(res.status, 200, res.body.toString());
+          assert.equal(sha256(res.body), later.manifestDigest);
+        }
+        assert.equal((await revalidated()) - before, 3, 'each tag pull counted once, as revalidated');
+        for (const digest of [later.configDigest, ...later.layers.map((l) => l.digest)]) await assertServes(mirror, agent, 'library/later', digest);
+        // the failed tag record write made room, as a failed fill does
+        await waitFor(async () => (await metric(mirror, /^regmirror_evictions_total\{reason="room"\}/)) >= 1, { timeoutMs: 10_000, what: 'room to be made' });
+        assert.ok(!(await storedBlobs(mirror.storagePath)).includes(small.layers[0]!.digest), 'the least recently read blob went');
+      } finally {
+        agent.destroy();
+        await mirror.stop();
+      }
+    }));
+
   test('with no room left, a miss gets 503 UNAVAILABLE saying the store is full, the least recently read content makes room, and the retry succeeds', () =>
     withTmpfs('4m', async (volume) => {
       const mirror = await startTestMirror({ upstreams: [{ registry: 'docker.io', url: hub.url }], storagePath: path.join(volume, 'data') });

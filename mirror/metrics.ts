@@ -67,6 +67,12 @@ export class MirrorMetrics {
     registers: [this.registry],
   });
 
+  readonly storeReservedBytes = new Gauge({
+    name: 'regmirror_store_reserved_bytes',
+    help: 'Bytes set aside under storage.maxSize for blob downloads in progress (counted in regmirror_store_bytes once stored).',
+    registers: [this.registry],
+  });
+
   readonly storeItems = new Gauge({
     name: 'regmirror_store_items',
     help: 'Blobs and manifests in the store.',

@@ -6,7 +6,7 @@
 import { appendFile, mkdir, open, readFile, readdir, rename, rm, stat, unlink, utimes, writeFile, type FileHandle } from 'node:fs/promises';
 import { randomUUID } from 'node:crypto';
 import { join } from 'node:path';
-import { isDigest, type Digest } from './reference.ts';
+import { isDigest, parseDigest, type Digest } from './reference.ts';
 
 export interface TagRecord {
   digest: string;
@@ -173,16 +173,26 @@ export class ContentStore {
     if (kind === 'manifest') await unlink(`${path}.type`).catch(() => undefined);
   }
 
-  /** Walks every stored blob and manifest (at start, to rebuild the eviction index). */
-  async *items(): AsyncGenerator<StoredItem> {
+  /**
+   * Walks every stored blob and manifest (at start, to rebuild the eviction index). A file whose
+   * name is not a digest of its directory's algorithm, in its prefix directory (an unfinished copy
+   * such as `ab0123.partial`, an NFS `.nfsXXXX` file) was not written by the mirror: it is passed to
+   * `onForeign` and otherwise left alone, never counted or removed.
+   */
+  async *items(onForeign: (path: string) => void = () => undefined): AsyncGenerator<StoredItem> {
     for (const kind of ['blob', 'manifest'] as const) {
       const top = join(this.root, kind === 'blob' ? BLOBS : MANIFESTS);
       for (const algorithm of await readdir(top).catch(() => [] as string[])) {
         for (const prefix of await readdir(join(top, algorithm)).catch(() => [] as string[])) {
           for (const file of await readdir(join(top, algorithm, prefix)).catch(() => [] as string[])) {
-            if (file.endsWith('.type')) continue;
-            const info = await stat(join(top, algorithm, prefix, file)).catch(() => undefined);
-            if (info?.isFile()) yield { kind, digest: `${algorithm}:${file}`, size: info.size, lastAccess: info.mtimeMs };
+            const path = join(top, algorithm, prefix, file);
+            // a manifest's media type sits next to it as <hex>.type
+            const mediaType = kind === 'manifest' && file.endsWith('.type');
+            const digest = storedDigest(algorithm, prefix, mediaType ? file.slice(0, -'.type'.length) : file);
+            const info = await stat(path).catch(() => undefined);
+            if (!info?.isFile()) continue;
+            if (!digest) onForeign(path);
+            else if (!mediaType) yield { kind, digest: digest.text, size: info.size, lastAccess: info.mtimeMs };
           }
         }
       }
@@ -205,5 +215,15 @@ export class ContentStore {
       await unlink(temporary).catch(() => undefined);
       throw error;
     }
+  }
+}
+
+/** The digest a file at <algorithm>/<prefix>/<name> holds, when that is where the store puts it. */
+function storedDigest(algorithm: string, prefix: string, name: string): Digest | undefined {
+  try {
+    const digest = parseDigest(`${algorithm}:${name}`);
+    return digest.hex.slice(0, 2) === prefix ? digest : undefined;
+  } catch {
+    return undefined;
   }
 }
