@@ -376,7 +376,7 @@ export class PullThroughCache {
     const repository = `${repo.upstream.registry}/${repo.name}`;
     let entry = this.blobFills.get(digest.text);
     // A fill that failed a moment ago is not joined: this request starts a new one.
-    if (!entry || entry.failed) entry = this.startFill(repo, digest);
+    if (!entry || failed(entry)) entry = this.startFill(repo, digest);
     let fill: BlobFill;
     try {
       fill = await entry.ready;
@@ -385,7 +385,7 @@ export class PullThroughCache {
       // that is its answer, not this repository's, which asks its own upstream.
       if (entry.repository === repository) throw error;
       const retry = this.blobFills.get(digest.text);
-      entry = retry && !retry.failed && retry.repository === repository ? retry : this.startFill(repo, digest);
+      entry = retry && !failed(retry) && retry.repository === repository ? retry : this.startFill(repo, digest);
       fill = await entry.ready;
     }
     // Opened in the same turn as the fill's headers arrived: the fill keeps its bytes for this reader.
@@ -517,7 +517,8 @@ export class PullThroughCache {
       this.hooks.onAccess?.('blob', digest, stat.size);
       return 'present';
     }
-    const entry = this.blobFills.get(digest.text) ?? this.startFill(repo, digest);
+    const running = this.blobFills.get(digest.text);
+    const entry = running && !failed(running) ? running : this.startFill(repo, digest);
     await entry.stored;
     return 'fetched';
   }
@@ -566,6 +567,11 @@ export class PullThroughCache {
     if (response.status === 429) throw tooManyRequests(repo.upstream.registry, header(response.headers, 'retry-after'));
     throw upstreamUnavailable(repo.upstream.registry, `HTTP ${response.status}`);
   }
+}
+
+/** A fill that failed, or is failing (its run saw the error; the entry learns it a moment later). */
+function failed(entry: FillEntry): boolean {
+  return entry.failed || entry.fill.failure !== undefined;
 }
 
 function header(headers: UpstreamResponse['headers'], name: string): string | undefined {
