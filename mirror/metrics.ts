@@ -14,7 +14,7 @@ export class MirrorMetrics {
 
   readonly cacheRequests = new Counter({
     name: 'regmirror_cache_requests_total',
-    help: 'Manifest and blob lookups by kind and result: hit (served from the store), miss (fetched upstream), stale (upstream failed, stored copy served), revalidated (tag checked upstream, unchanged).',
+    help: 'Manifest and blob lookups by kind and result: hit (served from the store), miss (fetched upstream), stale (upstream failed, stored copy served), revalidated (stored manifest served after an upstream HEAD: a tag unchanged, or content stored for another repository confirmed for this one).',
     labelNames: ['kind', 'result'] as const,
     registers: [this.registry],
   });
