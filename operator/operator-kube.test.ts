@@ -416,6 +416,17 @@ describe('operator against a real kube-apiserver', { skip }, () => {
     assert.ok(events.some((e) => e.involvedObject?.name === 'stuck' && e.reason === 'NodeCleanupTimedOut'));
   });
 
+  it('a RegistryMirror created from a manifest that lists the finalizer itself (an export created again) is still let go on deletion', async () => {
+    await mustKubectl(['create', '-f', '-'], JSON.stringify({
+      apiVersion: API_VERSION, kind: KIND,
+      metadata: { name: 'restored', namespace: NS, finalizers: [FINALIZER] },
+      spec: { upstreams: [{ registry: 'quay.io' }], nodeConfig: { enabled: false, runtimes: ['containerd'] } },
+    }));
+    await eventually('its first reconcile', () => ready('restored'));
+    await mustKubectl(['delete', 'rmir', 'restored', '-n', NS, '--wait=false']);
+    await eventually('the RegistryMirror gone', async () => (await mirror('restored')) === undefined, 15_000);
+  });
+
   it('the operator runs under its own RBAC identity, which cannot do more than it needs', async () => {
     for (const [verb, resource, allowed] of [
       ['patch', 'deployments.apps', 'yes'], ['watch', 'secrets', 'yes'], ['patch', 'registrymirrors.regmirror.dev/status', 'yes'],

@@ -48,6 +48,22 @@ class FakeApiServer {
     return structuredClone(next) as T;
   }
 
+  /** JSON patches of a RegistryMirror's finalizers (the reconciler patches nothing else this way). */
+  async jsonPatch<T>(apiVersion: string, kind: string, namespace: string, name: string, operations: { op: string; path: string; value?: unknown }[]): Promise<T> {
+    const key = this.key(apiVersion, kind, namespace, name);
+    const existing = this.objects.get(key);
+    if (!existing) throw new ApiError(404, 'NotFound', 'not found');
+    const finalizers = [...(existing.metadata!.finalizers ?? [])];
+    for (const operation of operations) {
+      const index = Number(operation.path.replace('/metadata/finalizers/', ''));
+      if (operation.op === 'test' && finalizers[index] !== operation.value) throw new ApiError(422, 'Invalid', 'test failed');
+      if (operation.op === 'remove') finalizers.splice(index, 1);
+    }
+    existing.metadata!.finalizers = finalizers;
+    if (existing.metadata!.deletionTimestamp && finalizers.length === 0) this.objects.delete(key);
+    return structuredClone(existing) as T;
+  }
+
   async create<T>(object: Obj & { metadata: { namespace: string; generateName?: string } }): Promise<T> {
     const name = object.metadata.name ?? `${object.metadata.generateName}${++this.uid}`;
     const stored = { ...structuredClone(object), metadata: { ...object.metadata, name } };

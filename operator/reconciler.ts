@@ -15,7 +15,7 @@ import { desiredPersistentVolumeClaim } from './desired/persistent-volume-claim.
 import { desiredSecret } from './desired/secret.ts';
 import { desiredService } from './desired/service.ts';
 import type { EventRecorder } from './events.ts';
-import { isNotFound, isRefused, type KubeApi, type KubeObject } from './kube/api.ts';
+import { isNotFound, isRefused, isStale, type KubeApi, type KubeObject } from './kube/api.ts';
 import { nodeCredentials } from './node-credentials.ts';
 import { nodeConfigHolder } from './node-conflict.ts';
 import {
@@ -67,7 +67,7 @@ export class Reconciler {
     const mirror: RegistryMirror = { ...cached, spec: withDefaults(cached.spec) };
     if (mirror.metadata.deletionTimestamp) return this.finalize(mirror);
 
-    if (!mirror.metadata.finalizers?.includes(FINALIZER)) await this.setFinalizer(mirror, true);
+    if (!mirror.metadata.finalizers?.includes(FINALIZER)) await this.addFinalizer(mirror);
 
     const gathered = await this.gatherInputs(mirror, 'apply');
     if (gathered.problem) {
@@ -207,7 +207,7 @@ export class Reconciler {
     const n = names(mirror);
     const current = await api.find<Applied>('apps/v1', 'DaemonSet', namespace, n.daemonSet);
     if (!current) {
-      await this.setFinalizer(mirror, false);
+      await this.removeFinalizer(mirror);
       return {};
     }
     const waitedMs = this.now().getTime() - Date.parse(mirror.metadata.deletionTimestamp!);
@@ -242,7 +242,7 @@ export class Reconciler {
         await events.record(mirror, 'Warning', 'NodeCleanupTimedOut',
           `${nodes.done} of ${nodes.desired} nodes confirmed removal within ${Math.round(this.options.nodeCleanupTimeoutMs / 1000)}s; deleting anyway (runtimes fall back to the upstream registry)`);
       }
-      await this.setFinalizer(mirror, false);
+      await this.removeFinalizer(mirror);
       return {};
     }
     await this.writeStatus(mirror, {
@@ -252,20 +252,38 @@ export class Reconciler {
     return { requeueAfterMs: Math.min(NODE_CLEANUP_POLL_MS, this.options.nodeCleanupTimeoutMs - waitedMs + 100) };
   }
 
-  /** Adds or removes the operator's finalizer with server-side apply (the field manager owns only it). */
-  private async setFinalizer(mirror: RegistryMirror, present: boolean): Promise<void> {
+  /** Adds the operator's finalizer with server-side apply (the field manager owns only it). */
+  private async addFinalizer(mirror: RegistryMirror): Promise<void> {
     const { name, namespace } = mirror.metadata;
-    try {
-      await this.options.api.apply({
-        apiVersion: API_VERSION,
-        kind: KIND,
-        metadata: { name, namespace, ...(present ? { finalizers: [FINALIZER] } : {}) },
-      });
-    } catch (error) {
-      // Removing it from an object that is already gone is done.
-      if (!present && isNotFound(error)) return;
-      throw error;
+    await this.options.api.apply({ apiVersion: API_VERSION, kind: KIND, metadata: { name, namespace, finalizers: [FINALIZER] } });
+  }
+
+  /**
+   * Takes the operator's finalizer off, whoever put it in the list. Server-side apply only drops
+   * what no other manager owns, and a manifest exported with the finalizer and created again owns
+   * it too; so the entry is removed by its index, with a test that it is still there (a list that
+   * changed meanwhile is read again), and the answer is checked.
+   */
+  private async removeFinalizer(mirror: RegistryMirror): Promise<void> {
+    const { api } = this.options;
+    const { name, namespace, uid } = mirror.metadata;
+    for (let attempt = 0; attempt < 5; attempt++) {
+      const current = await api.find<KubeObject>(API_VERSION, KIND, namespace, name);
+      if (!current || current.metadata?.uid !== uid) return;
+      const index = current.metadata?.finalizers?.indexOf(FINALIZER) ?? -1;
+      if (index < 0) return;
+      try {
+        const after = await api.jsonPatch<KubeObject>(API_VERSION, KIND, namespace, name, [
+          { op: 'test', path: `/metadata/finalizers/${index}`, value: FINALIZER },
+          { op: 'remove', path: `/metadata/finalizers/${index}` },
+        ]);
+        if (!after?.metadata?.finalizers?.includes(FINALIZER)) return;
+      } catch (error) {
+        if (isNotFound(error)) return;
+        if (!isStale(error)) throw error;
+      }
     }
+    throw new Error(`the finalizer ${FINALIZER} is still on ${namespace}/${name} after 5 attempts to remove it`);
   }
 
   private async writeStatus(mirror: RegistryMirror, observed: Observed): Promise<void> {

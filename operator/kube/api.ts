@@ -25,6 +25,10 @@ export interface KubeObject {
   [key: string]: unknown;
 }
 
+export type JsonPatchOperation =
+  | { op: 'test' | 'add' | 'replace'; path: string; value: unknown }
+  | { op: 'remove'; path: string };
+
 export interface KubeList<T> {
   metadata?: { resourceVersion?: string; continue?: string };
   items: T[];
@@ -64,6 +68,8 @@ export class ApiError extends Error {
 
 export const isNotFound = (error: unknown): boolean => error instanceof ApiError && error.status === 404;
 export const isConflict = (error: unknown): boolean => error instanceof ApiError && error.status === 409;
+/** A JSON patch whose `test` failed (the object changed since it was read), or an update that lost a race. */
+export const isStale = (error: unknown): boolean => error instanceof ApiError && (error.status === 409 || error.status === 422);
 /** The server said no to the object itself (invalid, bad request, forbidden): trying again as it is will not help. */
 export const isRefused = (error: unknown): boolean => error instanceof ApiError && [400, 403, 422].includes(error.status);
 
@@ -178,6 +184,15 @@ export class KubeApi {
   update<T extends KubeObject>(object: KubeObject & { apiVersion: string; kind: string; metadata: { name: string; namespace: string } }): Promise<T> {
     return this.request<T>('PUT', objectPath(object.apiVersion, object.kind, object.metadata.namespace, object.metadata.name), {
       body: object,
+      query: { fieldManager: this.fieldManager },
+    });
+  }
+
+  /** RFC 6902 JSON patch: its `test` operations make it refuse (422) when the object moved on. */
+  jsonPatch<T extends KubeObject>(apiVersion: string, kind: string, namespace: string, name: string, operations: JsonPatchOperation[]): Promise<T> {
+    return this.request<T>('PATCH', objectPath(apiVersion, kind, namespace, name), {
+      body: operations,
+      contentType: 'application/json-patch+json',
       query: { fieldManager: this.fieldManager },
     });
   }
