@@ -345,6 +345,29 @@ describe('operator against a real kube-apiserver', { skip }, () => {
     assert.equal(condition.observedGeneration, 2);
   });
 
+  it('a storage.size the StorageClass cannot grow to is ApplyFailed naming storage.size, holds nothing else back, and can be set back', async () => {
+    await mustKubectl(['apply', '-f', '-'], JSON.stringify({
+      apiVersion: 'storage.k8s.io/v1', kind: 'StorageClass', metadata: { name: 'fixed' }, provisioner: 'example.com/fixed', allowVolumeExpansion: false,
+    }));
+    const spec = (size: string, image?: string) => ({
+      upstreams: [{ registry: 'quay.io' }], storage: { size, storageClassName: 'fixed' }, ...(image ? { image } : {}), ...ownNodes('fixed'),
+    });
+    await applyMirror('fixed', spec('5Gi'));
+    await eventually('its Deployment', () => owned('apps/v1', 'Deployment', 'regmirror-fixed'));
+    await playKubeletMirrorRunning('fixed');
+    await applyMirror('fixed', spec('8Gi', 'registry.example/regmirror:v2'));
+    const condition = await eventually('ApplyFailed', async () => (await ready('fixed'))?.reason === 'ApplyFailed' && ready('fixed'));
+    assert.match(condition.message, /PersistentVolumeClaim regmirror-fixed not applied: .*spec\.storage\.size 8Gi asks more than the claim's 5Gi/s);
+    await eventually('the new image in the Deployment all the same', async () =>
+      (await owned('apps/v1', 'Deployment', 'regmirror-fixed'))!.spec.template.spec.containers[0].image === 'registry.example/regmirror:v2');
+    await eventually('the new image in the node agents too', async () =>
+      (await owned('apps/v1', 'DaemonSet', 'regmirror-fixed-node'))!.spec.template.spec.containers[0].image === 'registry.example/regmirror:v2');
+
+    await applyMirror('fixed', spec('5Gi', 'registry.example/regmirror:v2'));
+    await eventually('ApplyFailed cleared', async () => (await ready('fixed'))?.reason !== 'ApplyFailed' && (await ready('fixed'))?.observedGeneration === 3);
+    assert.equal((await owned('v1', 'PersistentVolumeClaim', 'regmirror-fixed'))!.spec.resources.requests.storage, '5Gi');
+  });
+
   it('a second RegistryMirror for nodes and files another already configures gets NodeConfigConflict and no DaemonSet, and takes over when the first lets go', async () => {
     const quay = { upstreams: [{ registry: 'quay.io' }] };
     await applyMirror('quay-a', { ...quay, ...ownNodes('quay') });
@@ -435,7 +458,8 @@ describe('operator against a real kube-apiserver', { skip }, () => {
       const result = await kubectl(['auth', 'can-i', verb, resource, '-n', NS, '--kubeconfig', operatorKubeconfig]);
       assert.equal(result.stdout.trim(), allowed, `${verb} ${resource}`);
     }
-    assert.ok(!/forbidden/i.test(operator.logs()), 'no request of the operator was forbidden');
+    // RBAC's own refusal, not an admission's 403 (a claim its StorageClass cannot grow)
+    assert.ok(!/forbidden: User .* cannot /.test(operator.logs()), 'no request of the operator was forbidden');
   });
 
   it('restarting the operator converges on what changed while it was down', async () => {
@@ -576,6 +600,6 @@ describe('operator watching one namespace, with the controller manager: real rol
       }, 60_000);
     }
     assert.ok(cr.metadata?.uid);
-    assert.ok(!/forbidden/i.test(operator.logs()), 'a namespace-scoped binding is all it needs');
+    assert.ok(!/forbidden: User .* cannot /.test(operator.logs()), 'a namespace-scoped binding is all it needs');
   });
 });

@@ -227,6 +227,45 @@ test('a refused apply turns Ready False with reason ApplyFailed and the server\'
   assert.match(ready.message, /spec\.template\.spec\.nodeSelector: Invalid value/);
 });
 
+test('a refused claim resize does not hold back the other objects: the Deployment gets the new image, and Ready names storage.size', async () => {
+  const { server, reconciler, mirror, ready } = setup({ storage: { size: '5Gi', accessMode: 'ReadWriteOnce' } });
+  await reconciler.reconcile('registry-cache/hub');
+  const apply = server.apply.bind(server);
+  server.apply = async (object, subresource) => {
+    const requested = (object.spec?.resources as { requests?: { storage?: string } } | undefined)?.requests?.storage;
+    if (object.kind === 'PersistentVolumeClaim' && requested !== '5Gi') {
+      throw new ApiError(403, 'Forbidden', 'persistentvolumeclaims "regmirror-hub" is forbidden: only dynamically provisioned pvc can be resized and the storageclass that provisions the pvc must support resize');
+    }
+    return apply(object, subresource);
+  };
+  const cr = mirror()!;
+  cr.spec = { ...cr.spec, storage: { size: '8Gi', accessMode: 'ReadWriteOnce' }, image: 'registry.example/regmirror:v2' };
+  cr.metadata.generation = 2;
+  await assert.rejects(reconciler.reconcile('registry-cache/hub'), /must support resize/);
+  assert.equal(server.all('Deployment')[0]!.spec.template.spec.containers[0].image, 'registry.example/regmirror:v2');
+  assert.equal(server.all('DaemonSet')[0]!.spec.template.spec.containers[0].image, 'registry.example/regmirror:v2');
+  assert.equal(ready()!.reason, 'ApplyFailed');
+  assert.match(ready()!.message, /PersistentVolumeClaim regmirror-hub not applied: .*must support resize.*spec\.storage\.size 8Gi asks more than the claim's 5Gi/);
+
+  // Set back, the spec applies again.
+  cr.spec = { ...cr.spec, storage: { size: '5Gi', accessMode: 'ReadWriteOnce' } };
+  cr.metadata.generation = 3;
+  await reconciler.reconcile('registry-cache/hub');
+  assert.equal(ready()!.reason, 'VolumePending');
+});
+
+test('a storage.size below what the claim already asks keeps the claim, with a Warning naming storage.size', async () => {
+  const { server, reconciler, mirror } = setup({ storage: { size: '8Gi', accessMode: 'ReadWriteOnce' } });
+  await reconciler.reconcile('registry-cache/hub');
+  const cr = mirror()!;
+  cr.spec = { ...cr.spec, storage: { size: '5Gi', accessMode: 'ReadWriteOnce' } };
+  await reconciler.reconcile('registry-cache/hub');
+  assert.equal(server.all('PersistentVolumeClaim')[0]!.spec.resources.requests.storage, '8Gi');
+  const event = server.all('Event').find((e) => e.reason === 'StorageNotShrunk');
+  assert.equal(event?.type, 'Warning');
+  assert.match(String(event?.message), /spec\.storage\.size 5Gi is smaller than the cache volume's claim, 8Gi; a PersistentVolumeClaim cannot shrink/);
+});
+
 test('with spec.tls the nodes are given the CA from the TLS Secret: its ca.crt, else the self-signed certificate', async () => {
   const { server, secrets, reconciler } = setup({ tls: { secretName: 'mirror-tls' } });
   const b64 = (s: string) => Buffer.from(s).toString('base64');

@@ -11,7 +11,7 @@ import { desiredDeployment } from './desired/deployment.ts';
 import {
   FINALIZER, endpoint, names, withDefaults, type DesiredInputs, type NodeAgentMode,
 } from './desired/inputs.ts';
-import { desiredPersistentVolumeClaim } from './desired/persistent-volume-claim.ts';
+import { claimSize, desiredPersistentVolumeClaim } from './desired/persistent-volume-claim.ts';
 import { desiredSecret } from './desired/secret.ts';
 import { desiredService } from './desired/service.ts';
 import type { EventRecorder } from './events.ts';
@@ -81,18 +81,24 @@ export class Reconciler {
       applied = await this.applyAll(gathered.inputs, conflict !== undefined);
     } catch (error) {
       // Said on the object too, where `kubectl describe` shows it; repeats only bump the count.
-      const message = (error as Error).message.slice(0, 1024);
-      await this.options.events.record(mirror, 'Warning', 'ApplyFailed', message);
-      // and in Ready, so the status no longer speaks for a spec that was not applied
-      if (isRefused(error)) await this.writeProblem(mirror, { reason: 'ApplyFailed', message });
+      await this.options.events.record(mirror, 'Warning', 'ApplyFailed', (error as Error).message.slice(0, 1024));
       throw error;
     }
-    const { pvc, clusterIP, deployment, daemonSet } = applied;
+    const { pvc, clusterIP, deployment, daemonSet, refusals } = applied;
+    // Refusals are said in Ready, so the status no longer speaks for a spec that was not all applied.
+    const problem: Problem | undefined = refusals.length > 0 ? { reason: 'ApplyFailed', message: refusals.join('\n') } : undefined;
+    if (problem) await this.options.events.record(mirror, 'Warning', 'ApplyFailed', problem.message.slice(0, 4096));
+    const keptSize = pvc ? sizeKept(mirror, pvc) : undefined;
+    if (keptSize) {
+      await this.options.events.record(mirror, 'Warning', 'StorageNotShrunk',
+        `spec.storage.size ${mirror.spec.storage.size} is smaller than the cache volume's claim, ${keptSize}; a PersistentVolumeClaim cannot shrink, so the claim keeps ${keptSize} (to start smaller, delete the RegistryMirror, which deletes its cache, and create it again)`);
+    }
 
     await this.writeStatus(mirror, {
+      problem,
       endpoint: clusterIP ? endpoint(mirror, clusterIP) : undefined,
-      pvcPhase: pvc.status?.phase as string | undefined,
-      deployment: workloadStatus(deployment),
+      pvcPhase: pvc?.status?.phase as string | undefined,
+      deployment: deployment ? workloadStatus(deployment) : undefined,
       ...nodeFacts(mirror, daemonSet),
       ...(conflict
         ? {
@@ -101,6 +107,8 @@ export class Reconciler {
         : {}),
       deleting: false,
     });
+    // Retried with backoff: a refusal may come from something outside the spec (a quota, a webhook).
+    if (problem) throw new Error(problem.message);
     return {};
   }
 
@@ -119,29 +127,56 @@ export class Reconciler {
     });
   }
 
-  /** Applies every owned object in dependency order; the Service's ClusterIP feeds the DaemonSet. */
+  /**
+   * Applies every owned object the API server takes, in dependency order (the Service's ClusterIP
+   * feeds the DaemonSet), and collects the refusals instead of stopping at the first: a claim that
+   * cannot grow must not keep a new image from the Deployment. Where an apply is refused, what runs
+   * now is returned in its place. Errors other than refusals (the server unreachable) are thrown.
+   */
   private async applyAll(inputs: DesiredInputs, nodeConflict: boolean) {
     const { api } = this.options;
     const { mirror } = inputs;
-    await api.apply(desiredConfigMap(inputs));
-    await api.apply(desiredSecret(inputs));
-    const pvc = await api.apply<Applied>(desiredPersistentVolumeClaim(inputs));
-    const service = await api.apply<Applied>(desiredService(inputs));
-    const clusterIP = service.spec?.clusterIP as string | undefined;
-    const deployment = await api.apply<Applied>(desiredDeployment(inputs));
-    let daemonSet: Applied | undefined;
-    if (clusterIP && clusterIP !== 'None') {
-      const existing = await api.find<Applied>('apps/v1', 'DaemonSet', mirror.metadata.namespace, names(mirror).daemonSet);
+    const { namespace } = mirror.metadata;
+    const n = names(mirror);
+    const refusals: string[] = [];
+    const applyOrKeep = async (object: Parameters<KubeApi['apply']>[0], current: () => Promise<Applied | undefined>, hint = '') => {
+      try {
+        return await api.apply<Applied>(object);
+      } catch (error) {
+        if (!isRefused(error)) throw error;
+        refusals.push(`${object.kind} ${object.metadata.name} not applied: ${(error as Error).message.slice(0, 1024)}${hint}`);
+        return current();
+      }
+    };
+    const find = (apiVersion: string, kind: string, name: string) => () => api.find<Applied>(apiVersion, kind, namespace, name);
+
+    const configMap = await applyOrKeep(desiredConfigMap(inputs), find('v1', 'ConfigMap', n.configMap));
+    const configMapApplied = refusals.length === 0;
+    const secret = await applyOrKeep(desiredSecret(inputs), find('v1', 'Secret', n.secret));
+    const secretApplied = refusals.length === (configMapApplied ? 0 : 1);
+    const claim = await api.find<Applied>('v1', 'PersistentVolumeClaim', namespace, n.pvc);
+    const claimInputs = { ...inputs, claimSize: claimRequest(claim) };
+    const pvc = await applyOrKeep(desiredPersistentVolumeClaim(claimInputs), async () => claim, resizeHint(mirror, claim));
+    const service = await applyOrKeep(desiredService(inputs), find('v1', 'Service', n.service));
+    const clusterIP = service?.spec?.clusterIP as string | undefined;
+    // The pods' checksums cover the config and the Secret: rolled while either was refused, they
+    // would carry the new checksum over the old files and not roll again once those are applied.
+    const deployment = configMapApplied && secretApplied && configMap && secret
+      ? await applyOrKeep(desiredDeployment(inputs), find('apps/v1', 'Deployment', n.deployment))
+      : await find('apps/v1', 'Deployment', n.deployment)();
+    let daemonSet = await find('apps/v1', 'DaemonSet', n.daemonSet)();
+    if (clusterIP && clusterIP !== 'None' && secretApplied) {
+      const existing = daemonSet;
       const withIP = { ...inputs, serviceIP: clusterIP, cleanupRuntimes: pendingRuntimeCleanup(existing, mirror.spec.nodeConfig.runtimes) };
       if (mirror.spec.nodeConfig.enabled && !nodeConflict) {
-        daemonSet = await api.apply<Applied>(desiredDaemonSet(withIP));
+        daemonSet = await applyOrKeep(desiredDaemonSet(withIP), async () => existing);
       } else if (existing) {
         // Turned off, or another RegistryMirror holds these nodes: an existing agent takes the
         // configuration away and stays to keep it away.
-        daemonSet = await api.apply<Applied>(desiredDaemonSet({ ...withIP, nodeAgentMode: 'remove' }));
+        daemonSet = await applyOrKeep(desiredDaemonSet({ ...withIP, nodeAgentMode: 'remove' }), async () => existing);
       }
     }
-    return { pvc, clusterIP, deployment, daemonSet };
+    return { pvc, clusterIP, deployment, daemonSet, refusals };
   }
 
   /** Reads the referenced Secrets into builder inputs, or names the first problem with them. */
@@ -306,6 +341,25 @@ export class Reconciler {
       logger.info({ mirror: `${namespace}/${name}`, ready: ready.status, reason: ready.reason }, ready.message);
     }
   }
+}
+
+/** The storage the existing claim asks for, as the API server wrote it. */
+function claimRequest(claim: Applied | undefined): string | undefined {
+  const resources = claim?.spec?.resources as { requests?: { storage?: string } } | undefined;
+  return resources?.requests?.storage;
+}
+
+/** The claim's size when it is larger than spec.storage.size asks (it was grown, and cannot shrink). */
+function sizeKept(mirror: RegistryMirror, claim: Applied): string | undefined {
+  const request = claimRequest(claim);
+  return request && request !== mirror.spec.storage.size && claimSize({ size: mirror.spec.storage.size, claimSize: request }) === request ? request : undefined;
+}
+
+/** What to do about a refused claim that was asked to grow. */
+function resizeHint(mirror: RegistryMirror, claim: Applied | undefined): string {
+  const request = claimRequest(claim);
+  if (!request || claimSize({ size: mirror.spec.storage.size, claimSize: request }) === request) return '';
+  return ` (spec.storage.size ${mirror.spec.storage.size} asks more than the claim's ${request}: its StorageClass must allow volume expansion and the claim be bound; or set storage.size back to ${request})`;
 }
 
 function sameStatus(a: RegistryMirrorStatus | undefined, b: RegistryMirrorStatus): boolean {

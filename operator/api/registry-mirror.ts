@@ -112,7 +112,12 @@ export const RegistryMirrorSpecSchema = Type.Object(
     ),
     storage: Type.Object(
       {
-        size: Type.String({ default: '10Gi', maxLength: 64, pattern: QUANTITY_PATTERN, description: 'Size of the cache volume.' }),
+        size: Type.String({
+          default: '10Gi',
+          maxLength: 64,
+          pattern: QUANTITY_PATTERN,
+          description: 'Size of the cache volume. It can grow where the StorageClass allows volume expansion; a volume cannot shrink, so a smaller size keeps the claim as it is.',
+        }),
         storageClassName: Type.Optional(Type.String({ maxLength: 253 })),
         accessMode: Type.Union([Type.Literal('ReadWriteOnce'), Type.Literal('ReadWriteMany')], {
           default: 'ReadWriteOnce',
@@ -146,12 +151,8 @@ export const RegistryMirrorSpecSchema = Type.Object(
             message: 'storageClassName is immutable',
             fieldPath: '.storageClassName',
           },
+          // size may go down again, e.g. after a resize the StorageClass refused; the claim keeps its size.
           { rule: 'self.accessMode == oldSelf.accessMode', message: 'accessMode is immutable', fieldPath: '.accessMode' },
-          {
-            rule: 'quantity(self.size).compareTo(quantity(oldSelf.size)) >= 0',
-            message: 'size can grow but not shrink (a volume cannot be made smaller)',
-            fieldPath: '.size',
-          },
         ),
       },
     ),

@@ -106,6 +106,15 @@ test('the PersistentVolumeClaim asks for the spec\'s size, class and access mode
   assert.ok(!('storageClassName' in defaulted.spec), 'no class: the cluster default applies');
 });
 
+test('a claim never asks for less than it already does: a smaller storage.size keeps its size, a larger one grows it', () => {
+  const size = (specSize: string, claimSize?: string) =>
+    (desiredPersistentVolumeClaim(inputsFixture({ claimSize }, { storage: { size: specSize, accessMode: 'ReadWriteOnce' } })).spec.resources as { requests: { storage: string } }).requests.storage;
+  assert.equal(size('5Gi', '8Gi'), '8Gi', 'a PersistentVolumeClaim cannot shrink');
+  assert.equal(size('8Gi', '5Gi'), '8Gi');
+  assert.equal(size('5Gi', '5368709120'), '5Gi', 'the same size in other words is the spec\'s');
+  assert.equal(size('5Gi'), '5Gi', 'no claim yet');
+});
+
 test('the Deployment runs the mirror non-root on a read-only root with probes, resources and mounts', () => {
   const deployment = valid(Deployment, desiredDeployment(inputsFixture({ upstreamCredentials: credentials, nodeCredentials, htpasswd: '' }, credentialed)));
   assertOwned(deployment);

@@ -95,6 +95,8 @@ export interface DesiredInputs {
    * away (their mounts stay until then); see pendingRuntimeCleanup in the reconciler.
    */
   cleanupRuntimes?: Runtime[];
+  /** What the existing cache volume's claim asks for: it cannot shrink below that. */
+  claimSize?: string;
   /** The Service's ClusterIP once known; the node agent needs it. */
   serviceIP?: string;
   nodeAgentMode: NodeAgentMode;
