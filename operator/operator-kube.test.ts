@@ -462,6 +462,27 @@ describe('operator against a real kube-apiserver', { skip }, () => {
     assert.ok(!/forbidden: User .* cannot /.test(operator.logs()), 'no request of the operator was forbidden');
   });
 
+  it('a RegistryMirror whose namespace is being deleted, its node agent DaemonSet gone first, is let go with a warning that its nodes were not cleaned and what to do', async () => {
+    await mustKubectl(['create', 'namespace', 'doomed']);
+    await mustKubectl(['apply', '-f', '-'], JSON.stringify({ apiVersion: API_VERSION, kind: KIND, metadata: { name: 'doomed', namespace: 'doomed' }, spec: { upstreams: [{ registry: 'quay.io' }], ...ownNodes('doomed') } }));
+    const daemonSet = await eventually('its DaemonSet', () => admin.find<Obj>('apps/v1', 'DaemonSet', 'doomed', 'regmirror-doomed-node'));
+    await admin.request('PATCH', '/apis/apps/v1/namespaces/doomed/daemonsets/regmirror-doomed-node/status', {
+      body: { status: { observedGeneration: daemonSet.metadata!.generation, desiredNumberScheduled: 2, currentNumberScheduled: 2, updatedNumberScheduled: 2, numberReady: 2, numberAvailable: 2, numberMisscheduled: 0 } },
+      contentType: 'application/merge-patch+json',
+    });
+    await eventually('2 nodes configured', async () => (await admin.find<Obj>(API_VERSION, KIND, 'doomed', 'doomed'))?.status?.nodes?.configured === 2);
+    // What the namespace controller does (it does not run here): the namespace turns Terminating,
+    // which takes no new objects, and everything in it is deleted, the DaemonSet at once.
+    await mustKubectl(['delete', 'namespace', 'doomed', '--wait=false']);
+    await mustKubectl(['delete', 'daemonset', 'regmirror-doomed-node', '-n', 'doomed']);
+    await mustKubectl(['delete', 'rmir', 'doomed', '-n', 'doomed', '--wait=false']);
+    await eventually('the RegistryMirror gone', async () => (await admin.find<Obj>(API_VERSION, KIND, 'doomed', 'doomed')) === undefined, 15_000);
+    const warning = operator.logs().split('\n').find((line) => line.includes('nodes not cleaned'));
+    assert.ok(warning, 'an operator log line says so');
+    assert.equal(JSON.parse(warning).level, 40, 'at warn');
+    assert.match(warning, /2 node\(s\) may still point their runtimes at http:\/\/[0-9.]+:5000 .*\\"Manual node cleanup\\" in the README/);
+  });
+
   it('restarting the operator converges on what changed while it was down', async () => {
     assert.equal(await operator.stop(), 0, 'a clean exit on SIGTERM');
     await applyMirror('private', {
@@ -561,7 +582,8 @@ describe('operator watching one namespace, with the controller manager: real rol
       assert.equal(result.code, 0, result.stderr);
     }
     const kubeconfig = await env.kubeconfigFor(SERVICE_ACCOUNT, ['system:serviceaccounts', `system:serviceaccounts:${OPERATOR_NAMESPACE}`]);
-    operator = await startOperator(kubeconfig, 'operator-gc', logDir, ['--namespace', NS]);
+    // Long enough for a foreground deletion's cleanup to be confirmed, not timed out.
+    operator = await startOperator(kubeconfig, 'operator-gc', logDir, ['--namespace', NS, '--node-cleanup-timeout', '45s']);
   });
 
   after(async () => {
@@ -601,5 +623,42 @@ describe('operator watching one namespace, with the controller manager: real rol
     }
     assert.ok(cr.metadata?.uid);
     assert.ok(!/forbidden: User .* cannot /.test(operator.logs()), 'a namespace-scoped binding is all it needs');
+  });
+
+  it('a foreground deletion, whose garbage collector takes the node agent DaemonSet first, still takes the configuration off the nodes, with a cleanup DaemonSet', async () => {
+    // One node for the agents; no kubelet runs, so the test says when an agent pod is ready.
+    const node = await env.kubectl(['apply', '-f', '-'], { input: JSON.stringify({ apiVersion: 'v1', kind: 'Node', metadata: { name: 'node-fg', labels: { 'regmirror.test/pool': 'fg' } } }) });
+    assert.equal(node.code, 0, node.stderr);
+    const applied = await env.kubectl(['apply', '-f', '-'], {
+      input: JSON.stringify({
+        apiVersion: API_VERSION, kind: KIND, metadata: { name: 'fg', namespace: NS },
+        spec: { upstreams: [{ registry: 'docker.io' }], nodeConfig: { enabled: true, runtimes: ['containerd'], nodeSelector: { 'regmirror.test/pool': 'fg' }, tolerations: [{ operator: 'Exists' }] } },
+      }),
+    });
+    assert.equal(applied.code, 0, applied.stderr);
+    const status = await eventually('one node to configure', async () => {
+      const s = (await admin.find<Obj>(API_VERSION, KIND, NS, 'fg'))?.status;
+      return s?.nodes?.desired === 1 && s;
+    }, 60_000);
+    const deleted = await env.kubectl(['delete', 'rmir', 'fg', '-n', NS, '--cascade=foreground', '--wait=false']);
+    assert.equal(deleted.code, 0, deleted.stderr);
+    await eventually('the node agent DaemonSet taken by the garbage collector', async () => (await admin.find<Obj>('apps/v1', 'DaemonSet', NS, 'regmirror-fg-node')) === undefined, 60_000);
+    const cleanup = await eventually('the cleanup DaemonSet', () => admin.find<Obj>('apps/v1', 'DaemonSet', NS, 'regmirror-fg-node-cleanup'));
+    assert.equal(cleanup.metadata?.ownerReferences, undefined);
+    const args: string[] = cleanup.spec.template.spec.containers[0].args;
+    assert.equal(args[args.indexOf('--mode') + 1], 'remove');
+    assert.equal(args[args.indexOf('--mirror') + 1], status.endpoint, 'the address the nodes were given');
+    assert.ok(await admin.find<Obj>(API_VERSION, KIND, NS, 'fg'), 'held until the nodes are clean');
+    // The real DaemonSet controller rolls it out: an agent pod for the node, which the test makes ready.
+    const pod = await eventually('a remove-mode agent pod', async () =>
+      (await kubectlJson(['get', 'pods', '-n', NS, '-l', 'app.kubernetes.io/instance=fg,app.kubernetes.io/component=node-cleanup'])).items[0], 30_000);
+    await admin.request('PATCH', `/api/v1/namespaces/${NS}/pods/${pod.metadata!.name}/status`, {
+      body: { status: { phase: 'Running', conditions: [{ type: 'Ready', status: 'True' }] } },
+      contentType: 'application/merge-patch+json',
+    });
+    await eventually('the RegistryMirror gone', async () => (await admin.find<Obj>(API_VERSION, KIND, NS, 'fg')) === undefined, 60_000);
+    assert.equal(await admin.find<Obj>('apps/v1', 'DaemonSet', NS, 'regmirror-fg-node-cleanup'), undefined, 'the cleanup DaemonSet deleted');
+    const events = (await admin.list<Obj & { reason?: string; involvedObject?: { name: string } }>('v1', 'Event', NS)).items;
+    assert.ok(events.some((e) => e.involvedObject?.name === 'fg' && e.reason === 'NodesCleaned'), 'an Event says the nodes were cleaned');
   });
 });

@@ -64,6 +64,10 @@ class FakeApiServer {
     return structuredClone(existing) as T;
   }
 
+  async delete(apiVersion: string, kind: string, namespace: string, name: string): Promise<void> {
+    this.objects.delete(this.key(apiVersion, kind, namespace, name));
+  }
+
   async create<T>(object: Obj & { metadata: { namespace: string; generateName?: string } }): Promise<T> {
     const name = object.metadata.name ?? `${object.metadata.generateName}${++this.uid}`;
     const stored = { ...structuredClone(object), metadata: { ...object.metadata, name } };
@@ -181,6 +185,64 @@ test('deletion stops waiting for nodes after the cleanup timeout, with a Warning
   await reconciler.reconcile('registry-cache/hub');
   assert.equal(mirror(), undefined);
   assert.equal(server.all('Event').find((e) => e.reason === 'NodeCleanupTimedOut')?.type, 'Warning');
+});
+
+/** Two nodes configured, then the RegistryMirror deleted after its node agent DaemonSet (a foreground cascade, a namespace deletion). */
+async function deletedAfterItsAgents() {
+  const fixture = setup();
+  const { server, reconciler, mirror } = fixture;
+  await reconciler.reconcile('registry-cache/hub');
+  const agent = server.all('DaemonSet')[0]!;
+  agent.status = { observedGeneration: agent.metadata!.generation, desiredNumberScheduled: 2, updatedNumberScheduled: 2, numberReady: 2 };
+  await reconciler.reconcile('registry-cache/hub');
+  assert.deepEqual(mirror()!.status!.nodes, { desired: 2, configured: 2 });
+  mirror()!.metadata.deletionTimestamp = new Date().toISOString();
+  server.objects.delete('apps/v1/DaemonSet/registry-cache/regmirror-hub-node');
+  return fixture;
+}
+
+test('a node agent DaemonSet deleted before the nodes were clean (a foreground deletion) is replaced by a cleanup DaemonSet without an owner, deleted once every node confirms', async () => {
+  const { server, reconciler, mirror } = await deletedAfterItsAgents();
+  // The garbage collector takes the Service first too (the owner waits for its dependents).
+  server.objects.delete('v1/Service/registry-cache/regmirror-hub');
+  const result = await reconciler.reconcile('registry-cache/hub');
+  assert.ok(result.requeueAfterMs! > 0);
+  const cleanup = server.all('DaemonSet')[0]!;
+  assert.equal(cleanup.metadata!.name, 'regmirror-hub-node-cleanup');
+  assert.equal(cleanup.metadata!.ownerReferences, undefined, 'nothing for the garbage collector to follow');
+  assert.equal(cleanup.metadata!.annotations![MODE_ANNOTATION], 'remove');
+  const args: string[] = cleanup.spec.template.spec.containers[0].args;
+  assert.equal(args[args.indexOf('--mirror') + 1], 'http://10.96.0.42:5000', 'the address the nodes were given, from the status');
+  assert.deepEqual(mirror()!.metadata.finalizers, [FINALIZER]);
+  cleanup.status = { observedGeneration: cleanup.metadata!.generation, desiredNumberScheduled: 2, updatedNumberScheduled: 2, numberReady: 2 };
+  await reconciler.reconcile('registry-cache/hub');
+  assert.equal(mirror(), undefined);
+  assert.equal(server.all('DaemonSet').length, 0, 'the cleanup DaemonSet is deleted');
+  assert.ok(server.all('Event').some((e) => e.reason === 'NodesCleaned'));
+});
+
+test('where no cleanup can run (the namespace is being deleted) a Warning says the nodes were not cleaned and what to do, and the finalizer goes', async () => {
+  const { server, reconciler, mirror } = await deletedAfterItsAgents();
+  const apply = server.apply.bind(server);
+  server.apply = async (object, subresource) => {
+    if (object.kind === 'DaemonSet') throw new ApiError(403, 'Forbidden', 'daemonsets.apps "regmirror-hub-node-cleanup" is forbidden: unable to create new content in namespace registry-cache because it is being terminated');
+    return apply(object, subresource);
+  };
+  await reconciler.reconcile('registry-cache/hub');
+  assert.equal(mirror(), undefined);
+  const event = server.all('Event').find((e) => e.reason === 'NodeCleanupSkipped');
+  assert.equal(event?.type, 'Warning');
+  assert.match(String(event?.message), /^nodes not cleaned: .*being terminated\. 2 node\(s\) may still point their runtimes at http:\/\/10\.96\.0\.42:5000 .*"Manual node cleanup" in the README/);
+});
+
+test('a RegistryMirror that never configured a node is let go at once, with no cleanup DaemonSet', async () => {
+  const { server, reconciler, mirror } = setup({ nodeConfig: { enabled: false, runtimes: ['containerd'] } });
+  await reconciler.reconcile('registry-cache/hub');
+  mirror()!.metadata.deletionTimestamp = new Date().toISOString();
+  await reconciler.reconcile('registry-cache/hub');
+  assert.equal(mirror(), undefined);
+  assert.equal(server.all('DaemonSet').length, 0);
+  assert.ok(!server.all('Event').some((e) => e.type === 'Warning'));
 });
 
 test('turning node configuration off keeps an existing agent in remove mode and creates none otherwise', async () => {

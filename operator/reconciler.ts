@@ -6,7 +6,7 @@ import type { Logger } from '../common/logger.ts';
 import { API_VERSION, KIND, type RegistryMirror, type RegistryMirrorStatus, type Runtime } from './api/registry-mirror.ts';
 import { InvalidCredentialsError, normaliseCredentials, type Credentials, type SecretLike } from './credentials.ts';
 import { desiredConfigMap } from './desired/config-map.ts';
-import { desiredDaemonSet, MODE_ANNOTATION, nodeAgentArg, runtimesIn, runtimesInDaemonSet } from './desired/daemon-set.ts';
+import { desiredCleanupDaemonSet, desiredDaemonSet, MODE_ANNOTATION, nodeAgentArg, runtimesIn, runtimesInDaemonSet } from './desired/daemon-set.ts';
 import { desiredDeployment } from './desired/deployment.ts';
 import {
   FINALIZER, endpoint, names, withDefaults, type DesiredInputs, type NodeAgentMode,
@@ -234,42 +234,46 @@ export class Reconciler {
     return { inputs };
   }
 
-  /** The finalizer: switch the node agent to remove mode, wait (bounded) for it, then let go. */
+  /**
+   * The finalizer: switch the node agent to remove mode, wait (bounded) for it, then let go. When
+   * the agent's DaemonSet is already being deleted or gone (a foreground cascade, the namespace
+   * going), a cleanup DaemonSet does the removal; where that cannot run either, a Warning says the
+   * nodes were not cleaned.
+   */
   private async finalize(mirror: RegistryMirror): Promise<ReconcileResult> {
     if (!mirror.metadata.finalizers?.includes(FINALIZER)) return {};
-    const { api, events, logger } = this.options;
+    const { api, events } = this.options;
     const { namespace } = mirror.metadata;
     const n = names(mirror);
     const current = await api.find<Applied>('apps/v1', 'DaemonSet', namespace, n.daemonSet);
-    if (!current) {
+    const cleanup = await api.find<Applied>('apps/v1', 'DaemonSet', namespace, n.cleanupDaemonSet);
+    const waitedMs = this.now().getTime() - Date.parse(mirror.metadata.deletionTimestamp!);
+    const timedOut = waitedMs >= this.options.nodeCleanupTimeoutMs;
+    let daemonSet: Applied | undefined;
+    if (current && !current.metadata?.deletionTimestamp && !cleanup) {
+      daemonSet = modeOf(current) === 'remove' ? current : await this.switchToRemove(mirror, current);
+    } else if (cleanup && !cleanup.metadata?.deletionTimestamp) {
+      daemonSet = cleanup;
+    } else if (nodesMayUseMirror(mirror, current)) {
+      // The DaemonSet controller rolls nothing out for a DaemonSet being deleted, and its pods go with it.
+      const why = cleanup
+        ? 'the cleanup DaemonSet was deleted before the nodes confirmed removal'
+        : timedOut
+          ? `the node agent DaemonSet was deleted before the nodes were cleaned, and --node-cleanup-timeout (${Math.round(this.options.nodeCleanupTimeoutMs / 1000)}s) has passed`
+          : undefined;
+      daemonSet = why ? undefined : await this.startCleanupDaemonSet(mirror, current);
+      if (!daemonSet) {
+        if (why) await this.nodesNotCleaned(mirror, why);
+        await this.removeFinalizer(mirror);
+        return {};
+      }
+    } else {
+      // Never configured any node (nodeConfig off, another mirror held them, or no node selected).
       await this.removeFinalizer(mirror);
       return {};
     }
-    const waitedMs = this.now().getTime() - Date.parse(mirror.metadata.deletionTimestamp!);
-    let daemonSet = current;
-    if (modeOf(current) !== 'remove') {
-      const service = await api.find<Applied>('v1', 'Service', namespace, n.service);
-      const serviceIP = (service?.spec?.clusterIP as string | undefined) ?? mirrorIPFromArgs(current);
-      const gathered = await this.gatherInputs(mirror, 'remove');
-      // Secrets may already be gone; removal needs none of them, only the registries and the address.
-      const inputs: DesiredInputs = gathered.inputs ?? {
-        mirror,
-        image: mirror.spec.image ?? this.options.mirrorImage,
-        nodeAgentImage: mirror.spec.image ?? this.options.mirrorImage,
-        upstreamCredentials: new Map(),
-        nodeAgentMode: 'remove',
-      };
-      if (!serviceIP) {
-        logger.warn({ mirror: `${namespace}/${mirror.metadata.name}` }, 'no mirror address left to remove from nodes');
-      } else {
-        const cleanupRuntimes = runtimesInDaemonSet(current).filter((r) => !mirror.spec.nodeConfig.runtimes.includes(r));
-        daemonSet = await api.apply<Applied>(desiredDaemonSet({ ...inputs, serviceIP, nodeAgentMode: 'remove', cleanupRuntimes }));
-        await events.record(mirror, 'Normal', 'NodeCleanup', 'switched the node agent to remove mode; waiting for every node');
-      }
-    }
     const nodes = nodesDone(daemonSetStatus(daemonSet));
     const done = modeOf(daemonSet) === 'remove' && nodes.complete;
-    const timedOut = waitedMs >= this.options.nodeCleanupTimeoutMs;
     if (done || timedOut) {
       if (done) {
         await events.record(mirror, 'Normal', 'NodesCleaned', `mirror configuration removed from ${nodes.desired} node(s)`);
@@ -277,6 +281,7 @@ export class Reconciler {
         await events.record(mirror, 'Warning', 'NodeCleanupTimedOut',
           `${nodes.done} of ${nodes.desired} nodes confirmed removal within ${Math.round(this.options.nodeCleanupTimeoutMs / 1000)}s; deleting anyway (runtimes fall back to the upstream registry)`);
       }
+      if (daemonSet === cleanup || daemonSet.metadata?.name === n.cleanupDaemonSet) await api.delete('apps/v1', 'DaemonSet', namespace, n.cleanupDaemonSet);
       await this.removeFinalizer(mirror);
       return {};
     }
@@ -285,6 +290,70 @@ export class Reconciler {
       deleting: true,
     });
     return { requeueAfterMs: Math.min(NODE_CLEANUP_POLL_MS, this.options.nodeCleanupTimeoutMs - waitedMs + 100) };
+  }
+
+  /** Inputs for a node agent in remove mode; Secrets may already be gone, and removal needs none of them. */
+  private async removalInputs(mirror: RegistryMirror, serviceIP: string, agent: Applied | undefined): Promise<DesiredInputs> {
+    const gathered = await this.gatherInputs(mirror, 'remove');
+    const inputs: DesiredInputs = gathered.inputs ?? {
+      mirror,
+      image: mirror.spec.image ?? this.options.mirrorImage,
+      nodeAgentImage: mirror.spec.image ?? this.options.mirrorImage,
+      upstreamCredentials: new Map(),
+      nodeAgentMode: 'remove',
+    };
+    const cleanupRuntimes = runtimesInDaemonSet(agent).filter((r) => !mirror.spec.nodeConfig.runtimes.includes(r));
+    return { ...inputs, serviceIP, nodeAgentMode: 'remove', cleanupRuntimes };
+  }
+
+  /** The address the nodes were given: the Service's, else the agent's flag, else the status. */
+  private async mirrorIP(mirror: RegistryMirror, agent: Applied | undefined): Promise<string | undefined> {
+    const service = await this.options.api.find<Applied>('v1', 'Service', mirror.metadata.namespace, names(mirror).service);
+    return (service?.spec?.clusterIP as string | undefined) ?? mirrorIPFromArgs(agent) ?? hostOf(mirror.status?.endpoint);
+  }
+
+  private async switchToRemove(mirror: RegistryMirror, current: Applied): Promise<Applied> {
+    const { api, events, logger } = this.options;
+    const serviceIP = await this.mirrorIP(mirror, current);
+    if (!serviceIP) {
+      logger.warn({ mirror: `${mirror.metadata.namespace}/${mirror.metadata.name}` }, 'no mirror address left to remove from nodes');
+      return current;
+    }
+    const daemonSet = await api.apply<Applied>(desiredDaemonSet(await this.removalInputs(mirror, serviceIP, current)));
+    await events.record(mirror, 'Normal', 'NodeCleanup', 'switched the node agent to remove mode; waiting for every node');
+    return daemonSet;
+  }
+
+  /** Creates the cleanup DaemonSet, or says why the nodes cannot be cleaned (undefined). */
+  private async startCleanupDaemonSet(mirror: RegistryMirror, agent: Applied | undefined): Promise<Applied | undefined> {
+    const { api, events } = this.options;
+    // A reconcile from a cache that has not yet seen the finalizer go would start one for nobody to delete.
+    const fresh = await api.find<KubeObject>(API_VERSION, KIND, mirror.metadata.namespace, mirror.metadata.name);
+    if (fresh?.metadata?.uid !== mirror.metadata.uid || !fresh.metadata.finalizers?.includes(FINALIZER)) return undefined;
+    const serviceIP = await this.mirrorIP(mirror, agent);
+    if (!serviceIP) {
+      await this.nodesNotCleaned(mirror, 'the node agent DaemonSet was deleted before the nodes were cleaned, and no mirror address is left to remove');
+      return undefined;
+    }
+    try {
+      const daemonSet = await api.apply<Applied>(desiredCleanupDaemonSet(await this.removalInputs(mirror, serviceIP, agent)));
+      await events.record(mirror, 'Normal', 'NodeCleanup',
+        `the node agent DaemonSet was deleted before the nodes were cleaned (a foreground deletion?); DaemonSet ${names(mirror).cleanupDaemonSet} takes the configuration off them`);
+      return daemonSet;
+    } catch (error) {
+      // A namespace being deleted takes no new objects.
+      if (!isRefused(error)) throw error;
+      await this.nodesNotCleaned(mirror, `the node agent DaemonSet was deleted before the nodes were cleaned, and a cleanup DaemonSet was refused: ${(error as Error).message.slice(0, 512)}`);
+      return undefined;
+    }
+  }
+
+  private async nodesNotCleaned(mirror: RegistryMirror, why: string): Promise<void> {
+    const { events, logger } = this.options;
+    const nodes = mirror.status?.nodes?.desired;
+    const message = `nodes not cleaned: ${why}. ${nodes ? `${nodes} node(s)` : 'Nodes'} may still point their runtimes at ${mirror.status?.endpoint ?? 'the mirror'} (they fall back to the upstream registries while it is gone); see "Manual node cleanup" in the README to remove it`;
+    logger.warn({ mirror: `${mirror.metadata.namespace}/${mirror.metadata.name}` }, message);
+    await events.record(mirror, 'Warning', 'NodeCleanupSkipped', message);
   }
 
   /** Adds the operator's finalizer with server-side apply (the field manager owns only it). */
@@ -407,14 +476,27 @@ function modeOf(daemonSet: Applied): NodeAgentMode {
 }
 
 /** The ClusterIP the running agent was given, for removal when the Service is already gone. */
-function mirrorIPFromArgs(daemonSet: Applied): string | undefined {
-  const url = nodeAgentArg(daemonSet, '--mirror');
+function mirrorIPFromArgs(daemonSet: Applied | undefined): string | undefined {
+  return hostOf(nodeAgentArg(daemonSet, '--mirror'));
+}
+
+function hostOf(url: string | undefined): string | undefined {
   if (!url) return undefined;
   try {
     return new URL(url).hostname.replace(/^\[|\]$/g, '');
   } catch {
     return undefined;
   }
+}
+
+/**
+ * Whether nodes may still point at the mirror although its node agent DaemonSet is gone or going:
+ * its last status (or the DaemonSet's) counted nodes that were, or were to be, configured.
+ */
+function nodesMayUseMirror(mirror: RegistryMirror, agent: Applied | undefined): boolean {
+  const scheduled = (agent?.status?.desiredNumberScheduled as number | undefined) ?? 0;
+  const nodes = mirror.status?.nodes;
+  return scheduled > 0 || (nodes?.configured ?? 0) > 0 || (mirror.spec.nodeConfig.enabled && (nodes?.desired ?? 0) > 0);
 }
 
 /** What the status needs to know of the mirror's replicas and its node agent, wherever it is written from. */

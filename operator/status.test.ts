@@ -52,3 +52,9 @@ test('in remove mode the nodes still configured count down as agents confirm rem
   assert.deepEqual(status.nodes, { desired: 3, configured: 2 });
   assert.deepEqual(nodesDone(undefined), { desired: 0, done: 0, complete: false });
 });
+
+test('nodes configured stay counted when the node agent DaemonSet goes (its agents leave them configured), unless nodeConfig is off', () => {
+  const before = { ...mirrorFixture(), status: { nodes: { desired: 3, configured: 3 } } };
+  assert.deepEqual(desiredStatus(before, { ...base, daemonSet: undefined }, now).nodes, { desired: 3, configured: 3 });
+  assert.deepEqual(desiredStatus(before, { ...base, daemonSet: undefined, nodeConfigEnabled: false }, now).nodes, { desired: 0, configured: 0 });
+});

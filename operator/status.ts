@@ -119,6 +119,11 @@ export function desiredStatus(mirror: RegistryMirror, observed: Observed, now: D
     const nodes = nodesDone(observed.daemonSet);
     const configured = observed.nodeAgentMode === 'remove' ? Math.max(0, nodes.desired - nodes.done) : nodes.done;
     status.nodes = { desired: nodes.desired, configured };
+  } else if (observed.nodeConfigEnabled && !observed.nodeConflict && mirror.status?.nodes) {
+    // The agents' DaemonSet went (deleted by hand, or by a namespace being deleted), but agents
+    // leave their nodes configured when they stop: the count stands, and tells deletion that nodes
+    // need cleaning.
+    status.nodes = mirror.status.nodes;
   } else {
     status.nodes = { desired: 0, configured: 0 };
   }

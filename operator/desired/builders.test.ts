@@ -11,7 +11,7 @@ import { desiredSecret } from './secret.ts';
 import { desiredPersistentVolumeClaim } from './persistent-volume-claim.ts';
 import { desiredDeployment } from './deployment.ts';
 import { desiredService } from './service.ts';
-import { desiredDaemonSet } from './daemon-set.ts';
+import { desiredCleanupDaemonSet, desiredDaemonSet } from './daemon-set.ts';
 import { CHECKSUM_ANNOTATION, PATHS } from './inputs.ts';
 import { inputsFixture } from '../test-fixtures.ts';
 
@@ -104,6 +104,18 @@ test('the PersistentVolumeClaim asks for the spec\'s size, class and access mode
   const defaulted = desiredPersistentVolumeClaim(inputsFixture());
   assert.equal(defaulted.spec.resources && (defaulted.spec.resources as { requests: { storage: string } }).requests.storage, '10Gi');
   assert.ok(!('storageClassName' in defaulted.spec), 'no class: the cluster default applies');
+});
+
+test('the cleanup DaemonSet runs the node agent in remove mode with a selector of its own and no owner', () => {
+  const cleanup = valid(DaemonSet, desiredCleanupDaemonSet(inputsFixture({ nodeAgentMode: 'apply' })));
+  const agent = desiredDaemonSet(inputsFixture({ nodeAgentMode: 'remove' }));
+  assert.equal(cleanup.metadata?.name, 'regmirror-hub-node-cleanup');
+  assert.equal(cleanup.metadata?.ownerReferences, undefined);
+  assert.deepEqual(cleanup.spec?.selector.matchLabels, { 'app.kubernetes.io/name': 'regmirror', 'app.kubernetes.io/instance': 'hub', 'app.kubernetes.io/component': 'node-cleanup' });
+  assert.equal(cleanup.spec?.template.metadata?.labels?.['app.kubernetes.io/component'], 'node-cleanup');
+  assert.deepEqual(cleanup.spec?.template.spec, agent.spec.template.spec, 'the same agent, pods and mounts as the remove-mode DaemonSet');
+  const args = cleanup.spec!.template.spec!.containers[0]!.args!;
+  assert.equal(args[args.indexOf('--mode') + 1], 'remove');
 });
 
 test('a claim never asks for less than it already does: a smaller storage.size keeps its size, a larger one grows it', () => {

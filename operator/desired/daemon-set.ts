@@ -137,3 +137,26 @@ export function desiredDaemonSet(inputs: DesiredInputs) {
     },
   };
 }
+
+/**
+ * The node agent in remove mode under a DaemonSet of its own, for when the RegistryMirror's
+ * DaemonSet was deleted before its nodes were clean: a foreground cascade (kubectl
+ * --cascade=foreground, Argo CD) has the garbage collector delete dependents before the owner, and
+ * the DaemonSet controller rolls nothing out for a DaemonSet being deleted. It has no owner
+ * reference, so the garbage collector leaves it alone; the operator deletes it once the nodes are
+ * clean. Its own selector keeps it apart from the pods of the DaemonSet being deleted.
+ */
+export function desiredCleanupDaemonSet(inputs: DesiredInputs) {
+  const { mirror } = inputs;
+  const daemonSet = desiredDaemonSet({ ...inputs, nodeAgentMode: 'remove' });
+  const { ownerReferences: _owned, ...meta } = daemonSet.metadata;
+  return {
+    ...daemonSet,
+    metadata: { ...meta, name: names(mirror).cleanupDaemonSet, labels: labels(mirror, 'node-cleanup') },
+    spec: {
+      ...daemonSet.spec,
+      selector: { matchLabels: selector(mirror, 'node-cleanup') },
+      template: { ...daemonSet.spec.template, metadata: { ...daemonSet.spec.template.metadata, labels: labels(mirror, 'node-cleanup') } },
+    },
+  };
+}

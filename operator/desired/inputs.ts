@@ -116,10 +116,14 @@ export function names(mirror: RegistryMirror) {
     deployment: base,
     service: base,
     daemonSet: `${base}-node`,
+    /** Takes the configuration off the nodes when the node agent DaemonSet went before it could (see the reconciler's finalize). */
+    cleanupDaemonSet: `${base}-node-cleanup`,
   };
 }
 
-export function labels(mirror: RegistryMirror, component: 'mirror' | 'node-agent'): Record<string, string> {
+export type Component = 'mirror' | 'node-agent' | 'node-cleanup';
+
+export function labels(mirror: RegistryMirror, component: Component): Record<string, string> {
   return {
     'app.kubernetes.io/name': 'regmirror',
     'app.kubernetes.io/instance': mirror.metadata.name,
@@ -129,7 +133,7 @@ export function labels(mirror: RegistryMirror, component: 'mirror' | 'node-agent
 }
 
 /** The subset of labels a selector uses; selectors are immutable, so they never grow. */
-export function selector(mirror: RegistryMirror, component: 'mirror' | 'node-agent'): Record<string, string> {
+export function selector(mirror: RegistryMirror, component: Component): Record<string, string> {
   return {
     'app.kubernetes.io/name': 'regmirror',
     'app.kubernetes.io/instance': mirror.metadata.name,

@@ -188,6 +188,15 @@ export class KubeApi {
     });
   }
 
+  /** Deletes an object and, in the background, what it owns; one already gone is fine. */
+  async delete(apiVersion: string, kind: string, namespace: string, name: string): Promise<void> {
+    try {
+      await this.request('DELETE', objectPath(apiVersion, kind, namespace, name), { query: { propagationPolicy: 'Background' } });
+    } catch (error) {
+      if (!isNotFound(error)) throw error;
+    }
+  }
+
   /** RFC 6902 JSON patch: its `test` operations make it refuse (422) when the object moved on. */
   jsonPatch<T extends KubeObject>(apiVersion: string, kind: string, namespace: string, name: string, operations: JsonPatchOperation[]): Promise<T> {
     return this.request<T>('PATCH', objectPath(apiVersion, kind, namespace, name), {
