@@ -412,6 +412,23 @@ describe('operator against a real kube-apiserver', { skip }, () => {
     assert.ok(!operator.logs().includes(Buffer.from(secret.data!['node-password']!, 'base64').toString()), 'the node password is never logged');
   });
 
+  it('a node password made again (its Secret deleted) rolls the node agents as well as the mirror', async () => {
+    const checksum = async () => (await owned('apps/v1', 'DaemonSet', 'regmirror-locked-node'))!.spec.template.metadata.annotations['regmirror.dev/credentials-checksum'];
+    const before = await checksum();
+    const mirrorChecksum = async () => (await owned('apps/v1', 'Deployment', 'regmirror-locked'))!.spec.template.metadata.annotations[CHECKSUM_ANNOTATION];
+    const mirrorBefore = await mirrorChecksum();
+    const secret = (await owned('v1', 'Secret', 'regmirror-locked'))!;
+    await mustKubectl(['delete', 'secret', 'regmirror-locked', '-n', NS]);
+    const again = await eventually('the Secret made again', async () => {
+      const s = await owned('v1', 'Secret', 'regmirror-locked');
+      return s && s.metadata!.uid !== secret.metadata!.uid && s;
+    });
+    assert.notEqual(again.data!['node-password'], secret.data!['node-password']);
+    await eventually('a new checksum on the mirror\'s pod template', async () => (await mirrorChecksum()) !== mirrorBefore);
+    await eventually('a new checksum on the agents\' pod template', async () => (await checksum()) !== before);
+    assert.match(await checksum(), /^[0-9a-f]{64}$/);
+  });
+
   it('deleting a RegistryMirror takes the configuration off the nodes first, then lets the objects go', async () => {
     await mustKubectl(['delete', 'rmir', 'hub', '-n', NS, '--wait=false']);
     const daemonSet = await eventually('the node agent in remove mode', async () => {

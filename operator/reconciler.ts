@@ -218,7 +218,10 @@ export class Reconciler {
       const text = secret.data?.htpasswd;
       if (!text) return invalid(`Secret ${htpasswdRef.name} (spec.auth) has no key "htpasswd"`);
       inputs.htpasswd = Buffer.from(text, 'base64').toString('utf8');
-      inputs.nodeCredentials = await nodeCredentials(cache.secret(namespace, names(mirror).secret)?.data);
+      // Read from the server, not the cache: a reconcile just after the one that made the password
+      // would otherwise make another, and roll the mirror and the agents twice.
+      const owned = await this.options.api.find<SecretLike & KubeObject>('v1', 'Secret', namespace, names(mirror).secret);
+      inputs.nodeCredentials = await nodeCredentials(owned?.data);
     }
 
     if (spec.tls) {

@@ -106,6 +106,17 @@ test('the PersistentVolumeClaim asks for the spec\'s size, class and access mode
   assert.ok(!('storageClassName' in defaulted.spec), 'no class: the cluster default applies');
 });
 
+test('new node credentials roll the node agents: their pod template carries a hash of them, never the password', () => {
+  const template = (credentials?: typeof nodeCredentials) =>
+    valid(DaemonSet, desiredDaemonSet(inputsFixture({ nodeCredentials: credentials, htpasswd: '' }, credentialed))).spec!.template;
+  const before = template(nodeCredentials).metadata!.annotations!['regmirror.dev/credentials-checksum'];
+  const after = template({ ...nodeCredentials, password: 'regenerated-pass' }).metadata!.annotations!['regmirror.dev/credentials-checksum'];
+  assert.match(before!, /^[0-9a-f]{64}$/);
+  assert.notEqual(after, before);
+  assert.ok(!JSON.stringify(template(nodeCredentials)).includes('node-pass-123'), 'the password itself is only referenced, from the Secret');
+  assert.equal(template(undefined).metadata!.annotations!['regmirror.dev/credentials-checksum'], undefined, 'no auth, no credentials');
+});
+
 test('the cleanup DaemonSet runs the node agent in remove mode with a selector of its own and no owner', () => {
   const cleanup = valid(DaemonSet, desiredCleanupDaemonSet(inputsFixture({ nodeAgentMode: 'apply' })));
   const agent = desiredDaemonSet(inputsFixture({ nodeAgentMode: 'remove' }));
