@@ -159,6 +159,25 @@ test('removal leaves another mirror\'s Docker entry and CRI-O drop-in alone (ano
   assert.equal(await readFile(node.daemonJson, 'utf8'), `{"pidfile": "${node.root}/nodockerd.pid"}`);
 });
 
+test('removal leaves another mirror\'s containerd hosts.toml, and the backup it keeps, for a registry both list', async () => {
+  const node = await makeNode();
+  const theirs = 'server = "https://registry-1.docker.io"\n';
+  await mkdir(path.join(node.hostsDir, 'docker.io'));
+  await writeFile(path.join(node.hostsDir, 'docker.io/hosts.toml'), theirs);
+  // The other RegistryMirror's agent (mirror :6000) applies; this one's (:5999) then runs a remove pass.
+  const other = parseAgentConfig(nodeArgs(node, ['--runtimes', 'containerd']).map((a) => (a === 'http://127.0.0.1:5999' ? 'http://127.0.0.1:6000' : a)), {});
+  await reconcileOnce(other, quiet);
+  const hostsToml = await readFile(path.join(node.hostsDir, 'docker.io/hosts.toml'), 'utf8');
+  assert.match(hostsToml, /127\.0\.0\.1:6000/);
+  const removed = await reconcileOnce(nodeConfig(node, ['--runtimes', 'containerd', '--mode', 'remove']), quiet);
+  assert.equal(removed.ready, true, removed.problems.join('; '));
+  assert.equal(await readFile(path.join(node.hostsDir, 'docker.io/hosts.toml'), 'utf8'), hostsToml, 'the other mirror\'s hosts.toml stays');
+  assert.equal(await readFile(path.join(node.hostsDir, 'docker.io/hosts.toml.regmirror-backup'), 'utf8'), theirs, 'and the file it keeps for its owner');
+  // the mirror it belongs to takes it away and puts the original back
+  await reconcileOnce({ ...other, mode: 'remove' }, quiet);
+  assert.equal(await readFile(path.join(node.hostsDir, 'docker.io/hosts.toml'), 'utf8'), theirs);
+});
+
 test('a runtime dropped from the list (--remove-runtimes) is cleaned while the others stay configured', async () => {
   const node = await makeNode();
   await mkdir(path.dirname(node.daemonJson), { recursive: true });

@@ -206,9 +206,12 @@ export async function reconcileContainerd(ctx: ReconcileContext): Promise<Runtim
     const file = path.join(dir, 'hosts.toml');
     const current = await readTextOrNull(file);
     const hasBackup = await exists(file + BACKUP_SUFFIX);
-    const ours = current !== null && isManagedHostsToml(current) && pointsAtMirror(current, config.mirror);
-    const listed = config.registries.includes(registry);
-    if (!ours && !(listed && (hasBackup || (current !== null && isManagedHostsToml(current))))) continue;
+    const managed = current !== null && isManagedHostsToml(current);
+    const ours = managed && pointsAtMirror(current, config.mirror);
+    // Another RegistryMirror's agent wrote it (and keeps the backup for its owner): not ours to take.
+    if (managed && !ours) continue;
+    // Left for a listed registry: a backup whose file of ours is gone, or that someone else replaced.
+    if (!ours && !(config.registries.includes(registry) && hasBackup)) continue;
     const plan = planHostsRemove(current, hasBackup);
     if (await carryOutHostsPlan(plan, dir, mode)) {
       s.changed.push(file);

@@ -45,7 +45,10 @@ test('the earliest mirror holds the nodes; a later one that would share a file o
 
   const leaving = mirror('first', '2026-01-01T00:00:00Z');
   leaving.metadata.deletionTimestamp = '2026-02-01T00:00:00Z';
-  assert.equal(nodeConfigHolder(second, [leaving, second]), undefined, 'a mirror being deleted gives its nodes up');
+  assert.equal(nodeConfigHolder(second, [leaving, second]), undefined, 'a mirror being deleted gives its nodes up once its node cleanup let go');
+  leaving.metadata.finalizers = ['regmirror.dev/node-cleanup'];
+  assert.equal(nodeConfigHolder(second, [leaving, second])?.holder.metadata.name, 'first',
+    'but holds them while its agents still take their configuration away: both would work on the same files at once');
 
   const sameTime = mirror('b', '2026-01-01T00:00:00Z');
   assert.equal(nodeConfigHolder(sameTime, [mirror('a', '2026-01-01T00:00:00Z'), sameTime])?.holder.metadata.name, 'a', 'ties go by name');

@@ -4,6 +4,7 @@
 // The mirror that was there first keeps its nodes; a later one that would share a file with it
 // gets no node configuration, and says why in its status.
 import type { RegistryMirror } from './api/registry-mirror.ts';
+import { FINALIZER } from './desired/inputs.ts';
 
 /**
  * Could both selectors pick one node? Only a label both require, with different values, rules it
@@ -37,16 +38,23 @@ export function sharedNodeFiles(a: RegistryMirror, b: RegistryMirror): string | 
 const createdOrder = (m: RegistryMirror) => `${m.metadata.creationTimestamp ?? ''}\u0000${m.metadata.namespace}/${m.metadata.name}`;
 
 /**
+ * A mirror being deleted holds its nodes until its finalizer let go: its agents are taking their
+ * configuration away meanwhile, and another mirror's agents writing the same files at the same
+ * time would have them taken away too.
+ */
+const holdsNodes = (m: RegistryMirror) => !m.metadata.deletionTimestamp || (m.metadata.finalizers ?? []).includes(FINALIZER);
+
+/**
  * The RegistryMirror that holds nodes `mirror` would also configure, and the files they would
- * share: the earliest created of those with node configuration on, not being deleted, whose node
- * selector may pick the same nodes. Undefined when `mirror` may configure its nodes.
+ * share: the earliest created of those with node configuration on, not deleted past their node
+ * cleanup, whose node selector may pick the same nodes. Undefined when `mirror` may configure its nodes.
  */
 export function nodeConfigHolder(mirror: RegistryMirror, all: readonly RegistryMirror[]): { holder: RegistryMirror; files: string } | undefined {
   if (!mirror.spec.nodeConfig.enabled) return undefined;
   const mine = createdOrder(mirror);
   const candidates = all
     .filter((other) => !(other.metadata.namespace === mirror.metadata.namespace && other.metadata.name === mirror.metadata.name))
-    .filter((other) => other.spec?.nodeConfig?.enabled && !other.metadata.deletionTimestamp && createdOrder(other) < mine)
+    .filter((other) => other.spec?.nodeConfig?.enabled && holdsNodes(other) && createdOrder(other) < mine)
     .sort((x, y) => (createdOrder(x) < createdOrder(y) ? -1 : 1));
   for (const other of candidates) {
     if (!selectorsOverlap(mirror.spec.nodeConfig.nodeSelector, other.spec.nodeConfig.nodeSelector)) continue;

@@ -385,6 +385,24 @@ describe('operator against a real kube-apiserver', { skip }, () => {
     await eventually('quay-b no longer in conflict', async () => (await ready('quay-b'))?.reason !== 'NodeConfigConflict');
   });
 
+  it('a RegistryMirror being deleted keeps its nodes until its agents have taken their configuration away; only then does the one waiting take them', async () => {
+    const k8s = { upstreams: [{ registry: 'registry.k8s.io' }], ...ownNodes('handover') };
+    await applyMirror('leaving', k8s);
+    await eventually('its DaemonSet', () => owned('apps/v1', 'DaemonSet', 'regmirror-leaving-node'));
+    await playKubeletNodeAgentsReady('leaving', 2);
+    await applyMirror('waiting', k8s);
+    await eventually('NodeConfigConflict', async () => (await ready('waiting'))?.reason === 'NodeConfigConflict');
+    await mustKubectl(['delete', 'rmir', 'leaving', '-n', NS, '--wait=false']);
+    await eventually('its agents in remove mode', async () =>
+      (await owned('apps/v1', 'DaemonSet', 'regmirror-leaving-node'))?.metadata?.annotations?.[MODE_ANNOTATION] === 'remove');
+    await sleep(2_000);
+    assert.equal(await owned('apps/v1', 'DaemonSet', 'regmirror-waiting-node'), undefined, 'no second agent on those nodes while the first removes');
+    assert.equal((await ready('waiting'))?.reason, 'NodeConfigConflict');
+    await playKubeletNodeAgentsReady('leaving', 2);
+    await eventually('the first gone', async () => (await mirror('leaving')) === undefined);
+    await eventually('the second takes the nodes', () => owned('apps/v1', 'DaemonSet', 'regmirror-waiting-node'));
+  });
+
   it('with auth on, the mirror checks htpasswd with the nodes\' own entry added, kept stable across reconciles', async () => {
     await mustKubectl(['create', 'secret', 'generic', 'mirror-users', '-n', NS, '--from-literal=htpasswd=bob:$2y$05$0123456789012345678901uGbpYAK2ZqLvbEFxa7xW1hMyoXvsT3q']);
     await applyMirror('locked', {
