@@ -210,12 +210,21 @@ describe('operator against a real kube-apiserver', { skip }, () => {
       // values the DaemonSet would be refused for, after the mirror's other objects had changed
       [{ upstreams: [{ registry: 'docker.io' }], nodeConfig: { nodeSelector: { pool: 'yes please' } } }, /spec\.nodeConfig\.nodeSelector\.pool/],
       [{ upstreams: [{ registry: 'docker.io' }], nodeConfig: { nodeSelector: { 'not a key': 'x' } } }, /label keys are/],
+      // tolerations as Kubernetes checks them
+      [{ upstreams: [{ registry: 'docker.io' }], nodeConfig: { tolerations: [{ operator: 'Exists', value: 'x' }] } }, /value must be empty when operator is Exists/],
+      [{ upstreams: [{ registry: 'docker.io' }], nodeConfig: { tolerations: [{ key: 'a', operator: 'Equal', value: 'b', tolerationSeconds: 30 }] } }, /effect must be NoExecute when tolerationSeconds is set/],
+      [{ upstreams: [{ registry: 'docker.io' }], nodeConfig: { tolerations: [{ operator: 'Equal', value: 'b' }] } }, /operator must be Exists when key is empty/],
+      [{ upstreams: [{ registry: 'docker.io' }], nodeConfig: { tolerations: [{ value: 'b' }] } }, /operator must be Exists when key is empty/],
+      [{ upstreams: [{ registry: 'docker.io' }], nodeConfig: { tolerations: [{ key: 'not a key', operator: 'Exists' }] } }, /spec\.nodeConfig\.tolerations\[0\]\.key/],
     ];
     for (const [spec, message] of cases) {
       const result = await kubectl(['apply', '-f', '-'], JSON.stringify({ apiVersion: API_VERSION, kind: KIND, metadata: { name: 'invalid', namespace: NS }, spec }));
       assert.notEqual(result.code, 0, `accepted: ${JSON.stringify(spec)}`);
       assert.match(result.stderr, message);
     }
+    const tolerations = [{ operator: 'Exists' }, { key: 'dedicated', value: 'mirror', effect: 'NoSchedule' }, { key: 'node.kubernetes.io/unreachable', operator: 'Exists', effect: 'NoExecute', tolerationSeconds: 30 }];
+    const tolerant = await kubectl(['apply', '--dry-run=server', '-f', '-'], JSON.stringify({ apiVersion: API_VERSION, kind: KIND, metadata: { name: 'tolerant', namespace: NS }, spec: { upstreams: [{ registry: 'docker.io' }], nodeConfig: { tolerations } } }));
+    assert.equal(tolerant.code, 0, `tolerations Kubernetes takes are taken: ${tolerant.stderr}`);
     const long = await kubectl(['apply', '-f', '-'], JSON.stringify({ apiVersion: API_VERSION, kind: KIND, metadata: { name: 'a'.repeat(41), namespace: NS }, spec: { upstreams: [{ registry: 'docker.io' }] } }));
     assert.notEqual(long.code, 0);
     assert.match(long.stderr, /at most 40 characters/);

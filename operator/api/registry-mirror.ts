@@ -35,11 +35,12 @@ const cel = (...rules: CelRule[]) => ({ 'x-kubernetes-validations': rules });
 const SecretName = Type.String({ minLength: 1, maxLength: 253, pattern: SECRET_NAME_PATTERN });
 /** Label keys and values as Kubernetes checks them, so a bad selector is refused when applied, not by the DaemonSet. */
 const LABEL_KEY = '^([a-z0-9]([-a-z0-9]*[a-z0-9])?(\\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*/)?[A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?$';
+const LABEL_VALUE = '^(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?$';
 const LabelSelector = (description: string) =>
   Type.Object(
     {},
     {
-      additionalProperties: Type.String({ maxLength: 63, pattern: '^(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?$' }),
+      additionalProperties: Type.String({ maxLength: 63, pattern: LABEL_VALUE }),
       // bounds the key check's cost, which the API server estimates before it accepts the CRD
       maxProperties: 32,
       description,
@@ -83,15 +84,36 @@ export const UpstreamSchema = Type.Object(
 const RUNTIMES = ['containerd', 'docker', 'crio'] as const;
 export type Runtime = (typeof RUNTIMES)[number];
 
+// Kubernetes' own checks of a toleration (ValidateTolerations), so the DaemonSet is not refused
+// after the mirror's other objects have changed.
 const TolerationSchema = Type.Object(
   {
-    key: Type.Optional(Type.String({ maxLength: 317 })),
+    key: Type.Optional(Type.String({ maxLength: 317, pattern: `(^$)|${LABEL_KEY}` })),
     operator: Type.Optional(Type.Union([Type.Literal('Exists'), Type.Literal('Equal')])),
-    value: Type.Optional(Type.String({ maxLength: 63 })),
+    value: Type.Optional(Type.String({ maxLength: 63, pattern: LABEL_VALUE })),
     effect: Type.Optional(Type.Union([Type.Literal('NoSchedule'), Type.Literal('PreferNoSchedule'), Type.Literal('NoExecute')])),
     tolerationSeconds: Type.Optional(Type.Integer()),
   },
-  { additionalProperties: false },
+  {
+    additionalProperties: false,
+    ...cel(
+      {
+        rule: "(has(self.key) && self.key != '') || (has(self.operator) && self.operator == 'Exists')",
+        message: 'operator must be Exists when key is empty (a toleration of every taint); operator defaults to Equal',
+        fieldPath: '.operator',
+      },
+      {
+        rule: "!has(self.operator) || self.operator != 'Exists' || !has(self.value) || self.value == ''",
+        message: 'value must be empty when operator is Exists',
+        fieldPath: '.value',
+      },
+      {
+        rule: "!has(self.tolerationSeconds) || (has(self.effect) && self.effect == 'NoExecute')",
+        message: 'effect must be NoExecute when tolerationSeconds is set',
+        fieldPath: '.effect',
+      },
+    ),
+  },
 );
 
 export const RegistryMirrorSpecSchema = Type.Object(
