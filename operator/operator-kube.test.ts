@@ -228,6 +228,11 @@ describe('operator against a real kube-apiserver', { skip }, () => {
     const long = await kubectl(['apply', '-f', '-'], JSON.stringify({ apiVersion: API_VERSION, kind: KIND, metadata: { name: 'a'.repeat(41), namespace: NS }, spec: { upstreams: [{ registry: 'docker.io' }] } }));
     assert.notEqual(long.code, 0);
     assert.match(long.stderr, /at most 40 characters/);
+    for (const name of ['hub.v2', '2hub']) {
+      const named = await kubectl(['apply', '-f', '-'], JSON.stringify({ apiVersion: API_VERSION, kind: KIND, metadata: { name, namespace: NS }, spec: { upstreams: [{ registry: 'docker.io' }] } }));
+      assert.notEqual(named.code, 0, `accepted the name ${name}`);
+      assert.match(named.stderr, /metadata\.name must be a DNS-1035 label.*its Service, regmirror-<name>/);
+    }
   });
 
   it('a RegistryMirror produces every owned object with an owner reference, the endpoint and a finalizer', async () => {

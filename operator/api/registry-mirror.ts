@@ -322,9 +322,16 @@ export const RegistryMirrorSchema: TSchema = Type.Object(
   {
     required: ['spec'],
     description: 'A registry mirror: an OCI pull-through cache in the cluster, and nodes pointed at it.',
-    ...cel({
-      rule: `size(self.metadata.name) <= ${MAX_NAME_LENGTH}`,
-      message: `metadata.name must be at most ${MAX_NAME_LENGTH} characters (object names are derived from it)`,
-    }),
+    ...cel(
+      {
+        rule: `size(self.metadata.name) <= ${MAX_NAME_LENGTH}`,
+        message: `metadata.name must be at most ${MAX_NAME_LENGTH} characters (object names are derived from it)`,
+      },
+      {
+        // Kubernetes takes dots in a RegistryMirror's name, but not in its Service's, regmirror-<name>.
+        rule: "self.metadata.name.matches('^[a-z]([-a-z0-9]*[a-z0-9])?$')",
+        message: "metadata.name must be a DNS-1035 label: lower-case letters, digits and '-', starting with a letter and ending with a letter or digit, no dots (its Service, regmirror-<name>, is named after it)",
+      },
+    ),
   },
 );
