@@ -262,18 +262,26 @@ test('regmirror node-agent refuses an unsafe registry with exit code 2 and write
   assert.match(fromEnv.stderr, /environment REGMIRROR_MIRROR: mirror: .*not a URL|environment REGMIRROR_MIRROR: mirror: .*http or https/);
 });
 
-test('regmirror node-agent --once applies, exits 0, and exits 1 naming the problem when containerd will ignore it', async () => {
+test('regmirror node-agent --once applies and exits 0, also when containerd will ignore the files (logged, naming the problem); 1 when nothing could be applied', async () => {
   const node = await makeNode();
   const ok = await runCommand(process.execPath, ['bin/regmirror.ts', 'node-agent', ...nodeArgs(node, ['--runtimes', 'containerd', '--once'])], { cwd: REPO });
   assert.equal(ok.code, 0, ok.stderr + ok.stdout);
   assert.deepEqual((await readdir(node.hostsDir)).sort(), ['docker.io', 'ghcr.io']);
 
   const bad = await makeNode({ configPath: false });
-  const fail = await runCommand(process.execPath, ['bin/regmirror.ts', 'node-agent', ...nodeArgs(bad, ['--runtimes', 'containerd', '--once'])], { cwd: REPO });
-  assert.equal(fail.code, 1);
-  const report = JSON.parse(fail.stdout.trim().split('\n').at(-1)!);
+  const ignored = await runCommand(process.execPath, ['bin/regmirror.ts', 'node-agent', ...nodeArgs(bad, ['--runtimes', 'containerd', '--once'])], { cwd: REPO });
+  assert.equal(ignored.code, 0, 'the files are in place: exit 0, as DESIGN.md says');
+  assert.deepEqual((await readdir(bad.hostsDir)).sort(), ['docker.io', 'ghcr.io']);
+  const report = JSON.parse(ignored.stdout.trim().split('\n').at(-1)!);
+  assert.equal(report.level, 50, 'logged as an error');
   assert.equal(report.msg, 'node not configured');
   assert.match(report.problems.join('\n'), /does not set config_path/);
+
+  const none = await makeTempDir('node-agent-nothing');
+  const nothing = await runCommand(process.execPath, ['bin/regmirror.ts', 'node-agent', '--mirror', 'http://127.0.0.1:5999', '--registries', 'docker.io', '--runtimes', 'containerd',
+    '--containerd-hosts-dir', path.join(none, 'certs.d'), '--containerd-config', path.join(none, 'config.toml'), '--once'], { cwd: REPO });
+  assert.equal(nothing.code, 1, 'no runtime on the node: nothing applied');
+  assert.match(nothing.stdout, /no container runtime found/);
 });
 
 test('a node with none of the runtimes is not ready, and says where it looked', async () => {

@@ -94,7 +94,7 @@ export async function startAgent(config: AgentConfig, log: Logger): Promise<Runn
     try {
       result = await reconcileNode({ config, log, notices });
     } catch (error) {
-      result = { mode: config.mode, ready: false, runtimes: [], problems: [(error as Error).message] };
+      result = { mode: config.mode, ready: false, applied: false, runtimes: [], problems: [(error as Error).message] };
     }
     last = result;
     logResult(log, result);

@@ -58,7 +58,7 @@ export const OPTIONS = {
   registries: { flag: 'registries', env: 'REGMIRROR_REGISTRIES', type: 'string', help: 'comma-separated registries to mirror, e.g. docker.io,ghcr.io' },
   defaultRegistry: { flag: 'default-registry', env: 'REGMIRROR_DEFAULT_REGISTRY', type: 'string', help: "the mirror's `default:` upstream (docker.io when listed, else the first registry)" },
   mode: { flag: 'mode', env: 'REGMIRROR_MODE', type: 'string', default: 'apply', help: 'apply: configure the runtimes; remove: take the configuration away' },
-  once: { flag: 'once', env: 'REGMIRROR_ONCE', type: 'boolean', help: 'apply (or remove) once and exit: 0 when the node is ready, 1 when not (problems logged), 2 on a configuration error' },
+  once: { flag: 'once', env: 'REGMIRROR_ONCE', type: 'boolean', help: 'apply (or remove) once and exit: 0 once the files are in place (a runtime that will not use them is logged as an error), 1 when they could not be or no runtime was found, 2 on a configuration error' },
   runtimes: { flag: 'runtimes', env: 'REGMIRROR_RUNTIMES', type: 'string', default: RUNTIMES.join(','), help: 'runtimes to configure when present on the node' },
   removeRuntimes: { flag: 'remove-runtimes', env: 'REGMIRROR_REMOVE_RUNTIMES', type: 'string', default: '', help: 'runtimes whose configuration for this mirror is taken away (dropped from --runtimes)' },
   containerdHostsDir: { flag: 'containerd-hosts-dir', env: 'REGMIRROR_CONTAINERD_HOSTS_DIR', type: 'string', default: '/etc/containerd/certs.d', help: "containerd's config_path (hosts.toml directories)" },

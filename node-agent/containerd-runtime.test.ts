@@ -72,7 +72,7 @@ test('a containerd without config_path is reported, and indeed its CRI pulls do 
   try {
     const run = await runCommand(process.execPath, ['bin/regmirror.ts', 'node-agent', '--mirror', upstreams.mirror.url, '--registries', 'docker.io',
       '--runtimes', 'containerd', '--containerd-hosts-dir', bare.hostsDir, '--containerd-config', bare.configFile, '--once'], { cwd: REPO });
-    assert.equal(run.code, 1, 'not configured: exit 1');
+    assert.equal(run.code, 0, 'the files are in place (exit 0); the problem is reported');
     assert.match(run.stdout, /does not set config_path/);
     const before = await mirrorManifestRequests(upstreams.mirror);
     await assert.rejects(criPullImage(bare.socket, 'docker.io/library/alpine:cri'), /registry-1\.docker\.io/);

@@ -14,9 +14,10 @@ export async function main(argv: string[]): Promise<void> {
 
   if (config.once) {
     const result = await reconcileOnce(config, log);
-    // Files in place but a runtime that will not use them (containerd without config_path) is a
-    // failure an init container must show.
-    if (!result.ready) process.exitCode = 1;
+    // 0 once the files are as the mode wants them (DESIGN.md's contract for tests and init
+    // containers); a runtime that will not use them (containerd without config_path) is reported
+    // in the log, as in /readyz. 1 when the files could not be put in place, or no runtime was found.
+    if (!result.applied) process.exitCode = 1;
     return;
   }
 

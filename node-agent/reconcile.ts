@@ -30,6 +30,11 @@ export interface RuntimeStatus {
   changed: string[];
   /** Why `done` is false, in words an operator can act on. */
   problems: string[];
+  /**
+   * The files are as the mode wants them (written, or taken away), even where the runtime will not
+   * use them (containerd without config_path, a dockerd that did not reload): only `done` says that.
+   */
+  filesInPlace: boolean;
   /** Directories whose changes should trigger another pass. */
   watch: string[];
 }
@@ -64,10 +69,18 @@ function mirrorRequiresAuth(config: AgentConfig): boolean {
 }
 
 function status(runtime: Runtime, present: boolean): RuntimeStatus {
-  return { runtime, present, done: true, changed: [], problems: [], watch: [] };
+  return { runtime, present, done: true, changed: [], problems: [], watch: [], filesInPlace: true };
 }
 
+/** The runtime's files could not be put as the mode wants them. */
 function fail(s: RuntimeStatus, problem: string): void {
+  s.done = false;
+  s.filesInPlace = false;
+  s.problems.push(problem);
+}
+
+/** The files are in place, but the runtime will not use them (or did not take them yet). */
+function notUsed(s: RuntimeStatus, problem: string): void {
   s.done = false;
   s.problems.push(problem);
 }
@@ -135,7 +148,7 @@ async function checkContainerdConfig(ctx: ReconcileContext, s: RuntimeStatus): P
   try {
     setup = readContainerdRegistrySetup(text);
   } catch (error) {
-    fail(s, `containerd config ${config.containerdConfig} is not TOML the agent can read: ${(error as Error).message.split('\n')[0]}`);
+    notUsed(s, `containerd config ${config.containerdConfig} is not TOML the agent can read: ${(error as Error).message.split('\n')[0]}`);
     return;
   }
   if (setup.criDisabled) {
@@ -143,7 +156,7 @@ async function checkContainerdConfig(ctx: ReconcileContext, s: RuntimeStatus): P
     return;
   }
   if (setup.configPath === undefined) {
-    fail(s, `containerd config ${config.containerdConfig} does not set config_path under [plugins."io.containerd.grpc.v1.cri".registry], so containerd ignores hosts.toml; set config_path = "/etc/containerd/certs.d" and restart containerd (the agent does not rewrite config.toml)`);
+    notUsed(s, `containerd config ${config.containerdConfig} does not set config_path under [plugins."io.containerd.grpc.v1.cri".registry], so containerd ignores hosts.toml; set config_path = "/etc/containerd/certs.d" and restart containerd (the agent does not rewrite config.toml)`);
     return;
   }
   if (setup.legacyMirrors) {
@@ -362,7 +375,7 @@ export async function reconcileDocker(ctx: ReconcileContext): Promise<RuntimeSta
       log.info({ file, mirror: config.mirror }, 'docker daemon.json: registry mirror merged');
     }
     const problem = await syncDockerd(ctx, written, config.mirror, true, plan.text !== null);
-    if (problem) fail(s, problem);
+    if (problem) notUsed(s, problem);
     return s;
   }
 
@@ -386,7 +399,7 @@ export async function reconcileDocker(ctx: ReconcileContext): Promise<RuntimeSta
     const interim = daemonJsonForReload(current, state.mirror);
     await writeFileAtomic(file, interim, { keepMode: true });
     const problem = await syncDockerd(ctx, Buffer.from(interim), state.mirror.replace(/\/+$/, ''), false, true);
-    if (problem) fail(s, problem);
+    if (problem) notUsed(s, problem);
     if (plan.action === 'write') await writeFileAtomic(file, plan.bytes, { keepMode: true });
     else await removeFile(file);
     s.changed.push(file);
@@ -456,6 +469,8 @@ export interface NodeStatus {
   mode: AgentConfig['mode'];
   /** apply: every present runtime uses the mirror; remove: nothing of ours is left. */
   ready: boolean;
+  /** Every runtime's files are as the mode wants them (and, in apply mode, some runtime was found): what `--once` exits 0 on. */
+  applied: boolean;
   runtimes: RuntimeStatus[];
   problems: string[];
 }
@@ -484,5 +499,6 @@ export async function reconcileNode(ctx: ReconcileContext): Promise<NodeStatus> 
   if (ctx.config.mode === 'apply' && !runtimes.some((r) => r.present && ctx.config.runtimes.includes(r.runtime))) {
     problems.push(`no container runtime found: none of ${ctx.config.runtimes.join(', ')} has its configuration location on this node (containerd ${ctx.config.containerdHostsDir} or ${ctx.config.containerdConfig}, docker ${ctx.config.dockerDaemonJson}, crio ${ctx.config.crioDir})`);
   }
-  return { mode: ctx.config.mode, ready: problems.length === 0, runtimes, problems };
+  const applied = runtimes.every((r) => r.filesInPlace) && problems.length === runtimes.flatMap((r) => r.problems).length;
+  return { mode: ctx.config.mode, ready: problems.length === 0, applied, runtimes, problems };
 }
