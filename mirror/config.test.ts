@@ -7,7 +7,7 @@ import { ConfigError } from '../common/config-error.ts';
 import { DEFAULT_CONFIG_FILE, loadConfigFile, resolveConfig } from './config.ts';
 import { parseRange } from './routes.ts';
 import { parseChallenge } from './upstream.ts';
-import { parseImageReference } from './prefetch.ts';
+import { parseImageReference } from './reference.ts';
 import { runCommand } from '../test/harness/process.ts';
 
 const dir = mkdtempSync(path.join(tmpdir(), 'regmirror-config-'));

@@ -5,43 +5,18 @@ import { ConfigError } from '../common/config-error.ts';
 import type { Logger } from '../common/logger.ts';
 import type { PullThroughCache, Repository } from './cache.ts';
 import type { MirrorMetrics } from './metrics.ts';
-import { isDigestReference, normaliseName, parseDigest, validateName, validateTag } from './reference.ts';
+import { isDigestReference, parseDigest, parseImageReference, type ImageReference } from './reference.ts';
 import type { UpstreamClient } from './upstream.ts';
 
-export interface PrefetchTarget {
+export interface PrefetchTarget extends ImageReference {
   /** As written in the config, for logs. */
   text: string;
-  registry: string;
-  name: string;
-  reference: string;
 }
 
 interface Descriptor {
   digest: string;
   size?: number;
   platform?: { os?: string; architecture?: string; variant?: string };
-}
-
-/** Splits `[registry/]name[:tag|@digest]` the way Docker does: a first part with a dot or port is a registry. */
-export function parseImageReference(text: string, defaultRegistry: string): Omit<PrefetchTarget, 'text'> {
-  const at = text.indexOf('@');
-  let rest = at >= 0 ? text.slice(0, at) : text;
-  let reference = at >= 0 ? text.slice(at + 1) : 'latest';
-  if (at < 0) {
-    const colon = rest.lastIndexOf(':');
-    if (colon > rest.lastIndexOf('/')) {
-      reference = rest.slice(colon + 1);
-      rest = rest.slice(0, colon);
-    }
-  }
-  const slash = rest.indexOf('/');
-  const first = slash >= 0 ? rest.slice(0, slash) : '';
-  const hasRegistry = slash >= 0 && (first.includes('.') || first.includes(':') || first === 'localhost');
-  const registry = hasRegistry ? first : defaultRegistry;
-  const name = normaliseName(registry, validateName(hasRegistry ? rest.slice(slash + 1) : rest));
-  if (isDigestReference(reference)) parseDigest(reference);
-  else validateTag(reference);
-  return { registry, name, reference };
 }
 
 export class Prefetcher {
@@ -71,7 +46,7 @@ export class Prefetcher {
     this.logger = options.logger.child({ task: 'prefetch' });
     this.metrics = options.metrics;
     this.targets = options.references.map((text, index) => {
-      let target: Omit<PrefetchTarget, 'text'>;
+      let target: ImageReference;
       try {
         target = parseImageReference(text, options.defaultRegistry);
       } catch (error) {

@@ -66,3 +66,32 @@ export function isDigestReference(reference: string): boolean {
 export function normaliseName(registry: string, name: string): string {
   return registry === 'docker.io' && !name.includes('/') ? `library/${name}` : name;
 }
+
+export interface ImageReference {
+  registry: string;
+  name: string;
+  /** A tag, or a digest. */
+  reference: string;
+}
+
+/** Splits `[registry/]name[:tag|@digest]` the way Docker does: a first part with a dot or port is a registry. */
+export function parseImageReference(text: string, defaultRegistry: string): ImageReference {
+  const at = text.indexOf('@');
+  let rest = at >= 0 ? text.slice(0, at) : text;
+  let reference = at >= 0 ? text.slice(at + 1) : 'latest';
+  if (at < 0) {
+    const colon = rest.lastIndexOf(':');
+    if (colon > rest.lastIndexOf('/')) {
+      reference = rest.slice(colon + 1);
+      rest = rest.slice(0, colon);
+    }
+  }
+  const slash = rest.indexOf('/');
+  const first = slash >= 0 ? rest.slice(0, slash) : '';
+  const hasRegistry = slash >= 0 && (first.includes('.') || first.includes(':') || first === 'localhost');
+  const registry = hasRegistry ? first : defaultRegistry;
+  const name = normaliseName(registry, validateName(hasRegistry ? rest.slice(slash + 1) : rest));
+  if (isDigestReference(reference)) parseDigest(reference);
+  else validateTag(reference);
+  return { registry, name, reference };
+}

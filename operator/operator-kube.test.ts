@@ -207,6 +207,7 @@ describe('operator against a real kube-apiserver', { skip }, () => {
       [{ upstreams: [{ registry: 'docker.io' }], storage: { size: '10Gi', ttl: '0s' } }, /ttl must be longer than 0s/],
       [{ upstreams: [{ registry: 'docker.io' }], storage: { size: '10Gi', maxSize: '0' } }, /maxSize must be at least 1Mi/],
       [{ upstreams: [{ registry: 'docker.io' }], storage: { size: '1Mi' } }, /size must be at least 2Mi/],
+      [{ upstreams: [{ registry: 'docker.io', url: 'https://user:secret@registry.example.com' }] }, /spec\.upstreams\[0\]\.url/],
       // values the DaemonSet would be refused for, after the mirror's other objects had changed
       [{ upstreams: [{ registry: 'docker.io' }], nodeConfig: { nodeSelector: { pool: 'yes please' } } }, /spec\.nodeConfig\.nodeSelector\.pool/],
       [{ upstreams: [{ registry: 'docker.io' }], nodeConfig: { nodeSelector: { 'not a key': 'x' } } }, /label keys are/],

@@ -143,6 +143,23 @@ test('a missing credentials Secret stops the rollout with SecretNotFound until i
   assert.equal(server.all('Deployment').length, 1);
 });
 
+test('a prefetch image on no configured upstream (which the mirror refuses at start) is InvalidSpec, naming the entry, and nothing is rolled out until it is fixed', async () => {
+  const spec = { upstreams: [{ registry: 'docker.io' }], prefetch: ['nginx:1.27', 'quay.io/prometheus/node-exporter:v1.8.0'] };
+  const { server, reconciler, ready } = setup(spec);
+  await reconciler.reconcile('registry-cache/hub');
+  assert.equal(ready()!.reason, 'InvalidSpec');
+  assert.match(ready()!.message, /spec\.prefetch\[1\] "quay\.io\/prometheus\/node-exporter:v1\.8\.0" is on quay\.io, which is not one of spec\.upstreams \(docker\.io\)/);
+  assert.equal(server.all('ConfigMap').length, 0, 'no config the mirror would refuse');
+  assert.equal(server.all('Deployment').length, 0);
+  assert.equal(server.all('Event').find((e) => e.reason === 'InvalidSpec')?.type, 'Warning');
+  // named on an upstream (the short name is on the default, docker.io): rolled out
+  const cr = server.all(KIND)[0]!;
+  cr.spec.upstreams.push({ registry: 'quay.io' });
+  await reconciler.reconcile('registry-cache/hub');
+  assert.equal(server.all('ConfigMap').length, 1);
+  assert.notEqual(ready()!.reason, 'InvalidSpec');
+});
+
 test('with auth on, node credentials are made once and kept across reconciles', async () => {
   const spec = { auth: { htpasswdSecretRef: { name: 'users' }, allowAnonymousWithCredentials: false } };
   const { server, secrets, reconciler } = setup(spec);

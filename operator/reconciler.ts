@@ -5,7 +5,7 @@ import { createHash } from 'node:crypto';
 import type { Logger } from '../common/logger.ts';
 import { API_VERSION, KIND, type RegistryMirror, type RegistryMirrorStatus, type Runtime } from './api/registry-mirror.ts';
 import { InvalidCredentialsError, normaliseCredentials, type Credentials, type SecretLike } from './credentials.ts';
-import { desiredConfigMap } from './desired/config-map.ts';
+import { desiredConfigMap, prefetchProblem } from './desired/config-map.ts';
 import { desiredCleanupDaemonSet, desiredDaemonSet, MODE_ANNOTATION, nodeAgentArg, runtimesIn, runtimesInDaemonSet } from './desired/daemon-set.ts';
 import { desiredDeployment } from './desired/deployment.ts';
 import {
@@ -188,6 +188,9 @@ export class Reconciler {
       problem: { reason: 'SecretNotFound', message: `Secret ${secretName} (${what}) not found in namespace ${namespace}` },
     });
     const invalid = (message: string): { problem: Problem } => ({ problem: { reason: 'InvalidCredentials', message } });
+    // The CRD cannot parse image references: what the mirror would refuse at start is caught here.
+    const badPrefetch = mode === 'apply' ? prefetchProblem(spec) : undefined;
+    if (badPrefetch) return { problem: { reason: 'InvalidSpec', message: badPrefetch } };
 
     const upstreamCredentials = new Map<string, Credentials>();
     for (const upstream of spec.upstreams) {
@@ -408,7 +411,7 @@ export class Reconciler {
     const previous = before?.conditions?.find((c) => c.type === READY);
     const ready = status.conditions!.find((c) => c.type === READY)!;
     if (previous?.reason !== ready.reason) {
-      const warning = ['SecretNotFound', 'InvalidCredentials', 'ApplyFailed', 'NodeConfigConflict'].includes(ready.reason);
+      const warning = ['InvalidSpec', 'SecretNotFound', 'InvalidCredentials', 'ApplyFailed', 'NodeConfigConflict'].includes(ready.reason);
       await events.record(mirror, warning ? 'Warning' : 'Normal', ready.reason, ready.message);
       logger.info({ mirror: `${namespace}/${name}`, ready: ready.status, reason: ready.reason }, ready.message);
     }

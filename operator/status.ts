@@ -8,6 +8,7 @@ export const READY = 'Ready';
 
 /** Why a mirror is not ready, in the order they are reported (the first that applies wins). */
 export type NotReadyReason =
+  | 'InvalidSpec'
   | 'SecretNotFound'
   | 'InvalidCredentials'
   | 'ApplyFailed'
@@ -21,7 +22,8 @@ export type NotReadyReason =
 
 export interface Problem {
   /** ApplyFailed: the API server refused an owned object built from the spec (its message says which field). */
-  reason: 'SecretNotFound' | 'InvalidCredentials' | 'ApplyFailed';
+  /** InvalidSpec: the spec names something the mirror would refuse at start (the message names the field). */
+  reason: 'InvalidSpec' | 'SecretNotFound' | 'InvalidCredentials' | 'ApplyFailed';
   message: string;
 }
 

@@ -61,8 +61,9 @@ export const UpstreamSchema = Type.Object(
     url: Type.Optional(
       Type.String({
         maxLength: 2048,
-        pattern: '^https?://[^\\s/]+(/[^\\s]*)?$',
-        description: 'Where the mirror fetches from; defaults to https://registry-1.docker.io for docker.io, else https://<registry>.',
+        // no user:password@ (the mirror refuses credentials in a URL: they would be logged; use credentialsSecretRef)
+        pattern: '^https?://[^\\s/@]+(/[^\\s]*)?$',
+        description: 'Where the mirror fetches from; defaults to https://registry-1.docker.io for docker.io, else https://<registry>. No credentials in it: use credentialsSecretRef.',
       }),
     ),
     credentialsSecretRef: Type.Optional(
@@ -210,7 +211,7 @@ export const RegistryMirrorSpecSchema = Type.Object(
       ),
     ),
     prefetch: Type.Optional(
-      Type.Array(Type.String({ minLength: 1, maxLength: 512 }), { maxItems: 256, description: 'Images pulled into the cache at start and every 6h.' }),
+      Type.Array(Type.String({ minLength: 1, maxLength: 512 }), { maxItems: 256, description: 'Images pulled into the cache at start and every 6h, each on one of upstreams (a Docker Hub short name such as nginx:1.27 is on the default upstream); otherwise Ready is False with reason InvalidSpec.' }),
     ),
     nodeConfig: Type.Object(
       {

@@ -2,6 +2,7 @@
 // referenced by file path into the owned Secret's mount, never written here.
 import { stringify } from 'yaml';
 import { formatQuantity, parseQuantity } from '../../common/quantity.ts';
+import { parseImageReference } from '../../mirror/reference.ts';
 import type { RegistryMirror } from '../api/registry-mirror.ts';
 import {
   MIRROR_PORT, PATHS, defaultRegistry, metadata, names, upstreamSecretKeys, upstreamUrl, type DesiredInputs,
@@ -55,6 +56,25 @@ export function mirrorConfig(inputs: DesiredInputs): Record<string, unknown> {
   if (spec.tls) config.tls = { cert: `${PATHS.tlsDir}/tls.crt`, key: `${PATHS.tlsDir}/tls.key` };
   config.log = { level: 'info' };
   return config;
+}
+
+/**
+ * What the mirror would refuse at start in spec.prefetch (it exits and the pod crash-loops): an
+ * entry that is not an image reference, or names a registry that is not one of spec.upstreams.
+ * Undefined when every entry is fine.
+ */
+export function prefetchProblem(spec: RegistryMirror['spec']): string | undefined {
+  const registries = new Set(spec.upstreams.map((u) => u.registry));
+  for (const [index, text] of (spec.prefetch ?? []).entries()) {
+    let registry: string;
+    try {
+      registry = parseImageReference(text, defaultRegistry(spec)).registry;
+    } catch (error) {
+      return `spec.prefetch[${index}] "${text}" is not an image reference: ${(error as Error).message}`;
+    }
+    if (!registries.has(registry)) return `spec.prefetch[${index}] "${text}" is on ${registry}, which is not one of spec.upstreams (${[...registries].join(', ')}): add it there, or name the image on one of them`;
+  }
+  return undefined;
 }
 
 export function desiredConfigMap(inputs: DesiredInputs) {
