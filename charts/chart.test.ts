@@ -96,6 +96,18 @@ test('watchNamespaces binds the rules in each listed namespace only and tells th
   assert.deepEqual((podMonitor as unknown as { spec: { namespaceSelector: unknown } }).spec.namespaceSelector, { matchNames: ['team-a', 'team-b'] });
 });
 
+test('the mirrors\' PodMonitor scrapes over http by default, and over https with the given tlsConfig for mirrors with spec.tls', async () => {
+  type Endpoint = { port: string; path: string; scheme: string; tlsConfig?: unknown };
+  const endpoint = (objects: KubeObject[]) => (find(objects, 'PodMonitor')[0] as unknown as { spec: { podMetricsEndpoints: Endpoint[] } }).spec.podMetricsEndpoints[0]!;
+  const plain = endpoint(parseManifests(await helmTemplate(['--set', 'metrics.mirrorPodMonitor.enabled=true'])));
+  assert.equal(plain.scheme, 'http');
+  assert.equal(plain.tlsConfig, undefined);
+  const tls = endpoint(parseManifests(await helmTemplate(['--set', 'metrics.mirrorPodMonitor.enabled=true', '--set', 'metrics.mirrorPodMonitor.scheme=https',
+    '--set', 'metrics.mirrorPodMonitor.tlsConfig.ca.secret.name=hub-tls', '--set', 'metrics.mirrorPodMonitor.tlsConfig.ca.secret.key=ca.crt'])));
+  assert.equal(tls.scheme, 'https');
+  assert.deepEqual(tls.tlsConfig, { ca: { secret: { name: 'hub-tls', key: 'ca.crt' } } });
+});
+
 test('leader election off drops the Lease RBAC and passes --leader-elect=false', async () => {
   const objects = parseManifests(await helmTemplate(['--set', 'leaderElection.enabled=false']));
   assert.equal(find(objects, 'Role').length, 0);
