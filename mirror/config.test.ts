@@ -80,11 +80,21 @@ test('every mistake names the file and the key', () => {
     // a timer of 0 or past 2^31-1 ms fires at once: prefetch would run back to back
     ['storage: {path: x}\nprefetchInterval: 0s\n', /bad\.yaml: prefetchInterval: "0s" must be between 1m and 596h/],
     ['storage: {path: x}\nprefetchInterval: 720h\n', /bad\.yaml: prefetchInterval: "720h" must be between 1m and 596h/],
+    // bare YAML numbers: bytes for a size; for a duration only 0 has a meaning without a unit
+    ['storage: {path: x, maxSize: 0}\n', /bad\.yaml: storage\.maxSize: expected a size such as 500Mi or 20Gi, or a whole number of bytes/],
+    ['storage: {path: x, maxSize: 1.5}\n', /bad\.yaml: storage\.maxSize: expected a size/],
+    ['storage: {path: x}\nupstreams: [{registry: docker.io, tagTTL: 30}]\n', /bad\.yaml: upstreams\[0\]\.tagTTL: expected a duration such as 30s/],
   ];
   for (const [text, message] of cases) {
     assert.throws(() => loadConfigFile(file('bad.yaml', text)), (error: Error) => error instanceof ConfigError && message.test(error.message), text);
   }
   assert.throws(() => loadConfigFile(path.join(dir, 'missing.yaml')), /missing\.yaml: \(file\): cannot read: ENOENT/);
+});
+
+test('sizes and durations written as bare YAML numbers: a number of bytes, and 0', () => {
+  const config = loadConfigFile(file('numbers.yaml', 'storage: {path: x, maxSize: 1073741824}\nupstreams: [{registry: docker.io, tagTTL: 0}]\n'));
+  assert.equal(config.storage.maxSizeBytes, 1073741824);
+  assert.equal(config.upstreams[0]!.tagTTLMs, 0);
 });
 
 test('a storage.path that cannot hold the store stops the start with exit 2 naming storage.path', async () => {

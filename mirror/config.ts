@@ -14,6 +14,14 @@ import type { LevelWithSilent } from 'pino';
 import { DEFAULT_TIMEOUTS, type UpstreamTimeouts } from './upstream.ts';
 
 const Str = Type.String({ minLength: 1 });
+/** A Kubernetes quantity, written as YAML gives it: `500Mi`, or a bare number of bytes. */
+const Size = Type.Union([Str, Type.Integer({ minimum: 1 })], { description: 'size' });
+/** A Go duration (`30s`, `168h`); a bare 0 is 0s, as Go reads "0". */
+const Duration = Type.Union([Str, Type.Literal(0)], { description: 'duration' });
+const UNION_MESSAGES: Record<string, string> = {
+  size: 'expected a size such as 500Mi or 20Gi, or a whole number of bytes',
+  duration: 'expected a duration such as 30s, 5m or 168h (a bare number other than 0 has no unit)',
+};
 
 const CredentialsSchema = Type.Object(
   { username: Type.Optional(Str), usernameFile: Type.Optional(Str), password: Type.Optional(Str), passwordFile: Type.Optional(Str) },
@@ -21,7 +29,7 @@ const CredentialsSchema = Type.Object(
 );
 
 const UpstreamSchema = Type.Object(
-  { registry: Str, url: Type.Optional(Str), tagTTL: Type.Optional(Str), credentials: Type.Optional(CredentialsSchema) },
+  { registry: Str, url: Type.Optional(Str), tagTTL: Type.Optional(Duration), credentials: Type.Optional(CredentialsSchema) },
   { additionalProperties: false },
 );
 
@@ -29,7 +37,7 @@ export const MirrorConfigFileSchema = Type.Object(
     {
       listen: Type.Optional(Str),
       storage: Type.Object(
-        { path: Str, maxSize: Type.Optional(Str), ttl: Type.Optional(Str) },
+        { path: Str, maxSize: Type.Optional(Size), ttl: Type.Optional(Duration) },
         { additionalProperties: false },
       ),
       upstreams: Type.Optional(Type.Array(UpstreamSchema, { minItems: 1 })),
@@ -41,11 +49,11 @@ export const MirrorConfigFileSchema = Type.Object(
         ),
       ),
       prefetch: Type.Optional(Type.Array(Str)),
-      prefetchInterval: Type.Optional(Str),
+      prefetchInterval: Type.Optional(Duration),
       prefetchPlatforms: Type.Optional(Type.Array(Str)),
       upstreamTimeouts: Type.Optional(
         Type.Object(
-          { connect: Type.Optional(Str), response: Type.Optional(Str), idle: Type.Optional(Str), revalidate: Type.Optional(Str) },
+          { connect: Type.Optional(Duration), response: Type.Optional(Duration), idle: Type.Optional(Duration), revalidate: Type.Optional(Duration) },
           { additionalProperties: false },
         ),
       ),
@@ -126,18 +134,21 @@ export function resolveConfig(data: unknown, source: string): MirrorConfig {
   const first = Value.Errors(MirrorConfigFileSchema, data).First();
   if (first) {
     const message = first.message.toLowerCase();
-    throw new ConfigError(source, keyOf(first.path), message === 'unexpected property' ? 'unknown key (see the configuration reference in README.md)' : message);
+    const union = UNION_MESSAGES[(first.schema as { description?: string }).description ?? ''];
+    throw new ConfigError(source, keyOf(first.path), message === 'unexpected property' ? 'unknown key (see the configuration reference in README.md)' : (union ?? message));
   }
   const file = data as MirrorConfigFile;
 
-  const duration = (key: string, text: string | undefined, fallback: number): number => {
-    if (text === undefined) return fallback;
+  const duration = (key: string, value: string | number | undefined, fallback: number): number => {
+    if (value === undefined) return fallback;
+    const text = String(value);
     const ms = parseDuration(text);
     if (ms === undefined) throw new ConfigError(source, key, `"${text}" is not a duration (e.g. 30s, 5m, 168h)`);
     return ms;
   };
-  const quantity = (key: string, text: string | undefined): number | undefined => {
-    if (text === undefined) return undefined;
+  const quantity = (key: string, value: string | number | undefined): number | undefined => {
+    if (value === undefined) return undefined;
+    const text = String(value);
     const bytes = parseQuantity(text);
     if (bytes === undefined || bytes <= 0) throw new ConfigError(source, key, `"${text}" is not a size (e.g. 500Mi, 20Gi)`);
     return bytes;
@@ -185,7 +196,7 @@ export function resolveConfig(data: unknown, source: string): MirrorConfig {
     );
   }
 
-  const positive = (key: string, text: string | undefined, fallback: number): number => {
+  const positive = (key: string, text: string | number | undefined, fallback: number): number => {
     const ms = duration(key, text, fallback);
     if (ms <= 0) throw new ConfigError(source, key, 'must be longer than 0s');
     return ms;
