@@ -117,10 +117,13 @@ export class PullThroughCache {
   async manifestByDigest(repo: Repository, digest: Digest): Promise<ManifestResult> {
     const stored = await this.readManifest(digest);
     if (stored) {
-      const known = await this.links.has(repo.upstream.registry, repo.name, digest.text);
+      // no await on the hot path (a digest this repository is known to have, its references linked)
+      const has = this.links.has(repo.upstream.registry, repo.name, digest.text);
+      const known = typeof has === 'boolean' ? has : await has;
       if (!known) await this.confirmUpstream(repo, 'manifests', digest);
       this.metrics.cacheRequests.inc({ kind: 'manifest', result: known ? 'hit' : 'revalidated' });
-      await this.links.addManifest(repo.upstream.registry, repo.name, digest.text, stored.bytes);
+      const linking = this.links.addManifest(repo.upstream.registry, repo.name, digest.text, stored.bytes);
+      if (linking) await linking;
       return { ...stored, digest: digest.text };
     }
     this.metrics.cacheRequests.inc({ kind: 'manifest', result: 'miss' });
@@ -148,7 +151,8 @@ export class PullThroughCache {
     }
     // The tag record is this repository's own, so what it names is too (records from before links
     // were kept gain them here).
-    await this.links.addManifest(repo.upstream.registry, repo.name, result.digest, result.bytes);
+    const linking = this.links.addManifest(repo.upstream.registry, repo.name, result.digest, result.bytes);
+    if (linking) await linking;
     return result;
   }
 

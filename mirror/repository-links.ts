@@ -22,9 +22,13 @@ export class RepositoryLinks {
     this.logger = logger;
   }
 
-  /** Whether `digest` is known to be in the repository. */
-  async has(registry: string, name: string, digest: string): Promise<boolean> {
-    return (await this.digests(registry, name)).has(digest);
+  /**
+   * Whether `digest` is known to be in the repository; answered at once (no promise) once the
+   * repository's links are loaded, as on the manifest-by-digest hot path.
+   */
+  has(registry: string, name: string, digest: string): boolean | Promise<boolean> {
+    const known = this.digests(registry, name);
+    return known instanceof Set ? known.has(digest) : known.then((set) => set.has(digest));
   }
 
   /** Records digests as present in the repository (kept on disk; a failed write is logged and kept in memory only). */
@@ -43,15 +47,16 @@ export class RepositoryLinks {
   /**
    * Records a manifest served in the repository with everything it references (blobs, child
    * manifests): the upstream serves those in the same repository. Done once per manifest and
-   * repository in a process; the document is parsed only then.
+   * repository in a process (undefined, at once, when it was); the document is parsed only then.
    */
-  async addManifest(registry: string, name: string, digest: string, bytes: Buffer): Promise<void> {
+  addManifest(registry: string, name: string, digest: string, bytes: Buffer): Promise<void> | undefined {
     const key = `${registry}/${name}`;
-    let done = this.expanded.get(key);
-    if (done?.has(digest)) return;
-    await this.add(registry, name, [digest, ...referencedDigests(bytes)]);
-    if (!done) this.expanded.set(key, (done = new Set()));
-    done.add(digest);
+    if (this.expanded.get(key)?.has(digest)) return undefined;
+    return this.add(registry, name, [digest, ...referencedDigests(bytes)]).then(() => {
+      let done = this.expanded.get(key);
+      if (!done) this.expanded.set(key, (done = new Set()));
+      done.add(digest);
+    });
   }
 
   private digests(registry: string, name: string): Set<string> | Promise<Set<string>> {
