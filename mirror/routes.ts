@@ -49,15 +49,12 @@ export function registerRoutes(app: FastifyInstance, context: RouteContext): voi
     void reply.code(404).headers(API_VERSION).send(new RegistryError('NAME_UNKNOWN', 404, `no such endpoint: ${request.method} ${request.url.split('?')[0]!.slice(0, 200)}`).toJSON());
   });
 
-  // Counted when the response closes, however it ends. fastify's onResponse misses a blob transfer
-  // that is cut (the upstream failed mid-fill, the client went away): serveBlob sends it outside
-  // fastify, and a destroyed response never finishes. The status is the one sent ('none' when the
-  // client left before any was).
-  app.addHook('onRequest', (request, reply, done) => {
-    reply.raw.once('close', () => {
-      metrics.requests.inc({ route: routeOf(request), method: request.method, status: reply.raw.headersSent ? String(reply.raw.statusCode) : 'none' });
-    });
-    done();
+  // Each request is counted once: when its response finishes (fastify's onResponse), or, for a
+  // blob transfer that never finishes (cut mid-body: the upstream failed during the fill, the
+  // client went away; or a client gone before any answer), when it closes (serveBlob). The
+  // status is the one sent ('none' when none was).
+  app.addHook('onResponse', async (request, reply) => {
+    metrics.requests.inc({ route: routeOf(request), method: request.method, status: String(reply.statusCode) });
   });
 
   app.get('/healthz', async () => ({ status: 'ok' }));
@@ -151,6 +148,11 @@ async function serveManifest(context: RouteContext, repo: Repository, reference:
 }
 
 async function serveBlob(context: RouteContext, repo: Repository, reference: string, head: boolean, request: FastifyRequest, reply: FastifyReply) {
+  // A response that closes unfinished is not seen by onResponse: counted here (only for blobs, so
+  // the manifest path, the busiest, carries no extra listener).
+  reply.raw.once('close', () => {
+    if (!reply.raw.writableFinished) context.metrics.requests.inc({ route: 'blob', method: request.method, status: reply.raw.headersSent ? String(reply.raw.statusCode) : 'none' });
+  });
   const digest = parseDigest(reference);
   const condition = noneMatch(request.headers['if-none-match'], digest.text);
   const common = { 'content-type': 'application/octet-stream', 'docker-content-digest': digest.text, etag: `"${digest.text}"`, 'accept-ranges': 'bytes' };
