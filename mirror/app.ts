@@ -82,7 +82,7 @@ export async function createMirror(config: MirrorConfig, options: MirrorOptions)
       onAccess: (kind, digest, size) => evictor.recordAccess(kind, digest, size),
       onStream: (digest) => evictor.pin(digest),
       onStoreFull: (bytes) => void evictor.makeRoom(bytes).catch((error: unknown) => logger.error({ err: error }, 'making room in the store failed')),
-      reserve: (bytes) => evictor.reserve(bytes),
+      reserve: (bytes, digest) => evictor.reserve(bytes, digest),
     },
   });
   evictor.onManifestEvicted = (digest) => cache.forgetManifest(digest);

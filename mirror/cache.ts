@@ -79,7 +79,7 @@ export interface CacheHooks {
   /** Told when a write of this many bytes failed because the store's volume is full. */
   onStoreFull?(bytes: number): void;
   /** Asked before a blob download of this many bytes (undefined: not announced) is written; resolves, once there is room, with the function that gives it back. */
-  reserve?(bytes: number | undefined): Promise<() => void>;
+  reserve?(bytes: number | undefined, digest: string): Promise<() => void>;
 }
 
 export class PullThroughCache {
@@ -382,15 +382,19 @@ export class PullThroughCache {
     // A fill that failed a moment ago is not joined: this request starts a new one.
     if (!entry || failed(entry)) entry = this.startFill(repo, digest);
     let fill: BlobFill;
-    try {
-      fill = await entry.ready;
-    } catch (error) {
-      // Another repository's fetch of the same digest failed before any byte (not there, denied):
-      // that is its answer, not this repository's, which asks its own upstream.
-      if (entry.repository === repository) throw error;
-      const retry = this.blobFills.get(digest.text);
-      entry = retry && !failed(retry) && retry.repository === repository ? retry : this.startFill(repo, digest);
-      fill = await entry.ready;
+    for (let attempt = 1; ; attempt++) {
+      try {
+        fill = await entry.ready;
+        break;
+      } catch (error) {
+        // Another repository's fetch of the same digest failed before any byte (not there, denied):
+        // that is its answer, not this repository's. A fill under way for it (another client of
+        // this or a third repository may have started one meanwhile) is joined, as any is: one
+        // download per digest. Bounded: each attempt is a different fill.
+        if (entry.repository === repository || attempt === 3) throw error;
+        const current = this.blobFills.get(digest.text);
+        entry = current && !failed(current) ? current : this.startFill(repo, digest);
+      }
     }
     // Opened in the same turn as the fill's headers arrived: the fill keeps its bytes for this reader.
     const reader = fill.openReader();
@@ -442,12 +446,12 @@ export class PullThroughCache {
       const counted = countBytes(response.body, (n) => this.metrics.bytesFetched.inc({ upstream: repo.upstream.registry }, n));
       // clients joining while the download waits for room under storage.maxSize are told its length
       fill.size = size;
-      const release = (await this.hooks.reserve?.(size)) ?? (() => undefined);
+      const release = (await this.hooks.reserve?.(size, digest.text)) ?? (() => undefined);
       try {
         await fill.run({ size, body: counted }, async (temporary) => {
           await this.store.commitBlob(temporary, digest);
           // From here the store serves it; later requests must not find this fill.
-          this.blobFills.delete(digest.text);
+          if (this.blobFills.get(digest.text) === entry) this.blobFills.delete(digest.text);
           this.hooks.onAccess?.('blob', digest, fill.received);
           release(); // counted as stored now
         });

@@ -146,12 +146,15 @@ export class Evictor {
    * waits while even that would not be enough (other downloads and streams hold the rest). Resolves
    * with the function that releases them, called once the blob is stored (and counted as stored)
    * or the download failed. Sets nothing aside without maxSize, for an unknown size, or for a blob
-   * larger than maxSize by itself (that one is stored, then evicted down to maxSize as it can).
+   * larger than maxSize by itself (that one is stored, then evicted down to maxSize as it can),
+   * nor for a blob the store already holds (another download of it finished: this one's commit
+   * replaces the same bytes, and the stored copy, pinned by this download's own clients, could
+   * never be evicted to make room for it).
    */
-  reserve(bytes: number | undefined): Promise<() => void> {
+  reserve(bytes: number | undefined, digest: string): Promise<() => void> {
     const max = this.policy.maxSizeBytes;
     if (!max || bytes === undefined || bytes <= 0 || bytes > max || !this.indexed) return Promise.resolve(() => undefined);
-    const run = this.reserving.then(() => this.runReserve(bytes, max));
+    const run = this.reserving.then(() => this.runReserve(bytes, max, `blob:${digest}`));
     this.reserving = run.catch(() => undefined);
     // a download must never be left waiting on a failed eviction: it goes ahead without a reservation
     return run.catch((error: unknown) => {
@@ -160,9 +163,10 @@ export class Evictor {
     });
   }
 
-  private async runReserve(bytes: number, max: number): Promise<() => void> {
+  private async runReserve(bytes: number, max: number, key: string): Promise<() => void> {
     let waited = false;
     for (;;) {
+      if (this.entries.has(key)) return () => undefined;
       const candidates = this.leastRecentlyReadFirst();
       const evictable = candidates.reduce((sum, entry) => sum + entry.size, 0);
       if (this.totalBytes - evictable + this.reservedBytes + bytes <= max) {

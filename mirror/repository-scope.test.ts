@@ -113,6 +113,33 @@ describe('repository scope', () => {
     }
   });
 
+  test('clients of two repositories that joined a fetch failing for a third share one download of their own, with storage.maxSize set, and nothing waits on the other', async () => {
+    const big = await writeOciImage(await makeTempDir('scope-big'), { tag: 'v1', layerSizes: [3 * 1024 * 1024], seed: 'scope-big' });
+    await pushImage(big, hub.ref('myorg/big', 'v1'));
+    await pushImage(big, hub.ref('myorg/bigcopy', 'v1'));
+    const proxy = await startFaultProxy({ target: hub.url });
+    proxy.addRule({ method: 'GET', path: /^\/v2\/myorg\/missing\/blobs\//, delayMs: 1_000 });
+    const mirror = await startTestMirror({ upstreams: [{ registry: 'docker.io', url: proxy.url }], extra: { storage: { maxSize: '4Mi' } } });
+    try {
+      const layer = big.layers[0]!.digest;
+      const missing = httpRequest(`${mirror.url}/v2/myorg/missing/blobs/${layer}`, { timeoutMs: 20_000 });
+      await sleep(200);
+      const responses = await Promise.all(['myorg/big', 'myorg/bigcopy'].map((repository) => httpRequest(`${mirror.url}/v2/${repository}/blobs/${layer}`, { timeoutMs: 15_000 })));
+      for (const res of responses) {
+        assert.equal(res.status, 200);
+        assert.equal(sha256(res.body), layer);
+      }
+      assert.equal((await missing).status, 404);
+      assert.equal(proxy.countRequests({ method: 'GET', path: /^\/v2\/myorg\/(big|bigcopy)\/blobs\// }), 1, 'one download for both');
+      // nothing left set aside, and another miss goes through
+      assert.equal(mirror.mirror.evictor.reserved, 0);
+      assert.equal((await httpRequest(`${mirror.url}/v2/myorg/big/blobs/${big.configDigest}`, { timeoutMs: 5_000 })).status, 200);
+    } finally {
+      await mirror.stop();
+      await proxy.stop();
+    }
+  });
+
   test("a blob fetch that fails for one repository (not there upstream) is not handed to a request for another repository that has it", async () => {
     const proxy = await startFaultProxy({ target: hub.url });
     // the upstream takes its time to say that myorg/missing has no such blob
