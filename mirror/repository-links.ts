@@ -5,8 +5,9 @@
 // that trusts the repository name (distribution's proxy keeps per-repository links for the same
 // reason). A repository learns a digest when its upstream serves it, names it in a manifest it
 // served (the manifest's config, layers and child manifests), or confirms it with a HEAD.
+import { createHash } from 'node:crypto';
 import type { Logger } from '../common/logger.ts';
-import { isDigest } from './reference.ts';
+import { isDigest, parseDigest } from './reference.ts';
 import type { ContentStore } from './store.ts';
 
 export class RepositoryLinks {
@@ -63,7 +64,7 @@ export class RepositoryLinks {
     const key = `${registry}/${name}`;
     let known = this.known.get(key);
     if (!known) {
-      known = this.store.readLinks(registry, name).then((digests) => {
+      known = this.load(registry, name).then((digests) => {
         const set = new Set(digests);
         this.known.set(key, set);
         return set;
@@ -71,6 +72,38 @@ export class RepositoryLinks {
       this.known.set(key, known);
     }
     return known;
+  }
+
+  /**
+   * The repository's links file; for a repository without one (a store from before links were
+   * kept), what its own tag records name, with their manifests' references, written down once:
+   * its content pulled by digest is then served with the upstream down, as it was before.
+   */
+  private async load(registry: string, name: string): Promise<string[]> {
+    const linked = await this.store.readLinks(registry, name);
+    if (linked) return linked;
+    const found = new Set<string>();
+    const expand = async (digest: string, depth: number) => {
+      if (found.has(digest) || !isDigest(digest)) return;
+      found.add(digest);
+      const parsed = parseDigest(digest);
+      const manifest = await this.store.readManifest(parsed);
+      // a file that no longer hashes to its digest vouches for nothing
+      if (!manifest || createHash(parsed.algorithm).update(manifest.bytes).digest('hex') !== parsed.hex) return;
+      for (const child of referencedDigests(manifest.bytes)) {
+        if (depth === 0) await expand(child, 1);
+        else found.add(child);
+      }
+    };
+    for (const tag of await this.store.listTags(registry, name)) {
+      const record = await this.store.readTag(registry, name, tag);
+      if (record) await expand(record.digest, 0);
+    }
+    if (found.size > 0) {
+      this.logger.info({ upstream: registry, repository: name, digests: found.size }, 'repository links taken from its stored tags (a store from before links were kept)');
+      await this.store.appendLinks(registry, name, [...found]).catch((error: unknown) => this.logger.warn({ upstream: registry, repository: name, err: error }, 'could not record which content this repository has'));
+    }
+    return [...found];
   }
 }
 

@@ -3,6 +3,7 @@
 import { after, before, describe, test } from 'node:test';
 import assert from 'node:assert/strict';
 import { createHash } from 'node:crypto';
+import { readFile, rm } from 'node:fs/promises';
 import path from 'node:path';
 import { pushImage, writeOciImage, type TestImage } from '../test/harness/oci-image.ts';
 import { cleanupAll, httpRequest, makeTempDir, sleep } from '../test/harness/process.ts';
@@ -108,6 +109,28 @@ describe('repository scope', () => {
       const unconfirmed = await httpRequest(`${second.url}/v2/myorg/copy/blobs/${hubImage.layers[0]!.digest}`);
       assert.equal(unconfirmed.status, 502);
       assert.equal(errorCode(unconfirmed.body), 'UNAVAILABLE');
+    } finally {
+      await second.stop();
+    }
+  });
+
+  test('a store from before links were kept: a repository\'s own content is still served by digest with the upstream down, from its tag records', async () => {
+    const own = await startRegistry();
+    await pushImage(hubImage, own.ref('myorg/app', 'v1'));
+    const storagePath = path.join(await makeTempDir('scope-upgrade'), 'data');
+    const first = await startTestMirror({ upstreams: [{ registry: 'docker.io', url: own.url }], storagePath });
+    await pull(first, 'myorg/app', hubImage);
+    await first.stop();
+    await own.stop();
+    // what an older regmirror left: the same store without links files
+    const links = path.join(storagePath, 'tags', 'docker.io', 'myorg', 'app', '_links');
+    await rm(links);
+    const second = await startTestMirror({ upstreams: [{ registry: 'docker.io', url: own.url }], storagePath });
+    try {
+      assert.equal((await httpRequest(`${second.url}/v2/myorg/app/manifests/${hubImage.manifestDigest}`, { headers: ACCEPT })).status, 200);
+      for (const blob of [hubImage.configDigest, ...hubImage.layers.map((l) => l.digest)]) assert.equal((await httpRequest(`${second.url}/v2/myorg/app/blobs/${blob}`)).status, 200, blob);
+      // and written down, for the next start
+      assert.ok((await readFile(links, 'utf8')).includes(hubImage.layers[0]!.digest));
     } finally {
       await second.stop();
     }

@@ -141,13 +141,16 @@ export class ContentStore {
     }
   }
 
-  /** Digests the repository is known to have, one per line of its links file (appended to, never rewritten). */
-  async readLinks(registry: string, name: string): Promise<string[]> {
+  /**
+   * Digests the repository is known to have, one per line of its links file (appended to, never
+   * rewritten); undefined when it has no links file (a store written before links were kept).
+   */
+  async readLinks(registry: string, name: string): Promise<string[] | undefined> {
     let text: string;
     try {
       text = await readFile(join(this.root, TAGS, registry, name, LINKS_FILE), 'utf8');
     } catch {
-      return [];
+      return undefined;
     }
     // a line cut short by a crash is not a digest, and is skipped
     return text.split('\n').filter(isDigest);
