@@ -92,15 +92,21 @@ describe('repository scope', () => {
     }
   });
 
-  test('what a repository was seen to have survives a restart: with the upstream down, its content is still served by digest', async () => {
+  /** A store holding myorg/app:v1, pulled through a mirror (stopped) from an upstream that is gone since. */
+  async function storeFilledThenUpstreamGone(name: string): Promise<{ storagePath: string; upstreamUrl: string }> {
     const own = await startRegistry();
     await pushImage(hubImage, own.ref('myorg/app', 'v1'));
-    const storagePath = path.join(await makeTempDir('scope-restart'), 'data');
+    const storagePath = path.join(await makeTempDir(name), 'data');
     const first = await startTestMirror({ upstreams: [{ registry: 'docker.io', url: own.url }], storagePath });
     await pull(first, 'myorg/app', hubImage);
     await first.stop();
     await own.stop();
-    const second = await startTestMirror({ upstreams: [{ registry: 'docker.io', url: own.url }], storagePath });
+    return { storagePath, upstreamUrl: own.url };
+  }
+
+  test('what a repository was seen to have survives a restart: with the upstream down, its content is still served by digest', async () => {
+    const { storagePath, upstreamUrl } = await storeFilledThenUpstreamGone('scope-restart');
+    const second = await startTestMirror({ upstreams: [{ registry: 'docker.io', url: upstreamUrl }], storagePath });
     try {
       const manifest = await httpRequest(`${second.url}/v2/myorg/app/manifests/${hubImage.manifestDigest}`, { headers: ACCEPT });
       assert.equal(manifest.status, 200);
@@ -115,17 +121,11 @@ describe('repository scope', () => {
   });
 
   test('a store from before links were kept: a repository\'s own content is still served by digest with the upstream down, from its tag records', async () => {
-    const own = await startRegistry();
-    await pushImage(hubImage, own.ref('myorg/app', 'v1'));
-    const storagePath = path.join(await makeTempDir('scope-upgrade'), 'data');
-    const first = await startTestMirror({ upstreams: [{ registry: 'docker.io', url: own.url }], storagePath });
-    await pull(first, 'myorg/app', hubImage);
-    await first.stop();
-    await own.stop();
+    const { storagePath, upstreamUrl } = await storeFilledThenUpstreamGone('scope-upgrade');
     // what an older regmirror left: the same store without links files
     const links = path.join(storagePath, 'tags', 'docker.io', 'myorg', 'app', '_links');
     await rm(links);
-    const second = await startTestMirror({ upstreams: [{ registry: 'docker.io', url: own.url }], storagePath });
+    const second = await startTestMirror({ upstreams: [{ registry: 'docker.io', url: upstreamUrl }], storagePath });
     try {
       assert.equal((await httpRequest(`${second.url}/v2/myorg/app/manifests/${hubImage.manifestDigest}`, { headers: ACCEPT })).status, 200);
       for (const blob of [hubImage.configDigest, ...hubImage.layers.map((l) => l.digest)]) assert.equal((await httpRequest(`${second.url}/v2/myorg/app/blobs/${blob}`)).status, 200, blob);
