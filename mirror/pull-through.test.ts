@@ -5,7 +5,7 @@ import { createHash } from 'node:crypto';
 import { readdir, readFile, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import { pushImage, readBlob, skopeo, writeOciImage, type TestImage } from '../test/harness/oci-image.ts';
-import { cleanupAll, httpRequest, makeTempDir } from '../test/harness/process.ts';
+import { cleanupAll, httpRequest, makeTempDir, sleep } from '../test/harness/process.ts';
 import { startRegistry, type RegistryServer } from '../test/harness/registry.ts';
 import { startTestMirror, type TestMirror } from '../test/harness/mirror.ts';
 import { startFaultProxy } from '../test/harness/fault-proxy.ts';
@@ -408,6 +408,31 @@ describe('pull-through cache', () => {
       assert.match(metrics, /regmirror_http_requests_total\{route="manifest",method="GET",status="200"\} 1\n/);
     } finally {
       await mirror.stop();
+    }
+  });
+
+  test('a request whose client gave up before the answer (a slow upstream) is counted once, as none: manifests, blobs, HEADs and 404s alike', async () => {
+    const proxy = await startFaultProxy({ target: upstream.url });
+    proxy.addRule({ path: /\/(manifests|blobs)\//, delayMs: 1_000 });
+    const mirror = await startTestMirror({ upstreams: [{ registry: 'docker.io', url: proxy.url }] });
+    try {
+      const layer = image.layers[0]!.digest;
+      const given: [string, string, string][] = [
+        ['GET', '/v2/library/app/manifests/v1', 'manifest'],
+        ['GET', `/v2/library/app/blobs/${layer}`, 'blob'],
+        ['GET', `/v2/library/nothere/blobs/${layer}`, 'blob'], // the upstream says 404 once the client has left
+        ['HEAD', `/v2/library/app/blobs/${image.configDigest}`, 'blob'],
+      ];
+      for (const [method, path] of given) await assert.rejects(httpRequest(`${mirror.url}${path}`, { method, headers: { accept: 'application/vnd.oci.image.manifest.v1+json' }, timeoutMs: 200 }), /timed out/);
+      await sleep(2_000);
+      const metrics = (await httpRequest(`${mirror.url}/metrics`)).body.toString();
+      const counted = (route: string, method: string) => metrics.split('\n').filter((line) => line.startsWith(`regmirror_http_requests_total{route="${route}",method="${method}"`)).map((line) => line.replace(/^.*status="([^"]+)"\} /, '$1 '));
+      assert.deepEqual(counted('manifest', 'GET'), ['none 1']);
+      assert.deepEqual(counted('blob', 'GET'), ['none 2']);
+      assert.deepEqual(counted('blob', 'HEAD'), ['none 1']);
+    } finally {
+      await mirror.stop();
+      await proxy.stop();
     }
   });
 });

@@ -49,12 +49,17 @@ export function registerRoutes(app: FastifyInstance, context: RouteContext): voi
     void reply.code(404).headers(API_VERSION).send(new RegistryError('NAME_UNKNOWN', 404, `no such endpoint: ${request.method} ${request.url.split('?')[0]!.slice(0, 200)}`).toJSON());
   });
 
-  // Each request is counted once: when its response finishes (fastify's onResponse), or, for a
-  // blob transfer that never finishes (cut mid-body: the upstream failed during the fill, the
-  // client went away; or a client gone before any answer), when it closes (serveBlob). The
-  // status is the one sent ('none' when none was).
+  // Each request is counted once: when its response finishes (fastify's onResponse); when the
+  // answer is ready but the client has gone (onSend: a slow upstream, a client that gave up); or,
+  // for a blob transfer that never finishes (cut mid-body), when it closes (serveBlob). The status
+  // is the one sent ('none' when none was). Hooks, not a listener per response: the manifest path
+  // is the busiest.
   app.addHook('onResponse', async (request, reply) => {
-    metrics.requests.inc({ route: routeOf(request), method: request.method, status: String(reply.statusCode) });
+    countRequest(metrics, request, String(reply.statusCode));
+  });
+  app.addHook('onSend', (request, reply, payload, done) => {
+    if (reply.raw.destroyed) countRequest(metrics, request, 'none');
+    done(null, payload);
   });
 
   app.get('/healthz', async () => ({ status: 'ok' }));
@@ -151,7 +156,7 @@ async function serveBlob(context: RouteContext, repo: Repository, reference: str
   // A response that closes unfinished is not seen by onResponse: counted here (only for blobs, so
   // the manifest path, the busiest, carries no extra listener).
   reply.raw.once('close', () => {
-    if (!reply.raw.writableFinished) context.metrics.requests.inc({ route: 'blob', method: request.method, status: reply.raw.headersSent ? String(reply.raw.statusCode) : 'none' });
+    if (!reply.raw.writableFinished) countRequest(context.metrics, request, reply.raw.headersSent ? String(reply.raw.statusCode) : 'none');
   });
   const digest = parseDigest(reference);
   const condition = noneMatch(request.headers['if-none-match'], digest.text);
@@ -285,6 +290,16 @@ export function parseRange(header: string | undefined, size: number): { start: n
   }
   if (start >= size) return 'unsatisfiable';
   return { start, end };
+}
+
+const COUNTED = Symbol('regmirror.counted');
+
+/** Counts a request in regmirror_http_requests_total, once whichever of the paths above sees it. */
+function countRequest(metrics: MirrorMetrics, request: FastifyRequest, status: string): void {
+  const raw = request.raw as { [COUNTED]?: true };
+  if (raw[COUNTED]) return;
+  raw[COUNTED] = true;
+  metrics.requests.inc({ route: routeOf(request), method: request.method, status });
 }
 
 function routeOf(request: FastifyRequest): Route {
