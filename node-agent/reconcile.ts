@@ -496,9 +496,9 @@ export async function reconcileNode(ctx: ReconcileContext): Promise<NodeStatus> 
     }
   }
   const problems = runtimes.flatMap((r) => r.problems);
-  if (ctx.config.mode === 'apply' && !runtimes.some((r) => r.present && ctx.config.runtimes.includes(r.runtime))) {
+  const noRuntime = ctx.config.mode === 'apply' && !runtimes.some((r) => r.present && ctx.config.runtimes.includes(r.runtime));
+  if (noRuntime) {
     problems.push(`no container runtime found: none of ${ctx.config.runtimes.join(', ')} has its configuration location on this node (containerd ${ctx.config.containerdHostsDir} or ${ctx.config.containerdConfig}, docker ${ctx.config.dockerDaemonJson}, crio ${ctx.config.crioDir})`);
   }
-  const applied = runtimes.every((r) => r.filesInPlace) && problems.length === runtimes.flatMap((r) => r.problems).length;
-  return { mode: ctx.config.mode, ready: problems.length === 0, applied, runtimes, problems };
+  return { mode: ctx.config.mode, ready: problems.length === 0, applied: !noRuntime && runtimes.every((r) => r.filesInPlace), runtimes, problems };
 }
