@@ -81,6 +81,7 @@ export async function createMirror(config: MirrorConfig, options: MirrorOptions)
     hooks: {
       onAccess: (kind, digest, size) => evictor.recordAccess(kind, digest, size),
       onStream: (digest) => evictor.pin(digest),
+      onRemoved: (kind, digest) => evictor.forget(kind, digest),
       onStoreFull: (bytes) => void evictor.makeRoom(bytes).catch((error: unknown) => logger.error({ err: error }, 'making room in the store failed')),
       reserve: (bytes, digest) => evictor.reserve(bytes, digest),
     },

@@ -76,6 +76,8 @@ export interface CacheHooks {
   onAccess?(kind: 'blob' | 'manifest', digest: Digest, size: number): void;
   /** Told when a client starts streaming a stored blob; the returned function is called when it stops. */
   onStream?(digest: string): () => void;
+  /** Told when the cache removed a stored item itself (a manifest that no longer matched its digest). */
+  onRemoved?(kind: 'blob' | 'manifest', digest: Digest): void;
   /** Told when a write of this many bytes failed because the store's volume is full. */
   onStoreFull?(bytes: number): void;
   /** Asked before a blob download of this many bytes (undefined: not announced) is written; resolves, once there is room, with the function that gives it back. */
@@ -321,6 +323,7 @@ export class PullThroughCache {
     if (actual !== digest.text) {
       this.logger.warn({ digest: digest.text, actual, bytes: stored.bytes.length }, 'stored manifest does not match its digest; removed from the store, fetching it again');
       await this.store.remove('manifest', digest);
+      this.hooks.onRemoved?.('manifest', digest);
       return undefined;
     }
     this.manifestMemory.add(digest.text, stored);

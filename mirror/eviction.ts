@@ -270,6 +270,17 @@ export class Evictor {
     this.updateGauges();
   }
 
+  /** Drops an item the store no longer holds (the cache removed it) from the index. */
+  forget(kind: StoredItem['kind'], digest: Digest): void {
+    const key = `${kind}:${digest.text}`;
+    const entry = this.entries.get(key);
+    if (!entry) return;
+    this.entries.delete(key);
+    this.totalBytes -= entry.size;
+    this.updateGauges();
+    this.signalRoom();
+  }
+
   /** What eviction may take, least recently read first: everything not being streamed. */
   private leastRecentlyReadFirst(): Entry[] {
     return [...this.entries.values()].filter((entry) => !this.pins.has(entry.digest)).sort((a, b) => a.lastAccess - b.lastAccess);

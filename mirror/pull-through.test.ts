@@ -316,6 +316,7 @@ describe('pull-through cache', () => {
       await writeFile(file, '{not json');
       const mirror = await startTestMirror(options);
       try {
+        await mirror.mirror.indexed;
         const gets = await manifestRequests(upstream, 'GET');
         const res = await httpRequest(`${mirror.url}/v2/library/app/manifests/${reference}`, { headers: { accept: image.manifestMediaType } });
         assert.equal(res.status, 200, reference);
@@ -323,6 +324,7 @@ describe('pull-through cache', () => {
         assert.equal(res.headers['docker-content-digest'], image.manifestDigest);
         assert.equal(await manifestRequests(upstream, 'GET'), gets + 1, `${reference}: fetched again`);
         assert.equal(sha256(await readFile(file)), image.manifestDigest, `${reference}: stored right`);
+        assert.equal(mirror.mirror.evictor.bytes, image.manifestSize, `${reference}: the store's size counts the manifest fetched again, not the file removed`);
       } finally {
         await mirror.stop();
       }
