@@ -72,7 +72,10 @@ export async function createMirror(config: MirrorConfig, options: MirrorOptions)
       { client: new UpstreamClient(upstream, { logger, observer, timeouts: { ...config.upstreamTimeouts, ...options.timeouts } }), tagTTLMs: upstream.tagTTLMs },
     ]),
   );
-  const evictor = new Evictor({ store, policy: config.storage, logger, metrics, ...(options.now ? { now: options.now } : {}) });
+  // A download waiting for room under maxSize does not read its upstream response meanwhile: it goes
+  // ahead without a reservation before the upstream's idle timeout would cut it.
+  const reserveWaitMs = ({ ...config.upstreamTimeouts, ...options.timeouts }.bodyIdleMs ?? 30_000) / 2;
+  const evictor = new Evictor({ store, policy: config.storage, logger, metrics, reserveWaitMs, ...(options.now ? { now: options.now } : {}) });
   const cache = new PullThroughCache({
     store,
     logger,

@@ -202,6 +202,30 @@ describe('eviction', () => {
     }
   });
 
+  test('a download that finds storage.maxSize held by a stalled client of stored content goes ahead after a bounded wait, instead of hanging with every later miss queued behind it', async () => {
+    const other = await writeOciImage(await makeTempDir('evict-wait'), { tag: 'v1', seed: 'evict-wait', layerSizes: [2 * 1024 * 1024] });
+    await pushImage(other, upstream.ref('library/evict-wait', 'v1'));
+    // the wait is bounded by half the upstream idle timeout (the download's response is not read meanwhile)
+    const mirror = await startTestMirror({ upstreams: [{ registry: 'docker.io', url: upstream.url }], extra: { storage: { maxSize: '9Mi' } }, timeouts: { bodyIdleMs: 2_000 } });
+    let stalled: http.IncomingMessage | undefined;
+    try {
+      await mirror.mirror.indexed;
+      const big = image.layers[3]!;
+      await get(mirror, big.digest);
+      // a client that stops reading an 8 MiB stored blob: it is pinned, and 2 MiB more do not fit under 9Mi
+      stalled = await new Promise<http.IncomingMessage>((resolve) => http.get(`${mirror.url}/v2/library/evict/blobs/${big.digest}`, resolve));
+      stalled.pause();
+      const layer = other.layers[0]!.digest;
+      const res = await httpRequest(`${mirror.url}/v2/library/evict-wait/blobs/${layer}`, { timeoutMs: 15_000 });
+      assert.equal(res.status, 200);
+      assert.equal(`sha256:${createHash('sha256').update(res.body).digest('hex')}`, layer);
+      assert.equal(mirror.mirror.evictor.reserved, 0);
+    } finally {
+      stalled?.destroy();
+      await mirror.stop();
+    }
+  });
+
   test('a file in the store that the mirror did not write (an unfinished copy, an NFS .nfs file) neither stops the mirror nor is evicted: storage.maxSize evicts around it', async () => {
     const storagePath = path.join(await makeTempDir('evict-stray'), 'data');
     const strays = await placeStrayFiles(storagePath);

@@ -57,8 +57,12 @@ export class Evictor {
   /** Called with each removed manifest, so in-memory copies go too. */
   onManifestEvicted: (digest: string) => void = () => undefined;
 
-  constructor(options: { store: ContentStore; policy: EvictionPolicy; logger: Logger; metrics: MirrorMetrics; now?: () => number }) {
+  /** The longest a download waits for room before it goes ahead without a reservation. */
+  private readonly reserveWaitMs: number;
+
+  constructor(options: { store: ContentStore; policy: EvictionPolicy; logger: Logger; metrics: MirrorMetrics; now?: () => number; reserveWaitMs?: number }) {
     this.store = options.store;
+    this.reserveWaitMs = options.reserveWaitMs ?? 15_000;
     this.policy = options.policy;
     this.logger = options.logger;
     this.metrics = options.metrics;
@@ -164,23 +168,35 @@ export class Evictor {
   }
 
   private async runReserve(bytes: number, max: number, key: string): Promise<() => void> {
-    let waited = false;
-    for (;;) {
-      if (this.entries.has(key)) return () => undefined;
-      const candidates = this.leastRecentlyReadFirst();
-      const evictable = candidates.reduce((sum, entry) => sum + entry.size, 0);
-      if (this.totalBytes - evictable + this.reservedBytes + bytes <= max) {
-        // down to the low watermark when the rest allows, as eviction by size does, else just enough
-        const target = Math.max(max * LOW_WATERMARK, this.totalBytes - evictable + this.reservedBytes + bytes);
-        for (const entry of candidates) {
-          if (this.totalBytes + this.reservedBytes + bytes <= target) break;
-          await this.remove(entry, 'size');
+    // Streams of stored content hold their room until their clients have it, and a client that
+    // stalls (a node cut off) would hold it for as long as its connection lives, with every later
+    // download queued behind this one: the wait is bounded, and past it the download goes ahead
+    // unreserved (the store may pass maxSize until eviction catches up).
+    let timer: NodeJS.Timeout | undefined;
+    const gaveUp = new Promise<'gave up'>((resolve) => (timer = setTimeout(() => resolve('gave up'), this.reserveWaitMs)));
+    try {
+      for (let waited = false; ; waited = true) {
+        if (this.entries.has(key)) return () => undefined;
+        const candidates = this.leastRecentlyReadFirst();
+        const evictable = candidates.reduce((sum, entry) => sum + entry.size, 0);
+        if (this.totalBytes - evictable + this.reservedBytes + bytes <= max) {
+          // down to the low watermark when the rest allows, as eviction by size does, else just enough
+          const target = Math.max(max * LOW_WATERMARK, this.totalBytes - evictable + this.reservedBytes + bytes);
+          for (const entry of candidates) {
+            if (this.totalBytes + this.reservedBytes + bytes <= target) break;
+            await this.remove(entry, 'size');
+          }
+        }
+        if (this.totalBytes + this.reservedBytes + bytes <= max) break;
+        const facts = { bytes, storeBytes: this.totalBytes, reservedBytes: this.reservedBytes, maxSizeBytes: max, streaming: this.pins.size };
+        if (!waited) this.logger.warn(facts, 'storage.maxSize is taken by downloads and streams in progress: this download waits for room');
+        if ((await Promise.race([this.roomChanged, gaveUp])) === 'gave up') {
+          this.logger.warn({ ...facts, waitedMs: this.reserveWaitMs }, 'no room under storage.maxSize in time (streams of stored content hold it): downloading without a reservation; the store passes maxSize until eviction catches up');
+          return () => undefined;
         }
       }
-      if (this.totalBytes + this.reservedBytes + bytes <= max) break;
-      if (!waited) this.logger.warn({ bytes, storeBytes: this.totalBytes, reservedBytes: this.reservedBytes, maxSizeBytes: max, streaming: this.pins.size }, 'storage.maxSize is taken by downloads and streams in progress: this download waits for room');
-      waited = true;
-      await this.roomChanged;
+    } finally {
+      clearTimeout(timer);
     }
     this.reservedBytes += bytes;
     this.updateGauges();
