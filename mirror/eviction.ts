@@ -288,10 +288,13 @@ export class Evictor {
 
   /** Drops an item the store no longer holds (the cache removed it) from the index. */
   forget(kind: StoredItem['kind'], digest: Digest): void {
-    const key = `${kind}:${digest.text}`;
-    const entry = this.entries.get(key);
-    if (!entry) return;
-    this.entries.delete(key);
+    const entry = this.entries.get(`${kind}:${digest.text}`);
+    if (entry) this.drop(entry);
+  }
+
+  /** Takes an entry out of the index and its bytes out of the count; a waiting reservation looks again. */
+  private drop(entry: Entry): void {
+    this.entries.delete(`${entry.kind}:${entry.digest}`);
     this.totalBytes -= entry.size;
     this.updateGauges();
     this.signalRoom();
@@ -306,9 +309,7 @@ export class Evictor {
     if (this.pins.has(entry.digest)) return;
     const key = `${entry.kind}:${entry.digest}`;
     if (this.entries.get(key) !== entry) return;
-    this.entries.delete(key);
-    this.totalBytes -= entry.size;
-    this.signalRoom();
+    this.drop(entry);
     await this.store.remove(entry.kind, parseDigest(entry.digest));
     if (entry.kind === 'manifest') this.onManifestEvicted(entry.digest);
     this.metrics.evictions.inc({ reason });
