@@ -3,7 +3,6 @@
 // once its tagTTL has passed, and when that check fails the stored manifest is served. Content is
 // stored once by digest but served only under repositories whose upstream has it
 // (repository-links.ts): stored content asked for under another repository is confirmed with a HEAD.
-import { createHash } from 'node:crypto';
 import type { FileHandle } from 'node:fs/promises';
 import type { Logger } from '../common/logger.ts';
 import {
@@ -20,7 +19,7 @@ import type { ByteSource } from './blob-sender.ts';
 import { BlobFill, DigestMismatchError, SizeMismatchError } from './fill.ts';
 import { ManifestMemory } from './manifest-memory.ts';
 import type { MirrorMetrics } from './metrics.ts';
-import { parseDigest, type Digest } from './reference.ts';
+import { digestOf, parseDigest, type Digest } from './reference.ts';
 import { RepositoryLinks } from './repository-links.ts';
 import type { ContentStore, StoredManifest } from './store.ts';
 import { TokenServiceError, UpstreamAuthError, type UpstreamClient, type UpstreamResponse } from './upstream.ts';
@@ -286,7 +285,7 @@ export class PullThroughCache {
       throw upstreamUnavailable(repo.upstream.registry, describe(error));
     }
     const algorithm = expected?.algorithm ?? 'sha256';
-    const actual = `${algorithm}:${createHash(algorithm).update(bytes).digest('hex')}`;
+    const actual = digestOf(bytes, algorithm);
     const claimed = expected?.text ?? header(response.headers, 'docker-content-digest');
     if (claimed && claimed.startsWith(`${algorithm}:`) && claimed !== actual) {
       this.metrics.fillFailures.inc({ reason: 'digest' });
@@ -319,7 +318,7 @@ export class PullThroughCache {
     if (!stored) return undefined;
     // A file changed since it was written (a disk fault, a hand edit) would be served for good under
     // a digest it does not have: checked here, as it leaves the disk (manifests are small).
-    const actual = `${digest.algorithm}:${createHash(digest.algorithm).update(stored.bytes).digest('hex')}`;
+    const actual = digestOf(stored.bytes, digest.algorithm);
     if (actual !== digest.text) {
       this.logger.warn({ digest: digest.text, actual, bytes: stored.bytes.length }, 'stored manifest does not match its digest; removed from the store, fetching it again');
       await this.store.remove('manifest', digest);

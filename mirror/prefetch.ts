@@ -5,7 +5,7 @@ import { ConfigError } from '../common/config-error.ts';
 import type { Logger } from '../common/logger.ts';
 import type { PullThroughCache, Repository } from './cache.ts';
 import type { MirrorMetrics } from './metrics.ts';
-import { isDigestReference, parseDigest, parseImageReference, type ImageReference } from './reference.ts';
+import { isDigestReference, parseDigest, prefetchTarget, type ImageReference } from './reference.ts';
 import type { UpstreamClient } from './upstream.ts';
 
 export interface PrefetchTarget extends ImageReference {
@@ -45,14 +45,10 @@ export class Prefetcher {
     this.platforms = options.platforms;
     this.logger = options.logger.child({ task: 'prefetch' });
     this.metrics = options.metrics;
+    const registries = new Set(this.upstreams.keys());
     this.targets = options.references.map((text, index) => {
-      let target: ImageReference;
-      try {
-        target = parseImageReference(text, options.defaultRegistry);
-      } catch (error) {
-        throw new ConfigError(options.configSource, `prefetch[${index}]`, `"${text}" is not an image reference: ${(error as Error).message}`);
-      }
-      if (!this.upstreams.has(target.registry)) throw new ConfigError(options.configSource, `prefetch[${index}]`, `"${text}" is on ${target.registry}, which is not one of upstreams[].registry`);
+      const target = prefetchTarget(text, options.defaultRegistry, registries, 'upstreams[].registry');
+      if ('problem' in target) throw new ConfigError(options.configSource, `prefetch[${index}]`, target.problem);
       return { text, ...target };
     });
   }

@@ -1,6 +1,7 @@
 // Repository names, tags and digests as the OCI distribution spec defines them. Everything a
 // client sends is checked here before it reaches the store, so no request can name a path
 // outside it (no "..", no "/" in a tag, no unknown digest algorithm).
+import { createHash } from 'node:crypto';
 import { digestInvalid, nameInvalid, tagInvalid } from './errors.ts';
 
 const COMPONENT = /^[a-z0-9]+(?:(?:\.|_|__|-+)[a-z0-9]+)*$/;
@@ -43,6 +44,11 @@ export function parseDigest(text: string): Digest {
   const length = DIGEST_ALGORITHMS[algorithm as DigestAlgorithm];
   if (hex.length !== length || !/^[a-f0-9]+$/.test(hex)) throw digestInvalid(`${algorithm} needs ${length} lowercase hex characters`);
   return { algorithm: algorithm as DigestAlgorithm, hex, text };
+}
+
+/** The digest (`algorithm:hex`) of `bytes`. */
+export function digestOf(bytes: Uint8Array, algorithm: DigestAlgorithm): string {
+  return `${algorithm}:${createHash(algorithm).update(bytes).digest('hex')}`;
 }
 
 /** Whether `text` is a digest this mirror can verify (what parseDigest accepts). */
@@ -94,4 +100,19 @@ export function parseImageReference(text: string, defaultRegistry: string): Imag
   if (isDigestReference(reference)) parseDigest(reference);
   else validateTag(reference);
   return { registry, name, reference };
+}
+
+/**
+ * The image a prefetch entry names, or why the mirror cannot prefetch it: not an image reference,
+ * or on none of the configured registries (`listName` is how the caller's config names that list).
+ * The mirror refuses such an entry at start, and the operator before it writes the mirror's config.
+ */
+export function prefetchTarget(text: string, defaultRegistry: string, registries: ReadonlySet<string>, listName: string): ImageReference | { problem: string; unknownRegistry: boolean } {
+  let target: ImageReference;
+  try {
+    target = parseImageReference(text, defaultRegistry);
+  } catch (error) {
+    return { problem: `"${text}" is not an image reference: ${(error as Error).message}`, unknownRegistry: false };
+  }
+  return registries.has(target.registry) ? target : { problem: `"${text}" is on ${target.registry}, which is not one of ${listName}`, unknownRegistry: true };
 }

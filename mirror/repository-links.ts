@@ -5,9 +5,8 @@
 // that trusts the repository name (distribution's proxy keeps per-repository links for the same
 // reason). A repository learns a digest when its upstream serves it, names it in a manifest it
 // served (the manifest's config, layers and child manifests), or confirms it with a HEAD.
-import { createHash } from 'node:crypto';
 import type { Logger } from '../common/logger.ts';
-import { isDigest, parseDigest } from './reference.ts';
+import { digestOf, isDigest, parseDigest } from './reference.ts';
 import type { ContentStore } from './store.ts';
 
 export class RepositoryLinks {
@@ -89,7 +88,7 @@ export class RepositoryLinks {
       const parsed = parseDigest(digest);
       const manifest = await this.store.readManifest(parsed);
       // a file that no longer hashes to its digest vouches for nothing
-      if (!manifest || createHash(parsed.algorithm).update(manifest.bytes).digest('hex') !== parsed.hex) return;
+      if (!manifest || digestOf(manifest.bytes, parsed.algorithm) !== digest) return;
       for (const child of referencedDigests(manifest.bytes)) {
         if (depth === 0) await expand(child, 1);
         else found.add(child);

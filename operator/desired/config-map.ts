@@ -2,7 +2,7 @@
 // referenced by file path into the owned Secret's mount, never written here.
 import { stringify } from 'yaml';
 import { formatQuantity, parseQuantity } from '../../common/quantity.ts';
-import { parseImageReference } from '../../mirror/reference.ts';
+import { prefetchTarget } from '../../mirror/reference.ts';
 import type { RegistryMirror } from '../api/registry-mirror.ts';
 import {
   MIRROR_PORT, PATHS, defaultRegistry, metadata, names, upstreamSecretKeys, upstreamUrl, type DesiredInputs,
@@ -65,14 +65,10 @@ export function mirrorConfig(inputs: DesiredInputs): Record<string, unknown> {
  */
 export function prefetchProblem(spec: RegistryMirror['spec']): string | undefined {
   const registries = new Set(spec.upstreams.map((u) => u.registry));
+  const listName = `spec.upstreams (${[...registries].join(', ')})`;
   for (const [index, text] of (spec.prefetch ?? []).entries()) {
-    let registry: string;
-    try {
-      registry = parseImageReference(text, defaultRegistry(spec)).registry;
-    } catch (error) {
-      return `spec.prefetch[${index}] "${text}" is not an image reference: ${(error as Error).message}`;
-    }
-    if (!registries.has(registry)) return `spec.prefetch[${index}] "${text}" is on ${registry}, which is not one of spec.upstreams (${[...registries].join(', ')}): add it there, or name the image on one of them`;
+    const target = prefetchTarget(text, defaultRegistry(spec), registries, listName);
+    if ('problem' in target) return `spec.prefetch[${index}] ${target.problem}${target.unknownRegistry ? ': add it there, or name the image on one of them' : ''}`;
   }
   return undefined;
 }
