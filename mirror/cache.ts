@@ -100,8 +100,8 @@ export class PullThroughCache {
   private readonly manifestMemory: ManifestMemory;
   /** Which repositories each stored digest may be served under. */
   private readonly links: RepositoryLinks;
-  /** Upstream HEADs confirming that a repository has stored content, one per repository and digest at a time. */
-  private readonly confirmations = new Map<string, Promise<void>>();
+  /** Upstream HEADs (askUpstream) in flight, one per repository, kind and digest. */
+  private readonly confirmations = new Map<string, Promise<number | undefined>>();
 
   constructor(options: { store: ContentStore; logger: Logger; metrics: MirrorMetrics; now?: () => number; hooks?: CacheHooks; manifestMemoryBytes?: number }) {
     this.store = options.store;
@@ -121,7 +121,7 @@ export class PullThroughCache {
       // no await on the hot path (a digest this repository is known to have, its references linked)
       const has = this.links.has(repo.upstream.registry, repo.name, digest.text);
       const known = typeof has === 'boolean' ? has : await has;
-      if (!known) await this.confirmUpstream(repo, 'manifests', digest);
+      if (!known) await this.askUpstream(repo, 'manifests', digest);
       this.metrics.cacheRequests.inc({ kind: 'manifest', result: known ? 'hit' : 'revalidated' });
       const linking = this.links.addManifest(repo.upstream.registry, repo.name, digest.text, stored.bytes);
       if (linking) await linking;
@@ -364,7 +364,7 @@ export class PullThroughCache {
     // A stored blob counts as a hit once its file is open (eviction may take it before then, and
     // the request becomes a miss), so each request is counted once, by where its bytes came from.
     const stored = await this.blobFromStore(digest);
-    if (stored && !(await this.links.has(repo.upstream.registry, repo.name, digest.text))) await this.confirmUpstream(repo, 'blobs', digest);
+    if (stored && !(await this.links.has(repo.upstream.registry, repo.name, digest.text))) await this.askUpstream(repo, 'blobs', digest);
     return stored ?? this.blobFromUpstream(repo, digest);
   }
 
@@ -372,7 +372,7 @@ export class PullThroughCache {
   async blobSize(repo: Repository, digest: Digest): Promise<number | undefined> {
     const stored = await this.store.statBlob(digest);
     if (stored && (await this.links.has(repo.upstream.registry, repo.name, digest.text))) return stored.size;
-    const { size } = await this.headBlobUpstream(repo, digest);
+    const size = await this.askUpstream(repo, 'blobs', digest);
     return stored?.size ?? size;
   }
 
@@ -410,7 +410,7 @@ export class PullThroughCache {
       // Joined another repository's fetch: this repository's upstream must have the blob too. The
       // open reader keeps the fill's file meanwhile.
       try {
-        await this.confirmUpstream(repo, 'blobs', digest);
+        await this.askUpstream(repo, 'blobs', digest);
       } catch (error) {
         close();
         throw error;
@@ -425,15 +425,6 @@ export class PullThroughCache {
       }
     };
     return { source: 'upstream', size: fill.size, reader: { read, close } };
-  }
-
-  /** The blob's size and presence as the upstream reports it, without fetching it. */
-  async headBlobUpstream(repo: Repository, digest: Digest): Promise<{ size: number | undefined }> {
-    const response = await this.upstreamRequest(repo, `blobs/${digest.text}`, 'HEAD', undefined, () => blobUnknown(digest.text));
-    await response.body.dump();
-    await this.links.add(repo.upstream.registry, repo.name, [digest.text]);
-    const length = Number(header(response.headers, 'content-length'));
-    return { size: Number.isFinite(length) ? length : undefined };
   }
 
   private startFill(repo: Repository, digest: Digest): FillEntry {
@@ -486,13 +477,15 @@ export class PullThroughCache {
   }
 
   /**
-   * Asks the repository's upstream whether it has content this mirror stored for another
-   * repository (a HEAD, nothing fetched), and records the answer. Not there: the client gets the
-   * upstream's 404 (MANIFEST_UNKNOWN, BLOB_UNKNOWN) as if nothing were stored; upstream away:
-   * UNAVAILABLE, as the stored copy cannot be vouched for.
+   * Asks the repository's upstream whether it has this content (a HEAD, nothing fetched), records
+   * the answer, and resolves with the size the upstream gives: for stored content asked for under
+   * another repository, and for a blob's HEAD that the store cannot answer. Not there: the
+   * client gets the upstream's 404 (MANIFEST_UNKNOWN, BLOB_UNKNOWN) as if nothing were stored;
+   * upstream away: UNAVAILABLE, as a stored copy cannot be vouched for. One HEAD per repository
+   * and digest at a time.
    */
-  private confirmUpstream(repo: Repository, kind: 'manifests' | 'blobs', digest: Digest): Promise<void> {
-    const key = `${repo.upstream.registry}/${repo.name}@${digest.text}`;
+  private askUpstream(repo: Repository, kind: 'manifests' | 'blobs', digest: Digest): Promise<number | undefined> {
+    const key = `${repo.upstream.registry}/${repo.name}@${kind}/${digest.text}`;
     let pending = this.confirmations.get(key);
     if (!pending) {
       const notFound = kind === 'manifests' ? () => manifestUnknown(digest.text) : () => blobUnknown(digest.text);
@@ -500,6 +493,8 @@ export class PullThroughCache {
         .then(async (response) => {
           await response.body.dump();
           await this.links.add(repo.upstream.registry, repo.name, [digest.text]);
+          const length = Number(header(response.headers, 'content-length'));
+          return Number.isFinite(length) ? length : undefined;
         })
         .finally(() => this.confirmations.delete(key));
       this.confirmations.set(key, pending);
