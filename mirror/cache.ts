@@ -436,12 +436,12 @@ export class PullThroughCache {
       const length = header(response.headers, 'content-length');
       const size = length !== undefined && Number.isFinite(Number(length)) ? Number(length) : undefined;
       this.logger.info({ upstream: repo.upstream.registry, repository: repo.name, digest: digest.text, bytes: size }, 'blob fetch from upstream started');
-      const counted = countBytes(response.body, (n) => this.metrics.bytesFetched.inc({ upstream: repo.upstream.registry }, n));
+      const fetched = this.metrics.bytesFetched.labels({ upstream: repo.upstream.registry });
       // clients joining while the download waits for room under storage.maxSize are told its length
       fill.size = size;
       const release = (await this.hooks.reserve?.(size, digest.text)) ?? (() => undefined);
       try {
-        await fill.run({ size, body: counted }, async (temporary) => {
+        await fill.run({ size, body: response.body, onBytes: (n) => fetched.inc(n) }, async (temporary) => {
           await this.store.commitBlob(temporary, digest);
           // From here the store serves it; later requests must not find this fill.
           if (this.blobFills.get(digest.text) === entry) this.blobFills.delete(digest.text);
@@ -623,13 +623,6 @@ async function readManifestBody(body: AsyncIterable<Uint8Array>): Promise<Buffer
     chunks.push(chunk);
   }
   return Buffer.concat(chunks, received);
-}
-
-async function* countBytes(body: AsyncIterable<Uint8Array>, count: (n: number) => void): AsyncGenerator<Uint8Array> {
-  for await (const chunk of body) {
-    count(chunk.byteLength);
-    yield chunk;
-  }
 }
 
 /** A write failed for lack of room (not a broken disk). */

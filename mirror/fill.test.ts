@@ -5,6 +5,7 @@ import { createHash } from 'node:crypto';
 import { mkdtemp, rm } from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
+import { Readable } from 'node:stream';
 import { after, test } from 'node:test';
 import type { ByteSource } from './blob-sender.ts';
 import { BlobFill, DigestMismatchError } from './fill.ts';
@@ -20,13 +21,13 @@ async function temporaryPath(): Promise<string> {
 }
 
 /** `size` bytes in 64 KiB chunks (as undici delivers them), pausing now and then like a network. */
-function source(content: Buffer, onChunk?: (written: number) => Promise<void>): AsyncIterable<Uint8Array> {
-  return (async function* () {
+function source(content: Buffer, onChunk?: (written: number) => Promise<void>): Readable {
+  return Readable.from((async function* () {
     for (let offset = 0; offset < content.length; offset += 65_536) {
       yield content.subarray(offset, offset + 65_536);
       await onChunk?.(offset);
     }
-  })();
+  })(), { objectMode: false });
 }
 
 /** Reads bytes [start, end] of the fill as the sender does; `received` sees every piece as it comes. */
