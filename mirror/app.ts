@@ -24,6 +24,8 @@ export interface MirrorOptions {
   /** Injected clock for tag TTLs (tests). */
   now?: () => number;
   timeouts?: Partial<UpstreamTimeouts>;
+  /** How long after content was removed repository links are pruned (tests; a minute by default). */
+  linksPruneDelayMs?: number;
 }
 
 export interface Mirror {
@@ -81,15 +83,17 @@ export async function createMirror(config: MirrorConfig, options: MirrorOptions)
     logger,
     metrics,
     ...(options.now ? { now: options.now } : {}),
+    ...(options.linksPruneDelayMs !== undefined ? { linksPruneDelayMs: options.linksPruneDelayMs } : {}),
     hooks: {
       onAccess: (kind, digest, size) => evictor.recordAccess(kind, digest, size),
       onStream: (digest) => evictor.pin(digest),
       onRemoved: (kind, digest) => evictor.forget(kind, digest),
       onStoreFull: (bytes) => void evictor.makeRoom(bytes).catch((error: unknown) => logger.error({ err: error }, 'making room in the store failed')),
       reserve: (bytes, digest) => evictor.reserve(bytes, digest),
+      isStored: (digest) => evictor.holds(digest),
     },
   });
-  evictor.onManifestEvicted = (digest) => cache.forgetManifest(digest);
+  evictor.onRemoved = (kind, digest) => cache.contentRemoved(kind, digest);
   const prefetcher = new Prefetcher({ cache, upstreams, defaultRegistry: config.defaultRegistry, references: config.prefetch, platforms: config.prefetchPlatforms, logger, metrics, configSource: config.source });
   const auth = config.auth.htpasswd ? new HtpasswdAuth(config.auth.htpasswd, { configSource: config.source, logger, ...(options.now ? { now: options.now } : {}) }) : undefined;
 

@@ -81,6 +81,8 @@ export interface CacheHooks {
   onStoreFull?(bytes: number): void;
   /** Asked before a blob download of this many bytes (undefined: not announced) is written; resolves, once there is room, with the function that gives it back. */
   reserve?(bytes: number | undefined, digest: string): Promise<() => void>;
+  /** Whether the store holds this digest; undefined while that is not known yet (repository links are kept then). */
+  isStored?(digest: string): boolean | undefined;
 }
 
 export class PullThroughCache {
@@ -103,14 +105,18 @@ export class PullThroughCache {
   /** Upstream HEADs (askUpstream) in flight, one per repository, kind and digest. */
   private readonly confirmations = new Map<string, Promise<number | undefined>>();
 
-  constructor(options: { store: ContentStore; logger: Logger; metrics: MirrorMetrics; now?: () => number; hooks?: CacheHooks; manifestMemoryBytes?: number }) {
+  constructor(options: { store: ContentStore; logger: Logger; metrics: MirrorMetrics; now?: () => number; hooks?: CacheHooks; manifestMemoryBytes?: number; linksPruneDelayMs?: number }) {
     this.store = options.store;
     this.logger = options.logger;
     this.metrics = options.metrics;
     this.now = options.now ?? Date.now;
     this.hooks = options.hooks ?? {};
     this.manifestMemory = new ManifestMemory(options.manifestMemoryBytes ?? 64 * 1024 * 1024);
-    this.links = new RepositoryLinks(this.store, this.logger);
+    this.links = new RepositoryLinks(this.store, this.logger, {
+      // content being fetched keeps its links: it is about to be stored
+      isKept: (digest) => (this.blobFills.has(digest) ? true : this.hooks.isStored?.(digest)),
+      ...(options.linksPruneDelayMs !== undefined ? { pruneDelayMs: options.linksPruneDelayMs } : {}),
+    });
   }
 
   // ---------------------------------------------------------------- manifests
@@ -330,9 +336,10 @@ export class PullThroughCache {
     return stored;
   }
 
-  /** Drops a manifest from memory (eviction removed it from the store). */
-  forgetManifest(digest: string): void {
-    this.manifestMemory.delete(digest);
+  /** Content left the store (eviction, or the cache removed it): its in-memory copy goes, and the repositories' links to it a little later. */
+  contentRemoved(kind: 'blob' | 'manifest', digest: string): void {
+    if (kind === 'manifest') this.manifestMemory.delete(digest);
+    this.links.contentRemoved();
   }
 
   // ---------------------------------------------------------------- blobs

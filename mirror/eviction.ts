@@ -54,8 +54,8 @@ export class Evictor {
   private roomChanged!: Promise<void>;
   private signalRoom!: () => void;
   private timer: NodeJS.Timeout | undefined;
-  /** Called with each removed manifest, so in-memory copies go too. */
-  onManifestEvicted: (digest: string) => void = () => undefined;
+  /** Called with each item removed from the store (evicted, or forgotten after the cache removed it), so what refers to it in memory goes too. */
+  onRemoved: (kind: StoredItem['kind'], digest: string) => void = () => undefined;
 
   /** The longest a download waits for room before it goes ahead without a reservation. */
   private readonly reserveWaitMs: number;
@@ -289,7 +289,15 @@ export class Evictor {
   /** Drops an item the store no longer holds (the cache removed it) from the index. */
   forget(kind: StoredItem['kind'], digest: Digest): void {
     const entry = this.entries.get(`${kind}:${digest.text}`);
-    if (entry) this.drop(entry);
+    if (!entry) return;
+    this.drop(entry);
+    this.onRemoved(kind, digest.text);
+  }
+
+  /** Whether the store holds this digest (as a blob or a manifest); undefined until the index is built. */
+  holds(digest: string): boolean | undefined {
+    if (!this.indexed) return undefined;
+    return this.entries.has(`blob:${digest}`) || this.entries.has(`manifest:${digest}`);
   }
 
   /** Takes an entry out of the index and its bytes out of the count; a waiting reservation looks again. */
@@ -311,7 +319,7 @@ export class Evictor {
     if (this.entries.get(key) !== entry) return;
     this.drop(entry);
     await this.store.remove(entry.kind, parseDigest(entry.digest));
-    if (entry.kind === 'manifest') this.onManifestEvicted(entry.digest);
+    this.onRemoved(entry.kind, entry.digest);
     this.metrics.evictions.inc({ reason });
     this.metrics.evictedBytes.inc({ reason }, entry.size);
     this.logger.debug({ kind: entry.kind, digest: entry.digest, bytes: entry.size, reason, idleMs: this.now() - entry.lastAccess }, 'evicted');

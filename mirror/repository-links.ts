@@ -5,21 +5,56 @@
 // that trusts the repository name (distribution's proxy keeps per-repository links for the same
 // reason). A repository learns a digest when its upstream serves it, names it in a manifest it
 // served (the manifest's config, layers and child manifests), or confirms it with a HEAD.
+//
+// Links go when their content does: once eviction has removed content, a repository's links are
+// cut down (at most once a minute) to what is stored or being fetched, and its file rewritten once
+// it holds many lines more than that; a file is cut down the same way when it is loaded. Without
+// this the files and the sets in memory would grow with every digest ever seen. A link dropped
+// for content fetched again later costs one HEAD, and a manifest served again links its
+// references again.
 import type { Logger } from '../common/logger.ts';
 import { digestOf, isDigest, parseDigest } from './reference.ts';
 import type { ContentStore } from './store.ts';
 
+/** A repository's links as loaded: the digests, and how many lines its file holds (duplicates and stale ones included). */
+interface Known {
+  registry: string;
+  name: string;
+  digests: Set<string>;
+  fileLines: number;
+}
+
+/** How long after content was removed the links are pruned: removals in that time are pruned together. */
+const PRUNE_DELAY_MS = 60_000;
+
+export interface LinksOptions {
+  /**
+   * Whether the mirror keeps a digest: stored, or being fetched. Undefined while that is not known
+   * yet (the store's index is being built): nothing is pruned then.
+   */
+  isKept?: (digest: string) => boolean | undefined;
+  pruneDelayMs?: number;
+}
+
 export class RepositoryLinks {
   private readonly store: ContentStore;
   private readonly logger: Logger;
+  private readonly isKept: (digest: string) => boolean | undefined;
+  private readonly pruneDelayMs: number;
   /** Per repository (`registry/name`): the digests it is known to have, read from its links file once. */
-  private readonly known = new Map<string, Set<string> | Promise<Set<string>>>();
+  private readonly known = new Map<string, Known | Promise<Known>>();
   /** Manifests whose references were linked in this process, per repository: each is parsed once. */
   private readonly expanded = new Map<string, Set<string>>();
+  /** Per repository, its file's appends and rewrites in order: a rewrite never loses a line appended meanwhile. */
+  private readonly fileWork = new Map<string, Promise<void>>();
+  private pruneTimer: NodeJS.Timeout | undefined;
+  private pruning: Promise<void> | undefined;
 
-  constructor(store: ContentStore, logger: Logger) {
+  constructor(store: ContentStore, logger: Logger, options: LinksOptions = {}) {
     this.store = store;
     this.logger = logger;
+    this.isKept = options.isKept ?? (() => undefined);
+    this.pruneDelayMs = options.pruneDelayMs ?? PRUNE_DELAY_MS;
   }
 
   /**
@@ -27,18 +62,21 @@ export class RepositoryLinks {
    * repository's links are loaded, as on the manifest-by-digest hot path.
    */
   has(registry: string, name: string, digest: string): boolean | Promise<boolean> {
-    const known = this.digests(registry, name);
-    return known instanceof Set ? known.has(digest) : known.then((set) => set.has(digest));
+    const known = this.load(registry, name);
+    return 'digests' in known ? known.digests.has(digest) : known.then((loaded) => loaded.digests.has(digest));
   }
 
   /** Records digests as present in the repository (kept on disk; a failed write is logged and kept in memory only). */
   async add(registry: string, name: string, digests: readonly string[]): Promise<void> {
-    const known = await this.digests(registry, name);
-    const fresh = [...new Set(digests)].filter((digest) => !known.has(digest));
+    const known = await this.load(registry, name);
+    const fresh = [...new Set(digests)].filter((digest) => !known.digests.has(digest));
     if (fresh.length === 0) return;
-    for (const digest of fresh) known.add(digest);
+    for (const digest of fresh) known.digests.add(digest);
     try {
-      await this.store.appendLinks(registry, name, fresh);
+      await this.inOrder(known, async () => {
+        await this.store.appendLinks(registry, name, fresh);
+        known.fileLines += fresh.length;
+      });
     } catch (error) {
       this.logger.warn({ upstream: registry, repository: name, err: error }, 'could not record which content this repository has; it is asked upstream again after a restart');
     }
@@ -59,14 +97,67 @@ export class RepositoryLinks {
     });
   }
 
-  private digests(registry: string, name: string): Set<string> | Promise<Set<string>> {
+  /** Content was removed from the store: the links are pruned a little later (removals meanwhile together). */
+  contentRemoved(): void {
+    if (this.pruneTimer) return;
+    this.pruneTimer = setTimeout(() => {
+      this.pruneTimer = undefined;
+      this.pruning ??= this.prune().finally(() => (this.pruning = undefined));
+    }, this.pruneDelayMs);
+    this.pruneTimer.unref();
+  }
+
+  /**
+   * Cuts every loaded repository's links down to the content the mirror keeps, rewriting the files
+   * that hold many more lines than that. A repository that lost links parses its manifests again
+   * when they are next served, so what they reference is linked again before a client asks for it.
+   */
+  async prune(): Promise<void> {
+    let dropped = 0;
+    const rewrites: Promise<void>[] = [];
+    for (const [key, known] of this.known) {
+      if (!('digests' in known)) continue;
+      const before = known.digests.size;
+      for (const digest of known.digests) if (this.isKept(digest) === false) known.digests.delete(digest);
+      if (known.digests.size === before) continue;
+      dropped += before - known.digests.size;
+      this.expanded.delete(key);
+      if (worthRewriting(known.fileLines, known.digests.size)) rewrites.push(this.rewrite(known));
+    }
+    await Promise.all(rewrites);
+    if (dropped > 0) this.logger.debug({ links: dropped, rewrittenFiles: rewrites.length }, 'links of removed content pruned');
+  }
+
+  /** The repository's file, written again with just its links in memory (after the appends queued before). */
+  private rewrite(known: Known): Promise<void> {
+    return this.inOrder(known, async () => {
+      const digests = [...known.digests];
+      await this.store.writeLinks(known.registry, known.name, digests);
+      known.fileLines = digests.length;
+    }).catch((error: unknown) => this.logger.warn({ upstream: known.registry, repository: known.name, err: error }, 'could not rewrite the repository links file; it is cut down again later'));
+  }
+
+  private inOrder(known: Known, work: () => Promise<void>): Promise<void> {
+    const key = `${known.registry}/${known.name}`;
+    const done = (this.fileWork.get(key) ?? Promise.resolve()).then(work);
+    const settled = done.catch(() => undefined);
+    this.fileWork.set(key, settled);
+    void settled.then(() => {
+      if (this.fileWork.get(key) === settled) this.fileWork.delete(key);
+    });
+    return done;
+  }
+
+  private load(registry: string, name: string): Known | Promise<Known> {
     const key = `${registry}/${name}`;
     let known = this.known.get(key);
     if (!known) {
-      known = this.load(registry, name).then((digests) => {
-        const set = new Set(digests);
-        this.known.set(key, set);
-        return set;
+      known = this.read(registry, name).then(async ({ digests, fileLines }) => {
+        const loaded: Known = { registry, name, digests: new Set(digests), fileLines };
+        this.known.set(key, loaded);
+        for (const digest of loaded.digests) if (this.isKept(digest) === false) loaded.digests.delete(digest);
+        if (worthRewriting(fileLines, loaded.digests.size)) await this.rewrite(loaded);
+        return loaded;
       });
       this.known.set(key, known);
     }
@@ -78,9 +169,9 @@ export class RepositoryLinks {
    * kept), what its own tag records name, with their manifests' references, written down once:
    * its content pulled by digest is then served with the upstream down, as it was before.
    */
-  private async load(registry: string, name: string): Promise<string[]> {
+  private async read(registry: string, name: string): Promise<{ digests: string[]; fileLines: number }> {
     const linked = await this.store.readLinks(registry, name);
-    if (linked) return linked;
+    if (linked) return { digests: linked, fileLines: linked.length };
     const found = new Set<string>();
     const expand = async (digest: string, depth: number) => {
       if (found.has(digest) || !isDigest(digest)) return;
@@ -102,8 +193,14 @@ export class RepositoryLinks {
       this.logger.info({ upstream: registry, repository: name, digests: found.size }, 'repository links taken from its stored tags (a store from before links were kept)');
       await this.store.appendLinks(registry, name, [...found]).catch((error: unknown) => this.logger.warn({ upstream: registry, repository: name, err: error }, 'could not record which content this repository has'));
     }
-    return [...found];
+    return { digests: [...found], fileLines: found.size };
   }
+}
+
+/** A links file is rewritten once at least a quarter of its lines (and 16 or more) are no longer links. */
+function worthRewriting(fileLines: number, links: number): boolean {
+  const stale = fileLines - links;
+  return stale >= 16 && stale >= fileLines / 4;
 }
 
 /** Digests a manifest or index refers to: config, layers, child manifests, subject, artifact blobs. */

@@ -3,7 +3,7 @@
 import { after, before, describe, test } from 'node:test';
 import assert from 'node:assert/strict';
 import { createHash } from 'node:crypto';
-import { readFile, rm } from 'node:fs/promises';
+import { appendFile, readFile, rm } from 'node:fs/promises';
 import path from 'node:path';
 import { pushImage, writeOciImage, type TestImage } from '../test/harness/oci-image.ts';
 import { cleanupAll, httpRequest, makeTempDir, sleep } from '../test/harness/process.ts';
@@ -131,6 +131,56 @@ describe('repository scope', () => {
       for (const blob of [hubImage.configDigest, ...hubImage.layers.map((l) => l.digest)]) assert.equal((await httpRequest(`${second.url}/v2/myorg/app/blobs/${blob}`)).status, 200, blob);
       // and written down, for the next start
       assert.ok((await readFile(links, 'utf8')).includes(hubImage.layers[0]!.digest));
+    } finally {
+      await second.stop();
+    }
+  });
+
+  test("links go with their content: once eviction removed a repository's images, its links file is cut down to what is stored, and a later pull links them again", async () => {
+    const images: TestImage[] = [];
+    for (let i = 0; i < 8; i++) {
+      const image = await writeOciImage(await makeTempDir(`scope-churn-${i}`), { tag: `v${i}`, layerSizes: [5_000 + i], seed: `scope-churn-${i}` });
+      await pushImage(image, hub.ref('myorg/churn', `v${i}`));
+      images.push(image);
+    }
+    const digestsOf = (image: TestImage) => [image.manifestDigest, image.configDigest, ...image.layers.map((l) => l.digest)];
+    let now = 1_000 * 3_600_000;
+    const mirror = await startTestMirror({ upstreams: [{ registry: 'docker.io', url: hub.url }], extra: { storage: { ttl: '1h' } }, now: () => now, linksPruneDelayMs: 20 });
+    const links = path.join(mirror.storagePath, 'tags', 'docker.io', 'myorg', 'churn', '_links');
+    const linked = async () => new Set((await readFile(links, 'utf8')).split('\n').filter(Boolean));
+    try {
+      await mirror.mirror.indexed;
+      for (const image of images.slice(0, 7)) await pull(mirror, 'myorg/churn', image);
+      now += 2 * 3_600_000;
+      await pull(mirror, 'myorg/churn', images[7]!);
+      assert.equal((await linked()).size, 24);
+      await mirror.mirror.evictor.evict();
+      await sleep(300);
+      assert.deepEqual([...(await linked())].sort(), digestsOf(images[7]!).sort(), 'only the stored image is linked');
+      // pulled again: fetched, served and linked again
+      await pull(mirror, 'myorg/churn', images[0]!);
+      for (const digest of digestsOf(images[0]!)) assert.ok((await linked()).has(digest), digest);
+    } finally {
+      await mirror.stop();
+    }
+  });
+
+  test('a links file full of content no longer stored (a store from before pruning) is cut down when the repository is next used', async () => {
+    const { storagePath, upstreamUrl } = await storeFilledThenUpstreamGone('scope-stale-links');
+    const links = path.join(storagePath, 'tags', 'docker.io', 'myorg', 'app', '_links');
+    const stale = Array.from({ length: 40 }, (_, i) => sha256(Buffer.from(`gone-${i}`)));
+    await appendFile(links, `${stale.join('\n')}\n`);
+    const second = await startTestMirror({ upstreams: [{ registry: 'docker.io', url: upstreamUrl }], storagePath });
+    try {
+      await second.mirror.indexed;
+      assert.equal((await httpRequest(`${second.url}/v2/myorg/app/manifests/${hubImage.manifestDigest}`, { headers: ACCEPT })).status, 200);
+      const kept = (await readFile(links, 'utf8')).split('\n').filter(Boolean);
+      assert.ok(!kept.some((digest) => stale.includes(digest)), 'stale links dropped');
+      // what is stored stays linked: served by digest with the upstream down
+      for (const blob of [hubImage.configDigest, ...hubImage.layers.map((l) => l.digest)]) {
+        assert.ok(kept.includes(blob), blob);
+        assert.equal((await httpRequest(`${second.url}/v2/myorg/app/blobs/${blob}`)).status, 200, blob);
+      }
     } finally {
       await second.stop();
     }

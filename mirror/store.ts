@@ -142,8 +142,9 @@ export class ContentStore {
   }
 
   /**
-   * Digests the repository is known to have, one per line of its links file (appended to, never
-   * rewritten); undefined when it has no links file (a store written before links were kept).
+   * Digests the repository is known to have, one per line of its links file (appended to, and
+   * rewritten whole when pruned); undefined when it has no links file (a store written before
+   * links were kept).
    */
   async readLinks(registry: string, name: string): Promise<string[] | undefined> {
     let text: string;
@@ -161,6 +162,13 @@ export class ContentStore {
     await mkdir(dir, { recursive: true });
     // one write with O_APPEND: lines from concurrent appends do not interleave
     await appendFile(join(dir, LINKS_FILE), `\n${digests.join('\n')}\n`);
+  }
+
+  /** Replaces the repository's links file with these digests (atomically: a crash leaves the old file or the new one). */
+  async writeLinks(registry: string, name: string, digests: readonly string[]): Promise<void> {
+    const dir = join(this.root, TAGS, registry, name);
+    await mkdir(dir, { recursive: true });
+    await this.writeAtomically(join(dir, LINKS_FILE), digests.length > 0 ? `${digests.join('\n')}\n` : '');
   }
 
   /** Records a read: the file's mtime is the last-access time that eviction orders by. */

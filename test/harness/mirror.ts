@@ -18,6 +18,8 @@ export interface TestMirrorOptions {
   extra?: Partial<Omit<MirrorConfigFile, 'storage'>> & { storage?: Partial<MirrorConfigFile['storage']> };
   now?: () => number;
   timeouts?: Partial<UpstreamTimeouts>;
+  /** In-process mirrors only: how soon repository links are pruned after content was removed. */
+  linksPruneDelayMs?: number;
   logLevel?: string;
 }
 
@@ -52,6 +54,7 @@ export async function startTestMirror(opts: TestMirrorOptions): Promise<TestMirr
     logger: createLogger('regmirror-mirror', config.logLevel),
     ...(opts.now ? { now: opts.now } : {}),
     ...(opts.timeouts ? { timeouts: opts.timeouts } : {}),
+    ...(opts.linksPruneDelayMs !== undefined ? { linksPruneDelayMs: opts.linksPruneDelayMs } : {}),
   });
   const url = await mirror.listen();
   return { url, host: `127.0.0.1:${port}`, port, storagePath: config.storage.path, mirror, stop: () => mirror.close(2_000) };
