@@ -193,8 +193,8 @@ export class ContentStore {
   async *items(onForeign: (path: string) => void = () => undefined): AsyncGenerator<StoredItem> {
     for (const kind of ['blob', 'manifest'] as const) {
       const top = join(this.root, kind === 'blob' ? BLOBS : MANIFESTS);
-      for (const algorithm of await readdir(top).catch(() => [] as string[])) {
-        for (const prefix of await readdir(join(top, algorithm)).catch(() => [] as string[])) {
+      for (const algorithm of await this.directories(top, onForeign)) {
+        for (const prefix of await this.directories(join(top, algorithm), onForeign)) {
           for (const file of await readdir(join(top, algorithm, prefix)).catch(() => [] as string[])) {
             const path = join(top, algorithm, prefix, file);
             // a manifest's media type sits next to it as <hex>.type
@@ -208,6 +208,17 @@ export class ContentStore {
         }
       }
     }
+  }
+
+  /** The directories in `dir`; anything else there (the store puts only directories at that level) goes to `onForeign`. */
+  private async directories(dir: string, onForeign: (path: string) => void): Promise<string[]> {
+    const entries = await readdir(dir, { withFileTypes: true }).catch(() => []);
+    const found: string[] = [];
+    for (const entry of entries) {
+      if (entry.isDirectory()) found.push(entry.name);
+      else onForeign(join(dir, entry.name));
+    }
+    return found;
   }
 
   private async writeAtomically(path: string, data: string | Buffer): Promise<void> {
