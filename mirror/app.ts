@@ -39,6 +39,8 @@ export interface Mirror {
   indexed: Promise<void>;
   /** Starts listening; resolves with the URL clients use. */
   listen(): Promise<string>;
+  /** From now on /readyz answers 503 (the first step of shutting down); everything else is served as before. */
+  drain(): void;
   /** Stops accepting, lets in-flight responses finish (up to graceMs), then closes upstream connections. */
   close(graceMs?: number): Promise<void>;
 }
@@ -121,7 +123,9 @@ export async function createMirror(config: MirrorConfig, options: MirrorOptions)
   } as Parameters<typeof Fastify>[0]) as unknown as FastifyInstance;
 
   const probe = join(config.storage.path, 'tmp', '.readyz');
+  let draining = false;
   registerRoutes(app, {
+    draining: () => draining,
     cache,
     upstreams,
     defaultRegistry: config.defaultRegistry,
@@ -184,7 +188,11 @@ export async function createMirror(config: MirrorConfig, options: MirrorOptions)
       prefetcher.start(config.prefetchIntervalMs);
       return url;
     },
+    drain() {
+      draining = true;
+    },
     async close(graceMs = 25_000) {
+      draining = true;
       for (const watcher of watchers) watcher.close();
       evictor.stop();
       prefetcher.stop();

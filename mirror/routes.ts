@@ -21,6 +21,8 @@ export interface RouteContext {
   logger: Logger;
   /** Whether the store is writable (readiness). */
   storeWritable(): Promise<boolean>;
+  /** Set once shutdown began: the pod is to leave the Service's endpoints. */
+  draining(): boolean;
 }
 
 const API_VERSION = { 'docker-distribution-api-version': 'registry/2.0' };
@@ -64,6 +66,7 @@ export function registerRoutes(app: FastifyInstance, context: RouteContext): voi
 
   app.get('/healthz', async () => ({ status: 'ok' }));
   app.get('/readyz', async (_request, reply) => {
+    if (context.draining()) return reply.code(503).send({ shuttingDown: true });
     const writable = await context.storeWritable();
     return reply.code(writable ? 200 : 503).send({ store: writable ? 'writable' : 'not writable' });
   });

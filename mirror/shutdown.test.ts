@@ -84,6 +84,34 @@ describe('SIGTERM', () => {
     }
   });
 
+  test('with --shutdown-delay the mirror goes on serving new connections while /readyz fails, then refuses them and exits 0', async () => {
+    const mirror = await startMirrorProcess({ upstreams: [{ registry: 'docker.io', url: proxy.url }], args: ['--shutdown-delay', '3s'] });
+    try {
+      const get = (path: string) => new Promise<{ status: number; body: Buffer }>((resolve, reject) => {
+        http.get(`${mirror.url}${path}`, { agent: false }, (res) => {
+          const chunks: Buffer[] = [];
+          res.on('data', (b: Buffer) => chunks.push(b));
+          res.on('end', () => resolve({ status: res.statusCode ?? 0, body: Buffer.concat(chunks) }));
+        }).on('error', reject);
+      });
+      assert.equal((await get('/readyz')).status, 200);
+      const signalled = Date.now();
+      mirror.process.signal('SIGTERM');
+      await waitFor(async () => (await get('/readyz')).status === 503, { timeoutMs: 2_000, what: '/readyz to fail' });
+      // a node still sent here by the Service's old endpoints is served, on a new connection
+      const blob = await get(`/v2/library/app/blobs/${image.configDigest}`);
+      assert.equal(blob.status, 200);
+      assert.equal(sha256(blob.body), image.configDigest);
+      assert.ok(Date.now() - signalled < 3_000, 'served within the delay');
+      await waitFor(() => refuses(mirror.port), { timeoutMs: 10_000, what: 'new connections to be refused once the delay is over' });
+      assert.ok(Date.now() - signalled >= 2_900, 'not refused before the delay was over');
+      await waitFor(() => mirror.process.exitStatus() !== undefined, { timeoutMs: 15_000, what: 'the mirror to exit' });
+      assert.deepEqual(mirror.process.exitStatus(), { code: 0, signal: null });
+    } finally {
+      await mirror.process.stop();
+    }
+  });
+
   test('a response still running when --shutdown-grace ends is cut, and the exit code is still 0', async () => {
     const slow = proxy.addRule({ path: /\/blobs\//, bytesPerSecond: 128 * 1024 }); // 3 MiB: about 24 s
     const mirror = await startMirrorProcess({ upstreams: [{ registry: 'docker.io', url: proxy.url }], args: ['--shutdown-grace', '1s'] });

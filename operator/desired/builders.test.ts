@@ -143,7 +143,9 @@ test('the Deployment runs the mirror non-root on a read-only root with probes, r
   assertOwned(deployment);
   const pod = deployment.spec!.template.spec!;
   const container = pod.containers[0]!;
-  assert.deepEqual([...container.command!, ...container.args!], ['regmirror', 'mirror', '--config', '/etc/regmirror/config.yaml']);
+  assert.deepEqual([...container.command!, ...container.args!], ['regmirror', 'mirror', '--config', '/etc/regmirror/config.yaml', '--shutdown-delay', '5s', '--shutdown-grace', '25s']);
+  // the pod's grace period outlasts the delay and the grace, so the mirror is never killed mid-drain
+  assert.equal(pod.terminationGracePeriodSeconds, 35);
   assert.equal(container.image, 'ghcr.io/regmirror/regmirror:0.1.0');
   assert.equal(container.readinessProbe?.httpGet?.path, '/readyz');
   assert.equal(container.livenessProbe?.httpGet?.path, '/healthz');

@@ -13,6 +13,16 @@ const DEFAULT_RESOURCES = {
   limits: { memory: '1Gi' },
 };
 
+/**
+ * After SIGTERM the mirror serves on this long with /readyz failing, so the Service drops the pod
+ * before it refuses connections (Kubernetes takes a pod out of the endpoints while it is told to
+ * stop, not before), then responses in flight get up to SHUTDOWN_GRACE. The pod's grace period
+ * covers both, with room to exit.
+ */
+const SHUTDOWN_DELAY_SECONDS = 5;
+const SHUTDOWN_GRACE_SECONDS = 25;
+const TERMINATION_GRACE_SECONDS = SHUTDOWN_DELAY_SECONDS + SHUTDOWN_GRACE_SECONDS + 5;
+
 /** Non-root user and group the mirror runs as; the volume is group-writable for it (fsGroup). */
 export const MIRROR_UID = 65532;
 
@@ -82,6 +92,7 @@ export function desiredDeployment(inputs: DesiredInputs) {
         spec: {
           automountServiceAccountToken: false,
           enableServiceLinks: false,
+          terminationGracePeriodSeconds: TERMINATION_GRACE_SECONDS,
           securityContext: {
             runAsNonRoot: true,
             runAsUser: MIRROR_UID,
@@ -94,7 +105,7 @@ export function desiredDeployment(inputs: DesiredInputs) {
               name: 'mirror',
               image: inputs.image,
               command: ['regmirror'],
-              args: ['mirror', '--config', PATHS.configFile],
+              args: ['mirror', '--config', PATHS.configFile, '--shutdown-delay', `${SHUTDOWN_DELAY_SECONDS}s`, '--shutdown-grace', `${SHUTDOWN_GRACE_SECONDS}s`],
               ports: [{ name: 'registry', containerPort: MIRROR_PORT, protocol: 'TCP' }],
               readinessProbe: probe('/readyz', 5, 3),
               livenessProbe: { ...probe('/healthz', 10, 6), initialDelaySeconds: 10 },
