@@ -41,7 +41,11 @@ export class RepositoryLinks {
   private readonly logger: Logger;
   private readonly isKept: (digest: string) => boolean | undefined;
   private readonly pruneDelayMs: number;
-  /** Per repository (`registry/name`): the digests it is known to have, read from its links file once. */
+  /**
+   * Per repository (`registry/name`): the digests it is known to have, read from its links file
+   * once. Only repositories with links stay here: a name that any client can make up (asking for
+   * a stored digest under it) costs a look at the disk, not memory for as long as the mirror runs.
+   */
   private readonly known = new Map<string, Known | Promise<Known>>();
   /** Manifests whose references were linked in this process, per repository: each is parsed once. */
   private readonly expanded = new Map<string, Set<string>>();
@@ -55,6 +59,11 @@ export class RepositoryLinks {
     this.logger = logger;
     this.isKept = options.isKept ?? (() => undefined);
     this.pruneDelayMs = options.pruneDelayMs ?? PRUNE_DELAY_MS;
+  }
+
+  /** Repositories whose links are in memory. */
+  get repositories(): number {
+    return this.known.size;
   }
 
   /**
@@ -72,6 +81,9 @@ export class RepositoryLinks {
     const fresh = [...new Set(digests)].filter((digest) => !known.digests.has(digest));
     if (fresh.length === 0) return;
     for (const digest of fresh) known.digests.add(digest);
+    // a repository loaded without links was not kept: it has some now
+    const key = `${registry}/${name}`;
+    if (!this.known.has(key)) this.known.set(key, known);
     try {
       await this.inOrder(known, async () => {
         await this.store.appendLinks(registry, name, fresh);
@@ -122,6 +134,7 @@ export class RepositoryLinks {
       if (known.digests.size === before) continue;
       dropped += before - known.digests.size;
       this.expanded.delete(key);
+      if (known.digests.size === 0) this.known.delete(key);
       if (worthRewriting(known.fileLines, known.digests.size)) rewrites.push(this.rewrite(known));
     }
     await Promise.all(rewrites);
@@ -157,6 +170,7 @@ export class RepositoryLinks {
         this.known.set(key, loaded);
         for (const digest of loaded.digests) if (this.isKept(digest) === false) loaded.digests.delete(digest);
         if (worthRewriting(fileLines, loaded.digests.size)) await this.rewrite(loaded);
+        if (loaded.digests.size === 0 && this.known.get(key) === loaded) this.known.delete(key);
         return loaded;
       });
       this.known.set(key, known);

@@ -186,6 +186,23 @@ describe('repository scope', () => {
     }
   });
 
+  test('stored content asked for under names the upstream does not have keeps nothing in memory for those names (any client can make names up)', async () => {
+    const mirror = await startTestMirror({ upstreams: [{ registry: 'docker.io', url: hub.url }] });
+    try {
+      await pull(mirror, 'myorg/app', hubImage);
+      const before = mirror.mirror.cache.memory.repositories;
+      for (let i = 0; i < 200; i++) {
+        const res = await httpRequest(`${mirror.url}/v2/made-up/name${i}/blobs/${hubImage.layers[0]!.digest}`, { method: 'HEAD' });
+        assert.equal(res.status, 404);
+      }
+      assert.equal(mirror.mirror.cache.memory.repositories, before);
+      // the repository that has it is still served from the store
+      await pull(mirror, 'myorg/app', hubImage);
+    } finally {
+      await mirror.stop();
+    }
+  });
+
   test('clients of two repositories that joined a fetch failing for a third share one download of their own, with storage.maxSize set, and nothing waits on the other', async () => {
     const big = await writeOciImage(await makeTempDir('scope-big'), { tag: 'v1', layerSizes: [3 * 1024 * 1024], seed: 'scope-big' });
     await pushImage(big, hub.ref('myorg/big', 'v1'));
