@@ -155,7 +155,15 @@ export async function createMirror(config: MirrorConfig, options: MirrorOptions)
 
   // The index is built while the mirror already serves: a large store must not delay readiness.
   const indexed = evictor.buildIndex().then(
-    () => evictor.start(),
+    () => {
+      evictor.start();
+      void cache.sweepTagRecords().then(
+        (removed) => {
+          if (removed > 0) logger.info({ tags: removed }, 'removed tag records whose manifest is no longer stored');
+        },
+        (error: unknown) => logger.warn({ err: error }, 'could not sweep the tag records'),
+      );
+    },
     (error: unknown) => logger.error({ err: error }, 'could not index the store; eviction is off until restart'),
   );
 

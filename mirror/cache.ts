@@ -21,6 +21,7 @@ import { ManifestMemory } from './manifest-memory.ts';
 import type { MirrorMetrics } from './metrics.ts';
 import { digestOf, parseDigest, type Digest } from './reference.ts';
 import { RepositoryLinks } from './repository-links.ts';
+import { TagMemory } from './tag-memory.ts';
 import type { ContentStore, StoredManifest } from './store.ts';
 import { TokenServiceError, UpstreamAuthError, type UpstreamClient, type UpstreamResponse } from './upstream.ts';
 
@@ -97,7 +98,7 @@ export class PullThroughCache {
   /** Upstreams that answered 429 with Retry-After: until then, stored tags are served without asking. */
   private readonly quietUntil = new Map<string, number>();
   /** Tag records, read through from disk: a warm tag pull within tagTTL does no file I/O. */
-  private readonly tags = new Map<string, { digest: string; mediaType: string; checkedAt: number }>();
+  private readonly tags = new TagMemory();
   /** Small manifests kept in memory; the store stays the source of truth. */
   private readonly manifestMemory: ManifestMemory;
   /** Which repositories each stored digest may be served under. */
@@ -243,7 +244,7 @@ export class PullThroughCache {
    */
   private async rememberTag(repo: Repository, tag: string, key: string, manifest: { digest: string; mediaType: string }): Promise<void> {
     const record = { digest: manifest.digest, mediaType: manifest.mediaType, checkedAt: this.now() };
-    this.tags.set(key, record);
+    this.tags.set(key, { registry: repo.upstream.registry, name: repo.name, tag }, record);
     try {
       await this.store.writeTag(repo.upstream.registry, repo.name, tag, record);
     } catch (error) {
@@ -257,7 +258,7 @@ export class PullThroughCache {
     const cached = this.tags.get(key);
     if (cached) return cached;
     const record = await this.store.readTag(repo.upstream.registry, repo.name, tag);
-    if (record) this.tags.set(key, record);
+    if (record) this.tags.set(key, { registry: repo.upstream.registry, name: repo.name, tag }, record);
     return record;
   }
 
@@ -336,10 +337,37 @@ export class PullThroughCache {
     return stored;
   }
 
+  /** Repositories and tags the cache holds in memory (both bounded: what they are kept for is in their classes). */
+  get memory(): { repositories: number; tags: number } {
+    return { repositories: this.links.repositories, tags: this.tags.size };
+  }
+
   /** Content left the store (eviction, or the cache removed it): its in-memory copy goes, and the repositories' links to it a little later. */
   contentRemoved(kind: 'blob' | 'manifest', digest: string): void {
-    if (kind === 'manifest') this.manifestMemory.delete(digest);
+    if (kind === 'manifest') {
+      this.manifestMemory.delete(digest);
+      // a tag record is only worth its manifest: without it the tag is fetched again either way
+      for (const { registry, name, tag } of this.tags.takePointingAt(digest)) {
+        void this.store.deleteTag(registry, name, tag).catch((error: unknown) => this.logger.warn({ upstream: registry, repository: name, tag, err: error }, 'could not remove the record of a tag whose manifest was evicted'));
+      }
+    }
     this.links.contentRemoved();
+  }
+
+  /**
+   * Removes the tag records on disk whose manifest the store no longer holds (evicted before the
+   * last restart, or while the record was not in memory): once the store's index is built.
+   */
+  async sweepTagRecords(): Promise<number> {
+    let removed = 0;
+    for await (const { registry, name, tag, record } of this.store.tagRecords()) {
+      // an unreadable record is the mirror's own file and no use to anyone
+      if (record && this.hooks.isStored?.(record.digest) !== false) continue;
+      this.tags.delete(`${registry}/${name}:${tag}`);
+      await this.store.deleteTag(registry, name, tag).catch(() => undefined);
+      removed++;
+    }
+    return removed;
   }
 
   // ---------------------------------------------------------------- blobs

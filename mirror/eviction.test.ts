@@ -97,6 +97,41 @@ describe('eviction', () => {
     }
   });
 
+  test("a tag's record goes with its manifest: evicted while running, or found at start pointing at a manifest no longer stored, together with a media type file left without its manifest", async () => {
+    let now = 15 * HOUR;
+    const storagePath = path.join(await makeTempDir('evict-tags'), 'data');
+    const tagsDir = path.join(storagePath, 'tags/docker.io/library/evict/_tags');
+    const accept = { accept: 'application/vnd.oci.image.manifest.v1+json, application/vnd.docker.distribution.manifest.v2+json' };
+    const first = await startTestMirror({ upstreams: [{ registry: 'docker.io', url: upstream.url }], storagePath, extra: { storage: { ttl: '1h' } }, now: () => now });
+    try {
+      await first.mirror.indexed;
+      assert.equal((await httpRequest(`${first.url}/v2/library/evict/manifests/v1`, { headers: accept })).status, 200);
+      assert.deepEqual(readdirSync(tagsDir), ['v1']);
+      now += 2 * HOUR;
+      await first.mirror.evictor.evict();
+      await waitFor(() => readdirSync(tagsDir).length === 0, { what: 'the record of v1 to go with its manifest' });
+    } finally {
+      await first.stop();
+    }
+    // What a mirror that evicted manifests before this rule, or crashed between two files, left:
+    const gone = sha256(Buffer.from('a manifest evicted long ago'));
+    await writeFile(path.join(tagsDir, 'old'), JSON.stringify({ digest: gone, mediaType: 'application/vnd.oci.image.manifest.v1+json', checkedAt: now }));
+    const orphanType = path.join(storagePath, 'manifests/sha256', gone.slice(7, 9), `${gone.slice(7)}.type`);
+    await mkdir(path.dirname(orphanType), { recursive: true });
+    await writeFile(orphanType, 'application/vnd.oci.image.manifest.v1+json');
+    const second = await startTestMirror({ upstreams: [{ registry: 'docker.io', url: upstream.url }], storagePath, extra: { storage: { ttl: '1h' } }, now: () => now });
+    try {
+      // a tag pulled now keeps its record; the stale one and the orphan go
+      assert.equal((await httpRequest(`${second.url}/v2/library/evict/manifests/v1`, { headers: accept })).status, 200);
+      await second.mirror.indexed;
+      await waitFor(() => !readdirSync(tagsDir).includes('old'), { what: 'the stale record to be swept' });
+      assert.deepEqual(readdirSync(tagsDir), ['v1']);
+      await assert.rejects(stat(orphanType), /ENOENT/);
+    } finally {
+      await second.stop();
+    }
+  });
+
   test('storage.maxSize evicts the least recently read content while serving, and the store stays under it', async () => {
     let now = 20 * HOUR;
     const mirror = await startTestMirror({ upstreams: [{ registry: 'docker.io', url: upstream.url }], extra: { storage: { maxSize: '1Mi' } }, now: () => now });

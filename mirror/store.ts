@@ -15,6 +15,13 @@ export interface TagRecord {
   checkedAt: number;
 }
 
+export interface StoredTag {
+  registry: string;
+  name: string;
+  tag: string;
+  record: TagRecord | undefined;
+}
+
 export interface StoredManifest {
   bytes: Buffer;
   mediaType: string;
@@ -132,6 +139,25 @@ export class ContentStore {
     await rm(this.tagPath(registry, name, tag), { force: true });
   }
 
+  /** Every tag record in the store (undefined for a record that cannot be read), repository by repository. */
+  async *tagRecords(): AsyncGenerator<StoredTag> {
+    for (const registry of await readdir(join(this.root, TAGS)).catch(() => [] as string[])) yield* this.tagRecordsUnder(registry, []);
+  }
+
+  /** Repository names nest (library/nginx); a repository's records sit in its _tags directory. */
+  private async *tagRecordsUnder(registry: string, parts: string[]): AsyncGenerator<StoredTag> {
+    const dir = join(this.root, TAGS, registry, ...parts);
+    for (const entry of await readdir(dir, { withFileTypes: true }).catch(() => [])) {
+      if (!entry.isDirectory()) continue;
+      if (entry.name !== TAG_DIR) {
+        yield* this.tagRecordsUnder(registry, [...parts, entry.name]);
+        continue;
+      }
+      const name = parts.join('/');
+      for (const tag of await readdir(join(dir, TAG_DIR)).catch(() => [] as string[])) yield { registry, name, tag, record: await this.readTag(registry, name, tag) };
+    }
+  }
+
   /** Tags stored for one repository (used when the upstream cannot list them). */
   async listTags(registry: string, name: string): Promise<string[]> {
     try {
@@ -202,6 +228,12 @@ export class ContentStore {
             const digest = storedDigest(algorithm, prefix, mediaType ? file.slice(0, -'.type'.length) : file);
             const info = await stat(path).catch(() => undefined);
             if (!info?.isFile()) continue;
+            // A media type whose manifest is gone: a crash between writing (or removing) the two
+            // files left it. It belongs to no stored item, so no eviction would ever take it.
+            if (digest && mediaType && !(await stat(this.manifestPath(digest)).then(() => true, () => false))) {
+              await unlink(path).catch(() => undefined);
+              continue;
+            }
             if (!digest) onForeign(path);
             else if (!mediaType) yield { kind, digest: digest.text, size: info.size, lastAccess: info.mtimeMs };
           }
