@@ -37,6 +37,8 @@ export interface Mirror {
   prefetcher: Prefetcher;
   /** One client a mirrored registry, by its name. */
   upstreams: ReadonlyMap<string, { client: UpstreamClient; tagTTLMs: number }>;
+  /** Client authentication, when auth.htpasswd is set. */
+  auth: HtpasswdAuth | undefined;
   /** Resolves once the store index is built (eviction works from then on). */
   indexed: Promise<void>;
   /** Starts listening; resolves with the URL clients use. */
@@ -169,6 +171,7 @@ export async function createMirror(config: MirrorConfig, options: MirrorOptions)
     evictor,
     prefetcher,
     upstreams,
+    auth,
     indexed,
     async listen() {
       const { host: wanted, port } = config.listen;
