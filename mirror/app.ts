@@ -21,7 +21,7 @@ import { UpstreamClient, type UpstreamTimeouts } from './upstream.ts';
 
 export interface MirrorOptions {
   logger: Logger;
-  /** Injected clock for tag TTLs (tests). */
+  /** Injected clock for tag TTLs, upstream tokens and remembered client credentials (tests). */
   now?: () => number;
   timeouts?: Partial<UpstreamTimeouts>;
   /** How long after content was removed repository links are pruned (tests; a minute by default). */
@@ -35,6 +35,10 @@ export interface Mirror {
   metrics: MirrorMetrics;
   evictor: Evictor;
   prefetcher: Prefetcher;
+  /** One client a mirrored registry, by its name. */
+  upstreams: ReadonlyMap<string, { client: UpstreamClient; tagTTLMs: number }>;
+  /** Client authentication, when auth.htpasswd is set. */
+  auth: HtpasswdAuth | undefined;
   /** Resolves once the store index is built (eviction works from then on). */
   indexed: Promise<void>;
   /** Starts listening; resolves with the URL clients use. */
@@ -73,7 +77,7 @@ export async function createMirror(config: MirrorConfig, options: MirrorOptions)
   const upstreams = new Map(
     config.upstreams.map((upstream) => [
       upstream.registry,
-      { client: new UpstreamClient(upstream, { logger, observer, timeouts: { ...config.upstreamTimeouts, ...options.timeouts } }), tagTTLMs: upstream.tagTTLMs },
+      { client: new UpstreamClient(upstream, { logger, observer, timeouts: { ...config.upstreamTimeouts, ...options.timeouts }, ...(options.now ? { now: options.now } : {}) }), tagTTLMs: upstream.tagTTLMs },
     ]),
   );
   // A download waiting for room under maxSize does not read its upstream response meanwhile: it goes
@@ -174,6 +178,8 @@ export async function createMirror(config: MirrorConfig, options: MirrorOptions)
     metrics,
     evictor,
     prefetcher,
+    upstreams,
+    auth,
     indexed,
     async listen() {
       const { host: wanted, port } = config.listen;

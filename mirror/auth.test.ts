@@ -6,7 +6,7 @@ import assert from 'node:assert/strict';
 import { mkdir, rename, rm, symlink, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import bcrypt from 'bcryptjs';
-import { HtpasswdAuth, unknownUserHash } from './auth.ts';
+import { HtpasswdAuth, MAX_REMEMBERED, unknownUserHash } from './auth.ts';
 import { stringify } from 'yaml';
 import { startContainerd } from '../test/harness/containerd.ts';
 import { startDockerd } from '../test/harness/dockerd.ts';
@@ -141,6 +141,75 @@ describe('client auth with htpasswd', () => {
     assert.equal((await httpRequest(`${mirror.url}/v2/`, { headers: { authorization: carol } })).status, 200);
     assert.equal((await httpRequest(`${mirror.url}/v2/`, { headers: { authorization: basic('bob', 'builder') } })).status, 401, 'bob was remembered before; removal ends that');
     assert.equal((await httpRequest(`${mirror.url}/v2/`, { headers: { authorization: basic('alice', 'wonderland') } })).status, 200);
+  });
+});
+
+describe('remembered credentials: one entry a credential however it is spelled, none once expired, never more than MAX_REMEMBERED', () => {
+  let mirror: TestMirror;
+  let clock = Date.now();
+  const longPassword = 'p'.repeat(72); // bcrypt reads no further: any tail checks out
+  const remembered = () => mirror.mirror.auth!.rememberedCredentials;
+  const status = async (authorization: string) => (await httpRequest(`${mirror.url}/v2/`, { headers: { authorization } })).status;
+
+  before(async () => {
+    const hub = await startRegistry();
+    const dir = await makeTempDir('htpasswd-remembered');
+    const file = path.join(dir, 'htpasswd');
+    await writeFile(file, `${htpasswdLine('alice', 'wonderland')}\n${htpasswdLine('bob', 'builder')}\n${htpasswdLine('long', longPassword)}\n`);
+    mirror = await startTestMirror({ upstreams: [{ registry: 'docker.io', url: hub.url }], extra: { auth: { htpasswd: file } }, now: () => clock });
+  });
+  after(async () => {
+    await mirror.stop();
+    await cleanupAll();
+  });
+
+  test('alice:wonderland in 32 spellings (padded or not, any spare bits in the last character) gets in, and is remembered once', async () => {
+    const encoded = Buffer.from('alice:wonderland').toString('base64');
+    assert.equal(encoded, 'YWxpY2U6d29uZGVybGFuZA==');
+    // 16 bytes: the last character carries 2 bits of data and 4 spare ones, which decoders ignore
+    const spellings = Array.from({ length: 16 }, (_, spare) => encoded.slice(0, -3) + 'ABCDEFGHIJKLMNOP'[spare]!).flatMap((text) => [text, `${text}==`]);
+    for (const text of spellings) {
+      assert.equal(Buffer.from(text, 'base64').toString(), 'alice:wonderland', text);
+      assert.equal(await status(`Basic ${text}`), 200, text);
+    }
+    assert.equal(remembered(), 1);
+  });
+
+  test('base64 with characters outside its alphabet or stray padding is refused with 401, as a registry does, and remembers nothing', async () => {
+    // each reads as alice:wonderland to Node's lenient decoder
+    for (const text of ['YWxp.Y2U6d29uZGVybGFuZA==', 'YWxpY2U6d29u!ZGVybGFuZA==', 'YWxpY2U6d29uZGVy*bGFuZA==', 'YWxpY2U6d29uZGVybGFuZA===']) {
+      assert.equal(Buffer.from(text, 'base64').toString(), 'alice:wonderland', text);
+      const res = await httpRequest(`${mirror.url}/v2/`, { headers: { authorization: `Basic ${text}` } });
+      assert.equal(res.status, 401, text);
+      assert.equal(res.headers['www-authenticate'], 'Basic realm="regmirror"');
+      assert.equal(errorCode(res.body), 'UNAUTHORIZED');
+    }
+    assert.equal(remembered(), 1, 'still only alice:wonderland');
+  });
+
+  test('an hour later nothing is remembered: a refused request sweeps the expired entries, and the user gets in again', async () => {
+    const held = remembered();
+    assert.equal(await status(basic('bob', 'builder')), 200);
+    assert.equal(remembered(), held + 1);
+    clock += 3_600_000;
+    assert.equal(await status(basic('bob', 'wrong')), 401);
+    assert.equal(remembered(), 0, 'every entry had expired');
+    assert.equal(await status(basic('alice', 'wonderland')), 200);
+    assert.equal(remembered(), 1);
+  });
+
+  test('a password past bcrypt\'s 72 bytes checks out with any tail: MAX_REMEMBERED of those at most are kept', async () => {
+    const tails = MAX_REMEMBERED + 50;
+    for (let start = 0; start < tails; start += 16) {
+      await Promise.all(
+        Array.from({ length: Math.min(16, tails - start) }, async (_, i) => {
+          assert.equal(await status(basic('long', `${longPassword}${start + i}`)), 200);
+        }),
+      );
+    }
+    assert.equal(remembered(), MAX_REMEMBERED);
+    assert.equal(await status(basic('alice', 'wonderland')), 200, 'alice, among the oldest entries dropped, still gets in');
+    assert.equal(remembered(), MAX_REMEMBERED);
   });
 });
 

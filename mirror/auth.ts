@@ -1,15 +1,29 @@
 // Client authentication for /v2/: an htpasswd file of bcrypt entries, as distribution and nginx
-// use. bcrypt is slow on purpose, so a verified Authorization header is remembered for a while
-// (keyed by its hash, never its text); the file is re-read when it changes (Secret rotation).
+// use. bcrypt is slow on purpose, so verified credentials are remembered for a while (keyed by a
+// hash of the decoded user and password, never their text); the file is re-read when it changes
+// (Secret rotation).
 import { createHash, randomBytes } from 'node:crypto';
 import { readFileSync, statSync } from 'node:fs';
 import bcrypt from 'bcryptjs';
 import { ConfigError } from '../common/config-error.ts';
+import { ExpiringMap } from '../common/expiring-map.ts';
 import { RegistryError } from './errors.ts';
 
 const REMEMBER_MS = 60_000;
 const RECHECK_FILE_MS = 5_000;
 export const REALM = 'regmirror';
+/**
+ * Credentials remembered at most. Only ones that checked out are kept, normally one a user of the
+ * file; but bcrypt reads only a password's first 72 bytes, so a long password checks out with any
+ * tail after those, and each tail would be another entry.
+ */
+export const MAX_REMEMBERED = 1024;
+/**
+ * Standard base64, padded or not: what encoders write. Node's decoder skips any other character
+ * and takes any padding, so `dXNl.cjpwYXNz==` would read as `dXNlcjpwYXNz`; a registry refuses
+ * such a header (distribution's Go decoder, nginx's), and so does the mirror.
+ */
+const BASE64 = /^(?:[A-Za-z0-9+/]{4})*(?:[A-Za-z0-9+/]{2}(?:==)?|[A-Za-z0-9+/]{3}=?)?$/;
 /** Per bcrypt cost, a hash of random bytes nobody kept (made once per process). */
 const decoys = new Map<number, string>();
 
@@ -42,13 +56,15 @@ export class HtpasswdAuth {
   /** What the loaded file was (inode, size, mtime): a Secret rotation or `cp -p` changes at least one. */
   private identity = '';
   private checkedFileAt = 0;
-  private readonly verified = new Map<string, number>();
+  /** User names by a hash of the credentials that checked out, until they must be checked again. */
+  private readonly verified: ExpiringMap<string>;
   private readonly now: () => number;
   private readonly log: AuthLog | undefined;
 
   constructor(file: string, options: { configSource: string; now?: () => number; logger?: AuthLog }) {
     this.file = file;
     this.now = options.now ?? Date.now;
+    this.verified = new ExpiringMap({ maxEntries: MAX_REMEMBERED, now: this.now });
     this.log = options.logger;
     let loaded: { users: Map<string, string>; identity: string };
     try {
@@ -110,25 +126,32 @@ export class HtpasswdAuth {
     }
   }
 
+  /** Credentials remembered now, expired ones not yet swept included. */
+  get rememberedCredentials(): number {
+    return this.verified.size;
+  }
+
   /** Throws UNAUTHORIZED unless the Authorization header carries valid Basic credentials. */
   async check(authorization: string | undefined): Promise<string> {
     this.reloadIfChanged();
     // The scheme name is case-insensitive (RFC 9110 11.1); some clients send "basic".
     const match = authorization ? /^basic[ ]+(\S+)\s*$/i.exec(authorization) : null;
     if (!match) throw unauthorized('authentication required');
-    const key = createHash('sha256').update(match[1]!).digest('hex');
+    if (!BASE64.test(match[1]!)) throw unauthorized('Basic credentials are not base64');
     const decoded = Buffer.from(match[1]!, 'base64').toString('utf8');
     const colon = decoded.indexOf(':');
     const user = colon > 0 ? decoded.slice(0, colon) : '';
-    const until = this.verified.get(key);
-    if (until && until > this.now()) return user;
+    // Keyed by what was decoded, not by how it was spelled (padding or not, the spare bits of the
+    // last character): one credential is one entry however a client writes it.
+    const key = createHash('sha256').update(decoded).digest('hex');
+    if (this.verified.get(key) !== undefined) return user;
     const users = this.users;
     const hash = users.get(user);
     // An unknown user costs a bcrypt comparison too, so response times do not tell which users exist.
     const matches = await bcrypt.compare(decoded.slice(colon + 1), hash ?? this.decoy);
     if (!hash || !matches) throw unauthorized('invalid username or password');
     // not remembered when the file was reloaded while bcrypt ran: the user may have been removed
-    if (users === this.users) this.verified.set(key, this.now() + REMEMBER_MS);
+    if (users === this.users) this.verified.set(key, user, this.now() + REMEMBER_MS);
     return user;
   }
 }

@@ -10,6 +10,7 @@ import { startRegistry, type RegistryServer } from '../test/harness/registry.ts'
 import { startTokenServer, type TokenServer } from '../test/harness/token-server.ts';
 import { startTestMirror } from '../test/harness/mirror.ts';
 import { startFaultProxy } from '../test/harness/fault-proxy.ts';
+import { MAX_CACHED_TOKENS } from './upstream.ts';
 
 const errorCode = (body: Buffer) => (JSON.parse(body.toString()) as { errors: { code: string }[] }).errors[0]!.code;
 const errorMessage = (body: Buffer) => (JSON.parse(body.toString()) as { errors: { message: string }[] }).errors[0]!.message;
@@ -134,6 +135,67 @@ describe('upstream token auth', () => {
       const res = await httpRequest(`${mirror.url}/v2/alice/private/manifests/v1`);
       assert.equal(res.status, 403);
       assert.equal(errorCode(res.body), 'DENIED');
+    } finally {
+      await mirror.stop();
+    }
+  });
+
+  test('names the upstream does not have each get a token, but the mirror keeps at most MAX_CACHED_TOKENS; a dropped scope gets a new token and still pulls', async () => {
+    const mirror = await startTestMirror({ upstreams: [{ registry: 'docker.io', url: hub.url, tagTTL: '0s' }] });
+    try {
+      const client = mirror.mirror.upstreams.get('docker.io')!.client;
+      const pullPublic = async () => {
+        const res = await httpRequest(`${mirror.url}/v2/library/public/manifests/v1`);
+        assert.equal(res.status, 200);
+        assert.equal(res.headers['docker-content-digest'], publicImage.manifestDigest);
+      };
+      await pullPublic();
+      const before = tokens.tokensIssued();
+      // what a client asking for made-up names does (the report: team<i>/app, every one 404)
+      const names = MAX_CACHED_TOKENS + 100;
+      for (let start = 0; start < names; start += 16) {
+        await Promise.all(
+          Array.from({ length: Math.min(16, names - start) }, async (_, i) => {
+            const res = await httpRequest(`${mirror.url}/v2/team${start + i}/app/manifests/latest`);
+            assert.equal(res.status, 404, `team${start + i}/app`);
+          }),
+        );
+      }
+      assert.equal(tokens.tokensIssued() - before, names, 'one token a name');
+      assert.equal(client.cachedTokens, MAX_CACHED_TOKENS, 'the oldest tokens were dropped');
+
+      const issued = tokens.tokensIssued();
+      const last = await httpRequest(`${mirror.url}/v2/team${names - 1}/app/manifests/latest`);
+      assert.equal(last.status, 404);
+      assert.equal(tokens.tokensIssued(), issued, 'the newest token is still held and reused');
+      await pullPublic();
+      assert.equal(tokens.tokensIssued(), issued + 1, 'library/public, the oldest, was dropped: one token request more');
+      assert.equal(client.cachedTokens, MAX_CACHED_TOKENS);
+    } finally {
+      await mirror.stop();
+    }
+  });
+
+  test('expired tokens leave the cache: after an hour the next request finds one token held, a new one', async () => {
+    let clock = Date.now();
+    const mirror = await startTestMirror({ upstreams: [{ registry: 'docker.io', url: hub.url, tagTTL: '0s' }], now: () => clock });
+    try {
+      const client = mirror.mirror.upstreams.get('docker.io')!.client;
+      for (let i = 0; i < 20; i++) assert.equal((await httpRequest(`${mirror.url}/v2/gone${i}/app/manifests/latest`)).status, 404);
+      assert.equal((await httpRequest(`${mirror.url}/v2/library/public/manifests/v1`)).status, 200);
+      assert.equal(client.cachedTokens, 21);
+      const issued = tokens.tokensIssued();
+      clock += 60_000; // within the 300 s the token server grants
+      assert.equal((await httpRequest(`${mirror.url}/v2/library/public/manifests/v1`)).status, 200);
+      assert.equal(tokens.tokensIssued(), issued, 'a live token is reused');
+      assert.equal(client.cachedTokens, 21);
+
+      clock += 3_600_000;
+      const res = await httpRequest(`${mirror.url}/v2/library/public/manifests/v1`);
+      assert.equal(res.status, 200, 'an expired token is not sent: a new one is asked for');
+      assert.equal(res.headers['docker-content-digest'], publicImage.manifestDigest);
+      assert.equal(client.cachedTokens, 1, 'the 20 expired tokens of names the upstream does not have are gone');
+      assert.equal(tokens.tokensIssued(), issued + 1);
     } finally {
       await mirror.stop();
     }

@@ -2,6 +2,7 @@
 // (anonymous or with credentials, tokens cached per scope until they expire), Basic auth, and
 // redirects to blob storage (credentials are never sent to another origin).
 import { Agent, request, type Dispatcher } from 'undici';
+import { ExpiringMap } from '../common/expiring-map.ts';
 import type { Logger } from '../common/logger.ts';
 import type { UpstreamConfig } from './config.ts';
 
@@ -24,11 +25,6 @@ export interface UpstreamResponse {
   body: Dispatcher.ResponseData['body'];
 }
 
-interface CachedToken {
-  token: string;
-  expiresAt: number;
-}
-
 interface Challenge {
   scheme: 'bearer' | 'basic';
   params: Record<string, string>;
@@ -41,6 +37,13 @@ export interface UpstreamObserver {
 }
 
 const MAX_REDIRECTS = 5;
+/**
+ * Tokens kept at most, one a repository scope. A token lives minutes (Docker Hub: 5), and a mirror
+ * does not pull thousands of repositories in that time; but every name a client asks for gets a
+ * token, those the upstream does not have too, so without a cap clients could fill the memory.
+ * A token dropped early only costs one more token request.
+ */
+export const MAX_CACHED_TOKENS = 2048;
 
 export class UpstreamClient {
   readonly registry: string;
@@ -50,14 +53,17 @@ export class UpstreamClient {
   private readonly dispatcher: Dispatcher;
   private readonly logger: Logger;
   private readonly observer: UpstreamObserver;
-  private readonly tokens = new Map<string, CachedToken>();
+  private readonly now: () => number;
+  private readonly tokens: ExpiringMap<string>;
   private readonly pendingTokens = new Map<string, Promise<string>>();
   /** Set once the upstream has asked for Basic auth, so later requests send it at once. */
   private basicAuth = false;
   private challenge: Challenge | undefined;
 
-  constructor(config: UpstreamConfig, options: { logger: Logger; timeouts?: Partial<UpstreamTimeouts>; observer?: UpstreamObserver; dispatcher?: Dispatcher }) {
+  constructor(config: UpstreamConfig, options: { logger: Logger; timeouts?: Partial<UpstreamTimeouts>; observer?: UpstreamObserver; dispatcher?: Dispatcher; now?: () => number }) {
     this.registry = config.registry;
+    this.now = options.now ?? Date.now;
+    this.tokens = new ExpiringMap({ maxEntries: MAX_CACHED_TOKENS, now: this.now });
     this.url = config.url;
     this.credentials = config.credentials;
     this.timeouts = { ...DEFAULT_TIMEOUTS, ...options.timeouts };
@@ -72,6 +78,11 @@ export class UpstreamClient {
         keepAliveTimeout: 30_000,
         connections: 64,
       });
+  }
+
+  /** Bearer tokens held, expired ones not yet swept included. */
+  get cachedTokens(): number {
+    return this.tokens.size;
   }
 
   /**
@@ -152,8 +163,8 @@ export class UpstreamClient {
   private async authorizationFor(scope: string, afterChallenge: boolean): Promise<string | undefined> {
     if (this.basicAuth) return this.basicHeader();
     if (this.challenge?.scheme !== 'bearer') return undefined;
-    const cached = this.tokens.get(scope);
-    if (cached && cached.expiresAt > Date.now() && !afterChallenge) return `Bearer ${cached.token}`;
+    const cached = afterChallenge ? undefined : this.tokens.get(scope);
+    if (cached) return `Bearer ${cached}`;
     let pending = this.pendingTokens.get(scope);
     if (!pending) {
       pending = this.fetchToken(this.challenge.params, scope).finally(() => this.pendingTokens.delete(scope));
@@ -194,10 +205,12 @@ export class UpstreamClient {
     const body = (await response.body.json()) as { token?: string; access_token?: string; expires_in?: number; issued_at?: string };
     const token = body.token ?? body.access_token;
     if (!token) throw new UpstreamAuthError(this.registry, 'token server answered without a token');
-    const issued = body.issued_at ? Date.parse(body.issued_at) : Date.now();
+    const issued = body.issued_at ? Date.parse(body.issued_at) : Number.NaN;
+    // issued_at is wall-clock time: how old the token already is, counted on this client's clock
+    const ageMs = Number.isNaN(issued) ? 0 : Math.max(0, Date.now() - issued);
     const lifetimeMs = Math.max(60, body.expires_in ?? 60) * 1000;
     // Renew a little early so a token never expires between our check and the upstream's.
-    this.tokens.set(scope, { token, expiresAt: (Number.isNaN(issued) ? Date.now() : Math.min(issued, Date.now())) + lifetimeMs - 10_000 });
+    this.tokens.set(scope, token, this.now() - ageMs + lifetimeMs - 10_000);
     this.logger.debug({ scope, expiresInSec: lifetimeMs / 1000 }, 'upstream token issued');
     return token;
   }
