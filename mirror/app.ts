@@ -9,6 +9,7 @@ import { join } from 'node:path';
 import Fastify, { type FastifyInstance } from 'fastify';
 import type { Logger } from '../common/logger.ts';
 import { HtpasswdAuth } from './auth.ts';
+import { SEND_TIMEOUT_MS } from './blob-sender.ts';
 import { PullThroughCache } from './cache.ts';
 import { Evictor } from './eviction.ts';
 import { Prefetcher } from './prefetch.ts';
@@ -26,6 +27,8 @@ export interface MirrorOptions {
   timeouts?: Partial<UpstreamTimeouts>;
   /** How long after content was removed repository links are pruned (tests; a minute by default). */
   linksPruneDelayMs?: number;
+  /** How long a blob response may take no bytes while some wait for it before it is cut (tests; SEND_TIMEOUT_MS, 60 s, by default). */
+  sendTimeoutMs?: number;
 }
 
 export interface Mirror {
@@ -130,6 +133,7 @@ export async function createMirror(config: MirrorConfig, options: MirrorOptions)
   let draining = false;
   registerRoutes(app, {
     draining: () => draining,
+    sendTimeoutMs: options.sendTimeoutMs ?? SEND_TIMEOUT_MS,
     cache,
     upstreams,
     defaultRegistry: config.defaultRegistry,

@@ -81,3 +81,83 @@ test('a client that stops reading holds IN_FLIGHT pieces, the next one already r
     server.close();
   }
 });
+
+test('a client that takes no bytes for the send timeout is cut, in the loop or after end(), and every piece is given back; a client waiting on a source slower than that is not', async () => {
+  const TIMEOUT = 300;
+  const stalled = countingSource();
+  // one piece larger than any socket buffer: the loop is past end() while the client has not taken it
+  const WHOLE = 16 * PIECE;
+  const whole = { read: 0, released: 0 };
+  const endSource: ByteSource = {
+    read(position) {
+      if (position >= WHOLE) return 'end';
+      whole.read++;
+      return { bytes: Buffer.alloc(WHOLE - position, 1), release: () => whole.released++ };
+    },
+  };
+  // a cold fill from an upstream slower than the timeout: nothing waits for the client meanwhile
+  const SLOW = 4 * 65_536;
+  let arrived = 0;
+  const slowSource: ByteSource = {
+    read(position, max) {
+      if (position >= SLOW) return 'end';
+      if (position >= arrived) return {
+        wait: new Promise<void>((resolve) =>
+          setTimeout(() => {
+            arrived += 65_536;
+            resolve();
+          }, 2 * TIMEOUT),
+        ),
+      };
+      return { bytes: Buffer.alloc(Math.min(max, arrived - position), 2), release: () => undefined };
+    },
+  };
+  const sources: Record<string, { source: ByteSource; size: number }> = {
+    '/stalled': { source: stalled.source, size: SIZE },
+    '/end': { source: endSource, size: WHOLE },
+    '/slow': { source: slowSource, size: SLOW },
+  };
+  const outcomes = new Map<string, { sent?: number; cuts: number }>();
+  const server = http.createServer((request, response) => {
+    const { source, size } = sources[request.url!]!;
+    const outcome: { sent?: number; cuts: number } = { cuts: 0 };
+    outcomes.set(request.url!, outcome);
+    void sendRange(response, source, 0, size - 1, () => response.writeHead(200, { 'content-length': size }), { timeoutMs: TIMEOUT, onTimeout: () => outcome.cuts++ }).then((sent) => (outcome.sent = sent));
+  });
+  server.listen(0, '127.0.0.1');
+  await once(server, 'listening');
+  const { port } = server.address() as net.AddressInfo;
+  const clients: net.Socket[] = [];
+  try {
+    for (const path of ['/stalled', '/end']) {
+      const client = net.connect(port, '127.0.0.1');
+      clients.push(client);
+      await once(client, 'connect');
+      client.pause();
+      client.write(`GET ${path} HTTP/1.1\r\nhost: 127.0.0.1\r\nconnection: close\r\n\r\n`);
+    }
+    const slowBody = new Promise<number>((resolve, reject) => {
+      let received = 0;
+      http.get(`http://127.0.0.1:${port}/slow`, (res) => {
+        res.on('data', (chunk: Buffer) => (received += chunk.length));
+        res.on('end', () => resolve(received));
+        res.on('error', reject);
+      }).on('error', reject);
+    });
+
+    await waitFor(() => ['/stalled', '/end', '/slow'].every((path) => outcomes.get(path)?.sent !== undefined), { timeoutMs: 10_000, what: 'every response to be done' });
+    for (const [path, counts, size] of [['/stalled', stalled.counts, SIZE], ['/end', whole, WHOLE]] as const) {
+      const outcome = outcomes.get(path)!;
+      assert.equal(outcome.cuts, 1, `${path}: cut once`);
+      assert.ok(outcome.sent! < size, `${path}: ${outcome.sent} of ${size} bytes taken`);
+      assert.equal(counts.released, counts.read, `${path}: every piece given back`);
+    }
+    assert.equal(outcomes.get('/slow')!.cuts, 0, 'the client of the slow source was not cut');
+    assert.equal(outcomes.get('/slow')!.sent, SLOW);
+    assert.equal(await slowBody, SLOW);
+  } finally {
+    for (const client of clients) client.destroy();
+    server.closeAllConnections();
+    server.close();
+  }
+});

@@ -19,6 +19,21 @@ import { BUFFER_SIZE, giveBuffer, takeBuffer } from './buffer-pool.ts';
  */
 export const IN_FLIGHT = 2;
 
+/**
+ * How long a response may go with bytes waiting for the socket and none taken (no write callback)
+ * before it is cut, as nginx's send_timeout. A client that stops reading would otherwise hold an
+ * open file, an eviction pin and IN_FLIGHT pooled buffers for as long as its connection lives.
+ * Waiting for bytes that have not arrived yet (a cold fill from a slow upstream) does not count.
+ */
+export const SEND_TIMEOUT_MS = 60_000;
+
+export interface SendOptions {
+  /** SEND_TIMEOUT_MS unless given (tests shorten it). */
+  timeoutMs?: number;
+  /** Told, with the bytes the socket had taken, when the response was cut for taking none for that long. */
+  onTimeout?(sent: number): void;
+}
+
 /** Bytes lent by a source; `release` gives them back once they are sent (or can no longer be). */
 export interface Piece {
   bytes: Buffer;
@@ -63,17 +78,36 @@ export function fileSource(file: FileHandle): ByteSource {
  * once the first bytes are at hand (or the content turns out empty), so a source that fails before
  * that rejects here and the caller can still answer with an error. Resolves with the bytes the
  * socket accepted. A client that goes away ends the loop early; a source failing after the headers
- * destroys the response, so the client sees a cut connection, never a short success.
+ * destroys the response, so the client sees a cut connection, never a short success; so does a
+ * client that takes no byte for the send timeout while some wait for it (SEND_TIMEOUT_MS).
  */
-export async function sendRange(response: ServerResponse, source: ByteSource, start: number, end: number, begin: () => void): Promise<number> {
+export async function sendRange(response: ServerResponse, source: ByteSource, start: number, end: number, begin: () => void, options: SendOptions = {}): Promise<number> {
   let position = start;
   let inFlight = 0;
   let sent = 0;
+  let ended = false;
   let wake: (() => void) | undefined;
   const signal = () => {
     const resume = wake;
     wake = undefined;
     resume?.();
+  };
+  // One timer per response, refreshed as the socket takes bytes rather than one set per piece. It
+  // runs from the last write callback, or from the moment bytes began to wait when none were; when
+  // it fires with nothing waiting, the next write starts it again.
+  const timeoutMs = options.timeoutMs ?? SEND_TIMEOUT_MS;
+  let timer: NodeJS.Timeout | undefined;
+  const stalled = () => {
+    // nothing waits for the client: the source is the slow one, or every byte, the end too, is taken
+    if ((inFlight === 0 && !ended) || response.writableFinished || response.destroyed) return;
+    options.onTimeout?.(sent);
+    // 'close' follows: the loop or the wait after end() stops, and the pending write callbacks
+    // give their pieces back; the caller then closes the file and unpins the blob
+    response.destroy();
+  };
+  const bytesWaiting = () => {
+    if (timer) timer.refresh();
+    else timer = setTimeout(stalled, timeoutMs).unref();
   };
   let begun = false;
   const beginOnce = () => {
@@ -107,9 +141,10 @@ export async function sendRange(response: ServerResponse, source: ByteSource, st
       beginOnce();
       const length = piece.bytes.length;
       position += length;
-      inFlight++;
+      if (inFlight++ === 0) bytesWaiting();
       response.write(piece.bytes, (error) => {
         inFlight--;
+        timer!.refresh();
         if (!error) sent += length;
         // On an error the socket is gone and no longer holds the bytes either.
         piece.release();
@@ -117,7 +152,12 @@ export async function sendRange(response: ServerResponse, source: ByteSource, st
       });
     }
     beginOnce();
-    if (!response.destroyed) response.end();
+    if (!response.destroyed) {
+      // what is still in flight, and the end itself, fall under the same deadline
+      ended = true;
+      if (inFlight === 0) bytesWaiting();
+      response.end();
+    }
   } catch (error) {
     if (!begun) throw error;
     response.destroy(error as Error);
@@ -125,5 +165,6 @@ export async function sendRange(response: ServerResponse, source: ByteSource, st
     response.off('close', signal);
   }
   if (!response.destroyed && !response.writableFinished) await new Promise((resolve) => response.once('close', resolve));
+  clearTimeout(timer);
   return sent;
 }

@@ -472,17 +472,23 @@ export class PullThroughCache {
       const size = length !== undefined && Number.isFinite(Number(length)) ? Number(length) : undefined;
       this.logger.info({ upstream: repo.upstream.registry, repository: repo.name, digest: digest.text, bytes: size }, 'blob fetch from upstream started');
       const fetched = this.metrics.bytesFetched.labels({ upstream: repo.upstream.registry });
-      // clients joining while the download waits for room under storage.maxSize are told its length
-      fill.size = size;
-      const release = (await this.hooks.reserve?.(size, digest.text)) ?? (() => undefined);
+      let release: () => void = () => undefined;
       try {
-        await fill.run({ size, body: response.body, onBytes: (n) => fetched.inc(n) }, async (temporary) => {
-          await this.store.commitBlob(temporary, digest);
-          // From here the store serves it; later requests must not find this fill.
-          if (this.blobFills.get(digest.text) === entry) this.blobFills.delete(digest.text);
-          this.hooks.onAccess?.('blob', digest, fill.received);
-          release(); // counted as stored now
-        });
+        await fill.run(
+          { size, body: response.body, onBytes: (n) => fetched.inc(n) },
+          async (temporary) => {
+            await this.store.commitBlob(temporary, digest);
+            // From here the store serves it; later requests must not find this fill.
+            if (this.blobFills.get(digest.text) === entry) this.blobFills.delete(digest.text);
+            this.hooks.onAccess?.('blob', digest, fill.received);
+            release(); // counted as stored now
+          },
+          // Inside the fill, not before it: a reservation that fails then fails the fill, which
+          // closes the upstream connection and tells its clients, rather than leaving both waiting.
+          async () => {
+            release = (await this.hooks.reserve?.(size, digest.text)) ?? release;
+          },
+        );
         this.logger.info({ upstream: repo.upstream.registry, repository: repo.name, digest: digest.text, bytes: fill.received, ms: this.now() - started }, 'blob stored');
       } catch (error) {
         const reason = failureReason(error as Error);

@@ -3,9 +3,10 @@
 import { after, before, describe, test } from 'node:test';
 import assert from 'node:assert/strict';
 import { createHash } from 'node:crypto';
-import { readdirSync, statSync } from 'node:fs';
+import { existsSync, readdirSync, readlinkSync, statSync } from 'node:fs';
 import { mkdir, stat, utimes, writeFile } from 'node:fs/promises';
 import http from 'node:http';
+import net from 'node:net';
 import path from 'node:path';
 import { startFaultProxy } from '../test/harness/fault-proxy.ts';
 import { startMirrorProcess, startTestMirror, type TestMirror } from '../test/harness/mirror.ts';
@@ -263,6 +264,50 @@ describe('eviction', () => {
       assert.equal(mirror.mirror.evictor.reserved, 0);
     } finally {
       stalled?.destroy();
+      await mirror.stop();
+    }
+  });
+
+  test('clients that stop reading a stored blob are cut after the send timeout, each counted once: the blob is then neither held open nor pinned, and storage.ttl evicts it', async () => {
+    let now = 60 * HOUR;
+    const mirror = await startTestMirror({ upstreams: [{ registry: 'docker.io', url: upstream.url }], extra: { storage: { ttl: '1h' } }, now: () => now, sendTimeoutMs: 1_000 });
+    const stalled: net.Socket[] = [];
+    const blobGets = () => metricValue(mirror.url, /^regmirror_http_requests_total\{route="blob",method="GET",status="200"\}/);
+    try {
+      await mirror.mirror.indexed;
+      const big = image.layers[3]!; // 8 MiB: more than the socket buffers take from a client that reads nothing
+      const hex = big.digest.slice('sha256:'.length);
+      const file = path.join(mirror.storagePath, 'blobs/sha256', hex.slice(0, 2), hex);
+      assert.equal(sha256((await get(mirror, big.digest)).body), big.digest);
+      // this process's descriptors on the blob file: the mirror runs in it
+      const openOnBlob = () => readdirSync('/proc/self/fd').filter((fd) => {
+        try {
+          return readlinkSync(`/proc/self/fd/${fd}`) === file;
+        } catch {
+          return false; // closed since the listing
+        }
+      }).length;
+      for (let i = 0; i < 10; i++) {
+        const socket = net.connect(mirror.port, '127.0.0.1');
+        stalled.push(socket);
+        socket.on('error', () => undefined);
+        socket.pause(); // reads nothing, ever
+        socket.write(`GET /v2/library/evict/blobs/${big.digest} HTTP/1.1\r\nhost: ${mirror.host}\r\n\r\n`);
+      }
+      await waitFor(() => openOnBlob() === 10, { timeoutMs: 5_000, what: 'the 10 stalled responses to open the blob' });
+      await waitFor(() => openOnBlob() === 0, { timeoutMs: 10_000, what: 'the stalled responses to be cut (1 s send timeout) and the blob closed' });
+      await waitFor(async () => (await blobGets()) >= 11, { timeoutMs: 5_000, what: 'the cut responses to be counted' });
+      assert.equal(await blobGets(), 11, 'the whole one and the 10 cut ones, each once, with the status they began with');
+
+      // not read for the TTL, and no longer pinned by a stream: evicted
+      now += 2 * HOUR;
+      await waitFor(async () => {
+        await mirror.mirror.evictor.evict();
+        return !existsSync(file);
+      }, { timeoutMs: 5_000, what: 'the blob to be evicted' });
+      assert.equal(mirror.mirror.evictor.items, 0);
+    } finally {
+      for (const socket of stalled) socket.destroy();
       await mirror.stop();
     }
   });

@@ -6,7 +6,7 @@ import assert from 'node:assert/strict';
 import { execFileSync } from 'node:child_process';
 import { createHash } from 'node:crypto';
 import { readFileSync, readdirSync } from 'node:fs';
-import { mkdir, readdir } from 'node:fs/promises';
+import { mkdir, readdir, rm, writeFile } from 'node:fs/promises';
 import http from 'node:http';
 import net from 'node:net';
 import path from 'node:path';
@@ -544,6 +544,51 @@ test('an upstream manifest over 4 MiB sent without a Content-Length gets 400 MAN
     await mirror.stop();
     scripted.closeAllConnections();
     await new Promise((resolve) => scripted.close(resolve));
+  }
+});
+
+test('fills that fail before reading the upstream (no usable tmp directory, setting room aside failing) each get a 5xx and give their upstream connection back: after more of them than the upstream pool has connections, a pull still succeeds', async () => {
+  const hub = await startRegistry();
+  // large enough that a response cannot all sit in socket buffers: unread, it holds its connection
+  const img = await writeOciImage(await makeTempDir('no-tmp-image'), { tag: 'v1', seed: 'no-tmp', layerSizes: [2 * 1024 * 1024, 2 * 1024 * 1024] });
+  await pushImage(img, hub.ref('library/app', 'v1'));
+  const mirror = await startTestMirror({ upstreams: [{ registry: 'docker.io', url: hub.url }] });
+  const agent = new http.Agent({ keepAlive: true });
+  const tmp = path.join(mirror.storagePath, 'tmp');
+  const evictor = mirror.mirror.evictor;
+  const reserve = evictor.reserve;
+  // upstream.ts keeps at most 64 connections per upstream; a failed fill is not joined, so each request is a new upstream GET
+  const failEach = async (digest: string) => {
+    for (let i = 0; i < 70; i++) {
+      const res = await get(`${mirror.url}/v2/library/app/blobs/${digest}`, agent, {}, 5_000).catch((error: Error) => {
+        throw new Error(`request ${i + 1} of 70: ${error.message}`);
+      });
+      assert.ok(res.status >= 500, `request ${i + 1}: ${res.status}`);
+      assert.equal(JSON.parse(res.body.toString()).errors[0].code, 'UNAVAILABLE', `request ${i + 1}`);
+    }
+  };
+  try {
+    const [first, second] = img.layers.map((l) => l.digest) as [string, string];
+    // the store's tmp directory turned into a file (a volume remounted, a hand edit): no fill can open its file
+    await rm(tmp, { recursive: true });
+    await writeFile(tmp, '');
+    await failEach(first);
+    await rm(tmp);
+    await mkdir(tmp);
+    await assertServes(mirror, agent, 'library/app', first);
+
+    // the step between the upstream's answer and the fill reading it
+    evictor.reserve = async () => {
+      throw new Error('setting room aside failed');
+    };
+    await failEach(second);
+    evictor.reserve = reserve;
+    await assertServes(mirror, agent, 'library/app', second);
+  } finally {
+    evictor.reserve = reserve;
+    agent.destroy();
+    await mirror.stop();
+    await hub.stop();
   }
 });
 

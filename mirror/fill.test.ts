@@ -129,3 +129,19 @@ test('written bytes stay in memory only while an open reader is behind them', { 
   // with every reader past the written slabs, only the slab still filling is left
   assert.ok(held.caughtUp <= MiB, `held ${held.caughtUp} bytes with every reader caught up`);
 });
+
+test('a fill that fails before it reads its body (no temporary file, the step before failing) destroys the body, which closes the upstream connection, and its readers are told', { timeout: 60_000 }, async () => {
+  const { bytes, digest } = contentOf(3 * 1024 * 1024);
+  const cases: { why: string; path: string; prepare?: () => Promise<void>; error: RegExp }[] = [
+    { why: 'the temporary file cannot be opened', path: path.join(await temporaryPath(), 'no-such-directory', 'blob'), error: /ENOENT/ },
+    { why: 'the step before the fill fails', path: await temporaryPath(), prepare: async () => { throw new Error('no room'); }, error: /no room/ },
+  ];
+  for (const { why, path: temporary, prepare, error } of cases) {
+    const fill = new BlobFill(parseDigest(digest), temporary);
+    const body = source(bytes);
+    const reading = collect(fill);
+    await assert.rejects(fill.run({ size: bytes.length, body }, async () => undefined, prepare), error, why);
+    assert.equal(body.destroyed, true, `${why}: the body is destroyed`);
+    await assert.rejects(reading, error, `${why}: the reader fails`);
+  }
+});

@@ -107,11 +107,15 @@ export class BlobFill {
   /**
    * Copies the source into the temporary file, verifying as it goes. Resolves once the content is
    * verified and `commit` (the rename into the store) has run; rejects, after removing the
-   * temporary file, on any failure. Readers see the outcome through their sources.
+   * temporary file, on any failure. Readers see the outcome through their sources. `prepare`, when
+   * given, runs first, with the body not read yet (the cache sets room aside under storage.maxSize
+   * there): its failure fails the fill as any other does. The body is the fill's from this call on.
    */
-  async run(source: FillSource, commit: (temporaryPath: string) => Promise<void>): Promise<void> {
+  async run(source: FillSource, commit: (temporaryPath: string) => Promise<void>, prepare?: () => Promise<void>): Promise<void> {
+    // set at once: clients that join while `prepare` waits are told the length
     this.size = source.size;
     try {
+      await prepare?.();
       this.handle = await open(this.temporaryPath, 'w+');
       await this.receive(source);
       if (this.size !== undefined && this.received !== this.size) throw new SizeMismatchError(this.size, this.received);
@@ -131,6 +135,11 @@ export class BlobFill {
       this.finished = true;
       await this.closeIfIdle();
     } catch (error) {
+      // A body nobody reads (the temporary file could not be opened: a read-only volume, no tmp
+      // directory, out of descriptors) holds its upstream connection for as long as the process
+      // lives, and the upstream's pool has 64 of them: destroyed, which closes that connection.
+      // Nothing to do when receive() already has, or the body ended.
+      source.body.destroy();
       const failure = error instanceof Error ? error : new Error(String(error));
       this.aborted = true;
       await this.writing;

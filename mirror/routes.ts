@@ -23,6 +23,8 @@ export interface RouteContext {
   storeWritable(): Promise<boolean>;
   /** Set once shutdown began: the pod is to leave the Service's endpoints. */
   draining(): boolean;
+  /** How long a blob response may take no bytes while some wait for it before it is cut (SEND_TIMEOUT_MS unless a test shortens it). */
+  sendTimeoutMs: number;
 }
 
 const API_VERSION = { 'docker-distribution-api-version': 'registry/2.0' };
@@ -208,7 +210,11 @@ async function serveBlob(context: RouteContext, repo: Repository, reference: str
   };
   try {
     const end = range ? range.end : blob.size !== undefined ? blob.size - 1 : Infinity;
-    const sent = await sendRange(reply.raw, source, range?.start ?? 0, end, begin);
+    const sent = await sendRange(reply.raw, source, range?.start ?? 0, end, begin, {
+      timeoutMs: context.sendTimeoutMs,
+      // counted by the close listener above, with the status it began with
+      onTimeout: (bytesSent) => context.logger.info({ upstream: repo.upstream.registry, repository: repo.name, digest: digest.text, bytesSent, timeoutMs: context.sendTimeoutMs }, 'client took no bytes for the send timeout: blob response cut'),
+    });
     context.metrics.bytesServed.inc({ source: from }, sent);
   } finally {
     await close();

@@ -20,6 +20,8 @@ export interface TestMirrorOptions {
   timeouts?: Partial<UpstreamTimeouts>;
   /** In-process mirrors only: how soon repository links are pruned after content was removed. */
   linksPruneDelayMs?: number;
+  /** In-process mirrors only: how long a blob response may take no bytes while some wait for it (60 s by default). */
+  sendTimeoutMs?: number;
   logLevel?: string;
 }
 
@@ -55,6 +57,7 @@ export async function startTestMirror(opts: TestMirrorOptions): Promise<TestMirr
     ...(opts.now ? { now: opts.now } : {}),
     ...(opts.timeouts ? { timeouts: opts.timeouts } : {}),
     ...(opts.linksPruneDelayMs !== undefined ? { linksPruneDelayMs: opts.linksPruneDelayMs } : {}),
+    ...(opts.sendTimeoutMs !== undefined ? { sendTimeoutMs: opts.sendTimeoutMs } : {}),
   });
   const url = await mirror.listen();
   return { url, host: `127.0.0.1:${port}`, port, storagePath: config.storage.path, mirror, stop: () => mirror.close(2_000) };
