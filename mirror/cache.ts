@@ -16,7 +16,7 @@ import {
   upstreamUnavailable,
 } from './errors.ts';
 import type { ByteSource } from './blob-sender.ts';
-import { BlobFill, DigestMismatchError, SizeMismatchError } from './fill.ts';
+import { BlobFill, DigestMismatchError, SizeMismatchError, StoreWriteError } from './fill.ts';
 import { ManifestMemory } from './manifest-memory.ts';
 import type { MirrorMetrics } from './metrics.ts';
 import { digestOf, parseDigest, type Digest } from './reference.ts';
@@ -675,6 +675,7 @@ function isVolumeFull(error: unknown): boolean {
 function failureReason(error: Error): string {
   if (error instanceof DigestMismatchError) return 'digest';
   if (error instanceof SizeMismatchError) return 'size';
+  if (error instanceof StoreWriteError) return 'disk';
   // a registry error's own code is the client's (UNAVAILABLE); what happened is in its cause
   const cause = error.cause as (NodeJS.ErrnoException & { cause?: NodeJS.ErrnoException }) | undefined;
   const code = (error instanceof RegistryError ? (cause?.code ?? cause?.cause?.code) : (error as NodeJS.ErrnoException).code) ?? '';

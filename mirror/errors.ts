@@ -56,6 +56,9 @@ export const tooManyRequests = (registry: string, retryAfter?: string) =>
 /** The upstream could not be reached or answered in a way we cannot use, and nothing is stored. */
 export const upstreamUnavailable = (registry: string, why: string) =>
   new RegistryError('UNAVAILABLE', 502, `upstream ${registry} unavailable: ${why}`);
+/** The store could not take what was fetched for another reason (a read-only volume, a failing disk, no descriptors left). */
+export const storeUnwritable = (code: string) =>
+  new RegistryError('UNAVAILABLE', 503, `the mirror's store could not be written (${code}): nothing was stored, try again; the mirror's log says more`);
 /** The store's volume has no room (ENOSPC, EDQUOT): nothing was stored, and what was asked for cannot be served from it. */
 export const storeFull = (code: string) =>
   new RegistryError('UNAVAILABLE', 503, `the mirror's store is full (${code}): nothing was stored; give the volume more room or set storage.maxSize below its size`);

@@ -43,6 +43,25 @@ export class SizeMismatchError extends Error {
   }
 }
 
+/**
+ * The store could not take the bytes: its temporary file could not be created, written or synced
+ * (a full or read-only volume, a failing disk, no descriptors left). The mirror's trouble, not the
+ * upstream's; `code` is the system's (ENOSPC, EROFS, EIO, ...).
+ */
+export class StoreWriteError extends Error {
+  readonly code: string;
+
+  constructor(cause: NodeJS.ErrnoException) {
+    super(`the mirror's store could not be written (${cause.code ?? cause.message})`, { cause });
+    this.name = 'StoreWriteError';
+    this.code = cause.code ?? 'EIO';
+  }
+}
+
+function storeFailure(error: NodeJS.ErrnoException): never {
+  throw new StoreWriteError(error);
+}
+
 export interface FillSource {
   /** Announced length, when the upstream sent Content-Length. */
   size: number | undefined;
@@ -116,7 +135,7 @@ export class BlobFill {
     this.size = source.size;
     try {
       await prepare?.();
-      this.handle = await open(this.temporaryPath, 'w+');
+      this.handle = await open(this.temporaryPath, 'w+').catch(storeFailure);
       await this.receive(source);
       if (this.size !== undefined && this.received !== this.size) throw new SizeMismatchError(this.size, this.received);
       const last = this.slabs.at(-1);
@@ -127,8 +146,11 @@ export class BlobFill {
       if (actual !== this.digest.hex) throw new DigestMismatchError(this.digest.text, `${this.digest.algorithm}:${actual}`);
       await this.syncing;
       if (this.writeFailure) throw this.writeFailure;
-      await this.handle.datasync();
-      await commit(this.temporaryPath);
+      await this.handle.datasync().catch(storeFailure);
+      // the rename into the store is the store's too; anything else failing there is passed on as it is
+      await commit(this.temporaryPath).catch((error: NodeJS.ErrnoException) => {
+        throw error.syscall ? new StoreWriteError(error) : error;
+      });
       this.size = this.received;
       this.verified = true;
       this.progress();
@@ -298,7 +320,7 @@ export class BlobFill {
         }
       } catch (error) {
         // the run loop sees it at its next chunk and fails the fill
-        this.writeFailure = error as Error;
+        this.writeFailure = new StoreWriteError(error as NodeJS.ErrnoException);
         return;
       }
       this.written = to;
@@ -311,8 +333,8 @@ export class BlobFill {
             this.syncedUpTo = upTo;
             this.syncing = undefined;
           },
-          (error: Error) => {
-            this.writeFailure ??= error;
+          (error: NodeJS.ErrnoException) => {
+            this.writeFailure ??= new StoreWriteError(error);
             this.syncing = undefined;
           },
         );

@@ -5,7 +5,8 @@ import type { FastifyInstance, FastifyReply, FastifyRequest } from 'fastify';
 import type { Logger } from '../common/logger.ts';
 import type { HtpasswdAuth } from './auth.ts';
 import { MANIFEST_MEDIA_TYPES, type PullThroughCache, type Repository } from './cache.ts';
-import { RegistryError, nameUnknown, rangeInvalid, storeFull, unsupported } from './errors.ts';
+import { RegistryError, nameUnknown, rangeInvalid, storeFull, storeUnwritable, unsupported } from './errors.ts';
+import { StoreWriteError } from './fill.ts';
 import type { MirrorMetrics } from './metrics.ts';
 import { fileSource, sendRange, type ByteSource } from './blob-sender.ts';
 import { isDigestReference, normaliseName, parseDigest, validateName, validateTag } from './reference.ts';
@@ -329,6 +330,7 @@ function isStoreFull(error: unknown): boolean {
 function toRegistryError(error: unknown): RegistryError {
   if (error instanceof RegistryError) return error;
   if (isStoreFull(error)) return storeFull((error as NodeJS.ErrnoException).code!);
+  if (error instanceof StoreWriteError) return storeUnwritable(error.code);
   const status = (error as { statusCode?: number }).statusCode;
   if (status && status >= 400 && status < 500) return new RegistryError('UNSUPPORTED', status, (error as Error).message);
   return new RegistryError('UNKNOWN', 500, 'internal error');
