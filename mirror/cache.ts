@@ -49,7 +49,13 @@ export interface StoredBlobFile {
 export type BlobResult =
   /** openFile: undefined when eviction took the blob since the lookup (then fetch it: blobFromUpstream). */
   | { source: 'store'; size: number; openFile(): Promise<StoredBlobFile | undefined> }
-  | { source: 'upstream'; size: number | undefined; reader: ByteSource & { close(): void } };
+  | {
+      source: 'upstream';
+      size: number | undefined;
+      reader: ByteSource & { close(): void };
+      /** Settles once every byte is verified and stored (rejects, with what a client is told, when the fetch fails). */
+      verified: Promise<void>;
+    };
 
 export interface Repository {
   upstream: UpstreamClient;
@@ -451,15 +457,21 @@ export class PullThroughCache {
         throw error;
       }
     }
+    // What a client that got no byte yet is told when the fetch fails; one that did is cut.
+    const told = (error: unknown) => (failureReason(error as Error) === 'disk' ? error : upstreamUnavailable(repo.upstream.registry, `the transfer of ${digest.text} failed (${describe(error)}); nothing was stored, try again`));
     const read: ByteSource['read'] = (position, max) => {
       try {
         return reader.read(position, max);
       } catch (error) {
-        // What a client that got no byte yet is told; one that did is cut.
-        throw failureReason(error as Error) === 'disk' ? error : upstreamUnavailable(repo.upstream.registry, `the transfer of ${digest.text} failed (${describe(error)}); nothing was stored, try again`);
+        throw told(error);
       }
     };
-    return { source: 'upstream', size: fill.size, reader: { read, close } };
+    const verified = entry.stored.catch((error: unknown) => {
+      throw told(error);
+    });
+    // a client gone before it waited on it must not leave an unhandled rejection
+    verified.catch(() => undefined);
+    return { source: 'upstream', size: fill.size, reader: { read, close }, verified };
   }
 
   private startFill(repo: Repository, digest: Digest): FillEntry {

@@ -107,6 +107,29 @@ describe('upstream faults during a fill', () => {
     }
   });
 
+  test('a Range request for a blob still being fetched is answered only once the whole blob checked out: corrupted bytes from the upstream never make a complete 206', async () => {
+    const mirror = await startTestMirror({ upstreams: [{ registry: 'docker.io', url: proxy.url }] });
+    const agent = new http.Agent({ keepAlive: true });
+    try {
+      const layer = image.layers[2]!;
+      // one byte flipped near the end: every byte of the range asked for is as the upstream sent it
+      const corrupt = proxy.addRule({ path: /\/blobs\//, corruptByteAt: layer.size - 100, times: 1 });
+      const res = await get(`${mirror.url}/v2/library/app/blobs/${layer.digest}`, agent, { range: 'bytes=0-1023' });
+      assert.equal(corrupt.hits(), 1);
+      assert.equal(res.status, 502, 'not a 206 of bytes nobody checked');
+      assert.equal(JSON.parse(res.body.toString()).errors[0].code, 'UNAVAILABLE');
+      // fetched again, intact: the range is served, and from the verified blob
+      const again = await get(`${mirror.url}/v2/library/app/blobs/${layer.digest}`, agent, { range: 'bytes=0-1023' });
+      assert.equal(again.status, 206);
+      const whole = await get(`${mirror.url}/v2/library/app/blobs/${layer.digest}`, agent);
+      assert.equal(sha256(whole.body), layer.digest);
+      assert.deepEqual(again.body, whole.body.subarray(0, 1024));
+    } finally {
+      agent.destroy();
+      await mirror.stop();
+    }
+  });
+
   test('an upstream that never answers is timed out with 502 UNAVAILABLE, and the next request succeeds', async () => {
     const mirror = await startTestMirror({ upstreams: [{ registry: 'docker.io', url: proxy.url }], timeouts: { headersMs: 1_000 } });
     const agent = new http.Agent({ keepAlive: true });

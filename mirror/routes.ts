@@ -176,20 +176,11 @@ async function serveBlob(context: RouteContext, repo: Repository, reference: str
     return reply.send();
   }
   const blob = await context.cache.blob(repo, digest);
-  const range = blob.size !== undefined ? parseRange(request.headers.range, blob.size) : undefined;
-  if (range === 'unsatisfiable') {
-    if (blob.source === 'upstream') blob.reader.close();
-    throw rangeInvalid(blob.size!);
-  }
-  const length = range ? range.end - range.start + 1 : blob.size;
-  const status = range ? 206 : 200;
-  const headers: Record<string, string> = { ...API_VERSION, ...common };
-  if (length !== undefined) headers['content-length'] = String(length);
-  if (range) headers['content-range'] = `bytes ${range.start}-${range.end}/${blob.size}`;
-
   let source: ByteSource;
   let close: () => Promise<void> | void;
   let from = blob.source;
+  let size = blob.size;
+  let verified: Promise<void> | undefined;
   const file = blob.source === 'store' ? await blob.openFile() : undefined;
   if (file) {
     source = fileSource(file.handle);
@@ -200,7 +191,30 @@ async function serveBlob(context: RouteContext, repo: Repository, reference: str
     source = fetched.reader;
     close = () => fetched.reader.close();
     from = 'upstream';
+    size = fetched.size;
+    verified = fetched.verified;
   }
+  const range = size !== undefined ? parseRange(request.headers.range, size) : undefined;
+  if (range === 'unsatisfiable') {
+    await close();
+    throw rangeInvalid(size!);
+  }
+  if (range && verified) {
+    // A fill checks the digest at its end and holds back only the last byte until then, so a range
+    // short of it would be a complete 206 of bytes nobody checked: it waits for the whole blob to
+    // be verified (and is answered with the registry error if it is not).
+    try {
+      await verified;
+    } catch (error) {
+      await close();
+      throw error;
+    }
+  }
+  const length = range ? range.end - range.start + 1 : size;
+  const status = range ? 206 : 200;
+  const headers: Record<string, string> = { ...API_VERSION, ...common };
+  if (length !== undefined) headers['content-length'] = String(length);
+  if (range) headers['content-range'] = `bytes ${range.start}-${range.end}/${size}`;
   // The bytes bypass fastify's stream handling (see blob-sender.ts); the request is counted when
   // the response closes, cut or not. Until the first bytes are at hand the reply is still
   // fastify's: a failure before then (the upstream cut, the store full) is answered with registry
