@@ -144,6 +144,28 @@ describe('client auth with htpasswd', () => {
   });
 });
 
+test('a flood of made-up credentials is refused at once with 429 past a few bcrypt checks at a time, and a real user still gets in', async () => {
+  const hub = await startRegistry();
+  const dir = await makeTempDir('htpasswd-flood');
+  const file = path.join(dir, 'htpasswd');
+  // cost 10, as the operator writes for its nodes: a comparison takes tens of milliseconds of the mirror's thread
+  await writeFile(file, `alice:${bcrypt.hashSync('wonderland', 10)}\n`);
+  const mirror = await startTestMirror({ upstreams: [{ registry: 'docker.io', url: hub.url }], extra: { auth: { htpasswd: file } } });
+  try {
+    const basic = (credentials: string) => `Basic ${Buffer.from(credentials).toString('base64')}`;
+    const flood = await Promise.all(Array.from({ length: 40 }, (_, i) => httpRequest(`${mirror.url}/v2/`, { headers: { authorization: basic(`mallory${i}:guess${i}`) } })));
+    const statuses = flood.map((res) => res.status);
+    assert.ok(statuses.every((status) => status === 401 || status === 429), statuses.join(' '));
+    const refused = flood.filter((res) => res.status === 429);
+    assert.ok(refused.length >= 40 - 2 - 16, `${refused.length} refused at once`);
+    assert.equal(errorCode(refused[0]!.body), 'TOOMANYREQUESTS');
+    assert.equal(refused[0]!.headers['retry-after'], '1');
+    assert.equal((await httpRequest(`${mirror.url}/v2/`, { headers: { authorization: basic('alice:wonderland') } })).status, 200);
+  } finally {
+    await mirror.stop();
+  }
+});
+
 describe('remembered credentials: one entry a credential however it is spelled, none once expired, never more than MAX_REMEMBERED', () => {
   let mirror: TestMirror;
   let clock = Date.now();

@@ -4,12 +4,22 @@
 // (Secret rotation).
 import { createHash, randomBytes } from 'node:crypto';
 import { readFileSync, statSync } from 'node:fs';
+import { Worker } from 'node:worker_threads';
 import bcrypt from 'bcryptjs';
+import type { CompareAnswer, CompareRequest } from './bcrypt-worker.ts';
 import { ConfigError } from '../common/config-error.ts';
 import { ExpiringMap } from '../common/expiring-map.ts';
 import { RegistryError } from './errors.ts';
 
 const REMEMBER_MS = 60_000;
+/**
+ * bcrypt comparisons handed to the worker at once (bcrypt-worker.ts: off the main thread), at
+ * most, and how many more requests may wait for one. Past that a request is refused at once with
+ * 429 (containerd then pulls from the upstream): made-up credentials, which anyone can send, cannot
+ * queue up without end or take more than the worker's one thread.
+ */
+const MAX_COMPARING = 2;
+const MAX_WAITING = 16;
 const RECHECK_FILE_MS = 5_000;
 export const REALM = 'regmirror';
 /**
@@ -60,6 +70,9 @@ export class HtpasswdAuth {
   private readonly verified: ExpiringMap<string>;
   private readonly now: () => number;
   private readonly log: AuthLog | undefined;
+  private comparing = 0;
+  /** Requests waiting for a comparison slot, oldest first. */
+  private readonly waiting: (() => void)[] = [];
 
   constructor(file: string, options: { configSource: string; now?: () => number; logger?: AuthLog }) {
     this.file = file;
@@ -148,12 +161,71 @@ export class HtpasswdAuth {
     const users = this.users;
     const hash = users.get(user);
     // An unknown user costs a bcrypt comparison too, so response times do not tell which users exist.
-    const matches = await bcrypt.compare(decoded.slice(colon + 1), hash ?? this.decoy);
+    const matches = await this.compare(decoded.slice(colon + 1), hash ?? this.decoy);
     if (!hash || !matches) throw unauthorized('invalid username or password');
     // not remembered when the file was reloaded while bcrypt ran: the user may have been removed
     if (users === this.users) this.verified.set(key, user, this.now() + REMEMBER_MS);
     return user;
   }
+
+  /** One bcrypt comparison, within MAX_COMPARING at once and MAX_WAITING waiting (else 429 at once). */
+  private async compare(password: string, hash: string): Promise<boolean> {
+    if (this.comparing >= MAX_COMPARING) {
+      if (this.waiting.length >= MAX_WAITING) throw tooManyLogins();
+      // the slot is handed over by the comparison that ends (the count stays)
+      await new Promise<void>((resolve) => this.waiting.push(resolve));
+    } else {
+      this.comparing++;
+    }
+    try {
+      return await compareOffThread(password, hash);
+    } finally {
+      const next = this.waiting.shift();
+      if (next) next();
+      else this.comparing--;
+    }
+  }
+}
+
+/**
+ * One worker for the process, started with the first comparison (a mirror without auth never
+ * starts it; it costs about 18 MB), and again after it died.
+ */
+let worker: { thread: Worker; pending: Map<number, { resolve(matches: boolean): void; reject(error: Error): void }> } | undefined;
+let nextId = 0;
+
+function compareOffThread(password: string, hash: string): Promise<boolean> {
+  if (!worker) {
+    // the worker's file sits next to this one: .ts from the sources, .js once compiled
+    const extension = import.meta.url.endsWith('.ts') ? '.ts' : '.js';
+    const thread = new Worker(new URL(`./bcrypt-worker${extension}`, import.meta.url));
+    const started = { thread, pending: new Map<number, { resolve(matches: boolean): void; reject(error: Error): void }>() };
+    thread.on('message', ({ id, matches }: CompareAnswer) => {
+      started.pending.get(id)?.resolve(matches);
+      started.pending.delete(id);
+      if (started.pending.size === 0) thread.unref();
+    });
+    const fail = (error: Error) => {
+      if (worker === started) worker = undefined;
+      for (const waiter of started.pending.values()) waiter.reject(error);
+      started.pending.clear();
+    };
+    thread.on('error', fail);
+    thread.on('exit', (code) => fail(new Error(`the bcrypt worker exited (${code})`)));
+    worker = started;
+  }
+  const { thread, pending } = worker;
+  const id = nextId++;
+  return new Promise<boolean>((resolve, reject) => {
+    // held only while a comparison is under way: an idle worker never keeps the process running
+    if (pending.size === 0) thread.ref();
+    pending.set(id, { resolve, reject });
+    thread.postMessage({ id, password, hash } satisfies CompareRequest);
+  });
+}
+
+function tooManyLogins(): RegistryError {
+  return new RegistryError('TOOMANYREQUESTS', 429, 'too many logins are being checked at once; try again shortly', undefined, { 'retry-after': '1' });
 }
 
 export function unauthorized(message: string): RegistryError {
