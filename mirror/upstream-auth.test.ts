@@ -6,13 +6,16 @@ import { writeFile } from 'node:fs/promises';
 import http from 'node:http';
 import type { AddressInfo } from 'node:net';
 import path from 'node:path';
-import { pushImage, readBlob, writeOciImage, type TestImage } from '../test/harness/oci-image.ts';
+import { Agent } from 'undici';
+import { createLogger } from '../common/logger.ts';
+import { MEDIA_TYPES, pushImage, readBlob, writeOciImage, type TestImage } from '../test/harness/oci-image.ts';
 import { cleanupAll, httpRequest, makeTempDir } from '../test/harness/process.ts';
 import { startRegistry, type RegistryServer } from '../test/harness/registry.ts';
 import { startTokenServer, type TokenServer } from '../test/harness/token-server.ts';
 import { startTestMirror } from '../test/harness/mirror.ts';
 import { startFaultProxy } from '../test/harness/fault-proxy.ts';
-import { MAX_CACHED_TOKENS } from './upstream.ts';
+import { makeCertificate } from '../test/harness/tls.ts';
+import { MAX_CACHED_TOKENS, TokenServiceError, UpstreamClient } from './upstream.ts';
 
 const errorCode = (body: Buffer) => (JSON.parse(body.toString()) as { errors: { code: string }[] }).errors[0]!.code;
 const errorMessage = (body: Buffer) => (JSON.parse(body.toString()) as { errors: { message: string }[] }).errors[0]!.message;
@@ -181,6 +184,33 @@ describe('upstream token auth', () => {
       await front.stop();
       storage.closeAllConnections();
       await new Promise((resolve) => storage.close(resolve));
+    }
+  });
+
+  test('the credentials of an https upstream are not sent to a plain http token realm (the fetch fails, naming it); anonymous token requests still go there', async () => {
+    const cert = await makeCertificate();
+    // the same registry's bytes served over https, its challenge still naming the http token service
+    const secure = await startRegistry({ tokenAuth: tokens, tls: cert, storageDir: hub.storageDir });
+    // the mirror trusts only the system's CAs; the client is given the test CA by its dispatcher
+    const dispatcher = new Agent({ connect: { ca: cert.certPem } });
+    const upstream = { registry: 'docker.io', url: new URL(secure.url), tagTTLMs: 0 };
+    const options = { logger: createLogger('upstream-auth-test', 'silent'), dispatcher };
+    try {
+      const anonymous = await new UpstreamClient(upstream, options).fetch('library/public', 'manifests/v1', { method: 'GET', accept: MEDIA_TYPES.oci.manifest });
+      await anonymous.body.dump();
+      assert.equal(anonymous.status, 200);
+
+      const asked = tokens.requests().length;
+      const credentialed = new UpstreamClient({ ...upstream, credentials: { username: 'alice', password: 's3cret' } }, options);
+      await assert.rejects(credentialed.fetch('alice/private', 'manifests/v1', { method: 'GET', accept: MEDIA_TYPES.oci.manifest }), (error: Error) => {
+        assert.ok(error instanceof TokenServiceError, String(error));
+        assert.equal(error.message, `its token service ${tokens.url} is plain http, and the mirror does not send the credentials of an https upstream in clear`);
+        return true;
+      });
+      assert.equal(tokens.requests().length, asked, 'the token service was not asked');
+    } finally {
+      await dispatcher.destroy();
+      await secure.stop();
     }
   });
 

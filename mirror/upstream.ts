@@ -206,7 +206,13 @@ export class UpstreamClient {
     url.searchParams.set('scope', scope);
     const headers: Record<string, string> = { 'user-agent': 'regmirror' };
     const basic = this.basicHeader();
-    if (basic) headers.authorization = basic;
+    if (basic) {
+      // The credentials of an https upstream are not sent in clear to a plain http realm, where
+      // anyone on the path could read them (and the token bought with them). Anonymous token
+      // requests still go: they carry nothing secret, and such a token pulls only what anyone may.
+      if (this.url.protocol === 'https:' && url.protocol !== 'https:') throw new TokenServiceError(`its token service ${url.origin} is plain http, and the mirror does not send the credentials of an https upstream in clear`, {});
+      headers.authorization = basic;
+    }
     let response: Dispatcher.ResponseData;
     try {
       response = await request(url, { method: 'GET', headers, dispatcher: this.dispatcher });
@@ -252,7 +258,10 @@ export class UpstreamAuthError extends Error {
   }
 }
 
-/** The upstream's token service could not give a token: unreachable, or answering 5xx, 429 or anything but a refusal. */
+/**
+ * The upstream's token service could not give a token: unreachable, answering 5xx, 429 or anything
+ * but a refusal, or one we do not send credentials to (plain http for an https upstream).
+ */
 export class TokenServiceError extends Error {
   /** The token service's status, when it answered. */
   readonly status: number | undefined;
