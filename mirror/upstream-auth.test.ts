@@ -3,14 +3,19 @@
 import { after, before, describe, test } from 'node:test';
 import assert from 'node:assert/strict';
 import { writeFile } from 'node:fs/promises';
+import http from 'node:http';
+import type { AddressInfo } from 'node:net';
 import path from 'node:path';
-import { pushImage, writeOciImage, type TestImage } from '../test/harness/oci-image.ts';
+import { Agent } from 'undici';
+import { createLogger } from '../common/logger.ts';
+import { MEDIA_TYPES, pushImage, readBlob, writeOciImage, type TestImage } from '../test/harness/oci-image.ts';
 import { cleanupAll, httpRequest, makeTempDir } from '../test/harness/process.ts';
 import { startRegistry, type RegistryServer } from '../test/harness/registry.ts';
 import { startTokenServer, type TokenServer } from '../test/harness/token-server.ts';
 import { startTestMirror } from '../test/harness/mirror.ts';
 import { startFaultProxy } from '../test/harness/fault-proxy.ts';
-import { MAX_CACHED_TOKENS } from './upstream.ts';
+import { makeCertificate } from '../test/harness/tls.ts';
+import { MAX_CACHED_TOKENS, TokenServiceError, UpstreamClient } from './upstream.ts';
 
 const errorCode = (body: Buffer) => (JSON.parse(body.toString()) as { errors: { code: string }[] }).errors[0]!.code;
 const errorMessage = (body: Buffer) => (JSON.parse(body.toString()) as { errors: { message: string }[] }).errors[0]!.message;
@@ -123,6 +128,89 @@ describe('upstream token auth', () => {
       await mirror.stop();
       await tokenProxy.stop();
       await own.stop();
+    }
+  });
+
+  test("blob storage the upstream redirects to never gets its credentials: storage's own 401 challenge fails that blob (502 UNAVAILABLE), and other repositories still get tokens from the upstream's token service", async () => {
+    // Docker Hub sends blob GETs to its CDN; distribution does not redirect by itself, so the fault
+    // proxy in front of it answers the chosen blob GETs with a redirect to this storage
+    const front = await startFaultProxy({ target: hub.url });
+    const seen: string[] = [];
+    const storage = http.createServer((req, res) => {
+      const [pathname = '', query = ''] = (req.url ?? '').split('?', 2);
+      seen.push(`${req.method} ${pathname} ${req.headers.authorization ?? '(no authorization)'}`);
+      if (pathname.startsWith('/ok/') && query === 'signature=1') {
+        void readBlob(privateImage, pathname.slice('/ok/'.length)).then((bytes) => res.writeHead(200, { 'content-length': bytes.length }).end(bytes));
+      } else if (pathname === '/token') {
+        // what storage that wants credentials would do with them
+        res.writeHead(200, { 'content-type': 'application/json' }).end(JSON.stringify({ token: 'storage-token', expires_in: 300 }));
+      } else {
+        res.writeHead(401, { 'www-authenticate': `Bearer realm="http://${req.headers.host}/token",service="storage"` }).end();
+      }
+    });
+    await new Promise<void>((resolve) => storage.listen(0, '127.0.0.1', resolve));
+    const storageHost = `127.0.0.1:${(storage.address() as AddressInfo).port}`;
+    const redirect = (digest: string, to: string) => front.addRule({ method: 'GET', path: new RegExp(`/blobs/${digest}$`), status: 307, headers: { location: `http://${storageHost}${to}?signature=1` } });
+    const mirror = await startTestMirror({
+      upstreams: [{ registry: 'docker.io', url: front.url, credentials: { username: 'alice', password: 's3cret' } }],
+      extra: { auth: { allowAnonymousWithCredentials: true } },
+    });
+    try {
+      assert.equal((await httpRequest(`${mirror.url}/v2/alice/private/manifests/v1`)).status, 200);
+      // a redirect the storage answers works as before, without our token
+      redirect(privateImage.configDigest, `/ok/${privateImage.configDigest}`);
+      const config = await httpRequest(`${mirror.url}/v2/alice/private/blobs/${privateImage.configDigest}`);
+      assert.equal(config.status, 200);
+      assert.deepEqual(config.body, await readBlob(privateImage, privateImage.configDigest));
+
+      const layer = privateImage.layers[0]!.digest;
+      redirect(layer, `/refuse/${layer}`);
+      const refused = await httpRequest(`${mirror.url}/v2/alice/private/blobs/${layer}`);
+      assert.deepEqual(seen, [`GET /ok/${privateImage.configDigest} (no authorization)`, `GET /refuse/${layer} (no authorization)`], 'the storage got no credentials and no token request');
+      assert.equal(refused.status, 502);
+      assert.equal(errorCode(refused.body), 'UNAVAILABLE');
+      assert.equal(errorMessage(refused.body), `upstream docker.io unavailable: the storage it redirected to (${storageHost}) refused the request (HTTP 401)`);
+
+      // the storage's challenge did not replace the upstream's: another repository's token comes
+      // from the upstream's token service, asked at once, and the storage hears nothing more
+      const asked = tokens.requests().length;
+      const other = await httpRequest(`${mirror.url}/v2/library/public/manifests/v1`);
+      assert.equal(other.status, 200);
+      assert.equal(other.headers['docker-content-digest'], publicImage.manifestDigest);
+      assert.deepEqual(tokens.requests().slice(asked).map((r) => [r.account, r.scopes]), [['alice', ['repository:library/public:pull']]]);
+      assert.equal(seen.length, 2);
+    } finally {
+      await mirror.stop();
+      await front.stop();
+      storage.closeAllConnections();
+      await new Promise((resolve) => storage.close(resolve));
+    }
+  });
+
+  test('the credentials of an https upstream are not sent to a plain http token realm (the fetch fails, naming it); anonymous token requests still go there', async () => {
+    const cert = await makeCertificate();
+    // the same registry's bytes served over https, its challenge still naming the http token service
+    const secure = await startRegistry({ tokenAuth: tokens, tls: cert, storageDir: hub.storageDir });
+    // the mirror trusts only the system's CAs; the client is given the test CA by its dispatcher
+    const dispatcher = new Agent({ connect: { ca: cert.certPem } });
+    const upstream = { registry: 'docker.io', url: new URL(secure.url), tagTTLMs: 0 };
+    const options = { logger: createLogger('upstream-auth-test', 'silent'), dispatcher };
+    try {
+      const anonymous = await new UpstreamClient(upstream, options).fetch('library/public', 'manifests/v1', { method: 'GET', accept: MEDIA_TYPES.oci.manifest });
+      await anonymous.body.dump();
+      assert.equal(anonymous.status, 200);
+
+      const asked = tokens.requests().length;
+      const credentialed = new UpstreamClient({ ...upstream, credentials: { username: 'alice', password: 's3cret' } }, options);
+      await assert.rejects(credentialed.fetch('alice/private', 'manifests/v1', { method: 'GET', accept: MEDIA_TYPES.oci.manifest }), (error: Error) => {
+        assert.ok(error instanceof TokenServiceError, String(error));
+        assert.equal(error.message, `its token service ${tokens.url} is plain http, and the mirror does not send the credentials of an https upstream in clear`);
+        return true;
+      });
+      assert.equal(tokens.requests().length, asked, 'the token service was not asked');
+    } finally {
+      await dispatcher.destroy();
+      await secure.stop();
     }
   });
 

@@ -1,6 +1,7 @@
 // The client for one upstream registry: undici with keep-alive, Docker Hub's bearer-token flow
 // (anonymous or with credentials, tokens cached per scope until they expire), Basic auth, and
-// redirects to blob storage (credentials are never sent to another origin).
+// redirects to blob storage (credentials are never sent to another origin, and only the upstream's
+// own origin may ask for them).
 import { Agent, request, type Dispatcher } from 'undici';
 import { ExpiringMap } from '../common/expiring-map.ts';
 import type { Logger } from '../common/logger.ts';
@@ -23,6 +24,14 @@ export interface UpstreamResponse {
   status: number;
   headers: Record<string, string | string[] | undefined>;
   body: Dispatcher.ResponseData['body'];
+}
+
+/** What send() got, and where from: fetch() takes a challenge only from the upstream's own origin. */
+interface SentResponse extends UpstreamResponse {
+  /** The URL that gave this answer, after any redirects. */
+  url: URL;
+  /** A redirect left the upstream's origin on the way (a return to it answers without our credentials). */
+  leftOrigin: boolean;
 }
 
 interface Challenge {
@@ -102,6 +111,11 @@ export class UpstreamClient {
       if (response.status !== 401) return response;
       const header = response.headers['www-authenticate'];
       await response.body.dump();
+      // Blob storage (a CDN, S3) that refuses the redirected request has no say in how we
+      // authenticate: its challenge would send our credentials, and every later token request, to
+      // a realm of its choosing. Only the host that issued the challenge gets credentials, as in
+      // containerd since CVE-2020-15157; here the request simply failed, like any upstream outage.
+      if (response.leftOrigin) throw new Error(`the storage it redirected to (${response.url.host}) refused the request (HTTP 401)`);
       const challenge = parseChallenge(Array.isArray(header) ? header[0] : header);
       if (attempt > 0 || !challenge) throw new UpstreamAuthError(this.registry, `${name} answered 401 ${this.credentials ? 'with' : 'without'} credentials`);
       this.challenge = challenge;
@@ -111,10 +125,14 @@ export class UpstreamClient {
     }
   }
 
-  /** Follows redirects itself: blob storage lives on other origins that must not see our token. */
-  private async send(target: URL, method: string, headers: Record<string, string>, headersTimeoutMs?: number): Promise<UpstreamResponse> {
+  /**
+   * Follows redirects itself: blob storage lives on other origins that must not see our token, and
+   * the answer says whether it came from one (such an origin cannot ask for credentials either).
+   */
+  private async send(target: URL, method: string, headers: Record<string, string>, headersTimeoutMs?: number): Promise<SentResponse> {
     let url = target;
     let currentHeaders = headers;
+    let leftOrigin = false;
     for (let hop = 0; hop <= MAX_REDIRECTS; hop++) {
       const response = await this.request(url, method, currentHeaders, headersTimeoutMs);
       const remaining = parseRateLimit(response.headers['ratelimit-remaining']);
@@ -126,11 +144,12 @@ export class UpstreamClient {
         if (next.origin !== target.origin) {
           const { authorization: _dropped, ...rest } = currentHeaders;
           currentHeaders = rest;
+          leftOrigin = true;
         }
         url = next;
         continue;
       }
-      return { status: response.statusCode, headers: response.headers, body: response.body };
+      return { status: response.statusCode, headers: response.headers, body: response.body, url, leftOrigin };
     }
     throw new Error(`more than ${MAX_REDIRECTS} redirects from ${target.href}`);
   }
@@ -187,7 +206,13 @@ export class UpstreamClient {
     url.searchParams.set('scope', scope);
     const headers: Record<string, string> = { 'user-agent': 'regmirror' };
     const basic = this.basicHeader();
-    if (basic) headers.authorization = basic;
+    if (basic) {
+      // The credentials of an https upstream are not sent in clear to a plain http realm, where
+      // anyone on the path could read them (and the token bought with them). Anonymous token
+      // requests still go: they carry nothing secret, and such a token pulls only what anyone may.
+      if (this.url.protocol === 'https:' && url.protocol !== 'https:') throw new TokenServiceError(`its token service ${url.origin} is plain http, and the mirror does not send the credentials of an https upstream in clear`, {});
+      headers.authorization = basic;
+    }
     let response: Dispatcher.ResponseData;
     try {
       response = await request(url, { method: 'GET', headers, dispatcher: this.dispatcher });
@@ -233,7 +258,10 @@ export class UpstreamAuthError extends Error {
   }
 }
 
-/** The upstream's token service could not give a token: unreachable, or answering 5xx, 429 or anything but a refusal. */
+/**
+ * The upstream's token service could not give a token: unreachable, answering 5xx, 429 or anything
+ * but a refusal, or one we do not send credentials to (plain http for an https upstream).
+ */
 export class TokenServiceError extends Error {
   /** The token service's status, when it answered. */
   readonly status: number | undefined;
