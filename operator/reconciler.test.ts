@@ -6,7 +6,7 @@ import assert from 'node:assert/strict';
 import { createLogger } from '../common/logger.ts';
 import { API_VERSION, KIND, type RegistryMirror } from './api/registry-mirror.ts';
 import { MODE_ANNOTATION } from './desired/daemon-set.ts';
-import { FINALIZER } from './desired/inputs.ts';
+import { CHECKSUM_ANNOTATION, FINALIZER } from './desired/inputs.ts';
 import { EventRecorder } from './events.ts';
 import { ApiError, type KubeApi, type KubeObject } from './kube/api.ts';
 import { Reconciler } from './reconciler.ts';
@@ -172,6 +172,36 @@ test('with auth on, node credentials are made once and kept across reconciles', 
   assert.deepEqual(server.all('Deployment')[0]!.spec.template.metadata.annotations, checksum, 'no roll for nothing');
   const htpasswd = Buffer.from(first!.htpasswd!, 'base64').toString();
   assert.match(htpasswd, /^bob:\$2y\$05\$abc\nregmirror-node:\$2[aby]\$10\$/);
+});
+
+test('the checksum key is made once per RegistryMirror and kept in its owned Secret only: checksums stay put across reconciles, and differ between mirrors of the same spec', async () => {
+  const spec = { upstreams: [{ registry: 'docker.io', credentialsSecretRef: { name: 'hub-credentials' } }], auth: { allowAnonymousWithCredentials: true } };
+  const b64 = (s: string) => Buffer.from(s).toString('base64');
+  const run = async () => {
+    const fixture = setup(spec);
+    fixture.secrets.set('registry-cache/hub-credentials', { type: 'kubernetes.io/basic-auth', data: { username: b64('alice'), password: b64('Summer2024!') } });
+    await fixture.reconciler.reconcile('registry-cache/hub');
+    const key = () => {
+      const stored = fixture.server.all('Secret')[0]!.data!['checksum-key'];
+      assert.ok(stored, 'the owned Secret holds a checksum key');
+      return Buffer.from(stored, 'base64').toString();
+    };
+    const checksum = () => fixture.server.all('Deployment')[0]!.spec.template.metadata.annotations[CHECKSUM_ANNOTATION] as string;
+    return { ...fixture, key, checksum };
+  };
+  const one = await run();
+  const [key, checksum] = [one.key(), one.checksum()];
+  assert.match(key, /^[A-Za-z0-9_-]{43}$/, '32 random bytes');
+  await one.reconciler.reconcile('registry-cache/hub');
+  assert.equal(one.key(), key, 'kept across reconciles');
+  assert.equal(one.checksum(), checksum, 'no roll for nothing');
+  for (const kind of ['ConfigMap', 'Deployment', 'DaemonSet', 'Event', KIND]) {
+    assert.ok(!JSON.stringify(one.server.all(kind)).includes(key), `the key is not in any ${kind}`);
+  }
+  // The same spec and password in a mirror of its own: another key, so another checksum.
+  const two = await run();
+  assert.notEqual(two.key(), key);
+  assert.notEqual(two.checksum(), checksum);
 });
 
 test('deletion switches the node agent to remove mode and holds the finalizer until every node confirms', async () => {
