@@ -214,7 +214,8 @@ export class Reconciler {
     const inputs: DesiredInputs = {
       mirror,
       image: spec.image ?? this.options.mirrorImage,
-      nodeAgentImage: spec.image ?? this.options.mirrorImage,
+      // never spec.image: see DesiredInputs.nodeAgentImage
+      nodeAgentImage: this.options.mirrorImage,
       checksumKey: checksumKey(owned?.data),
       upstreamCredentials,
       nodeAgentMode: mode,
@@ -307,7 +308,7 @@ export class Reconciler {
     const inputs: DesiredInputs = gathered.inputs ?? {
       mirror,
       image: mirror.spec.image ?? this.options.mirrorImage,
-      nodeAgentImage: mirror.spec.image ?? this.options.mirrorImage,
+      nodeAgentImage: this.options.mirrorImage,
       checksumKey: checksumKey((await this.ownedSecret(mirror))?.data),
       upstreamCredentials: new Map(),
       nodeAgentMode: 'remove',

@@ -80,7 +80,11 @@ export interface DesiredInputs {
   mirror: RegistryMirror;
   /** The mirror image (spec.image, else the operator's --mirror-image). */
   image: string;
-  /** The node agent image: the same image runs every program, so spec.image applies here too. */
+  /**
+   * The node agent image: always the operator's --mirror-image, never spec.image. The agent runs as
+   * root with host mounts on every selected node, and who may create a RegistryMirror must not
+   * choose what runs there.
+   */
   nodeAgentImage: string;
   /** The key of the pod templates' checksums (keyedChecksum), kept in the owned Secret. */
   checksumKey: string;
