@@ -33,7 +33,7 @@ flags (each also read from the environment variable in brackets):
   --lease-duration DURATION         how long a standby waits on a silent leader before taking over; default 15s
   --renew-deadline DURATION         how long a leader keeps trying to renew before it stops reconciling; default 10s
   --metrics-address HOST:PORT       /metrics, /healthz, /readyz [METRICS_ADDRESS]; default :8080 ("0" turns it off)
-  --mirror-image IMAGE              image for mirror and node agent pods [MIRROR_IMAGE]; default ghcr.io/regmirror/regmirror:${VERSION}
+  --mirror-image IMAGE              image for node agent pods, and mirror pods without spec.image [MIRROR_IMAGE]; default ghcr.io/regmirror/regmirror:${VERSION}
   --node-cleanup-timeout DURATION   how long deletion waits for nodes to drop the mirror; default 5m
   --workers N                       RegistryMirrors reconciled at once; default 2
   --log-level LEVEL                 ${LOG_LEVELS.join(', ')} [LOG_LEVEL]; default info

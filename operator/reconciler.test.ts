@@ -6,7 +6,7 @@ import assert from 'node:assert/strict';
 import { createLogger } from '../common/logger.ts';
 import { API_VERSION, KIND, type RegistryMirror } from './api/registry-mirror.ts';
 import { MODE_ANNOTATION } from './desired/daemon-set.ts';
-import { FINALIZER } from './desired/inputs.ts';
+import { CHECKSUM_ANNOTATION, FINALIZER } from './desired/inputs.ts';
 import { EventRecorder } from './events.ts';
 import { ApiError, type KubeApi, type KubeObject } from './kube/api.ts';
 import { Reconciler } from './reconciler.ts';
@@ -174,6 +174,36 @@ test('with auth on, node credentials are made once and kept across reconciles', 
   assert.match(htpasswd, /^bob:\$2y\$05\$abc\nregmirror-node:\$2[aby]\$10\$/);
 });
 
+test('the checksum key is made once per RegistryMirror and kept in its owned Secret only: checksums stay put across reconciles, and differ between mirrors of the same spec', async () => {
+  const spec = { upstreams: [{ registry: 'docker.io', credentialsSecretRef: { name: 'hub-credentials' } }], auth: { allowAnonymousWithCredentials: true } };
+  const b64 = (s: string) => Buffer.from(s).toString('base64');
+  const run = async () => {
+    const fixture = setup(spec);
+    fixture.secrets.set('registry-cache/hub-credentials', { type: 'kubernetes.io/basic-auth', data: { username: b64('alice'), password: b64('Summer2024!') } });
+    await fixture.reconciler.reconcile('registry-cache/hub');
+    const key = () => {
+      const stored = fixture.server.all('Secret')[0]!.data!['checksum-key'];
+      assert.ok(stored, 'the owned Secret holds a checksum key');
+      return Buffer.from(stored, 'base64').toString();
+    };
+    const checksum = () => fixture.server.all('Deployment')[0]!.spec.template.metadata.annotations[CHECKSUM_ANNOTATION] as string;
+    return { ...fixture, key, checksum };
+  };
+  const one = await run();
+  const [key, checksum] = [one.key(), one.checksum()];
+  assert.match(key, /^[A-Za-z0-9_-]{43}$/, '32 random bytes');
+  await one.reconciler.reconcile('registry-cache/hub');
+  assert.equal(one.key(), key, 'kept across reconciles');
+  assert.equal(one.checksum(), checksum, 'no roll for nothing');
+  for (const kind of ['ConfigMap', 'Deployment', 'DaemonSet', 'Event', KIND]) {
+    assert.ok(!JSON.stringify(one.server.all(kind)).includes(key), `the key is not in any ${kind}`);
+  }
+  // The same spec and password in a mirror of its own: another key, so another checksum.
+  const two = await run();
+  assert.notEqual(two.key(), key);
+  assert.notEqual(two.checksum(), checksum);
+});
+
 test('deletion switches the node agent to remove mode and holds the finalizer until every node confirms', async () => {
   const { server, reconciler, mirror } = setup();
   await reconciler.reconcile('registry-cache/hub');
@@ -205,8 +235,8 @@ test('deletion stops waiting for nodes after the cleanup timeout, with a Warning
 });
 
 /** Two nodes configured, then the RegistryMirror deleted after its node agent DaemonSet (a foreground cascade, a namespace deletion). */
-async function deletedAfterItsAgents() {
-  const fixture = setup();
+async function deletedAfterItsAgents(spec: Parameters<typeof mirrorFixture>[0] = {}) {
+  const fixture = setup(spec);
   const { server, reconciler, mirror } = fixture;
   await reconciler.reconcile('registry-cache/hub');
   const agent = server.all('DaemonSet')[0]!;
@@ -236,6 +266,36 @@ test('a node agent DaemonSet deleted before the nodes were clean (a foreground d
   assert.equal(mirror(), undefined);
   assert.equal(server.all('DaemonSet').length, 0, 'the cleanup DaemonSet is deleted');
   assert.ok(server.all('Event').some((e) => e.reason === 'NodesCleaned'));
+});
+
+test('spec.image chooses the mirror\'s image only: the node agent, root on every node it selects, runs the operator\'s image, applying, removing and cleaning up', async () => {
+  const own = 'registry.example/regmirror:test';
+  const chosen = 'attacker.example/anything:latest';
+  const image = (object: Obj) => object.spec.template.spec.containers[0].image as string;
+  const spec = {
+    image: chosen,
+    upstreams: [{ registry: 'docker.io', credentialsSecretRef: { name: 'hub-credentials' } }],
+    auth: { allowAnonymousWithCredentials: true },
+  };
+  const credentials = { type: 'kubernetes.io/basic-auth', data: { username: Buffer.from('alice').toString('base64'), password: Buffer.from('pw').toString('base64') } };
+  const { server, secrets, reconciler, mirror } = setup(spec);
+  secrets.set('registry-cache/hub-credentials', credentials);
+  await reconciler.reconcile('registry-cache/hub');
+  assert.equal(image(server.all('Deployment')[0]!), chosen, 'the mirror runs the image its spec names');
+  assert.equal(image(server.all('DaemonSet')[0]!), own);
+  // Deleted after its credentials Secret: the remove-mode agent is built without the spec's Secrets.
+  secrets.delete('registry-cache/hub-credentials');
+  mirror()!.metadata.deletionTimestamp = new Date().toISOString();
+  await reconciler.reconcile('registry-cache/hub');
+  const removing = server.all('DaemonSet')[0]!;
+  assert.equal(removing.metadata!.annotations![MODE_ANNOTATION], 'remove');
+  assert.equal(image(removing), own);
+
+  const deleted = await deletedAfterItsAgents({ image: chosen });
+  await deleted.reconciler.reconcile('registry-cache/hub');
+  const cleanup = deleted.server.all('DaemonSet')[0]!;
+  assert.equal(cleanup.metadata!.name, 'regmirror-hub-node-cleanup');
+  assert.equal(image(cleanup), own);
 });
 
 test('where no cleanup can run (the namespace is being deleted) a Warning says the nodes were not cleaned and what to do, and the finalizer goes', async () => {
@@ -322,7 +382,7 @@ test('a refused claim resize does not hold back the other objects: the Deploymen
   cr.metadata.generation = 2;
   await assert.rejects(reconciler.reconcile('registry-cache/hub'), /must support resize/);
   assert.equal(server.all('Deployment')[0]!.spec.template.spec.containers[0].image, 'registry.example/regmirror:v2');
-  assert.equal(server.all('DaemonSet')[0]!.spec.template.spec.containers[0].image, 'registry.example/regmirror:v2');
+  assert.equal(server.all('DaemonSet')[0]!.spec.template.spec.containers[0].image, 'registry.example/regmirror:test', 'the node agent keeps the operator\'s image');
   assert.equal(ready()!.reason, 'ApplyFailed');
   assert.match(ready()!.message, /PersistentVolumeClaim regmirror-hub not applied: .*must support resize.*spec\.storage\.size 8Gi asks more than the claim's 5Gi/);
 

@@ -16,6 +16,7 @@ import { desiredSecret } from './desired/secret.ts';
 import { desiredService } from './desired/service.ts';
 import type { EventRecorder } from './events.ts';
 import { isNotFound, isRefused, isStale, type KubeApi, type KubeObject } from './kube/api.ts';
+import { checksumKey } from './checksum-key.ts';
 import { nodeCredentials } from './node-credentials.ts';
 import { nodeConfigHolder } from './node-conflict.ts';
 import {
@@ -206,10 +207,16 @@ export class Reconciler {
       }
     }
 
+    // What the operator made before and keeps (the checksum key, the nodes' password) is read from
+    // the server, not the cache: a reconcile just after the one that made it would otherwise make
+    // it again, and roll the mirror and the agents twice.
+    const owned = await this.ownedSecret(mirror);
     const inputs: DesiredInputs = {
       mirror,
       image: spec.image ?? this.options.mirrorImage,
-      nodeAgentImage: spec.image ?? this.options.mirrorImage,
+      // never spec.image: see DesiredInputs.nodeAgentImage
+      nodeAgentImage: this.options.mirrorImage,
+      checksumKey: checksumKey(owned?.data),
       upstreamCredentials,
       nodeAgentMode: mode,
     };
@@ -221,9 +228,6 @@ export class Reconciler {
       const text = secret.data?.htpasswd;
       if (!text) return invalid(`Secret ${htpasswdRef.name} (spec.auth) has no key "htpasswd"`);
       inputs.htpasswd = Buffer.from(text, 'base64').toString('utf8');
-      // Read from the server, not the cache: a reconcile just after the one that made the password
-      // would otherwise make another, and roll the mirror and the agents twice.
-      const owned = await this.options.api.find<SecretLike & KubeObject>('v1', 'Secret', namespace, names(mirror).secret);
       inputs.nodeCredentials = await nodeCredentials(owned?.data);
     }
 
@@ -304,12 +308,18 @@ export class Reconciler {
     const inputs: DesiredInputs = gathered.inputs ?? {
       mirror,
       image: mirror.spec.image ?? this.options.mirrorImage,
-      nodeAgentImage: mirror.spec.image ?? this.options.mirrorImage,
+      nodeAgentImage: this.options.mirrorImage,
+      checksumKey: checksumKey((await this.ownedSecret(mirror))?.data),
       upstreamCredentials: new Map(),
       nodeAgentMode: 'remove',
     };
     const cleanupRuntimes = runtimesInDaemonSet(agent).filter((r) => !mirror.spec.nodeConfig.runtimes.includes(r));
     return { ...inputs, serviceIP, nodeAgentMode: 'remove', cleanupRuntimes };
+  }
+
+  /** The Secret the operator owns for `mirror`, as the server has it now. */
+  private ownedSecret(mirror: RegistryMirror): Promise<(SecretLike & KubeObject) | undefined> {
+    return this.options.api.find<SecretLike & KubeObject>('v1', 'Secret', mirror.metadata.namespace, names(mirror).secret);
   }
 
   /** The address the nodes were given: the Service's, else the agent's flag, else the status. */

@@ -16,6 +16,7 @@ export function inputsFixture(overrides: Partial<DesiredInputs> = {}, spec: Part
     mirror: mirrorFixture(spec),
     image: 'ghcr.io/regmirror/regmirror:0.1.0',
     nodeAgentImage: 'ghcr.io/regmirror/regmirror:0.1.0',
+    checksumKey: 'fixture-checksum-key-0123456789abcdefghijklmnopq',
     upstreamCredentials: new Map(),
     serviceIP: '10.96.0.42',
     nodeAgentMode: 'apply',

@@ -180,7 +180,11 @@ export const RegistryMirrorSpecSchema = Type.Object(
       },
     ),
     replicas: Type.Integer({ minimum: 0, maximum: 16, default: 1 }),
-    image: Type.Optional(Type.String({ minLength: 1, maxLength: 512, description: 'Overrides the operator\'s default mirror image.' })),
+    image: Type.Optional(Type.String({
+      minLength: 1,
+      maxLength: 512,
+      description: 'The mirror pods\' image, instead of the operator\'s default. The mirror\'s only: the node agent always runs the operator\'s own configured image.',
+    })),
     resources: Type.Optional(
       Type.Object(
         { requests: Type.Optional(QuantityMap('cpu, memory')), limits: Type.Optional(QuantityMap('cpu, memory')) },

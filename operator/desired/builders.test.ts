@@ -1,3 +1,4 @@
+import { createHash } from 'node:crypto';
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { parse } from 'yaml';
@@ -83,13 +84,14 @@ test('the Secret normalises upstream credentials and adds the nodes\' htpasswd e
     'node-username': 'regmirror-node',
     'node-password': 'node-pass-123',
     htpasswd: 'bob:$2y$05$x\nregmirror-node:$2b$10$abcdefghijklmnopqrstuv\n',
+    'checksum-key': inputs.checksumKey,
   });
   assert.equal(secret.type, 'Opaque');
 });
 
-test('without credentials or auth the Secret is empty', () => {
+test('without credentials or auth the Secret holds only the checksum key', () => {
   const secret = valid(Secret, desiredSecret(inputsFixture()));
-  assert.deepEqual(secret.data, {});
+  assert.deepEqual(secret.data, { 'checksum-key': Buffer.from(inputsFixture().checksumKey).toString('base64') });
 });
 
 test('the PersistentVolumeClaim asks for the spec\'s size, class and access mode', () => {
@@ -181,6 +183,50 @@ test('the Deployment\'s checksum changes with the config, the credentials and th
   assert.notEqual(checksum(inputsFixture({ upstreamCredentials: new Map([['docker.io', { username: 'alice', password: 'rotated' }]]) }, credentialed)), base);
   assert.notEqual(checksum(inputsFixture({ upstreamCredentials: credentials }, { ...credentialed, storage: { size: '10Gi', ttl: '1h', accessMode: 'ReadWriteOnce' } })), base);
   assert.notEqual(checksum(inputsFixture({ upstreamCredentials: credentials, tlsDigest: 'abc' }, credentialed)), base);
+});
+
+test('the pod templates\' checksums are keyed: not the plain SHA-256 of their inputs, so a password cannot be guessed from them without the key', () => {
+  // The reported case: upstream credentials, allowAnonymousWithCredentials, no htpasswd, no TLS:
+  // everything the checksum covers is known to a reader of the Deployment except the password.
+  const anonymous = { upstreams: credentialed.upstreams, auth: { allowAnonymousWithCredentials: true } };
+  const withPassword = (password: string, checksumKey?: string) => inputsFixture({
+    upstreamCredentials: new Map([['docker.io', { username: 'alice', password }]]), ...(checksumKey ? { checksumKey } : {}),
+  }, anonymous);
+  const inputs = withPassword('Summer2024!');
+  const annotation = desiredDeployment(inputs).spec.template.metadata.annotations[CHECKSUM_ANNOTATION];
+  assert.match(annotation, /^[0-9a-f]{64}$/);
+  // An offline dictionary attack over the unkeyed formula finds nothing, whether or not the
+  // attacker guesses that the Secret's data holds the key (which they cannot read).
+  const plain = (candidate: ReturnType<typeof inputsFixture>, withoutKey: boolean) => {
+    const { 'checksum-key': _key, ...rest } = desiredSecret(candidate).data;
+    return createHash('sha256')
+      .update(JSON.stringify(desiredConfigMap(candidate).data))
+      .update(JSON.stringify(withoutKey ? rest : desiredSecret(candidate).data))
+      .update('')
+      .digest('hex');
+  };
+  for (const word of ['Winter2023!', 'Summer2024!', 'hunter2']) {
+    for (const withoutKey of [true, false]) assert.notEqual(plain(withPassword(word), withoutKey), annotation, `guessed ${word}`);
+  }
+  // The same key and inputs give the same checksum (no roll for nothing); another key, another one.
+  assert.equal(desiredDeployment(withPassword('Summer2024!')).spec.template.metadata.annotations[CHECKSUM_ANNOTATION], annotation);
+  const otherMirror = desiredDeployment(withPassword('Summer2024!', 'another-mirrors-key-0123456789abcdefghijklmn'));
+  assert.notEqual(otherMirror.spec.template.metadata.annotations[CHECKSUM_ANNOTATION], annotation);
+  // The key itself is in the owned Secret only: not in the ConfigMap, the Deployment or the DaemonSet.
+  for (const object of [desiredConfigMap(inputs), desiredDeployment(inputs), desiredDaemonSet(inputs)]) {
+    assert.ok(!JSON.stringify(object).includes(inputs.checksumKey), `${object.kind} holds the key`);
+  }
+});
+
+test('the node agents\' credentials checksum is keyed too: stable under one key, different under another, never the plain SHA-256', () => {
+  const annotation = (checksumKey?: string) =>
+    desiredDaemonSet(inputsFixture({ nodeCredentials, htpasswd: '', ...(checksumKey ? { checksumKey } : {}) }, credentialed))
+      .spec.template.metadata.annotations['regmirror.dev/credentials-checksum']!;
+  const plain = createHash('sha256').update(JSON.stringify([nodeCredentials.username, nodeCredentials.password])).digest('hex');
+  assert.match(annotation(), /^[0-9a-f]{64}$/);
+  assert.notEqual(annotation(), plain);
+  assert.equal(annotation(), annotation(), 'stable for the same key and credentials');
+  assert.notEqual(annotation('another-mirrors-key-0123456789abcdefghijklmn'), annotation());
 });
 
 test('with TLS the mirror serves HTTPS: certificate mounted, probes and endpoint use https', () => {

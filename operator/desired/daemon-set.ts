@@ -1,19 +1,18 @@
 // The node agent's DaemonSet (DESIGN.md's node agent contract): it points each node's runtime at
 // the mirror's ClusterIP, or, in remove mode, takes that configuration away again. The finalizer
 // switches the mode and waits for every pod to report ready in it before the objects go.
-import { createHash } from 'node:crypto';
 import {
-  NODE_AGENT_READY_PORT, PATHS, RUNTIME_MOUNTS, defaultRegistry, endpoint, labels, metadata, names, selector, type DesiredInputs,
+  NODE_AGENT_READY_PORT, PATHS, RUNTIME_MOUNTS, defaultRegistry, endpoint, keyedChecksum, labels, metadata, names, selector, type DesiredInputs,
 } from './inputs.ts';
 import { NODE_PASSWORD_KEY, NODE_USERNAME_KEY } from './secret.ts';
 import type { Runtime } from '../api/registry-mirror.ts';
 
 export const MODE_ANNOTATION = 'regmirror.dev/node-agent-mode';
-/** On the pod template: a hash of the nodes' pull credentials, so new ones roll the agents (they read them from env at start). */
+/** On the pod template: a keyed hash of the nodes' pull credentials, so new ones roll the agents (they read them from env at start). */
 export const CREDENTIALS_CHECKSUM_ANNOTATION = 'regmirror.dev/credentials-checksum';
 
-export function nodeCredentialsChecksum(credentials: NonNullable<DesiredInputs['nodeCredentials']>): string {
-  return createHash('sha256').update(JSON.stringify([credentials.username, credentials.password])).digest('hex');
+export function nodeCredentialsChecksum(credentials: NonNullable<DesiredInputs['nodeCredentials']>, key: string): string {
+  return keyedChecksum(key, JSON.stringify([credentials.username, credentials.password]));
 }
 
 /** Runtimes the agent touches: the configured ones, and those dropped whose configuration is still being taken away. */
@@ -99,7 +98,7 @@ export function desiredDaemonSet(inputs: DesiredInputs) {
           labels: labels(mirror, 'node-agent'),
           annotations: {
             [MODE_ANNOTATION]: inputs.nodeAgentMode,
-            ...(inputs.nodeCredentials ? { [CREDENTIALS_CHECKSUM_ANNOTATION]: nodeCredentialsChecksum(inputs.nodeCredentials) } : {}),
+            ...(inputs.nodeCredentials ? { [CREDENTIALS_CHECKSUM_ANNOTATION]: nodeCredentialsChecksum(inputs.nodeCredentials, inputs.checksumKey) } : {}),
           },
         },
         spec: {

@@ -1,11 +1,10 @@
-// The mirror's Deployment. The pod template carries a checksum of everything the mirror reads at
-// start (config, credentials, certificate), so changing any of them rolls the pods.
-import { createHash } from 'node:crypto';
+// The mirror's Deployment. The pod template carries a keyed checksum of everything the mirror reads
+// at start (config, credentials, certificate), so changing any of them rolls the pods.
 import { parseQuantity } from '../../common/quantity.ts';
 import { desiredConfigMap } from './config-map.ts';
 import { desiredSecret } from './secret.ts';
 import {
-  CHECKSUM_ANNOTATION, MIRROR_PORT, PATHS, labels, metadata, names, selector, type DesiredInputs,
+  CHECKSUM_ANNOTATION, MIRROR_PORT, PATHS, keyedChecksum, labels, metadata, names, selector, type DesiredInputs,
 } from './inputs.ts';
 
 const DEFAULT_RESOURCES = {
@@ -41,11 +40,12 @@ export function mirrorResources(resources: { requests?: Record<string, string>; 
 }
 
 export function configChecksum(inputs: DesiredInputs): string {
-  const hash = createHash('sha256');
-  hash.update(JSON.stringify(desiredConfigMap(inputs).data));
-  hash.update(JSON.stringify(desiredSecret(inputs).data));
-  hash.update(inputs.tlsDigest ?? '');
-  return hash.digest('hex');
+  return keyedChecksum(
+    inputs.checksumKey,
+    JSON.stringify(desiredConfigMap(inputs).data),
+    JSON.stringify(desiredSecret(inputs).data),
+    inputs.tlsDigest ?? '',
+  );
 }
 
 export function desiredDeployment(inputs: DesiredInputs) {

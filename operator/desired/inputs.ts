@@ -1,5 +1,6 @@
 // What every desired-state builder reads: the RegistryMirror (defaults applied) and the facts the
 // reconciler gathered for it. Builders are pure functions of this; the reconciler does the I/O.
+import { createHmac } from 'node:crypto';
 import { Value } from '@sinclair/typebox/value';
 import { registryApiUrl } from '../../common/registry-path.ts';
 import {
@@ -79,8 +80,14 @@ export interface DesiredInputs {
   mirror: RegistryMirror;
   /** The mirror image (spec.image, else the operator's --mirror-image). */
   image: string;
-  /** The node agent image: the same image runs every program, so spec.image applies here too. */
+  /**
+   * The node agent image: always the operator's --mirror-image, never spec.image. The agent runs as
+   * root with host mounts on every selected node, and who may create a RegistryMirror must not
+   * choose what runs there.
+   */
   nodeAgentImage: string;
+  /** The key of the pod templates' checksums (keyedChecksum), kept in the owned Secret. */
+  checksumKey: string;
   /** Upstream credentials by registry, already normalised from the referenced Secrets. */
   upstreamCredentials: Map<string, Credentials>;
   /** Content of the user's htpasswd Secret, when spec.auth.htpasswdSecretRef is set. */
@@ -100,6 +107,17 @@ export interface DesiredInputs {
   /** The Service's ClusterIP once known; the node agent needs it. */
   serviceIP?: string;
   nodeAgentMode: NodeAgentMode;
+}
+
+/**
+ * A pod template annotation's checksum: HMAC-SHA256 under the mirror's own key. What it covers holds
+ * passwords, and anyone who may read pods reads the annotation: unkeyed, a weak password could be
+ * guessed from it offline.
+ */
+export function keyedChecksum(key: string, ...parts: string[]): string {
+  const hmac = createHmac('sha256', key);
+  for (const part of parts) hmac.update(part);
+  return hmac.digest('hex');
 }
 
 /** The spec with every schema default filled in, as the API server would have stored it. */

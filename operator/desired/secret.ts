@@ -1,14 +1,16 @@
 // The owned Secret: upstream passwords normalised from the user's Secrets, the htpasswd file the
-// mirror checks (the user's entries plus the nodes' own), and the nodes' pull credentials.
+// mirror checks (the user's entries plus the nodes' own), the nodes' pull credentials, and the key
+// of the pod templates' checksums (which goes nowhere else).
 import { metadata, names, upstreamSecretKeys, type DesiredInputs } from './inputs.ts';
 
 export const NODE_USERNAME_KEY = 'node-username';
 export const NODE_PASSWORD_KEY = 'node-password';
 export const HTPASSWD_KEY = 'htpasswd';
+export const CHECKSUM_KEY_KEY = 'checksum-key';
 
 export function desiredSecret(inputs: DesiredInputs) {
   const { mirror } = inputs;
-  const data: Record<string, string> = {};
+  const data: Record<string, string> = { [CHECKSUM_KEY_KEY]: inputs.checksumKey };
   mirror.spec.upstreams.forEach((upstream, index) => {
     const credentials = inputs.upstreamCredentials.get(upstream.registry);
     if (!upstream.credentialsSecretRef || !credentials) return;
