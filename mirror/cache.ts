@@ -9,6 +9,7 @@ import {
   RegistryError,
   blobUnknown,
   denied,
+  isVolumeFull,
   manifestInvalid,
   manifestUnknown,
   nameUnknown,
@@ -676,12 +677,6 @@ async function readManifestBody(body: AsyncIterable<Uint8Array>): Promise<Buffer
     chunks.push(chunk);
   }
   return Buffer.concat(chunks, received);
-}
-
-/** A write failed for lack of room (not a broken disk). */
-function isVolumeFull(error: unknown): boolean {
-  const code = (error as NodeJS.ErrnoException | undefined)?.code;
-  return code === 'ENOSPC' || code === 'EDQUOT';
 }
 
 function failureReason(error: Error): string {

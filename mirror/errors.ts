@@ -59,6 +59,12 @@ export const upstreamUnavailable = (registry: string, why: string) =>
 /** The store could not take what was fetched for another reason (a read-only volume, a failing disk, no descriptors left). */
 export const storeUnwritable = (code: string) =>
   new RegistryError('UNAVAILABLE', 503, `the mirror's store could not be written (${code}): nothing was stored, try again; the mirror's log says more`);
+/** A write to the store failed for lack of room (not a broken disk): the volume's problem, not an internal error. */
+export function isVolumeFull(error: unknown): boolean {
+  const code = (error as NodeJS.ErrnoException | undefined)?.code;
+  return code === 'ENOSPC' || code === 'EDQUOT';
+}
+
 /** The store's volume has no room (ENOSPC, EDQUOT): nothing was stored, and what was asked for cannot be served from it. */
 export const storeFull = (code: string) =>
   new RegistryError('UNAVAILABLE', 503, `the mirror's store is full (${code}): nothing was stored; give the volume more room or set storage.maxSize below its size`);

@@ -5,7 +5,7 @@ import type { FastifyInstance, FastifyReply, FastifyRequest } from 'fastify';
 import type { Logger } from '../common/logger.ts';
 import type { HtpasswdAuth } from './auth.ts';
 import { MANIFEST_MEDIA_TYPES, type PullThroughCache, type Repository } from './cache.ts';
-import { RegistryError, nameUnknown, rangeInvalid, storeFull, storeUnwritable, unsupported } from './errors.ts';
+import { RegistryError, isVolumeFull, nameUnknown, rangeInvalid, storeFull, storeUnwritable, unsupported } from './errors.ts';
 import { StoreWriteError } from './fill.ts';
 import type { MirrorMetrics } from './metrics.ts';
 import { fileSource, sendRange, type ByteSource } from './blob-sender.ts';
@@ -44,7 +44,7 @@ export function registerRoutes(app: FastifyInstance, context: RouteContext): voi
 
   app.setErrorHandler((error: unknown, request, reply) => {
     const registryError = toRegistryError(error);
-    if (isStoreFull(error)) context.logger.error({ err: error, url: request.url }, 'the store is full: request failed and nothing was stored');
+    if (isVolumeFull(error)) context.logger.error({ err: error, url: request.url }, 'the store is full: request failed and nothing was stored');
     else if (!(error instanceof RegistryError)) context.logger.error({ err: error, url: request.url }, 'request failed');
     else if (registryError.status >= 500) context.logger.warn({ code: registryError.code, reason: registryError.message, url: request.url }, 'request failed upstream');
     else context.logger.debug({ code: registryError.code, url: request.url }, 'request refused');
@@ -335,15 +335,9 @@ function routeOf(request: FastifyRequest): Route {
   return 'other';
 }
 
-/** A write to the store failed for lack of room: the volume's problem, not an internal error. */
-function isStoreFull(error: unknown): boolean {
-  const code = (error as NodeJS.ErrnoException | undefined)?.code;
-  return code === 'ENOSPC' || code === 'EDQUOT';
-}
-
 function toRegistryError(error: unknown): RegistryError {
   if (error instanceof RegistryError) return error;
-  if (isStoreFull(error)) return storeFull((error as NodeJS.ErrnoException).code!);
+  if (isVolumeFull(error)) return storeFull((error as NodeJS.ErrnoException).code!);
   if (error instanceof StoreWriteError) return storeUnwritable(error.code);
   const status = (error as { statusCode?: number }).statusCode;
   if (status && status >= 400 && status < 500) return new RegistryError('UNSUPPORTED', status, (error as Error).message);
