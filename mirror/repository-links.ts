@@ -129,16 +129,22 @@ export class RepositoryLinks {
     const rewrites: Promise<void>[] = [];
     for (const [key, known] of this.known) {
       if (!('digests' in known)) continue;
-      const before = known.digests.size;
-      for (const digest of known.digests) if (this.isKept(digest) === false) known.digests.delete(digest);
-      if (known.digests.size === before) continue;
-      dropped += before - known.digests.size;
+      const gone = this.dropUnkept(key, known);
+      if (gone === 0) continue;
+      dropped += gone;
       this.expanded.delete(key);
-      if (known.digests.size === 0) this.known.delete(key);
       if (worthRewriting(known.fileLines, known.digests.size)) rewrites.push(this.rewrite(known));
     }
     await Promise.all(rewrites);
     if (dropped > 0) this.logger.debug({ links: dropped, rewrittenFiles: rewrites.length }, 'links of removed content pruned');
+  }
+
+  /** Drops the links to content the mirror no longer keeps (a repository left with none leaves memory); says how many went. */
+  private dropUnkept(key: string, known: Known): number {
+    const before = known.digests.size;
+    for (const digest of known.digests) if (this.isKept(digest) === false) known.digests.delete(digest);
+    if (known.digests.size === 0 && this.known.get(key) === known) this.known.delete(key);
+    return before - known.digests.size;
   }
 
   /** The repository's file, written again with just its links in memory (after the appends queued before). */
@@ -168,9 +174,8 @@ export class RepositoryLinks {
       known = this.read(registry, name).then(async ({ digests, fileLines }) => {
         const loaded: Known = { registry, name, digests: new Set(digests), fileLines };
         this.known.set(key, loaded);
-        for (const digest of loaded.digests) if (this.isKept(digest) === false) loaded.digests.delete(digest);
+        this.dropUnkept(key, loaded);
         if (worthRewriting(fileLines, loaded.digests.size)) await this.rewrite(loaded);
-        if (loaded.digests.size === 0 && this.known.get(key) === loaded) this.known.delete(key);
         return loaded;
       });
       this.known.set(key, known);
