@@ -224,7 +224,7 @@ async function serveBlob(context: RouteContext, repo: Repository, reference: str
     reply.raw.writeHead(status, headers);
   };
   try {
-    const end = range ? range.end : blob.size !== undefined ? blob.size - 1 : Infinity;
+    const end = range ? range.end : size !== undefined ? size - 1 : Infinity;
     const sent = await sendRange(reply.raw, source, range?.start ?? 0, end, begin, {
       timeoutMs: context.sendTimeoutMs,
       // counted by the close listener above, with the status it began with
