@@ -146,7 +146,7 @@ export class PullThroughCache {
   }
 
   async manifestByTag(repo: Repository, tag: string): Promise<ManifestResult> {
-    const key = `${repo.upstream.registry}/${repo.name}:${tag}`;
+    const key = tagKey(repo.upstream.registry, repo.name, tag);
     const record = await this.readTagRecord(repo, tag, key);
     let result: ManifestResult | undefined;
     if (record && this.now() - record.checkedAt < repo.tagTTLMs) {
@@ -370,7 +370,7 @@ export class PullThroughCache {
     for await (const { registry, name, tag, record } of this.store.tagRecords()) {
       // an unreadable record is the mirror's own file and no use to anyone
       if (record && this.hooks.isStored?.(record.digest) !== false) continue;
-      this.tags.delete(`${registry}/${name}:${tag}`);
+      this.tags.delete(tagKey(registry, name, tag));
       await this.store.deleteTag(registry, name, tag).catch(() => undefined);
       removed++;
     }
@@ -677,6 +677,11 @@ async function readManifestBody(body: AsyncIterable<Uint8Array>): Promise<Buffer
     chunks.push(chunk);
   }
   return Buffer.concat(chunks, received);
+}
+
+/** How a tag is named in memory (the tag records, concurrent checks of one tag). */
+function tagKey(registry: string, name: string, tag: string): string {
+  return `${registry}/${name}:${tag}`;
 }
 
 function failureReason(error: Error): string {
