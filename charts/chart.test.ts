@@ -6,7 +6,7 @@ import assert from 'node:assert/strict';
 import { readFileSync } from 'node:fs';
 import path from 'node:path';
 import { parse } from 'yaml';
-import { LEADER_ELECTION_RULES, OPERATOR_RULES } from '../operator/rbac.ts';
+import { LEADER_ELECTION_RULES, NODE_CLEANUP_RULES, OPERATOR_RULES } from '../operator/rbac.ts';
 import { CHART_DIR, GENERATED_FILES, REPO_ROOT, helm, helmTemplate } from './generate.ts';
 import { parseManifests, validateObject, type KubeObject } from './kubernetes-schemas.ts';
 
@@ -76,7 +76,7 @@ test('the RBAC rules are operator/rbac.ts\'s, bound cluster-wide by default', as
   assert.deepEqual((role as unknown as { rules: unknown }).rules, LEADER_ELECTION_RULES);
   const [binding] = find(objects, 'ClusterRoleBinding', 'regmirror-operator');
   assert.deepEqual((binding as unknown as { subjects: unknown }).subjects, [{ kind: 'ServiceAccount', name: 'regmirror-operator', namespace: 'regmirror-system' }]);
-  assert.equal(find(objects, 'RoleBinding').length, 1, 'only the leader-election RoleBinding');
+  assert.deepEqual(find(objects, 'RoleBinding').map((b) => b.metadata.name), ['regmirror-operator-leader-election', 'regmirror-operator-node-cleanup'], 'only the RoleBindings in the operator\'s namespace');
   const container = operatorContainer(objects);
   assert.equal(envOf(container, 'WATCH_NAMESPACE'), undefined);
   assert.ok(container.args.includes('--leader-elect=true'));
@@ -108,9 +108,25 @@ test('the mirrors\' PodMonitor scrapes over http by default, and over https with
   assert.deepEqual(tls.tlsConfig, { ca: { secret: { name: 'hub-tls', key: 'ca.crt' } } });
 });
 
+test('cleanup DaemonSets of RegistryMirrors whose namespace is being deleted may be made in the operator\'s namespace, cluster-wide or watching some namespaces', async () => {
+  for (const values of [[], EVERYTHING_ON]) {
+    const objects = parseManifests(await helmTemplate(values, { name: 'edge', namespace: 'mirrors' }));
+    const [role] = find(objects, 'Role', 'edge-regmirror-operator-node-cleanup');
+    assert.equal(role?.metadata.namespace, 'mirrors', `values ${values.join(' ')}`);
+    assert.deepEqual((role as unknown as { rules: unknown }).rules, NODE_CLEANUP_RULES);
+    const [binding] = find(objects, 'RoleBinding', 'edge-regmirror-operator-node-cleanup');
+    assert.equal(binding?.metadata.namespace, 'mirrors');
+    assert.deepEqual((binding as unknown as { roleRef: unknown }).roleRef, { apiGroup: 'rbac.authorization.k8s.io', kind: 'Role', name: 'edge-regmirror-operator-node-cleanup' });
+    assert.deepEqual((binding as unknown as { subjects: unknown }).subjects, [{ kind: 'ServiceAccount', name: 'edge-regmirror-operator', namespace: 'mirrors' }]);
+    // The operator's cleanup namespace is its own: POD_NAMESPACE, from the downward API.
+    const env = (operatorContainer(objects) as unknown as { env: { name: string; valueFrom?: unknown }[] }).env;
+    assert.deepEqual(env.find((e) => e.name === 'POD_NAMESPACE')?.valueFrom, { fieldRef: { fieldPath: 'metadata.namespace' } });
+  }
+});
+
 test('leader election off drops the Lease RBAC and passes --leader-elect=false', async () => {
   const objects = parseManifests(await helmTemplate(['--set', 'leaderElection.enabled=false']));
-  assert.equal(find(objects, 'Role').length, 0);
+  assert.deepEqual(find(objects, 'Role').map((r) => r.metadata.name), ['regmirror-operator-node-cleanup']);
   assert.ok(operatorContainer(objects).args.includes('--leader-elect=false'));
 });
 

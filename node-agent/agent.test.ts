@@ -9,6 +9,7 @@ import { freePort, httpRequest, makeTempDir, runCommand, spawnServer, waitFor } 
 import { startAgent, reconcileOnce } from './agent.ts';
 import { parseAgentConfig, type AgentConfig } from './config.ts';
 import { MANAGED_MARKER } from './containerd.ts';
+import { makeCertificate } from '../test/harness/tls.ts';
 
 const quiet = pino({ level: 'silent' });
 const REPO = path.resolve(import.meta.dirname, '..');
@@ -107,6 +108,40 @@ test('node credentials become an Authorization header in a file only root can re
   const file = path.join(node.hostsDir, 'docker.io/hosts.toml');
   assert.match(await readFile(file, 'utf8'), new RegExp(`Authorization = "Basic ${Buffer.from('node:s3cret:x').toString('base64')}"`));
   assert.equal((await stat(file)).mode & 0o777, 0o600);
+});
+
+test('removal needs neither the node credentials nor --mirror-ca: what apply wrote with them, CA files included, goes all the same', async () => {
+  // The operator's cleanup DaemonSet in its own namespace (the mirror's being deleted) has neither.
+  const node = await makeNode();
+  const cert = await makeCertificate();
+  const secret = path.join(node.root, 'secret');
+  await mkdir(secret);
+  await writeFile(path.join(secret, 'username'), 'node');
+  await writeFile(path.join(secret, 'password'), 's3cret');
+  await mkdir(path.dirname(node.daemonJson), { recursive: true });
+  const daemonJson = `{"pidfile": "${node.root}/nodockerd.pid"}`;
+  await writeFile(node.daemonJson, daemonJson);
+  await mkdir(node.crioDir, { recursive: true });
+  const certsDirs = ['--docker-certs-dir', path.join(node.root, 'etc/docker/certs.d'), '--crio-certs-dir', path.join(node.root, 'etc/containers/certs.d')];
+  const https = (extra: string[]) => parseAgentConfig(nodeArgs(node, [...certsDirs, ...extra]).map((a) => (a === 'http://127.0.0.1:5999' ? 'https://127.0.0.1:5999' : a)), {});
+  // containerd with credentials (Docker and CRI-O are left alone for a mirror with auth), then Docker and CRI-O without.
+  await reconcileOnce(https(['--runtimes', 'containerd', '--credentials-file', secret, '--mirror-ca', cert.certFile]), quiet);
+  await reconcileOnce(https(['--runtimes', 'docker,crio', '--mirror-ca', cert.certFile]), quiet);
+  assert.match(await readFile(path.join(node.hostsDir, 'docker.io/hosts.toml'), 'utf8'), /Authorization = "Basic /);
+  const caFiles = [
+    path.join(node.hostsDir, 'docker.io/regmirror-ca.crt'),
+    path.join(node.root, 'etc/docker/certs.d/127.0.0.1:5999/regmirror-ca.crt'),
+    path.join(node.root, 'etc/containers/certs.d/127.0.0.1:5999/regmirror-ca.crt'),
+  ];
+  for (const file of caFiles) assert.equal(await readFile(file, 'utf8'), cert.certPem, file);
+
+  const removed = await reconcileOnce(https(['--runtimes', 'containerd,docker,crio', '--mode', 'remove']), quiet);
+  assert.equal(removed.ready, true, removed.problems.join('; '));
+  assert.deepEqual(await readdir(node.hostsDir), [], 'hosts.toml and the CA beside it are gone');
+  assert.deepEqual(await readdir(path.join(node.root, 'etc/docker/certs.d')), []);
+  assert.deepEqual(await readdir(path.join(node.root, 'etc/containers/certs.d')), []);
+  assert.deepEqual(await readdir(node.crioDir), []);
+  assert.equal(await readFile(node.daemonJson, 'utf8'), daemonJson);
 });
 
 test('daemon.json keeps its other keys and permissions, and removal restores it byte for byte', async () => {

@@ -31,6 +31,8 @@ export interface ControllerOptions {
   namespaces: string[];
   mirrorImage: string;
   nodeCleanupTimeoutMs: number;
+  /** Where cleanup DaemonSets run for mirrors whose namespace is being deleted. */
+  cleanupNamespace: string;
   workers?: number;
   /** Every mirror is reconciled at least this often, whatever the watches say. */
   resyncMs?: number;
@@ -72,6 +74,7 @@ export class Controller {
       logger: options.logger,
       mirrorImage: options.mirrorImage,
       nodeCleanupTimeoutMs: options.nodeCleanupTimeoutMs,
+      cleanupNamespace: options.cleanupNamespace,
     });
   }
 

@@ -22,6 +22,21 @@ test('namespaces come from repeated or comma-separated flags, or WATCH_NAMESPACE
   assert.deepEqual(fromEnv.namespaces, ['x']);
 });
 
+test('cleanup DaemonSets of mirrors whose namespace is being deleted go to the pod\'s own namespace (POD_NAMESPACE) unless --cleanup-namespace says otherwise', () => {
+  const fromEnv = parseFlags([], { POD_NAMESPACE: 'regmirror-system' });
+  assert.ok(fromEnv !== 'help');
+  assert.equal(fromEnv.cleanupNamespace, 'regmirror-system');
+  assert.equal(fromEnv.leaderElectionNamespace, 'regmirror-system');
+  const given = parseFlags(['--cleanup-namespace', 'node-cleanup', '--leader-election-namespace', 'leases'], { POD_NAMESPACE: 'regmirror-system' });
+  assert.ok(given !== 'help');
+  assert.equal(given.cleanupNamespace, 'node-cleanup');
+  assert.equal(given.leaderElectionNamespace, 'leases', 'each flag on its own');
+  const outside = parseFlags([], {});
+  assert.ok(outside !== 'help');
+  // Outside a cluster there is no service account namespace file to fall back on.
+  assert.equal(outside.cleanupNamespace, outside.leaderElectionNamespace);
+});
+
 test('bad flag values are configuration errors that name the flag', () => {
   const cases: [string[], RegExp][] = [
     [['--leader-elect', 'maybe'], /--leader-elect/],

@@ -35,6 +35,7 @@ flags (each also read from the environment variable in brackets):
   --metrics-address HOST:PORT       /metrics, /healthz, /readyz [METRICS_ADDRESS]; default :8080 ("0" turns it off)
   --mirror-image IMAGE              image for node agent pods, and mirror pods without spec.image [MIRROR_IMAGE]; default ghcr.io/regmirror/regmirror:${VERSION}
   --node-cleanup-timeout DURATION   how long deletion waits for nodes to drop the mirror; default 5m
+  --cleanup-namespace NS            where nodes are cleaned for RegistryMirrors whose namespace is being deleted [POD_NAMESPACE]; default: the pod's own
   --workers N                       RegistryMirrors reconciled at once; default 2
   --log-level LEVEL                 ${LOG_LEVELS.join(', ')} [LOG_LEVEL]; default info
 `;
@@ -51,6 +52,7 @@ export interface OperatorFlags {
   metricsAddress?: { host: string; port: number };
   mirrorImage: string;
   nodeCleanupTimeoutMs: number;
+  cleanupNamespace: string;
   workers: number;
   logLevel: LevelWithSilent;
 }
@@ -74,6 +76,7 @@ export function parseFlags(argv: string[], env: NodeJS.ProcessEnv = process.env)
         'metrics-address': { type: 'string' },
         'mirror-image': { type: 'string' },
         'node-cleanup-timeout': { type: 'string' },
+        'cleanup-namespace': { type: 'string' },
         workers: { type: 'string' },
         'log-level': { type: 'string' },
         help: { type: 'boolean', short: 'h' },
@@ -97,14 +100,19 @@ export function parseFlags(argv: string[], env: NodeJS.ProcessEnv = process.env)
   const leaderElect = flag('leader-elect', v['leader-elect'], 'LEADER_ELECT');
   if (leaderElect && !['true', 'false'].includes(leaderElect.value)) throw new ConfigError(leaderElect.source, leaderElect.key, 'must be true or false');
 
-  let leaderElectionNamespace = flag('leader-election-namespace', v['leader-election-namespace'], 'POD_NAMESPACE')?.value;
-  if (!leaderElectionNamespace) {
+  // The Lease and the cleanup DaemonSets of mirrors whose namespace is being deleted go in the
+  // operator's own namespace unless told otherwise: POD_NAMESPACE, else the service account's.
+  const ownNamespace = (name: 'leader-election-namespace' | 'cleanup-namespace'): string => {
+    const given = flag(name, v[name], 'POD_NAMESPACE')?.value;
+    if (given) return given;
     try {
-      leaderElectionNamespace = readFileSync(IN_CLUSTER_NAMESPACE, 'utf8').trim();
+      return readFileSync(IN_CLUSTER_NAMESPACE, 'utf8').trim();
     } catch {
-      leaderElectionNamespace = 'default';
+      return 'default';
     }
-  }
+  };
+  const leaderElectionNamespace = ownNamespace('leader-election-namespace');
+  const cleanupNamespace = ownNamespace('cleanup-namespace');
 
   let metricsAddress: OperatorFlags['metricsAddress'] = { host: '0.0.0.0', port: 8080 };
   const metrics = flag('metrics-address', v['metrics-address'], 'METRICS_ADDRESS');
@@ -153,6 +161,7 @@ export function parseFlags(argv: string[], env: NodeJS.ProcessEnv = process.env)
     metricsAddress,
     mirrorImage: flag('mirror-image', v['mirror-image'], 'MIRROR_IMAGE')?.value ?? `ghcr.io/regmirror/regmirror:${VERSION}`,
     nodeCleanupTimeoutMs,
+    cleanupNamespace,
     workers,
     logLevel: (level?.value as LevelWithSilent | undefined) ?? 'info',
   };
@@ -220,6 +229,7 @@ export async function main(argv: string[]): Promise<void> {
       namespaces: flags.namespaces,
       mirrorImage: flags.mirrorImage,
       nodeCleanupTimeoutMs: flags.nodeCleanupTimeoutMs,
+      cleanupNamespace: flags.cleanupNamespace,
       workers: flags.workers,
     });
   let controller: Controller | undefined;
@@ -228,7 +238,7 @@ export async function main(argv: string[]): Promise<void> {
     ? await serveMetrics(flags.metricsAddress, metrics, () => synced || (flags.leaderElect && !controller), logger)
     : undefined;
 
-  logger.info({ version: VERSION, server: kubeConfig.getCurrentCluster()!.server, identity: flags.identity, namespaces: flags.namespaces }, 'regmirror operator starting');
+  logger.info({ version: VERSION, server: kubeConfig.getCurrentCluster()!.server, identity: flags.identity, namespaces: flags.namespaces, cleanupNamespace: flags.cleanupNamespace }, 'regmirror operator starting');
 
   const elector = flags.leaderElect
     ? new LeaderElector({

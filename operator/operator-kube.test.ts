@@ -17,7 +17,8 @@ import { freePort, makeTempDir } from '../test/harness/process.ts';
 import { KubeApi, type KubeObject } from './kube/api.ts';
 import { API_VERSION, KIND } from './api/registry-mirror.ts';
 import { CHECKSUM_ANNOTATION, FINALIZER } from './desired/inputs.ts';
-import { MODE_ANNOTATION } from './desired/daemon-set.ts';
+import { MIRROR_NAME_LABEL, MIRROR_NAMESPACE_LABEL, MODE_ANNOTATION, relocatedCleanupName } from './desired/daemon-set.ts';
+import type { RegistryMirror } from './api/registry-mirror.ts';
 
 const ROOT = fileURLToPath(new URL('../', import.meta.url));
 const CRD_FILE = path.join(ROOT, 'crds/registrymirrors.regmirror.dev.yaml');
@@ -70,6 +71,8 @@ async function startOperator(kubeconfig: string, identity: string, logDir: strin
     path.join(ROOT, 'bin/regmirror.ts'), 'operator',
     '--kubeconfig', kubeconfig,
     '--leader-election-namespace', OPERATOR_NAMESPACE,
+    // where a cleanup DaemonSet runs when a mirror's namespace is being deleted (in a pod: POD_NAMESPACE)
+    '--cleanup-namespace', OPERATOR_NAMESPACE,
     '--identity', identity,
     '--metrics-address', `127.0.0.1:${port}`,
     '--mirror-image', 'registry.example/regmirror:test',
@@ -107,6 +110,24 @@ async function startOperator(kubeconfig: string, identity: string, logDir: strin
 }
 
 const running = new Set<OperatorProcess>();
+
+/** The name of a mirror's cleanup DaemonSet in the operator's namespace. */
+const relocatedName = (namespace: string, name: string) => relocatedCleanupName({ metadata: { namespace, name } } as RegistryMirror);
+
+/** The test plays kubelet for every pod of a DaemonSet: `nodes` pods of its current template are ready. */
+async function playKubeletDaemonSetReady(admin: KubeApi, namespace: string, name: string, nodes: number): Promise<void> {
+  const daemonSet = (await admin.find<Obj>('apps/v1', 'DaemonSet', namespace, name))!;
+  await admin.request('PATCH', `/apis/apps/v1/namespaces/${namespace}/daemonsets/${name}/status`, {
+    body: {
+      status: {
+        observedGeneration: daemonSet.metadata!.generation,
+        desiredNumberScheduled: nodes, currentNumberScheduled: nodes, updatedNumberScheduled: nodes,
+        numberReady: nodes, numberAvailable: nodes, numberMisscheduled: 0,
+      },
+    },
+    contentType: 'application/merge-patch+json',
+  });
+}
 
 async function metric(operator: OperatorProcess, name: string): Promise<number | undefined> {
   const response = await fetch(operator.metricsUrl);
@@ -156,19 +177,7 @@ describe('operator against a real kube-apiserver', { skip }, () => {
     });
   };
   /** The test plays kubelet for the node agent: `nodes` agent pods of the current template are ready. */
-  const playKubeletNodeAgentsReady = async (name: string, nodes: number) => {
-    const daemonSet = (await owned('apps/v1', 'DaemonSet', `regmirror-${name}-node`))!;
-    await admin.request('PATCH', `/apis/apps/v1/namespaces/${NS}/daemonsets/regmirror-${name}-node/status`, {
-      body: {
-        status: {
-          observedGeneration: daemonSet.metadata!.generation,
-          desiredNumberScheduled: nodes, currentNumberScheduled: nodes, updatedNumberScheduled: nodes,
-          numberReady: nodes, numberAvailable: nodes, numberMisscheduled: 0,
-        },
-      },
-      contentType: 'application/merge-patch+json',
-    });
-  };
+  const playKubeletNodeAgentsReady = (name: string, nodes: number) => playKubeletDaemonSetReady(admin, NS, `regmirror-${name}-node`, nodes);
 
   before(async () => {
     // REGMIRROR_KUBE_KEEP=1 keeps the operators' logs, as test/kube/env.ts keeps the control plane's.
@@ -523,25 +532,40 @@ describe('operator against a real kube-apiserver', { skip }, () => {
     assert.ok(!/forbidden: User .* cannot /.test(operator.logs()), 'no request of the operator was forbidden');
   });
 
-  it('a RegistryMirror whose namespace is being deleted, its node agent DaemonSet gone first, is let go with a warning that its nodes were not cleaned and what to do', async () => {
+  it('a RegistryMirror whose namespace is being deleted, its node agent DaemonSet gone first, has its nodes cleaned from the operator\'s namespace, then goes', async () => {
     await mustKubectl(['create', 'namespace', 'doomed']);
     await mustKubectl(['apply', '-f', '-'], JSON.stringify({ apiVersion: API_VERSION, kind: KIND, metadata: { name: 'doomed', namespace: 'doomed' }, spec: { upstreams: [{ registry: 'quay.io' }], ...ownNodes('doomed') } }));
-    const daemonSet = await eventually('its DaemonSet', () => admin.find<Obj>('apps/v1', 'DaemonSet', 'doomed', 'regmirror-doomed-node'));
-    await admin.request('PATCH', '/apis/apps/v1/namespaces/doomed/daemonsets/regmirror-doomed-node/status', {
-      body: { status: { observedGeneration: daemonSet.metadata!.generation, desiredNumberScheduled: 2, currentNumberScheduled: 2, updatedNumberScheduled: 2, numberReady: 2, numberAvailable: 2, numberMisscheduled: 0 } },
-      contentType: 'application/merge-patch+json',
+    await eventually('its DaemonSet', () => admin.find<Obj>('apps/v1', 'DaemonSet', 'doomed', 'regmirror-doomed-node'));
+    await playKubeletDaemonSetReady(admin, 'doomed', 'regmirror-doomed-node', 2);
+    const status = await eventually('2 nodes configured', async () => {
+      const s = (await admin.find<Obj>(API_VERSION, KIND, 'doomed', 'doomed'))?.status;
+      return s?.nodes?.configured === 2 && s;
     });
-    await eventually('2 nodes configured', async () => (await admin.find<Obj>(API_VERSION, KIND, 'doomed', 'doomed'))?.status?.nodes?.configured === 2);
     // What the namespace controller does (it does not run here): the namespace turns Terminating,
     // which takes no new objects, and everything in it is deleted, the DaemonSet at once.
     await mustKubectl(['delete', 'namespace', 'doomed', '--wait=false']);
     await mustKubectl(['delete', 'daemonset', 'regmirror-doomed-node', '-n', 'doomed']);
     await mustKubectl(['delete', 'rmir', 'doomed', '-n', 'doomed', '--wait=false']);
+    const name = relocatedName('doomed', 'doomed');
+    const cleanup = await eventually('the cleanup DaemonSet in the operator\'s namespace', () => admin.find<Obj>('apps/v1', 'DaemonSet', OPERATOR_NAMESPACE, name));
+    assert.equal(cleanup.metadata?.ownerReferences, undefined);
+    assert.equal(cleanup.metadata?.labels?.[MIRROR_NAMESPACE_LABEL], 'doomed');
+    assert.equal(cleanup.metadata?.labels?.[MIRROR_NAME_LABEL], 'doomed');
+    const args: string[] = cleanup.spec.template.spec.containers[0].args;
+    assert.equal(args[args.indexOf('--mode') + 1], 'remove');
+    assert.equal(args[args.indexOf('--mirror') + 1], status.endpoint, 'the address the nodes were given');
+    await sleep(2_000);
+    assert.ok(await admin.find<Obj>(API_VERSION, KIND, 'doomed', 'doomed'), 'held until the nodes are clean');
+    await playKubeletDaemonSetReady(admin, OPERATOR_NAMESPACE, name, 2);
     await eventually('the RegistryMirror gone', async () => (await admin.find<Obj>(API_VERSION, KIND, 'doomed', 'doomed')) === undefined, 15_000);
-    const warning = operator.logs().split('\n').find((line) => line.includes('nodes not cleaned'));
-    assert.ok(warning, 'an operator log line says so');
-    assert.equal(JSON.parse(warning).level, 40, 'at warn');
-    assert.match(warning, /2 node\(s\) may still point their runtimes at http:\/\/[0-9.]+:5000 .*\\"Manual node cleanup\\" in the README/);
+    assert.equal(await admin.find<Obj>('apps/v1', 'DaemonSet', OPERATOR_NAMESPACE, name), undefined, 'the cleanup DaemonSet deleted');
+    const logs = operator.logs().split('\n');
+    assert.ok(!logs.some((line) => line.includes('nodes not cleaned')), 'no warning that the nodes were not cleaned');
+    assert.ok(logs.some((line) => line.includes(`DaemonSet ${name} in namespace ${OPERATOR_NAMESPACE} takes the configuration off them`)), 'the log says where the cleanup runs');
+    // A namespace being deleted refuses new Events too: the NodeCleanup and NodesCleaned ones are only tried.
+    const events = (await admin.list<Obj & { reason?: string }>('v1', 'Event', 'doomed')).items;
+    assert.ok(!events.some((e) => ['NodeCleanup', 'NodesCleaned'].includes(e.reason!)), 'no Event written in the namespace being deleted');
+    assert.ok(logs.some((line) => line.includes('could not record event') && line.includes('NodesCleaned') && line.includes('being terminated')));
   });
 
   it('restarting the operator converges on what changed while it was down', async () => {
@@ -611,7 +635,9 @@ describe('operator against a real kube-apiserver', { skip }, () => {
 });
 
 
-describe('operator watching one namespace, with the controller manager: real rollouts, DaemonSet status and garbage collection', { skip }, () => {
+describe('operator watching some namespaces, with the controller manager: real rollouts, DaemonSet status, garbage collection and namespace deletion', { skip }, () => {
+  /** A second watched namespace, deleted for real by the last test (NS stays for the others). */
+  const NS_DOOMED = 'team-doomed';
   let env: KubeEnv;
   let admin: KubeApi;
   let operator: OperatorProcess;
@@ -622,6 +648,29 @@ describe('operator watching one namespace, with the controller manager: real rol
     return JSON.parse(result.stdout) as { items: Obj[] };
   };
   const ownedBy = (uid: string) => (o: Obj) => o.metadata?.ownerReferences?.some((r) => r.uid === uid);
+  /**
+   * A Node of its own and a RegistryMirror whose agents select it; its status once it counts the
+   * node. No kubelet runs, so the test says when an agent pod is ready (playKubeletPodReady).
+   */
+  const mirrorOnOwnNode = async (namespace: string, name: string, pool: string) => {
+    const node = await env.kubectl(['apply', '-f', '-'], { input: JSON.stringify({ apiVersion: 'v1', kind: 'Node', metadata: { name: `node-${pool}`, labels: { 'regmirror.test/pool': pool } } }) });
+    assert.equal(node.code, 0, node.stderr);
+    const applied = await env.kubectl(['apply', '-f', '-'], {
+      input: JSON.stringify({
+        apiVersion: API_VERSION, kind: KIND, metadata: { name, namespace },
+        spec: { upstreams: [{ registry: 'docker.io' }], nodeConfig: { enabled: true, runtimes: ['containerd'], nodeSelector: { 'regmirror.test/pool': pool }, tolerations: [{ operator: 'Exists' }] } },
+      }),
+    });
+    assert.equal(applied.code, 0, applied.stderr);
+    return eventually('one node to configure', async () => {
+      const s = (await admin.find<Obj>(API_VERSION, KIND, namespace, name))?.status;
+      return s?.nodes?.desired === 1 && s;
+    }, 60_000);
+  };
+  const playKubeletPodReady = (pod: Obj) => admin.request('PATCH', `/api/v1/namespaces/${pod.metadata!.namespace}/pods/${pod.metadata!.name}/status`, {
+    body: { status: { phase: 'Running', conditions: [{ type: 'Ready', status: 'True' }] } },
+    contentType: 'application/merge-patch+json',
+  });
 
   before(async () => {
     const logDir = await makeTempDir('operator-gc');
@@ -634,17 +683,19 @@ describe('operator watching one namespace, with the controller manager: real rol
       const result = await env.kubectl(args);
       assert.equal(result.code, 0, result.stderr);
     }
-    // The RBAC file's ClusterRole, bound in the watched namespace only: how a namespaced install grants it.
+    // The RBAC file's ClusterRole, bound in the watched namespaces only: how a namespaced install
+    // (the chart's watchNamespaces) grants it; the file's Roles in the operator's namespace stay.
     for (const args of [
       ['delete', 'clusterrolebinding', 'regmirror-operator'],
-      ['create', 'rolebinding', 'regmirror-operator', '-n', NS, '--clusterrole=regmirror-operator', `--serviceaccount=${OPERATOR_NAMESPACE}:regmirror-operator`],
+      ['create', 'namespace', NS_DOOMED],
+      ...[NS, NS_DOOMED].map((ns) => ['create', 'rolebinding', 'regmirror-operator', '-n', ns, '--clusterrole=regmirror-operator', `--serviceaccount=${OPERATOR_NAMESPACE}:regmirror-operator`]),
     ]) {
       const result = await env.kubectl(args);
       assert.equal(result.code, 0, result.stderr);
     }
     const kubeconfig = await env.kubeconfigFor(SERVICE_ACCOUNT, ['system:serviceaccounts', `system:serviceaccounts:${OPERATOR_NAMESPACE}`]);
     // Long enough for a foreground deletion's cleanup to be confirmed, not timed out.
-    operator = await startOperator(kubeconfig, 'operator-gc', logDir, ['--namespace', NS, '--node-cleanup-timeout', '45s']);
+    operator = await startOperator(kubeconfig, 'operator-gc', logDir, ['--namespace', `${NS},${NS_DOOMED}`, '--node-cleanup-timeout', '45s']);
   });
 
   after(async () => {
@@ -687,20 +738,7 @@ describe('operator watching one namespace, with the controller manager: real rol
   });
 
   it('a foreground deletion, whose garbage collector takes the node agent DaemonSet first, still takes the configuration off the nodes, with a cleanup DaemonSet', async () => {
-    // One node for the agents; no kubelet runs, so the test says when an agent pod is ready.
-    const node = await env.kubectl(['apply', '-f', '-'], { input: JSON.stringify({ apiVersion: 'v1', kind: 'Node', metadata: { name: 'node-fg', labels: { 'regmirror.test/pool': 'fg' } } }) });
-    assert.equal(node.code, 0, node.stderr);
-    const applied = await env.kubectl(['apply', '-f', '-'], {
-      input: JSON.stringify({
-        apiVersion: API_VERSION, kind: KIND, metadata: { name: 'fg', namespace: NS },
-        spec: { upstreams: [{ registry: 'docker.io' }], nodeConfig: { enabled: true, runtimes: ['containerd'], nodeSelector: { 'regmirror.test/pool': 'fg' }, tolerations: [{ operator: 'Exists' }] } },
-      }),
-    });
-    assert.equal(applied.code, 0, applied.stderr);
-    const status = await eventually('one node to configure', async () => {
-      const s = (await admin.find<Obj>(API_VERSION, KIND, NS, 'fg'))?.status;
-      return s?.nodes?.desired === 1 && s;
-    }, 60_000);
+    const status = await mirrorOnOwnNode(NS, 'fg', 'fg');
     const deleted = await env.kubectl(['delete', 'rmir', 'fg', '-n', NS, '--cascade=foreground', '--wait=false']);
     assert.equal(deleted.code, 0, deleted.stderr);
     await eventually('the node agent DaemonSet taken by the garbage collector', async () => (await admin.find<Obj>('apps/v1', 'DaemonSet', NS, 'regmirror-fg-node')) === undefined, 60_000);
@@ -713,13 +751,38 @@ describe('operator watching one namespace, with the controller manager: real rol
     // The real DaemonSet controller rolls it out: an agent pod for the node, which the test makes ready.
     const pod = await eventually('a remove-mode agent pod', async () =>
       (await kubectlJson(['get', 'pods', '-n', NS, '-l', 'app.kubernetes.io/instance=fg,app.kubernetes.io/component=node-cleanup'])).items[0], 30_000);
-    await admin.request('PATCH', `/api/v1/namespaces/${NS}/pods/${pod.metadata!.name}/status`, {
-      body: { status: { phase: 'Running', conditions: [{ type: 'Ready', status: 'True' }] } },
-      contentType: 'application/merge-patch+json',
-    });
+    await playKubeletPodReady(pod);
     await eventually('the RegistryMirror gone', async () => (await admin.find<Obj>(API_VERSION, KIND, NS, 'fg')) === undefined, 60_000);
     assert.equal(await admin.find<Obj>('apps/v1', 'DaemonSet', NS, 'regmirror-fg-node-cleanup'), undefined, 'the cleanup DaemonSet deleted');
     const events = (await admin.list<Obj & { reason?: string; involvedObject?: { name: string } }>('v1', 'Event', NS)).items;
     assert.ok(events.some((e) => e.involvedObject?.name === 'fg' && e.reason === 'NodesCleaned'), 'an Event says the nodes were cleaned');
+  });
+
+  // TODO: fails with exactly the chart's namespaced RBAC. The namespace controller deletes the
+  // RoleBinding in NS_DOOMED with everything else, and the operator is then forbidden to read the
+  // RegistryMirror or take its finalizer off: the namespace stays Terminating (README: delete
+  // RegistryMirrors before their namespace). With the ClusterRole bound cluster-wide this passes.
+  it('deleting a RegistryMirror\'s namespace for real: the node cleanup runs in the operator\'s namespace, then the RegistryMirror and the namespace go', {
+    todo: 'a namespaced install loses its RoleBinding in a namespace being deleted before the finalizer is done',
+  }, async () => {
+    const status = await mirrorOnOwnNode(NS_DOOMED, 'leaving', 'ns');
+
+    const deleted = await env.kubectl(['delete', 'namespace', NS_DOOMED, '--wait=false']);
+    assert.equal(deleted.code, 0, deleted.stderr);
+    const name = relocatedName(NS_DOOMED, 'leaving');
+    const cleanup = await eventually('the cleanup DaemonSet in the operator\'s namespace', () => admin.find<Obj>('apps/v1', 'DaemonSet', OPERATOR_NAMESPACE, name));
+    const args: string[] = cleanup.spec.template.spec.containers[0].args;
+    assert.equal(args[args.indexOf('--mode') + 1], 'remove');
+    assert.equal(args[args.indexOf('--mirror') + 1], status.endpoint, 'the address the nodes were given');
+    assert.ok(await admin.find<Obj>(API_VERSION, KIND, NS_DOOMED, 'leaving'), 'held until the nodes are clean');
+    // The real DaemonSet controller rolls it out: an agent pod for the node, which the test makes ready.
+    const pod = await eventually('a remove-mode agent pod in the operator\'s namespace', async () =>
+      (await kubectlJson(['get', 'pods', '-n', OPERATOR_NAMESPACE, '-l', `${MIRROR_NAMESPACE_LABEL}=${NS_DOOMED},${MIRROR_NAME_LABEL}=leaving`])).items[0], 30_000);
+    await playKubeletPodReady(pod);
+    await eventually('the RegistryMirror gone', async () => (await admin.find<Obj>(API_VERSION, KIND, NS_DOOMED, 'leaving')) === undefined, 60_000);
+    await eventually('the cleanup DaemonSet deleted', async () => (await admin.find<Obj>('apps/v1', 'DaemonSet', OPERATOR_NAMESPACE, name)) === undefined);
+    await eventually('the namespace gone', async () => (await env.kubectl(['get', 'namespace', NS_DOOMED])).code !== 0, 120_000);
+    assert.ok(!operator.logs().includes('nodes not cleaned'), 'no warning that the nodes were not cleaned');
+    assert.ok(!/forbidden: User .* cannot /.test(operator.logs()), 'the chart\'s namespaced RBAC is all it needs');
   });
 });

@@ -1,6 +1,8 @@
 // What the operator may do, in one place. operator/api/generate.ts renders it to operator/rbac.yaml,
 // which the Helm chart takes as is. The ClusterRole holds the rules for RegistryMirror namespaces; to
 // watch a few namespaces only, bind it with a RoleBinding in each instead of the ClusterRoleBinding.
+// Two Roles hold what it does in its own namespace: the leader-election Lease, and the cleanup
+// DaemonSets of mirrors whose namespace is being deleted (reconciler.ts startRelocatedCleanup).
 import { GROUP, PLURAL } from './api/registry-mirror.ts';
 
 export interface PolicyRule {
@@ -30,6 +32,15 @@ export const LEADER_ELECTION_RULES: PolicyRule[] = [
   { apiGroups: ['coordination.k8s.io'], resources: ['leases'], verbs: ['get', 'create', 'update'] },
 ];
 
+/**
+ * Rules in the operator's own namespace: cleanup DaemonSets for mirrors whose namespace is being
+ * deleted (it takes no new objects). Bound whatever the install's scope: a namespaced install has
+ * no other rights there. No list/watch: the finalizer reads its own by name.
+ */
+export const NODE_CLEANUP_RULES: PolicyRule[] = [
+  { apiGroups: ['apps'], resources: ['daemonsets'], verbs: ['get', 'create', 'patch', 'delete'] },
+];
+
 export interface RbacOptions {
   namespace: string;
   serviceAccount: string;
@@ -38,6 +49,16 @@ export interface RbacOptions {
 export function operatorRbac({ namespace, serviceAccount }: RbacOptions): Record<string, unknown>[] {
   const labels = { 'app.kubernetes.io/name': 'regmirror', 'app.kubernetes.io/component': 'operator' };
   const subject = { kind: 'ServiceAccount', name: serviceAccount, namespace };
+  const ownNamespaceRole = (suffix: string, rules: PolicyRule[]) => [
+    { apiVersion: 'rbac.authorization.k8s.io/v1', kind: 'Role', metadata: { name: `${OPERATOR_NAME}-${suffix}`, namespace, labels }, rules },
+    {
+      apiVersion: 'rbac.authorization.k8s.io/v1',
+      kind: 'RoleBinding',
+      metadata: { name: `${OPERATOR_NAME}-${suffix}`, namespace, labels },
+      roleRef: { apiGroup: 'rbac.authorization.k8s.io', kind: 'Role', name: `${OPERATOR_NAME}-${suffix}` },
+      subjects: [subject],
+    },
+  ];
   return [
     { apiVersion: 'v1', kind: 'ServiceAccount', metadata: { name: serviceAccount, namespace, labels } },
     { apiVersion: 'rbac.authorization.k8s.io/v1', kind: 'ClusterRole', metadata: { name: OPERATOR_NAME, labels }, rules: OPERATOR_RULES },
@@ -48,19 +69,8 @@ export function operatorRbac({ namespace, serviceAccount }: RbacOptions): Record
       roleRef: { apiGroup: 'rbac.authorization.k8s.io', kind: 'ClusterRole', name: OPERATOR_NAME },
       subjects: [subject],
     },
-    {
-      apiVersion: 'rbac.authorization.k8s.io/v1',
-      kind: 'Role',
-      metadata: { name: `${OPERATOR_NAME}-leader-election`, namespace, labels },
-      rules: LEADER_ELECTION_RULES,
-    },
-    {
-      apiVersion: 'rbac.authorization.k8s.io/v1',
-      kind: 'RoleBinding',
-      metadata: { name: `${OPERATOR_NAME}-leader-election`, namespace, labels },
-      roleRef: { apiGroup: 'rbac.authorization.k8s.io', kind: 'Role', name: `${OPERATOR_NAME}-leader-election` },
-      subjects: [subject],
-    },
+    ...ownNamespaceRole('leader-election', LEADER_ELECTION_RULES),
+    ...ownNamespaceRole('node-cleanup', NODE_CLEANUP_RULES),
   ];
 }
 

@@ -104,6 +104,7 @@ function setup(spec: Parameters<typeof mirrorFixture>[0] = {}, options: { timeou
     logger,
     mirrorImage: 'registry.example/regmirror:test',
     nodeCleanupTimeoutMs: options.timeoutMs ?? 60_000,
+    cleanupNamespace: 'regmirror-system',
     now: options.now,
   });
   const mirror = () => server.objects.get(`${API_VERSION}/${KIND}/registry-cache/hub`) as RegistryMirror | undefined;
@@ -235,9 +236,10 @@ test('deletion stops waiting for nodes after the cleanup timeout, with a Warning
 });
 
 /** Two nodes configured, then the RegistryMirror deleted after its node agent DaemonSet (a foreground cascade, a namespace deletion). */
-async function deletedAfterItsAgents(spec: Parameters<typeof mirrorFixture>[0] = {}) {
+async function deletedAfterItsAgents(spec: Parameters<typeof mirrorFixture>[0] = {}, userSecrets: Record<string, Obj> = {}) {
   const fixture = setup(spec);
   const { server, reconciler, mirror } = fixture;
+  for (const [name, secret] of Object.entries(userSecrets)) fixture.secrets.set(`registry-cache/${name}`, secret);
   await reconciler.reconcile('registry-cache/hub');
   const agent = server.all('DaemonSet')[0]!;
   agent.status = { observedGeneration: agent.metadata!.generation, desiredNumberScheduled: 2, updatedNumberScheduled: 2, numberReady: 2 };
@@ -298,18 +300,75 @@ test('spec.image chooses the mirror\'s image only: the node agent, root on every
   assert.equal(image(cleanup), own);
 });
 
-test('where no cleanup can run (the namespace is being deleted) a Warning says the nodes were not cleaned and what to do, and the finalizer goes', async () => {
-  const { server, reconciler, mirror } = await deletedAfterItsAgents();
+/** The API server's answer to a create in a namespace being deleted (NamespaceLifecycle admission). */
+const terminating = (name: string) => new ApiError(403, 'Forbidden',
+  `daemonsets.apps "${name}" is forbidden: unable to create new content in namespace registry-cache because it is being terminated`, ['NamespaceTerminating']);
+
+/** Refuses DaemonSet applies in `namespace` with `error`. */
+function refuseDaemonSets(server: FakeApiServer, namespace: string, error: (name: string) => Error) {
   const apply = server.apply.bind(server);
   server.apply = async (object, subresource) => {
-    if (object.kind === 'DaemonSet') throw new ApiError(403, 'Forbidden', 'daemonsets.apps "regmirror-hub-node-cleanup" is forbidden: unable to create new content in namespace registry-cache because it is being terminated');
+    if (object.kind === 'DaemonSet' && object.metadata.namespace === namespace) throw error(object.metadata.name);
     return apply(object, subresource);
   };
+}
+
+test('a RegistryMirror whose namespace is being deleted has its nodes cleaned by a cleanup DaemonSet in the operator\'s namespace, deleted once every node confirms', async () => {
+  const b64 = (text: string) => Buffer.from(text).toString('base64');
+  // auth and TLS: the agents had the nodes' credentials and the CA from this namespace's Secrets
+  const { server, reconciler, mirror } = await deletedAfterItsAgents({
+    auth: { htpasswdSecretRef: { name: 'mirror-users' }, allowAnonymousWithCredentials: false },
+    tls: { secretName: 'hub-tls' },
+  }, {
+    'mirror-users': { data: { htpasswd: b64('bob:$2y$05$abc\n') } },
+    'hub-tls': { type: 'kubernetes.io/tls', data: { 'tls.crt': b64('cert'), 'tls.key': b64('key'), 'ca.crt': b64('ca') } },
+  });
+  refuseDaemonSets(server, 'registry-cache', terminating);
+  const result = await reconciler.reconcile('registry-cache/hub');
+  assert.ok(result.requeueAfterMs! > 0 && result.requeueAfterMs! <= 5_000, 'polled: the operator watches no DaemonSet there');
+  const [cleanup, ...others] = server.all('DaemonSet');
+  assert.equal(others.length, 0);
+  assert.equal(cleanup!.metadata!.namespace, 'regmirror-system');
+  assert.match(cleanup!.metadata!.name!, /^regmirror-node-cleanup-[0-9a-f]{16}$/);
+  assert.equal(cleanup!.metadata!.labels!['regmirror.dev/mirror-namespace'], 'registry-cache');
+  assert.equal(cleanup!.metadata!.labels!['regmirror.dev/mirror-name'], 'hub');
+  const args: string[] = cleanup!.spec.template.spec.containers[0].args;
+  assert.equal(args[args.indexOf('--mode') + 1], 'remove');
+  assert.equal(args[args.indexOf('--mirror') + 1], 'https://10.96.0.42:5000', 'the address the nodes were given');
+  assert.ok(!JSON.stringify(cleanup).includes('secretKeyRef') && !JSON.stringify(cleanup).includes('secretName'), 'nothing from the mirror namespace\'s Secrets');
+  assert.deepEqual(mirror()!.metadata.finalizers, [FINALIZER], 'held until the nodes are clean');
+  // Found again on the next reconcile, not made twice.
+  await reconciler.reconcile('registry-cache/hub');
+  assert.equal(server.all('DaemonSet').length, 1);
+  assert.ok(mirror());
+  const stored = server.all('DaemonSet')[0]!;
+  stored.status = { observedGeneration: stored.metadata!.generation, desiredNumberScheduled: 2, updatedNumberScheduled: 2, numberReady: 2 };
+  await reconciler.reconcile('registry-cache/hub');
+  assert.equal(mirror(), undefined);
+  assert.equal(server.all('DaemonSet').length, 0, 'the cleanup DaemonSet is deleted from the operator\'s namespace');
+  assert.ok(server.all('Event').some((e) => e.reason === 'NodesCleaned'));
+  assert.ok(!server.all('Event').some((e) => e.type === 'Warning'));
+});
+
+test('where even the operator\'s namespace refuses the cleanup DaemonSet, a Warning says the nodes were not cleaned, why and what to do, and the finalizer goes', async () => {
+  const { server, reconciler, mirror } = await deletedAfterItsAgents();
+  refuseDaemonSets(server, 'registry-cache', terminating);
+  refuseDaemonSets(server, 'regmirror-system', (name) => new ApiError(403, 'Forbidden',
+    `daemonsets.apps "${name}" is forbidden: User "system:serviceaccount:regmirror-system:regmirror-operator" cannot patch resource "daemonsets" in API group "apps" in the namespace "regmirror-system"`));
   await reconciler.reconcile('registry-cache/hub');
   assert.equal(mirror(), undefined);
   const event = server.all('Event').find((e) => e.reason === 'NodeCleanupSkipped');
   assert.equal(event?.type, 'Warning');
-  assert.match(String(event?.message), /^nodes not cleaned: .*being terminated\. 2 node\(s\) may still point their runtimes at http:\/\/10\.96\.0\.42:5000 .*"Manual node cleanup" in the README/);
+  assert.match(String(event?.message), /^nodes not cleaned: .*namespace registry-cache is being deleted .*operator's namespace regmirror-system was refused: .*cannot patch resource "daemonsets".*\. 2 node\(s\) may still point their runtimes at http:\/\/10\.96\.0\.42:5000 .*"Manual node cleanup" in the README/);
+});
+
+test('a cleanup DaemonSet refused for another reason than the namespace being deleted is not moved elsewhere: a Warning says why', async () => {
+  const { server, reconciler, mirror } = await deletedAfterItsAgents();
+  refuseDaemonSets(server, 'registry-cache', (name) => new ApiError(403, 'Forbidden', `admission webhook "policy.example" denied the request: ${name}`));
+  await reconciler.reconcile('registry-cache/hub');
+  assert.equal(mirror(), undefined);
+  assert.equal(server.all('DaemonSet').length, 0, 'nothing in the operator\'s namespace');
+  assert.match(String(server.all('Event').find((e) => e.reason === 'NodeCleanupSkipped')?.message), /cleanup DaemonSet was refused: .*policy\.example/);
 });
 
 test('a RegistryMirror that never configured a node is let go at once, with no cleanup DaemonSet', async () => {

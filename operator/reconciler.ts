@@ -6,7 +6,9 @@ import type { Logger } from '../common/logger.ts';
 import { API_VERSION, KIND, type RegistryMirror, type RegistryMirrorStatus, type Runtime } from './api/registry-mirror.ts';
 import { InvalidCredentialsError, normaliseCredentials, type Credentials, type SecretLike } from './credentials.ts';
 import { desiredConfigMap, prefetchProblem } from './desired/config-map.ts';
-import { desiredCleanupDaemonSet, desiredDaemonSet, MODE_ANNOTATION, nodeAgentArg, runtimesIn, runtimesInDaemonSet } from './desired/daemon-set.ts';
+import {
+  desiredCleanupDaemonSet, desiredDaemonSet, desiredRelocatedCleanupDaemonSet, MODE_ANNOTATION, nodeAgentArg, relocatedCleanupName, runtimesIn, runtimesInDaemonSet,
+} from './desired/daemon-set.ts';
 import { desiredDeployment } from './desired/deployment.ts';
 import {
   FINALIZER, endpoint, names, withDefaults, type DesiredInputs, type NodeAgentMode,
@@ -15,7 +17,7 @@ import { claimSize, desiredPersistentVolumeClaim } from './desired/persistent-vo
 import { desiredSecret } from './desired/secret.ts';
 import { desiredService } from './desired/service.ts';
 import type { EventRecorder } from './events.ts';
-import { isNotFound, isRefused, isStale, type KubeApi, type KubeObject } from './kube/api.ts';
+import { isNamespaceTerminating, isNotFound, isRefused, isStale, type KubeApi, type KubeObject } from './kube/api.ts';
 import { checksumKey } from './checksum-key.ts';
 import { nodeCredentials } from './node-credentials.ts';
 import { nodeConfigHolder } from './node-conflict.ts';
@@ -44,6 +46,8 @@ export interface ReconcilerOptions {
   mirrorImage: string;
   /** How long the finalizer waits for nodes to drop the mirror before letting the objects go. */
   nodeCleanupTimeoutMs: number;
+  /** Where a cleanup DaemonSet runs when the mirror's own namespace is being deleted (the operator's namespace). */
+  cleanupNamespace: string;
   now?: () => Date;
 }
 
@@ -247,8 +251,8 @@ export class Reconciler {
   /**
    * The finalizer: switch the node agent to remove mode, wait (bounded) for it, then let go. When
    * the agent's DaemonSet is already being deleted or gone (a foreground cascade, the namespace
-   * going), a cleanup DaemonSet does the removal; where that cannot run either, a Warning says the
-   * nodes were not cleaned.
+   * going), a cleanup DaemonSet does the removal, in the operator's namespace when the mirror's is
+   * being deleted; where that cannot run either, a Warning says the nodes were not cleaned.
    */
   private async finalize(mirror: RegistryMirror): Promise<ReconcileResult> {
     if (!mirror.metadata.finalizers?.includes(FINALIZER)) return {};
@@ -256,7 +260,7 @@ export class Reconciler {
     const { namespace } = mirror.metadata;
     const n = names(mirror);
     const current = await api.find<Applied>('apps/v1', 'DaemonSet', namespace, n.daemonSet);
-    const cleanup = await api.find<Applied>('apps/v1', 'DaemonSet', namespace, n.cleanupDaemonSet);
+    const cleanup = await this.findCleanupDaemonSet(mirror);
     const waitedMs = this.now().getTime() - Date.parse(mirror.metadata.deletionTimestamp!);
     const timedOut = waitedMs >= this.options.nodeCleanupTimeoutMs;
     let daemonSet: Applied | undefined;
@@ -291,7 +295,7 @@ export class Reconciler {
         await events.record(mirror, 'Warning', 'NodeCleanupTimedOut',
           `${nodes.done} of ${nodes.desired} nodes confirmed removal within ${Math.round(this.options.nodeCleanupTimeoutMs / 1000)}s; deleting anyway (runtimes fall back to the upstream registry)`);
       }
-      if (daemonSet === cleanup || daemonSet.metadata?.name === n.cleanupDaemonSet) await api.delete('apps/v1', 'DaemonSet', namespace, n.cleanupDaemonSet);
+      if (isCleanupDaemonSet(daemonSet)) await api.delete('apps/v1', 'DaemonSet', daemonSet.metadata!.namespace!, daemonSet.metadata!.name!);
       await this.removeFinalizer(mirror);
       return {};
     }
@@ -351,16 +355,55 @@ export class Reconciler {
       await this.nodesNotCleaned(mirror, 'the node agent DaemonSet was deleted before the nodes were cleaned, and no mirror address is left to remove');
       return undefined;
     }
+    const inputs = await this.removalInputs(mirror, serviceIP, agent);
     try {
-      const daemonSet = await api.apply<Applied>(desiredCleanupDaemonSet(await this.removalInputs(mirror, serviceIP, agent)));
+      const daemonSet = await api.apply<Applied>(desiredCleanupDaemonSet(inputs));
       await events.record(mirror, 'Normal', 'NodeCleanup',
         `the node agent DaemonSet was deleted before the nodes were cleaned (a foreground deletion?); DaemonSet ${names(mirror).cleanupDaemonSet} takes the configuration off them`);
       return daemonSet;
     } catch (error) {
-      // A namespace being deleted takes no new objects.
       if (!isRefused(error)) throw error;
+      // A namespace being deleted takes no new objects: the operator's own namespace takes it instead.
+      if (isNamespaceTerminating(error) && this.options.cleanupNamespace !== mirror.metadata.namespace) {
+        return this.startRelocatedCleanup(mirror, inputs);
+      }
       await this.nodesNotCleaned(mirror, `the node agent DaemonSet was deleted before the nodes were cleaned, and a cleanup DaemonSet was refused: ${(error as Error).message.slice(0, 512)}`);
       return undefined;
+    }
+  }
+
+  /** The cleanup DaemonSet in the operator's namespace, for a mirror whose namespace is being deleted. */
+  private async startRelocatedCleanup(mirror: RegistryMirror, inputs: DesiredInputs): Promise<Applied | undefined> {
+    const { api, events, logger, cleanupNamespace } = this.options;
+    const { namespace } = mirror.metadata;
+    try {
+      const daemonSet = await api.apply<Applied>(desiredRelocatedCleanupDaemonSet(inputs, cleanupNamespace));
+      const message = `the node agent DaemonSet was deleted before the nodes were cleaned, and namespace ${namespace} is being deleted (it takes no new objects); DaemonSet ${relocatedCleanupName(mirror)} in namespace ${cleanupNamespace} takes the configuration off them`;
+      // Said in the log too: the namespace being deleted refuses the Event.
+      logger.info({ mirror: `${namespace}/${mirror.metadata.name}` }, message);
+      await events.record(mirror, 'Normal', 'NodeCleanup', message);
+      return daemonSet;
+    } catch (error) {
+      if (!isRefused(error)) throw error;
+      await this.nodesNotCleaned(mirror, `the node agent DaemonSet was deleted before the nodes were cleaned, namespace ${namespace} is being deleted (it takes no new objects), and a cleanup DaemonSet in the operator's namespace ${cleanupNamespace} was refused: ${(error as Error).message.slice(0, 512)}`);
+      return undefined;
+    }
+  }
+
+  /**
+   * The mirror's cleanup DaemonSet, in its own namespace or in the operator's. One the operator may
+   * not read there (RBAC of an older install) is taken as absent: creating it is then refused, and
+   * the nodesNotCleaned warning says why, instead of a finalize that fails for ever.
+   */
+  private async findCleanupDaemonSet(mirror: RegistryMirror): Promise<Applied | undefined> {
+    const { api, cleanupNamespace } = this.options;
+    const own = await api.find<Applied>('apps/v1', 'DaemonSet', mirror.metadata.namespace, names(mirror).cleanupDaemonSet);
+    if (own) return own;
+    try {
+      return await api.find<Applied>('apps/v1', 'DaemonSet', cleanupNamespace, relocatedCleanupName(mirror));
+    } catch (error) {
+      if (isRefused(error)) return undefined;
+      throw error;
     }
   }
 
@@ -485,6 +528,11 @@ export function pendingRuntimeCleanup(existing: Applied | undefined, runtimes: r
   const removing = modeOf(existing) === 'remove' ? runtimesInDaemonSet(existing) : runtimesIn(existing, '--remove-runtimes');
   const cleaned = dropped.every((r) => removing.includes(r)) && nodesDone(daemonSetStatus(existing)).complete;
   return cleaned ? [] : dropped;
+}
+
+/** A cleanup DaemonSet (in the mirror's namespace or the operator's), not the node agent DaemonSet. */
+function isCleanupDaemonSet(daemonSet: Applied): boolean {
+  return daemonSet.metadata?.labels?.['app.kubernetes.io/component'] === 'node-cleanup';
 }
 
 function modeOf(daemonSet: Applied): NodeAgentMode {

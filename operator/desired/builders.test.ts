@@ -12,9 +12,9 @@ import { desiredSecret } from './secret.ts';
 import { desiredPersistentVolumeClaim } from './persistent-volume-claim.ts';
 import { desiredDeployment } from './deployment.ts';
 import { desiredService } from './service.ts';
-import { desiredCleanupDaemonSet, desiredDaemonSet } from './daemon-set.ts';
+import { desiredCleanupDaemonSet, desiredDaemonSet, desiredRelocatedCleanupDaemonSet, relocatedCleanupName } from './daemon-set.ts';
 import { CHECKSUM_ANNOTATION, PATHS } from './inputs.ts';
-import { inputsFixture } from '../test-fixtures.ts';
+import { inputsFixture, mirrorFixture } from '../test-fixtures.ts';
 
 const credentialed = {
   upstreams: [{ registry: 'docker.io', credentialsSecretRef: { name: 'hub-credentials' }, tagTTL: '1m' }, { registry: 'ghcr.io' }],
@@ -129,6 +129,61 @@ test('the cleanup DaemonSet runs the node agent in remove mode with a selector o
   assert.deepEqual(cleanup.spec?.template.spec, agent.spec.template.spec, 'the same agent, pods and mounts as the remove-mode DaemonSet');
   const args = cleanup.spec!.template.spec!.containers[0]!.args!;
   assert.equal(args[args.indexOf('--mode') + 1], 'remove');
+});
+
+test('a cleanup DaemonSet in the operator\'s namespace (the mirror\'s being deleted) has a name per namespace/name within 63 characters, labels saying whose it is, and no owner', () => {
+  const inputs = (namespace: string, name: string) => {
+    const base = inputsFixture();
+    return { ...base, mirror: { ...mirrorFixture({}, name), metadata: { ...base.mirror.metadata, namespace, name } } };
+  };
+  const cleanup = valid(DaemonSet, desiredRelocatedCleanupDaemonSet(inputs('registry-cache', 'hub'), 'regmirror-system'));
+  assert.equal(cleanup.metadata?.namespace, 'regmirror-system');
+  assert.equal(cleanup.metadata?.ownerReferences, undefined, 'an owner reference cannot point into another namespace');
+  assert.match(cleanup.metadata!.name!, /^regmirror-node-cleanup-[0-9a-f]{16}$/);
+  const whose = { 'regmirror.dev/mirror-namespace': 'registry-cache', 'regmirror.dev/mirror-name': 'hub' };
+  assert.deepEqual(cleanup.spec?.selector.matchLabels, { 'app.kubernetes.io/name': 'regmirror', 'app.kubernetes.io/component': 'node-cleanup', ...whose });
+  const selected: Record<string, string> = cleanup.spec!.selector.matchLabels!;
+  for (const labels of [cleanup.metadata!.labels!, cleanup.spec!.template.metadata!.labels!]) {
+    for (const [key, value] of Object.entries(selected)) assert.equal(labels[key], value, key);
+  }
+  // Pods of a same-named mirror's own cleanup DaemonSet in this namespace are not selected, nor the other way round.
+  const own = desiredCleanupDaemonSet(inputs('regmirror-system', 'hub'));
+  const selects = (selector: Record<string, string>, labels: Record<string, string>) => Object.entries(selector).every(([k, v]) => labels[k] === v);
+  assert.ok(!selects(own.spec.selector.matchLabels, cleanup.spec!.template.metadata!.labels!));
+  assert.ok(!selects(cleanup.spec!.selector.matchLabels!, own.spec.template.metadata.labels));
+
+  // The longest names there are: a 63-character namespace, a 40-character RegistryMirror.
+  const longest = valid(DaemonSet, desiredRelocatedCleanupDaemonSet(inputs('n'.repeat(63), 'm'.repeat(40)), 'regmirror-system'));
+  assert.ok(longest.metadata!.name!.length <= 63);
+  for (const value of Object.values(longest.metadata!.labels!) as string[]) assert.ok(value.length <= 63 && /^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$/i.test(value), value);
+  const names = [['a', 'b-c'], ['a-b', 'c'], ['b-c', 'a'], ['team-a', 'hub'], ['team-b', 'hub']].map(([ns, name]) => relocatedCleanupName(inputs(ns!, name!).mirror));
+  assert.equal(new Set(names).size, names.length, 'one name per namespace/name');
+  assert.equal(relocatedCleanupName(inputs('team-a', 'hub').mirror), relocatedCleanupName(inputs('team-a', 'hub').mirror), 'found again by name');
+});
+
+test('a cleanup DaemonSet in the operator\'s namespace references no Secret of the mirror\'s: no node credentials, no CA volume, no --mirror-ca; the agent, runtimes and host mounts are the same', () => {
+  const secured = inputsFixture({ nodeCredentials, htpasswd: '', tlsCaKey: 'ca.crt', cleanupRuntimes: ['docker'] }, { ...credentialed, tls: { secretName: 'mirror-tls' } });
+  const own = valid(DaemonSet, desiredCleanupDaemonSet(secured));
+  const relocated = valid(DaemonSet, desiredRelocatedCleanupDaemonSet(secured, 'regmirror-system'));
+  assert.ok(JSON.stringify(own).includes('secretKeyRef') && JSON.stringify(own).includes('mirror-tls'), 'the fixture does reference them in the mirror\'s namespace');
+  const pod = relocated.spec!.template.spec!;
+  const container = pod.containers[0]!;
+  assert.ok(!JSON.stringify(relocated).includes('secretKeyRef'), 'no env from a Secret');
+  assert.deepEqual(pod.volumes!.filter((v) => v.secret || v.projected), [], 'no Secret volume');
+  assert.equal(container.volumeMounts!.find((m) => m.name === 'mirror-ca'), undefined);
+  assert.equal(relocated.spec!.template.metadata!.annotations!['regmirror.dev/credentials-checksum'], undefined);
+  const args = container.args!;
+  assert.ok(!args.includes('--mirror-ca'));
+  const ownPod = own.spec!.template.spec!;
+  const ownArgs = ownPod.containers[0]!.args!;
+  assert.deepEqual(args, ownArgs.filter((a, i) => a !== '--mirror-ca' && ownArgs[i - 1] !== '--mirror-ca'), 'the same flags otherwise');
+  assert.deepEqual(pod.volumes, ownPod.volumes!.filter((v) => v.name !== 'mirror-ca'), 'the same host mounts');
+  assert.equal(pod.hostPID, ownPod.hostPID);
+  assert.equal(container.image, ownPod.containers[0]!.image);
+  const config = parseAgentConfig(args.slice(1), {});
+  assert.equal(config.mode, 'remove');
+  assert.equal(config.mirror, 'https://10.96.0.42:5000', 'an https mirror is removed by its address, without its CA');
+  assert.deepEqual([...config.runtimes].sort(), ['containerd', 'docker'], 'a runtime still being taken off (cleanupRuntimes) too');
 });
 
 test('a claim never asks for less than it already does: a smaller storage.size keeps its size, a larger one grows it', () => {

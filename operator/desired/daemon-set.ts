@@ -1,11 +1,12 @@
 // The node agent's DaemonSet (DESIGN.md's node agent contract): it points each node's runtime at
 // the mirror's ClusterIP, or, in remove mode, takes that configuration away again. The finalizer
 // switches the mode and waits for every pod to report ready in it before the objects go.
+import { createHash } from 'node:crypto';
 import {
-  NODE_AGENT_READY_PORT, PATHS, RUNTIME_MOUNTS, defaultRegistry, endpoint, keyedChecksum, labels, metadata, names, selector, type DesiredInputs,
+  FIELD_MANAGER, NODE_AGENT_READY_PORT, PATHS, RUNTIME_MOUNTS, defaultRegistry, endpoint, keyedChecksum, labels, metadata, names, selector, type DesiredInputs,
 } from './inputs.ts';
 import { NODE_PASSWORD_KEY, NODE_USERNAME_KEY } from './secret.ts';
-import type { Runtime } from '../api/registry-mirror.ts';
+import type { RegistryMirror, Runtime } from '../api/registry-mirror.ts';
 
 export const MODE_ANNOTATION = 'regmirror.dev/node-agent-mode';
 /** On the pod template: a keyed hash of the nodes' pull credentials, so new ones roll the agents (they read them from env at start). */
@@ -160,15 +161,59 @@ export function desiredDaemonSet(inputs: DesiredInputs) {
  */
 export function desiredCleanupDaemonSet(inputs: DesiredInputs) {
   const { mirror } = inputs;
-  const daemonSet = desiredDaemonSet({ ...inputs, nodeAgentMode: 'remove' });
+  return asCleanup(desiredDaemonSet({ ...inputs, nodeAgentMode: 'remove' }), {
+    name: names(mirror).cleanupDaemonSet,
+    namespace: mirror.metadata.namespace,
+    labels: labels(mirror, 'node-cleanup'),
+    selector: selector(mirror, 'node-cleanup'),
+  });
+}
+
+/** On a cleanup DaemonSet in the operator's namespace: the RegistryMirror it cleans the nodes of. */
+export const MIRROR_NAMESPACE_LABEL = 'regmirror.dev/mirror-namespace';
+export const MIRROR_NAME_LABEL = 'regmirror.dev/mirror-name';
+
+/**
+ * The name of a mirror's cleanup DaemonSet in the operator's namespace: mirrors of every namespace
+ * meet there, so it is keyed by a hash of namespace/name (names alone collide; both together can be
+ * 63 + 40 characters, past what a DaemonSet's name should be), and the labels say whose it is.
+ */
+export function relocatedCleanupName(mirror: RegistryMirror): string {
+  const key = createHash('sha256').update(`${mirror.metadata.namespace}/${mirror.metadata.name}`).digest('hex').slice(0, 16);
+  return `regmirror-node-cleanup-${key}`;
+}
+
+/**
+ * The cleanup DaemonSet for a RegistryMirror whose namespace is being deleted, which takes no new
+ * objects: it runs in the operator's namespace instead. A pod there cannot reference the mirror
+ * namespace's Secrets, and remove mode needs none of them (node-agent/reconcile.ts: credentials
+ * and --mirror-ca are read only when applying; the files apply wrote, CA files included, are found
+ * by the mirror's address), so the nodes' pull credentials and the CA volume are left out. An owner
+ * reference cannot point into another namespace either: the operator deletes it when done.
+ */
+export function desiredRelocatedCleanupDaemonSet(inputs: DesiredInputs, namespace: string) {
+  const { mirror } = inputs;
+  const whose = { [MIRROR_NAMESPACE_LABEL]: mirror.metadata.namespace, [MIRROR_NAME_LABEL]: mirror.metadata.name };
+  // No app.kubernetes.io/instance: a mirror of the same name in this namespace would select these pods.
+  const selected = { 'app.kubernetes.io/name': 'regmirror', 'app.kubernetes.io/component': 'node-cleanup', ...whose };
+  return asCleanup(desiredDaemonSet({ ...inputs, nodeAgentMode: 'remove', nodeCredentials: undefined, tlsCaKey: undefined }), {
+    name: relocatedCleanupName(mirror),
+    namespace,
+    labels: { ...selected, 'app.kubernetes.io/managed-by': FIELD_MANAGER },
+    selector: selected,
+  });
+}
+
+/** A remove-mode node agent DaemonSet made into a cleanup one: its own name, place, labels and selector, and no owner. */
+function asCleanup(daemonSet: ReturnType<typeof desiredDaemonSet>, where: { name: string; namespace: string; labels: Record<string, string>; selector: Record<string, string> }) {
   const { ownerReferences: _owned, ...meta } = daemonSet.metadata;
   return {
     ...daemonSet,
-    metadata: { ...meta, name: names(mirror).cleanupDaemonSet, labels: labels(mirror, 'node-cleanup') },
+    metadata: { ...meta, name: where.name, namespace: where.namespace, labels: where.labels },
     spec: {
       ...daemonSet.spec,
-      selector: { matchLabels: selector(mirror, 'node-cleanup') },
-      template: { ...daemonSet.spec.template, metadata: { ...daemonSet.spec.template.metadata, labels: labels(mirror, 'node-cleanup') } },
+      selector: { matchLabels: where.selector },
+      template: { ...daemonSet.spec.template, metadata: { ...daemonSet.spec.template.metadata, labels: where.labels } },
     },
   };
 }
