@@ -1,13 +1,15 @@
-// The thin loop around the reconciler: informers keep caches of RegistryMirrors, the kinds they own
-// and Secrets; their event handlers only enqueue keys; workers take keys from the queue and
-// reconcile. A watch that fails is restarted from its last resourceVersion (and relists when the
-// server answers 410 Gone), so events survive an API server restart.
-import { makeInformer, type Informer, type KubeConfig, type KubernetesObject, type ObjectCache as InformerCache } from '@kubernetes/client-node';
+// The thin loop around the reconciler: informers keep caches of RegistryMirrors and the kinds they
+// own, and of Secrets' metadata only (the reconciler reads the few Secrets it needs by name); their
+// event handlers only enqueue keys; workers take keys from the queue and reconcile. A watch that
+// fails is restarted from its last resourceVersion (and relists when the server answers 410 Gone),
+// so events survive an API server restart.
+import { ListWatch, Watch, type Informer, type KubeConfig, type KubernetesObject, type ObjectCache as InformerCache } from '@kubernetes/client-node';
 import type { Logger } from '../common/logger.ts';
 import { API_VERSION, KIND, type RegistryMirror } from './api/registry-mirror.ts';
 import { FIELD_MANAGER } from './desired/inputs.ts';
 import type { EventRecorder } from './events.ts';
 import { collectionPath, type KubeApi, type KubeObject } from './kube/api.ts';
+import { MetadataWatch, routingMetadata } from './kube/metadata.ts';
 import type { OperatorMetrics } from './metrics.ts';
 import { Reconciler, type ObjectCache } from './reconciler.ts';
 import { WorkQueue } from './work-queue.ts';
@@ -51,7 +53,6 @@ export class Controller {
   private readonly reconciler: Reconciler;
   private readonly kinds: WatchedKind[] = [];
   private mirrors!: WatchedKind;
-  private secrets!: WatchedKind;
   private readonly restartTimers = new Set<NodeJS.Timeout>();
   private resyncTimer?: NodeJS.Timeout;
   private workers: Promise<void>[] = [];
@@ -65,7 +66,6 @@ export class Controller {
     const cache: ObjectCache = {
       mirror: (namespace, name) => this.lookup(this.mirrors, namespace, name) as RegistryMirror | undefined,
       mirrors: () => this.allMirrors() as unknown as RegistryMirror[],
-      secret: (namespace, name) => this.lookup(this.secrets, namespace, name) as ReturnType<ObjectCache['secret']>,
     };
     this.reconciler = new Reconciler({
       api: options.api,
@@ -81,7 +81,9 @@ export class Controller {
   /** Starts the watches, waits for their first lists, then starts the workers. */
   async start(): Promise<void> {
     this.mirrors = this.watch(API_VERSION, KIND, undefined, (obj) => this.onMirror(obj));
-    this.secrets = this.watch('v1', 'Secret', undefined, (obj) => this.onSecret(obj));
+    // Secrets are many and large (Helm keeps a release's every revision in one): their metadata says
+    // which mirror a change concerns, and the reconciler reads the ones it uses by name.
+    this.watch('v1', 'Secret', undefined, (obj) => this.onSecret(obj), { metadataOnly: true });
     for (const [apiVersion, kind] of OWNED_KINDS) this.watch(apiVersion, kind, MANAGED_SELECTOR, (obj) => this.enqueueOwner(obj));
     await Promise.all(this.kinds.flatMap((kind) => [...kind.informers.entries()].map(([namespace, informer]) => this.startInformer(kind.name, namespace, informer))));
     this.options.logger.info({ namespaces: this.options.namespaces.length ? this.options.namespaces : 'all' }, 'caches synced; reconciling');
@@ -112,7 +114,8 @@ export class Controller {
     return [...this.mirrors.informers.values()].flatMap((informer) => [...informer.list()]);
   }
 
-  private watch(apiVersion: string, kind: string, labelSelector: string | undefined, handler: (obj: AnyObject) => void): WatchedKind {
+  /** Informers for a kind, one per watched namespace; metadataOnly keeps routingMetadata of each object only. */
+  private watch(apiVersion: string, kind: string, labelSelector: string | undefined, handler: (obj: AnyObject) => void, { metadataOnly = false } = {}): WatchedKind {
     const watched: WatchedKind = { name: `${apiVersion}/${kind}`, informers: new Map() };
     const namespaces = this.options.namespaces.length ? this.options.namespaces : [''];
     for (const namespace of namespaces) {
@@ -120,7 +123,8 @@ export class Controller {
       const list = async () => {
         this.options.metrics.lists.inc({ resource: watched.name });
         this.options.logger.debug({ resource: watched.name, namespace: namespace || undefined }, 'listing');
-        const result = await this.options.api.list<AnyObject>(apiVersion, kind, namespace || undefined, labelSelector);
+        const result = await this.options.api.list<AnyObject>(apiVersion, kind, namespace || undefined, labelSelector, { metadataOnly });
+        if (metadataOnly) result.items = result.items.map(routingMetadata) as AnyObject[];
         // Lists return items without apiVersion/kind; the reconciler and builders want them.
         for (const item of result.items) {
           item.apiVersion ??= apiVersion;
@@ -128,7 +132,8 @@ export class Controller {
         }
         return result as never;
       };
-      const informer = makeInformer<AnyObject>(this.options.kubeConfig, path, list, labelSelector);
+      const { kubeConfig } = this.options;
+      const informer = new ListWatch<AnyObject>(path, metadataOnly ? new MetadataWatch(kubeConfig) : new Watch(kubeConfig), list, false, labelSelector);
       informer.on('add', handler);
       informer.on('update', handler);
       informer.on('delete', handler);
@@ -207,6 +212,7 @@ export class Controller {
     if (owner && obj.metadata?.namespace) this.queue.add(`${obj.metadata.namespace}/${owner.name}`);
   }
 
+  /** A Secret changed or went (its metadata says which): its owner, and the mirrors naming it, look again. */
   private onSecret(secret: AnyObject): void {
     this.enqueueOwner(secret);
     const namespace = secret.metadata?.namespace;

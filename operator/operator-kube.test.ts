@@ -28,6 +28,20 @@ const SERVICE_ACCOUNT = 'system:serviceaccount:regmirror-system:regmirror-operat
 const NS = 'registry-cache';
 const WAIT_MS = 30_000;
 const CLEANUP_TIMEOUT = '6s';
+/** A Secret no RegistryMirror names, there before the operator first lists Secrets. */
+const UNRELATED_SECRET = 'unrelated-bulk';
+/**
+ * The API server's own record of how the operator reads Secrets: its lists with what they
+ * answered, its gets and watches without bodies, nothing else.
+ */
+const SECRETS_AUDIT_POLICY = {
+  omitStages: ['RequestReceived'],
+  rules: [
+    { level: 'RequestResponse', users: [SERVICE_ACCOUNT], verbs: ['list'], resources: [{ group: '', resources: ['secrets'] }] },
+    { level: 'Metadata', users: [SERVICE_ACCOUNT], verbs: ['get', 'watch'], resources: [{ group: '', resources: ['secrets'] }] },
+    { level: 'None' },
+  ],
+};
 
 const availability = kubeEnvAvailability();
 const skip: string | false = availability.ok ? false : availability.reason;
@@ -182,10 +196,11 @@ describe('operator against a real kube-apiserver', { skip }, () => {
   before(async () => {
     // REGMIRROR_KUBE_KEEP=1 keeps the operators' logs, as test/kube/env.ts keeps the control plane's.
     logDir = process.env.REGMIRROR_KUBE_KEEP === '1' ? mkdtempSync(path.join(tmpdir(), 'regmirror-operator-logs-')) : await makeTempDir('operator-kube');
-    env = await startKubeEnv();
+    env = await startKubeEnv({ auditPolicy: SECRETS_AUDIT_POLICY });
     admin = new KubeApi(env.kubeConfig(), 'regmirror-test');
     await mustKubectl(['create', 'namespace', OPERATOR_NAMESPACE]);
     await mustKubectl(['create', 'namespace', NS]);
+    await mustKubectl(['create', 'secret', 'generic', UNRELATED_SECRET, '-n', NS, '--from-literal=payload=unrelated-payload-v1']);
     await mustKubectl(['apply', '-f', CRD_FILE]);
     await mustKubectl(['wait', '--for=condition=Established', '--timeout=60s', 'crd/registrymirrors.regmirror.dev']);
     await mustKubectl(['apply', '-f', RBAC_FILE]);
@@ -365,6 +380,41 @@ describe('operator against a real kube-apiserver', { skip }, () => {
     const condition = await eventually('InvalidCredentials', async () => (await ready('opaque'))?.reason === 'InvalidCredentials' && ready('opaque'));
     assert.match(condition.message, /kubernetes\.io\/basic-auth or kubernetes\.io\/dockerconfigjson/);
     assert.ok(!condition.message.includes('opaque-pass'));
+  });
+
+  it('watches Secrets by their metadata only: it lists and watches no Secret\'s data, reads by name only the Secrets RegistryMirrors name or it owns, and still follows both', async () => {
+    // A watch is logged when its response starts (and again when it ends); lists and gets when complete.
+    const secretRequests = async () => (await env.auditEvents())
+      .filter((e) => e.user.username === SERVICE_ACCOUNT && e.objectRef?.resource === 'secrets');
+    // Its lists (it listed at start, when the unrelated Secret was already there) come back as metadata.
+    const lists = (await secretRequests()).filter((e) => e.verb === 'list');
+    assert.ok(lists.length > 0, 'the operator listed Secrets');
+    for (const list of lists) {
+      assert.equal(list.responseObject?.kind, 'PartialObjectMetadataList', `list ${list.requestURI} answered with ${list.responseObject?.kind}`);
+      assert.ok(list.responseObject?.items?.some((item) => (item.metadata as { name?: string }).name === UNRELATED_SECRET), 'the unrelated Secret is listed');
+      for (const item of list.responseObject?.items ?? []) assert.equal(item.data, undefined, 'no data in a listed item');
+    }
+    assert.ok(!JSON.stringify(lists).includes(Buffer.from('unrelated-payload-v1').toString('base64')), 'the unrelated Secret\'s data never sent to the operator in a list');
+
+    // An owned Secret edited by hand is put back: its watch event still names its owner.
+    const ownedPassword = async () => Buffer.from((await owned('v1', 'Secret', 'regmirror-private'))!.data!['upstream-0-password']!, 'base64').toString();
+    assert.equal(await ownedPassword(), 'rotated-pass');
+    await mustKubectl(['patch', 'secret', 'regmirror-private', '-n', NS, '--type=merge', '-p', JSON.stringify({ data: { 'upstream-0-password': Buffer.from('tampered').toString('base64') } })]);
+    await eventually('the owned Secret put back', async () => (await ownedPassword()) === 'rotated-pass');
+    // A referenced Secret's new data is read by name: the rotation reaches the owned Secret.
+    await mustKubectl(['apply', '-f', '-'], JSON.stringify({
+      apiVersion: 'v1', kind: 'Secret', type: 'kubernetes.io/basic-auth', metadata: { name: 'hub-credentials', namespace: NS },
+      stringData: { username: 'alice', password: 'rotated-again' },
+    }));
+    await eventually('the second rotation in the owned Secret', async () => (await ownedPassword()) === 'rotated-again');
+    // The unrelated Secret changes (an event the operator sees, as metadata) and is never read.
+    await mustKubectl(['patch', 'secret', UNRELATED_SECRET, '-n', NS, '--type=merge', '-p', JSON.stringify({ stringData: { payload: 'unrelated-payload-v2' } })]);
+    await sleep(1_000);
+    const requests = await secretRequests();
+    assert.ok(requests.some((e) => e.verb === 'watch' && e.objectRef?.namespace === undefined), 'the operator watches Secrets in all namespaces');
+    const read = new Set(requests.filter((e) => e.verb === 'get').map((e) => e.objectRef?.name));
+    assert.ok(read.has('hub-credentials') && read.has('regmirror-private'), `it reads the referenced and the owned Secret by name: ${[...read]}`);
+    assert.ok(!read.has(UNRELATED_SECRET), 'it never reads the unrelated Secret');
   });
 
   it('an object the API server refuses turns Ready False with ApplyFailed and the server\'s reason; a larger memory request alone raises the limit', async () => {

@@ -16,11 +16,18 @@ type Obj = KubeObject & { spec?: any; status?: any; data?: Record<string, string
 
 class FakeApiServer {
   readonly objects = new Map<string, Obj>();
+  /** The user's Secrets by "namespace/name", apart from the objects the reconciler makes. */
+  readonly secrets = new Map<string, Obj>();
+  /** Reads of these "namespace/name" Secrets fail with this error, as KubeApi.find throws all but 404. */
+  readonly secretErrors = new Map<string, Error>();
   private uid = 0;
   private key = (apiVersion: string, kind: string, namespace: string, name: string) => `${apiVersion}/${kind}/${namespace}/${name}`;
 
   async find<T>(apiVersion: string, kind: string, namespace: string, name: string): Promise<T | undefined> {
-    return structuredClone(this.objects.get(this.key(apiVersion, kind, namespace, name))) as T | undefined;
+    const userSecret = kind === 'Secret' ? `${namespace}/${name}` : undefined;
+    if (userSecret && this.secretErrors.has(userSecret)) throw this.secretErrors.get(userSecret);
+    const object = this.objects.get(this.key(apiVersion, kind, namespace, name)) ?? (userSecret ? this.secrets.get(userSecret) : undefined);
+    return structuredClone(object) as T | undefined;
   }
 
   async apply<T>(object: Obj & { apiVersion: string; kind: string; metadata: { name: string; namespace: string } }, subresource?: 'status'): Promise<T> {
@@ -90,7 +97,7 @@ function setup(spec: Parameters<typeof mirrorFixture>[0] = {}, options: { timeou
   const server = new FakeApiServer();
   const cr = mirrorFixture(spec);
   server.objects.set(`${API_VERSION}/${KIND}/${cr.metadata.namespace}/${cr.metadata.name}`, cr as Obj);
-  const secrets = new Map<string, Obj>();
+  const { secrets } = server;
   const api = server as unknown as KubeApi;
   const logger = createLogger('test', 'silent');
   const reconciler = new Reconciler({
@@ -98,7 +105,6 @@ function setup(spec: Parameters<typeof mirrorFixture>[0] = {}, options: { timeou
     cache: {
       mirror: (ns, name) => server.objects.get(`${API_VERSION}/${KIND}/${ns}/${name}`) as RegistryMirror | undefined,
       mirrors: () => server.all(KIND) as unknown as RegistryMirror[],
-      secret: (ns, name) => secrets.get(`${ns}/${name}`) ?? (server.objects.get(`v1/Secret/${ns}/${name}`) as Obj | undefined),
     },
     events: new EventRecorder(api, logger, 'test'),
     logger,
@@ -142,6 +148,26 @@ test('a missing credentials Secret stops the rollout with SecretNotFound until i
   await reconciler.reconcile('registry-cache/hub');
   assert.equal(ready()!.reason, 'VolumePending');
   assert.equal(server.all('Deployment').length, 1);
+});
+
+test('a referenced Secret is read from the server when reconciling; one the operator may not read fails the reconcile, to be retried, instead of saying SecretNotFound', async () => {
+  const spec = { upstreams: [{ registry: 'docker.io', credentialsSecretRef: { name: 'hub-credentials' } }], auth: { allowAnonymousWithCredentials: true } };
+  const { server, secrets, reconciler, ready } = setup(spec);
+  const b64 = (s: string) => Buffer.from(s).toString('base64');
+  secrets.set('registry-cache/hub-credentials', { type: 'kubernetes.io/basic-auth', data: { username: b64('alice'), password: b64('pw') } });
+  server.secretErrors.set('registry-cache/hub-credentials', new ApiError(403, 'Forbidden', 'GET /api/v1/namespaces/registry-cache/secrets/hub-credentials: 403 forbidden'));
+  await assert.rejects(reconciler.reconcile('registry-cache/hub'), /403 forbidden/);
+  assert.equal(ready(), undefined, 'no condition claims the Secret is missing');
+  assert.equal(server.all('Event').length, 0);
+  server.secretErrors.clear();
+  await reconciler.reconcile('registry-cache/hub');
+  assert.equal(ready()!.reason, 'VolumePending');
+  const owned = server.all('Secret')[0]!;
+  assert.equal(Buffer.from(owned.data!['upstream-0-password']!, 'base64').toString(), 'pw');
+  // Rotated on the server: the next reconcile reads the new password, with no cache in between.
+  secrets.get('registry-cache/hub-credentials')!.data!.password = b64('rotated');
+  await reconciler.reconcile('registry-cache/hub');
+  assert.equal(Buffer.from(server.all('Secret')[0]!.data!['upstream-0-password']!, 'base64').toString(), 'rotated');
 });
 
 test('a prefetch image on no configured upstream (which the mirror refuses at start) is InvalidSpec, naming the entry, and nothing is rolled out until it is fixed', async () => {

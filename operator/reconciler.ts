@@ -1,6 +1,7 @@
-// Reconcile one RegistryMirror: level-triggered and idempotent. It reads the mirror and the Secrets
-// it references, builds the desired objects with the pure builders, applies them with server-side
-// apply, and writes status from what the server returned. Deletion runs the node-cleanup finalizer.
+// Reconcile one RegistryMirror: level-triggered and idempotent. It reads the mirror (from the cache)
+// and the Secrets it references (by name, from the server), builds the desired objects with the
+// pure builders, applies them with server-side apply, and writes status from what the server
+// returned. Deletion runs the node-cleanup finalizer.
 import { createHash } from 'node:crypto';
 import type { Logger } from '../common/logger.ts';
 import { API_VERSION, KIND, type RegistryMirror, type RegistryMirrorStatus, type Runtime } from './api/registry-mirror.ts';
@@ -30,12 +31,14 @@ export interface ReconcileResult {
   requeueAfterMs?: number;
 }
 
-/** Where the reconciler reads watched objects (the informers' caches). */
+/**
+ * Where the reconciler reads watched objects (the informers' caches). Secrets are not in it: the
+ * operator watches their metadata only, and reads the ones a mirror references when it reconciles.
+ */
 export interface ObjectCache {
   mirror(namespace: string, name: string): RegistryMirror | undefined;
   /** Every RegistryMirror the operator watches: node configuration must not overlap between them. */
   mirrors(): RegistryMirror[];
-  secret(namespace: string, name: string): (SecretLike & KubeObject) | undefined;
 }
 
 export interface ReconcilerOptions {
@@ -184,10 +187,15 @@ export class Reconciler {
     return { pvc, clusterIP, deployment, daemonSet, refusals };
   }
 
-  /** Reads the referenced Secrets into builder inputs, or names the first problem with them. */
+  /**
+   * Reads the referenced Secrets into builder inputs, or names the first problem with them. They are
+   * read from the server, each when it is needed: one that does not exist is SecretNotFound, and any
+   * other failure to read it (forbidden, the server unreachable) is thrown, to be retried.
+   */
   private async gatherInputs(mirror: RegistryMirror, mode: NodeAgentMode): Promise<{ inputs: DesiredInputs; problem?: undefined } | { problem: Problem; inputs?: undefined }> {
-    const { cache } = this.options;
+    const { api } = this.options;
     const { namespace } = mirror.metadata;
+    const secret = (name: string) => api.find<SecretLike & KubeObject>('v1', 'Secret', namespace, name);
     const { spec } = mirror;
     const missing = (secretName: string, what: string): { problem: Problem } => ({
       problem: { reason: 'SecretNotFound', message: `Secret ${secretName} (${what}) not found in namespace ${namespace}` },
@@ -201,10 +209,10 @@ export class Reconciler {
     for (const upstream of spec.upstreams) {
       const ref = upstream.credentialsSecretRef;
       if (!ref) continue;
-      const secret = cache.secret(namespace, ref.name);
-      if (!secret) return missing(ref.name, `credentials for ${upstream.registry}`);
+      const credentials = await secret(ref.name);
+      if (!credentials) return missing(ref.name, `credentials for ${upstream.registry}`);
       try {
-        upstreamCredentials.set(upstream.registry, normaliseCredentials(secret, upstream.registry, ref.name));
+        upstreamCredentials.set(upstream.registry, normaliseCredentials(credentials, upstream.registry, ref.name));
       } catch (error) {
         if (error instanceof InvalidCredentialsError) return invalid(error.message);
         throw error;
@@ -212,8 +220,8 @@ export class Reconciler {
     }
 
     // What the operator made before and keeps (the checksum key, the nodes' password) is read from
-    // the server, not the cache: a reconcile just after the one that made it would otherwise make
-    // it again, and roll the mirror and the agents twice.
+    // the server, as every Secret is: from a cache, a reconcile just after the one that made it
+    // could make it again, and roll the mirror and the agents twice.
     const owned = await this.ownedSecret(mirror);
     const inputs: DesiredInputs = {
       mirror,
@@ -227,23 +235,23 @@ export class Reconciler {
 
     const htpasswdRef = spec.auth?.htpasswdSecretRef;
     if (htpasswdRef) {
-      const secret = cache.secret(namespace, htpasswdRef.name);
-      if (!secret) return missing(htpasswdRef.name, 'htpasswd for spec.auth');
-      const text = secret.data?.htpasswd;
+      const htpasswd = await secret(htpasswdRef.name);
+      if (!htpasswd) return missing(htpasswdRef.name, 'htpasswd for spec.auth');
+      const text = htpasswd.data?.htpasswd;
       if (!text) return invalid(`Secret ${htpasswdRef.name} (spec.auth) has no key "htpasswd"`);
       inputs.htpasswd = Buffer.from(text, 'base64').toString('utf8');
       inputs.nodeCredentials = await nodeCredentials(owned?.data);
     }
 
     if (spec.tls) {
-      const secret = cache.secret(namespace, spec.tls.secretName);
-      if (!secret) return missing(spec.tls.secretName, 'spec.tls');
-      if (!secret.data?.['tls.crt'] || !secret.data?.['tls.key']) {
+      const tls = await secret(spec.tls.secretName);
+      if (!tls) return missing(spec.tls.secretName, 'spec.tls');
+      if (!tls.data?.['tls.crt'] || !tls.data?.['tls.key']) {
         return invalid(`Secret ${spec.tls.secretName} (spec.tls) needs keys "tls.crt" and "tls.key"`);
       }
-      inputs.tlsDigest = createHash('sha256').update(secret.data['tls.crt']).update(secret.data['tls.key']).digest('hex');
+      inputs.tlsDigest = createHash('sha256').update(tls.data['tls.crt']).update(tls.data['tls.key']).digest('hex');
       // cert-manager and most issuers put the CA in ca.crt; a self-signed certificate is its own
-      inputs.tlsCaKey = secret.data['ca.crt'] ? 'ca.crt' : 'tls.crt';
+      inputs.tlsCaKey = tls.data['ca.crt'] ? 'ca.crt' : 'tls.crt';
     }
     return { inputs };
   }

@@ -5,6 +5,7 @@ import { fetch } from 'undici';
 import { HttpMethod, RequestContext, type KubeConfig } from '@kubernetes/client-node';
 import { API_VERSION, KIND, PLURAL } from '../api/registry-mirror.ts';
 import { FIELD_MANAGER } from '../desired/inputs.ts';
+import { METADATA_LIST_ACCEPT } from './metadata.ts';
 
 export interface KubeObject {
   apiVersion?: string;
@@ -105,14 +106,14 @@ export class KubeApi {
     this.fieldManager = fieldManager;
   }
 
-  async request<T>(method: 'GET' | 'POST' | 'PUT' | 'PATCH' | 'DELETE', path: string, options: { body?: unknown; contentType?: string; query?: Record<string, string> } = {}): Promise<T> {
+  async request<T>(method: 'GET' | 'POST' | 'PUT' | 'PATCH' | 'DELETE', path: string, options: { body?: unknown; contentType?: string; accept?: string; query?: Record<string, string> } = {}): Promise<T> {
     const cluster = this.config.getCurrentCluster();
     if (!cluster) throw new Error('the kubeconfig has no current cluster');
     const url = new URL(cluster.server.replace(/\/$/, '') + path);
     for (const [key, value] of Object.entries(options.query ?? {})) url.searchParams.set(key, value);
     const context = new RequestContext(url.toString(), HttpMethod[method]);
     await this.config.applySecurityAuthentication(context);
-    const headers: Record<string, string> = { ...context.getHeaders(), accept: 'application/json' };
+    const headers: Record<string, string> = { ...context.getHeaders(), accept: options.accept ?? 'application/json' };
     let body: string | undefined;
     if (options.body !== undefined) {
       body = JSON.stringify(options.body);
@@ -163,10 +164,16 @@ export class KubeApi {
     }
   }
 
-  list<T extends KubeObject>(apiVersion: string, kind: string, namespace?: string, labelSelector?: string): Promise<KubeList<T>> {
-    return this.request<KubeList<T>>('GET', collectionPath(apiVersion, kind, namespace), {
+  /**
+   * Lists a kind; with metadataOnly, the server sends each object's metadata only (metadata.ts). An
+   * empty PartialObjectMetadataList comes with `items: null`; it is returned as [].
+   */
+  async list<T extends KubeObject>(apiVersion: string, kind: string, namespace?: string, labelSelector?: string, options: { metadataOnly?: boolean } = {}): Promise<KubeList<T>> {
+    const list = await this.request<KubeList<T>>('GET', collectionPath(apiVersion, kind, namespace), {
       query: labelSelector ? { labelSelector } : {},
+      ...(options.metadataOnly ? { accept: METADATA_LIST_ACCEPT } : {}),
     });
+    return { ...list, items: list.items ?? [] };
   }
 
   /**

@@ -3,7 +3,7 @@
 // test/kube/binaries.ts; see test/kube/README.md.
 import { type ChildProcess, spawn, spawnSync } from 'node:child_process';
 import { closeSync, openSync, readFileSync, rmSync } from 'node:fs';
-import { mkdir, mkdtemp, rm, writeFile } from 'node:fs/promises';
+import { mkdir, mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
 import { request } from 'node:https';
 import { request as httpRequest } from 'node:http';
 import { createServer } from 'node:net';
@@ -22,7 +22,20 @@ export interface KubeEnv {
   kubeconfigFor(user: string, groups?: string[]): Promise<string>; // kubeconfig that authenticates as that user (client certificate)
   kubectl(args: string[], opts?: { input?: string; kubeconfig?: string }): Promise<{ stdout: string; stderr: string; code: number }>;
   restartApiServer(): Promise<void>; // stop and start kube-apiserver on the same port and etcd data
+  auditEvents(): Promise<AuditEvent[]>; // what the audit log holds so far (startKubeEnv's auditPolicy); [] without one
   stop(): Promise<void>;
+}
+
+/** An audit.k8s.io/v1 Event as kube-apiserver logs it, the fields tests look at. */
+export interface AuditEvent {
+  stage: string;
+  verb: string;
+  requestURI: string;
+  user: { username: string; groups?: string[] };
+  objectRef?: { resource?: string; namespace?: string; name?: string; apiGroup?: string };
+  responseStatus?: { code?: number };
+  responseObject?: { kind?: string; apiVersion?: string; items?: Record<string, unknown>[] } & Record<string, unknown>;
+  [key: string]: unknown;
 }
 
 const ETCD_READY_TIMEOUT_MS = 30_000;
@@ -172,10 +185,12 @@ function kubeconfigText(server: string, caData: string, user: string, certData: 
 
 /**
  * Starts etcd and kube-apiserver (and kube-controller-manager with `controllerManager: true`, for
- * garbage collection, ServiceAccounts and workload status) in a fresh temporary directory.
- * Call `stop()` in an `after` hook; children die with this process in any case.
+ * garbage collection, ServiceAccounts and workload status) in a fresh temporary directory. With
+ * `auditPolicy` (an audit.k8s.io/v1 Policy), the server logs the requests it selects as JSON lines,
+ * which `auditEvents()` reads. Call `stop()` in an `after` hook; children die with this process in
+ * any case.
  */
-export async function startKubeEnv(opts: { controllerManager?: boolean } = {}): Promise<KubeEnv> {
+export async function startKubeEnv(opts: { controllerManager?: boolean; auditPolicy?: Record<string, unknown> } = {}): Promise<KubeEnv> {
   const available = kubeEnvAvailability();
   if (!available.ok) throw new Error(available.reason);
   installExitHook();
@@ -250,6 +265,13 @@ export async function startKubeEnv(opts: { controllerManager?: boolean } = {}): 
       // the server answers 429 + Retry-After while it drains and gives connections 2s to go.
       '--shutdown-send-retry-after=true',
     ];
+    const auditLog = path.join(dir, 'audit.log');
+    if (opts.auditPolicy) {
+      const policyFile = path.join(dir, 'audit-policy.yaml');
+      await writeFile(policyFile, stringify({ apiVersion: 'audit.k8s.io/v1', kind: 'Policy', ...opts.auditPolicy }));
+      // blocking: an event is written before its request is answered
+      apiserverArgs.push(`--audit-policy-file=${policyFile}`, `--audit-log-path=${auditLog}`, '--audit-log-format=json', '--audit-log-mode=blocking');
+    }
     const adminTls: Tls = { ca: readFileSync(pki.ca.certFile), cert: readFileSync(admin.certFile), key: readFileSync(admin.keyFile) };
     const startApiServer = async (): Promise<void> => {
       const child = (processes.apiserver = spawnControlPlane('kube-apiserver', apiserverArgs, apiserverLog));
@@ -296,6 +318,13 @@ export async function startKubeEnv(opts: { controllerManager?: boolean } = {}): 
         if (stopped) throw new Error('restartApiServer: the environment is stopped');
         if (processes.apiserver) await stopProcess(processes.apiserver);
         await startApiServer();
+      },
+      async auditEvents() {
+        if (!opts.auditPolicy) return [];
+        const text = await readFile(auditLog, 'utf8').catch((error: NodeJS.ErrnoException) => (error.code === 'ENOENT' ? '' : Promise.reject(error)));
+        const lines = text.split('\n');
+        lines.pop(); // '' after the last newline, or a line still being written
+        return lines.filter((line) => line.trim()).map((line) => JSON.parse(line) as AuditEvent);
       },
       stop,
     };
