@@ -6,7 +6,7 @@ import assert from 'node:assert/strict';
 import { readFileSync } from 'node:fs';
 import path from 'node:path';
 import { parse } from 'yaml';
-import { LEADER_ELECTION_RULES, NODE_CLEANUP_RULES, OPERATOR_RULES } from '../operator/rbac.ts';
+import { LEADER_ELECTION_RULES, MIRROR_RULES, NODE_CLEANUP_RULES, OPERATOR_RULES } from '../operator/rbac.ts';
 import { CHART_DIR, GENERATED_FILES, REPO_ROOT, helm, helmTemplate } from './generate.ts';
 import { parseManifests, validateObject, type KubeObject } from './kubernetes-schemas.ts';
 
@@ -82,9 +82,15 @@ test('the RBAC rules are operator/rbac.ts\'s, bound cluster-wide by default', as
   assert.ok(container.args.includes('--leader-elect=true'));
 });
 
-test('watchNamespaces binds the rules in each listed namespace only and tells the operator to watch just those', async () => {
+test('watchNamespaces binds the rules in each listed namespace only (RegistryMirrors themselves cluster-wide) and tells the operator to watch just those', async () => {
   const objects = parseManifests(await helmTemplate(EVERYTHING_ON));
-  assert.equal(find(objects, 'ClusterRoleBinding').length, 0);
+  // Only the rules over RegistryMirrors are bound cluster-wide: a namespace being deleted takes its
+  // RoleBinding with it before the finalizer of a RegistryMirror in it is done.
+  const clusterBindings = find(objects, 'ClusterRoleBinding') as unknown as { roleRef: { kind: string; name: string } }[];
+  assert.deepEqual(clusterBindings.map((b) => b.roleRef), [{ apiGroup: 'rbac.authorization.k8s.io', kind: 'ClusterRole', name: 'regmirror-operator-registrymirrors' }]);
+  const [mirrorsRole] = find(objects, 'ClusterRole', 'regmirror-operator-registrymirrors');
+  assert.deepEqual((mirrorsRole as unknown as { rules: unknown }).rules, MIRROR_RULES);
+  assert.ok(MIRROR_RULES.every((rule) => rule.apiGroups.join() === 'regmirror.dev'), 'nothing but RegistryMirrors');
   const bindings = find(objects, 'RoleBinding', 'regmirror-operator');
   assert.deepEqual(bindings.map((b) => b.metadata.namespace), ['team-a', 'team-b']);
   for (const binding of bindings) assert.deepEqual((binding as unknown as { roleRef: unknown }).roleRef, { apiGroup: 'rbac.authorization.k8s.io', kind: 'ClusterRole', name: 'regmirror-operator' });

@@ -12,7 +12,7 @@ import path from 'node:path';
 import { promisify } from 'node:util';
 import { stringify } from 'yaml';
 import { CRD_NAME } from '../operator/api/crd.ts';
-import { LEADER_ELECTION_RULES, NODE_CLEANUP_RULES, OPERATOR_RULES, type PolicyRule } from '../operator/rbac.ts';
+import { LEADER_ELECTION_RULES, MIRROR_RULES, MIRRORS_ROLE, NODE_CLEANUP_RULES, OPERATOR_NAME, OPERATOR_RULES, type PolicyRule } from '../operator/rbac.ts';
 
 export const REPO_ROOT = path.resolve(import.meta.dirname, '..');
 export const CHART_DIR = path.join(REPO_ROOT, 'charts', 'regmirror');
@@ -27,47 +27,42 @@ function rulesYaml(rules: PolicyRule[]): string {
   return stringify(rules, { lineWidth: 0 }).trimEnd();
 }
 
-/** A Role in the release namespace with its RoleBinding to the operator's ServiceAccount. */
-function ownNamespaceRole(suffix: string, rules: PolicyRule[]): string {
-  return `apiVersion: rbac.authorization.k8s.io/v1
-kind: Role
+/**
+ * One RBAC object named after the operator (plus `suffix`), in the release namespace when it is a
+ * Role or RoleBinding: a role holds `rules`, a binding refers to the role of the same name and binds
+ * it to the operator's ServiceAccount.
+ */
+function rbacObject(kind: 'Role' | 'RoleBinding' | 'ClusterRole' | 'ClusterRoleBinding', suffix: string, rules?: PolicyRule[]): string {
+  const name = `{{ include "regmirror.operatorName" . }}${suffix}`;
+  const head = `apiVersion: rbac.authorization.k8s.io/v1
+kind: ${kind}
 metadata:
-  name: {{ include "regmirror.operatorName" . }}-${suffix}
-  namespace: {{ .Release.Namespace }}
+  name: ${name}${kind.startsWith('Cluster') ? '' : '\n  namespace: {{ .Release.Namespace }}'}
   labels:
-    {{- include "regmirror.labels" . | nindent 4 }}
-rules:
-${rulesYaml(rules)}
----
-apiVersion: rbac.authorization.k8s.io/v1
-kind: RoleBinding
-metadata:
-  name: {{ include "regmirror.operatorName" . }}-${suffix}
-  namespace: {{ .Release.Namespace }}
-  labels:
-    {{- include "regmirror.labels" . | nindent 4 }}
+    {{- include "regmirror.labels" . | nindent 4 }}`;
+  if (rules) return `${head}\nrules:\n${rulesYaml(rules)}`;
+  return `${head}
 roleRef:
   apiGroup: rbac.authorization.k8s.io
-  kind: Role
-  name: {{ include "regmirror.operatorName" . }}-${suffix}
+  kind: ${kind.replace('Binding', '')}
+  name: ${name}
 subjects:
   - kind: ServiceAccount
     name: {{ include "regmirror.serviceAccountName" . }}
     namespace: {{ .Release.Namespace }}`;
 }
 
+/** A Role in the release namespace with its RoleBinding to the operator's ServiceAccount. */
+function ownNamespaceRole(suffix: string, rules: PolicyRule[]): string {
+  return `${rbacObject('Role', `-${suffix}`, rules)}\n---\n${rbacObject('RoleBinding', `-${suffix}`)}`;
+}
+
 /** The chart's RBAC: the rules are operator/rbac.ts's; names, namespaces and bindings are the chart's. */
 export function renderRbacTemplate(): string {
+  const mirrors = MIRRORS_ROLE.slice(OPERATOR_NAME.length);
   return `{{- /* ${GENERATED_BY} from operator/rbac.ts; do not edit by hand. */ -}}
 {{- /* What the operator may do with RegistryMirrors and the objects they own. */}}
-apiVersion: rbac.authorization.k8s.io/v1
-kind: ClusterRole
-metadata:
-  name: {{ include "regmirror.operatorName" . }}
-  labels:
-    {{- include "regmirror.labels" . | nindent 4 }}
-rules:
-${rulesYaml(OPERATOR_RULES)}
+${rbacObject('ClusterRole', '', OPERATOR_RULES)}
 {{- if .Values.watchNamespaces }}
 {{- /* Watching a few namespaces: the same rules, bound in each of them only. */}}
 {{- range .Values.watchNamespaces }}
@@ -88,22 +83,15 @@ subjects:
     name: {{ include "regmirror.serviceAccountName" $ }}
     namespace: {{ $.Release.Namespace }}
 {{- end }}
+---
+{{- /* RegistryMirrors themselves, everywhere: a namespace being deleted takes its RoleBinding above
+with it before the finalizer of a RegistryMirror in it is done (operator/rbac.ts MIRROR_RULES). */}}
+${rbacObject('ClusterRole', mirrors, MIRROR_RULES)}
+---
+${rbacObject('ClusterRoleBinding', mirrors)}
 {{- else }}
 ---
-apiVersion: rbac.authorization.k8s.io/v1
-kind: ClusterRoleBinding
-metadata:
-  name: {{ include "regmirror.operatorName" . }}
-  labels:
-    {{- include "regmirror.labels" . | nindent 4 }}
-roleRef:
-  apiGroup: rbac.authorization.k8s.io
-  kind: ClusterRole
-  name: {{ include "regmirror.operatorName" . }}
-subjects:
-  - kind: ServiceAccount
-    name: {{ include "regmirror.serviceAccountName" . }}
-    namespace: {{ .Release.Namespace }}
+${rbacObject('ClusterRoleBinding', '')}
 {{- end }}
 {{- if .Values.leaderElection.enabled }}
 ---

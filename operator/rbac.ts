@@ -13,12 +13,25 @@ export interface PolicyRule {
 
 export const OPERATOR_NAME = 'regmirror-operator';
 
-/** Rules over RegistryMirrors and the objects they own (server-side apply creates and patches). */
-export const OPERATOR_RULES: PolicyRule[] = [
+/**
+ * Rules over RegistryMirrors themselves. A namespaced install (the chart's watchNamespaces) binds
+ * these cluster-wide as well, in ClusterRole MIRRORS_ROLE: the RoleBinding that grants everything
+ * else in a namespace is deleted with that namespace, before the finalizer of a RegistryMirror in
+ * it is done, and without these the operator could neither follow nor release it (the namespace
+ * would stay Terminating).
+ */
+export const MIRROR_RULES: PolicyRule[] = [
   { apiGroups: [GROUP], resources: [PLURAL], verbs: ['get', 'list', 'watch', 'patch'] },
   { apiGroups: [GROUP], resources: [`${PLURAL}/status`], verbs: ['patch'] },
   // Owner references with blockOwnerDeletion need this where OwnerReferencesPermissionEnforcement runs.
   { apiGroups: [GROUP], resources: [`${PLURAL}/finalizers`], verbs: ['update'] },
+];
+
+export const MIRRORS_ROLE = `${OPERATOR_NAME}-registrymirrors`;
+
+/** Rules over RegistryMirrors and the objects they own (server-side apply creates and patches). */
+export const OPERATOR_RULES: PolicyRule[] = [
+  ...MIRROR_RULES,
   // Secrets: read the ones a RegistryMirror references, write the one it owns.
   { apiGroups: [''], resources: ['configmaps', 'secrets', 'services', 'persistentvolumeclaims'], verbs: ['get', 'list', 'watch', 'create', 'patch'] },
   { apiGroups: ['apps'], resources: ['deployments'], verbs: ['get', 'list', 'watch', 'create', 'patch'] },

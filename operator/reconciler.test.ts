@@ -328,7 +328,7 @@ test('spec.image chooses the mirror\'s image only: the node agent, root on every
 
 /** The API server's answer to a create in a namespace being deleted (NamespaceLifecycle admission). */
 const terminating = (name: string) => new ApiError(403, 'Forbidden',
-  `daemonsets.apps "${name}" is forbidden: unable to create new content in namespace registry-cache because it is being terminated`, ['NamespaceTerminating']);
+  `daemonsets.apps "${name}" is forbidden: unable to create new content in namespace registry-cache because it is being terminated`);
 
 /** Refuses DaemonSet applies in `namespace` with `error`. */
 function refuseDaemonSets(server: FakeApiServer, namespace: string, error: (name: string) => Error) {
@@ -385,16 +385,40 @@ test('where even the operator\'s namespace refuses the cleanup DaemonSet, a Warn
   assert.equal(mirror(), undefined);
   const event = server.all('Event').find((e) => e.reason === 'NodeCleanupSkipped');
   assert.equal(event?.type, 'Warning');
-  assert.match(String(event?.message), /^nodes not cleaned: .*namespace registry-cache is being deleted .*operator's namespace regmirror-system was refused: .*cannot patch resource "daemonsets".*\. 2 node\(s\) may still point their runtimes at http:\/\/10\.96\.0\.42:5000 .*"Manual node cleanup" in the README/);
+  assert.match(String(event?.message), /^nodes not cleaned: .*namespace registry-cache refused a cleanup DaemonSet \(.*being terminated\), and so did the operator's namespace regmirror-system: .*cannot patch resource "daemonsets".*\. 2 node\(s\) may still point their runtimes at http:\/\/10\.96\.0\.42:5000 .*"Manual node cleanup" in the README/);
 });
 
-test('a cleanup DaemonSet refused for another reason than the namespace being deleted is not moved elsewhere: a Warning says why', async () => {
-  const { server, reconciler, mirror } = await deletedAfterItsAgents();
+test('a cleanup DaemonSet refused in the mirror\'s namespace for another reason (an admission webhook) runs in the operator\'s namespace too', async () => {
+  const { server, reconciler } = await deletedAfterItsAgents();
   refuseDaemonSets(server, 'registry-cache', (name) => new ApiError(403, 'Forbidden', `admission webhook "policy.example" denied the request: ${name}`));
   await reconciler.reconcile('registry-cache/hub');
+  const [cleanup] = server.all('DaemonSet');
+  assert.equal(cleanup?.metadata!.namespace, 'regmirror-system');
+  assert.match(String(server.all('Event').find((e) => e.reason === 'NodeCleanup')?.message), /refused a cleanup DaemonSet \(.*policy\.example.*\); DaemonSet regmirror-node-cleanup-[0-9a-f]{16} in namespace regmirror-system/);
+  assert.ok(!server.all('Event').some((e) => e.type === 'Warning'));
+});
+
+test('a namespaced install whose RoleBinding went with the namespace (every read and write there forbidden) still cleans the nodes from the operator\'s namespace, with the address from the status', async () => {
+  const { server, reconciler, mirror } = await deletedAfterItsAgents({ upstreams: [{ registry: 'docker.io', credentialsSecretRef: { name: 'hub-credentials' } }] }, {
+    'hub-credentials': { type: 'kubernetes.io/basic-auth', data: { username: Buffer.from('alice').toString('base64'), password: Buffer.from('pw').toString('base64') } },
+  });
+  const forbidden = (what: string) => new ApiError(403, 'Forbidden', `${what} is forbidden: User "system:serviceaccount:regmirror-system:regmirror-operator" cannot get resource in the namespace "registry-cache"`);
+  const find = server.find.bind(server);
+  server.find = async <T,>(apiVersion: string, kind: string, namespace: string, name: string): Promise<T | undefined> => {
+    if (namespace === 'registry-cache' && kind !== KIND) throw forbidden(`${kind} ${name}`);
+    return find<T>(apiVersion, kind, namespace, name);
+  };
+  refuseDaemonSets(server, 'registry-cache', (name) => forbidden(`daemonsets.apps "${name}"`));
+  await reconciler.reconcile('registry-cache/hub');
+  const [cleanup, ...others] = server.all('DaemonSet').filter((d) => d.metadata!.namespace === 'regmirror-system');
+  assert.equal(others.length, 0);
+  const args: string[] = cleanup!.spec.template.spec.containers[0].args;
+  assert.equal(args[args.indexOf('--mirror') + 1], 'http://10.96.0.42:5000', 'the address the nodes were given, from the status');
+  assert.deepEqual(mirror()!.metadata.finalizers, [FINALIZER], 'held until the nodes are clean');
+  cleanup!.status = { observedGeneration: cleanup!.metadata!.generation, desiredNumberScheduled: 2, updatedNumberScheduled: 2, numberReady: 2 };
+  await reconciler.reconcile('registry-cache/hub');
   assert.equal(mirror(), undefined);
-  assert.equal(server.all('DaemonSet').length, 0, 'nothing in the operator\'s namespace');
-  assert.match(String(server.all('Event').find((e) => e.reason === 'NodeCleanupSkipped')?.message), /cleanup DaemonSet was refused: .*policy\.example/);
+  assert.ok(!server.all('Event').some((e) => e.type === 'Warning'));
 });
 
 test('a RegistryMirror that never configured a node is let go at once, with no cleanup DaemonSet', async () => {

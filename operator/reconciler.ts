@@ -18,7 +18,7 @@ import { claimSize, desiredPersistentVolumeClaim } from './desired/persistent-vo
 import { desiredSecret } from './desired/secret.ts';
 import { desiredService } from './desired/service.ts';
 import type { EventRecorder } from './events.ts';
-import { isNamespaceTerminating, isNotFound, isRefused, isStale, type KubeApi, type KubeObject } from './kube/api.ts';
+import { isNotFound, isRefused, isStale, type KubeApi, type KubeObject } from './kube/api.ts';
 import { checksumKey } from './checksum-key.ts';
 import { nodeCredentials } from './node-credentials.ts';
 import { nodeConfigHolder } from './node-conflict.ts';
@@ -267,7 +267,7 @@ export class Reconciler {
     const { api, events } = this.options;
     const { namespace } = mirror.metadata;
     const n = names(mirror);
-    const current = await api.find<Applied>('apps/v1', 'DaemonSet', namespace, n.daemonSet);
+    const current = await this.findWhileDeleting<Applied>('apps/v1', 'DaemonSet', namespace, n.daemonSet);
     const cleanup = await this.findCleanupDaemonSet(mirror);
     const waitedMs = this.now().getTime() - Date.parse(mirror.metadata.deletionTimestamp!);
     const timedOut = waitedMs >= this.options.nodeCleanupTimeoutMs;
@@ -316,12 +316,19 @@ export class Reconciler {
 
   /** Inputs for a node agent in remove mode; Secrets may already be gone, and removal needs none of them. */
   private async removalInputs(mirror: RegistryMirror, serviceIP: string, agent: Applied | undefined): Promise<DesiredInputs> {
-    const gathered = await this.gatherInputs(mirror, 'remove');
-    const inputs: DesiredInputs = gathered.inputs ?? {
+    let gathered: Awaited<ReturnType<Reconciler['gatherInputs']>> | undefined;
+    try {
+      gathered = await this.gatherInputs(mirror, 'remove');
+    } catch (error) {
+      // a Secret the operator may no longer read (see findWhileDeleting): removal needs none
+      if (!isRefused(error)) throw error;
+    }
+    const owned = gathered?.inputs ? undefined : await this.findWhileDeleting<SecretLike & KubeObject>('v1', 'Secret', mirror.metadata.namespace, names(mirror).secret);
+    const inputs: DesiredInputs = gathered?.inputs ?? {
       mirror,
       image: mirror.spec.image ?? this.options.mirrorImage,
       nodeAgentImage: this.options.mirrorImage,
-      checksumKey: checksumKey((await this.ownedSecret(mirror))?.data),
+      checksumKey: checksumKey(owned?.data),
       upstreamCredentials: new Map(),
       nodeAgentMode: 'remove',
     };
@@ -336,7 +343,7 @@ export class Reconciler {
 
   /** The address the nodes were given: the Service's, else the agent's flag, else the status. */
   private async mirrorIP(mirror: RegistryMirror, agent: Applied | undefined): Promise<string | undefined> {
-    const service = await this.options.api.find<Applied>('v1', 'Service', mirror.metadata.namespace, names(mirror).service);
+    const service = await this.findWhileDeleting<Applied>('v1', 'Service', mirror.metadata.namespace, names(mirror).service);
     return (service?.spec?.clusterIP as string | undefined) ?? mirrorIPFromArgs(agent) ?? hostOf(mirror.status?.endpoint);
   }
 
@@ -371,44 +378,55 @@ export class Reconciler {
       return daemonSet;
     } catch (error) {
       if (!isRefused(error)) throw error;
-      // A namespace being deleted takes no new objects: the operator's own namespace takes it instead.
-      if (isNamespaceTerminating(error) && this.options.cleanupNamespace !== mirror.metadata.namespace) {
-        return this.startRelocatedCleanup(mirror, inputs);
-      }
+      // A namespace being deleted takes no new objects, and a namespaced install may have lost its
+      // RoleBinding there already (findWhileDeleting): the operator's own namespace takes it instead.
+      if (this.options.cleanupNamespace !== mirror.metadata.namespace) return this.startRelocatedCleanup(mirror, inputs, error as Error);
       await this.nodesNotCleaned(mirror, `the node agent DaemonSet was deleted before the nodes were cleaned, and a cleanup DaemonSet was refused: ${(error as Error).message.slice(0, 512)}`);
       return undefined;
     }
   }
 
-  /** The cleanup DaemonSet in the operator's namespace, for a mirror whose namespace is being deleted. */
-  private async startRelocatedCleanup(mirror: RegistryMirror, inputs: DesiredInputs): Promise<Applied | undefined> {
+  /**
+   * The cleanup DaemonSet in the operator's namespace, for a mirror whose own namespace refused it:
+   * one being deleted takes no new objects (and may have taken the operator's RoleBinding with it).
+   */
+  private async startRelocatedCleanup(mirror: RegistryMirror, inputs: DesiredInputs, refusal: Error): Promise<Applied | undefined> {
     const { api, events, logger, cleanupNamespace } = this.options;
     const { namespace } = mirror.metadata;
     try {
       const daemonSet = await api.apply<Applied>(desiredRelocatedCleanupDaemonSet(inputs, cleanupNamespace));
-      const message = `the node agent DaemonSet was deleted before the nodes were cleaned, and namespace ${namespace} is being deleted (it takes no new objects); DaemonSet ${relocatedCleanupName(mirror)} in namespace ${cleanupNamespace} takes the configuration off them`;
+      const message = `the node agent DaemonSet was deleted before the nodes were cleaned, and namespace ${namespace} refused a cleanup DaemonSet (${refusal.message.slice(0, 256)}); DaemonSet ${relocatedCleanupName(mirror)} in namespace ${cleanupNamespace} takes the configuration off them`;
       // Said in the log too: the namespace being deleted refuses the Event.
       logger.info({ mirror: `${namespace}/${mirror.metadata.name}` }, message);
       await events.record(mirror, 'Normal', 'NodeCleanup', message);
       return daemonSet;
     } catch (error) {
       if (!isRefused(error)) throw error;
-      await this.nodesNotCleaned(mirror, `the node agent DaemonSet was deleted before the nodes were cleaned, namespace ${namespace} is being deleted (it takes no new objects), and a cleanup DaemonSet in the operator's namespace ${cleanupNamespace} was refused: ${(error as Error).message.slice(0, 512)}`);
+      await this.nodesNotCleaned(mirror, `the node agent DaemonSet was deleted before the nodes were cleaned, namespace ${namespace} refused a cleanup DaemonSet (${refusal.message.slice(0, 256)}), and so did the operator's namespace ${cleanupNamespace}: ${(error as Error).message.slice(0, 512)}`);
       return undefined;
     }
   }
 
   /**
    * The mirror's cleanup DaemonSet, in its own namespace or in the operator's. One the operator may
-   * not read there (RBAC of an older install) is taken as absent: creating it is then refused, and
-   * the nodesNotCleaned warning says why, instead of a finalize that fails for ever.
+   * not read in the operator's namespace (RBAC of an older install) is taken as absent: creating it
+   * is then refused, and the nodesNotCleaned warning says why, instead of a finalize that fails for ever.
    */
   private async findCleanupDaemonSet(mirror: RegistryMirror): Promise<Applied | undefined> {
-    const { api, cleanupNamespace } = this.options;
-    const own = await api.find<Applied>('apps/v1', 'DaemonSet', mirror.metadata.namespace, names(mirror).cleanupDaemonSet);
-    if (own) return own;
+    return await this.findWhileDeleting<Applied>('apps/v1', 'DaemonSet', mirror.metadata.namespace, names(mirror).cleanupDaemonSet)
+      ?? this.findWhileDeleting<Applied>('apps/v1', 'DaemonSet', this.options.cleanupNamespace, relocatedCleanupName(mirror));
+  }
+
+  /**
+   * A read made while a RegistryMirror is being deleted, where a refusal counts as absent. A
+   * namespaced install (the chart's watchNamespaces) is granted the objects of a namespace by a
+   * RoleBinding in it, which the namespace controller deletes with everything else when the
+   * namespace goes; its rights on RegistryMirrors themselves are bound cluster-wide (operator/rbac.ts),
+   * so the finalizer carries on from the RegistryMirror and its status.
+   */
+  private async findWhileDeleting<T extends KubeObject>(apiVersion: string, kind: string, namespace: string, name: string): Promise<T | undefined> {
     try {
-      return await api.find<Applied>('apps/v1', 'DaemonSet', cleanupNamespace, relocatedCleanupName(mirror));
+      return await this.options.api.find<T>(apiVersion, kind, namespace, name);
     } catch (error) {
       if (isRefused(error)) return undefined;
       throw error;

@@ -58,15 +58,12 @@ export const RESOURCES: Record<string, Resource> = {
 export class ApiError extends Error {
   readonly status: number;
   readonly reason: string;
-  /** The types of the Status's details.causes (e.g. NamespaceTerminating). */
-  readonly causes: string[];
 
-  constructor(status: number, reason: string, message: string, causes: string[] = []) {
+  constructor(status: number, reason: string, message: string) {
     super(message);
     this.name = 'ApiError';
     this.status = status;
     this.reason = reason;
-    this.causes = causes;
   }
 }
 
@@ -76,8 +73,6 @@ export const isConflict = (error: unknown): boolean => error instanceof ApiError
 export const isStale = (error: unknown): boolean => error instanceof ApiError && (error.status === 409 || error.status === 422);
 /** The server said no to the object itself (invalid, bad request, forbidden): trying again as it is will not help. */
 export const isRefused = (error: unknown): boolean => error instanceof ApiError && [400, 403, 422].includes(error.status);
-/** A create refused because its namespace is being deleted (the NamespaceLifecycle admission plugin). */
-export const isNamespaceTerminating = (error: unknown): boolean => error instanceof ApiError && error.status === 403 && error.causes.includes('NamespaceTerminating');
 
 function resourceOf(apiVersion: string, kind: string): Resource {
   const resource = RESOURCES[`${apiVersion}/${kind}`];
@@ -137,15 +132,12 @@ export class KubeApi {
     if (!response.ok) {
       let reason = response.statusText;
       let message = text;
-      let causes: string[] = [];
       try {
-        // A StatusCause's type is "reason" in JSON.
-        const status = JSON.parse(text) as { reason?: string; message?: string; details?: { causes?: { reason?: string }[] } };
+        const status = JSON.parse(text) as { reason?: string; message?: string };
         reason = status.reason ?? reason;
         message = status.message ?? message;
-        causes = (status.details?.causes ?? []).flatMap((c) => (c.reason ? [c.reason] : []));
       } catch { /* not a Status object */ }
-      throw new ApiError(response.status, reason, `${method} ${path}: ${response.status} ${message}`, causes);
+      throw new ApiError(response.status, reason, `${method} ${path}: ${response.status} ${message}`);
     }
     return (text ? JSON.parse(text) : undefined) as T;
   }
