@@ -8,7 +8,7 @@ import type { Logger } from '../common/logger.ts';
 import { API_VERSION, KIND, type RegistryMirror } from './api/registry-mirror.ts';
 import { FIELD_MANAGER } from './desired/inputs.ts';
 import type { EventRecorder } from './events.ts';
-import { collectionPath, type KubeApi, type KubeObject } from './kube/api.ts';
+import { collectionPath, isForbidden, type KubeApi, type KubeObject } from './kube/api.ts';
 import { MetadataWatch, routingMetadata } from './kube/metadata.ts';
 import type { OperatorMetrics } from './metrics.ts';
 import { Reconciler, type ObjectCache } from './reconciler.ts';
@@ -152,6 +152,7 @@ export class Controller {
     let delayMs = 500;
     let failed = false;
     let synced = false;
+    let lastError: unknown;
     const restart = async () => {
       if (this.stopped) return;
       failed = false;
@@ -159,24 +160,38 @@ export class Controller {
       // A start that failed again has already scheduled the next try, with a longer delay.
       if (!failed) delayMs = 500;
     };
-    informer.on('error', (error: unknown) => {
-      failed = true;
-      if (this.stopped) return;
-      metrics.watchRestarts.inc({ resource: kind });
-      logger.warn({ resource: kind, namespace: namespace || undefined, err: (error as Error)?.message ?? String(error), retryInMs: delayMs }, 'watch failed; restarting');
-      if (!synced) return;
+    const scheduleRestart = () => {
       const timer = setTimeout(() => {
         this.restartTimers.delete(timer);
         void restart();
       }, delayMs);
       delayMs = Math.min(delayMs * 2, 30_000);
       this.restartTimers.add(timer);
+    };
+    informer.on('error', (error: unknown) => {
+      failed = true;
+      lastError = error;
+      if (this.stopped) return;
+      metrics.watchRestarts.inc({ resource: kind });
+      logger.warn({ resource: kind, namespace: namespace || undefined, err: (error as Error)?.message ?? String(error), retryInMs: delayMs }, 'watch failed; restarting');
+      if (synced) scheduleRestart();
     });
-    // The first list must succeed before workers read the caches.
+    // The first list must succeed before workers read the caches; except that a namespace whose
+    // objects the operator may no longer list (a namespaced install's RoleBinding goes with its
+    // namespace when that is deleted) must not keep every other namespace waiting: there, only
+    // the RegistryMirrors (bound cluster-wide, operator/rbac.ts MIRROR_RULES) are needed, the
+    // finalizer takes refused reads as absent, and the list is tried again in the background.
+    const required = kind === this.mirrors.name;
     for (;;) {
       failed = false;
       await informer.start();
       if (!failed || this.stopped) break;
+      if (!required && isForbidden(lastError)) {
+        logger.warn({ resource: kind, namespace: namespace || undefined, retryInMs: delayMs }, 'may not list this kind here; going on without it, and trying again in the background');
+        synced = true;
+        scheduleRestart();
+        return;
+      }
       await new Promise((resolve) => setTimeout(resolve, delayMs));
       delayMs = Math.min(delayMs * 2, 30_000);
     }

@@ -27,7 +27,7 @@ flags (each also read from the environment variable in brackets):
   --kubeconfig FILE                 kubeconfig to use [KUBECONFIG]; default: in-cluster service account
   --namespace NS[,NS...]            namespaces to watch; repeatable [WATCH_NAMESPACE]; default: all
   --leader-elect true|false         elect a leader on a Lease before reconciling [LEADER_ELECT]; default true
-  --leader-election-namespace NS    namespace of the Lease [POD_NAMESPACE]; default: the pod's own
+  --leader-election-namespace NS    namespace of the Lease [POD_NAMESPACE]; default: the pod's own, out of a cluster "default"
   --leader-election-id NAME         name of the Lease; default regmirror-operator
   --identity NAME                   this replica's name in the Lease [POD_NAME]; default host name and pid
   --lease-duration DURATION         how long a standby waits on a silent leader before taking over; default 15s
@@ -35,7 +35,7 @@ flags (each also read from the environment variable in brackets):
   --metrics-address HOST:PORT       /metrics, /healthz, /readyz [METRICS_ADDRESS]; default :8080 ("0" turns it off)
   --mirror-image IMAGE              image for node agent pods, and mirror pods without spec.image [MIRROR_IMAGE]; default ghcr.io/regmirror/regmirror:${VERSION}
   --node-cleanup-timeout DURATION   how long deletion waits for nodes to drop the mirror; default 5m
-  --cleanup-namespace NS            where nodes are cleaned for RegistryMirrors whose namespace is being deleted [POD_NAMESPACE]; default: the pod's own
+  --cleanup-namespace NS            where nodes are cleaned for RegistryMirrors whose namespace is being deleted [POD_NAMESPACE]; default: the pod's own, out of a cluster "default"
   --workers N                       RegistryMirrors reconciled at once; default 2
   --log-level LEVEL                 ${LOG_LEVELS.join(', ')} [LOG_LEVEL]; default info
 `;

@@ -5,12 +5,12 @@ import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { createLogger } from '../common/logger.ts';
 import { API_VERSION, KIND, type RegistryMirror } from './api/registry-mirror.ts';
-import { MODE_ANNOTATION } from './desired/daemon-set.ts';
+import { desiredRelocatedCleanupDaemonSet, MIRROR_UID_ANNOTATION, MODE_ANNOTATION } from './desired/daemon-set.ts';
 import { CHECKSUM_ANNOTATION, FINALIZER } from './desired/inputs.ts';
 import { EventRecorder } from './events.ts';
 import { ApiError, type KubeApi, type KubeObject } from './kube/api.ts';
 import { Reconciler } from './reconciler.ts';
-import { mirrorFixture } from './test-fixtures.ts';
+import { inputsFixture, mirrorFixture } from './test-fixtures.ts';
 
 type Obj = KubeObject & { spec?: any; status?: any; data?: Record<string, string>; type?: string; reason?: string };
 
@@ -330,6 +330,11 @@ test('spec.image chooses the mirror\'s image only: the node agent, root on every
 const terminating = (name: string) => new ApiError(403, 'Forbidden',
   `daemonsets.apps "${name}" is forbidden: unable to create new content in namespace registry-cache because it is being terminated`);
 
+/** Moves a deletion back past the wait a cleanup in the operator's namespace gives the agent pods of the namespace going. */
+function settleRelocatedCleanup(mirror: RegistryMirror) {
+  mirror.metadata.deletionTimestamp = new Date(Date.now() - 40_000).toISOString();
+}
+
 /** Refuses DaemonSet applies in `namespace` with `error`. */
 function refuseDaemonSets(server: FakeApiServer, namespace: string, error: (name: string) => Error) {
   const apply = server.apply.bind(server);
@@ -369,6 +374,9 @@ test('a RegistryMirror whose namespace is being deleted has its nodes cleaned by
   assert.ok(mirror());
   const stored = server.all('DaemonSet')[0]!;
   stored.status = { observedGeneration: stored.metadata!.generation, desiredNumberScheduled: 2, updatedNumberScheduled: 2, numberReady: 2 };
+  await reconciler.reconcile('registry-cache/hub');
+  assert.ok(mirror(), 'every node confirmed, but the agent pods of the namespace going may still be running their grace period');
+  settleRelocatedCleanup(mirror()!);
   await reconciler.reconcile('registry-cache/hub');
   assert.equal(mirror(), undefined);
   assert.equal(server.all('DaemonSet').length, 0, 'the cleanup DaemonSet is deleted from the operator\'s namespace');
@@ -416,9 +424,25 @@ test('a namespaced install whose RoleBinding went with the namespace (every read
   assert.equal(args[args.indexOf('--mirror') + 1], 'http://10.96.0.42:5000', 'the address the nodes were given, from the status');
   assert.deepEqual(mirror()!.metadata.finalizers, [FINALIZER], 'held until the nodes are clean');
   cleanup!.status = { observedGeneration: cleanup!.metadata!.generation, desiredNumberScheduled: 2, updatedNumberScheduled: 2, numberReady: 2 };
+  settleRelocatedCleanup(mirror()!);
   await reconciler.reconcile('registry-cache/hub');
   assert.equal(mirror(), undefined);
   assert.ok(!server.all('Event').some((e) => e.type === 'Warning'));
+});
+
+test('a cleanup DaemonSet left by an earlier RegistryMirror of the same name is deleted, not taken for this one\'s: its node agent is switched to remove mode as usual', async () => {
+  const { server, reconciler, mirror } = setup();
+  await reconciler.reconcile('registry-cache/hub');
+  const leftover = desiredRelocatedCleanupDaemonSet(inputsFixture({ serviceIP: '10.96.0.7' }, {}), 'regmirror-system');
+  leftover.metadata.annotations[MIRROR_UID_ANNOTATION] = 'uid-of-an-earlier-hub';
+  await server.apply(leftover as never);
+  const stored = server.all('DaemonSet').find((d) => d.metadata!.namespace === 'regmirror-system')!;
+  stored.status = { observedGeneration: stored.metadata!.generation, desiredNumberScheduled: 2, updatedNumberScheduled: 2, numberReady: 2 };
+  settleRelocatedCleanup(mirror()!);
+  await reconciler.reconcile('registry-cache/hub');
+  assert.ok(mirror(), 'not released on the strength of someone else\'s cleanup');
+  assert.deepEqual(server.all('DaemonSet').map((d) => `${d.metadata!.namespace}/${d.metadata!.name} ${d.metadata!.annotations![MODE_ANNOTATION]}`), ['registry-cache/regmirror-hub-node remove']);
+  assert.ok(!server.all('Event').some((e) => e.reason === 'NodesCleaned'));
 });
 
 test('a RegistryMirror that never configured a node is let go at once, with no cleanup DaemonSet', async () => {

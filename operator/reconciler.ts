@@ -8,7 +8,7 @@ import { API_VERSION, KIND, type RegistryMirror, type RegistryMirrorStatus, type
 import { InvalidCredentialsError, normaliseCredentials, type Credentials, type SecretLike } from './credentials.ts';
 import { desiredConfigMap, prefetchProblem } from './desired/config-map.ts';
 import {
-  desiredCleanupDaemonSet, desiredDaemonSet, desiredRelocatedCleanupDaemonSet, MODE_ANNOTATION, nodeAgentArg, relocatedCleanupName, runtimesIn, runtimesInDaemonSet,
+  desiredCleanupDaemonSet, desiredDaemonSet, desiredRelocatedCleanupDaemonSet, MIRROR_UID_ANNOTATION, MODE_ANNOTATION, nodeAgentArg, relocatedCleanupName, runtimesIn, runtimesInDaemonSet,
 } from './desired/daemon-set.ts';
 import { desiredDeployment } from './desired/deployment.ts';
 import {
@@ -57,6 +57,8 @@ export interface ReconcilerOptions {
 type Applied = KubeObject & { status?: Record<string, unknown>; spec?: Record<string, unknown> };
 
 const NODE_CLEANUP_POLL_MS = 5_000;
+/** The node agent pods' grace period (Kubernetes' default, 30 s) and a poll more: see finalize. */
+const RELOCATED_CLEANUP_SETTLE_MS = 35_000;
 
 export class Reconciler {
   private readonly options: ReconcilerOptions;
@@ -295,7 +297,14 @@ export class Reconciler {
       return {};
     }
     const nodes = nodesDone(daemonSetStatus(daemonSet));
-    const done = modeOf(daemonSet) === 'remove' && nodes.complete;
+    // A cleanup in the operator's namespace runs because the mirror's namespace is going, where
+    // the node agent's pods may outlive their DaemonSet for their grace period, applying again
+    // what the cleanup took away; its agents redo their removal when the files change, so the
+    // finalizer gives them that long before it takes them away
+    // (never more than half of --node-cleanup-timeout, which bounds the whole wait).
+    const settleMs = Math.min(RELOCATED_CLEANUP_SETTLE_MS, this.options.nodeCleanupTimeoutMs / 2);
+    const settled = daemonSet.metadata?.namespace === namespace || waitedMs >= settleMs;
+    const done = modeOf(daemonSet) === 'remove' && nodes.complete && settled;
     if (done || timedOut) {
       if (done) {
         await events.record(mirror, 'Normal', 'NodesCleaned', `mirror configuration removed from ${nodes.desired} node(s)`);
@@ -413,8 +422,16 @@ export class Reconciler {
    * is then refused, and the nodesNotCleaned warning says why, instead of a finalize that fails for ever.
    */
   private async findCleanupDaemonSet(mirror: RegistryMirror): Promise<Applied | undefined> {
-    return await this.findWhileDeleting<Applied>('apps/v1', 'DaemonSet', mirror.metadata.namespace, names(mirror).cleanupDaemonSet)
-      ?? this.findWhileDeleting<Applied>('apps/v1', 'DaemonSet', this.options.cleanupNamespace, relocatedCleanupName(mirror));
+    const places: [string, string][] = [[mirror.metadata.namespace, names(mirror).cleanupDaemonSet], [this.options.cleanupNamespace, relocatedCleanupName(mirror)]];
+    for (const [namespace, name] of places) {
+      const found = await this.findWhileDeleting<Applied>('apps/v1', 'DaemonSet', namespace, name);
+      if (!found) continue;
+      if (found.metadata?.annotations?.[MIRROR_UID_ANNOTATION] === mirror.metadata.uid) return found;
+      // Left by an earlier RegistryMirror of this name: not this one's cleanup.
+      this.options.logger.info({ mirror: `${mirror.metadata.namespace}/${mirror.metadata.name}`, daemonSet: `${namespace}/${name}` }, 'deleting a cleanup DaemonSet left by an earlier RegistryMirror of this name');
+      await this.options.api.delete('apps/v1', 'DaemonSet', namespace, name);
+    }
+    return undefined;
   }
 
   /**

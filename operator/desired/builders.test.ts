@@ -12,7 +12,7 @@ import { desiredSecret } from './secret.ts';
 import { desiredPersistentVolumeClaim } from './persistent-volume-claim.ts';
 import { desiredDeployment } from './deployment.ts';
 import { desiredService } from './service.ts';
-import { desiredCleanupDaemonSet, desiredDaemonSet, desiredRelocatedCleanupDaemonSet, relocatedCleanupName } from './daemon-set.ts';
+import { desiredCleanupDaemonSet, desiredDaemonSet, desiredRelocatedCleanupDaemonSet, MIRROR_UID_ANNOTATION, relocatedCleanupName } from './daemon-set.ts';
 import { CHECKSUM_ANNOTATION, PATHS } from './inputs.ts';
 import { inputsFixture, mirrorFixture } from '../test-fixtures.ts';
 
@@ -129,6 +129,9 @@ test('the cleanup DaemonSet runs the node agent in remove mode with a selector o
   assert.deepEqual(cleanup.spec?.template.spec, agent.spec.template.spec, 'the same agent, pods and mounts as the remove-mode DaemonSet');
   const args = cleanup.spec!.template.spec!.containers[0]!.args!;
   assert.equal(args[args.indexOf('--mode') + 1], 'remove');
+  // found by name alone, it says which RegistryMirror it is for: a later one of the same name is another
+  const relocated = desiredRelocatedCleanupDaemonSet(inputsFixture(), 'regmirror-system');
+  for (const daemonSet of [cleanup, relocated]) assert.equal(daemonSet.metadata?.annotations?.[MIRROR_UID_ANNOTATION], inputsFixture().mirror.metadata.uid);
 });
 
 test('a cleanup DaemonSet in the operator\'s namespace (the mirror\'s being deleted) has a name per namespace/name within 63 characters, labels saying whose it is, and no owner', () => {

@@ -164,6 +164,7 @@ export function desiredCleanupDaemonSet(inputs: DesiredInputs) {
   return asCleanup(desiredDaemonSet({ ...inputs, nodeAgentMode: 'remove' }), {
     name: names(mirror).cleanupDaemonSet,
     namespace: mirror.metadata.namespace,
+    uid: mirror.metadata.uid,
     labels: labels(mirror, 'node-cleanup'),
     selector: selector(mirror, 'node-cleanup'),
   });
@@ -199,17 +200,31 @@ export function desiredRelocatedCleanupDaemonSet(inputs: DesiredInputs, namespac
   return asCleanup(desiredDaemonSet({ ...inputs, nodeAgentMode: 'remove', nodeCredentials: undefined, tlsCaKey: undefined }), {
     name: relocatedCleanupName(mirror),
     namespace,
+    uid: mirror.metadata.uid,
     labels: { ...selected, 'app.kubernetes.io/managed-by': FIELD_MANAGER },
     selector: selected,
   });
 }
 
+/**
+ * On a cleanup DaemonSet: the uid of the RegistryMirror it cleans for. Found by name alone, one left
+ * behind (its mirror's finalizer taken off by hand, the operator gone mid-cleanup) would pass for the
+ * cleanup of a later mirror of the same name; the finalizer deletes one whose uid is not its mirror's.
+ */
+export const MIRROR_UID_ANNOTATION = 'regmirror.dev/mirror-uid';
+
 /** A remove-mode node agent DaemonSet made into a cleanup one: its own name, place, labels and selector, and no owner. */
-function asCleanup(daemonSet: ReturnType<typeof desiredDaemonSet>, where: { name: string; namespace: string; labels: Record<string, string>; selector: Record<string, string> }) {
+function asCleanup(daemonSet: ReturnType<typeof desiredDaemonSet>, where: { name: string; namespace: string; uid: string; labels: Record<string, string>; selector: Record<string, string> }) {
   const { ownerReferences: _owned, ...meta } = daemonSet.metadata;
   return {
     ...daemonSet,
-    metadata: { ...meta, name: where.name, namespace: where.namespace, labels: where.labels },
+    metadata: {
+      ...meta,
+      name: where.name,
+      namespace: where.namespace,
+      labels: where.labels,
+      annotations: { ...meta.annotations, [MIRROR_UID_ANNOTATION]: where.uid },
+    },
     spec: {
       ...daemonSet.spec,
       selector: { matchLabels: where.selector },

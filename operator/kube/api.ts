@@ -71,6 +71,8 @@ export const isNotFound = (error: unknown): boolean => error instanceof ApiError
 export const isConflict = (error: unknown): boolean => error instanceof ApiError && error.status === 409;
 /** A JSON patch whose `test` failed (the object changed since it was read), or an update that lost a race. */
 export const isStale = (error: unknown): boolean => error instanceof ApiError && (error.status === 409 || error.status === 422);
+/** Not allowed (RBAC): the request may succeed once the rights are granted, not by trying it again as such. */
+export const isForbidden = (error: unknown): boolean => error instanceof ApiError && error.status === 403;
 /** The server said no to the object itself (invalid, bad request, forbidden): trying again as it is will not help. */
 export const isRefused = (error: unknown): boolean => error instanceof ApiError && [400, 403, 422].includes(error.status);
 
