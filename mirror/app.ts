@@ -27,6 +27,8 @@ export interface MirrorOptions {
   timeouts?: Partial<UpstreamTimeouts>;
   /** How long after content was removed repository links are pruned (tests; a minute by default). */
   linksPruneDelayMs?: number;
+  /** Tag records kept in memory (tests; 20k by default, tag-memory.ts). */
+  tagMemoryLimit?: number;
   /** How long a blob response may take no bytes while some wait for it before it is cut (tests; SEND_TIMEOUT_MS, 60 s, by default). */
   sendTimeoutMs?: number;
 }
@@ -93,6 +95,7 @@ export async function createMirror(config: MirrorConfig, options: MirrorOptions)
     metrics,
     ...(options.now ? { now: options.now } : {}),
     ...(options.linksPruneDelayMs !== undefined ? { linksPruneDelayMs: options.linksPruneDelayMs } : {}),
+    ...(options.tagMemoryLimit !== undefined ? { tagMemoryLimit: options.tagMemoryLimit } : {}),
     hooks: {
       onAccess: (kind, digest, size) => evictor.recordAccess(kind, digest, size),
       onStream: (digest) => evictor.pin(digest),

@@ -36,6 +36,8 @@ const ACCEPT = MANIFEST_MEDIA_TYPES.join(', ');
 
 /** Distribution's own limit: nothing larger is a manifest. */
 const MAX_MANIFEST_BYTES = 4 * 1024 * 1024;
+/** At most one sweep of the tag records on disk an hour while running (sweepForgottenTags). */
+const TAG_SWEEP_INTERVAL_MS = 3_600_000;
 
 export interface ManifestResult extends StoredManifest {
   digest: string;
@@ -105,7 +107,9 @@ export class PullThroughCache {
   /** Upstreams that answered 429 with Retry-After: until then, stored tags are served without asking. */
   private readonly quietUntil = new Map<string, number>();
   /** Tag records, read through from disk: a warm tag pull within tagTTL does no file I/O. */
-  private readonly tags = new TagMemory();
+  private readonly tags: TagMemory;
+  /** The sweep of tag records on disk started after an eviction (see contentRemoved): when, and whether it runs. */
+  private tagSweep = { startedAt: -Infinity, running: false };
   /** Small manifests kept in memory; the store stays the source of truth. */
   private readonly manifestMemory: ManifestMemory;
   /** Which repositories each stored digest may be served under. */
@@ -113,13 +117,14 @@ export class PullThroughCache {
   /** Upstream HEADs (askUpstream) in flight, one per repository, kind and digest. */
   private readonly confirmations = new Map<string, Promise<number | undefined>>();
 
-  constructor(options: { store: ContentStore; logger: Logger; metrics: MirrorMetrics; now?: () => number; hooks?: CacheHooks; manifestMemoryBytes?: number; linksPruneDelayMs?: number }) {
+  constructor(options: { store: ContentStore; logger: Logger; metrics: MirrorMetrics; now?: () => number; hooks?: CacheHooks; manifestMemoryBytes?: number; linksPruneDelayMs?: number; tagMemoryLimit?: number }) {
     this.store = options.store;
     this.logger = options.logger;
     this.metrics = options.metrics;
     this.now = options.now ?? Date.now;
     this.hooks = options.hooks ?? {};
     this.manifestMemory = new ManifestMemory(options.manifestMemoryBytes ?? 64 * 1024 * 1024);
+    this.tags = new TagMemory(options.tagMemoryLimit);
     this.links = new RepositoryLinks(this.store, this.logger, {
       // content being fetched keeps its links: it is about to be stored
       isKept: (digest) => (this.blobFills.has(digest) ? true : this.hooks.isStored?.(digest)),
@@ -357,8 +362,28 @@ export class PullThroughCache {
       for (const { registry, name, tag } of this.tags.takePointingAt(digest)) {
         void this.store.deleteTag(registry, name, tag).catch((error: unknown) => this.logger.warn({ upstream: registry, repository: name, tag, err: error }, 'could not remove the record of a tag whose manifest was evicted'));
       }
+      if (this.tags.forgotten > 0) this.sweepForgottenTags();
     }
     this.links.contentRemoved();
+  }
+
+  /**
+   * Records that left memory for its limit are not found by their manifest when it is evicted: once
+   * some have, an eviction of a manifest starts a sweep of the records on disk (sweepTagRecords), at
+   * most one an hour, so a mirror that sees more tags than it keeps in memory (a CI pushing one per
+   * build) does not fill its disk with records of evicted manifests until it restarts.
+   */
+  private sweepForgottenTags(): void {
+    const now = this.now();
+    if (this.tagSweep.running || now - this.tagSweep.startedAt < TAG_SWEEP_INTERVAL_MS) return;
+    this.tagSweep = { startedAt: now, running: true };
+    this.tags.forgotten = 0;
+    void this.sweepTagRecords().then(
+      (removed) => {
+        if (removed > 0) this.logger.info({ tags: removed }, 'removed tag records whose manifest was evicted');
+      },
+      (error: unknown) => this.logger.warn({ err: error }, 'could not sweep the tag records'),
+    ).finally(() => (this.tagSweep.running = false));
   }
 
   /**

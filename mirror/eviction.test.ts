@@ -133,6 +133,25 @@ describe('eviction', () => {
     }
   });
 
+  test('records of tags that left memory (more tags than it keeps there) go too when their manifest is evicted, without a restart', async () => {
+    let now = 30 * HOUR;
+    await pushImage(image, upstream.ref('library/evict', 'v2'));
+    const tagsDir = (m: TestMirror) => path.join(m.storagePath, 'tags/docker.io/library/evict/_tags');
+    const accept = { accept: 'application/vnd.oci.image.manifest.v1+json, application/vnd.docker.distribution.manifest.v2+json' };
+    // one record in memory: v1's leaves it when v2 is recorded, and only the disk knows it then
+    const mirror = await startTestMirror({ upstreams: [{ registry: 'docker.io', url: upstream.url }], extra: { storage: { ttl: '1h' } }, now: () => now, tagMemoryLimit: 1 });
+    try {
+      await mirror.mirror.indexed;
+      for (const tag of ['v1', 'v2']) assert.equal((await httpRequest(`${mirror.url}/v2/library/evict/manifests/${tag}`, { headers: accept })).status, 200);
+      assert.deepEqual(readdirSync(tagsDir(mirror)).sort(), ['v1', 'v2']);
+      now += 2 * HOUR;
+      await mirror.mirror.evictor.evict();
+      await waitFor(() => readdirSync(tagsDir(mirror)).length === 0, { what: 'both records to go with their manifest, v1 by the sweep' });
+    } finally {
+      await mirror.stop();
+    }
+  });
+
   test('storage.maxSize evicts the least recently read content while serving, and the store stays under it', async () => {
     let now = 20 * HOUR;
     const mirror = await startTestMirror({ upstreams: [{ registry: 'docker.io', url: upstream.url }], extra: { storage: { maxSize: '1Mi' } }, now: () => now });

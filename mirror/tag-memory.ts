@@ -1,7 +1,8 @@
 // Tag records in memory: a read-through copy of the records on disk (store.ts), so a warm tag pull
 // within tagTTL does no file I/O. Bounded, since tags come and go (a CI pushing one per build): past
 // LIMIT the records used longest ago leave memory (the disk still has them). Also knows which tags
-// point at each manifest, so the records of an evicted manifest can go with it.
+// point at each manifest, so the records of an evicted manifest can go with it; those that left
+// memory are counted, so the cache knows when the disk may hold records it cannot find that way.
 import type { TagRecord } from './store.ts';
 
 /** Enough for every tag a cluster pulls in a day many times over: about 0.5 KB each. */
@@ -22,6 +23,8 @@ export class TagMemory {
   /** By `registry/name:tag`, least recently written or read from disk first. */
   private readonly entries = new Map<string, Entry>();
   private readonly byDigest = new Map<string, Set<string>>();
+  /** Records that left memory for the limit (still on disk) since the count was last reset. */
+  forgotten = 0;
 
   constructor(limit = LIMIT) {
     this.limit = limit;
@@ -44,6 +47,7 @@ export class TagMemory {
     for (const oldest of this.entries.keys()) {
       if (this.entries.size <= this.limit) break;
       this.delete(oldest);
+      this.forgotten++;
     }
   }
 

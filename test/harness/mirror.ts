@@ -20,6 +20,8 @@ export interface TestMirrorOptions {
   timeouts?: Partial<UpstreamTimeouts>;
   /** In-process mirrors only: how soon repository links are pruned after content was removed. */
   linksPruneDelayMs?: number;
+  /** In-process mirrors only: tag records kept in memory (20k by default). */
+  tagMemoryLimit?: number;
   /** In-process mirrors only: how long a blob response may take no bytes while some wait for it (60 s by default). */
   sendTimeoutMs?: number;
   logLevel?: string;
@@ -57,6 +59,7 @@ export async function startTestMirror(opts: TestMirrorOptions): Promise<TestMirr
     ...(opts.now ? { now: opts.now } : {}),
     ...(opts.timeouts ? { timeouts: opts.timeouts } : {}),
     ...(opts.linksPruneDelayMs !== undefined ? { linksPruneDelayMs: opts.linksPruneDelayMs } : {}),
+    ...(opts.tagMemoryLimit !== undefined ? { tagMemoryLimit: opts.tagMemoryLimit } : {}),
     ...(opts.sendTimeoutMs !== undefined ? { sendTimeoutMs: opts.sendTimeoutMs } : {}),
   });
   const url = await mirror.listen();
