@@ -325,19 +325,13 @@ export class Reconciler {
 
   /** Inputs for a node agent in remove mode; Secrets may already be gone, and removal needs none of them. */
   private async removalInputs(mirror: RegistryMirror, serviceIP: string, agent: Applied | undefined): Promise<DesiredInputs> {
-    let gathered: Awaited<ReturnType<Reconciler['gatherInputs']>> | undefined;
-    try {
-      gathered = await this.gatherInputs(mirror, 'remove');
-    } catch (error) {
-      // a Secret the operator may no longer read (see findWhileDeleting): removal needs none
-      if (!isRefused(error)) throw error;
-    }
-    const owned = gathered?.inputs ? undefined : await this.findWhileDeleting<SecretLike & KubeObject>('v1', 'Secret', mirror.metadata.namespace, names(mirror).secret);
+    // Secrets the operator may no longer read (see findWhileDeleting): removal needs none of them
+    const gathered = await absentIfRefused(this.gatherInputs(mirror, 'remove'));
     const inputs: DesiredInputs = gathered?.inputs ?? {
       mirror,
       image: mirror.spec.image ?? this.options.mirrorImage,
       nodeAgentImage: this.options.mirrorImage,
-      checksumKey: checksumKey(owned?.data),
+      checksumKey: checksumKey((await absentIfRefused(this.ownedSecret(mirror)))?.data),
       upstreamCredentials: new Map(),
       nodeAgentMode: 'remove',
     };
@@ -418,8 +412,9 @@ export class Reconciler {
 
   /**
    * The mirror's cleanup DaemonSet, in its own namespace or in the operator's. One the operator may
-   * not read in the operator's namespace (RBAC of an older install) is taken as absent: creating it
-   * is then refused, and the nodesNotCleaned warning says why, instead of a finalize that fails for ever.
+   * not read (findWhileDeleting; in the operator's namespace, RBAC of an older install) is taken as
+   * absent: creating it is then refused, and the nodesNotCleaned warning says why, instead of a
+   * finalize that fails for ever. One made for another RegistryMirror of this name is deleted.
    */
   private async findCleanupDaemonSet(mirror: RegistryMirror): Promise<Applied | undefined> {
     const places: [string, string][] = [[mirror.metadata.namespace, names(mirror).cleanupDaemonSet], [this.options.cleanupNamespace, relocatedCleanupName(mirror)]];
@@ -441,13 +436,8 @@ export class Reconciler {
    * namespace goes; its rights on RegistryMirrors themselves are bound cluster-wide (operator/rbac.ts),
    * so the finalizer carries on from the RegistryMirror and its status.
    */
-  private async findWhileDeleting<T extends KubeObject>(apiVersion: string, kind: string, namespace: string, name: string): Promise<T | undefined> {
-    try {
-      return await this.options.api.find<T>(apiVersion, kind, namespace, name);
-    } catch (error) {
-      if (isRefused(error)) return undefined;
-      throw error;
-    }
+  private findWhileDeleting<T extends KubeObject>(apiVersion: string, kind: string, namespace: string, name: string): Promise<T | undefined> {
+    return absentIfRefused(this.options.api.find<T>(apiVersion, kind, namespace, name));
   }
 
   private async nodesNotCleaned(mirror: RegistryMirror, why: string): Promise<void> {
@@ -571,6 +561,16 @@ export function pendingRuntimeCleanup(existing: Applied | undefined, runtimes: r
   const removing = modeOf(existing) === 'remove' ? runtimesInDaemonSet(existing) : runtimesIn(existing, '--remove-runtimes');
   const cleaned = dropped.every((r) => removing.includes(r)) && nodesDone(daemonSetStatus(existing)).complete;
   return cleaned ? [] : dropped;
+}
+
+/** What `read` gives, or undefined where the server refused it (findWhileDeleting). */
+async function absentIfRefused<T>(read: Promise<T>): Promise<T | undefined> {
+  try {
+    return await read;
+  } catch (error) {
+    if (isRefused(error)) return undefined;
+    throw error;
+  }
 }
 
 /** A cleanup DaemonSet (in the mirror's namespace or the operator's), not the node agent DaemonSet. */
