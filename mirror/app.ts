@@ -168,12 +168,7 @@ export async function createMirror(config: MirrorConfig, options: MirrorOptions)
   const indexed = evictor.buildIndex().then(
     () => {
       evictor.start();
-      void cache.sweepTagRecords().then(
-        (removed) => {
-          if (removed > 0) logger.info({ tags: removed }, 'removed tag records whose manifest is no longer stored');
-        },
-        (error: unknown) => logger.warn({ err: error }, 'could not sweep the tag records'),
-      );
+      void cache.sweepTagRecordsLogged();
     },
     (error: unknown) => logger.error({ err: error }, 'could not index the store; eviction is off until restart'),
   );

@@ -378,12 +378,17 @@ export class PullThroughCache {
     if (this.tagSweep.running || now - this.tagSweep.startedAt < TAG_SWEEP_INTERVAL_MS) return;
     this.tagSweep = { startedAt: now, running: true };
     this.tags.forgotten = 0;
-    void this.sweepTagRecords().then(
-      (removed) => {
-        if (removed > 0) this.logger.info({ tags: removed }, 'removed tag records whose manifest was evicted');
-      },
-      (error: unknown) => this.logger.warn({ err: error }, 'could not sweep the tag records'),
-    ).finally(() => (this.tagSweep.running = false));
+    void this.sweepTagRecordsLogged().finally(() => (this.tagSweep.running = false));
+  }
+
+  /** sweepTagRecords, saying in the log what it removed or why it could not. */
+  async sweepTagRecordsLogged(): Promise<void> {
+    try {
+      const removed = await this.sweepTagRecords();
+      if (removed > 0) this.logger.info({ tags: removed }, 'removed tag records whose manifest is no longer stored');
+    } catch (error) {
+      this.logger.warn({ err: error }, 'could not sweep the tag records');
+    }
   }
 
   /**
