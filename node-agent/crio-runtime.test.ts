@@ -5,7 +5,7 @@
 // HOME: the real drop-in loading, without touching /etc.
 import { after, before, test } from 'node:test';
 import assert from 'node:assert/strict';
-import { mkdir, readdir, writeFile } from 'node:fs/promises';
+import { mkdir, readdir, rename, rm, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import { makeTempDir } from '../test/harness/process.ts';
 import { skopeo } from '../test/harness/oci-image.ts';
@@ -76,6 +76,27 @@ test('containers/image reads the drop-in and pulls docker.io and ghcr.io through
   const ported = await pull('registry.example.com:5000/org/tool:v1');
   assert.equal(ported.code, 0, ported.stderr.slice(-3000));
   assert.ok((await mirrorManifestRequests(upstreams.mirror)) > portedBefore, 'the mirror served registry.example.com:5000');
+});
+
+test('a node drop-in loaded after ours that defines docker.io replaces the mirror for it: the agent says so, and once it loads first the mirror serves again', async () => {
+  // kubespray and others name drop-ins after the registry; "d" sorts after "9", so this one loads last
+  const own = path.join(dropInDir, 'docker.io.conf');
+  await writeFile(own, '[[registry]]\nprefix = "docker.io"\nlocation = "docker.io"\n');
+  const applied = await runNodeAgent(agentArgs('apply'));
+  assert.match(applied.stdout, /docker\.io\.conf is loaded after 99-regmirror\.conf and defines \[\[registry\]\] prefix docker\.io, which replaces the mirror's entry/);
+  assert.match(applied.stdout, /"ready":false/);
+  const before = await mirrorManifestRequests(upstreams.mirror);
+  const bypassed = await pull('docker.io/library/nginx:v2');
+  assert.notEqual(bypassed.code, 0, 'docker.io itself cannot be reached here');
+  assert.equal(await mirrorManifestRequests(upstreams.mirror), before, 'the mirror was not asked: the later drop-in won');
+
+  await rename(own, path.join(dropInDir, '00-docker.io.conf'));
+  const fixed = await runNodeAgent(agentArgs('apply'));
+  assert.doesNotMatch(fixed.stdout, /loaded after 99-regmirror\.conf/);
+  const through = await pull('docker.io/library/nginx:v2');
+  assert.equal(through.code, 0, through.stderr.slice(-3000));
+  assert.ok((await mirrorManifestRequests(upstreams.mirror)) > before, 'the mirror served the manifest');
+  await rm(path.join(dropInDir, '00-docker.io.conf'));
 });
 
 test('after removal the drop-in is gone and containers/image no longer asks the mirror', async () => {

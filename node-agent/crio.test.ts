@@ -4,7 +4,7 @@ import { parse as parseToml } from 'smol-toml';
 
 // smol-toml builds null-prototype tables; compare them as plain data
 const parse = (text: string): Record<string, unknown> => JSON.parse(JSON.stringify(parseToml(text)));
-import { CRIO_MARKER, crioDropIn, isManagedCrioDropIn } from './crio.ts';
+import { CRIO_MARKER, crioDropIn, crioRegistryPrefixes, isManagedCrioDropIn, loadsAfterCrioDropIn } from './crio.ts';
 
 test('the drop-in names the registry and the mirror, insecure only for plain HTTP', () => {
   const dropIn = crioDropIn({ registries: ['docker.io'], mirror: 'http://10.96.0.42:5000', defaultRegistry: 'docker.io' });
@@ -36,4 +36,12 @@ test('a registry with a port is named in the mirror path with its port after __,
     { prefix: 'docker.io', location: 'docker.io', mirror: [{ location: 'm:5000', insecure: true }] },
     { prefix: 'registry.example.com:5000', location: 'registry.example.com:5000', mirror: [{ location: 'm:5000/registry.example.com__5000', insecure: true }] },
   ]);
+});
+
+test('containers/image loads only *.conf drop-ins, in byte order of their names: which ones come after ours', () => {
+  const after = ['docker.io.conf', '50-site.conf', 'zz.conf', '99-z.conf', 'A.conf'].filter(loadsAfterCrioDropIn);
+  assert.deepEqual(after, ['docker.io.conf', 'zz.conf', '99-z.conf', 'A.conf']);
+  assert.deepEqual(['00-mirrors.conf', '99-regmirror.conf', 'docker.io.conf.bak', 'registries.toml'].filter(loadsAfterCrioDropIn), []);
+  assert.deepEqual(crioRegistryPrefixes('[[registry]]\nlocation = "quay.io"\n[[registry]]\nprefix = "docker.io"\nlocation = "mirror.example"\n'), ['quay.io', 'docker.io']);
+  assert.throws(() => crioRegistryPrefixes('[[registry'));
 });

@@ -38,15 +38,46 @@ export function isManagedCrioDropIn(text: string): boolean {
 }
 
 /**
+ * The mirror hosts (host[:port]) a drop-in's `[[registry.mirror]]` entries send containers/image
+ * to; none for text that is not TOML.
+ */
+export function crioDropInMirrorHosts(text: string): string[] {
+  let registry: { mirror?: { location?: unknown }[] }[] | undefined;
+  try {
+    ({ registry } = parse(text) as { registry?: { mirror?: { location?: unknown }[] }[] });
+  } catch {
+    return [];
+  }
+  const hosts = (registry ?? []).flatMap((r) => (r.mirror ?? []).map((m) => (typeof m.location === 'string' ? m.location.split('/')[0]! : '')));
+  return [...new Set(hosts.filter((h) => h !== ''))];
+}
+
+/**
  * Does this drop-in send containers/image to `mirror` (http(s)://host[:port])? Another
  * RegistryMirror's agent writes the same file name; removal takes away only this mirror's.
  */
 export function crioDropInPointsAt(text: string, mirror: string): boolean {
-  const host = new URL(mirror).host;
-  try {
-    const { registry } = parse(text) as { registry?: { mirror?: { location?: unknown }[] }[] };
-    return (registry ?? []).some((r) => (r.mirror ?? []).some((m) => typeof m.location === 'string' && (m.location === host || m.location.startsWith(`${host}/`))));
-  } catch {
-    return false;
-  }
+  return crioDropInMirrorHosts(text).includes(new URL(mirror).host);
+}
+
+/**
+ * Whether containers/image loads a file of the drop-in directory after ours: only `*.conf` files
+ * are read, in byte order of their names, and a later file's `[[registry]]` replaces an earlier
+ * one's for the same prefix.
+ */
+export function loadsAfterCrioDropIn(name: string): boolean {
+  return name.endsWith('.conf') && name !== CRIO_DROP_IN && Buffer.compare(Buffer.from(name), Buffer.from(CRIO_DROP_IN)) > 0;
+}
+
+/**
+ * The `[[registry]]` prefixes a registries.conf file defines (a missing prefix is its location).
+ * Throws on text that is not TOML.
+ */
+export function crioRegistryPrefixes(text: string): string[] {
+  const { registry } = parse(text) as { registry?: unknown };
+  if (!Array.isArray(registry)) return [];
+  return registry.flatMap((r: { prefix?: unknown; location?: unknown }) => {
+    const prefix = typeof r.prefix === 'string' && r.prefix !== '' ? r.prefix : r.location;
+    return typeof prefix === 'string' && prefix !== '' ? [prefix] : [];
+  });
 }

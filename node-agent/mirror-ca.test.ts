@@ -30,8 +30,8 @@ after(async () => {
   await secure?.stop();
 });
 
-const args = (mode: 'apply' | 'remove', ca: string | undefined = cert.certFile) => [
-  '--mirror', secure.mirror.url, '--registries', 'docker.io', '--runtimes', 'docker,crio',
+const args = (mode: 'apply' | 'remove', ca: string | undefined = cert.certFile, mirror = secure.mirror.url) => [
+  '--mirror', mirror, '--registries', 'docker.io', '--runtimes', 'docker,crio',
   '--docker-daemon-json', path.join(root, 'docker/daemon.json'), '--docker-pidfile', path.join(root, 'no-dockerd.pid'),
   '--docker-socket', path.join(root, 'no-dockerd.sock'), '--docker-certs-dir', path.join(root, 'docker/certs.d'),
   '--crio-dir', path.join(root, 'registries.conf.d'), '--crio-certs-dir', path.join(root, 'containers/certs.d'),
@@ -72,4 +72,19 @@ test('removal takes the CA files and their host directories away, and leaves cer
   assert.deepEqual(await readdir(path.join(root, 'containers/certs.d')), []);
   assert.deepEqual(await readdir(path.join(root, 'registries.conf.d')), []);
   assert.equal(await readFile(path.join(root, 'docker/daemon.json'), 'utf8'), '{}\n', 'the original daemon.json is back');
+});
+
+test('a mirror that moves (a new Service address) takes the CA put for its old address away, so removal leaves nothing', async () => {
+  const oldHost = new URL(secure.mirror.url).host;
+  const moved = `https://127.0.0.1:${Number(new URL(secure.mirror.url).port) + 1}`;
+  await runNodeAgent(args('apply'));
+  await runNodeAgent(args('apply', cert.certFile, moved));
+  for (const certsDir of ['docker/certs.d', 'containers/certs.d']) {
+    assert.deepEqual(await readdir(path.join(root, certsDir)), [new URL(moved).host], `${certsDir}: only the new address has the CA (not ${oldHost})`);
+  }
+  await runNodeAgent(args('remove', cert.certFile, moved));
+  assert.deepEqual(await readdir(path.join(root, 'docker/certs.d')), []);
+  assert.deepEqual(await readdir(path.join(root, 'containers/certs.d')), []);
+  assert.deepEqual(await readdir(path.join(root, 'registries.conf.d')), []);
+  assert.equal(await readFile(path.join(root, 'docker/daemon.json'), 'utf8'), '{}\n');
 });

@@ -10,7 +10,9 @@ import {
   containerdHostsToml, isManagedHostsToml, planHostsApply, planHostsRemove, readContainerdRegistrySetup, type HostsPlan,
 } from './containerd.ts';
 import { basicAuthorization, readCredentials } from './credentials.ts';
-import { CRIO_DROP_IN, crioDropIn, crioDropInPointsAt, isManagedCrioDropIn } from './crio.ts';
+import {
+  CRIO_DROP_IN, crioDropIn, crioDropInMirrorHosts, crioDropInPointsAt, crioRegistryPrefixes, isManagedCrioDropIn, loadsAfterCrioDropIn,
+} from './crio.ts';
 import {
   DaemonJsonError, daemonJsonForReload, daemonJsonPidFile, daemonJsonSocket, mirrorsInDockerInfo, planDockerApply, planDockerRemove, type DockerState,
 } from './docker.ts';
@@ -426,6 +428,37 @@ async function reloadCrio(ctx: ReconcileContext): Promise<void> {
   ctx.log.info({ pid: lookup.pid }, 'crio sent SIGHUP to reload registries.conf');
 }
 
+/**
+ * A drop-in loaded after ours that defines one of our registries' prefixes replaces our entry
+ * for it: containers/image then pulls those images without the mirror. Reported, not changed
+ * (the file is the node's own).
+ */
+async function checkLaterCrioDropIns(ctx: ReconcileContext, s: RuntimeStatus): Promise<void> {
+  const { config, notices } = ctx;
+  let names: string[];
+  try {
+    names = (await readdir(config.crioDir)).filter(loadsAfterCrioDropIn);
+  } catch {
+    return;
+  }
+  for (const name of names) {
+    const file = path.join(config.crioDir, name);
+    const text = await readTextOrNull(file);
+    if (text === null) continue;
+    let prefixes: string[];
+    try {
+      prefixes = crioRegistryPrefixes(text);
+    } catch (error) {
+      notices.warn(`crio-unreadable:${file}`, 'a registries.conf drop-in is not TOML the agent can read; containers/image will refuse it too', { file, error: (error as Error).message.split('\n')[0] });
+      continue;
+    }
+    const overridden = config.registries.filter((r) => prefixes.includes(r));
+    if (overridden.length > 0) {
+      notUsed(s, `${file} is loaded after ${CRIO_DROP_IN} and defines [[registry]] prefix ${overridden.join(', ')}, which replaces the mirror's entry: CRI-O pulls ${overridden.join(', ')} without the mirror; rename it to sort before ${CRIO_DROP_IN} or take those entries out of it`);
+    }
+  }
+}
+
 export async function reconcileCrio(ctx: ReconcileContext): Promise<RuntimeStatus> {
   const { config, log, notices } = ctx;
   const s = status('crio', await isDirectory(config.crioDir));
@@ -448,10 +481,20 @@ export async function reconcileCrio(ctx: ReconcileContext): Promise<RuntimeStatu
   if (await syncCaFile(caFile, desired !== null ? await mirrorCaFor(ctx, s) : undefined, true)) s.changed.push(caFile);
 
   if (desired !== null) {
+    await checkLaterCrioDropIns(ctx, s);
     if (current === desired) return s;
     await writeFileAtomic(file, desired, { mode: 0o644, keepMode: false });
     s.changed.push(file);
     log.info({ file }, 'registries.conf drop-in written');
+    // The mirror moved (a new Service address, http to https): the CA put for where the replaced
+    // drop-in pointed is no longer read by anything.
+    if (current !== null && isManagedCrioDropIn(current)) {
+      const ours = new URL(config.mirror).host;
+      for (const host of crioDropInMirrorHosts(current).filter((h) => h !== ours)) {
+        const oldCaFile = path.join(config.crioCertsDir, host, CA_FILE_NAME);
+        if (await syncCaFile(oldCaFile, undefined, true)) s.changed.push(oldCaFile);
+      }
+    }
   } else {
     // only this mirror's drop-in: another RegistryMirror's agent writes the same file name
     if (current === null || !isManagedCrioDropIn(current) || !crioDropInPointsAt(current, config.mirror)) return s;
