@@ -192,7 +192,7 @@ export class PullThroughCache {
     // We hold a copy: ask the upstream, cheaply, whether the tag still points at it.
     let response: UpstreamResponse;
     try {
-      response = await repo.upstream.fetch(repo.name, `manifests/${tag}`, { method: 'HEAD', accept: ACCEPT, headersTimeoutMs: repo.upstream.timeouts.revalidateMs });
+      response = await repo.upstream.fetch(repo.name, `manifests/${tag}`, { method: 'HEAD', accept: ACCEPT, answerWithinMs: repo.upstream.timeouts.revalidateMs });
       await response.body.dump();
     } catch (error) {
       return this.serveStale(repo, tag, record, stored, describe(error));

@@ -17,6 +17,7 @@ describe('real clients pull through the mirror', () => {
   let dockerImage: TestImage;
   let ghcrImage: TestImage;
   let multiArch: TestImage;
+  let dockerList: TestImage;
 
   before(async () => {
     [hub, ghcr] = await Promise.all([startRegistry(), startRegistry()]);
@@ -34,6 +35,17 @@ describe('real clients pull through the mirror', () => {
     await pushImage(hubImage, hub.ref('library/app', 'v1'));
     await pushImage(dockerImage, hub.ref('library/dockerapp', 'v1'));
     await pushImage(multiArch, hub.ref('library/multi', 'multi'));
+    // a Docker manifest list whose linux/amd64 image is not its first entry
+    dockerList = await writeOciImage(await makeTempDir('docker-list'), {
+      tag: 'v1',
+      seed: 'clients-docker-list',
+      dockerMediaTypes: true,
+      platforms: [
+        { os: 'linux', architecture: 'arm64' },
+        { os: 'linux', architecture: 'amd64' },
+      ],
+    });
+    await pushImage(dockerList, hub.ref('library/dockerlist', 'v1'));
     await pushImage(ghcrImage, ghcr.ref('org/tool', '1.0'));
     mirror = await startTestMirror({ upstreams: [{ registry: 'docker.io', url: hub.url }, { registry: 'ghcr.io', url: ghcr.url }], default: 'docker.io' });
   });
@@ -99,5 +111,29 @@ describe('real clients pull through the mirror', () => {
     }
     const head = await httpRequest(url, { method: 'HEAD', headers: { accept: MEDIA_TYPES.docker.manifest } });
     assert.equal(head.status, 404, 'HEAD answers the same');
+  });
+
+  test("Docker's manifest types are answered as distribution answers them whatever the Accept: a list by tag to a schema 2 client is its linux/amd64 image, and by digest the bytes the digest names", async () => {
+    const amd64 = dockerList.platforms!.find((p) => p.platform.architecture === 'amd64')!;
+    const ask = (base: string, reference: string, accept: string) => httpRequest(`${base}/v2/library/dockerlist/manifests/${reference}`, { headers: { accept } });
+    const cases: [string, string][] = [
+      ['v1', MEDIA_TYPES.docker.manifest],
+      [amd64.manifestDigest, MEDIA_TYPES.oci.manifest],
+      [dockerList.manifestDigest, MEDIA_TYPES.docker.manifest],
+    ];
+    for (const [reference, accept] of cases) {
+      const [upstream, mirrored] = [await ask(hub.url, reference, accept), await ask(mirror.url, reference, accept)];
+      assert.equal(upstream.status, 200, `distribution: ${reference} with Accept ${accept}`);
+      assert.equal(mirrored.status, 200, `${reference} with Accept ${accept}: ${mirrored.body.toString()}`);
+      assert.equal(mirrored.headers['docker-content-digest'], upstream.headers['docker-content-digest'], reference);
+      assert.equal(mirrored.headers['content-type'], upstream.headers['content-type'], reference);
+      assert.deepEqual(mirrored.body, upstream.body, reference);
+    }
+    const single = await ask(mirror.url, 'v1', MEDIA_TYPES.docker.manifest);
+    assert.equal(single.headers['docker-content-digest'], amd64.manifestDigest, 'the linux/amd64 image, not the first entry');
+    // distribution would rewrite that image into the old signed schema 1 here; the mirror does not make schema 1
+    const oci = await ask(mirror.url, 'v1', MEDIA_TYPES.oci.manifest);
+    assert.equal(oci.status, 404);
+    assert.match(JSON.parse(oci.body.toString()).errors[0].message, /manifest\.list\.v2\+json found, but the Accept header does not include it/);
   });
 });

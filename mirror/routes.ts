@@ -142,11 +142,22 @@ function repositoryFor(context: RouteContext, rawName: string, ns: string | stri
 }
 
 async function serveManifest(context: RouteContext, repo: Repository, reference: string, head: boolean, request: FastifyRequest, reply: FastifyReply) {
-  const manifest = isDigestReference(reference)
-    ? await context.cache.manifestByDigest(repo, parseDigest(reference))
-    : await context.cache.manifestByTag(repo, validateTag(reference));
-  if (!acceptsManifest(request.headers.accept, manifest.mediaType)) {
-    throw new RegistryError('MANIFEST_UNKNOWN', 404, `${manifest.mediaType} found, but the Accept header does not include it`, { reference, mediaType: manifest.mediaType });
+  const byDigest = isDigestReference(reference);
+  let manifest = byDigest ? await context.cache.manifestByDigest(repo, parseDigest(reference)) : await context.cache.manifestByTag(repo, validateTag(reference));
+  const accept = request.headers.accept;
+  if (!acceptsManifest(accept, manifest.mediaType)) {
+    const refused = () => new RegistryError('MANIFEST_UNKNOWN', 404, `${manifest.mediaType} found, but the Accept header does not include it`, { reference, mediaType: manifest.mediaType });
+    if (!DOCKER_MANIFEST_TYPES.includes(manifest.mediaType)) throw refused();
+    // Docker's own types, as distribution answers them: by digest the bytes that digest names, as
+    // they are; a manifest list by tag, to a client that does not list it, the linux/amd64
+    // image's manifest (scripts asking for schema 2 alone get a single image, as from Docker Hub).
+    if (!byDigest) {
+      const platform = defaultPlatformManifest(manifest.bytes);
+      if (platform === undefined) throw refused();
+      const image = await context.cache.manifestByDigest(repo, parseDigest(platform));
+      if (!acceptsManifest(accept, image.mediaType)) throw refused();
+      manifest = image;
+    }
   }
   if (noneMatch(request.headers['if-none-match'], manifest.digest)) return notModified(reply, manifest.digest);
   reply.headers({
@@ -254,15 +265,30 @@ function notModified(reply: FastifyReply, digest: string) {
   return reply.code(304).headers({ 'docker-content-digest': digest, etag: `"${digest}"` }).send();
 }
 
-/**
- * Whether a client's Accept allows a manifest of `mediaType`. Clients list the manifest types they
- * can read (containerd, Docker and skopeo list all four); one that lists some but not this one
- * cannot use it, and gets 404 as from distribution, not a document it would misread. No Accept, a
- * wildcard, or a list naming no manifest type at all (plain `application/json`) takes any.
- */
 /** Docker's old signed manifests: never served here, but a client that lists only these reads nothing else. */
 const SCHEMA1_MEDIA_TYPES = ['application/vnd.docker.distribution.manifest.v1+json', 'application/vnd.docker.distribution.manifest.v1+prettyjws'];
 
+/** Docker's manifest types: distribution serves these by digest whatever the Accept, and turns a list by tag into its linux/amd64 image. */
+const DOCKER_MANIFEST_TYPES: readonly string[] = ['application/vnd.docker.distribution.manifest.v2+json', 'application/vnd.docker.distribution.manifest.list.v2+json'];
+
+/** The digest of a Docker manifest list's linux/amd64 entry (the first), or undefined. */
+export function defaultPlatformManifest(list: Buffer): string | undefined {
+  try {
+    const { manifests } = JSON.parse(list.toString('utf8')) as { manifests?: { digest?: unknown; platform?: { os?: unknown; architecture?: unknown } }[] };
+    const entry = (Array.isArray(manifests) ? manifests : []).find((m) => m?.platform?.os === 'linux' && m.platform.architecture === 'amd64');
+    return typeof entry?.digest === 'string' && isDigestReference(entry.digest) ? entry.digest : undefined;
+  } catch {
+    return undefined;
+  }
+}
+
+/**
+ * Whether a client's Accept allows a manifest of `mediaType`. Clients list the manifest types they
+ * can read (containerd, Docker and skopeo list all four); one that lists some but not this one
+ * cannot use it, and gets 404 as from distribution, not a document it would misread (except for
+ * Docker's own types, see serveManifest). No Accept, a wildcard, or a list naming no manifest type
+ * at all (plain `application/json`) takes any.
+ */
 export function acceptsManifest(accept: string | undefined, mediaType: string): boolean {
   if (!accept) return true;
   const listed = accept.split(',').map((part) => part.split(';')[0]!.trim().toLowerCase());

@@ -131,6 +131,38 @@ describe('upstream token auth', () => {
     }
   });
 
+  test('a token service that takes connections and never answers does not hold a stored tag past upstreamTimeouts.revalidate: the stored manifest is served', async () => {
+    const tokenProxy = await startFaultProxy({ target: tokens.url });
+    const own = await startRegistry({ tokenAuth: { ...tokens, realm: `${tokenProxy.url}/token` } });
+    await pushImage(publicImage, own.ref('library/slow-auth', 'v1'), { creds: 'alice:s3cret' });
+    const storagePath = path.join(await makeTempDir('token-hang'), 'data');
+    // the other upstream timeouts are far longer than the client waits, so only the revalidate bound can answer in time
+    const options = {
+      upstreams: [{ registry: 'docker.io', url: own.url, tagTTL: '0s' }],
+      storagePath,
+      extra: { upstreamTimeouts: { revalidate: '1s', response: '120s' } },
+    };
+    const first = await startTestMirror(options);
+    assert.equal((await httpRequest(`${first.url}/v2/library/slow-auth/manifests/v1`)).status, 200);
+    await first.stop();
+
+    // restarted: no token in memory, so the tag check needs the token service, which now hangs
+    const hang = tokenProxy.addRule({ path: /^\/token$/, hang: true });
+    const mirror = await startTestMirror(options);
+    try {
+      const res = await httpRequest(`${mirror.url}/v2/library/slow-auth/manifests/v1`, { timeoutMs: 30_000 });
+      assert.equal(res.status, 200);
+      assert.equal(res.headers['docker-content-digest'], publicImage.manifestDigest);
+      assert.ok(hang.hits() >= 1, 'the token request was made and left hanging');
+      const metrics = (await httpRequest(`${mirror.url}/metrics`)).body.toString();
+      assert.match(metrics, /regmirror_cache_requests_total\{kind="manifest",result="stale"\} 1\n/);
+    } finally {
+      await mirror.stop();
+      await tokenProxy.stop();
+      await own.stop();
+    }
+  });
+
   test("blob storage the upstream redirects to never gets its credentials: storage's own 401 challenge fails that blob (502 UNAVAILABLE), and other repositories still get tokens from the upstream's token service", async () => {
     // Docker Hub sends blob GETs to its CDN; distribution does not redirect by itself, so the fault
     // proxy in front of it answers the chosen blob GETs with a redirect to this storage

@@ -96,18 +96,23 @@ export class UpstreamClient {
 
   /**
    * Sends GET or HEAD for `/v2/<name>/<path>`, authenticating as the upstream asks. The caller
-   * must consume or dump the body of the returned response.
+   * must consume or dump the body of the returned response. `answerWithinMs` bounds the wait for
+   * the answer's headers as a whole: the token requests on the way count against it too (a token
+   * that comes later still lands in the cache for the next request).
    */
-  async fetch(name: string, path: string, options: { method: 'GET' | 'HEAD'; accept?: string; headersTimeoutMs?: number; query?: Record<string, string> }): Promise<UpstreamResponse> {
+  async fetch(name: string, path: string, options: { method: 'GET' | 'HEAD'; accept?: string; answerWithinMs?: number; query?: Record<string, string> }): Promise<UpstreamResponse> {
     const target = new URL(`${this.url.pathname.replace(/\/$/, '')}/v2/${name}/${path}`, this.url);
     for (const [key, value] of Object.entries(options.query ?? {})) target.searchParams.set(key, value);
     const scope = `repository:${name}:pull`;
     const headers: Record<string, string> = { 'user-agent': 'regmirror' };
     if (options.accept) headers.accept = options.accept;
+    const deadline = options.answerWithinMs === undefined ? undefined : performance.now() + options.answerWithinMs;
+    const left = (): number | undefined => (deadline === undefined ? undefined : Math.max(1, Math.ceil(deadline - performance.now())));
+    const authorize = (afterChallenge: boolean): Promise<string | undefined> => within(this.authorizationFor(scope, afterChallenge), left(), options.answerWithinMs);
 
-    let authorization = await this.authorizationFor(scope, false);
+    let authorization = await authorize(false);
     for (let attempt = 0; ; attempt++) {
-      const response = await this.send(target, options.method, { ...headers, ...(authorization ? { authorization } : {}) }, options.headersTimeoutMs);
+      const response = await this.send(target, options.method, { ...headers, ...(authorization ? { authorization } : {}) }, left());
       if (response.status !== 401) return response;
       const header = response.headers['www-authenticate'];
       await response.body.dump();
@@ -120,7 +125,7 @@ export class UpstreamClient {
       if (attempt > 0 || !challenge) throw new UpstreamAuthError(this.registry, `${name} answered 401 ${this.credentials ? 'with' : 'without'} credentials`);
       this.challenge = challenge;
       if (challenge.scheme === 'basic') this.basicAuth = true;
-      authorization = await this.authorizationFor(scope, true);
+      authorization = await authorize(true);
       if (!authorization) throw new UpstreamAuthError(this.registry, `${name} asks for Basic credentials and none are configured`);
     }
   }
@@ -248,6 +253,19 @@ export class UpstreamClient {
   async close(): Promise<void> {
     await this.dispatcher.destroy();
   }
+}
+
+/**
+ * `work`, or a TokenServiceError once `ms` have passed (`budgetMs` is the whole wait, for the
+ * message). The work goes on: it is shared by concurrent requests, and a token it brings is cached.
+ */
+function within<T>(work: Promise<T>, ms: number | undefined, budgetMs: number | undefined): Promise<T> {
+  if (ms === undefined) return work;
+  let timer: NodeJS.Timeout | undefined;
+  const late = new Promise<never>((_, reject) => {
+    timer = setTimeout(() => reject(new TokenServiceError(`its token service did not answer within ${budgetMs ?? ms} ms`, {})), ms);
+  });
+  return Promise.race([work, late]).finally(() => clearTimeout(timer));
 }
 
 /** The upstream (or its token server) refused us: wrong credentials, or none for a private repository. */

@@ -6,11 +6,13 @@
 import { ListWatch, Watch, type Informer, type KubeConfig, type KubernetesObject, type ObjectCache as InformerCache } from '@kubernetes/client-node';
 import type { Logger } from '../common/logger.ts';
 import { API_VERSION, KIND, type RegistryMirror } from './api/registry-mirror.ts';
-import { FIELD_MANAGER } from './desired/inputs.ts';
+import { MODE_ANNOTATION } from './desired/daemon-set.ts';
+import { FIELD_MANAGER, names } from './desired/inputs.ts';
 import type { EventRecorder } from './events.ts';
 import { collectionPath, isForbidden, type KubeApi, type KubeObject } from './kube/api.ts';
 import { MetadataWatch, routingMetadata } from './kube/metadata.ts';
 import type { OperatorMetrics } from './metrics.ts';
+import { stoppedBeforeApplying } from './node-conflict.ts';
 import { Reconciler, type ObjectCache } from './reconciler.ts';
 import { WorkQueue } from './work-queue.ts';
 
@@ -53,6 +55,8 @@ export class Controller {
   private readonly reconciler: Reconciler;
   private readonly kinds: WatchedKind[] = [];
   private mirrors!: WatchedKind;
+  /** The node agent DaemonSets (and cleanup ones): whether a mirror has agents decides node conflicts. */
+  private daemonSets: WatchedKind | undefined;
   private readonly restartTimers = new Set<NodeJS.Timeout>();
   private resyncTimer?: NodeJS.Timeout;
   private workers: Promise<void>[] = [];
@@ -66,6 +70,11 @@ export class Controller {
     const cache: ObjectCache = {
       mirror: (namespace, name) => this.lookup(this.mirrors, namespace, name) as RegistryMirror | undefined,
       mirrors: () => this.allMirrors() as unknown as RegistryMirror[],
+      nodeAgentMode: (m) => {
+        const daemonSet = this.daemonSets && this.lookup(this.daemonSets, m.metadata.namespace, names(m).daemonSet);
+        if (!daemonSet) return undefined;
+        return daemonSet.metadata?.annotations?.[MODE_ANNOTATION] === 'remove' ? 'remove' : 'apply';
+      },
     };
     this.reconciler = new Reconciler({
       api: options.api,
@@ -84,7 +93,10 @@ export class Controller {
     // Secrets are many and large (Helm keeps a release's every revision in one): their metadata says
     // which mirror a change concerns, and the reconciler reads the ones it uses by name.
     this.watch('v1', 'Secret', undefined, (obj) => this.onSecret(obj), { metadataOnly: true });
-    for (const [apiVersion, kind] of OWNED_KINDS) this.watch(apiVersion, kind, MANAGED_SELECTOR, (obj) => this.enqueueOwner(obj));
+    for (const [apiVersion, kind] of OWNED_KINDS) {
+      const watched = this.watch(apiVersion, kind, MANAGED_SELECTOR, (obj) => this.enqueueOwner(obj));
+      if (kind === 'DaemonSet') this.daemonSets = watched;
+    }
     await Promise.all(this.kinds.flatMap((kind) => [...kind.informers.entries()].map(([namespace, informer]) => this.startInformer(kind.name, namespace, informer))));
     this.options.logger.info({ namespaces: this.options.namespaces.length ? this.options.namespaces : 'all' }, 'caches synced; reconciling');
     for (const mirror of this.allMirrors()) this.enqueue(mirror);
@@ -210,7 +222,9 @@ export class Controller {
     if (!namespace || !name) return;
     const key = `${namespace}/${name}`;
     const present = this.lookup(this.mirrors, namespace, name) !== undefined;
-    const fingerprint = present ? `${obj.metadata?.generation ?? ''}|${obj.metadata?.deletionTimestamp ?? ''}` : 'gone';
+    // A mirror whose spec stops it before applying anything does not hold nodes: others may take them.
+    const stopped = present && stoppedBeforeApplying(obj as unknown as RegistryMirror);
+    const fingerprint = present ? `${obj.metadata?.generation ?? ''}|${obj.metadata?.deletionTimestamp ?? ''}|${stopped}` : 'gone';
     if (this.mirrorFingerprints.get(key) === fingerprint) return;
     if (present) this.mirrorFingerprints.set(key, fingerprint);
     else this.mirrorFingerprints.delete(key);

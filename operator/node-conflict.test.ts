@@ -1,7 +1,7 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import type { RegistryMirror, RegistryMirrorSpec } from './api/registry-mirror.ts';
-import { nodeConfigHolder, selectorsOverlap, sharedNodeFiles } from './node-conflict.ts';
+import { nodeConfigHolder, selectorsOverlap, sharedNodeFiles, type NodeAgentModeOf } from './node-conflict.ts';
 import { mirrorFixture } from './test-fixtures.ts';
 
 function mirror(name: string, created: string, spec: Partial<RegistryMirrorSpec> = {}): RegistryMirror {
@@ -9,6 +9,8 @@ function mirror(name: string, created: string, spec: Partial<RegistryMirrorSpec>
   m.metadata.creationTimestamp = created;
   return m;
 }
+/** No mirror has a node agent DaemonSet yet. */
+const noAgents: NodeAgentModeOf = () => undefined;
 const nodeConfig = (extra: Partial<RegistryMirrorSpec['nodeConfig']>) => ({ nodeConfig: { enabled: true, runtimes: ['containerd'], ...extra } as RegistryMirrorSpec['nodeConfig'] });
 
 test('node selectors overlap unless a label both require has different values', () => {
@@ -31,25 +33,48 @@ test('the files two mirrors would share: containerd per registry, Docker for Doc
 test('the earliest mirror holds the nodes; a later one that would share a file on them does not configure nodes', () => {
   const first = mirror('first', '2026-01-01T00:00:00Z');
   const second = mirror('second', '2026-01-02T00:00:00Z');
-  assert.equal(nodeConfigHolder(first, [first, second]), undefined);
-  assert.equal(nodeConfigHolder(second, [first, second])?.holder.metadata.name, 'first');
-  assert.match(nodeConfigHolder(second, [first, second])!.files, /containerd's hosts\.toml for docker\.io, ghcr\.io/);
+  assert.equal(nodeConfigHolder(first, [first, second], noAgents), undefined);
+  assert.equal(nodeConfigHolder(second, [first, second], noAgents)?.holder.metadata.name, 'first');
+  assert.match(nodeConfigHolder(second, [first, second], noAgents)!.files, /containerd's hosts\.toml for docker\.io, ghcr\.io/);
 
   const elsewhere = mirror('elsewhere', '2026-01-03T00:00:00Z', nodeConfig({ nodeSelector: { pool: 'b' } }));
   const firstInA = mirror('first', '2026-01-01T00:00:00Z', nodeConfig({ nodeSelector: { pool: 'a' } }));
-  assert.equal(nodeConfigHolder(elsewhere, [firstInA, elsewhere]), undefined, 'disjoint node pools');
+  assert.equal(nodeConfigHolder(elsewhere, [firstInA, elsewhere], noAgents), undefined, 'disjoint node pools');
 
   const off = mirror('second', '2026-01-02T00:00:00Z', { nodeConfig: { enabled: false, runtimes: ['containerd'] } });
-  assert.equal(nodeConfigHolder(off, [first, off]), undefined, 'no node configuration, nothing to share');
-  assert.equal(nodeConfigHolder(second, [off, mirror('third', '2026-01-03T00:00:00Z')]), undefined, 'a holder without node configuration holds nothing');
+  assert.equal(nodeConfigHolder(off, [first, off], noAgents), undefined, 'no node configuration, nothing to share');
+  assert.equal(nodeConfigHolder(second, [off, mirror('third', '2026-01-03T00:00:00Z')], noAgents), undefined, 'a holder without node configuration holds nothing');
 
   const leaving = mirror('first', '2026-01-01T00:00:00Z');
   leaving.metadata.deletionTimestamp = '2026-02-01T00:00:00Z';
-  assert.equal(nodeConfigHolder(second, [leaving, second]), undefined, 'a mirror being deleted gives its nodes up once its node cleanup let go');
+  assert.equal(nodeConfigHolder(second, [leaving, second], noAgents), undefined, 'a mirror being deleted gives its nodes up once its node cleanup let go');
   leaving.metadata.finalizers = ['regmirror.dev/node-cleanup'];
-  assert.equal(nodeConfigHolder(second, [leaving, second])?.holder.metadata.name, 'first',
+  assert.equal(nodeConfigHolder(second, [leaving, second], noAgents)?.holder.metadata.name, 'first',
     'but holds them while its agents still take their configuration away: both would work on the same files at once');
 
   const sameTime = mirror('b', '2026-01-01T00:00:00Z');
-  assert.equal(nodeConfigHolder(sameTime, [mirror('a', '2026-01-01T00:00:00Z'), sameTime])?.holder.metadata.name, 'a', 'ties go by name');
+  assert.equal(nodeConfigHolder(sameTime, [mirror('a', '2026-01-01T00:00:00Z'), sameTime], noAgents)?.holder.metadata.name, 'a', 'ties go by name');
+});
+
+test('a mirror its own spec stopped before it applied anything holds no nodes, unless an agent of its still configures them; one whose agents are on the nodes keeps them from an earlier one fixed later', () => {
+  const stopped = mirror('a-stopped', '2026-01-01T00:00:00Z');
+  stopped.status = { conditions: [{ type: 'Ready', status: 'False', reason: 'InvalidSpec', message: 'spec.prefetch ...', lastTransitionTime: '2026-01-01T00:00:01Z' }] };
+  const later = mirror('b-later', '2026-01-01T00:00:00Z');
+  assert.equal(nodeConfigHolder(later, [stopped, later], noAgents), undefined, 'InvalidSpec and no agent: nothing on the nodes to keep');
+  for (const reason of ['SecretNotFound', 'InvalidCredentials']) {
+    stopped.status.conditions![0]!.reason = reason;
+    assert.equal(nodeConfigHolder(later, [stopped, later], noAgents), undefined, reason);
+  }
+  const agents = (applying: RegistryMirror[]): NodeAgentModeOf => (m) => (applying.includes(m) ? 'apply' : undefined);
+  assert.equal(nodeConfigHolder(later, [stopped, later], agents([stopped]))?.holder.metadata.name, 'a-stopped', 'its agents from before the problem still configure the nodes');
+  stopped.status.conditions![0]!.reason = 'ApplyFailed';
+  assert.equal(nodeConfigHolder(later, [stopped, later], noAgents)?.holder.metadata.name, 'a-stopped', 'a refusal of some object does not stop the rest');
+  assert.equal(nodeConfigHolder(later, [mirror('a-new', '2026-01-01T00:00:00Z'), later], noAgents)?.holder.metadata.name, 'a-new', 'not reconciled yet: it may be creating its agents right now');
+
+  // the stopped one is fixed while the later one configures the nodes: the later one keeps them
+  const fixed = mirror('a-stopped', '2026-01-01T00:00:00Z');
+  const conflict = nodeConfigHolder(fixed, [fixed, later], agents([later]));
+  assert.equal(conflict?.holder.metadata.name, 'b-later');
+  assert.equal(conflict?.why, 'its agents are on them');
+  assert.equal(nodeConfigHolder(later, [fixed, later], agents([later])), undefined);
 });

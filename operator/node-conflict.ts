@@ -37,29 +37,62 @@ export function sharedNodeFiles(a: RegistryMirror, b: RegistryMirror): string | 
 
 const createdOrder = (m: RegistryMirror) => `${m.metadata.creationTimestamp ?? ''}\u0000${m.metadata.namespace}/${m.metadata.name}`;
 
+/** The mode of a mirror's node agent DaemonSet, undefined when it has none. */
+export type NodeAgentModeOf = (m: RegistryMirror) => 'apply' | 'remove' | undefined;
+
 /**
  * A mirror being deleted holds its nodes until its finalizer let go: its agents are taking their
  * configuration away meanwhile, and another mirror's agents writing the same files at the same
  * time would have them taken away too.
  */
-const holdsNodes = (m: RegistryMirror) => !m.metadata.deletionTimestamp || (m.metadata.finalizers ?? []).includes(FINALIZER);
+const cleaningNodes = (m: RegistryMirror) => Boolean(m.metadata.deletionTimestamp) && (m.metadata.finalizers ?? []).includes(FINALIZER);
+const leftNodes = (m: RegistryMirror) => Boolean(m.metadata.deletionTimestamp) && !cleaningNodes(m);
 
 /**
- * The RegistryMirror that holds nodes `mirror` would also configure, and the files they would
- * share: the earliest created of those with node configuration on, not deleted past their node
- * cleanup, whose node selector may pick the same nodes. Undefined when `mirror` may configure its nodes.
+ * Ready reasons of a mirror whose spec stopped the operator before it applied anything: it has no
+ * node agent unless one is left from before the problem (what runs is kept).
  */
-export function nodeConfigHolder(mirror: RegistryMirror, all: readonly RegistryMirror[]): { holder: RegistryMirror; files: string } | undefined {
+const STOPPED_BEFORE_APPLYING = ['InvalidSpec', 'SecretNotFound', 'InvalidCredentials'];
+
+/** Whether the mirror's status says it was stopped before applying anything (see STOPPED_BEFORE_APPLYING). */
+export function stoppedBeforeApplying(m: RegistryMirror): boolean {
+  const ready = m.status?.conditions?.find((c) => c.type === 'Ready');
+  return ready?.status === 'False' && STOPPED_BEFORE_APPLYING.includes(ready.reason ?? '');
+}
+
+/**
+ * Whether `m` holds the nodes it selects: it configures them or may be about to. Not once its
+ * deletion's node cleanup let go, and not while its own spec stops it before it applied anything
+ * and no agent of its configures nodes (a brand-new mirror not reconciled yet does hold: it may be
+ * creating its agents right now).
+ */
+function holdsNodes(m: RegistryMirror, modeOf: NodeAgentModeOf): boolean {
+  if (leftNodes(m)) return false;
+  return modeOf(m) === 'apply' || !stoppedBeforeApplying(m);
+}
+
+/** Whose agents are on the nodes now: configuring them, or taking that configuration away on deletion. */
+const onNodes = (m: RegistryMirror, modeOf: NodeAgentModeOf) => cleaningNodes(m) || modeOf(m) === 'apply';
+
+/**
+ * The RegistryMirror that holds nodes `mirror` would also configure, the files they would share,
+ * and why it goes first. Of the mirrors with node configuration on that hold their nodes (above)
+ * and whose node selector may pick the same nodes, one whose agents are on the nodes now goes
+ * first (a mirror fixed or created later does not take nodes from one that configures them), then
+ * the earliest created. Undefined when `mirror` may configure its nodes.
+ */
+export function nodeConfigHolder(mirror: RegistryMirror, all: readonly RegistryMirror[], modeOf: NodeAgentModeOf): { holder: RegistryMirror; files: string; why: string } | undefined {
   if (!mirror.spec.nodeConfig.enabled) return undefined;
-  const mine = createdOrder(mirror);
+  const rank = (m: RegistryMirror) => `${onNodes(m, modeOf) ? 0 : 1}\u0000${createdOrder(m)}`;
+  const mine = rank(mirror);
   const candidates = all
     .filter((other) => !(other.metadata.namespace === mirror.metadata.namespace && other.metadata.name === mirror.metadata.name))
-    .filter((other) => other.spec?.nodeConfig?.enabled && holdsNodes(other) && createdOrder(other) < mine)
-    .sort((x, y) => (createdOrder(x) < createdOrder(y) ? -1 : 1));
+    .filter((other) => other.spec?.nodeConfig?.enabled && holdsNodes(other, modeOf) && rank(other) < mine)
+    .sort((x, y) => (rank(x) < rank(y) ? -1 : 1));
   for (const other of candidates) {
     if (!selectorsOverlap(mirror.spec.nodeConfig.nodeSelector, other.spec.nodeConfig.nodeSelector)) continue;
     const files = sharedNodeFiles(mirror, other);
-    if (files) return { holder: other, files };
+    if (files) return { holder: other, files, why: onNodes(other, modeOf) && !onNodes(mirror, modeOf) ? 'its agents are on them' : 'created earlier' };
   }
   return undefined;
 }

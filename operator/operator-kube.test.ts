@@ -459,7 +459,8 @@ describe('operator against a real kube-apiserver', { skip }, () => {
     await eventually('quay-a DaemonSet', () => owned('apps/v1', 'DaemonSet', 'regmirror-quay-a-node'));
     await applyMirror('quay-b', { ...quay, ...ownNodes('quay') });
     const condition = await eventually('NodeConfigConflict', async () => (await ready('quay-b'))?.reason === 'NodeConfigConflict' && ready('quay-b'));
-    assert.match(condition.message, new RegExp(`RegistryMirror ${NS}/quay-a \\(created earlier\\).*containerd's hosts\\.toml for quay\\.io`));
+    // which reason it names depends on whether the operator's cache saw quay-a's DaemonSet yet
+    assert.match(condition.message, new RegExp(`RegistryMirror ${NS}/quay-a \\((created earlier|its agents are on them)\\).*containerd's hosts\\.toml for quay\\.io`));
     assert.ok(await owned('apps/v1', 'Deployment', 'regmirror-quay-b'), 'the second mirror still serves');
     assert.equal(await owned('apps/v1', 'DaemonSet', 'regmirror-quay-b-node'), undefined);
     assert.ok((await eventsFor('quay-b')).some((e) => e.reason === 'NodeConfigConflict' && e.type === 'Warning'));
@@ -486,6 +487,26 @@ describe('operator against a real kube-apiserver', { skip }, () => {
     await playKubeletNodeAgentsReady('leaving', 2);
     await eventually('the first gone', async () => (await mirror('leaving')) === undefined);
     await eventually('the second takes the nodes', () => owned('apps/v1', 'DaemonSet', 'regmirror-waiting-node'));
+  });
+
+  it('a RegistryMirror its own spec stops before it applies anything (InvalidSpec) holds no nodes: one created right after it configures them, and keeps them once the first is fixed', async () => {
+    const gcr = { upstreams: [{ registry: 'gcr.io' }], ...ownNodes('stopped') };
+    // a prefetch image on none of its upstreams: InvalidSpec, nothing applied; the two are created in one go
+    await mustKubectl(['apply', '-f', '-'], [
+      JSON.stringify({ apiVersion: API_VERSION, kind: KIND, metadata: { name: 'a-stopped', namespace: NS }, spec: { ...gcr, prefetch: ['quay.io/org/app:1'] } }),
+      JSON.stringify({ apiVersion: API_VERSION, kind: KIND, metadata: { name: 'b-serving', namespace: NS }, spec: gcr }),
+    ].join('\n'));
+    await eventually('a-stopped InvalidSpec', async () => (await ready('a-stopped'))?.reason === 'InvalidSpec');
+    await eventually('b-serving configures its nodes', () => owned('apps/v1', 'DaemonSet', 'regmirror-b-serving-node'));
+    await eventually('b-serving not in conflict', async () => ((await ready('b-serving'))?.reason ?? 'NodeConfigConflict') !== 'NodeConfigConflict');
+    assert.equal(await owned('apps/v1', 'DaemonSet', 'regmirror-a-stopped-node'), undefined);
+
+    // fixed, the earlier one does not take the nodes from the one whose agents are on them
+    await applyMirror('a-stopped', gcr);
+    const condition = await eventually('a-stopped in conflict', async () => (await ready('a-stopped'))?.reason === 'NodeConfigConflict' && ready('a-stopped'));
+    assert.match(condition.message, new RegExp(`RegistryMirror ${NS}/b-serving \\(its agents are on them\\)`));
+    assert.equal(await owned('apps/v1', 'DaemonSet', 'regmirror-a-stopped-node'), undefined);
+    assert.equal((await owned('apps/v1', 'DaemonSet', 'regmirror-b-serving-node'))?.metadata?.annotations?.[MODE_ANNOTATION], 'apply');
   });
 
   it('with auth on, the mirror checks htpasswd with the nodes\' own entry added, kept stable across reconciles', async () => {

@@ -6,7 +6,7 @@ import assert from 'node:assert/strict';
 import { createLogger } from '../common/logger.ts';
 import { API_VERSION, KIND, type RegistryMirror } from './api/registry-mirror.ts';
 import { desiredRelocatedCleanupDaemonSet, MIRROR_UID_ANNOTATION, MODE_ANNOTATION } from './desired/daemon-set.ts';
-import { CHECKSUM_ANNOTATION, FINALIZER } from './desired/inputs.ts';
+import { CHECKSUM_ANNOTATION, FINALIZER, names } from './desired/inputs.ts';
 import { EventRecorder } from './events.ts';
 import { ApiError, type KubeApi, type KubeObject } from './kube/api.ts';
 import { Reconciler } from './reconciler.ts';
@@ -105,6 +105,11 @@ function setup(spec: Parameters<typeof mirrorFixture>[0] = {}, options: { timeou
     cache: {
       mirror: (ns, name) => server.objects.get(`${API_VERSION}/${KIND}/${ns}/${name}`) as RegistryMirror | undefined,
       mirrors: () => server.all(KIND) as unknown as RegistryMirror[],
+      nodeAgentMode: (m) => {
+        const daemonSet = server.objects.get(`apps/v1/DaemonSet/${m.metadata.namespace}/${names(m).daemonSet}`);
+        if (!daemonSet) return undefined;
+        return daemonSet.metadata?.annotations?.[MODE_ANNOTATION] === 'remove' ? 'remove' : 'apply';
+      },
     },
     events: new EventRecorder(api, logger, 'test'),
     logger,

@@ -39,6 +39,8 @@ export interface ObjectCache {
   mirror(namespace: string, name: string): RegistryMirror | undefined;
   /** Every RegistryMirror the operator watches: node configuration must not overlap between them. */
   mirrors(): RegistryMirror[];
+  /** The mode of the mirror's node agent DaemonSet; undefined when it has none. */
+  nodeAgentMode(mirror: RegistryMirror): 'apply' | 'remove' | undefined;
 }
 
 export interface ReconcilerOptions {
@@ -85,7 +87,7 @@ export class Reconciler {
       await this.writeProblem(mirror, gathered.problem);
       return {};
     }
-    const conflict = nodeConfigHolder(mirror, this.options.cache.mirrors().map((m) => ({ ...m, spec: withDefaults(m.spec) })));
+    const conflict = nodeConfigHolder(mirror, this.options.cache.mirrors().map((m) => ({ ...m, spec: withDefaults(m.spec) })), (m) => this.options.cache.nodeAgentMode(m));
     let applied;
     try {
       applied = await this.applyAll(gathered.inputs, conflict !== undefined);
@@ -112,7 +114,7 @@ export class Reconciler {
       ...nodeFacts(mirror, daemonSet),
       ...(conflict
         ? {
-            nodeConflict: `its nodes are configured by RegistryMirror ${conflict.holder.metadata.namespace}/${conflict.holder.metadata.name} (created earlier), and both would write ${conflict.files}; give the two disjoint nodeConfig.nodeSelector labels, or set nodeConfig.enabled: false on one. The mirror itself serves.`,
+            nodeConflict: `its nodes are configured by RegistryMirror ${conflict.holder.metadata.namespace}/${conflict.holder.metadata.name} (${conflict.why}), and both would write ${conflict.files}; give the two disjoint nodeConfig.nodeSelector labels, or set nodeConfig.enabled: false on one. The mirror itself serves.`,
           }
         : {}),
       deleting: false,
