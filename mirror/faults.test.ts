@@ -11,7 +11,7 @@ import http from 'node:http';
 import net from 'node:net';
 import path from 'node:path';
 import { startFaultProxy, type FaultProxy } from '../test/harness/fault-proxy.ts';
-import { startMirrorProcess, startTestMirror, type TestMirror } from '../test/harness/mirror.ts';
+import { startMirrorProcess, startTestMirror, temporaryFiles, type TestMirror } from '../test/harness/mirror.ts';
 import { pushImage, readBlob, writeOciImage, MEDIA_TYPES, type TestImage } from '../test/harness/oci-image.ts';
 import { cleanupAll, httpRequest, makeTempDir, registerExitCleanup, runCommand, waitFor } from '../test/harness/process.ts';
 import { startRegistry, type RegistryServer } from '../test/harness/registry.ts';
@@ -59,8 +59,6 @@ async function storedBlobs(storagePath: string): Promise<string[]> {
   for (const prefix of await readdir(top).catch(() => [] as string[])) for (const file of await readdir(path.join(top, prefix))) found.push(`sha256:${file}`);
   return found;
 }
-
-const temporaryFiles = async (storagePath: string) => readdir(path.join(storagePath, 'tmp')).catch(() => [] as string[]);
 
 async function metric(mirror: TestMirror, line: RegExp): Promise<number> {
   const text = (await httpRequest(`${mirror.url}/metrics`)).body.toString();

@@ -115,9 +115,13 @@ export class BlobFill {
   private announce!: () => void;
   private announcing = false;
 
-  constructor(digest: Digest, temporaryPath: string) {
+  /** Opens the temporary file for writing (the store's openTemporary makes its directory again when it is gone). */
+  private readonly openFile: (path: string) => Promise<FileHandle>;
+
+  constructor(digest: Digest, temporaryPath: string, openFile: (path: string) => Promise<FileHandle> = (path) => open(path, 'w+')) {
     this.digest = digest;
     this.temporaryPath = temporaryPath;
+    this.openFile = openFile;
     this.hash = createHash(digest.algorithm);
     this.renewProgress();
   }
@@ -134,7 +138,7 @@ export class BlobFill {
     this.size = source.size;
     try {
       await prepare?.();
-      this.handle = await open(this.temporaryPath, 'w+').catch(storeFailure);
+      this.handle = await this.openFile(this.temporaryPath).catch(storeFailure);
       await this.receive(source);
       if (this.size !== undefined && this.received !== this.size) throw new SizeMismatchError(this.size, this.received);
       const last = this.slabs.at(-1);
