@@ -45,6 +45,8 @@ export class Evictor {
   private totalBytes = 0;
   private indexed = false;
   private evicting: Promise<void> | undefined;
+  /** One more run, asked for while one was under way (it may have passed by what is evictable now). */
+  private evictingAgain: Promise<void> | undefined;
   private makingRoom: Promise<unknown> = Promise.resolve();
   /** Bytes set aside under maxSize for downloads in progress. */
   private reservedBytes = 0;
@@ -139,7 +141,12 @@ export class Evictor {
       released = true;
       const left = (this.pins.get(digest) ?? 1) - 1;
       if (left > 0) this.pins.set(digest, left);
-      else this.pins.delete(digest);
+      else {
+        this.pins.delete(digest);
+        // Its last stream ended, so it may go now: a blob larger than maxSize (stored while its
+        // clients read it, when eviction had to pass it by) does not wait for unrelated content.
+        if (this.policy.maxSizeBytes && this.totalBytes > this.policy.maxSizeBytes) void this.inBackground(this.evict());
+      }
       this.signalRoom();
     };
   }
@@ -227,7 +234,17 @@ export class Evictor {
   /** Removes expired content, then least recently read content while over maxSize. One run at a time. */
   evict(): Promise<void> {
     if (!this.indexed) return Promise.resolve();
-    this.evicting ??= this.runEviction().finally(() => (this.evicting = undefined));
+    if (this.evicting) {
+      // at most one run waits behind the current one, however many ask meanwhile
+      this.evictingAgain ??= this.evicting
+        .catch(() => undefined)
+        .then(() => {
+          this.evictingAgain = undefined;
+          return this.evict();
+        });
+      return this.evictingAgain;
+    }
+    this.evicting = this.runEviction().finally(() => (this.evicting = undefined));
     return this.evicting;
   }
 
