@@ -169,6 +169,11 @@ export class BlobFill {
       this.aborted = true;
       await this.writing;
       await this.syncing?.catch(() => undefined);
+      // Emptied before it is unlinked: a reader still attached keeps the file open, and with it
+      // every block written, until its client has seen the failure. On a full volume the cache
+      // makes room right after this (measuring what is free): those blocks must be free by then,
+      // or it evicts them over again. A reader reading the file meanwhile is cut, as it would be.
+      await this.handle?.truncate(0).catch(() => undefined);
       await unlink(this.temporaryPath).catch(() => undefined);
       this.finished = true;
       await this.closeIfIdle();
