@@ -171,9 +171,15 @@ export async function createMirror(config: MirrorConfig, options: MirrorOptions)
 
   // Keeps this process's heartbeat and removes what processes gone since left in tmp/.
   let housekeeping: Promise<void> = Promise.resolve();
+  let others = swept.liveInstances;
   const keepStore = async () => {
     if (await store.heartbeat()) logger.warn({ instance: store.instance, directory: store.temporaryDirectory }, "this process's temporary directory was removed (another process saw no heartbeat for 2 minutes: this one was frozen, or it was removed by hand): made again; downloads that were writing there failed");
-    logSwept(logger, await store.sweepTemporary());
+    const swept = await store.sweepTemporary();
+    logSwept(logger, swept);
+    if (swept.liveInstances !== others) logger.info({ instance: store.instance, others: swept.liveInstances }, swept.liveInstances > 0 ? 'other mirror processes use this store: it is walked again every heartbeat, so storage.maxSize and storage.ttl hold for the store as a whole' : 'no other mirror process uses this store any more');
+    others = swept.liveInstances;
+    // others store, read and evict content this process's index would not know of
+    if (others > 0) await evictor.rescan();
   };
   const heartbeatTimer = setInterval(() => {
     housekeeping = housekeeping.then(keepStore).catch((error: unknown) => logger.warn({ err: error }, 'store heartbeat or temporary file sweep failed; the next one tries again'));

@@ -21,11 +21,14 @@ const stored = (storagePath: string, digest: string) => existsSync(path.join(sto
 describe('mirror processes sharing one store', () => {
   let upstream: RegistryServer;
   let large: TestImage;
+  let small: TestImage;
 
   before(async () => {
     upstream = await startRegistry();
     large = await writeOciImage(await makeTempDir('shared-large'), { tag: 'v1', seed: 'shared-large', layerSizes: [12 * 1024 * 1024] });
     await pushImage(large, upstream.ref('library/large', 'v1'));
+    small = await writeOciImage(await makeTempDir('shared-small'), { tag: 'v1', seed: 'shared-small', layerSizes: [400_000, 400_000, 400_000] });
+    await pushImage(small, upstream.ref('library/small', 'v1'));
   });
   after(cleanupAll);
 
@@ -102,6 +105,44 @@ describe('mirror processes sharing one store', () => {
       await second.stop();
       await first.process.stop();
       await slow.stop();
+    }
+  });
+
+  test('storage.maxSize holds for the store as a whole: a process sees what the others stored and evicts the least recently read of it, and a process whose stored blob another evicted fetches it again', async () => {
+    const MAX = 1024 * 1024;
+    const storagePath = path.join(await makeTempDir('shared-max'), 'data');
+    const storage = { maxSize: '1Mi' };
+    const first = await startMirrorProcess({ upstreams: [{ registry: 'docker.io', url: upstream.url }], storagePath, extra: { storage } });
+    // in this process, so its heartbeat (and the rescan that goes with it) comes every 200 ms, not 30 s
+    const second = await startTestMirror({ upstreams: [{ registry: 'docker.io', url: upstream.url }], storagePath, extra: { storage }, heartbeatMs: 200 });
+    const blobBytes = () => {
+      let total = 0;
+      for (const layer of small.layers) if (stored(storagePath, layer.digest)) total += layer.size;
+      return total;
+    };
+    try {
+      await second.mirror.indexed;
+      const [a, b, c] = small.layers.map((layer) => layer.digest) as [string, string, string];
+      const pull = async (url: string, digest: string) => {
+        const res = await httpRequest(`${url}/v2/library/small/blobs/${digest}`, { timeoutMs: 20_000 });
+        assert.equal(res.status, 200);
+        assert.equal(sha256(res.body), digest);
+      };
+      // 1.2 MB in all, over 1 MiB; each process stored less than that itself
+      await pull(first.url, a);
+      await pull(first.url, b);
+      await pull(second.url, c);
+      await waitFor(() => blobBytes() <= MAX, { timeoutMs: 20_000, what: 'the store as a whole to be evicted under storage.maxSize' });
+      assert.ok(!stored(storagePath, a), 'the least recently read blob went, though another process stored it');
+      assert.ok(stored(storagePath, c), 'the most recent stayed');
+      await waitFor(() => second.mirror.evictor.bytes === blobBytes(), { timeoutMs: 20_000, what: "the second process's index to count the whole store" });
+      // the first process still has it in its index: it finds the file gone and fetches it again
+      const before = await upstream.countRequests({ method: 'GET', path: new RegExp(`/blobs/${a}$`) });
+      await pull(first.url, a);
+      assert.equal(await upstream.countRequests({ method: 'GET', path: new RegExp(`/blobs/${a}$`) }), before + 1, 'fetched again from the upstream');
+    } finally {
+      await second.stop();
+      await first.process.stop();
     }
   });
 });

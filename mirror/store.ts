@@ -362,12 +362,13 @@ export class ContentStore {
   }
 
   /**
-   * Walks every stored blob and manifest (at start, to rebuild the eviction index). A file whose
+   * Walks every stored blob and manifest (at start, to rebuild the eviction index; again while
+   * other processes share the store, keepLoneMediaTypes then, as theirs may be half-written). A file whose
    * name is not a digest of its directory's algorithm, in its prefix directory (an unfinished copy
    * such as `ab0123.partial`, an NFS `.nfsXXXX` file) was not written by the mirror: it is passed to
    * `onForeign` and otherwise left alone, never counted or removed.
    */
-  async *items(onForeign: (path: string) => void = () => undefined): AsyncGenerator<StoredItem> {
+  async *items(onForeign: (path: string) => void = () => undefined, options: { keepLoneMediaTypes?: boolean } = {}): AsyncGenerator<StoredItem> {
     for (const kind of ['blob', 'manifest'] as const) {
       const top = join(this.root, kind === 'blob' ? BLOBS : MANIFESTS);
       for (const algorithm of await this.directories(top, onForeign)) {
@@ -382,7 +383,7 @@ export class ContentStore {
             // A media type whose manifest is gone: a crash between writing (or removing) the two
             // files left it. It belongs to no stored item, so no eviction would ever take it.
             if (digest && mediaType && !(await stat(this.manifestPath(digest)).then(() => true, () => false))) {
-              await unlink(path).catch(() => undefined);
+              if (!options.keepLoneMediaTypes) await unlink(path).catch(() => undefined);
               continue;
             }
             if (!digest) onForeign(path);
