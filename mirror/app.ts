@@ -2,7 +2,7 @@
 // Tests build mirrors through this in-process; `regmirror mirror` (main.ts) does the same.
 import { readFileSync, statSync, watch } from 'node:fs';
 import { createSecureContext } from 'node:tls';
-import { access, constants, writeFile, unlink } from 'node:fs/promises';
+import { access, constants, mkdir, writeFile, unlink } from 'node:fs/promises';
 import type { AddressInfo, Socket } from 'node:net';
 import { ConfigError } from '../common/config-error.ts';
 import { join } from 'node:path';
@@ -17,7 +17,7 @@ import type { MirrorConfig } from './config.ts';
 import { RegistryError } from './errors.ts';
 import { MirrorMetrics } from './metrics.ts';
 import { registerRoutes } from './routes.ts';
-import { ContentStore } from './store.ts';
+import { ContentStore, HEARTBEAT_MS, type RemovedInstance } from './store.ts';
 import { UpstreamClient, type UpstreamTimeouts } from './upstream.ts';
 
 export interface MirrorOptions {
@@ -31,6 +31,8 @@ export interface MirrorOptions {
   tagMemoryLimit?: number;
   /** How long a blob response may take no bytes while some wait for it before it is cut (tests; SEND_TIMEOUT_MS, 60 s, by default). */
   sendTimeoutMs?: number;
+  /** How often the store's heartbeat is touched and other processes' temporary files looked at (tests; HEARTBEAT_MS, 30 s, by default). */
+  heartbeatMs?: number;
 }
 
 export interface Mirror {
@@ -64,14 +66,15 @@ function clientErrorResponse(status: number, message: string): string {
 export async function createMirror(config: MirrorConfig, options: MirrorOptions): Promise<Mirror> {
   const { logger } = options;
   const store = new ContentStore(config.storage.path);
-  let removedTemporary: number;
+  let swept: Awaited<ReturnType<ContentStore['init']>>;
   try {
-    ({ removedTemporary } = await store.init());
+    swept = await store.init();
   } catch (error) {
     // not a directory, not writable, a read-only volume: the config names a place that cannot hold the store
     throw new ConfigError(config.source, 'storage.path', `${config.storage.path} cannot hold the store: ${(error as NodeJS.ErrnoException).code ?? (error as Error).message}`);
   }
-  if (removedTemporary > 0) logger.info({ files: removedTemporary }, 'removed unfinished downloads left by a previous run');
+  logSwept(logger, swept);
+  if (swept.liveInstances > 0) logger.info({ instance: store.instance, others: swept.liveInstances }, 'other mirror processes use this store (replicas on a shared volume, or a rolling update): their downloads in progress are left alone');
 
   const metrics = new MirrorMetrics();
   const observer = {
@@ -132,7 +135,8 @@ export async function createMirror(config: MirrorConfig, options: MirrorOptions)
     },
   } as Parameters<typeof Fastify>[0]) as unknown as FastifyInstance;
 
-  const probe = join(config.storage.path, 'tmp', '.readyz');
+  // in this process's own temporary directory: replicas sharing the store do not remove each other's probe
+  const probe = join(store.temporaryDirectory, '.readyz');
   let draining = false;
   registerRoutes(app, {
     draining: () => draining,
@@ -146,6 +150,7 @@ export async function createMirror(config: MirrorConfig, options: MirrorOptions)
     storeWritable: async () => {
       try {
         await access(config.storage.path, constants.W_OK);
+        await mkdir(store.temporaryDirectory, { recursive: true });
         await writeFile(probe, 'ok');
         return true;
       } catch (error) {
@@ -163,6 +168,23 @@ export async function createMirror(config: MirrorConfig, options: MirrorOptions)
 
   let watchers: { close(): void }[] = [];
   if (config.tls) watchers = watchTls(config, app, logger);
+
+  // Keeps this process's heartbeat and removes what processes gone since left in tmp/.
+  let housekeeping: Promise<void> = Promise.resolve();
+  let others = swept.liveInstances;
+  const keepStore = async () => {
+    if (await store.heartbeat()) logger.warn({ instance: store.instance, directory: store.temporaryDirectory }, "this process's temporary directory was removed (another process saw no heartbeat for 2 minutes: this one was frozen, or it was removed by hand): made again; downloads that were writing there failed");
+    const swept = await store.sweepTemporary();
+    logSwept(logger, swept);
+    if (swept.liveInstances !== others) logger.info({ instance: store.instance, others: swept.liveInstances }, swept.liveInstances > 0 ? 'other mirror processes use this store: it is walked again every heartbeat, so storage.maxSize and storage.ttl hold for the store as a whole' : 'no other mirror process uses this store any more');
+    others = swept.liveInstances;
+    // others store, read and evict content this process's index would not know of
+    if (others > 0) await evictor.rescan();
+  };
+  const heartbeatTimer = setInterval(() => {
+    housekeeping = housekeeping.then(keepStore).catch((error: unknown) => logger.warn({ err: error }, 'store heartbeat or temporary file sweep failed; the next one tries again'));
+  }, options.heartbeatMs ?? HEARTBEAT_MS);
+  heartbeatTimer.unref();
 
   // The index is built while the mirror already serves: a large store must not delay readiness.
   const indexed = evictor.buildIndex().then(
@@ -211,6 +233,7 @@ export async function createMirror(config: MirrorConfig, options: MirrorOptions)
       draining = true;
       for (const watcher of watchers) watcher.close();
       evictor.stop();
+      clearInterval(heartbeatTimer);
       prefetcher.stop();
       const timer = setTimeout(() => app.server.closeAllConnections?.(), graceMs);
       try {
@@ -218,9 +241,20 @@ export async function createMirror(config: MirrorConfig, options: MirrorOptions)
       } finally {
         clearTimeout(timer);
         await Promise.all([...upstreams.values()].map((u) => u.client.close()));
+        await housekeeping;
+        // fills no client waits for were aborted with the upstream connections: nothing of this process's is left to finish
+        await store.removeTemporaryDirectory().catch((error: unknown) => logger.warn({ err: error, directory: store.temporaryDirectory }, 'could not remove this process\'s temporary directory; another process (or the next start) removes it'));
       }
     },
   };
+}
+
+/** Logs what a sweep of tmp/ removed: other processes' unfinished downloads, once they are gone. */
+function logSwept(logger: Logger, swept: { removed: RemovedInstance[]; removedLoose: number }): void {
+  for (const { instance, files, why, idleMs } of swept.removed) {
+    logger.info({ instance, files, why, heartbeatAgeMs: Math.round(idleMs) }, why === 'exited' ? 'removed unfinished downloads of a mirror process that exited on this host' : 'removed unfinished downloads of a mirror process whose heartbeat stopped');
+  }
+  if (swept.removedLoose > 0) logger.info({ files: swept.removedLoose }, 'removed unfinished downloads left by a previous run (an older version, unchanged for 2 minutes)');
 }
 
 function readTlsFile(config: MirrorConfig, which: 'cert' | 'key'): Buffer {

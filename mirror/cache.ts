@@ -23,7 +23,7 @@ import type { MirrorMetrics } from './metrics.ts';
 import { digestOf, parseDigest, type Digest } from './reference.ts';
 import { RepositoryLinks } from './repository-links.ts';
 import { TagMemory } from './tag-memory.ts';
-import type { ContentStore, StoredManifest } from './store.ts';
+import { openTemporary, type ContentStore, type StoredManifest } from './store.ts';
 import { TokenServiceError, UpstreamAuthError, type UpstreamClient, type UpstreamResponse } from './upstream.ts';
 
 export const MANIFEST_MEDIA_TYPES = [
@@ -506,7 +506,7 @@ export class PullThroughCache {
   }
 
   private startFill(repo: Repository, digest: Digest): FillEntry {
-    const fill = new BlobFill(digest, this.store.temporaryPath());
+    const fill = new BlobFill(digest, this.store.temporaryPath(), openTemporary);
     const started = this.now();
     this.metrics.inflightFills.inc();
     const ready = this.countFetchFailure(this.upstreamGet(repo, `blobs/${digest.text}`, undefined, () => blobUnknown(digest.text)));

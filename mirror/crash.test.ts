@@ -3,10 +3,10 @@
 import { after, test } from 'node:test';
 import assert from 'node:assert/strict';
 import { createHash } from 'node:crypto';
-import { readdir, stat } from 'node:fs/promises';
+import { readdir } from 'node:fs/promises';
 import path from 'node:path';
 import { startFaultProxy } from '../test/harness/fault-proxy.ts';
-import { startMirrorProcess } from '../test/harness/mirror.ts';
+import { startMirrorProcess, temporaryFiles } from '../test/harness/mirror.ts';
 import { pushImage, writeOciImage } from '../test/harness/oci-image.ts';
 import { cleanupAll, httpRequest, makeTempDir, waitFor } from '../test/harness/process.ts';
 import { startRegistry } from '../test/harness/registry.ts';
@@ -14,9 +14,7 @@ import { startRegistry } from '../test/harness/registry.ts';
 after(cleanupAll);
 
 async function temporaryBytes(storagePath: string): Promise<number> {
-  let total = 0;
-  for (const file of await readdir(path.join(storagePath, 'tmp')).catch(() => [] as string[])) total += (await stat(path.join(storagePath, 'tmp', file))).size;
-  return total;
+  return (await temporaryFiles(storagePath)).reduce((sum, file) => sum + file.size, 0);
 }
 
 test('kill -9 during a large fill leaves nothing that is served; after a restart the next pull is correct', async () => {

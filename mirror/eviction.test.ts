@@ -178,6 +178,25 @@ describe('eviction', () => {
     }
   });
 
+  test('a blob larger than storage.maxSize by itself is evicted once its client has it, without waiting for other content to be stored', async () => {
+    const mirror = await startTestMirror({ upstreams: [{ registry: 'docker.io', url: upstream.url }], extra: { storage: { maxSize: '1Mi' } } });
+    try {
+      await mirror.mirror.indexed;
+      const large = blobs()[3]!; // 8 MiB
+      const res = await get(mirror, large);
+      assert.equal(res.status, 200);
+      assert.equal(sha256(res.body), large);
+      const file = path.join(mirror.storagePath, 'blobs/sha256', large.slice(7, 9), large.slice(7));
+      // nothing else is asked for: only the end of its stream can set eviction off
+      await waitFor(() => !existsSync(file) && mirror.mirror.evictor.bytes <= 1024 * 1024, { timeoutMs: 10_000, what: 'the blob over maxSize to be evicted after its client had it' });
+      assert.equal(await metricValue(mirror.url, /^regmirror_evictions_total\{reason="size"\}/), 1);
+      // asked for again, it is fetched again and served whole
+      assert.equal(sha256((await get(mirror, large)).body), large);
+    } finally {
+      await mirror.stop();
+    }
+  });
+
   test('last-read times and sizes survive a restart', async () => {
     let now = 30 * HOUR;
     const storagePath = path.join(await makeTempDir('evict-restart'), 'data');

@@ -4,6 +4,9 @@
 // times lives in memory and is rebuilt at start from the store itself: each file's mtime is its
 // last read (written through, at most once a minute per item), so the index survives restarts and
 // crashes with nothing extra to keep consistent. Content a client is streaming is never removed.
+// Other processes on the same store (replicas on a ReadWriteMany volume) store, read and evict
+// content too: while their heartbeats are seen, the store is walked again every heartbeat and what
+// they did is merged into the index, so maxSize and the TTL hold for the store as a whole.
 // A download whose size the upstream announced sets that many bytes aside under maxSize before its
 // first byte is written (evicting to make room, or waiting for it), so concurrent misses cannot
 // take the store past maxSize; once stored, the bytes count as stored instead.
@@ -20,6 +23,8 @@ interface Entry {
   lastAccess: number;
   /** The last-access time last written to the file's mtime. */
   persistedAccess: number;
+  /** When it entered the index, in additions counted: a rescan does not drop what was stored after its walk began. */
+  added: number;
 }
 
 export interface EvictionPolicy {
@@ -44,7 +49,14 @@ export class Evictor {
   private readonly pins = new Map<string, number>();
   private totalBytes = 0;
   private indexed = false;
+  /** Entries put into the index so far. */
+  private additions = 0;
+  private rescanning: Promise<void> | undefined;
+  /** During a rescan: what this process removed meanwhile, which the walk may still have seen. */
+  private removedDuringRescan: Set<string> | undefined;
   private evicting: Promise<void> | undefined;
+  /** One more run, asked for while one was under way (it may have passed by what is evictable now). */
+  private evictingAgain: Promise<void> | undefined;
   private makingRoom: Promise<unknown> = Promise.resolve();
   /** Bytes set aside under maxSize for downloads in progress. */
   private reservedBytes = 0;
@@ -89,8 +101,7 @@ export class Evictor {
     for await (const item of this.store.items(foreign)) {
       const key = `${item.kind}:${item.digest}`;
       if (this.entries.has(key)) continue;
-      this.entries.set(key, { ...item, persistedAccess: item.lastAccess });
-      this.totalBytes += item.size;
+      this.add(item);
     }
     this.indexed = true;
     this.updateGauges();
@@ -123,8 +134,7 @@ export class Evictor {
       }
       return;
     }
-    this.entries.set(key, { kind, digest: digest.text, size, lastAccess: now, persistedAccess: now });
-    this.totalBytes += size;
+    this.add({ kind, digest: digest.text, size, lastAccess: now });
     void this.store.touch(kind, digest, now);
     this.updateGauges();
     if (this.policy.maxSizeBytes && this.totalBytes > this.policy.maxSizeBytes) void this.inBackground(this.evict());
@@ -139,7 +149,12 @@ export class Evictor {
       released = true;
       const left = (this.pins.get(digest) ?? 1) - 1;
       if (left > 0) this.pins.set(digest, left);
-      else this.pins.delete(digest);
+      else {
+        this.pins.delete(digest);
+        // Its last stream ended, so it may go now: a blob larger than maxSize (stored while its
+        // clients read it, when eviction had to pass it by) does not wait for unrelated content.
+        if (this.policy.maxSizeBytes && this.totalBytes > this.policy.maxSizeBytes) void this.inBackground(this.evict());
+      }
       this.signalRoom();
     };
   }
@@ -227,7 +242,17 @@ export class Evictor {
   /** Removes expired content, then least recently read content while over maxSize. One run at a time. */
   evict(): Promise<void> {
     if (!this.indexed) return Promise.resolve();
-    this.evicting ??= this.runEviction().finally(() => (this.evicting = undefined));
+    if (this.evicting) {
+      // at most one run waits behind the current one, however many ask meanwhile
+      this.evictingAgain ??= this.evicting
+        .catch(() => undefined)
+        .then(() => {
+          this.evictingAgain = undefined;
+          return this.evict();
+        });
+      return this.evictingAgain;
+    }
+    this.evicting = this.runEviction().finally(() => (this.evicting = undefined));
     return this.evicting;
   }
 
@@ -286,6 +311,56 @@ export class Evictor {
     this.updateGauges();
   }
 
+  /**
+   * Other processes use the store: walks it again and merges what they did since into the index
+   * (content they stored is counted, reads they made count as reads, content they removed leaves
+   * the index and the cache's memory), then evicts as usual. Content this process stored or removed
+   * while the walk ran is left as this process knows it. One walk at a time.
+   */
+  rescan(): Promise<void> {
+    if (!this.indexed) return Promise.resolve();
+    this.rescanning ??= this.runRescan().finally(() => (this.rescanning = undefined));
+    return this.rescanning;
+  }
+
+  private async runRescan(): Promise<void> {
+    const started = this.now();
+    const mark = this.additions;
+    const removedMeanwhile = new Set<string>();
+    this.removedDuringRescan = removedMeanwhile;
+    const seen = new Set<string>();
+    const merged = { added: 0, addedBytes: 0, vanished: 0, vanishedBytes: 0 };
+    try {
+      // a media type file without its manifest may be one another process is writing now: left alone
+      for await (const item of this.store.items(undefined, { keepLoneMediaTypes: true })) {
+        const key = `${item.kind}:${item.digest}`;
+        seen.add(key);
+        const entry = this.entries.get(key);
+        if (entry) {
+          // read by another process (its reads reach the file's mtime at most PERSIST_EVERY_MS late)
+          if (item.lastAccess > entry.lastAccess) entry.lastAccess = entry.persistedAccess = item.lastAccess;
+        } else if (!removedMeanwhile.has(key)) {
+          this.add(item);
+          merged.added++;
+          merged.addedBytes += item.size;
+        }
+      }
+      for (const entry of [...this.entries.values()]) {
+        if (entry.added > mark || seen.has(`${entry.kind}:${entry.digest}`)) continue;
+        // removed by another process (a stream of it here goes on from its open file)
+        this.drop(entry);
+        this.onRemoved(entry.kind, entry.digest);
+        merged.vanished++;
+        merged.vanishedBytes += entry.size;
+      }
+    } finally {
+      this.removedDuringRescan = undefined;
+    }
+    this.updateGauges();
+    if (merged.added > 0 || merged.vanished > 0) this.logger.debug({ ...merged, items: this.entries.size, bytes: this.totalBytes, ms: this.now() - started }, 'store rescanned: content other processes stored or removed merged into the index');
+    await this.evict();
+  }
+
   /** Drops an item the store no longer holds (the cache removed it) from the index. */
   forget(kind: StoredItem['kind'], digest: Digest): void {
     const entry = this.entries.get(`${kind}:${digest.text}`);
@@ -302,10 +377,18 @@ export class Evictor {
 
   /** Takes an entry out of the index and its bytes out of the count; a waiting reservation looks again. */
   private drop(entry: Entry): void {
-    this.entries.delete(`${entry.kind}:${entry.digest}`);
+    const key = `${entry.kind}:${entry.digest}`;
+    this.entries.delete(key);
+    this.removedDuringRescan?.add(key);
     this.totalBytes -= entry.size;
     this.updateGauges();
     this.signalRoom();
+  }
+
+  /** Puts stored content into the index and its bytes into the count. */
+  private add(item: StoredItem): void {
+    this.entries.set(`${item.kind}:${item.digest}`, { kind: item.kind, digest: item.digest, size: item.size, lastAccess: item.lastAccess, persistedAccess: item.lastAccess, added: ++this.additions });
+    this.totalBytes += item.size;
   }
 
   /** What eviction may take, least recently read first: everything not being streamed. */

@@ -11,7 +11,7 @@ import http from 'node:http';
 import net from 'node:net';
 import path from 'node:path';
 import { startFaultProxy, type FaultProxy } from '../test/harness/fault-proxy.ts';
-import { startMirrorProcess, startTestMirror, type TestMirror } from '../test/harness/mirror.ts';
+import { startMirrorProcess, startTestMirror, temporaryFiles, type TestMirror } from '../test/harness/mirror.ts';
 import { pushImage, readBlob, writeOciImage, MEDIA_TYPES, type TestImage } from '../test/harness/oci-image.ts';
 import { cleanupAll, httpRequest, makeTempDir, registerExitCleanup, runCommand, waitFor } from '../test/harness/process.ts';
 import { startRegistry, type RegistryServer } from '../test/harness/registry.ts';
@@ -59,8 +59,6 @@ async function storedBlobs(storagePath: string): Promise<string[]> {
   for (const prefix of await readdir(top).catch(() => [] as string[])) for (const file of await readdir(path.join(top, prefix))) found.push(`sha256:${file}`);
   return found;
 }
-
-const temporaryFiles = async (storagePath: string) => readdir(path.join(storagePath, 'tmp')).catch(() => [] as string[]);
 
 async function metric(mirror: TestMirror, line: RegExp): Promise<number> {
   const text = (await httpRequest(`${mirror.url}/metrics`)).body.toString();
@@ -416,6 +414,37 @@ describe('a full disk', { skip: process.getuid?.() !== 0 ? 'mounting a tmpfs nee
       } finally {
         agent.destroy();
         await mirror.stop();
+      }
+    }));
+
+  test('a fill cut by a full volume while its client reads: room is made for its retry and no more (one of two stored 8 MiB layers evicted, not both), and the retry is stored', () =>
+    withTmpfs('24m', async (volume) => {
+      const stored8 = await Promise.all(['a', 'b'].map(async (name) => {
+        const img = await writeOciImage(await makeTempDir(`disk-room-${name}`), { tag: 'v1', seed: `disk-room-${name}`, layerSizes: [8 * 1024 * 1024] });
+        await pushImage(img, hub.ref(`library/room-${name}`, 'v1'));
+        return img;
+      }));
+      // a process, for its log: room-making says when it is done, with what it freed
+      const mirror = await startMirrorProcess({ upstreams: [{ registry: 'docker.io', url: hub.url }], storagePath: path.join(volume, 'data') });
+      const agent = new http.Agent({ keepAlive: true });
+      const count = async (line: RegExp) => Number((await httpRequest(`${mirror.url}/metrics`)).body.toString().split('\n').find((l) => line.test(l))?.split(' ').pop() ?? 0);
+      try {
+        for (const [i, img] of stored8.entries()) assert.equal(sha256((await get(`${mirror.url}/v2/library/room-${i === 0 ? 'a' : 'b'}/blobs/${img.layers[0]!.digest}`, agent)).body), img.layers[0]!.digest);
+        // 16 MiB stored of 24: the 12 MiB layer fills the volume while its client reads it
+        const bigLayer = big.layers[0]!;
+        await assert.rejects(get(`${mirror.url}/v2/library/big/blobs/${bigLayer.digest}`, agent), /aborted|short body|socket hang up|ECONNRESET/);
+        await waitFor(async () => /evicted the least recently read content to make room/.test(mirror.process.output()), { timeoutMs: 20_000, what: 'room to be made' });
+        // 12 MiB + a tenth of the store fit once one layer (8 MiB) joins the ~8 MiB free
+        assert.equal(await count(/^regmirror_evictions_total\{reason="room"\}/), 1, 'one layer evicted to make room');
+        const kept = await storedBlobs(mirror.storagePath);
+        assert.ok(!kept.includes(stored8[0]!.layers[0]!.digest), 'the least recently read layer went');
+        assert.ok(kept.includes(stored8[1]!.layers[0]!.digest), 'the other stayed');
+        const again = await get(`${mirror.url}/v2/library/big/blobs/${bigLayer.digest}`, agent);
+        assert.equal(sha256(again.body), bigLayer.digest);
+        assert.ok((await storedBlobs(mirror.storagePath)).includes(bigLayer.digest), 'the retry is stored');
+      } finally {
+        agent.destroy();
+        await mirror.process.stop();
       }
     }));
 

@@ -115,9 +115,13 @@ export class BlobFill {
   private announce!: () => void;
   private announcing = false;
 
-  constructor(digest: Digest, temporaryPath: string) {
+  /** Opens the temporary file for writing (the store's openTemporary makes its directory again when it is gone). */
+  private readonly openFile: (path: string) => Promise<FileHandle>;
+
+  constructor(digest: Digest, temporaryPath: string, openFile: (path: string) => Promise<FileHandle> = (path) => open(path, 'w+')) {
     this.digest = digest;
     this.temporaryPath = temporaryPath;
+    this.openFile = openFile;
     this.hash = createHash(digest.algorithm);
     this.renewProgress();
   }
@@ -134,7 +138,7 @@ export class BlobFill {
     this.size = source.size;
     try {
       await prepare?.();
-      this.handle = await open(this.temporaryPath, 'w+').catch(storeFailure);
+      this.handle = await this.openFile(this.temporaryPath).catch(storeFailure);
       await this.receive(source);
       if (this.size !== undefined && this.received !== this.size) throw new SizeMismatchError(this.size, this.received);
       const last = this.slabs.at(-1);
@@ -165,6 +169,11 @@ export class BlobFill {
       this.aborted = true;
       await this.writing;
       await this.syncing?.catch(() => undefined);
+      // Emptied before it is unlinked: a reader still attached keeps the file open, and with it
+      // every block written, until its client has seen the failure. On a full volume the cache
+      // makes room right after this (measuring what is free): those blocks must be free by then,
+      // or it evicts them over again. A reader reading the file meanwhile is cut, as it would be.
+      await this.handle?.truncate(0).catch(() => undefined);
       await unlink(this.temporaryPath).catch(() => undefined);
       this.finished = true;
       await this.closeIfIdle();

@@ -7,7 +7,7 @@ import path from 'node:path';
 import { pushImage, readBlob, skopeo, writeOciImage, type TestImage } from '../test/harness/oci-image.ts';
 import { cleanupAll, httpRequest, makeTempDir, sleep } from '../test/harness/process.ts';
 import { startRegistry, type RegistryServer } from '../test/harness/registry.ts';
-import { startTestMirror, type TestMirror } from '../test/harness/mirror.ts';
+import { startTestMirror, temporaryFiles, type TestMirror } from '../test/harness/mirror.ts';
 import { startFaultProxy } from '../test/harness/fault-proxy.ts';
 import { retryAfterMs } from './cache.ts';
 
@@ -353,7 +353,7 @@ describe('pull-through cache', () => {
       }
       const stored = await readdir(path.join(mirror.storagePath, 'blobs/sha256', hex.slice(0, 2))).catch(() => [] as string[]);
       assert.ok(!stored.includes(hex), 'corrupted blob was stored');
-      assert.deepEqual(await readdir(path.join(mirror.storagePath, 'tmp')), [], 'no temporary file left');
+      assert.deepEqual(await temporaryFiles(mirror.storagePath), [], 'no temporary file left');
       const metrics = (await httpRequest(`${mirror.url}/metrics`)).body.toString();
       assert.match(metrics, /regmirror_fetch_failures_total\{reason="digest"\} 1/);
     } finally {

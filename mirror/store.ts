@@ -1,11 +1,16 @@
 // The content store on a filesystem volume. Content is addressed by digest and written to a
 // temporary file that is renamed into place only after its digest checked out, so a crash or
-// kill -9 can leave a stray temporary file (removed at the next start) but never a partial blob
-// that is later served. Tag records say which digest a tag pointed at and when we last asked; a
+// kill -9 can leave a stray temporary file but never a partial blob that is later served.
+// Several processes may share one store (replicas on a ReadWriteMany volume, the old and the new
+// pod of a rolling update): each writes its temporary files under tmp/<instance>/ and touches a
+// heartbeat file there, and a process removes another's directory only once that one is provably
+// dead (same host and PID namespace, no such process) or its heartbeat is stale. Tag records say which digest a tag pointed at and when we last asked; a
 // repository's links file lists the digests its upstream is known to have (repository-links.ts).
+import { readlinkSync } from 'node:fs';
 import { appendFile, mkdir, open, readFile, readdir, rename, rm, stat, unlink, utimes, writeFile, type FileHandle } from 'node:fs/promises';
 import { randomUUID } from 'node:crypto';
-import { join } from 'node:path';
+import { hostname } from 'node:os';
+import { dirname, join } from 'node:path';
 import { isDigest, parseDigest, type Digest } from './reference.ts';
 
 export interface TagRecord {
@@ -42,26 +47,172 @@ const TAGS = 'tags';
 const TMP = 'tmp';
 const TAG_DIR = '_tags';
 const LINKS_FILE = '_links';
+/** In each process's temporary directory: who owns it (JSON), and by its mtime when the owner was last known to live. */
+export const HEARTBEAT_FILE = '.heartbeat';
+/** How often a process touches its heartbeat (and looks at the others'). */
+export const HEARTBEAT_MS = 30_000;
+/**
+ * A temporary directory whose heartbeat is older than this belongs to a process that is gone (or
+ * frozen that long, when its downloads have timed out upstream anyway): four missed heartbeats,
+ * which leaves room for clocks between nodes a minute apart. Temporary files directly under tmp/
+ * (written by versions before instance directories) go when unchanged for this long: a live
+ * download writes at least every upstreamTimeouts.idle.
+ */
+export const STALE_MS = 120_000;
+
+/** What a process writes into its heartbeat file. */
+interface Owner {
+  hostname: string;
+  pid: number;
+  /** The PID namespace (Linux: /proc/self/ns/pid), so `pid` is only looked up where it means this process. */
+  pidNamespace: string | undefined;
+  startedAt: string;
+}
+
+/** Another process's temporary directory, removed by a sweep, and why. */
+export interface RemovedInstance {
+  instance: string;
+  files: number;
+  why: 'exited' | 'stale';
+  /** Since the heartbeat was last touched. */
+  idleMs: number;
+}
+
+function pidNamespace(): string | undefined {
+  try {
+    return readlinkSync('/proc/self/ns/pid');
+  } catch {
+    return undefined;
+  }
+}
+
+/** Whether a process with this PID exists here (EPERM: it does, as another user's). */
+function processExists(pid: number): boolean {
+  try {
+    process.kill(pid, 0);
+    return true;
+  } catch (error) {
+    return (error as NodeJS.ErrnoException).code !== 'ESRCH';
+  }
+}
+
+/** Temporary files under a directory, however deep (not its heartbeat). */
+async function countTemporaryFiles(dir: string): Promise<number> {
+  const entries = await readdir(dir, { recursive: true, withFileTypes: true }).catch(() => []);
+  return entries.filter((entry) => !entry.isDirectory() && entry.name !== HEARTBEAT_FILE).length;
+}
+
+/**
+ * Opens a new temporary file for writing. Its directory is made again when it is gone: another
+ * process removed it, having judged this one gone (frozen for STALE_MS), or it was removed by hand.
+ */
+export async function openTemporary(path: string): Promise<FileHandle> {
+  try {
+    return await open(path, 'w+');
+  } catch (error) {
+    if ((error as NodeJS.ErrnoException).code !== 'ENOENT') throw error;
+    await mkdir(dirname(path), { recursive: true });
+    return open(path, 'w+');
+  }
+}
 
 export class ContentStore {
   readonly root: string;
+  /** This process's name under tmp/: host, PID and a random part (two stores in one process, a PID reused). */
+  readonly instance: string;
+  /** Where this process writes its temporary files. */
+  readonly temporaryDirectory: string;
+  private readonly owner: Owner;
 
   constructor(root: string) {
     this.root = root;
+    this.owner = { hostname: hostname(), pid: process.pid, pidNamespace: pidNamespace(), startedAt: new Date().toISOString() };
+    this.instance = `${this.owner.hostname}.${this.owner.pid}.${randomUUID().slice(0, 8)}`;
+    this.temporaryDirectory = join(root, TMP, this.instance);
   }
 
-  /** Creates the layout and removes temporary files a previous process left behind. */
-  async init(): Promise<{ removedTemporary: number }> {
-    const tmp = join(this.root, TMP);
-    let removedTemporary = 0;
-    try {
-      removedTemporary = (await readdir(tmp)).length;
-    } catch {
-      // first start: nothing to clean
-    }
-    await rm(tmp, { recursive: true, force: true });
+  /**
+   * Creates the layout and this process's temporary directory, and removes the temporary files of
+   * processes that are gone (sweepTemporary); those of live ones (another replica, the other pod
+   * of a rolling update) are left alone.
+   */
+  async init(): Promise<{ removed: RemovedInstance[]; removedLoose: number; liveInstances: number }> {
     for (const dir of [BLOBS, MANIFESTS, TAGS, TMP]) await mkdir(join(this.root, dir), { recursive: true });
-    return { removedTemporary };
+    await this.heartbeat();
+    return this.sweepTemporary();
+  }
+
+  /**
+   * Touches this process's heartbeat. Resolves with true when the directory had to be made again
+   * (another process removed it, having seen no heartbeat for STALE_MS).
+   */
+  async heartbeat(): Promise<boolean> {
+    const file = join(this.temporaryDirectory, HEARTBEAT_FILE);
+    const now = new Date();
+    try {
+      await utimes(file, now, now);
+      return false;
+    } catch {
+      await mkdir(this.temporaryDirectory, { recursive: true });
+      await writeFile(file, JSON.stringify(this.owner));
+      return true;
+    }
+  }
+
+  /**
+   * Removes the temporary directories of other processes that are gone: at once when the owner
+   * provably is (its heartbeat names this host and PID namespace, and no process has its PID),
+   * else once its heartbeat is older than STALE_MS; and temporary files directly under tmp/ (an
+   * older version's) unchanged for STALE_MS. Resolves with what went and how many other
+   * processes live on this store.
+   */
+  async sweepTemporary(): Promise<{ removed: RemovedInstance[]; removedLoose: number; liveInstances: number }> {
+    const tmp = join(this.root, TMP);
+    const removed: RemovedInstance[] = [];
+    let removedLoose = 0;
+    let liveInstances = 0;
+    for (const entry of await readdir(tmp, { withFileTypes: true }).catch(() => [])) {
+      if (entry.name === this.instance) continue;
+      const path = join(tmp, entry.name);
+      if (!entry.isDirectory()) {
+        const info = await stat(path).catch(() => undefined);
+        if (info && Date.now() - info.mtimeMs > STALE_MS) {
+          await rm(path, { force: true });
+          removedLoose++;
+        }
+        continue;
+      }
+      const state = await this.instanceState(path);
+      if (state.why === 'live') {
+        liveInstances++;
+        continue;
+      }
+      const files = await countTemporaryFiles(path);
+      await rm(path, { recursive: true, force: true });
+      removed.push({ instance: entry.name, files, why: state.why, idleMs: state.idleMs });
+    }
+    return { removed, removedLoose, liveInstances };
+  }
+
+  /** Whether another process's temporary directory is in use. */
+  private async instanceState(dir: string): Promise<{ why: 'live' | RemovedInstance['why']; idleMs: number }> {
+    const heartbeat = join(dir, HEARTBEAT_FILE);
+    // no heartbeat file yet: a process that is making its directory now (or died doing so), by the directory's time
+    const info = (await stat(heartbeat).catch(() => undefined)) ?? (await stat(dir).catch(() => undefined));
+    if (!info) return { why: 'live', idleMs: 0 };
+    const idleMs = Math.max(0, Date.now() - info.mtimeMs);
+    if (idleMs > STALE_MS) return { why: 'stale', idleMs };
+    const owner = await readFile(heartbeat, 'utf8').then((text) => JSON.parse(text) as Owner, () => undefined);
+    // Its PID means this process only on this host and in this PID namespace; this process's own
+    // PID is another store in this process (tests), or one that died with this PID: left to the heartbeat.
+    const here = owner?.hostname === this.owner.hostname && owner.pidNamespace !== undefined && owner.pidNamespace === this.owner.pidNamespace;
+    if (here && owner.pid !== process.pid && !processExists(owner.pid)) return { why: 'exited', idleMs };
+    return { why: 'live', idleMs };
+  }
+
+  /** Removes this process's temporary directory (at shutdown, once no download writes there). */
+  async removeTemporaryDirectory(): Promise<void> {
+    await rm(this.temporaryDirectory, { recursive: true, force: true });
   }
 
   blobPath(digest: Digest): string {
@@ -77,9 +228,9 @@ export class ContentStore {
     return join(this.root, TAGS, registry, name, TAG_DIR, tag);
   }
 
-  /** A new temporary file path on the same filesystem as the store, for write-then-rename. */
+  /** A new temporary file path on the same filesystem as the store, for write-then-rename (open it with openTemporary). */
   temporaryPath(): string {
-    return join(this.root, TMP, randomUUID());
+    return join(this.temporaryDirectory, randomUUID());
   }
 
   async statBlob(digest: Digest): Promise<{ size: number } | undefined> {
@@ -211,12 +362,13 @@ export class ContentStore {
   }
 
   /**
-   * Walks every stored blob and manifest (at start, to rebuild the eviction index). A file whose
+   * Walks every stored blob and manifest (at start, to rebuild the eviction index; again while
+   * other processes share the store, keepLoneMediaTypes then, as theirs may be half-written). A file whose
    * name is not a digest of its directory's algorithm, in its prefix directory (an unfinished copy
    * such as `ab0123.partial`, an NFS `.nfsXXXX` file) was not written by the mirror: it is passed to
    * `onForeign` and otherwise left alone, never counted or removed.
    */
-  async *items(onForeign: (path: string) => void = () => undefined): AsyncGenerator<StoredItem> {
+  async *items(onForeign: (path: string) => void = () => undefined, options: { keepLoneMediaTypes?: boolean } = {}): AsyncGenerator<StoredItem> {
     for (const kind of ['blob', 'manifest'] as const) {
       const top = join(this.root, kind === 'blob' ? BLOBS : MANIFESTS);
       for (const algorithm of await this.directories(top, onForeign)) {
@@ -231,7 +383,7 @@ export class ContentStore {
             // A media type whose manifest is gone: a crash between writing (or removing) the two
             // files left it. It belongs to no stored item, so no eviction would ever take it.
             if (digest && mediaType && !(await stat(this.manifestPath(digest)).then(() => true, () => false))) {
-              await unlink(path).catch(() => undefined);
+              if (!options.keepLoneMediaTypes) await unlink(path).catch(() => undefined);
               continue;
             }
             if (!digest) onForeign(path);
@@ -256,7 +408,7 @@ export class ContentStore {
   private async writeAtomically(path: string, data: string | Buffer): Promise<void> {
     const temporary = this.temporaryPath();
     try {
-      const handle = await open(temporary, 'w');
+      const handle = await openTemporary(temporary);
       try {
         await writeFile(handle, data);
         await handle.datasync();

@@ -1,11 +1,12 @@
 // regmirror's own mirror for tests: in-process (fast, with an injectable clock and timeouts) or as
 // a child process running `regmirror mirror --config FILE` exactly as users do (for kill -9, SIGTERM).
-import { writeFile } from 'node:fs/promises';
+import { readdir, stat, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import { stringify } from 'yaml';
 import { createLogger } from '../../common/logger.ts';
 import { createMirror, type Mirror } from '../../mirror/app.ts';
 import { resolveConfig, type MirrorConfigFile } from '../../mirror/config.ts';
+import { HEARTBEAT_FILE } from '../../mirror/store.ts';
 import type { UpstreamTimeouts } from '../../mirror/upstream.ts';
 import { launcherEnv } from './compiled.ts';
 import { freePort, httpRequest, makeTempDir, spawnServer, type ServerProcess } from './process.ts';
@@ -24,6 +25,8 @@ export interface TestMirrorOptions {
   tagMemoryLimit?: number;
   /** In-process mirrors only: how long a blob response may take no bytes while some wait for it (60 s by default). */
   sendTimeoutMs?: number;
+  /** In-process mirrors only: how often the store's heartbeat is touched and tmp/ swept (30 s by default). */
+  heartbeatMs?: number;
   logLevel?: string;
 }
 
@@ -61,6 +64,7 @@ export async function startTestMirror(opts: TestMirrorOptions): Promise<TestMirr
     ...(opts.linksPruneDelayMs !== undefined ? { linksPruneDelayMs: opts.linksPruneDelayMs } : {}),
     ...(opts.tagMemoryLimit !== undefined ? { tagMemoryLimit: opts.tagMemoryLimit } : {}),
     ...(opts.sendTimeoutMs !== undefined ? { sendTimeoutMs: opts.sendTimeoutMs } : {}),
+    ...(opts.heartbeatMs !== undefined ? { heartbeatMs: opts.heartbeatMs } : {}),
   });
   const url = await mirror.listen();
   return { url, host: `127.0.0.1:${port}`, port, storagePath: config.storage.path, mirror, stop: () => mirror.close(2_000) };
@@ -97,4 +101,16 @@ export async function startMirrorProcess(opts: TestMirrorOptions & { port?: numb
     ready: async () => (await httpRequest(`http://127.0.0.1:${port}/healthz`)).status === 200,
   });
   return { url: `http://127.0.0.1:${port}`, host: `127.0.0.1:${port}`, port, storagePath: file.storage.path, configFile, process: child };
+}
+
+/** Temporary files (downloads, manifests and tag records being written) under a store's tmp/, every process's, with their sizes: not the heartbeats. */
+export async function temporaryFiles(storagePath: string): Promise<{ path: string; size: number }[]> {
+  const tmp = path.join(storagePath, 'tmp');
+  const found: { path: string; size: number }[] = [];
+  for (const name of await readdir(tmp, { recursive: true }).catch(() => [] as string[])) {
+    if (path.basename(name) === HEARTBEAT_FILE) continue;
+    const info = await stat(path.join(tmp, name)).catch(() => undefined);
+    if (info?.isFile()) found.push({ path: name, size: info.size });
+  }
+  return found;
 }
