@@ -10,6 +10,7 @@ import { startAgent, reconcileOnce } from './agent.ts';
 import { parseAgentConfig, type AgentConfig } from './config.ts';
 import { MANAGED_MARKER } from './containerd.ts';
 import { makeCertificate } from '../test/harness/tls.ts';
+import { KILL_AT_RENAME_IMPORT } from '../test/harness/kill-at-rename.ts';
 
 const quiet = pino({ level: 'silent' });
 const REPO = path.resolve(import.meta.dirname, '..');
@@ -162,6 +163,59 @@ test('daemon.json keeps its other keys and permissions, and removal restores it 
   assert.equal(await readFile(node.daemonJson, 'utf8'), original);
   assert.equal((await stat(node.daemonJson)).mode & 0o777, 0o600);
   assert.deepEqual(await readdir(path.dirname(node.daemonJson)), ['daemon.json'], 'no state file left behind');
+});
+
+/** `regmirror node-agent --once` SIGKILLed instead of making its `nth` rename onto daemon.json. */
+async function runAgentKilledAtDaemonJson(node: Node, args: string[], nth: number): Promise<void> {
+  const env = { ...process.env, REGMIRROR_TEST_KILL_AT_RENAME: node.daemonJson, REGMIRROR_TEST_KILL_NTH: String(nth) };
+  const run = await runCommand(process.execPath, [...KILL_AT_RENAME_IMPORT, 'bin/regmirror.ts', 'node-agent', ...nodeArgs(node, ['--runtimes', 'docker', '--once', ...args])], { cwd: REPO, env });
+  assert.equal(run.code, 128, `the agent was killed at rename ${nth} onto daemon.json, not finished (exit ${run.code}): ${run.stderr}${run.stdout}`);
+}
+
+async function dockerNode(original: string): Promise<Node> {
+  const node = await makeNode();
+  await mkdir(path.dirname(node.daemonJson), { recursive: true });
+  await writeFile(node.daemonJson, original);
+  return node;
+}
+
+/** A directory's files but the temp files a killed agent leaves (swept elsewhere). */
+const visibleFiles = async (dir: string): Promise<string[]> => (await readdir(dir)).filter((f) => !f.startsWith('.'));
+
+const moved = (args: string[]): string[] => args.map((a) => (a === 'http://127.0.0.1:5999' ? 'http://127.0.0.1:5998' : a));
+
+test('a mirror move killed between the state file and daemon.json: the old entry stays the agent\'s and removal restores the original', async () => {
+  // pidfiles nobody wrote: no dockerd is signalled
+  const original = `{"pidfile": "/nonexistent/nodockerd.pid", "log-driver": "journald"}\n`;
+  const node = await dockerNode(original);
+  await reconcileOnce(nodeConfig(node, ['--runtimes', 'docker']), quiet);
+  // the Service was re-created: new address; killed where daemon.json would have been renamed into place
+  await runAgentKilledAtDaemonJson(node, moved(['--mirror', 'http://127.0.0.1:5999']), 1);
+  assert.deepEqual(JSON.parse(await readFile(node.daemonJson, 'utf8'))['registry-mirrors'], ['http://127.0.0.1:5999'], 'daemon.json still has the old entry');
+
+  const again = await reconcileOnce(parseAgentConfig(moved(nodeArgs(node, ['--runtimes', 'docker'])), {}), quiet);
+  assert.equal(again.ready, true, again.problems.join('; '));
+  assert.deepEqual(JSON.parse(await readFile(node.daemonJson, 'utf8'))['registry-mirrors'], ['http://127.0.0.1:5998'], 'the old entry is replaced, not kept as the user\'s');
+  await reconcileOnce(parseAgentConfig(moved(nodeArgs(node, ['--runtimes', 'docker', '--mode', 'remove'])), {}), quiet);
+  assert.equal(await readFile(node.daemonJson, 'utf8'), original, 'the original daemon.json is back');
+  assert.deepEqual(await visibleFiles(path.dirname(node.daemonJson)), ['daemon.json'], 'no state file left');
+});
+
+test('a removal killed after its reload step, then apply again: the original is still what removal restores', async () => {
+  for (const original of [`{"pidfile": "/nonexistent/nodockerd.pid", "log-driver": "journald"}\n`, `{\n  "registry-mirrors": ["https://corp.example"],\n  "pidfile": "/nonexistent/nodockerd.pid"\n}`]) {
+    const node = await dockerNode(original);
+    await reconcileOnce(nodeConfig(node, ['--runtimes', 'docker']), quiet);
+    // killed at the second rename onto daemon.json: the reload form (our entry out, the key kept) is in place
+    await runAgentKilledAtDaemonJson(node, ['--mode', 'remove'], 2);
+    const interim = await readFile(node.daemonJson, 'utf8');
+    assert.notEqual(interim, original);
+    assert.ok(!interim.includes('127.0.0.1:5999'), interim);
+
+    await reconcileOnce(nodeConfig(node, ['--runtimes', 'docker']), quiet);
+    await reconcileOnce(nodeConfig(node, ['--runtimes', 'docker', '--mode', 'remove']), quiet);
+    assert.equal(await readFile(node.daemonJson, 'utf8'), original, 'the original bytes are back, not the reload form');
+    assert.deepEqual(await visibleFiles(path.dirname(node.daemonJson)), ['daemon.json'], 'no state file left');
+  }
 });
 
 test('the CRI-O drop-in is written for the mirror default and deleted on removal', async () => {

@@ -3,6 +3,7 @@
 import http from 'node:http';
 import { readdir } from 'node:fs/promises';
 import path from 'node:path';
+import { isDeepStrictEqual } from 'node:util';
 import { parse } from 'smol-toml';
 import type { Logger } from '../common/logger.ts';
 import type { AgentConfig, Runtime } from './config.ts';
@@ -12,7 +13,7 @@ import {
 import { basicAuthorization, readCredentials } from './credentials.ts';
 import { CRIO_DROP_IN, crioDropIn, crioDropInPointsAt, isManagedCrioDropIn } from './crio.ts';
 import {
-  DaemonJsonError, daemonJsonForReload, daemonJsonPidFile, daemonJsonSocket, mirrorsInDockerInfo, planDockerApply, planDockerRemove, type DockerState,
+  DaemonJsonError, daemonJsonForReload, daemonJsonPidFile, daemonJsonSocket, mirrorsInDockerInfo, ourMirrors, planDockerApply, planDockerRemove, type DockerState,
 } from './docker.ts';
 import {
   exists, isDirectory, moveFile, readFileOrNull, readTextOrNull, removeDirIfEmpty, removeFile, writeFileAtomic,
@@ -253,12 +254,17 @@ async function readDockerState(file: string): Promise<DockerState | null> {
   try {
     const value = JSON.parse(text) as Partial<DockerState>;
     if (typeof value.mirror === 'string' && (typeof value.original === 'string' || value.original === null)) {
-      return { mirror: value.mirror, original: value.original };
+      const replacing = Array.isArray(value.replacing) ? value.replacing.filter((m) => typeof m === 'string') : [];
+      return { mirror: value.mirror, original: value.original, ...(replacing.length > 0 ? { replacing } : {}) };
     }
   } catch {
     // a damaged state file is treated as absent: the current file becomes the original
   }
   return null;
+}
+
+async function writeDockerState(file: string, state: DockerState): Promise<void> {
+  await writeFileAtomic(file, `${JSON.stringify(state)}\n`, { mode: 0o600, keepMode: false });
 }
 
 /** daemon.json's own pidfile is authoritative (that dockerd wrote it); otherwise the configured one, then /proc. */
@@ -290,12 +296,12 @@ function dockerInfo(socketPath: string): Promise<unknown> {
 const sleep = (ms: number): Promise<void> => new Promise((resolve) => setTimeout(resolve, ms));
 
 /**
- * Brings the running dockerd in line with daemon.json: when GET /info does not show the mirror as
- * `expect` says (or cannot be asked, right after the file changed), SIGHUP and wait, bounded,
- * until it does. Level-triggered: a reload that failed is tried again on the next pass.
- * Returns a problem, or undefined when dockerd has it right or cannot be reached at all.
+ * Brings the running dockerd in line with daemon.json: when GET /info does not show the mirrors as
+ * `expect` says (all of them live, or none), or cannot be asked right after the file changed,
+ * SIGHUP and wait, bounded, until it does. Level-triggered: a reload that failed is tried again
+ * on the next pass. Returns a problem, or undefined when dockerd has it right or cannot be reached at all.
  */
-async function syncDockerd(ctx: ReconcileContext, daemonJson: Buffer | null, mirror: string, expect: boolean, fileChanged: boolean): Promise<string | undefined> {
+async function syncDockerd(ctx: ReconcileContext, daemonJson: Buffer | null, mirrors: string[], expect: boolean, fileChanged: boolean): Promise<string | undefined> {
   const { config, log, notices } = ctx;
   const lookup = await lookUpDockerd(config, daemonJson);
   if (!lookup.found) {
@@ -303,8 +309,13 @@ async function syncDockerd(ctx: ReconcileContext, daemonJson: Buffer | null, mir
     return undefined;
   }
   const socket = daemonJsonSocket(daemonJson) ?? config.dockerSocket;
+  const wanted = mirrors.map((m) => m.replace(/\/+$/, ''));
+  const inLine = (info: unknown): boolean => {
+    const live = mirrorsInDockerInfo(info);
+    return expect ? wanted.every((m) => live.includes(m)) : !wanted.some((m) => live.includes(m));
+  };
   const before = await dockerInfo(socket);
-  if (before !== undefined && mirrorsInDockerInfo(before).includes(mirror) === expect) return undefined;
+  if (before !== undefined && inLine(before)) return undefined;
   if (before === undefined && !fileChanged) return undefined; // cannot tell; signalled when the file changed
   process.kill(lookup.pid, 'SIGHUP');
   log.info({ pid: lookup.pid, via: lookup.via }, 'dockerd sent SIGHUP to reload registry-mirrors');
@@ -315,10 +326,10 @@ async function syncDockerd(ctx: ReconcileContext, daemonJson: Buffer | null, mir
       await sleep(1000); // give the reload a moment before anything rewrites the file again
       return undefined;
     }
-    if (mirrorsInDockerInfo(info).includes(mirror) === expect) return undefined;
+    if (inLine(info)) return undefined;
     await sleep(100);
   }
-  return `dockerd did not ${expect ? 'take up' : 'drop'} registry mirror ${mirror} after SIGHUP (see dockerd's log: a --registry-mirror flag conflicts with daemon.json)`;
+  return `dockerd did not ${expect ? 'take up' : 'drop'} registry mirror ${wanted.join(', ')} after SIGHUP (see dockerd's log: a --registry-mirror flag conflicts with daemon.json)`;
 }
 
 async function dockerPresent(config: AgentConfig): Promise<boolean> {
@@ -361,20 +372,22 @@ export async function reconcileDocker(ctx: ReconcileContext): Promise<RuntimeSta
     // dockerd reads certs.d per connection: the CA is in place before daemon.json names the mirror
     const caFile = certsDirCaFile(config.dockerCertsDir, config.mirror);
     if (await syncCaFile(caFile, ca, true)) s.changed.push(caFile);
-    if (previous !== null && previous.mirror !== config.mirror) {
-      const oldCaFile = certsDirCaFile(config.dockerCertsDir, previous.mirror);
+    for (const old of previous ? ourMirrors(previous).filter((m) => m !== config.mirror) : []) {
+      const oldCaFile = certsDirCaFile(config.dockerCertsDir, old);
       if (await syncCaFile(oldCaFile, undefined, true)) s.changed.push(oldCaFile);
     }
     let written = current;
     if (plan.text !== null) {
-      // State first: if the agent dies between the two writes, the next pass still knows the original.
-      await writeFileAtomic(stateFile, `${JSON.stringify(plan.state)}\n`, { mode: 0o600, keepMode: false });
+      // State first, naming every entry of ours the file holds: if the agent dies between the two
+      // writes, the next pass still knows the original and which entries are its own.
+      await writeDockerState(stateFile, plan.during);
       await writeFileAtomic(file, plan.text, { mode: 0o644, keepMode: true });
       written = Buffer.from(plan.text);
       s.changed.push(file);
       log.info({ file, mirror: config.mirror }, 'docker daemon.json: registry mirror merged');
     }
-    const problem = await syncDockerd(ctx, written, config.mirror, true, plan.text !== null);
+    if (!isDeepStrictEqual(plan.state, plan.text !== null ? plan.during : previous)) await writeDockerState(stateFile, plan.state);
+    const problem = await syncDockerd(ctx, written, [config.mirror], true, plan.text !== null);
     if (problem) notUsed(s, problem);
     return s;
   }
@@ -396,9 +409,9 @@ export async function reconcileDocker(ctx: ReconcileContext): Promise<RuntimeSta
   if (plan.action !== 'none' && current !== null) {
     // dockerd reloads registry-mirrors only when the key is in the file, so an original without
     // the key would leave our mirror live: first reload with our entry out and the key kept.
-    const interim = daemonJsonForReload(current, state.mirror);
+    const interim = daemonJsonForReload(current, state);
     await writeFileAtomic(file, interim, { keepMode: true });
-    const problem = await syncDockerd(ctx, Buffer.from(interim), state.mirror.replace(/\/+$/, ''), false, true);
+    const problem = await syncDockerd(ctx, Buffer.from(interim), ourMirrors(state), false, true);
     if (problem) notUsed(s, problem);
     if (plan.action === 'write') await writeFileAtomic(file, plan.bytes, { keepMode: true });
     else await removeFile(file);
@@ -406,8 +419,10 @@ export async function reconcileDocker(ctx: ReconcileContext): Promise<RuntimeSta
     const restored = plan.action === 'delete' || (state.original !== null && plan.bytes.equals(Buffer.from(state.original, 'base64')));
     log.info({ file, restoredOriginal: restored }, 'docker daemon.json: registry mirror taken out');
   }
-  const caFile = certsDirCaFile(config.dockerCertsDir, state.mirror);
-  if (await syncCaFile(caFile, undefined, true)) s.changed.push(caFile);
+  for (const mirror of ourMirrors(state)) {
+    const caFile = certsDirCaFile(config.dockerCertsDir, mirror);
+    if (await syncCaFile(caFile, undefined, true)) s.changed.push(caFile);
+  }
   await removeFile(stateFile);
   return s;
 }
