@@ -2,7 +2,7 @@
 // re-applying after interference, readiness, and refusing unsafe input.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { chmod, mkdir, readFile, readdir, rm, stat, writeFile } from 'node:fs/promises';
+import { chmod, lstat, mkdir, readFile, readdir, readlink, rm, stat, symlink, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import { pino } from 'pino';
 import { freePort, httpRequest, makeTempDir, runCommand, spawnServer, waitFor } from '../test/harness/process.ts';
@@ -216,6 +216,45 @@ test('a removal killed after its reload step, then apply again: the original is 
     assert.equal(await readFile(node.daemonJson, 'utf8'), original, 'the original bytes are back, not the reload form');
     assert.deepEqual(await visibleFiles(path.dirname(node.daemonJson)), ['daemon.json'], 'no state file left');
   }
+});
+
+test('a daemon.json that is a symbolic link is written through it and restored there; the link stays', async () => {
+  const node = await makeNode();
+  await mkdir(path.dirname(node.daemonJson), { recursive: true });
+  // configuration management keeps the real file elsewhere and links it
+  const real = path.join(node.root, 'cm/daemon.json');
+  await mkdir(path.dirname(real));
+  const original = `{"pidfile": "${node.root}/nodockerd.pid"}\n`;
+  await writeFile(real, original);
+  await chmod(real, 0o640);
+  await symlink('../../cm/daemon.json', node.daemonJson);
+  const isLink = async (): Promise<boolean> => (await lstat(node.daemonJson)).isSymbolicLink() && (await readlink(node.daemonJson)) === '../../cm/daemon.json';
+
+  const applied = await reconcileOnce(nodeConfig(node, ['--runtimes', 'docker']), quiet);
+  assert.equal(applied.ready, true, applied.problems.join('; '));
+  assert.ok(await isLink(), 'daemon.json is still the link after apply');
+  assert.deepEqual(JSON.parse(await readFile(real, 'utf8'))['registry-mirrors'], ['http://127.0.0.1:5999'], 'the link\'s target has the mirror');
+  assert.equal((await stat(real)).mode & 0o777, 0o640);
+  assert.deepEqual(await visibleFiles(path.dirname(real)), ['daemon.json'], 'nothing else beside the target');
+
+  await reconcileOnce(nodeConfig(node, ['--runtimes', 'docker', '--mode', 'remove']), quiet);
+  assert.ok(await isLink(), 'daemon.json is still the link after removal');
+  assert.equal(await readFile(real, 'utf8'), original, 'the target has its original bytes back');
+  assert.equal((await stat(real)).mode & 0o777, 0o640);
+  // later edits by configuration management reach what dockerd reads
+  await writeFile(real, `{"pidfile": "${node.root}/nodockerd.pid", "debug": true}\n`);
+  assert.equal(JSON.parse(await readFile(node.daemonJson, 'utf8')).debug, true);
+  assert.deepEqual(await visibleFiles(path.dirname(node.daemonJson)), ['daemon.json'], 'no state file left');
+});
+
+test('a daemon.json link to nothing is reported and left as it is', async () => {
+  const node = await makeNode();
+  await mkdir(path.dirname(node.daemonJson), { recursive: true });
+  await symlink('/nonexistent/cm/daemon.json', node.daemonJson);
+  const status = await reconcileOnce(nodeConfig(node, ['--runtimes', 'docker']), quiet);
+  assert.equal(status.ready, false);
+  assert.match(status.problems.join('\n'), /daemon\.json is a symbolic link to \/nonexistent\/cm\/daemon\.json, which is not there as the agent sees it; left untouched/);
+  assert.equal(await readlink(node.daemonJson), '/nonexistent/cm/daemon.json');
 });
 
 test('the CRI-O drop-in is written for the mirror default and deleted on removal', async () => {

@@ -16,7 +16,7 @@ import {
   DaemonJsonError, daemonJsonForReload, daemonJsonPidFile, daemonJsonSocket, mirrorsInDockerInfo, ourMirrors, planDockerApply, planDockerRemove, type DockerState,
 } from './docker.ts';
 import {
-  exists, isDirectory, moveFile, readFileOrNull, readTextOrNull, removeDirIfEmpty, removeFile, writeFileAtomic,
+  exists, isDirectory, isSymbolicLink, linkTarget, moveFile, readFileOrNull, readTextOrNull, removeDirIfEmpty, removeFile, writeFileAtomic,
 } from './node-files.ts';
 import { findDaemon } from './processes.ts';
 import { CA_FILE_NAME, certsDirCaFile, readMirrorCa, syncCaFile } from './mirror-ca.ts';
@@ -333,7 +333,8 @@ async function syncDockerd(ctx: ReconcileContext, daemonJson: Buffer | null, mir
 }
 
 async function dockerPresent(config: AgentConfig): Promise<boolean> {
-  if (await exists(config.dockerDaemonJson)) return true;
+  // a link to nothing counts: the pass says what is wrong with it
+  if ((await exists(config.dockerDaemonJson)) || (await isSymbolicLink(config.dockerDaemonJson))) return true;
   return (await findDaemon('dockerd', [config.dockerPidFile], true)).found;
 }
 
@@ -352,6 +353,10 @@ export async function reconcileDocker(ctx: ReconcileContext): Promise<RuntimeSta
   const file = config.dockerDaemonJson;
   const stateFile = dockerStateFile(file);
   s.watch.push(path.dirname(file));
+  // A daemon.json that is a symbolic link (configuration management keeps the real file elsewhere)
+  // is read and written through the link, which stays: later edits of its target still reach dockerd.
+  const target = await linkTarget(file);
+  if (target !== file) s.watch.push(path.dirname(target));
 
   const skip = config.mode === 'apply' ? dockerSkipReason(config) : undefined;
   if (config.mode === 'apply' && !skip) {
@@ -359,7 +364,7 @@ export async function reconcileDocker(ctx: ReconcileContext): Promise<RuntimeSta
       notices.warn(`docker-hub-only:${registry}`, `Docker's registry-mirrors cover Docker Hub only: ${registry} pulls on Docker nodes go straight to ${registry}`, { registry });
     }
     const ca = await mirrorCaFor(ctx, s);
-    const current = await readFileOrNull(file);
+    const current = await readFileOrNull(target);
     const previous = await readDockerState(stateFile);
     let plan;
     try {
@@ -381,7 +386,7 @@ export async function reconcileDocker(ctx: ReconcileContext): Promise<RuntimeSta
       // State first, naming every entry of ours the file holds: if the agent dies between the two
       // writes, the next pass still knows the original and which entries are its own.
       await writeDockerState(stateFile, plan.during);
-      await writeFileAtomic(file, plan.text, { mode: 0o644, keepMode: true });
+      await writeFileAtomic(target, plan.text, { mode: 0o644, keepMode: true });
       written = Buffer.from(plan.text);
       s.changed.push(file);
       log.info({ file, mirror: config.mirror }, 'docker daemon.json: registry mirror merged');
@@ -397,7 +402,7 @@ export async function reconcileDocker(ctx: ReconcileContext): Promise<RuntimeSta
   // file names the mirror whose entry it is; another RegistryMirror's is not ours to take out.
   const state = await readDockerState(stateFile);
   if (state === null || state.mirror !== config.mirror) return s;
-  const current = await readFileOrNull(file);
+  const current = await readFileOrNull(target);
   let plan;
   try {
     plan = planDockerRemove(current, state);
@@ -410,11 +415,11 @@ export async function reconcileDocker(ctx: ReconcileContext): Promise<RuntimeSta
     // dockerd reloads registry-mirrors only when the key is in the file, so an original without
     // the key would leave our mirror live: first reload with our entry out and the key kept.
     const interim = daemonJsonForReload(current, state);
-    await writeFileAtomic(file, interim, { keepMode: true });
+    await writeFileAtomic(target, interim, { keepMode: true });
     const problem = await syncDockerd(ctx, Buffer.from(interim), ourMirrors(state), false, true);
     if (problem) notUsed(s, problem);
-    if (plan.action === 'write') await writeFileAtomic(file, plan.bytes, { keepMode: true });
-    else await removeFile(file);
+    if (plan.action === 'write') await writeFileAtomic(target, plan.bytes, { keepMode: true });
+    else await removeFile(target);
     s.changed.push(file);
     const restored = plan.action === 'delete' || (state.original !== null && plan.bytes.equals(Buffer.from(state.original, 'base64')));
     log.info({ file, restoredOriginal: restored }, 'docker daemon.json: registry mirror taken out');
