@@ -1,7 +1,7 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import {
-  DaemonJsonError, daemonJsonForReload, daemonJsonPidFile, daemonJsonSocket, mirrorsInDockerInfo, planDockerApply, planDockerRemove,
+  DaemonJsonError, daemonJsonForReload, daemonJsonPidFile, daemonJsonSocket, dockerdFlags, mirrorsInDockerInfo, planDockerApply, planDockerRemove,
 } from './docker.ts';
 
 const MIRROR = 'http://10.96.0.42:5000';
@@ -144,4 +144,14 @@ test('pidfile, socket and live mirrors are read from daemon.json and docker info
   assert.equal(daemonJsonPidFile(Buffer.from('{}')), undefined);
   assert.deepEqual(mirrorsInDockerInfo({ RegistryConfig: { Mirrors: ['http://10.96.0.42:5000/'] } }), [MIRROR]);
   assert.deepEqual(mirrorsInDockerInfo({}), []);
+});
+
+test("dockerd's --registry-mirror (either form, any number) and --config-file are read from its command line", () => {
+  assert.deepEqual(dockerdFlags(['/usr/bin/dockerd', '-H', 'fd://', '--containerd=/run/containerd/containerd.sock']), { registryMirrors: [], configFile: undefined });
+  assert.deepEqual(
+    dockerdFlags(['dockerd', '--registry-mirror', 'https://mirror.gcr.io/', '--config-file=/etc/docker/prod.json', `--registry-mirror=${MIRROR}`, '--debug']),
+    { registryMirrors: ['https://mirror.gcr.io', MIRROR], configFile: '/etc/docker/prod.json' },
+  );
+  assert.deepEqual(dockerdFlags(['dockerd', '--config-file', 'daemon.json', '--', '--registry-mirror=x']), { registryMirrors: [], configFile: 'daemon.json' });
+  assert.deepEqual(dockerdFlags(['dockerd', '--registry-mirrors=x', '--label=--registry-mirror']), { registryMirrors: [], configFile: undefined }, 'only the flags themselves');
 });

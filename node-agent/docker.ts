@@ -13,6 +13,12 @@ export interface DockerState {
    * is rewritten: if the agent dies in between, the old entry is still known as the agent's.
    */
   replacing?: string[];
+  /**
+   * dockerd refused daemon.json with the mirror on reload, and the agent took its entry out again:
+   * which dockerd (`pid@start time`) and the sha-256 of the file as the agent left it. The agent
+   * does not try again while both are the same.
+   */
+  refused?: { dockerd: string; file: string };
 }
 
 export class DaemonJsonError extends Error {
@@ -173,6 +179,27 @@ export function planDockerRemove(current: Buffer | null, state: DockerState | nu
  */
 export function daemonJsonForReload(current: Buffer, state: DockerState): string {
   return serialize(withoutMirrors(parseDaemonJson(current), ourMirrors(state), true), current);
+}
+
+/** What dockerd's command line says that bears on daemon.json. */
+export interface DockerdFlags {
+  /** `--registry-mirror` values (trailing slash dropped): dockerd refuses registry-mirrors in daemon.json as well. */
+  registryMirrors: string[];
+  /** `--config-file`: the daemon.json dockerd reads, when not the default. */
+  configFile: string | undefined;
+}
+
+/** Reads `--registry-mirror X`, `--registry-mirror=X` and `--config-file` from dockerd's arguments (argv[0] first). */
+export function dockerdFlags(argv: string[]): DockerdFlags {
+  const flags: DockerdFlags = { registryMirrors: [], configFile: undefined };
+  for (let i = 1; i < argv.length && argv[i] !== '--'; i++) {
+    const match = /^--(registry-mirror|config-file)(?:=(.*))?$/s.exec(argv[i]!);
+    if (!match) continue;
+    const value = match[2] ?? argv[++i] ?? '';
+    if (match[1] === 'config-file') flags.configFile = value;
+    else flags.registryMirrors.push(value.replace(/\/+$/, ''));
+  }
+  return flags;
 }
 
 /** The `pidfile` daemon.json names, if any: dockerd writes its pid there. */

@@ -128,3 +128,11 @@ export async function linkTarget(file: string): Promise<string> {
     throw new Error(`${file} is a symbolic link to ${await readlink(file)}, which is not there as the agent sees it; left untouched, since writing would replace the link (if it is there on the node, mount its directory into the agent's pod at the path the link names)`);
   }
 }
+
+/**
+ * `dev:ino` of what `file` names (links followed), to tell whether two paths are one file; undefined
+ * when it cannot be looked at, for whatever reason (absent, or another process's root closed to us).
+ */
+export async function fileIdentity(file: string): Promise<string | undefined> {
+  return stat(file).then((info) => `${info.dev}:${info.ino}`, () => undefined);
+}
