@@ -18,10 +18,11 @@ import {
   type DockerdFlags, type DockerRemovePlan, type DockerState,
 } from './docker.ts';
 import {
-  exists, fileIdentity, isDirectory, isSymbolicLink, linkTarget, moveFile, readFileOrNull, readTextOrNull, removeDirIfEmpty, removeFile, writeFileAtomic,
+  exists, isDirectory, moveFile, readFileOrNull, readTextOrNull, removeDirIfEmpty, removeFile, writeFileAtomic,
 } from './node-files.ts';
 import { commandLine, findDaemon, pathSeenBy, processIdentity } from './processes.ts';
 import { CA_FILE_NAME, certsDirCaFile, readMirrorCa, syncCaFile } from './mirror-ca.ts';
+import { fileIdentity, isSymbolicLink, linkTarget } from './node-files.ts';
 
 export interface RuntimeStatus {
   runtime: Runtime;
