@@ -2,7 +2,7 @@
 // re-applying after interference, readiness, and refusing unsafe input.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { chmod, mkdir, readFile, readdir, rm, stat, writeFile } from 'node:fs/promises';
+import { chmod, lstat, mkdir, readFile, readdir, readlink, rm, stat, symlink, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import { pino } from 'pino';
 import { freePort, httpRequest, makeTempDir, runCommand, spawnServer, waitFor } from '../test/harness/process.ts';
@@ -10,6 +10,7 @@ import { startAgent, reconcileOnce } from './agent.ts';
 import { parseAgentConfig, type AgentConfig } from './config.ts';
 import { MANAGED_MARKER } from './containerd.ts';
 import { makeCertificate } from '../test/harness/tls.ts';
+import { KILL_AT_RENAME_IMPORT } from '../test/harness/kill-at-rename.ts';
 
 const quiet = pino({ level: 'silent' });
 const REPO = path.resolve(import.meta.dirname, '..');
@@ -162,6 +163,98 @@ test('daemon.json keeps its other keys and permissions, and removal restores it 
   assert.equal(await readFile(node.daemonJson, 'utf8'), original);
   assert.equal((await stat(node.daemonJson)).mode & 0o777, 0o600);
   assert.deepEqual(await readdir(path.dirname(node.daemonJson)), ['daemon.json'], 'no state file left behind');
+});
+
+/** `regmirror node-agent --once` SIGKILLed instead of making its `nth` rename onto daemon.json. */
+async function runAgentKilledAtDaemonJson(node: Node, args: string[], nth: number): Promise<void> {
+  const env = { ...process.env, REGMIRROR_TEST_KILL_AT_RENAME: node.daemonJson, REGMIRROR_TEST_KILL_NTH: String(nth) };
+  const run = await runCommand(process.execPath, [...KILL_AT_RENAME_IMPORT, 'bin/regmirror.ts', 'node-agent', ...nodeArgs(node, ['--runtimes', 'docker', '--once', ...args])], { cwd: REPO, env });
+  assert.equal(run.code, 128, `the agent was killed at rename ${nth} onto daemon.json, not finished (exit ${run.code}): ${run.stderr}${run.stdout}`);
+}
+
+async function dockerNode(original: string): Promise<Node> {
+  const node = await makeNode();
+  await mkdir(path.dirname(node.daemonJson), { recursive: true });
+  await writeFile(node.daemonJson, original);
+  return node;
+}
+
+/** A directory's files but the temp files a killed agent leaves (swept elsewhere). */
+const visibleFiles = async (dir: string): Promise<string[]> => (await readdir(dir)).filter((f) => !f.startsWith('.'));
+
+const moved = (args: string[]): string[] => args.map((a) => (a === 'http://127.0.0.1:5999' ? 'http://127.0.0.1:5998' : a));
+
+test('a mirror move killed between the state file and daemon.json: the old entry stays the agent\'s and removal restores the original', async () => {
+  // pidfiles nobody wrote: no dockerd is signalled
+  const original = `{"pidfile": "/nonexistent/nodockerd.pid", "log-driver": "journald"}\n`;
+  const node = await dockerNode(original);
+  await reconcileOnce(nodeConfig(node, ['--runtimes', 'docker']), quiet);
+  // the Service was re-created: new address; killed where daemon.json would have been renamed into place
+  await runAgentKilledAtDaemonJson(node, moved(['--mirror', 'http://127.0.0.1:5999']), 1);
+  assert.deepEqual(JSON.parse(await readFile(node.daemonJson, 'utf8'))['registry-mirrors'], ['http://127.0.0.1:5999'], 'daemon.json still has the old entry');
+
+  const again = await reconcileOnce(parseAgentConfig(moved(nodeArgs(node, ['--runtimes', 'docker'])), {}), quiet);
+  assert.equal(again.ready, true, again.problems.join('; '));
+  assert.deepEqual(JSON.parse(await readFile(node.daemonJson, 'utf8'))['registry-mirrors'], ['http://127.0.0.1:5998'], 'the old entry is replaced, not kept as the user\'s');
+  await reconcileOnce(parseAgentConfig(moved(nodeArgs(node, ['--runtimes', 'docker', '--mode', 'remove'])), {}), quiet);
+  assert.equal(await readFile(node.daemonJson, 'utf8'), original, 'the original daemon.json is back');
+  assert.deepEqual(await visibleFiles(path.dirname(node.daemonJson)), ['daemon.json'], 'no state file left');
+});
+
+test('a removal killed after its reload step, then apply again: the original is still what removal restores', async () => {
+  for (const original of [`{"pidfile": "/nonexistent/nodockerd.pid", "log-driver": "journald"}\n`, `{\n  "registry-mirrors": ["https://corp.example"],\n  "pidfile": "/nonexistent/nodockerd.pid"\n}`]) {
+    const node = await dockerNode(original);
+    await reconcileOnce(nodeConfig(node, ['--runtimes', 'docker']), quiet);
+    // killed at the second rename onto daemon.json: the reload form (our entry out, the key kept) is in place
+    await runAgentKilledAtDaemonJson(node, ['--mode', 'remove'], 2);
+    const interim = await readFile(node.daemonJson, 'utf8');
+    assert.notEqual(interim, original);
+    assert.ok(!interim.includes('127.0.0.1:5999'), interim);
+
+    await reconcileOnce(nodeConfig(node, ['--runtimes', 'docker']), quiet);
+    await reconcileOnce(nodeConfig(node, ['--runtimes', 'docker', '--mode', 'remove']), quiet);
+    assert.equal(await readFile(node.daemonJson, 'utf8'), original, 'the original bytes are back, not the reload form');
+    assert.deepEqual(await visibleFiles(path.dirname(node.daemonJson)), ['daemon.json'], 'no state file left');
+  }
+});
+
+test('a daemon.json that is a symbolic link is written through it and restored there; the link stays', async () => {
+  const node = await makeNode();
+  await mkdir(path.dirname(node.daemonJson), { recursive: true });
+  // configuration management keeps the real file elsewhere and links it
+  const real = path.join(node.root, 'cm/daemon.json');
+  await mkdir(path.dirname(real));
+  const original = `{"pidfile": "${node.root}/nodockerd.pid"}\n`;
+  await writeFile(real, original);
+  await chmod(real, 0o640);
+  await symlink('../../cm/daemon.json', node.daemonJson);
+  const isLink = async (): Promise<boolean> => (await lstat(node.daemonJson)).isSymbolicLink() && (await readlink(node.daemonJson)) === '../../cm/daemon.json';
+
+  const applied = await reconcileOnce(nodeConfig(node, ['--runtimes', 'docker']), quiet);
+  assert.equal(applied.ready, true, applied.problems.join('; '));
+  assert.ok(await isLink(), 'daemon.json is still the link after apply');
+  assert.deepEqual(JSON.parse(await readFile(real, 'utf8'))['registry-mirrors'], ['http://127.0.0.1:5999'], 'the link\'s target has the mirror');
+  assert.equal((await stat(real)).mode & 0o777, 0o640);
+  assert.deepEqual(await visibleFiles(path.dirname(real)), ['daemon.json'], 'nothing else beside the target');
+
+  await reconcileOnce(nodeConfig(node, ['--runtimes', 'docker', '--mode', 'remove']), quiet);
+  assert.ok(await isLink(), 'daemon.json is still the link after removal');
+  assert.equal(await readFile(real, 'utf8'), original, 'the target has its original bytes back');
+  assert.equal((await stat(real)).mode & 0o777, 0o640);
+  // later edits by configuration management reach what dockerd reads
+  await writeFile(real, `{"pidfile": "${node.root}/nodockerd.pid", "debug": true}\n`);
+  assert.equal(JSON.parse(await readFile(node.daemonJson, 'utf8')).debug, true);
+  assert.deepEqual(await visibleFiles(path.dirname(node.daemonJson)), ['daemon.json'], 'no state file left');
+});
+
+test('a daemon.json link to nothing is reported and left as it is', async () => {
+  const node = await makeNode();
+  await mkdir(path.dirname(node.daemonJson), { recursive: true });
+  await symlink('/nonexistent/cm/daemon.json', node.daemonJson);
+  const status = await reconcileOnce(nodeConfig(node, ['--runtimes', 'docker']), quiet);
+  assert.equal(status.ready, false);
+  assert.match(status.problems.join('\n'), /daemon\.json is a symbolic link to \/nonexistent\/cm\/daemon\.json, which is not there as the agent sees it; left untouched/);
+  assert.equal(await readlink(node.daemonJson), '/nonexistent/cm/daemon.json');
 });
 
 test('the CRI-O drop-in is written for the mirror default and deleted on removal', async () => {

@@ -1,7 +1,7 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import {
-  DaemonJsonError, daemonJsonForReload, daemonJsonPidFile, daemonJsonSocket, mirrorsInDockerInfo, planDockerApply, planDockerRemove,
+  DaemonJsonError, daemonJsonForReload, daemonJsonPidFile, daemonJsonSocket, dockerdFlags, mirrorsInDockerInfo, planDockerApply, planDockerRemove,
 } from './docker.ts';
 
 const MIRROR = 'http://10.96.0.42:5000';
@@ -35,6 +35,38 @@ test('apply is idempotent and replaces its previous mirror when the URL changes'
   const moved = planDockerApply(Buffer.from(first.text!), first.state, 'http://10.96.0.43:5000');
   assert.deepEqual(JSON.parse(moved.text!)['registry-mirrors'], ['http://10.96.0.43:5000', 'https://corp.example']);
   assert.equal(moved.state.original, first.state.original, 'the original stays the file before the agent');
+});
+
+test('a mirror move names the old entry in the state file until daemon.json no longer holds it', () => {
+  const first = planDockerApply(ORIGINAL, null, MIRROR);
+  const moved = planDockerApply(Buffer.from(first.text!), first.state, 'http://10.96.0.43:5000');
+  assert.deepEqual(moved.during, { mirror: 'http://10.96.0.43:5000', original: first.state.original, replacing: [MIRROR] });
+  assert.deepEqual(moved.state, { mirror: 'http://10.96.0.43:5000', original: first.state.original });
+  // killed after the state file was written, before daemon.json: the old entry is still ours
+  const resumed = planDockerApply(Buffer.from(first.text!), moved.during, 'http://10.96.0.43:5000');
+  assert.equal(resumed.text, moved.text);
+  assert.equal(resumed.state.original, ORIGINAL.toString('base64'), 'the file with the old entry is not taken for the original');
+  const removed = planDockerRemove(Buffer.from(first.text!), moved.during);
+  assert.ok(removed.action === 'write' && removed.bytes.equals(ORIGINAL), 'removal from there restores the original');
+  // killed after daemon.json, before the state file was settled: nothing to write, the state settles
+  const settled = planDockerApply(Buffer.from(moved.text!), moved.during, 'http://10.96.0.43:5000');
+  assert.equal(settled.text, null);
+  assert.deepEqual(settled.state, moved.state);
+});
+
+test('apply after a removal cut short after its reload step keeps the original (and so does a reformatted copy of it)', () => {
+  for (const original of [ORIGINAL, Buffer.from('{"debug": false}'), null]) {
+    const applied = planDockerApply(original, null, MIRROR);
+    const interim = Buffer.from(daemonJsonForReload(Buffer.from(applied.text!), applied.state));
+    const again = planDockerApply(interim, applied.state, MIRROR);
+    assert.equal(again.state.original, applied.state.original, `the reload form of ${original} is not taken for the original`);
+    const removed = planDockerRemove(Buffer.from(again.text!), again.state);
+    if (original === null) assert.deepEqual(removed, { action: 'delete' });
+    else assert.ok(removed.action === 'write' && removed.bytes.equals(original));
+  }
+  const applied = planDockerApply(ORIGINAL, null, MIRROR);
+  const reformatted = Buffer.from(JSON.stringify(JSON.parse(ORIGINAL.toString())));
+  assert.equal(planDockerApply(reformatted, applied.state, MIRROR).state.original, applied.state.original);
 });
 
 test('a daemon.json rewritten by someone else without our entry becomes the new original', () => {
@@ -80,7 +112,7 @@ test('a removal cut short after its reload step still brings the original bytes 
   // removal pass finds our entry gone, the keys reformatted, and the state file still there.
   for (const original of [ORIGINAL, Buffer.from('{\n\t"debug": false\n}\n'), null]) {
     const applied = planDockerApply(original, null, MIRROR);
-    const interim = Buffer.from(daemonJsonForReload(Buffer.from(applied.text!), MIRROR));
+    const interim = Buffer.from(daemonJsonForReload(Buffer.from(applied.text!), applied.state));
     assert.ok(original === null || !interim.equals(original), 'the reload form differs from the original');
     const plan = planDockerRemove(interim, applied.state);
     if (original === null) assert.deepEqual(plan, { action: 'delete' });
@@ -88,14 +120,14 @@ test('a removal cut short after its reload step still brings the original bytes 
   }
   // Someone changed it since: their file stays as it is.
   const applied = planDockerApply(ORIGINAL, null, MIRROR);
-  const edited = JSON.parse(daemonJsonForReload(Buffer.from(applied.text!), MIRROR));
+  const edited = JSON.parse(daemonJsonForReload(Buffer.from(applied.text!), applied.state));
   edited.debug = true;
   assert.deepEqual(planDockerRemove(Buffer.from(JSON.stringify(edited)), applied.state), { action: 'none' });
 });
 
 test('the reload step keeps the registry-mirrors key so dockerd drops the mirror on SIGHUP', () => {
   const applied = planDockerApply(Buffer.from('{"debug": false}'), null, MIRROR);
-  assert.deepEqual(JSON.parse(daemonJsonForReload(Buffer.from(applied.text!), MIRROR)), { debug: false, 'registry-mirrors': [] });
+  assert.deepEqual(JSON.parse(daemonJsonForReload(Buffer.from(applied.text!), applied.state)), { debug: false, 'registry-mirrors': [] });
 });
 
 test('a daemon.json that is not a JSON object is refused, not overwritten', () => {
@@ -112,4 +144,14 @@ test('pidfile, socket and live mirrors are read from daemon.json and docker info
   assert.equal(daemonJsonPidFile(Buffer.from('{}')), undefined);
   assert.deepEqual(mirrorsInDockerInfo({ RegistryConfig: { Mirrors: ['http://10.96.0.42:5000/'] } }), [MIRROR]);
   assert.deepEqual(mirrorsInDockerInfo({}), []);
+});
+
+test("dockerd's --registry-mirror (either form, any number) and --config-file are read from its command line", () => {
+  assert.deepEqual(dockerdFlags(['/usr/bin/dockerd', '-H', 'fd://', '--containerd=/run/containerd/containerd.sock']), { registryMirrors: [], configFile: undefined });
+  assert.deepEqual(
+    dockerdFlags(['dockerd', '--registry-mirror', 'https://mirror.gcr.io/', '--config-file=/etc/docker/prod.json', `--registry-mirror=${MIRROR}`, '--debug']),
+    { registryMirrors: ['https://mirror.gcr.io', MIRROR], configFile: '/etc/docker/prod.json' },
+  );
+  assert.deepEqual(dockerdFlags(['dockerd', '--config-file', 'daemon.json', '--', '--registry-mirror=x']), { registryMirrors: [], configFile: 'daemon.json' });
+  assert.deepEqual(dockerdFlags(['dockerd', '--registry-mirrors=x', '--label=--registry-mirror']), { registryMirrors: [], configFile: undefined }, 'only the flags themselves');
 });

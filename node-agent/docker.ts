@@ -8,6 +8,17 @@ export interface DockerState {
   mirror: string;
   /** base64 of daemon.json as it was before the agent touched it; null when there was none. */
   original: string | null;
+  /**
+   * Mirrors the agent put there before `mirror` (the mirror moved), written down before daemon.json
+   * is rewritten: if the agent dies in between, the old entry is still known as the agent's.
+   */
+  replacing?: string[];
+  /**
+   * dockerd refused daemon.json with the mirror on reload, and the agent took its entry out again:
+   * which dockerd (`pid@start time`) and the sha-256 of the file as the agent left it. The agent
+   * does not try again while both are the same.
+   */
+  refused?: { dockerd: string; file: string };
 }
 
 export class DaemonJsonError extends Error {
@@ -48,45 +59,90 @@ function serialize(doc: Record<string, unknown>, like: Buffer | null): string {
   return `${JSON.stringify(doc, null, indent)}\n`;
 }
 
+/** Every mirror whose entry in registry-mirrors is the agent's: the current one and any it is replacing. */
+export function ourMirrors(state: DockerState): string[] {
+  return [state.mirror, ...(state.replacing ?? [])];
+}
+
+const isOurs = (m: string, state: DockerState): boolean => ourMirrors(state).some((ours) => sameMirror(m, ours));
+
+const hasOurEntry = (doc: Record<string, unknown>, state: DockerState): boolean => mirrorsOf(doc).some((m) => isOurs(m, state));
+
 /** Adds `mirror` first in registry-mirrors (Docker tries them in order), replacing `previous`. */
-function withMirror(doc: Record<string, unknown>, mirror: string, previous?: string): Record<string, unknown> {
-  const others = mirrorsOf(doc).filter((m) => !sameMirror(m, mirror) && !(previous && sameMirror(m, previous)));
+function withMirror(doc: Record<string, unknown>, mirror: string, previous: string[] = []): Record<string, unknown> {
+  const others = mirrorsOf(doc).filter((m) => ![mirror, ...previous].some((p) => sameMirror(m, p)));
   const out: Record<string, unknown> = { ...doc };
   out[KEY] = [mirror, ...others];
   return out;
 }
 
-function withoutMirror(doc: Record<string, unknown>, mirror: string, keepEmptyKey: boolean): Record<string, unknown> {
+function withoutMirrors(doc: Record<string, unknown>, mirrors: string[], keepEmptyKey: boolean): Record<string, unknown> {
   const out: Record<string, unknown> = { ...doc };
-  const rest = mirrorsOf(doc).filter((m) => !sameMirror(m, mirror));
+  const rest = mirrorsOf(doc).filter((m) => !mirrors.some((ours) => sameMirror(m, ours)));
   if (rest.length === 0 && !keepEmptyKey) delete out[KEY];
   else out[KEY] = rest;
   return out;
 }
 
+/** The bytes before the agent, and their keys (undefined when they were not JSON the agent can compare). */
+function originalOf(state: DockerState): { bytes: Buffer | null; doc: Record<string, unknown> | undefined } {
+  const bytes = state.original === null ? null : Buffer.from(state.original, 'base64');
+  try {
+    return { bytes, doc: bytes ? parseDaemonJson(bytes) : {} };
+  } catch {
+    return { bytes, doc: undefined };
+  }
+}
+
+/** `doc` with the agent's entries taken out, the key kept when the original had it. */
+function strippedLikeOriginal(doc: Record<string, unknown>, state: DockerState, originalDoc: Record<string, unknown> | undefined): Record<string, unknown> {
+  return withoutMirrors(doc, ourMirrors(state), originalDoc !== undefined && KEY in originalDoc);
+}
+
+/**
+ * Is `doc`, without the agent's entries, the original? True for the agent's own intermediate
+ * files too (a removal cut short after its reload step: our entry out, an empty key kept, the
+ * keys reformatted), so none of them is ever taken for a file of the user's.
+ */
+function isOriginalWithoutOurs(doc: Record<string, unknown>, state: DockerState): boolean {
+  const { doc: originalDoc } = originalOf(state);
+  return originalDoc !== undefined && isDeepStrictEqual(strippedLikeOriginal(doc, state, originalDoc), originalDoc);
+}
+
+/** Did the agent leave daemon.json like this? A file that is gone is the original again only when there was none. */
+function isAgentsFile(current: Buffer | null, doc: Record<string, unknown>, state: DockerState): boolean {
+  if (current === null) return state.original === null;
+  return hasOurEntry(doc, state) || isOriginalWithoutOurs(doc, state);
+}
+
 export interface DockerApplyPlan {
   /** New daemon.json text, or null when the file already says what it should. */
   text: string | null;
+  /** The state file while `text` is written: it names every entry of the agent's the file may hold. */
+  during: DockerState;
+  /** The state file once `text` is in place. */
   state: DockerState;
 }
 
 /**
  * Apply: our mirror goes first into registry-mirrors and every other key stays. When the file
- * does not carry our entry (first run, or someone rewrote it), its current bytes become the
- * original that removal restores.
+ * carries neither an entry of ours nor the original's keys (first run, or someone rewrote it),
+ * its current bytes become the original that removal restores. A file of the agent's own making
+ * never does: one with an entry of ours (also one it was replacing when a move was cut short), or
+ * one that is the original without our entry (a removal cut short).
  */
 export function planDockerApply(current: Buffer | null, state: DockerState | null, mirror: string): DockerApplyPlan {
   const doc = current ? parseDaemonJson(current) : {};
-  const ours = state !== null && mirrorsOf(doc).some((m) => sameMirror(m, state.mirror));
-  if (ours) {
+  if (state !== null && isAgentsFile(current, doc, state)) {
+    const settled: DockerState = { mirror, original: state.original };
+    const stale = mirrorsOf(doc).filter((m) => isOurs(m, state) && !sameMirror(m, mirror));
     const first = mirrorsOf(doc)[0];
-    if (sameMirror(state.mirror, mirror) && first !== undefined && sameMirror(first, mirror)) {
-      return { text: null, state };
-    }
-    return { text: serialize(withMirror(doc, mirror, state.mirror), current), state: { mirror, original: state.original } };
+    if (stale.length === 0 && first !== undefined && sameMirror(first, mirror)) return { text: null, during: settled, state: settled };
+    const during = stale.length > 0 ? { ...settled, replacing: stale } : settled;
+    return { text: serialize(withMirror(doc, mirror, ourMirrors(state)), current), during, state: settled };
   }
-  const original = current ? current.toString('base64') : null;
-  return { text: serialize(withMirror(doc, mirror), current), state: { mirror, original } };
+  const settled: DockerState = { mirror, original: current ? current.toString('base64') : null };
+  return { text: serialize(withMirror(doc, mirror), current), during: settled, state: settled };
 }
 
 export type DockerRemovePlan =
@@ -95,7 +151,7 @@ export type DockerRemovePlan =
   | { action: 'delete' };
 
 /**
- * Remove: only our entry comes out. When nothing else changed since the agent wrote the file,
+ * Remove: only our entries come out. When nothing else changed since the agent wrote the file,
  * the original bytes come back exactly (or the file goes, when there was none). That holds too
  * when a removal was cut short after its interim reload (our entry already out, the key kept,
  * the keys reformatted): the state file is still there, and the original comes back.
@@ -103,41 +159,47 @@ export type DockerRemovePlan =
 export function planDockerRemove(current: Buffer | null, state: DockerState | null): DockerRemovePlan {
   if (state === null || current === null) return { action: 'none' };
   const doc = parseDaemonJson(current);
-  const ours = mirrorsOf(doc).some((m) => sameMirror(m, state.mirror));
-  const originalBytes = state.original === null ? null : Buffer.from(state.original, 'base64');
-  if (!ours) {
+  const { bytes: originalBytes, doc: originalDoc } = originalOf(state);
+  const restore: DockerRemovePlan = originalBytes === null ? { action: 'delete' } : { action: 'write', bytes: originalBytes };
+  if (!hasOurEntry(doc, state)) {
     // Our entry is out: an interrupted removal when the rest is the original (restore it), else
     // someone else's file now (leave it).
     if (originalBytes !== null && current.equals(originalBytes)) return { action: 'none' };
-    let original: Record<string, unknown>;
-    try {
-      original = originalBytes ? parseDaemonJson(originalBytes) : {};
-    } catch {
-      return { action: 'none' };
-    }
-    const rest = withoutMirror(doc, state.mirror, KEY in original);
-    if (!isDeepStrictEqual(rest, original)) return { action: 'none' };
-    return originalBytes === null ? { action: 'delete' } : { action: 'write', bytes: originalBytes };
+    return isOriginalWithoutOurs(doc, state) ? restore : { action: 'none' };
   }
-  let originalDoc: Record<string, unknown> | undefined;
-  try {
-    originalDoc = originalBytes ? parseDaemonJson(originalBytes) : {};
-  } catch {
-    originalDoc = undefined; // an original that was not JSON cannot be compared; keep the edit minimal
-  }
-  const stripped = withoutMirror(doc, state.mirror, originalDoc !== undefined && KEY in originalDoc);
-  if (originalDoc !== undefined && isDeepStrictEqual(stripped, originalDoc)) {
-    return originalBytes === null ? { action: 'delete' } : { action: 'write', bytes: originalBytes };
-  }
+  const stripped = strippedLikeOriginal(doc, state, originalDoc);
+  // an original that was not JSON cannot be compared; keep the edit minimal
+  if (originalDoc !== undefined && isDeepStrictEqual(stripped, originalDoc)) return restore;
   return { action: 'write', bytes: Buffer.from(serialize(stripped, current)) };
 }
 
 /**
- * daemon.json with `mirror` out of registry-mirrors but the key kept (possibly empty): dockerd's
- * SIGHUP reload leaves registry-mirrors as they were when the key is missing from the file.
+ * daemon.json with the agent's entries out of registry-mirrors but the key kept (possibly empty):
+ * dockerd's SIGHUP reload leaves registry-mirrors as they were when the key is missing from the file.
  */
-export function daemonJsonForReload(current: Buffer, mirror: string): string {
-  return serialize(withoutMirror(parseDaemonJson(current), mirror, true), current);
+export function daemonJsonForReload(current: Buffer, state: DockerState): string {
+  return serialize(withoutMirrors(parseDaemonJson(current), ourMirrors(state), true), current);
+}
+
+/** What dockerd's command line says that bears on daemon.json. */
+export interface DockerdFlags {
+  /** `--registry-mirror` values (trailing slash dropped): dockerd refuses registry-mirrors in daemon.json as well. */
+  registryMirrors: string[];
+  /** `--config-file`: the daemon.json dockerd reads, when not the default. */
+  configFile: string | undefined;
+}
+
+/** Reads `--registry-mirror X`, `--registry-mirror=X` and `--config-file` from dockerd's arguments (argv[0] first). */
+export function dockerdFlags(argv: string[]): DockerdFlags {
+  const flags: DockerdFlags = { registryMirrors: [], configFile: undefined };
+  for (let i = 1; i < argv.length && argv[i] !== '--'; i++) {
+    const match = /^--(registry-mirror|config-file)(?:=(.*))?$/s.exec(argv[i]!);
+    if (!match) continue;
+    const value = match[2] ?? argv[++i] ?? '';
+    if (match[1] === 'config-file') flags.configFile = value;
+    else flags.registryMirrors.push(value.replace(/\/+$/, ''));
+  }
+  return flags;
 }
 
 /** The `pidfile` daemon.json names, if any: dockerd writes its pid there. */

@@ -15,6 +15,7 @@ import { runNodeAgent, startMirroredRegistries, type MirroredRegistries } from '
 let cert: TestCertificate;
 let secure: MirroredRegistries;
 let root: string;
+let daemonJson: string;
 
 before(async () => {
   cert = await makeCertificate();
@@ -22,7 +23,9 @@ before(async () => {
   await secure.push(secure.hub, 'library/etcd', 'v1');
   root = await makeTempDir('mirror-ca-node');
   await mkdir(path.join(root, 'docker'), { recursive: true });
-  await writeFile(path.join(root, 'docker/daemon.json'), '{}\n');
+  // a pidfile nobody wrote: no dockerd is signalled or looked up in /proc (where another test's may run)
+  daemonJson = `{"pidfile": "${path.join(root, 'no-dockerd.pid')}"}\n`;
+  await writeFile(path.join(root, 'docker/daemon.json'), daemonJson);
   await mkdir(path.join(root, 'registries.conf.d'), { recursive: true });
 });
 
@@ -71,7 +74,7 @@ test('removal takes the CA files and their host directories away, and leaves cer
   assert.deepEqual(await readdir(path.join(root, 'docker/certs.d')), []);
   assert.deepEqual(await readdir(path.join(root, 'containers/certs.d')), []);
   assert.deepEqual(await readdir(path.join(root, 'registries.conf.d')), []);
-  assert.equal(await readFile(path.join(root, 'docker/daemon.json'), 'utf8'), '{}\n', 'the original daemon.json is back');
+  assert.equal(await readFile(path.join(root, 'docker/daemon.json'), 'utf8'), daemonJson, 'the original daemon.json is back');
 });
 
 test('a mirror that moves (a new Service address) takes the CA put for its old address away, so removal leaves nothing', async () => {

@@ -4,6 +4,8 @@ import { randomBytes } from 'node:crypto';
 import { constants } from 'node:fs';
 import { chown, mkdir, open, readFile, rename, rm, rmdir, stat } from 'node:fs/promises';
 import path from 'node:path';
+// for the symbolic-link helpers
+import { lstat, readlink, realpath } from 'node:fs/promises';
 
 function isNotFound(error: unknown): boolean {
   const code = (error as NodeJS.ErrnoException).code;
@@ -41,6 +43,39 @@ export async function isDirectory(dir: string): Promise<boolean> {
     if (isNotFound(error)) return false;
     throw error;
   }
+}
+
+/** Is `file` a symbolic link (whether or not what it names is there)? */
+export async function isSymbolicLink(file: string): Promise<boolean> {
+  const info = await lstat(file).catch((error: unknown) => {
+    if (isNotFound(error)) return undefined;
+    throw error;
+  });
+  return info?.isSymbolicLink() ?? false;
+}
+
+/**
+ * Where reads and writes of `file` go so that a symbolic link stays one (configuration
+ * management often keeps the real file elsewhere): the file the link resolves to, through any
+ * chain of links, or `file` itself when it is no link or does not exist. A link to nothing is an
+ * error: a write would replace the link, or make a file nothing reads.
+ */
+export async function linkTarget(file: string): Promise<string> {
+  if (!(await isSymbolicLink(file))) return file;
+  try {
+    return await realpath(file);
+  } catch (error) {
+    if (!isNotFound(error)) throw error;
+    throw new Error(`${file} is a symbolic link to ${await readlink(file)}, which is not there as the agent sees it; left untouched, since writing would replace the link (if it is there on the node, mount its directory into the agent's pod at the path the link names)`);
+  }
+}
+
+/**
+ * `dev:ino` of what `file` names (links followed), to tell whether two paths are one file; undefined
+ * when it cannot be looked at, for whatever reason (absent, or another process's root closed to us).
+ */
+export async function fileIdentity(file: string): Promise<string | undefined> {
+  return stat(file).then((info) => `${info.dev}:${info.ino}`, () => undefined);
 }
 
 /**

@@ -1,6 +1,7 @@
 // Finding a runtime daemon to signal. A pid from a pidfile is trusted only when /proc says the
 // process has the expected name: in a pod without hostPID the same number is someone else.
 import { readdir } from 'node:fs/promises';
+import path from 'node:path';
 import { readTextOrNull } from './node-files.ts';
 
 async function commOf(pid: number, procRoot: string): Promise<string | undefined> {
@@ -37,4 +38,25 @@ export async function findDaemon(comm: string, pidFiles: string[], scan: boolean
   if (matches.length === 1) return { found: true, pid: matches[0]!, via: procRoot };
   if (matches.length > 1) return { found: false, reason: `${matches.length} ${comm} processes and no pidfile (${pidFiles.join(', ')}) names one` };
   return { found: false, reason: `no ${comm} process visible (pidfile ${pidFiles.join(', ') || 'none'}; the DaemonSet needs hostPID)` };
+}
+
+/** The process's arguments (argv[0] first) from /proc/<pid>/cmdline; undefined when it is gone. */
+export async function commandLine(pid: number, procRoot = '/proc'): Promise<string[] | undefined> {
+  const raw = await readTextOrNull(`${procRoot}/${pid}/cmdline`);
+  return raw === null ? undefined : raw.replace(/\0$/, '').split('\0');
+}
+
+/**
+ * `pid@start time` (field 22 of /proc/<pid>/stat, counted after the parenthesised name): a
+ * process restarted under the same pid is another one. undefined when it is gone.
+ */
+export async function processIdentity(pid: number, procRoot = '/proc'): Promise<string | undefined> {
+  const stat = await readTextOrNull(`${procRoot}/${pid}/stat`);
+  const fields = stat?.slice(stat.lastIndexOf(')') + 2).split(' ');
+  return fields?.[19] ? `${pid}@${fields[19]}` : undefined;
+}
+
+/** `file` as the process sees it (its root, or its working directory for a relative path), through /proc. */
+export function pathSeenBy(pid: number, file: string, procRoot = '/proc'): string {
+  return path.isAbsolute(file) ? path.join(procRoot, String(pid), 'root', file) : path.join(procRoot, String(pid), 'cwd', file);
 }

@@ -1,8 +1,10 @@
 // One reconcile pass per runtime: read what is on the node, ask the pure writers what should be
 // there, change only what differs. Level-triggered and idempotent: running it twice changes nothing.
+import { createHash } from 'node:crypto';
 import http from 'node:http';
 import { readdir } from 'node:fs/promises';
 import path from 'node:path';
+import { isDeepStrictEqual } from 'node:util';
 import { parse } from 'smol-toml';
 import type { Logger } from '../common/logger.ts';
 import type { AgentConfig, Runtime } from './config.ts';
@@ -14,13 +16,15 @@ import {
   CRIO_DROP_IN, crioDropIn, crioDropInMirrorHosts, crioDropInPointsAt, crioRegistryPrefixes, isManagedCrioDropIn, loadsAfterCrioDropIn,
 } from './crio.ts';
 import {
-  DaemonJsonError, daemonJsonForReload, daemonJsonPidFile, daemonJsonSocket, mirrorsInDockerInfo, planDockerApply, planDockerRemove, type DockerState,
+  DaemonJsonError, daemonJsonForReload, daemonJsonPidFile, daemonJsonSocket, dockerdFlags, mirrorsInDockerInfo, ourMirrors, planDockerApply, planDockerRemove,
+  type DockerdFlags, type DockerRemovePlan, type DockerState,
 } from './docker.ts';
 import {
   exists, isDirectory, moveFile, readFileOrNull, readTextOrNull, removeDirIfEmpty, removeFile, writeFileAtomic,
 } from './node-files.ts';
-import { findDaemon } from './processes.ts';
+import { commandLine, findDaemon, pathSeenBy, processIdentity } from './processes.ts';
 import { CA_FILE_NAME, certsDirCaFile, readMirrorCa, syncCaFile } from './mirror-ca.ts';
+import { fileIdentity, isSymbolicLink, linkTarget } from './node-files.ts';
 
 export interface RuntimeStatus {
   runtime: Runtime;
@@ -255,7 +259,9 @@ async function readDockerState(file: string): Promise<DockerState | null> {
   try {
     const value = JSON.parse(text) as Partial<DockerState>;
     if (typeof value.mirror === 'string' && (typeof value.original === 'string' || value.original === null)) {
-      return { mirror: value.mirror, original: value.original };
+      const replacing = Array.isArray(value.replacing) ? value.replacing.filter((m) => typeof m === 'string') : [];
+      const refused = typeof value.refused?.dockerd === 'string' && typeof value.refused.file === 'string' ? { dockerd: value.refused.dockerd, file: value.refused.file } : undefined;
+      return { mirror: value.mirror, original: value.original, ...(replacing.length > 0 ? { replacing } : {}), ...(refused ? { refused } : {}) };
     }
   } catch {
     // a damaged state file is treated as absent: the current file becomes the original
@@ -263,10 +269,40 @@ async function readDockerState(file: string): Promise<DockerState | null> {
   return null;
 }
 
+async function writeDockerState(file: string, state: DockerState): Promise<void> {
+  await writeFileAtomic(file, `${JSON.stringify(state)}\n`, { mode: 0o600, keepMode: false });
+}
+
 /** daemon.json's own pidfile is authoritative (that dockerd wrote it); otherwise the configured one, then /proc. */
 function lookUpDockerd(config: AgentConfig, daemonJson: Buffer | null) {
   const named = daemonJsonPidFile(daemonJson);
   return named ? findDaemon('dockerd', [named], false) : findDaemon('dockerd', [config.dockerPidFile], true);
+}
+
+/** The node's dockerd as the agent sees it (hostPID): what to signal, what it was started with, where it answers. */
+interface Dockerd {
+  pid: number;
+  via: string;
+  /** `pid@start time`; the pid alone when /proc no longer says. */
+  identity: string;
+  flags: DockerdFlags;
+  socket: string;
+}
+
+async function findDockerd(ctx: ReconcileContext, daemonJson: Buffer | null): Promise<Dockerd | undefined> {
+  const { config, notices } = ctx;
+  const lookup = await lookUpDockerd(config, daemonJson);
+  if (!lookup.found) {
+    notices.warn(`dockerd-not-found:${lookup.reason}`, 'dockerd not found: not signalled (it reads daemon.json when it starts), and its command line not checked for --registry-mirror or --config-file', { reason: lookup.reason });
+    return undefined;
+  }
+  return {
+    pid: lookup.pid,
+    via: lookup.via,
+    identity: (await processIdentity(lookup.pid)) ?? String(lookup.pid),
+    flags: dockerdFlags((await commandLine(lookup.pid)) ?? []),
+    socket: daemonJsonSocket(daemonJson) ?? config.dockerSocket,
+  };
 }
 
 /** GET /info on dockerd's socket; undefined when the socket does not answer. */
@@ -292,39 +328,228 @@ function dockerInfo(socketPath: string): Promise<unknown> {
 const sleep = (ms: number): Promise<void> => new Promise((resolve) => setTimeout(resolve, ms));
 
 /**
- * Brings the running dockerd in line with daemon.json: when GET /info does not show the mirror as
- * `expect` says (or cannot be asked, right after the file changed), SIGHUP and wait, bounded,
- * until it does. Level-triggered: a reload that failed is tried again on the next pass.
- * Returns a problem, or undefined when dockerd has it right or cannot be reached at all.
+ * Brings the running dockerd in line with daemon.json: when GET /info does not show the mirrors as
+ * `expect` says (all of them live, or none), or cannot be asked right after the file changed,
+ * SIGHUP and wait, bounded, until it does. `refused`: dockerd answered all along but did not
+ * take the file (its log says why); `cannot-tell`: its socket does not answer.
  */
-async function syncDockerd(ctx: ReconcileContext, daemonJson: Buffer | null, mirror: string, expect: boolean, fileChanged: boolean): Promise<string | undefined> {
-  const { config, log, notices } = ctx;
-  const lookup = await lookUpDockerd(config, daemonJson);
-  if (!lookup.found) {
-    notices.warn(`dockerd-not-found:${lookup.reason}`, 'dockerd not signalled: it reads daemon.json when it starts', { reason: lookup.reason });
-    return undefined;
-  }
-  const socket = daemonJsonSocket(daemonJson) ?? config.dockerSocket;
-  const before = await dockerInfo(socket);
-  if (before !== undefined && mirrorsInDockerInfo(before).includes(mirror) === expect) return undefined;
-  if (before === undefined && !fileChanged) return undefined; // cannot tell; signalled when the file changed
-  process.kill(lookup.pid, 'SIGHUP');
-  log.info({ pid: lookup.pid, via: lookup.via }, 'dockerd sent SIGHUP to reload registry-mirrors');
+async function syncDockerd(ctx: ReconcileContext, dockerd: Dockerd, mirrors: string[], expect: boolean, fileChanged: boolean): Promise<'in-line' | 'refused' | 'cannot-tell'> {
+  const { log, notices } = ctx;
+  const wanted = mirrors.map((m) => m.replace(/\/+$/, ''));
+  const inLine = (info: unknown): boolean => {
+    const live = mirrorsInDockerInfo(info);
+    return expect ? wanted.every((m) => live.includes(m)) : !wanted.some((m) => live.includes(m));
+  };
+  const before = await dockerInfo(dockerd.socket);
+  if (before !== undefined && inLine(before)) return 'in-line';
+  if (before === undefined && !fileChanged) return 'cannot-tell'; // signalled when the file changed
+  process.kill(dockerd.pid, 'SIGHUP');
+  log.info({ pid: dockerd.pid, via: dockerd.via }, 'dockerd sent SIGHUP to reload registry-mirrors');
   for (let attempt = 0; attempt < 50; attempt++) {
-    const info = await dockerInfo(socket);
+    const info = await dockerInfo(dockerd.socket);
     if (info === undefined) {
-      notices.warn(`docker-socket:${socket}`, 'dockerd socket does not answer; cannot confirm the reload', { socket });
+      notices.warn(`docker-socket:${dockerd.socket}`, 'dockerd socket does not answer; cannot confirm the reload', { socket: dockerd.socket });
       await sleep(1000); // give the reload a moment before anything rewrites the file again
-      return undefined;
+      return 'cannot-tell';
     }
-    if (mirrorsInDockerInfo(info).includes(mirror) === expect) return undefined;
+    if (inLine(info)) return 'in-line';
     await sleep(100);
   }
-  return `dockerd did not ${expect ? 'take up' : 'drop'} registry mirror ${mirror} after SIGHUP (see dockerd's log: a --registry-mirror flag conflicts with daemon.json)`;
+  return 'refused';
+}
+
+/**
+ * Is dockerd's --config-file the file the agent writes? Looked at as dockerd sees it
+ * (/proc/<pid>/root): the same directory and name, or the same file. Where that view is closed to
+ * the agent, by path: the same, or the agent's under a prefix (the pod mounts /etc/docker at /host/etc/docker).
+ */
+async function isDockerdConfigFile(dockerd: Dockerd, configFile: string, file: string): Promise<boolean> {
+  const theirs = pathSeenBy(dockerd.pid, configFile);
+  const [theirDir, ourDir] = await Promise.all([fileIdentity(path.dirname(theirs)), fileIdentity(path.dirname(file))]);
+  if (theirDir !== undefined && ourDir !== undefined) {
+    if (theirDir === ourDir && path.basename(configFile) === path.basename(file)) return true;
+    const theirFile = await fileIdentity(theirs);
+    return theirFile !== undefined && theirFile === (await fileIdentity(file));
+  }
+  const absolute = path.resolve('/', configFile);
+  return path.resolve(file) === absolute || path.resolve(file).endsWith(absolute);
+}
+
+/**
+ * What on dockerd's command line keeps it from taking registry-mirrors from the agent's
+ * daemon.json: a --registry-mirror flag (dockerd then refuses to start, or reload, with the key
+ * in the file as well) or a --config-file that is another file. `usesMirror`: the flag names the
+ * mirror already, which is as good as the file.
+ */
+async function dockerdConflict(ctx: ReconcileContext, dockerd: Dockerd, file: string): Promise<{ usesMirror: boolean; problem?: string } | undefined> {
+  const { config, notices } = ctx;
+  const { registryMirrors, configFile } = dockerd.flags;
+  if (registryMirrors.length > 0) {
+    if (registryMirrors.includes(config.mirror)) {
+      notices.info(`dockerd-flag-names-mirror:${dockerd.identity}`, "dockerd's --registry-mirror flag names the mirror: Docker uses it, and daemon.json is left without it (dockerd refuses registry-mirrors in both)", { pid: dockerd.pid, flags: registryMirrors, file });
+      return { usesMirror: true };
+    }
+    return {
+      usesMirror: false,
+      problem: `dockerd (pid ${dockerd.pid}) runs with --registry-mirror ${registryMirrors.join(', ')} on its command line, and dockerd refuses to start (and to reload) when daemon.json sets registry-mirrors as well, so ${file} is left without the mirror. Put --registry-mirror ${config.mirror} first among dockerd's flags, or drop the flag so the agent can manage registry-mirrors in daemon.json; the flags are where dockerd is started (systemd: ExecStart in docker.service or a drop-in in /etc/systemd/system/docker.service.d/), and take effect when dockerd restarts`,
+    };
+  }
+  if (configFile !== undefined && !(await isDockerdConfigFile(dockerd, configFile, file))) {
+    return {
+      usesMirror: false,
+      problem: `dockerd (pid ${dockerd.pid}) reads its configuration from --config-file ${configFile}, not from ${file} that the agent writes (--docker-daemon-json); ${file} left untouched. Point --docker-daemon-json at ${configFile} as the agent's pod sees it (mount its directory), or start dockerd without --config-file`,
+    };
+  }
+  return undefined;
+}
+
+interface DockerFiles {
+  /** daemon.json as configured (a symbolic link, maybe). */
+  file: string;
+  /** What reads and writes of it go to: the link's target, else `file`. */
+  target: string;
+  stateFile: string;
+}
+
+const digest = (bytes: Buffer | null): string => (bytes === null ? 'absent' : createHash('sha256').update(bytes).digest('hex'));
+
+/** daemon.json as a removal plan leaves it (null: no file). */
+function afterRemoval(plan: DockerRemovePlan, current: Buffer | null): Buffer | null {
+  if (plan.action === 'write') return plan.bytes;
+  return plan.action === 'delete' ? null : current;
+}
+
+/**
+ * Takes the agent's entries out of daemon.json as `plan` says. With `reload`, first a form with our
+ * entries out and the key kept, for dockerd (when it is found) to reload: it keeps its old mirrors
+ * on a reload of a file without registry-mirrors, so an original without the key would leave our
+ * mirror live.
+ */
+async function carryOutDockerRemoval(ctx: ReconcileContext, s: RuntimeStatus, files: DockerFiles, state: DockerState, current: Buffer, plan: Exclude<DockerRemovePlan, { action: 'none' }>, reload: { dockerd: Dockerd | undefined } | undefined): Promise<void> {
+  if (reload) {
+    await writeFileAtomic(files.target, daemonJsonForReload(current, state), { keepMode: true });
+    if (reload.dockerd && (await syncDockerd(ctx, reload.dockerd, ourMirrors(state), false, true)) === 'refused') {
+      notUsed(s, `dockerd (pid ${reload.dockerd.pid}) did not drop registry mirror ${ourMirrors(state).join(', ')} after SIGHUP (its log says why); it does when it restarts`);
+    }
+  }
+  if (plan.action === 'write') await writeFileAtomic(files.target, plan.bytes, { keepMode: true });
+  else await removeFile(files.target);
+  s.changed.push(files.file);
+  const restored = plan.action === 'delete' || (state.original !== null && plan.bytes.equals(Buffer.from(state.original, 'base64')));
+  ctx.log.info({ file: files.file, restoredOriginal: restored }, 'docker daemon.json: registry mirror taken out');
+}
+
+/** Removal: our entries out of daemon.json (the original back), their CA files and the state file gone. */
+async function removeDockerEntries(ctx: ReconcileContext, s: RuntimeStatus, files: DockerFiles, state: DockerState, current: Buffer | null): Promise<void> {
+  const plan = planDockerRemove(current, state);
+  if (plan.action !== 'none' && current !== null) {
+    const dockerd = await findDockerd(ctx, current);
+    // beside a --registry-mirror flag, a file with the key (even empty) keeps dockerd from starting, and no reload works
+    const flagged = dockerd !== undefined && dockerd.flags.registryMirrors.length > 0;
+    await carryOutDockerRemoval(ctx, s, files, state, current, plan, flagged ? undefined : { dockerd });
+  }
+  for (const mirror of ourMirrors(state)) {
+    const caFile = certsDirCaFile(ctx.config.dockerCertsDir, mirror);
+    if (await syncCaFile(caFile, undefined, true)) s.changed.push(caFile);
+  }
+  await removeFile(files.stateFile);
+}
+
+/**
+ * dockerd's command line rules registry-mirrors in daemon.json out: an entry of the agent's from
+ * before (written before the flag came, or by an agent that did not look) would keep dockerd from
+ * starting, so it goes and the file gets its original back. The state file then records the
+ * refusal for the file as it is, so that no pass writes the entry while dockerd is out of sight
+ * (restarting) and cannot be checked.
+ */
+async function leaveDockerdItsFile(ctx: ReconcileContext, s: RuntimeStatus, files: DockerFiles, dockerd: Dockerd, previous: DockerState | null, current: Buffer | null): Promise<void> {
+  let left = current;
+  const removal = planDockerRemove(current, previous);
+  if (previous !== null && current !== null && removal.action !== 'none') {
+    await carryOutDockerRemoval(ctx, s, files, previous, current, removal, undefined);
+    left = afterRemoval(removal, current);
+  }
+  const record: DockerState = { mirror: ctx.config.mirror, original: left === null ? null : left.toString('base64'), refused: { dockerd: dockerd.identity, file: digest(left) } };
+  if (!isDeepStrictEqual(record, previous)) await writeDockerState(files.stateFile, record);
+}
+
+/**
+ * Why daemon.json is not to get the mirror now, when dockerd refused it before (the state file's
+ * record, for the file as it still is): the same dockerd runs and does not have the mirror, or no
+ * dockerd is in sight to check again. undefined when the agent may try.
+ */
+async function standingRefusal(dockerd: Dockerd | undefined, previous: DockerState | null, current: Buffer | null, mirror: string): Promise<string | undefined> {
+  const refused = previous?.refused;
+  if (!refused || refused.file !== digest(current)) return undefined;
+  if (!dockerd) return `dockerd could not take it when last seen (${refused.dockerd}: a --registry-mirror flag, or a refused reload), and no dockerd is in sight now to check again`;
+  if (refused.dockerd !== dockerd.identity || mirrorsInDockerInfo(await dockerInfo(dockerd.socket)).includes(mirror)) return undefined;
+  return `dockerd (pid ${dockerd.pid}) refused it with the mirror on an earlier reload (its log says why: "unable to configure the Docker daemon with file ...")`;
+}
+
+async function applyDocker(ctx: ReconcileContext, s: RuntimeStatus, files: DockerFiles): Promise<void> {
+  const { config, log, notices } = ctx;
+  const { file, target, stateFile } = files;
+  for (const registry of config.registries.filter((r) => r !== 'docker.io')) {
+    notices.warn(`docker-hub-only:${registry}`, `Docker's registry-mirrors cover Docker Hub only: ${registry} pulls on Docker nodes go straight to ${registry}`, { registry });
+  }
+  const ca = await mirrorCaFor(ctx, s);
+  const current = await readFileOrNull(target);
+  const previous = await readDockerState(stateFile);
+  let plan;
+  try {
+    plan = planDockerApply(current, previous, config.mirror);
+  } catch (error) {
+    if (!(error instanceof DaemonJsonError)) throw error;
+    fail(s, `${file}: ${error.message}; left untouched`);
+    return;
+  }
+  for (const old of previous ? ourMirrors(previous).filter((m) => m !== config.mirror) : []) {
+    const oldCaFile = certsDirCaFile(config.dockerCertsDir, old);
+    if (await syncCaFile(oldCaFile, undefined, true)) s.changed.push(oldCaFile);
+  }
+  const caFile = certsDirCaFile(config.dockerCertsDir, config.mirror);
+  const dockerd = await findDockerd(ctx, current);
+  const conflict = dockerd && (await dockerdConflict(ctx, dockerd, file));
+  if (dockerd && conflict) {
+    await leaveDockerdItsFile(ctx, s, files, dockerd, previous, current);
+    // with the mirror in the flag, dockerd asks it, and reads certs.d per connection
+    if (await syncCaFile(caFile, conflict.usesMirror ? ca : undefined, true)) s.changed.push(caFile);
+    if (conflict.problem) fail(s, conflict.problem);
+    return;
+  }
+  // dockerd reads certs.d per connection: the CA is in place before daemon.json names the mirror
+  if (await syncCaFile(caFile, ca, true)) s.changed.push(caFile);
+  const refusal = await standingRefusal(dockerd, previous, current, config.mirror);
+  if (refusal) {
+    fail(s, `${file} is left without registry mirror ${config.mirror}: ${refusal}; the agent tries again when ${file} changes or dockerd restarts`);
+    return;
+  }
+  let written = current;
+  if (plan.text !== null) {
+    // State first, naming every entry of ours the file holds: if the agent dies between the two
+    // writes, the next pass still knows the original and which entries are its own.
+    await writeDockerState(stateFile, plan.during);
+    await writeFileAtomic(target, plan.text, { mode: 0o644, keepMode: true });
+    written = Buffer.from(plan.text);
+    s.changed.push(file);
+    log.info({ file, mirror: config.mirror }, 'docker daemon.json: registry mirror merged');
+  }
+  if (!isDeepStrictEqual(plan.state, plan.text !== null ? plan.during : previous)) await writeDockerState(stateFile, plan.state);
+  if (!dockerd || written === null) return;
+  if ((await syncDockerd(ctx, dockerd, [config.mirror], true, plan.text !== null)) !== 'refused') return;
+  // dockerd answers but did not take the file. What it refuses on a reload it also refuses when it
+  // starts, so the file does not stay like this: our entries go again (the state file first, so
+  // that a kill in between still finds them ours), and the same file is not offered to the same
+  // dockerd again.
+  const removal = planDockerRemove(written, plan.state);
+  await writeDockerState(stateFile, { ...plan.state, refused: { dockerd: dockerd.identity, file: digest(afterRemoval(removal, written)) } });
+  if (removal.action !== 'none') await carryOutDockerRemoval(ctx, s, files, plan.state, written, removal, undefined);
+  fail(s, `dockerd (pid ${dockerd.pid}) did not take up registry mirror ${config.mirror} within 5 s of SIGHUP: it refused ${file} (its log says why: "unable to configure the Docker daemon with file ..."). A file dockerd refuses on a reload also stops it at its next start, so the agent took its entry out again; it tries again when ${file} changes or dockerd restarts`);
 }
 
 async function dockerPresent(config: AgentConfig): Promise<boolean> {
-  if (await exists(config.dockerDaemonJson)) return true;
+  // a link to nothing counts: the pass says what is wrong with it
+  if ((await exists(config.dockerDaemonJson)) || (await isSymbolicLink(config.dockerDaemonJson))) return true;
   return (await findDaemon('dockerd', [config.dockerPidFile], true)).found;
 }
 
@@ -337,80 +562,36 @@ function dockerSkipReason(config: AgentConfig): string | undefined {
 }
 
 export async function reconcileDocker(ctx: ReconcileContext): Promise<RuntimeStatus> {
-  const { config, log, notices } = ctx;
+  const { config, notices } = ctx;
   const s = status('docker', await dockerPresent(config));
   if (!s.present) return s;
   const file = config.dockerDaemonJson;
-  const stateFile = dockerStateFile(file);
   s.watch.push(path.dirname(file));
+  // A daemon.json that is a symbolic link (configuration management keeps the real file elsewhere)
+  // is read and written through the link, which stays: later edits of its target still reach dockerd.
+  const files: DockerFiles = { file, target: await linkTarget(file), stateFile: dockerStateFile(file) };
+  if (files.target !== file) s.watch.push(path.dirname(files.target));
 
   const skip = config.mode === 'apply' ? dockerSkipReason(config) : undefined;
   if (config.mode === 'apply' && !skip) {
-    for (const registry of config.registries.filter((r) => r !== 'docker.io')) {
-      notices.warn(`docker-hub-only:${registry}`, `Docker's registry-mirrors cover Docker Hub only: ${registry} pulls on Docker nodes go straight to ${registry}`, { registry });
-    }
-    const ca = await mirrorCaFor(ctx, s);
-    const current = await readFileOrNull(file);
-    const previous = await readDockerState(stateFile);
-    let plan;
-    try {
-      plan = planDockerApply(current, previous, config.mirror);
-    } catch (error) {
-      if (!(error instanceof DaemonJsonError)) throw error;
-      fail(s, `${file}: ${error.message}; left untouched`);
-      return s;
-    }
-    // dockerd reads certs.d per connection: the CA is in place before daemon.json names the mirror
-    const caFile = certsDirCaFile(config.dockerCertsDir, config.mirror);
-    if (await syncCaFile(caFile, ca, true)) s.changed.push(caFile);
-    if (previous !== null && previous.mirror !== config.mirror) {
-      const oldCaFile = certsDirCaFile(config.dockerCertsDir, previous.mirror);
-      if (await syncCaFile(oldCaFile, undefined, true)) s.changed.push(oldCaFile);
-    }
-    let written = current;
-    if (plan.text !== null) {
-      // State first: if the agent dies between the two writes, the next pass still knows the original.
-      await writeFileAtomic(stateFile, `${JSON.stringify(plan.state)}\n`, { mode: 0o600, keepMode: false });
-      await writeFileAtomic(file, plan.text, { mode: 0o644, keepMode: true });
-      written = Buffer.from(plan.text);
-      s.changed.push(file);
-      log.info({ file, mirror: config.mirror }, 'docker daemon.json: registry mirror merged');
-    }
-    const problem = await syncDockerd(ctx, written, config.mirror, true, plan.text !== null);
-    if (problem) notUsed(s, problem);
+    await applyDocker(ctx, s, files);
     return s;
   }
 
   if (skip) notices.warn(`docker-skip:${skip}`, `Docker left alone: ${skip}`);
   // remove mode, or Docker is not to be configured: take our entry out if it is there. The state
   // file names the mirror whose entry it is; another RegistryMirror's is not ours to take out.
-  const state = await readDockerState(stateFile);
+  // The CA of this mirror is the agent's own file (an agent whose flag named the mirror wrote it without a state file).
+  const caFile = certsDirCaFile(config.dockerCertsDir, config.mirror);
+  if (await syncCaFile(caFile, undefined, true)) s.changed.push(caFile);
+  const state = await readDockerState(files.stateFile);
   if (state === null || state.mirror !== config.mirror) return s;
-  const current = await readFileOrNull(file);
-  let plan;
   try {
-    plan = planDockerRemove(current, state);
+    await removeDockerEntries(ctx, s, files, state, await readFileOrNull(files.target));
   } catch (error) {
     if (!(error instanceof DaemonJsonError)) throw error;
     fail(s, `${file}: ${error.message}; cannot take the mirror out`);
-    return s;
   }
-  if (plan.action !== 'none' && current !== null) {
-    // dockerd reloads registry-mirrors only when the key is in the file, so an original without
-    // the key would leave our mirror live: first reload with our entry out and the key kept.
-    const interim = daemonJsonForReload(current, state.mirror);
-    await writeFileAtomic(file, interim, { keepMode: true });
-    const problem = await syncDockerd(ctx, Buffer.from(interim), state.mirror.replace(/\/+$/, ''), false, true);
-    if (problem) notUsed(s, problem);
-    if (plan.action === 'write') await writeFileAtomic(file, plan.bytes, { keepMode: true });
-    else await removeFile(file);
-    s.changed.push(file);
-    const restored = plan.action === 'delete' || (state.original !== null && plan.bytes.equals(Buffer.from(state.original, 'base64')));
-    log.info({ file, restoredOriginal: restored }, 'docker daemon.json: registry mirror taken out');
-  }
-  const caFile = certsDirCaFile(config.dockerCertsDir, state.mirror);
-  if (await syncCaFile(caFile, undefined, true)) s.changed.push(caFile);
-  await removeFile(stateFile);
   return s;
 }
 

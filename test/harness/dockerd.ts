@@ -30,13 +30,18 @@ export interface Dockerd {
   output(): string;
   stop(): Promise<void>;
   kill9(): Promise<void>;
-  /** Starts again after stop() or kill9() with the same daemon.json and data. */
-  start(): Promise<void>;
+  /**
+   * Starts again after stop() or kill9() with the same daemon.json and data (and flags, unless
+   * new ones are given); throws with dockerd's output when it does not come up.
+   */
+  start(opts?: { flags?: string[] }): Promise<void>;
 }
 
 export interface StartDockerdOptions {
   /** Keys for daemon.json (registry-mirrors, ...), merged over the safe keys. */
   daemonJson?: Record<string, unknown>;
+  /** Command-line flags after `--config-file daemon.json` (as a systemd ExecStart adds them). */
+  flags?: string[];
   timeoutMs?: number;
 }
 
@@ -96,14 +101,16 @@ export async function startDockerd(opts: StartDockerdOptions = {}): Promise<Dock
   const env = { ...process.env, DOCKER_HOST: `unix://${socket}`, DOCKER_CONFIG: clientConfig };
   let server: ServerProcess | undefined;
   let earlierOutput = '';
-  const start = async (): Promise<void> => {
+  let flags = opts.flags ?? [];
+  const start = async (startOpts: { flags?: string[] } = {}): Promise<void> => {
     if (server && !server.exitStatus()) return;
+    flags = startOpts.flags ?? flags;
     if (server) earlierOutput += server.output();
     unmountUnder(dir);
     clearStaleContainerd(execRoot);
     server = await spawnServer(
       'dockerd',
-      ['--config-file', daemonJson],
+      ['--config-file', daemonJson, ...flags],
       {
         env,
         logFile: path.join(dir, 'dockerd.log'),
