@@ -2,7 +2,7 @@
 // that are atomic (temp file in the same directory, fsync, rename) and keep mode and owner.
 import { randomBytes } from 'node:crypto';
 import { constants } from 'node:fs';
-import { chown, mkdir, open, readFile, rename, rm, rmdir, stat } from 'node:fs/promises';
+import { chown, mkdir, open, readFile, readdir, rename, rm, rmdir, stat } from 'node:fs/promises';
 import path from 'node:path';
 
 function isNotFound(error: unknown): boolean {
@@ -39,6 +39,16 @@ export async function isDirectory(dir: string): Promise<boolean> {
     return (await stat(dir)).isDirectory();
   } catch (error) {
     if (isNotFound(error)) return false;
+    throw error;
+  }
+}
+
+/** Names of the entries in `dir`; none when it is absent or not a directory. */
+export async function listDir(dir: string): Promise<string[]> {
+  try {
+    return await readdir(dir);
+  } catch (error) {
+    if (isNotFound(error)) return [];
     throw error;
   }
 }

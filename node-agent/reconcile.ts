@@ -7,8 +7,9 @@ import { parse } from 'smol-toml';
 import type { Logger } from '../common/logger.ts';
 import type { AgentConfig, Runtime } from './config.ts';
 import {
-  containerdHostsToml, isManagedHostsToml, planHostsApply, planHostsRemove, readContainerdRegistrySetup, type HostsPlan,
+  containerdHostsToml, containerdRegistrySetup, isManagedHostsToml, planHostsApply, planHostsRemove, type ContainerdRegistrySetup, type HostsPlan,
 } from './containerd.ts';
+import { loadContainerdConfig } from './containerd-config.ts';
 import { basicAuthorization, readCredentials } from './credentials.ts';
 import { CRIO_DROP_IN, crioDropIn, crioDropInPointsAt, isManagedCrioDropIn } from './crio.ts';
 import {
@@ -136,19 +137,28 @@ async function registryDirs(hostsDir: string): Promise<string[]> {
   }
 }
 
+/** The problem when containerd's CRI does not read config_path, in words naming the files and what to change. */
+function noConfigPathProblem(configFile: string, setup: ContainerdRegistrySetup): string {
+  const version = `a version ${setup.version} config${setup.versionFile ? ` (version set in ${setup.versionFile})` : ' (no version set)'}`;
+  const misplaced = setup.misplaced.length > 0 ? ` config_path is set, but not where containerd reads it: ${setup.misplaced.join('; ')}.` : '';
+  return `containerd config ${configFile} does not set config_path under ${setup.registryTable}, the table containerd reads in ${version}, so containerd ignores hosts.toml.${misplaced} Set config_path = "/etc/containerd/certs.d" under ${setup.registryTable} and restart containerd (the agent does not rewrite config.toml)`;
+}
+
 /** Reports whether containerd will read the hosts directory at all. */
 async function checkContainerdConfig(ctx: ReconcileContext, s: RuntimeStatus): Promise<void> {
   const { config, notices } = ctx;
-  const text = await readTextOrNull(config.containerdConfig);
-  if (text === null) {
+  const loaded = await loadContainerdConfig(config.containerdConfig);
+  if (loaded === null) {
     notices.warn('containerd-no-config', 'containerd config.toml not found: cannot check that config_path is set (containerd 1.x ignores hosts.toml without it)', { file: config.containerdConfig });
     return;
   }
-  let setup;
-  try {
-    setup = readContainerdRegistrySetup(text);
-  } catch (error) {
-    notUsed(s, `containerd config ${config.containerdConfig} is not TOML the agent can read: ${(error as Error).message.split('\n')[0]}`);
+  if (loaded.problems.length > 0) {
+    for (const problem of loaded.problems) notUsed(s, problem);
+    return;
+  }
+  const setup = containerdRegistrySetup(loaded.files);
+  if (setup.unusable !== undefined) {
+    notUsed(s, `containerd config ${setup.versionFile ?? config.containerdConfig}: ${setup.unusable}`);
     return;
   }
   if (setup.criDisabled) {
@@ -156,7 +166,7 @@ async function checkContainerdConfig(ctx: ReconcileContext, s: RuntimeStatus): P
     return;
   }
   if (setup.configPath === undefined) {
-    notUsed(s, `containerd config ${config.containerdConfig} does not set config_path under [plugins."io.containerd.grpc.v1.cri".registry], so containerd ignores hosts.toml; set config_path = "/etc/containerd/certs.d" and restart containerd (the agent does not rewrite config.toml)`);
+    notUsed(s, noConfigPathProblem(config.containerdConfig, setup));
     return;
   }
   if (setup.legacyMirrors) {
