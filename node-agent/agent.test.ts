@@ -378,3 +378,27 @@ test('a rotated credentials file reaches hosts.toml on the next periodic check',
     await agent.stop();
   }
 });
+
+test('with --owner the agent knows its files under an earlier mirror URL: a registry dropped while the mirror moved goes, and removal leaves nothing', async () => {
+  const node = await makeNode();
+  const agent = (mirror: string, registries: string, extra: string[] = []) =>
+    parseAgentConfig(nodeArgs(node, ['--runtimes', 'containerd', '--owner', 'registry-cache/hub', '--registries', registries, ...extra]).map((a) => (a === 'http://127.0.0.1:5999' ? mirror : a)), {});
+  // another RegistryMirror's agent configured quay.io, at the URL this mirror moves to
+  const other = parseAgentConfig(nodeArgs(node, ['--runtimes', 'containerd', '--owner', 'other/hub', '--registries', 'quay.io']).map((a) => (a === 'http://127.0.0.1:5999' ? 'http://127.0.0.1:5702' : a)), {});
+  await reconcileOnce(other, quiet);
+  const quay = await readFile(path.join(node.hostsDir, 'quay.io/hosts.toml'), 'utf8');
+  assert.match(quay, /^# regmirror-owner: other\/hub$/m);
+
+  await reconcileOnce(agent('http://127.0.0.1:5701', 'docker.io,ghcr.io'), quiet);
+  assert.match(await readFile(path.join(node.hostsDir, 'ghcr.io/hosts.toml'), 'utf8'), /^# regmirror-owner: registry-cache\/hub$/m);
+  // the Service got a new ClusterIP (or spec.tls turned the mirror's URL to https), and ghcr.io left the list
+  const moved = await reconcileOnce(agent('http://127.0.0.1:5702', 'docker.io'), quiet);
+  assert.equal(moved.ready, true, moved.problems.join('; '));
+  assert.deepEqual((await readdir(node.hostsDir)).sort(), ['docker.io', 'quay.io'], 'ghcr.io, pointing at the old URL, went');
+  assert.match(await readFile(path.join(node.hostsDir, 'docker.io/hosts.toml'), 'utf8'), /127\.0\.0\.1:5702/);
+
+  const removed = await reconcileOnce(agent('http://127.0.0.1:5702', 'docker.io', ['--mode', 'remove']), quiet);
+  assert.equal(removed.ready, true, removed.problems.join('; '));
+  assert.deepEqual(await readdir(node.hostsDir), ['quay.io'], 'all of this agent\'s files went; the other owner\'s stays, at the same URL');
+  assert.equal(await readFile(path.join(node.hostsDir, 'quay.io/hosts.toml'), 'utf8'), quay);
+});

@@ -5,7 +5,7 @@ import { parse as parseToml } from 'smol-toml';
 // smol-toml builds null-prototype tables; compare them as plain data
 const parse = (text: string): Record<string, unknown> => JSON.parse(JSON.stringify(parseToml(text)));
 import {
-  MANAGED_MARKER, containerdHostsToml, containerdRegistrySetup, isManagedHostsToml, planHostsApply, planHostsRemove,
+  MANAGED_MARKER, containerdHostsToml, containerdRegistrySetup, hostsTomlOwner, isManagedHostsToml, isOwnHostsToml, planHostsApply, planHostsRemove,
 } from './containerd.ts';
 import { registryApiUrl } from '../common/registry-path.ts';
 
@@ -123,4 +123,23 @@ test('imported files merge as containerd merges them: the last version wins, a l
   assert.equal(downgraded.versionFile, 'conf.d/1.toml');
   assert.equal(downgraded.configPath, undefined);
   assert.equal(setup('version = 2\n', `version = 1\n[plugins.cri.registry]\n  config_path = "/d"\n`).configPath, '/d');
+});
+
+test('with --owner the header names the owner, and the owner, not the mirror URL, makes a file the agent\'s own', () => {
+  const text = containerdHostsToml({ registry: 'ghcr.io', mirror: 'http://10.96.0.42:5000', owner: 'registry-cache/hub', dialTimeout: '2s' });
+  assert.ok(text.startsWith(`${MANAGED_MARKER}\n# regmirror-owner: registry-cache/hub\nserver = "https://ghcr.io"\n`), text);
+  assert.equal(hostsTomlOwner(text), 'registry-cache/hub');
+  assert.equal(hostsTomlOwner(text.replaceAll('\n', '\r\n')), 'registry-cache/hub');
+  // the same agent after the mirror moved (a new ClusterIP, or http turned https)
+  assert.equal(isOwnHostsToml(text, { mirror: 'https://10.96.0.43:5000', owner: 'registry-cache/hub' }), true);
+  // another RegistryMirror's agent, even at the same URL
+  assert.equal(isOwnHostsToml(text, { mirror: 'http://10.96.0.42:5000', owner: 'other/hub' }), false);
+  // an agent run without --owner goes by the mirror URL
+  assert.equal(isOwnHostsToml(text, { mirror: 'http://10.96.0.42:5000' }), true);
+  assert.equal(isOwnHostsToml(text, { mirror: 'http://10.96.0.43:5000' }), false);
+  // a file written without an owner (an older agent's) goes by the mirror URL
+  const older = containerdHostsToml({ registry: 'ghcr.io', mirror: 'http://10.96.0.42:5000', dialTimeout: '2s' });
+  assert.equal(hostsTomlOwner(older), undefined);
+  assert.equal(isOwnHostsToml(older, { mirror: 'http://10.96.0.42:5000', owner: 'registry-cache/hub' }), true);
+  assert.equal(isOwnHostsToml(older, { mirror: 'http://10.96.0.43:5000', owner: 'registry-cache/hub' }), false);
 });

@@ -6,6 +6,13 @@ import { registryApiUrl } from '../common/registry-path.ts';
 /** First line of every hosts.toml the agent writes: how it tells its own file from someone else's. */
 export const MANAGED_MARKER = '# Managed by regmirror node-agent: restored or removed when the mirror is taken away.';
 
+/**
+ * Second line, when the agent runs with --owner: which RegistryMirror's agent wrote the file
+ * (`# regmirror-owner: <namespace>/<name>`), so that agent still knows it for its own after the
+ * mirror's URL changed (a new ClusterIP, http turned https).
+ */
+const OWNER_PREFIX = '# regmirror-owner: ';
+
 export interface HostsTomlInput {
   registry: string;
   /** http(s)://host[:port] */
@@ -16,6 +23,8 @@ export interface HostsTomlInput {
   dialTimeout: string;
   /** The CA file's name in the hosts.toml's directory, for an https mirror with its own CA. */
   caFile?: string | undefined;
+  /** --owner: written into the header. */
+  owner?: string | undefined;
 }
 
 export function containerdHostsToml(input: HostsTomlInput): string {
@@ -27,11 +36,40 @@ export function containerdHostsToml(input: HostsTomlInput): string {
   if (input.authorization) host.header = { Authorization: input.authorization };
   // server: the registry's own endpoint, where containerd goes when the mirror fails
   const body = stringify({ server: registryApiUrl(input.registry), host: { [input.mirror]: host } });
-  return `${MANAGED_MARKER}\n${body.endsWith('\n') ? body : `${body}\n`}`;
+  const header = input.owner ? `${MANAGED_MARKER}\n${OWNER_PREFIX}${input.owner}\n` : `${MANAGED_MARKER}\n`;
+  return `${header}${body.endsWith('\n') ? body : `${body}\n`}`;
 }
 
 export function isManagedHostsToml(text: string): boolean {
   return text.startsWith(MANAGED_MARKER);
+}
+
+/** The owner in a managed hosts.toml's header; undefined for one written without --owner (or by an older agent). */
+export function hostsTomlOwner(text: string): string | undefined {
+  const second = text.split('\n', 2)[1]?.replace(/\r$/, '');
+  return second?.startsWith(OWNER_PREFIX) ? second.slice(OWNER_PREFIX.length) : undefined;
+}
+
+/** Does this hosts.toml send containerd to `mirror`? */
+function pointsAtMirror(text: string, mirror: string): boolean {
+  try {
+    const host = (parse(text) as { host?: unknown }).host;
+    return host !== null && typeof host === 'object' && Object.hasOwn(host, mirror);
+  } catch {
+    return false;
+  }
+}
+
+/**
+ * Is this managed hosts.toml this agent's to take away? When both the file and the agent name an
+ * owner, the owner decides, whatever mirror the file points at (this agent's, under an earlier URL);
+ * otherwise (a file of an agent without --owner) the file is ours when it points at our mirror.
+ * Another RegistryMirror's agent writes the same file names: its files are never ours.
+ */
+export function isOwnHostsToml(text: string, agent: { mirror: string; owner?: string | undefined }): boolean {
+  const owner = hostsTomlOwner(text);
+  if (owner !== undefined && agent.owner !== undefined) return owner === agent.owner;
+  return pointsAtMirror(text, agent.mirror);
 }
 
 /** What to do with one registry's hosts.toml; the disk layer carries it out. */

@@ -3,11 +3,10 @@
 import http from 'node:http';
 import { readdir } from 'node:fs/promises';
 import path from 'node:path';
-import { parse } from 'smol-toml';
 import type { Logger } from '../common/logger.ts';
 import type { AgentConfig, Runtime } from './config.ts';
 import {
-  containerdHostsToml, containerdRegistrySetup, isManagedHostsToml, planHostsApply, planHostsRemove, type ContainerdRegistrySetup, type HostsPlan,
+  containerdHostsToml, containerdRegistrySetup, isManagedHostsToml, isOwnHostsToml, planHostsApply, planHostsRemove, type ContainerdRegistrySetup, type HostsPlan,
 } from './containerd.ts';
 import { loadContainerdConfig } from './containerd-config.ts';
 import { basicAuthorization, readCredentials } from './credentials.ts';
@@ -93,16 +92,6 @@ const BACKUP_SUFFIX = '.regmirror-backup';
 
 async function containerdPresent(config: AgentConfig): Promise<boolean> {
   return (await exists(config.containerdConfig)) || (await isDirectory(config.containerdHostsDir));
-}
-
-/** Does this hosts.toml send containerd to our mirror? (Another RegistryMirror's files are not ours.) */
-function pointsAtMirror(text: string, mirror: string): boolean {
-  try {
-    const host = (parse(text) as { host?: unknown }).host;
-    return host !== null && typeof host === 'object' && Object.hasOwn(host, mirror);
-  } catch {
-    return false;
-  }
 }
 
 async function carryOutHostsPlan(plan: HostsPlan, dir: string, mode: number): Promise<boolean> {
@@ -213,7 +202,7 @@ export async function reconcileContainerd(ctx: ReconcileContext): Promise<Runtim
     // the CA first: the hosts.toml that names it may be read as soon as it is in place
     const caFile = path.join(dir, CA_FILE_NAME);
     if (await syncCaFile(caFile, ca, false)) s.changed.push(caFile);
-    const desired = containerdHostsToml({ registry, mirror: config.mirror, authorization, dialTimeout: config.dialTimeout, caFile: ca ? CA_FILE_NAME : undefined });
+    const desired = containerdHostsToml({ registry, mirror: config.mirror, owner: config.owner, authorization, dialTimeout: config.dialTimeout, caFile: ca ? CA_FILE_NAME : undefined });
     const plan = planHostsApply(await readTextOrNull(file), desired);
     if (await carryOutHostsPlan(plan, dir, mode)) {
       s.changed.push(file);
@@ -221,8 +210,8 @@ export async function reconcileContainerd(ctx: ReconcileContext): Promise<Runtim
     }
     s.watch.push(dir);
   }
-  // Everything else that sends containerd to this mirror goes: all of it on removal, and
-  // registries dropped from the list when applying.
+  // Everything else of this agent's goes: all of it on removal, and registries dropped from the
+  // list when applying.
   for (const registry of await registryDirs(hostsDir)) {
     if (wanted.includes(registry)) continue;
     const dir = path.join(hostsDir, registry);
@@ -230,7 +219,7 @@ export async function reconcileContainerd(ctx: ReconcileContext): Promise<Runtim
     const current = await readTextOrNull(file);
     const hasBackup = await exists(file + BACKUP_SUFFIX);
     const managed = current !== null && isManagedHostsToml(current);
-    const ours = managed && pointsAtMirror(current, config.mirror);
+    const ours = managed && isOwnHostsToml(current, config);
     // Another RegistryMirror's agent wrote it (and keeps the backup for its owner): not ours to take.
     if (managed && !ours) continue;
     // Left for a listed registry: a backup whose file of ours is gone, or that someone else replaced.
