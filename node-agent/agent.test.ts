@@ -2,7 +2,7 @@
 // re-applying after interference, readiness, and refusing unsafe input.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { chmod, mkdir, readFile, readdir, rm, stat, writeFile } from 'node:fs/promises';
+import { chmod, lstat, mkdir, readFile, readdir, readlink, rm, stat, symlink, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import { pino } from 'pino';
 import { freePort, httpRequest, makeTempDir, runCommand, spawnServer, waitFor } from '../test/harness/process.ts';
@@ -379,6 +379,38 @@ test('a rotated credentials file reaches hosts.toml on the next periodic check',
   }
 });
 
+/** Every file, directory and symlink under `root`: type, mode, link target and content, for a before/after comparison. */
+async function snapshot(root: string): Promise<string[]> {
+  const rows: string[] = [];
+  for (const name of (await readdir(root, { recursive: true })).sort()) {
+    const file = path.join(root, name);
+    const st = await lstat(file);
+    const mode = (st.mode & 0o7777).toString(8);
+    if (st.isSymbolicLink()) rows.push(`${name} link ${await readlink(file)}`);
+    else if (st.isDirectory()) rows.push(`${name} dir ${mode}`);
+    else rows.push(`${name} file ${mode} ${JSON.stringify(await readFile(file, 'utf8'))}`);
+  }
+  return rows;
+}
+
+test('a registry directory that is a symlink (shared with Docker\'s certs.d) is taken back on removal like any other: the node is as it was', async () => {
+  const node = await makeNode();
+  const shared = path.join(node.root, 'etc/docker/certs.d/docker.io');
+  await mkdir(shared, { recursive: true });
+  await writeFile(path.join(shared, 'hosts.toml'), 'server = "https://registry-1.docker.io"\n[host."https://corp.example"]\n  capabilities = ["pull", "resolve"]\n');
+  await writeFile(path.join(shared, 'ca.crt'), 'CA\n');
+  await symlink('../../docker/certs.d/docker.io', path.join(node.hostsDir, 'docker.io'));
+  const before = await snapshot(node.root);
+
+  const applied = await reconcileOnce(nodeConfig(node, ['--runtimes', 'containerd', '--registries', 'docker.io']), quiet);
+  assert.equal(applied.ready, true, applied.problems.join('; '));
+  assert.ok((await readFile(path.join(shared, 'hosts.toml'), 'utf8')).startsWith(MANAGED_MARKER), 'written through the link');
+
+  const removed = await reconcileOnce(nodeConfig(node, ['--runtimes', 'containerd', '--registries', 'docker.io', '--mode', 'remove']), quiet);
+  assert.equal(removed.ready, true, removed.problems.join('; '));
+  assert.deepEqual(await snapshot(node.root), before, "the user's hosts.toml is back, the link and the shared directory stay");
+});
+
 test('with --owner the agent knows its files under an earlier mirror URL: a registry dropped while the mirror moved goes, and removal leaves nothing', async () => {
   const node = await makeNode();
   const agent = (mirror: string, registries: string, extra: string[] = []) =>
@@ -401,4 +433,28 @@ test('with --owner the agent knows its files under an earlier mirror URL: a regi
   assert.equal(removed.ready, true, removed.problems.join('; '));
   assert.deepEqual(await readdir(node.hostsDir), ['quay.io'], 'all of this agent\'s files went; the other owner\'s stays, at the same URL');
   assert.equal(await readFile(path.join(node.hostsDir, 'quay.io/hosts.toml'), 'utf8'), quay);
+});
+
+test('an empty registry directory that was there before apply is still there after removal; the ones the agent made go', async () => {
+  const node = await makeNode();
+  await mkdir(path.join(node.hostsDir, 'docker.io'));
+  await chmod(path.join(node.hostsDir, 'docker.io'), 0o750);
+  const cert = await makeCertificate();
+  const certsDir = path.join(node.root, 'etc/docker/certs.d');
+  await mkdir(path.join(certsDir, '127.0.0.1:5999'), { recursive: true });
+  await mkdir(path.dirname(node.daemonJson), { recursive: true });
+  await writeFile(node.daemonJson, `{"pidfile": "${node.root}/nodockerd.pid"}`);
+  const before = await snapshot(node.root);
+  const https = (extra: string[]) =>
+    parseAgentConfig(nodeArgs(node, ['--runtimes', 'containerd,docker', '--docker-certs-dir', certsDir, ...extra]).map((a) => (a === 'http://127.0.0.1:5999' ? 'https://127.0.0.1:5999' : a)), {});
+
+  const applied = await reconcileOnce(https(['--mirror-ca', cert.certFile]), quiet);
+  assert.equal(applied.ready, true, applied.problems.join('; '));
+  assert.deepEqual((await readdir(path.join(node.hostsDir, 'ghcr.io'))).sort(), ['.regmirror-created', 'hosts.toml', 'regmirror-ca.crt'], 'a directory the agent made says so');
+  assert.deepEqual((await readdir(path.join(node.hostsDir, 'docker.io'))).sort(), ['hosts.toml', 'regmirror-ca.crt']);
+  assert.deepEqual(await readdir(path.join(certsDir, '127.0.0.1:5999')), ['regmirror-ca.crt']);
+
+  const removed = await reconcileOnce(https(['--mode', 'remove']), quiet);
+  assert.equal(removed.ready, true, removed.problems.join('; '));
+  assert.deepEqual(await snapshot(node.root), before, 'docker.io/ and certs.d/127.0.0.1:5999/ stay, empty as they were; ghcr.io/ went');
 });

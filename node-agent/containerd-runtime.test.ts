@@ -181,7 +181,7 @@ test('with --mirror-ca containerd trusts an https mirror with its own CA and pul
     await assert.rejects(containerd.pull('docker.io/library/nats:v1'), 'without the CA the handshake fails and Docker Hub is out of reach');
 
     await runNodeAgent([...args, '--mirror-ca', cert.certFile]);
-    assert.deepEqual((await readdir(path.join(containerd.hostsDir, 'docker.io'))).sort(), ['hosts.toml', 'regmirror-ca.crt']);
+    assert.deepEqual((await readdir(path.join(containerd.hostsDir, 'docker.io'))).sort(), ['.regmirror-created', 'hosts.toml', 'regmirror-ca.crt']);
     const before = await mirrorManifestRequests(secure.mirror, cert.certPem);
     await containerd.pull('docker.io/library/nats:v2');
     assert.ok((await mirrorManifestRequests(secure.mirror, cert.certPem)) > before, 'pulled through the https mirror');

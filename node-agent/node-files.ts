@@ -2,7 +2,7 @@
 // that are atomic (temp file in the same directory, fsync, rename) and keep mode and owner.
 import { randomBytes } from 'node:crypto';
 import { constants } from 'node:fs';
-import { chown, mkdir, open, readFile, readdir, rename, rm, rmdir, stat } from 'node:fs/promises';
+import { chown, lstat, mkdir, open, readFile, readdir, rename, rm, rmdir, stat, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 
 function isNotFound(error: unknown): boolean {
@@ -24,14 +24,19 @@ export async function readTextOrNull(file: string): Promise<string | null> {
   return bytes === null ? null : bytes.toString('utf8');
 }
 
-export async function exists(file: string): Promise<boolean> {
+/** Runs `op` on a path: true when it did, false when the path is not there. */
+async function unlessAbsent(op: () => Promise<unknown>): Promise<boolean> {
   try {
-    await stat(file);
+    await op();
     return true;
   } catch (error) {
     if (isNotFound(error)) return false;
     throw error;
   }
+}
+
+export async function exists(file: string): Promise<boolean> {
+  return unlessAbsent(() => stat(file));
 }
 
 export async function isDirectory(dir: string): Promise<boolean> {
@@ -53,6 +58,22 @@ export async function listDir(dir: string): Promise<string[]> {
   }
 }
 
+/** The directories in `dir`, a symlink to a directory among them; none when `dir` is absent. */
+export async function subdirectories(dir: string): Promise<string[]> {
+  const names: string[] = [];
+  for (const name of await listDir(dir)) {
+    if (await isDirectory(path.join(dir, name))) names.push(name);
+  }
+  return names;
+}
+
+// A temp file (or directory, see ensureDir) is `.<name>.regmirror-<pid>-<8 hex>` beside `<name>`:
+// the leading dot keeps every runtime from reading it as configuration, the suffix keeps two
+// writers apart.
+function tempPath(target: string): string {
+  return path.join(path.dirname(target), `.${path.basename(target)}.regmirror-${process.pid}-${randomBytes(4).toString('hex')}`);
+}
+
 /**
  * Replaces `file` with `data` so that a reader sees the old or the new content, never a part.
  * With keepMode, an existing file keeps its permissions and owner; otherwise, and for a new file,
@@ -70,8 +91,7 @@ export async function writeFileAtomic(file: string, data: string | Buffer, opts:
   } catch (error) {
     if (!isNotFound(error)) throw error;
   }
-  // A leading dot and a unique suffix: no runtime reads it as config, and two writers never collide.
-  const temp = path.join(dir, `.${path.basename(file)}.regmirror-${process.pid}-${randomBytes(4).toString('hex')}`);
+  const temp = tempPath(file);
   const handle = await open(temp, constants.O_WRONLY | constants.O_CREAT | constants.O_EXCL, mode);
   try {
     await handle.writeFile(data);
@@ -89,24 +109,63 @@ export async function writeFileAtomic(file: string, data: string | Buffer, opts:
   }
 }
 
-export async function removeFile(file: string): Promise<boolean> {
+/** In every directory the agent makes: says it made it, so removal takes that directory, and no other. */
+export const CREATED_DIR_MARKER = '.regmirror-created';
+const MARKER_TEXT = 'regmirror node-agent made this directory: it goes with the agent\'s files once nothing else is in it.\n';
+
+/**
+ * Makes `dir` (and its parents) when it is not there, marked as the agent's with
+ * CREATED_DIR_MARKER: removal takes only directories the agent made, never one that was there
+ * before, empty or not. The directory is made under a temp name with the marker in it and then
+ * renamed into place, so a kill cannot leave it unmarked. True when made.
+ */
+export async function ensureDir(dir: string): Promise<boolean> {
+  if (await isDirectory(dir)) return false;
+  await mkdir(path.dirname(dir), { recursive: true });
+  const temp = tempPath(dir);
   try {
-    await rm(file);
-    return true;
+    await mkdir(temp);
+    await writeFile(path.join(temp, CREATED_DIR_MARKER), MARKER_TEXT, { mode: 0o644 });
+    await rename(temp, dir);
+  } catch (error) {
+    await rm(temp, { recursive: true, force: true });
+    if (await isDirectory(dir)) return false; // made meanwhile by someone else: not the agent's
+    const code = (error as NodeJS.ErrnoException).code ?? (error as Error).message;
+    throw new Error(`cannot make directory ${dir} (${code}): the agent needs to write in ${path.dirname(dir)}, and ${dir} must be a directory or absent`, { cause: error });
+  }
+  return true;
+}
+
+/**
+ * Removes a directory the agent made (ensureDir) once nothing but its marker is in it. A
+ * directory without the marker (there before the agent came, or a symlink to one) stays.
+ * True when removed.
+ */
+export async function removeCreatedDirIfEmpty(dir: string): Promise<boolean> {
+  try {
+    if (!(await lstat(dir)).isDirectory()) return false;
   } catch (error) {
     if (isNotFound(error)) return false;
     throw error;
   }
-}
-
-/** Removes an empty directory; leaves one with anything else in it. */
-export async function removeDirIfEmpty(dir: string): Promise<void> {
+  const entries = await readdir(dir);
+  if (entries.length !== 1 || entries[0] !== CREATED_DIR_MARKER) return false;
+  await removeFile(path.join(dir, CREATED_DIR_MARKER));
   try {
     await rmdir(dir);
   } catch (error) {
     const code = (error as NodeJS.ErrnoException).code;
-    if (code !== 'ENOENT' && code !== 'ENOTEMPTY' && code !== 'EEXIST') throw error;
+    if (code === 'ENOENT') return false;
+    if (code !== 'ENOTEMPTY' && code !== 'EEXIST') throw error;
+    // something arrived meanwhile: the directory stays, still marked as the agent's
+    await writeFile(path.join(dir, CREATED_DIR_MARKER), MARKER_TEXT, { mode: 0o644 });
+    return false;
   }
+  return true;
+}
+
+export async function removeFile(file: string): Promise<boolean> {
+  return unlessAbsent(() => rm(file));
 }
 
 /** Moves `from` over `to` atomically (same directory): restores a backup byte for byte. */

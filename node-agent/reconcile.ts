@@ -1,7 +1,6 @@
 // One reconcile pass per runtime: read what is on the node, ask the pure writers what should be
 // there, change only what differs. Level-triggered and idempotent: running it twice changes nothing.
 import http from 'node:http';
-import { readdir } from 'node:fs/promises';
 import path from 'node:path';
 import type { Logger } from '../common/logger.ts';
 import type { AgentConfig, Runtime } from './config.ts';
@@ -15,7 +14,7 @@ import {
   DaemonJsonError, daemonJsonForReload, daemonJsonPidFile, daemonJsonSocket, mirrorsInDockerInfo, planDockerApply, planDockerRemove, type DockerState,
 } from './docker.ts';
 import {
-  exists, isDirectory, moveFile, readFileOrNull, readTextOrNull, removeDirIfEmpty, removeFile, writeFileAtomic,
+  ensureDir, exists, isDirectory, moveFile, readFileOrNull, readTextOrNull, removeCreatedDirIfEmpty, removeFile, subdirectories, writeFileAtomic,
 } from './node-files.ts';
 import { findDaemon } from './processes.ts';
 import { CA_FILE_NAME, certsDirCaFile, readMirrorCa, syncCaFile } from './mirror-ca.ts';
@@ -110,7 +109,6 @@ async function carryOutHostsPlan(plan: HostsPlan, dir: string, mode: number): Pr
       return true;
     case 'delete':
       await removeFile(file);
-      await removeDirIfEmpty(dir);
       return true;
     case 'drop-backup':
       await removeFile(backup);
@@ -118,12 +116,10 @@ async function carryOutHostsPlan(plan: HostsPlan, dir: string, mode: number): Pr
   }
 }
 
+/** The registry directories under the hosts directory; one that is a symlink to a directory counts (the agent writes through it). */
 async function registryDirs(hostsDir: string): Promise<string[]> {
-  try {
-    return (await readdir(hostsDir, { withFileTypes: true })).filter((e) => e.isDirectory()).map((e) => e.name);
-  } catch {
-    return [];
-  }
+  // a registry name never starts with a dot: those are temp directories (node-files.ts)
+  return (await subdirectories(hostsDir)).filter((name) => !name.startsWith('.'));
 }
 
 /** The problem when containerd's CRI does not read config_path, in words naming the files and what to change. */
@@ -199,6 +195,8 @@ export async function reconcileContainerd(ctx: ReconcileContext): Promise<Runtim
   for (const registry of wanted) {
     const dir = path.join(hostsDir, registry);
     const file = path.join(dir, 'hosts.toml');
+    // a directory the agent makes is marked as its own, for removal to take (and no other)
+    await ensureDir(dir);
     // the CA first: the hosts.toml that names it may be read as soon as it is in place
     const caFile = path.join(dir, CA_FILE_NAME);
     if (await syncCaFile(caFile, ca, false)) s.changed.push(caFile);
@@ -222,18 +220,21 @@ export async function reconcileContainerd(ctx: ReconcileContext): Promise<Runtim
     const ours = managed && isOwnHostsToml(current, config);
     // Another RegistryMirror's agent wrote it (and keeps the backup for its owner): not ours to take.
     if (managed && !ours) continue;
-    // Left for a listed registry: a backup whose file of ours is gone, or that someone else replaced.
-    if (!ours && !(config.registries.includes(registry) && hasBackup)) continue;
-    const plan = planHostsRemove(current, hasBackup);
-    if (await carryOutHostsPlan(plan, dir, mode)) {
-      s.changed.push(file);
-      log.info({ registry, file, action: plan.action }, 'containerd hosts.toml taken away');
+    if (ours || (config.registries.includes(registry) && hasBackup)) {
+      // ours, or left for a listed registry: a backup whose file of ours is gone, or that someone else replaced
+      const plan = planHostsRemove(current, hasBackup);
+      if (await carryOutHostsPlan(plan, dir, mode)) {
+        s.changed.push(file);
+        log.info({ registry, file, action: plan.action }, 'containerd hosts.toml taken away');
+      }
+    } else if (current !== null) {
+      continue; // someone else's hosts.toml
     }
-    // our hosts.toml is gone (or was never there): the CA it named goes too, then the emptied directory
-    if (plan.action !== 'none' || current === null) {
-      const caFile = path.join(dir, CA_FILE_NAME);
-      if (await syncCaFile(caFile, undefined, true)) s.changed.push(caFile);
-    }
+    // our hosts.toml is gone (or was never there): the CA it named goes too, then the directory
+    // when the agent made it and nothing else is in it
+    const caFile = path.join(dir, CA_FILE_NAME);
+    if (await syncCaFile(caFile, undefined, false)) s.changed.push(caFile);
+    if (await removeCreatedDirIfEmpty(dir)) s.changed.push(dir);
   }
   if (apply) await checkContainerdConfig(ctx, s);
   return s;
