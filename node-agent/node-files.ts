@@ -69,7 +69,9 @@ export async function subdirectories(dir: string): Promise<string[]> {
 
 // A temp file (or directory, see ensureDir) is `.<name>.regmirror-<pid>-<8 hex>` beside `<name>`:
 // the leading dot keeps every runtime from reading it as configuration, the suffix keeps two
-// writers apart.
+// writers apart and names the process that wrote it.
+const TEMP_NAME = /^\..+\.regmirror-(\d+)-[0-9a-f]{8}$/;
+
 function tempPath(target: string): string {
   return path.join(path.dirname(target), `.${path.basename(target)}.regmirror-${process.pid}-${randomBytes(4).toString('hex')}`);
 }
@@ -91,21 +93,27 @@ export async function writeFileAtomic(file: string, data: string | Buffer, opts:
   } catch (error) {
     if (!isNotFound(error)) throw error;
   }
-  const temp = tempPath(file);
-  const handle = await open(temp, constants.O_WRONLY | constants.O_CREAT | constants.O_EXCL, mode);
-  try {
-    await handle.writeFile(data);
-    await handle.chmod(mode); // open() applies the umask; the file's mode must not depend on it
-    await handle.sync();
-  } finally {
-    await handle.close();
-  }
-  try {
-    if (owner && process.getuid?.() === 0) await chown(temp, owner.uid, owner.gid);
-    await rename(temp, file);
-  } catch (error) {
-    await rm(temp, { force: true });
-    throw error;
+  for (let attempt = 1; ; attempt++) {
+    const temp = tempPath(file);
+    const handle = await open(temp, constants.O_WRONLY | constants.O_CREAT | constants.O_EXCL, mode);
+    try {
+      await handle.writeFile(data);
+      await handle.chmod(mode); // open() applies the umask; the file's mode must not depend on it
+      await handle.sync();
+    } finally {
+      await handle.close();
+    }
+    try {
+      if (owner && process.getuid?.() === 0) await chown(temp, owner.uid, owner.gid);
+      await rename(temp, file);
+      return;
+    } catch (error) {
+      await rm(temp, { force: true });
+      // the temp file went before the rename: another agent took it for a killed write's (see
+      // removeStaleTempFiles, which cannot see a writer in another pod); write it again
+      if (isNotFound(error) && attempt < 3 && (await isDirectory(dir))) continue;
+      throw error;
+    }
   }
 }
 
@@ -162,6 +170,54 @@ export async function removeCreatedDirIfEmpty(dir: string): Promise<boolean> {
     return false;
   }
   return true;
+}
+
+/** A write takes milliseconds: a temp file this old is abandoned, whoever wrote it. */
+const ABANDONED_AFTER_MS = 60_000;
+
+/**
+ * Whether the process that wrote a temp file is done with it. Call it only while this process has
+ * no write under way (between passes, which never overlap): a file named with this process's pid
+ * is then a previous process's (a restarted container's agent often gets the same pid again). A
+ * pid no process has here is a killed writer's, or one in another pod's pid namespace, which
+ * writeFileAtomic's retry covers. A live process's file is abandoned once older than a write takes.
+ */
+function writerDone(pid: number, mtimeMs: number): boolean {
+  if (pid === process.pid || Date.now() - mtimeMs > ABANDONED_AFTER_MS) return true;
+  if (pid <= 0) return false;
+  try {
+    process.kill(pid, 0);
+    return false;
+  } catch (error) {
+    return (error as NodeJS.ErrnoException).code === 'ESRCH';
+  }
+}
+
+/**
+ * Removes the temp files (and ensureDir's temp directories) that a killed write left in `dir`:
+ * the file a pass was writing, credentials and all, would otherwise stay for good, and keep its
+ * directory from being removed. Returns what it removed.
+ */
+export async function removeStaleTempFiles(dir: string): Promise<string[]> {
+  const removed: string[] = [];
+  for (const name of await listDir(dir)) {
+    const match = TEMP_NAME.exec(name);
+    if (!match) continue;
+    const file = path.join(dir, name);
+    const st = await lstat(file).catch(() => undefined);
+    if (!st || !writerDone(Number(match[1]), st.mtimeMs)) continue;
+    if (st.isDirectory()) {
+      // ensureDir's, with nothing in it but the marker
+      if ((await readdir(file)).some((entry) => entry !== CREATED_DIR_MARKER)) continue;
+      await rm(file, { recursive: true, force: true });
+    } else if (st.isFile()) {
+      await rm(file, { force: true });
+    } else {
+      continue;
+    }
+    removed.push(file);
+  }
+  return removed;
 }
 
 export async function removeFile(file: string): Promise<boolean> {

@@ -14,7 +14,7 @@ import {
   DaemonJsonError, daemonJsonForReload, daemonJsonPidFile, daemonJsonSocket, mirrorsInDockerInfo, planDockerApply, planDockerRemove, type DockerState,
 } from './docker.ts';
 import {
-  ensureDir, exists, isDirectory, moveFile, readFileOrNull, readTextOrNull, removeCreatedDirIfEmpty, removeFile, subdirectories, writeFileAtomic,
+  ensureDir, exists, isDirectory, moveFile, readFileOrNull, readTextOrNull, removeCreatedDirIfEmpty, removeFile, removeStaleTempFiles, subdirectories, writeFileAtomic,
 } from './node-files.ts';
 import { findDaemon } from './processes.ts';
 import { CA_FILE_NAME, certsDirCaFile, readMirrorCa, syncCaFile } from './mirror-ca.ts';
@@ -481,6 +481,36 @@ const RECONCILERS: Record<Runtime, (ctx: ReconcileContext) => Promise<RuntimeSta
   crio: reconcileCrio,
 };
 
+/** The directories a runtime's pass writes in, the ones it makes among them. */
+async function writtenDirs(runtime: Runtime, config: AgentConfig): Promise<string[]> {
+  const withSubdirs = async (dir: string): Promise<string[]> => [dir, ...(await subdirectories(dir)).map((name) => path.join(dir, name))];
+  switch (runtime) {
+    case 'containerd':
+      return withSubdirs(config.containerdHostsDir);
+    case 'docker':
+      return [path.dirname(config.dockerDaemonJson), ...(await withSubdirs(config.dockerCertsDir))];
+    case 'crio':
+      return [config.crioDir, ...(await withSubdirs(config.crioCertsDir))];
+  }
+}
+
+/**
+ * Takes away the temp files a killed write of an agent left in a runtime's directories (a
+ * hosts.toml's with the node's credentials in it, among others), before the pass, so that removal
+ * finds the directories the agent made empty. Passes never overlap: none of this process's writes
+ * is under way.
+ */
+async function removeInterruptedWrites(runtime: Runtime, ctx: ReconcileContext): Promise<string[]> {
+  const removed: string[] = [];
+  for (const dir of await writtenDirs(runtime, ctx.config)) {
+    for (const file of await removeStaleTempFiles(dir)) {
+      ctx.log.info({ runtime, file }, 'temp file of an interrupted write removed');
+      removed.push(file);
+    }
+  }
+  return removed;
+}
+
 export async function reconcileNode(ctx: ReconcileContext): Promise<NodeStatus> {
   const runtimes: RuntimeStatus[] = [];
   // Runtimes dropped from the list are cleaned as on removal, whatever the mode.
@@ -488,7 +518,10 @@ export async function reconcileNode(ctx: ReconcileContext): Promise<NodeStatus> 
   const passes = [...ctx.config.runtimes.map((r) => [r, ctx] as const), ...ctx.config.removeRuntimes.map((r) => [r, removing] as const)];
   for (const [runtime, runtimeCtx] of passes) {
     try {
-      runtimes.push(await RECONCILERS[runtime](runtimeCtx));
+      const swept = await removeInterruptedWrites(runtime, runtimeCtx);
+      const result = await RECONCILERS[runtime](runtimeCtx);
+      result.changed.unshift(...swept);
+      runtimes.push(result);
     } catch (error) {
       const s = status(runtime, true);
       fail(s, `${runtime}: ${(error as Error).message}`);
