@@ -471,3 +471,147 @@ test('a rotated credentials file reaches hosts.toml on the next periodic check',
     await agent.stop();
   }
 });
+
+/** Every file, directory and symlink under `root`: type, mode, link target and content, for a before/after comparison. */
+async function snapshot(root: string): Promise<string[]> {
+  const rows: string[] = [];
+  for (const name of (await readdir(root, { recursive: true })).sort()) {
+    const file = path.join(root, name);
+    const st = await lstat(file);
+    const mode = (st.mode & 0o7777).toString(8);
+    if (st.isSymbolicLink()) rows.push(`${name} link ${await readlink(file)}`);
+    else if (st.isDirectory()) rows.push(`${name} dir ${mode}`);
+    else rows.push(`${name} file ${mode} ${JSON.stringify(await readFile(file, 'utf8'))}`);
+  }
+  return rows;
+}
+
+const KILL_AT_RENAME_SHIM = `
+import fs from 'node:fs';
+import { syncBuiltinESMExports } from 'node:module';
+const rename = fs.promises.rename;
+fs.promises.rename = async (from, to) => {
+  if (String(to).endsWith(process.env.KILL_AT_RENAME)) process.kill(process.pid, 'SIGKILL');
+  return rename(from, to);
+};
+syncBuiltinESMExports();
+`;
+
+/** `regmirror node-agent ...args --once`, SIGKILLed just as it renames a temp file over the file whose path ends with `at`. */
+async function agentKilledAtRename(args: string[], at: string): Promise<void> {
+  const shim = path.join(await makeTempDir('kill-at-rename'), 'kill-at-rename.mjs');
+  await writeFile(shim, KILL_AT_RENAME_SHIM);
+  const run = await runCommand(process.execPath, ['--import', shim, 'bin/regmirror.ts', 'node-agent', ...args, '--once'], { cwd: REPO, env: { ...process.env, KILL_AT_RENAME: at } });
+  assert.equal(run.code, 128, `killed at the rename over ${at}:\n${run.stderr}${run.stdout}`);
+}
+
+test('a registry directory that is a symlink (shared with Docker\'s certs.d) is taken back on removal like any other: the node is as it was', async () => {
+  const node = await makeNode();
+  const shared = path.join(node.root, 'etc/docker/certs.d/docker.io');
+  await mkdir(shared, { recursive: true });
+  await writeFile(path.join(shared, 'hosts.toml'), 'server = "https://registry-1.docker.io"\n[host."https://corp.example"]\n  capabilities = ["pull", "resolve"]\n');
+  await writeFile(path.join(shared, 'ca.crt'), 'CA\n');
+  await symlink('../../docker/certs.d/docker.io', path.join(node.hostsDir, 'docker.io'));
+  const before = await snapshot(node.root);
+
+  const applied = await reconcileOnce(nodeConfig(node, ['--runtimes', 'containerd', '--registries', 'docker.io']), quiet);
+  assert.equal(applied.ready, true, applied.problems.join('; '));
+  assert.ok((await readFile(path.join(shared, 'hosts.toml'), 'utf8')).startsWith(MANAGED_MARKER), 'written through the link');
+
+  const removed = await reconcileOnce(nodeConfig(node, ['--runtimes', 'containerd', '--registries', 'docker.io', '--mode', 'remove']), quiet);
+  assert.equal(removed.ready, true, removed.problems.join('; '));
+  assert.deepEqual(await snapshot(node.root), before, "the user's hosts.toml is back, the link and the shared directory stay");
+});
+
+test('with --owner the agent knows its files under an earlier mirror URL: a registry dropped while the mirror moved goes, and removal leaves nothing', async () => {
+  const node = await makeNode();
+  const agent = (mirror: string, registries: string, extra: string[] = []) =>
+    parseAgentConfig(nodeArgs(node, ['--runtimes', 'containerd', '--owner', 'registry-cache/hub', '--registries', registries, ...extra]).map((a) => (a === 'http://127.0.0.1:5999' ? mirror : a)), {});
+  // another RegistryMirror's agent configured quay.io, at the URL this mirror moves to
+  const other = parseAgentConfig(nodeArgs(node, ['--runtimes', 'containerd', '--owner', 'other/hub', '--registries', 'quay.io']).map((a) => (a === 'http://127.0.0.1:5999' ? 'http://127.0.0.1:5702' : a)), {});
+  await reconcileOnce(other, quiet);
+  const quay = await readFile(path.join(node.hostsDir, 'quay.io/hosts.toml'), 'utf8');
+  assert.match(quay, /^# regmirror-owner: other\/hub$/m);
+
+  await reconcileOnce(agent('http://127.0.0.1:5701', 'docker.io,ghcr.io'), quiet);
+  assert.match(await readFile(path.join(node.hostsDir, 'ghcr.io/hosts.toml'), 'utf8'), /^# regmirror-owner: registry-cache\/hub$/m);
+  // the Service got a new ClusterIP (or spec.tls turned the mirror's URL to https), and ghcr.io left the list
+  const moved = await reconcileOnce(agent('http://127.0.0.1:5702', 'docker.io'), quiet);
+  assert.equal(moved.ready, true, moved.problems.join('; '));
+  assert.deepEqual((await readdir(node.hostsDir)).sort(), ['docker.io', 'quay.io'], 'ghcr.io, pointing at the old URL, went');
+  assert.match(await readFile(path.join(node.hostsDir, 'docker.io/hosts.toml'), 'utf8'), /127\.0\.0\.1:5702/);
+
+  const removed = await reconcileOnce(agent('http://127.0.0.1:5702', 'docker.io', ['--mode', 'remove']), quiet);
+  assert.equal(removed.ready, true, removed.problems.join('; '));
+  assert.deepEqual(await readdir(node.hostsDir), ['quay.io'], 'all of this agent\'s files went; the other owner\'s stays, at the same URL');
+  assert.equal(await readFile(path.join(node.hostsDir, 'quay.io/hosts.toml'), 'utf8'), quay);
+});
+
+test('an empty registry directory that was there before apply is still there after removal; the ones the agent made go', async () => {
+  const node = await makeNode();
+  await mkdir(path.join(node.hostsDir, 'docker.io'));
+  await chmod(path.join(node.hostsDir, 'docker.io'), 0o750);
+  const cert = await makeCertificate();
+  const certsDir = path.join(node.root, 'etc/docker/certs.d');
+  await mkdir(path.join(certsDir, '127.0.0.1:5999'), { recursive: true });
+  await mkdir(path.dirname(node.daemonJson), { recursive: true });
+  await writeFile(node.daemonJson, `{"pidfile": "${node.root}/nodockerd.pid"}`);
+  const before = await snapshot(node.root);
+  const https = (extra: string[]) =>
+    parseAgentConfig(nodeArgs(node, ['--runtimes', 'containerd,docker', '--docker-certs-dir', certsDir, ...extra]).map((a) => (a === 'http://127.0.0.1:5999' ? 'https://127.0.0.1:5999' : a)), {});
+
+  const applied = await reconcileOnce(https(['--mirror-ca', cert.certFile]), quiet);
+  assert.equal(applied.ready, true, applied.problems.join('; '));
+  assert.deepEqual((await readdir(path.join(node.hostsDir, 'ghcr.io'))).sort(), ['.regmirror-created', 'hosts.toml', 'regmirror-ca.crt'], 'a directory the agent made says so');
+  assert.deepEqual((await readdir(path.join(node.hostsDir, 'docker.io'))).sort(), ['hosts.toml', 'regmirror-ca.crt']);
+  assert.deepEqual(await readdir(path.join(certsDir, '127.0.0.1:5999')), ['regmirror-ca.crt']);
+
+  const removed = await reconcileOnce(https(['--mode', 'remove']), quiet);
+  assert.equal(removed.ready, true, removed.problems.join('; '));
+  assert.deepEqual(await snapshot(node.root), before, 'docker.io/ and certs.d/127.0.0.1:5999/ stay, empty as they were; ghcr.io/ went');
+});
+
+test('temp files a killed write left, the node credentials in them, are removed by the next pass, and removal then takes the directories the agent made', async () => {
+  const node = await makeNode();
+  const theirs = 'server = "https://registry-1.docker.io"\n[host."https://corp.example"]\n';
+  await mkdir(path.join(node.hostsDir, 'quay.io'));
+  await writeFile(path.join(node.hostsDir, 'quay.io/hosts.toml'), theirs);
+  await mkdir(path.dirname(node.daemonJson), { recursive: true });
+  await writeFile(node.daemonJson, `{"pidfile": "${node.root}/nodockerd.pid"}`);
+  await mkdir(node.crioDir, { recursive: true });
+  const before = await snapshot(node.root);
+  const secret = path.join(await makeTempDir('node-credentials'), 'credentials');
+  await writeFile(secret, 'node:s3cret-pass\n');
+  const containerd = nodeArgs(node, ['--runtimes', 'containerd', '--registries', 'docker.io,quay.io', '--credentials-file', secret]);
+  const temps = async (dir: string, file: string) => (await readdir(dir)).filter((name) => name.startsWith(`.${file}.regmirror-`)).map((name) => path.join(dir, name));
+
+  // killed after quay.io's own file was moved aside as the backup, before ours was in place
+  await agentKilledAtRename(containerd, '/quay.io/hosts.toml');
+  assert.equal(await readFile(path.join(node.hostsDir, 'quay.io/hosts.toml.regmirror-backup'), 'utf8'), theirs);
+  const [quayTemp] = await temps(path.join(node.hostsDir, 'quay.io'), 'hosts.toml');
+  assert.ok(quayTemp, 'the killed write left its temp file');
+
+  // killed while rewriting docker.io's hosts.toml with rotated credentials
+  await writeFile(secret, 'node:rotated-pass\n');
+  await agentKilledAtRename(containerd, '/docker.io/hosts.toml');
+  await assert.rejects(stat(quayTemp), 'the pass after a killed one removed its temp file');
+  const left = await temps(path.join(node.hostsDir, 'docker.io'), 'hosts.toml');
+  assert.equal(left.length, 1, 'the killed write left its temp file');
+  const leftFile = left[0]!;
+  assert.match(await readFile(leftFile, 'utf8'), new RegExp(`Authorization = "Basic ${Buffer.from('node:rotated-pass').toString('base64')}"`));
+  assert.equal((await stat(leftFile)).mode & 0o777, 0o600);
+  // killed writing daemon.json and the CRI-O drop-in
+  await agentKilledAtRename(nodeArgs(node, ['--runtimes', 'docker,crio']), '/daemon.json');
+  await agentKilledAtRename(nodeArgs(node, ['--runtimes', 'crio']), '/99-regmirror.conf');
+  assert.equal((await temps(path.dirname(node.daemonJson), 'daemon.json')).length, 1);
+  assert.equal((await temps(node.crioDir, '99-regmirror.conf')).length, 1);
+
+  const applied = await reconcileOnce(parseAgentConfig(containerd, {}), quiet);
+  assert.equal(applied.ready, true, applied.problems.join('; '));
+  assert.ok(applied.runtimes[0]!.changed.includes(leftFile), 'the next pass reports the temp file it removed');
+  await assert.rejects(stat(leftFile));
+
+  const removed = await reconcileOnce(nodeConfig(node, ['--runtimes', 'containerd,docker,crio', '--mode', 'remove']), quiet);
+  assert.equal(removed.ready, true, removed.problems.join('; '));
+  assert.deepEqual(await snapshot(node.root), before, 'no temp file, no credentials, no directory of the agent\'s left; quay.io\'s own file is back');
+});

@@ -97,3 +97,13 @@ test('node credentials come from the environment as a pair, never half, never wi
   assert.match(configError(BASE, { REGMIRROR_MIRROR_USERNAME: 'regmirror-node' }).message, /REGMIRROR_MIRROR_PASSWORD.*both must be set/);
   assert.match(configError([...BASE, '--credentials-file', '/run/secrets/node'], env).message, /not both/);
 });
+
+test('--owner (REGMIRROR_OWNER) is <namespace>/<name>, one line of name characters: it goes into a file header', () => {
+  assert.equal(parseAgentConfig([...BASE, '--owner', 'registry-cache/hub'], {}).owner, 'registry-cache/hub');
+  assert.equal(parseAgentConfig(BASE, { REGMIRROR_OWNER: 'registry-cache/hub' }).owner, 'registry-cache/hub');
+  assert.equal(parseAgentConfig(BASE, {}).owner, undefined);
+  for (const bad of ['a/b\nserver = "x"', 'a b', '/hub', 'ns/', 'a/b/c', '#x']) {
+    assert.match(configError([...BASE, '--owner', bad]).message, /flag --owner: owner: .* must be <namespace>\/<name>/);
+  }
+  assert.match(configError(BASE, { REGMIRROR_OWNER: 'x y' }).message, /environment REGMIRROR_OWNER/);
+});

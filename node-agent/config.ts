@@ -13,6 +13,11 @@ export type Mode = 'apply' | 'remove';
 export interface AgentConfig {
   /** Normalised origin of the mirror, e.g. `http://10.96.0.42:5000` (no path, no trailing slash). */
   mirror: string;
+  /**
+   * Who this agent is, `<namespace>/<name>` of its RegistryMirror: written into the header of its
+   * hosts.toml files, so it knows them for its own whatever mirror URL they point at.
+   */
+  owner: string | undefined;
   registries: string[];
   /** The registry the mirror serves for requests that name none (Docker, CRI-O send no ?ns=). */
   defaultRegistry: string;
@@ -55,6 +60,7 @@ interface OptionSpec {
 /** Every option, its flag, its environment variable and its default: the README's table is this. */
 export const OPTIONS = {
   mirror: { flag: 'mirror', env: 'REGMIRROR_MIRROR', type: 'string', help: 'mirror URL the runtimes should ask first, http(s)://host[:port]' },
+  owner: { flag: 'owner', env: 'REGMIRROR_OWNER', type: 'string', help: "who the agent's files belong to, <namespace>/<name> of the RegistryMirror: its own files stay its own when the mirror URL changes" },
   registries: { flag: 'registries', env: 'REGMIRROR_REGISTRIES', type: 'string', help: 'comma-separated registries to mirror, e.g. docker.io,ghcr.io' },
   defaultRegistry: { flag: 'default-registry', env: 'REGMIRROR_DEFAULT_REGISTRY', type: 'string', help: "the mirror's `default:` upstream (docker.io when listed, else the first registry)" },
   mode: { flag: 'mode', env: 'REGMIRROR_MODE', type: 'string', default: 'apply', help: 'apply: configure the runtimes; remove: take the configuration away' },
@@ -98,6 +104,9 @@ function sourceOf(name: OptionName, fromFlag: boolean): string {
 // A registry is a host name with an optional port: lower-case labels of letters, digits and
 // hyphens. Anything else (a `/`, `..`, a scheme) could escape the hosts directory, so it is refused.
 const REGISTRY = /^(?=.{1,253}(?::\d{1,5})?$)[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?(?:\.[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?)*(?::\d{1,5})?$/;
+
+// --owner goes into a comment line of the files the agent writes: one line of name characters.
+const OWNER = /^[A-Za-z0-9][A-Za-z0-9._-]*(?:\/[A-Za-z0-9][A-Za-z0-9._-]*)?$/;
 
 export function isRegistryName(name: string): boolean {
   return REGISTRY.test(name);
@@ -158,6 +167,12 @@ export function parseAgentConfig(argv: string[], env: NodeJS.ProcessEnv): AgentC
 
   const mirrorIn = required('mirror');
   const mirror = parseMirrorUrl(mirrorIn.value, mirrorIn.source, OPTIONS.mirror.flag);
+
+  const ownerIn = read('owner');
+  const owner = ownerIn.value?.trim() || undefined;
+  if (owner !== undefined && (owner.length > 317 || !OWNER.test(owner))) {
+    throw new ConfigError(ownerIn.source, OPTIONS.owner.flag, `${JSON.stringify(owner)} must be <namespace>/<name> (letters, digits, ".", "-", "_")`);
+  }
 
   const registriesIn = required('registries');
   const registries: string[] = [];
@@ -267,6 +282,7 @@ export function parseAgentConfig(argv: string[], env: NodeJS.ProcessEnv): AgentC
 
   return {
     mirror,
+    owner,
     registries,
     defaultRegistry,
     mode: modeIn.value,

@@ -4,7 +4,7 @@ import { after, before, test } from 'node:test';
 import assert from 'node:assert/strict';
 import { readdir } from 'node:fs/promises';
 import path from 'node:path';
-import { startContainerd, type Containerd } from '../test/harness/containerd.ts';
+import { startContainerd, type Containerd, type StartContainerdOptions } from '../test/harness/containerd.ts';
 import { runCommand } from '../test/harness/process.ts';
 import { makeCertificate } from '../test/harness/tls.ts';
 import { criPullImage } from './cri-pull.ts';
@@ -82,6 +82,57 @@ test('a containerd without config_path is reported, and indeed its CRI pulls do 
   }
 });
 
+/**
+ * A node whose containerd has this configuration: what the agent (--once, apply) reports, and
+ * whether a CRI pull, as kubelet's, asks the mirror.
+ */
+async function onNode(opts: StartContainerdOptions): Promise<{ ready: boolean; problems: string; viaMirror: boolean }> {
+  const node = await startContainerd(opts);
+  try {
+    const run = await runNodeAgent(['--mirror', upstreams.mirror.url, '--registries', 'docker.io', '--runtimes', 'containerd',
+      '--containerd-hosts-dir', node.hostsDir, '--containerd-config', node.configFile, '--once', '--ready-listen', '']);
+    const report = JSON.parse(run.stdout.trim().split('\n').at(-1)!) as { ready: boolean; problems?: string[] };
+    const before = await mirrorManifestRequests(upstreams.mirror);
+    await criPullImage(node.socket, 'docker.io/library/alpine:cri').catch(() => undefined);
+    return { ready: report.ready, problems: (report.problems ?? []).join('\n'), viaMirror: (await mirrorManifestRequests(upstreams.mirror)) > before };
+  } finally {
+    await node.stop();
+  }
+}
+
+test("config_path counts only in the table containerd reads for the config's version: the agent says so, and CRI pulls agree", async () => {
+  // version 1 (no version line): [plugins.cri], by plugin ID
+  assert.deepEqual(await onNode({ version: 1 }), { ready: true, problems: '', viaMirror: true });
+  const v1Uri = await onNode({ version: 1, registryPlugin: '"io.containerd.grpc.v1.cri"' });
+  assert.equal(v1Uri.viaMirror, false, 'containerd 1.6 ignores the URI-named table in a version 1 config');
+  assert.equal(v1Uri.ready, false);
+  assert.match(v1Uri.problems, /does not set config_path under \[plugins\.cri\.registry\], the table containerd reads in a version 1 config \(no version set\).* sets it under \[plugins\."io\.containerd\.grpc\.v1\.cri"\.registry\], a table containerd reads only in a version 2 config/);
+  // version 2: containerd 2.x's images table is not read by containerd 1.x
+  const v2Images = await onNode({ registryPlugin: '"io.containerd.cri.v1.images"' });
+  assert.equal(v2Images.viaMirror, false, 'containerd 1.6 ignores the images plugin\'s table');
+  assert.equal(v2Images.ready, false);
+  assert.match(v2Images.problems, /does not set config_path under \[plugins\."io\.containerd\.grpc\.v1\.cri"\.registry\], the table containerd reads in a version 2 config \(version set in .*config\.toml\)/);
+});
+
+test('config_path set in a drop-in that config.toml imports is found, and CRI pulls go through the mirror', async () => {
+  const found = await onNode({
+    configPath: false,
+    imports: ['conf.d/*.toml'],
+    files: (hostsDir) => ({ 'conf.d/10-registry.toml': `version = 2\n[plugins."io.containerd.grpc.v1.cri".registry]\n  config_path = ${JSON.stringify(hostsDir)}\n` }),
+  });
+  assert.deepEqual(found, { ready: true, problems: '', viaMirror: true });
+});
+
+test("a drop-in with a CRI plugin table of its own replaces config.toml's, config_path and all: not ready, and CRI pulls go around the mirror", async () => {
+  const replaced = await onNode({
+    imports: ['conf.d/*.toml'],
+    files: () => ({ 'conf.d/10-sandbox.toml': 'version = 2\n[plugins."io.containerd.grpc.v1.cri"]\n  sandbox_image = "registry.k8s.io/pause:3.9"\n' }),
+  });
+  assert.equal(replaced.viaMirror, false);
+  assert.equal(replaced.ready, false);
+  assert.match(replaced.problems, /config\.toml sets it under .*, but .*conf\.d\/10-sandbox\.toml \(loaded later\) has a \[plugins\."io\.containerd\.grpc\.v1\.cri"\] table of its own, which replaces that one whole/);
+});
+
 test('after removal containerd no longer asks the mirror', async () => {
   await runNodeAgent(agentArgs('remove'));
   assert.deepEqual(await readdir(containerd.hostsDir), []);
@@ -130,7 +181,7 @@ test('with --mirror-ca containerd trusts an https mirror with its own CA and pul
     await assert.rejects(containerd.pull('docker.io/library/nats:v1'), 'without the CA the handshake fails and Docker Hub is out of reach');
 
     await runNodeAgent([...args, '--mirror-ca', cert.certFile]);
-    assert.deepEqual((await readdir(path.join(containerd.hostsDir, 'docker.io'))).sort(), ['hosts.toml', 'regmirror-ca.crt']);
+    assert.deepEqual((await readdir(path.join(containerd.hostsDir, 'docker.io'))).sort(), ['.regmirror-created', 'hosts.toml', 'regmirror-ca.crt']);
     const before = await mirrorManifestRequests(secure.mirror, cert.certPem);
     await containerd.pull('docker.io/library/nats:v2');
     assert.ok((await mirrorManifestRequests(secure.mirror, cert.certPem)) > before, 'pulled through the https mirror');

@@ -5,7 +5,7 @@ import { parse as parseToml } from 'smol-toml';
 // smol-toml builds null-prototype tables; compare them as plain data
 const parse = (text: string): Record<string, unknown> => JSON.parse(JSON.stringify(parseToml(text)));
 import {
-  MANAGED_MARKER, containerdHostsToml, isManagedHostsToml, planHostsApply, planHostsRemove, readContainerdRegistrySetup,
+  MANAGED_MARKER, containerdHostsToml, containerdRegistrySetup, hostsTomlOwner, isManagedHostsToml, isOwnHostsToml, planHostsApply, planHostsRemove,
 } from './containerd.ts';
 import { registryApiUrl } from '../common/registry-path.ts';
 
@@ -59,18 +59,87 @@ test('remove restores the backup, deletes a file that had none, and never touche
   assert.deepEqual(planHostsRemove('server = "x"\n', true), { action: 'drop-backup' });
 });
 
+/** The registry setup containerd reads from config.toml and the files it imports, in load order. */
+function setup(...texts: string[]) {
+  return containerdRegistrySetup(texts.map((text, i) => ({ file: i === 0 ? 'config.toml' : `conf.d/${i}.toml`, doc: parseToml(text) })));
+}
+
 test('config_path is found in containerd 1.x and 2.x configs, and its absence is reported', () => {
   const v2 = `version = 2\n[plugins."io.containerd.grpc.v1.cri".registry]\n  config_path = "/etc/containerd/certs.d"\n`;
-  assert.deepEqual(readContainerdRegistrySetup(v2), { configPath: '/etc/containerd/certs.d', criDisabled: false, legacyMirrors: false });
+  assert.deepEqual(setup(v2), {
+    version: 2, versionFile: 'config.toml', registryTable: '[plugins."io.containerd.grpc.v1.cri".registry]',
+    configPath: '/etc/containerd/certs.d', criDisabled: false, legacyMirrors: false, misplaced: [], unusable: undefined,
+  });
   const v1 = `[plugins.cri.registry]\nconfig_path = "/etc/containerd/certs.d"\n`;
-  assert.equal(readContainerdRegistrySetup(v1).configPath, '/etc/containerd/certs.d');
+  assert.equal(setup(v1).configPath, '/etc/containerd/certs.d');
+  assert.equal(setup(`[plugins."cri".registry]\nconfig_path = "/etc/containerd/certs.d"\n`).configPath, '/etc/containerd/certs.d');
   const v3 = `version = 3\n[plugins."io.containerd.cri.v1.images".registry]\nconfig_path = "/etc/containerd/certs.d"\n`;
-  assert.equal(readContainerdRegistrySetup(v3).configPath, '/etc/containerd/certs.d');
+  assert.equal(setup(v3).configPath, '/etc/containerd/certs.d');
   // containerd 2.x has a default; 1.x has none
-  assert.equal(readContainerdRegistrySetup('version = 3\n').configPath, '/etc/containerd/certs.d:/etc/docker/certs.d');
-  assert.equal(readContainerdRegistrySetup('version = 2\nroot = "/var/lib/containerd"\n').configPath, undefined);
+  assert.equal(setup('version = 3\n').configPath, '/etc/containerd/certs.d:/etc/docker/certs.d');
+  assert.equal(setup('version = 2\nroot = "/var/lib/containerd"\n').configPath, undefined);
   const legacy = `version = 2\n[plugins."io.containerd.grpc.v1.cri".registry.mirrors."docker.io"]\nendpoint = ["https://m"]\n`;
-  assert.deepEqual(readContainerdRegistrySetup(legacy), { configPath: undefined, criDisabled: false, legacyMirrors: true });
-  assert.equal(readContainerdRegistrySetup('disabled_plugins = ["cri"]\n').criDisabled, true);
-  assert.throws(() => readContainerdRegistrySetup('this is = = not toml'));
+  assert.equal(setup(legacy).configPath, undefined);
+  assert.equal(setup(legacy).legacyMirrors, true);
+  assert.equal(setup('disabled_plugins = ["cri"]\n').criDisabled, true);
+  assert.equal(setup('version = 4\n').configPath, undefined);
+  assert.match(setup('version = 4\n').unusable!, /version = 4 is not a containerd config version/);
+});
+
+test('config_path counts only in the table containerd reads for the config\'s version, and the message says where it is instead', () => {
+  const table = (plugin: string) => `[plugins.${plugin}.registry]\n  config_path = "/etc/containerd/certs.d"\n`;
+  const GRPC = '"io.containerd.grpc.v1.cri"';
+  const IMAGES = '"io.containerd.cri.v1.images"';
+  // version 1 (or none): containerd 1.6 reads [plugins.cri] by plugin ID and nothing else
+  const v1Uri = setup(table(GRPC));
+  assert.equal(v1Uri.configPath, undefined);
+  assert.equal(v1Uri.registryTable, '[plugins.cri.registry]');
+  assert.deepEqual(v1Uri.misplaced, ['config.toml sets it under [plugins."io.containerd.grpc.v1.cri".registry], a table containerd reads only in a version 2 config']);
+  assert.equal(setup(`version = 1\n${table(GRPC)}`).configPath, undefined);
+  // version 2: the CRI plugin's URI; containerd 2.x's images table and the version 1 ID are not read
+  assert.equal(setup(`version = 2\n${table(IMAGES)}`).configPath, undefined);
+  assert.match(setup(`version = 2\n${table(IMAGES)}`).misplaced[0]!, /\[plugins."io.containerd.cri.v1.images".registry\], a table containerd reads only in a version 3 config/);
+  assert.equal(setup(`version = 2\n${table('cri')}`).configPath, undefined);
+  // version 3 (containerd 2.x): only the images plugin's; another table's setting leaves the default
+  assert.equal(setup(`version = 3\n${table(GRPC).replace('/etc/containerd/certs.d', '/elsewhere')}`).configPath, '/etc/containerd/certs.d:/etc/docker/certs.d');
+  assert.equal(setup(`version = 3\n[plugins.${IMAGES}.registry]\n  config_path = ""\n`).configPath, undefined, 'set empty: no hosts directory');
+});
+
+test('imported files merge as containerd merges them: the last version wins, a later plugin table replaces an earlier one whole', () => {
+  const GRPC = '"io.containerd.grpc.v1.cri"';
+  const withPath = (dir: string) => `[plugins.${GRPC}.registry]\n  config_path = "${dir}"\n`;
+  // the drop-in sets it, with or without a version of its own
+  assert.equal(setup('version = 2\nimports = ["/etc/containerd/conf.d/*.toml"]\n', `version = 2\n${withPath('/etc/containerd/certs.d')}`).configPath, '/etc/containerd/certs.d');
+  assert.equal(setup('version = 2\n', withPath('/etc/containerd/certs.d')).configPath, '/etc/containerd/certs.d');
+  // a later file's setting wins
+  assert.equal(setup('version = 2\n', withPath('/a'), `version = 2\n${withPath('/b')}`).configPath, '/b');
+  // a drop-in with a CRI table of its own replaces config.toml's, config_path and all
+  const replaced = setup(`version = 2\n${withPath('/etc/containerd/certs.d')}`, `[plugins.${GRPC}]\n  sandbox_image = "registry.k8s.io/pause:3.9"\n`);
+  assert.equal(replaced.configPath, undefined);
+  assert.match(replaced.misplaced[0]!, /config\.toml sets it under \[plugins."io.containerd.grpc.v1.cri".registry\], but conf\.d\/1\.toml \(loaded later\) has a \[plugins."io.containerd.grpc.v1.cri"\] table of its own, which replaces that one whole/);
+  // a drop-in's version applies to all: version 1 makes containerd read [plugins.cri]
+  const downgraded = setup(`version = 2\n${withPath('/etc/containerd/certs.d')}`, 'version = 1\n');
+  assert.equal(downgraded.version, 1);
+  assert.equal(downgraded.versionFile, 'conf.d/1.toml');
+  assert.equal(downgraded.configPath, undefined);
+  assert.equal(setup('version = 2\n', `version = 1\n[plugins.cri.registry]\n  config_path = "/d"\n`).configPath, '/d');
+});
+
+test('with --owner the header names the owner, and the owner, not the mirror URL, makes a file the agent\'s own', () => {
+  const text = containerdHostsToml({ registry: 'ghcr.io', mirror: 'http://10.96.0.42:5000', owner: 'registry-cache/hub', dialTimeout: '2s' });
+  assert.ok(text.startsWith(`${MANAGED_MARKER}\n# regmirror-owner: registry-cache/hub\nserver = "https://ghcr.io"\n`), text);
+  assert.equal(hostsTomlOwner(text), 'registry-cache/hub');
+  assert.equal(hostsTomlOwner(text.replaceAll('\n', '\r\n')), 'registry-cache/hub');
+  // the same agent after the mirror moved (a new ClusterIP, or http turned https)
+  assert.equal(isOwnHostsToml(text, { mirror: 'https://10.96.0.43:5000', owner: 'registry-cache/hub' }), true);
+  // another RegistryMirror's agent, even at the same URL
+  assert.equal(isOwnHostsToml(text, { mirror: 'http://10.96.0.42:5000', owner: 'other/hub' }), false);
+  // an agent run without --owner goes by the mirror URL
+  assert.equal(isOwnHostsToml(text, { mirror: 'http://10.96.0.42:5000' }), true);
+  assert.equal(isOwnHostsToml(text, { mirror: 'http://10.96.0.43:5000' }), false);
+  // a file written without an owner (an older agent's) goes by the mirror URL
+  const older = containerdHostsToml({ registry: 'ghcr.io', mirror: 'http://10.96.0.42:5000', dialTimeout: '2s' });
+  assert.equal(hostsTomlOwner(older), undefined);
+  assert.equal(isOwnHostsToml(older, { mirror: 'http://10.96.0.42:5000', owner: 'registry-cache/hub' }), true);
+  assert.equal(isOwnHostsToml(older, { mirror: 'http://10.96.0.43:5000', owner: 'registry-cache/hub' }), false);
 });

@@ -6,6 +6,13 @@ import { registryApiUrl } from '../common/registry-path.ts';
 /** First line of every hosts.toml the agent writes: how it tells its own file from someone else's. */
 export const MANAGED_MARKER = '# Managed by regmirror node-agent: restored or removed when the mirror is taken away.';
 
+/**
+ * Second line, when the agent runs with --owner: which RegistryMirror's agent wrote the file
+ * (`# regmirror-owner: <namespace>/<name>`), so that agent still knows it for its own after the
+ * mirror's URL changed (a new ClusterIP, http turned https).
+ */
+const OWNER_PREFIX = '# regmirror-owner: ';
+
 export interface HostsTomlInput {
   registry: string;
   /** http(s)://host[:port] */
@@ -16,6 +23,8 @@ export interface HostsTomlInput {
   dialTimeout: string;
   /** The CA file's name in the hosts.toml's directory, for an https mirror with its own CA. */
   caFile?: string | undefined;
+  /** --owner: written into the header. */
+  owner?: string | undefined;
 }
 
 export function containerdHostsToml(input: HostsTomlInput): string {
@@ -27,11 +36,40 @@ export function containerdHostsToml(input: HostsTomlInput): string {
   if (input.authorization) host.header = { Authorization: input.authorization };
   // server: the registry's own endpoint, where containerd goes when the mirror fails
   const body = stringify({ server: registryApiUrl(input.registry), host: { [input.mirror]: host } });
-  return `${MANAGED_MARKER}\n${body.endsWith('\n') ? body : `${body}\n`}`;
+  const header = input.owner ? `${MANAGED_MARKER}\n${OWNER_PREFIX}${input.owner}\n` : `${MANAGED_MARKER}\n`;
+  return `${header}${body.endsWith('\n') ? body : `${body}\n`}`;
 }
 
 export function isManagedHostsToml(text: string): boolean {
   return text.startsWith(MANAGED_MARKER);
+}
+
+/** The owner in a managed hosts.toml's header; undefined for one written without --owner (or by an older agent). */
+export function hostsTomlOwner(text: string): string | undefined {
+  const second = text.split('\n', 2)[1]?.replace(/\r$/, '');
+  return second?.startsWith(OWNER_PREFIX) ? second.slice(OWNER_PREFIX.length) : undefined;
+}
+
+/** Does this hosts.toml send containerd to `mirror`? */
+function pointsAtMirror(text: string, mirror: string): boolean {
+  try {
+    const host = (parse(text) as { host?: unknown }).host;
+    return host !== null && typeof host === 'object' && Object.hasOwn(host, mirror);
+  } catch {
+    return false;
+  }
+}
+
+/**
+ * Is this managed hosts.toml this agent's to take away? When both the file and the agent name an
+ * owner, the owner decides, whatever mirror the file points at (this agent's, under an earlier URL);
+ * otherwise (a file of an agent without --owner) the file is ours when it points at our mirror.
+ * Another RegistryMirror's agent writes the same file names: its files are never ours.
+ */
+export function isOwnHostsToml(text: string, agent: { mirror: string; owner?: string | undefined }): boolean {
+  const owner = hostsTomlOwner(text);
+  if (owner !== undefined && agent.owner !== undefined) return owner === agent.owner;
+  return pointsAtMirror(text, agent.mirror);
 }
 
 /** What to do with one registry's hosts.toml; the disk layer carries it out. */
@@ -63,46 +101,122 @@ export function planHostsRemove(current: string | null, hasBackup: boolean): Hos
   return current === null ? { action: 'none' } : { action: 'delete' };
 }
 
+/** One file of containerd's configuration: config.toml or a file it imports, parsed. */
+export interface ContainerdConfigFile {
+  /** Where the agent read it (named in messages). */
+  file: string;
+  doc: Record<string, unknown>;
+}
+
 export interface ContainerdRegistrySetup {
+  /** The version containerd reads the configuration as (the last file to set one wins; none is 1). */
+  version: number;
+  /** The file that set it; undefined when none did. */
+  versionFile: string | undefined;
+  /** The table containerd's CRI reads config_path from for that version, as written in TOML. */
+  registryTable: string;
   /** config_path as containerd reads it; undefined when unset (hosts.toml files are then ignored). */
   configPath: string | undefined;
   /** The CRI plugin is disabled (Docker's bundled containerd): kubelet does not pull through it. */
   criDisabled: boolean;
   /** The legacy `registry.mirrors` table is set; containerd then refuses config_path. */
   legacyMirrors: boolean;
+  /** Why a config_path in the files is not the one containerd reads, in words naming file and table. */
+  misplaced: string[];
+  /** The configuration is one containerd does not read at all (an unknown version). */
+  unusable: string | undefined;
 }
 
 const CONTAINERD2_DEFAULT_CONFIG_PATH = '/etc/containerd/certs.d:/etc/docker/certs.d';
+
+/**
+ * The CRI plugin's key under [plugins] per config version: containerd 1.x reads version 1 by
+ * plugin ID (`cri`) and version 2 by URI; containerd 2.x's version 3 moved the registry settings
+ * to the images plugin. (containerd 2.x migrates versions 1 and 2 from the same tables.)
+ */
+const CRI_REGISTRY_PLUGIN: Record<number, string> = {
+  1: 'cri',
+  2: 'io.containerd.grpc.v1.cri',
+  3: 'io.containerd.cri.v1.images',
+};
+
+/** `[plugins."<plugin>"]` as TOML names it (an ID such as `cri` needs no quotes). */
+function pluginTable(plugin: string, sub = ''): string {
+  return `[plugins.${plugin.includes('.') ? `"${plugin}"` : plugin}${sub}]`;
+}
 
 function table(value: unknown): Record<string, unknown> | undefined {
   return value !== null && typeof value === 'object' && !Array.isArray(value) ? (value as Record<string, unknown>) : undefined;
 }
 
+function registryOf(plugin: unknown): Record<string, unknown> | undefined {
+  return table(table(plugin)?.registry);
+}
+
+/** The `imports` a file lists (paths or globs), as written. */
+export function containerdImports(doc: Record<string, unknown>): string[] {
+  return Array.isArray(doc.imports) ? doc.imports.filter((i): i is string => typeof i === 'string') : [];
+}
+
+/** The `version` one file sets, 0 when none (containerd's zero value, which does not override). */
+export function containerdConfigVersion(doc: Record<string, unknown>): number {
+  return typeof doc.version === 'number' || typeof doc.version === 'bigint' ? Number(doc.version) : 0;
+}
+
 /**
- * Reads where containerd's CRI plugin looks for hosts.toml. Covers config version 1 (`cri`),
- * 2 (`io.containerd.grpc.v1.cri`) and 3 (`io.containerd.cri.v1.images`, containerd 2.x).
- * Throws smol-toml's TomlError on a file that is not TOML.
+ * Reads where containerd's CRI plugin looks for hosts.toml, from config.toml and the files it
+ * imports, in the order containerd loads them, merged as containerd 1.6 to 2.x merge them: the
+ * last file that sets `version` decides it, and each [plugins."<name>"] table is replaced whole
+ * by a later file that has it (not merged key by key). Only the registry table for the resulting
+ * version counts.
  */
-export function readContainerdRegistrySetup(configToml: string): ContainerdRegistrySetup {
-  const doc = parse(configToml) as Record<string, unknown>;
-  const plugins = table(doc.plugins) ?? {};
-  const registryTables = [
-    table(table(plugins['io.containerd.cri.v1.images'])?.registry),
-    table(table(plugins['io.containerd.grpc.v1.cri'])?.registry),
-    table(table(plugins.cri)?.registry),
-  ];
-  let configPath: string | undefined;
-  let legacyMirrors = false;
-  for (const registry of registryTables) {
-    if (!registry) continue;
-    if (configPath === undefined && typeof registry.config_path === 'string' && registry.config_path !== '') {
-      configPath = registry.config_path;
+export function containerdRegistrySetup(files: ContainerdConfigFile[]): ContainerdRegistrySetup {
+  let version = 0;
+  let versionFile: string | undefined;
+  const plugins = new Map<string, { value: unknown; file: string }>();
+  /** Every file's registry table per plugin, for saying where a config_path that does not count is. */
+  const setIn: { plugin: string; file: string }[] = [];
+  const disabled: unknown[] = [];
+  for (const { file, doc } of files) {
+    if (containerdConfigVersion(doc) !== 0) {
+      version = containerdConfigVersion(doc);
+      versionFile = file;
     }
-    if (table(registry.mirrors) && Object.keys(table(registry.mirrors)!).length > 0) legacyMirrors = true;
+    for (const [name, value] of Object.entries(table(doc.plugins) ?? {})) {
+      plugins.set(name, { value, file });
+      const configPath = registryOf(value)?.config_path;
+      if (typeof configPath === 'string' && configPath !== '') setIn.push({ plugin: name, file });
+    }
+    if (Array.isArray(doc.disabled_plugins)) disabled.push(...doc.disabled_plugins);
   }
-  // containerd 2.x (config version 3) looks in its default directories when config_path is unset.
-  if (configPath === undefined && doc.version === 3) configPath = CONTAINERD2_DEFAULT_CONFIG_PATH;
-  const disabled = Array.isArray(doc.disabled_plugins) ? doc.disabled_plugins : [];
-  const criDisabled = disabled.some((name) => name === 'cri' || name === 'io.containerd.grpc.v1.cri');
-  return { configPath, criDisabled, legacyMirrors };
+  const effective = version === 0 ? 1 : version;
+  const plugin = CRI_REGISTRY_PLUGIN[effective];
+  const criDisabled = disabled.some((name) => name === 'cri' || name === 'io.containerd.grpc.v1.cri' || name === 'io.containerd.cri.v1.images');
+  if (plugin === undefined) {
+    return {
+      version: effective, versionFile, registryTable: '', configPath: undefined, criDisabled, legacyMirrors: false, misplaced: [],
+      unusable: `version = ${effective} is not a containerd config version (1 and 2: containerd 1.x, 3: containerd 2.x)`,
+    };
+  }
+  const registryTable = pluginTable(plugin, '.registry');
+  const winner = plugins.get(plugin);
+  const registry = registryOf(winner?.value);
+  let configPath = typeof registry?.config_path === 'string' && registry.config_path !== '' ? registry.config_path : undefined;
+  // containerd 2.x looks in its default directories when config_path is not set at all.
+  if (configPath === undefined && effective === 3 && registry?.config_path === undefined) configPath = CONTAINERD2_DEFAULT_CONFIG_PATH;
+  const legacyMirrors = Object.keys(table(registry?.mirrors) ?? {}).length > 0;
+
+  const misplaced: string[] = [];
+  if (configPath === undefined) {
+    for (const where of setIn) {
+      if (where.plugin === plugin) {
+        misplaced.push(`${where.file} sets it under ${registryTable}, but ${winner!.file} (loaded later) has a ${pluginTable(plugin)} table of its own, which replaces that one whole: containerd merges imported files plugin table by plugin table`);
+      } else {
+        const versions = Object.entries(CRI_REGISTRY_PLUGIN).filter(([, p]) => p === where.plugin).map(([v]) => v);
+        const readFor = versions.length > 0 ? `a table containerd reads only in a version ${versions.join(' or ')} config` : 'a table containerd does not read';
+        misplaced.push(`${where.file} sets it under ${pluginTable(where.plugin, '.registry')}, ${readFor}`);
+      }
+    }
+  }
+  return { version: effective, versionFile, registryTable, configPath, criDisabled, legacyMirrors, misplaced, unusable: undefined };
 }

@@ -89,5 +89,5 @@ test('a mirror that moves (a new Service address) takes the CA put for its old a
   assert.deepEqual(await readdir(path.join(root, 'docker/certs.d')), []);
   assert.deepEqual(await readdir(path.join(root, 'containers/certs.d')), []);
   assert.deepEqual(await readdir(path.join(root, 'registries.conf.d')), []);
-  assert.equal(await readFile(path.join(root, 'docker/daemon.json'), 'utf8'), '{}\n');
+  assert.equal(await readFile(path.join(root, 'docker/daemon.json'), 'utf8'), daemonJson, 'the original daemon.json is back');
 });

@@ -5,7 +5,7 @@
 // skopeo): `<certs.d>/<mirror host:port>/`, where every `*.crt` is taken as a CA for that host.
 import { readFile } from 'node:fs/promises';
 import path from 'node:path';
-import { readFileOrNull, removeDirIfEmpty, removeFile, writeFileAtomic } from './node-files.ts';
+import { ensureDir, readFileOrNull, removeCreatedDirIfEmpty, removeFile, writeFileAtomic } from './node-files.ts';
 
 /** The agent's own file name wherever it puts the CA; nothing else on a node is called this. */
 export const CA_FILE_NAME = 'regmirror-ca.crt';
@@ -24,18 +24,20 @@ export async function readMirrorCa(file: string): Promise<Buffer> {
 
 /**
  * Puts `ca` at `file`, or takes the agent's file away when `ca` is undefined (and the directory
- * with it when `removeEmptyDir` and nothing else is in it). True when the disk changed.
+ * with it when `removeEmptyDir`, the agent made it and nothing else is in it). True when the disk
+ * changed.
  */
 export async function syncCaFile(file: string, ca: Buffer | undefined, removeEmptyDir: boolean): Promise<boolean> {
   const current = await readFileOrNull(file);
   if (ca !== undefined) {
     if (current !== null && current.equals(ca)) return false;
+    await ensureDir(path.dirname(file));
     await writeFileAtomic(file, ca, { mode: 0o644, keepMode: false });
     return true;
   }
   if (current === null) return false;
   await removeFile(file);
-  if (removeEmptyDir) await removeDirIfEmpty(path.dirname(file));
+  if (removeEmptyDir) await removeCreatedDirIfEmpty(path.dirname(file));
   return true;
 }
 

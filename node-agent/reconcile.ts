@@ -2,15 +2,14 @@
 // there, change only what differs. Level-triggered and idempotent: running it twice changes nothing.
 import { createHash } from 'node:crypto';
 import http from 'node:http';
-import { readdir } from 'node:fs/promises';
 import path from 'node:path';
 import { isDeepStrictEqual } from 'node:util';
-import { parse } from 'smol-toml';
 import type { Logger } from '../common/logger.ts';
 import type { AgentConfig, Runtime } from './config.ts';
 import {
-  containerdHostsToml, isManagedHostsToml, planHostsApply, planHostsRemove, readContainerdRegistrySetup, type HostsPlan,
+  containerdHostsToml, containerdRegistrySetup, isManagedHostsToml, isOwnHostsToml, planHostsApply, planHostsRemove, type ContainerdRegistrySetup, type HostsPlan,
 } from './containerd.ts';
+import { loadContainerdConfig } from './containerd-config.ts';
 import { basicAuthorization, readCredentials } from './credentials.ts';
 import {
   CRIO_DROP_IN, crioDropIn, crioDropInMirrorHosts, crioDropInPointsAt, crioRegistryPrefixes, isManagedCrioDropIn, loadsAfterCrioDropIn,
@@ -20,7 +19,7 @@ import {
   type DockerdFlags, type DockerRemovePlan, type DockerState,
 } from './docker.ts';
 import {
-  exists, isDirectory, moveFile, readFileOrNull, readTextOrNull, removeDirIfEmpty, removeFile, writeFileAtomic,
+  ensureDir, exists, isDirectory, listDir, moveFile, readFileOrNull, readTextOrNull, removeCreatedDirIfEmpty, removeFile, removeStaleTempFiles, subdirectories, writeFileAtomic,
 } from './node-files.ts';
 import { commandLine, findDaemon, pathSeenBy, processIdentity } from './processes.ts';
 import { CA_FILE_NAME, certsDirCaFile, readMirrorCa, syncCaFile } from './mirror-ca.ts';
@@ -100,16 +99,6 @@ async function containerdPresent(config: AgentConfig): Promise<boolean> {
   return (await exists(config.containerdConfig)) || (await isDirectory(config.containerdHostsDir));
 }
 
-/** Does this hosts.toml send containerd to our mirror? (Another RegistryMirror's files are not ours.) */
-function pointsAtMirror(text: string, mirror: string): boolean {
-  try {
-    const host = (parse(text) as { host?: unknown }).host;
-    return host !== null && typeof host === 'object' && Object.hasOwn(host, mirror);
-  } catch {
-    return false;
-  }
-}
-
 async function carryOutHostsPlan(plan: HostsPlan, dir: string, mode: number): Promise<boolean> {
   const file = path.join(dir, 'hosts.toml');
   const backup = file + BACKUP_SUFFIX;
@@ -126,7 +115,6 @@ async function carryOutHostsPlan(plan: HostsPlan, dir: string, mode: number): Pr
       return true;
     case 'delete':
       await removeFile(file);
-      await removeDirIfEmpty(dir);
       return true;
     case 'drop-backup':
       await removeFile(backup);
@@ -134,27 +122,34 @@ async function carryOutHostsPlan(plan: HostsPlan, dir: string, mode: number): Pr
   }
 }
 
+/** The registry directories under the hosts directory; one that is a symlink to a directory counts (the agent writes through it). */
 async function registryDirs(hostsDir: string): Promise<string[]> {
-  try {
-    return (await readdir(hostsDir, { withFileTypes: true })).filter((e) => e.isDirectory()).map((e) => e.name);
-  } catch {
-    return [];
-  }
+  // a registry name never starts with a dot: those are temp directories (node-files.ts)
+  return (await subdirectories(hostsDir)).filter((name) => !name.startsWith('.'));
+}
+
+/** The problem when containerd's CRI does not read config_path, in words naming the files and what to change. */
+function noConfigPathProblem(configFile: string, setup: ContainerdRegistrySetup): string {
+  const version = `a version ${setup.version} config${setup.versionFile ? ` (version set in ${setup.versionFile})` : ' (no version set)'}`;
+  const misplaced = setup.misplaced.length > 0 ? ` config_path is set, but not where containerd reads it: ${setup.misplaced.join('; ')}.` : '';
+  return `containerd config ${configFile} does not set config_path under ${setup.registryTable}, the table containerd reads in ${version}, so containerd ignores hosts.toml.${misplaced} Set config_path = "/etc/containerd/certs.d" under ${setup.registryTable} and restart containerd (the agent does not rewrite config.toml)`;
 }
 
 /** Reports whether containerd will read the hosts directory at all. */
 async function checkContainerdConfig(ctx: ReconcileContext, s: RuntimeStatus): Promise<void> {
   const { config, notices } = ctx;
-  const text = await readTextOrNull(config.containerdConfig);
-  if (text === null) {
+  const loaded = await loadContainerdConfig(config.containerdConfig);
+  if (loaded === null) {
     notices.warn('containerd-no-config', 'containerd config.toml not found: cannot check that config_path is set (containerd 1.x ignores hosts.toml without it)', { file: config.containerdConfig });
     return;
   }
-  let setup;
-  try {
-    setup = readContainerdRegistrySetup(text);
-  } catch (error) {
-    notUsed(s, `containerd config ${config.containerdConfig} is not TOML the agent can read: ${(error as Error).message.split('\n')[0]}`);
+  if (loaded.problems.length > 0) {
+    for (const problem of loaded.problems) notUsed(s, problem);
+    return;
+  }
+  const setup = containerdRegistrySetup(loaded.files);
+  if (setup.unusable !== undefined) {
+    notUsed(s, `containerd config ${setup.versionFile ?? config.containerdConfig}: ${setup.unusable}`);
     return;
   }
   if (setup.criDisabled) {
@@ -162,7 +157,7 @@ async function checkContainerdConfig(ctx: ReconcileContext, s: RuntimeStatus): P
     return;
   }
   if (setup.configPath === undefined) {
-    notUsed(s, `containerd config ${config.containerdConfig} does not set config_path under [plugins."io.containerd.grpc.v1.cri".registry], so containerd ignores hosts.toml; set config_path = "/etc/containerd/certs.d" and restart containerd (the agent does not rewrite config.toml)`);
+    notUsed(s, noConfigPathProblem(config.containerdConfig, setup));
     return;
   }
   if (setup.legacyMirrors) {
@@ -206,10 +201,12 @@ export async function reconcileContainerd(ctx: ReconcileContext): Promise<Runtim
   for (const registry of wanted) {
     const dir = path.join(hostsDir, registry);
     const file = path.join(dir, 'hosts.toml');
+    // a directory the agent makes is marked as its own, for removal to take (and no other)
+    await ensureDir(dir);
     // the CA first: the hosts.toml that names it may be read as soon as it is in place
     const caFile = path.join(dir, CA_FILE_NAME);
     if (await syncCaFile(caFile, ca, false)) s.changed.push(caFile);
-    const desired = containerdHostsToml({ registry, mirror: config.mirror, authorization, dialTimeout: config.dialTimeout, caFile: ca ? CA_FILE_NAME : undefined });
+    const desired = containerdHostsToml({ registry, mirror: config.mirror, owner: config.owner, authorization, dialTimeout: config.dialTimeout, caFile: ca ? CA_FILE_NAME : undefined });
     const plan = planHostsApply(await readTextOrNull(file), desired);
     if (await carryOutHostsPlan(plan, dir, mode)) {
       s.changed.push(file);
@@ -217,8 +214,8 @@ export async function reconcileContainerd(ctx: ReconcileContext): Promise<Runtim
     }
     s.watch.push(dir);
   }
-  // Everything else that sends containerd to this mirror goes: all of it on removal, and
-  // registries dropped from the list when applying.
+  // Everything else of this agent's goes: all of it on removal, and registries dropped from the
+  // list when applying.
   for (const registry of await registryDirs(hostsDir)) {
     if (wanted.includes(registry)) continue;
     const dir = path.join(hostsDir, registry);
@@ -226,21 +223,24 @@ export async function reconcileContainerd(ctx: ReconcileContext): Promise<Runtim
     const current = await readTextOrNull(file);
     const hasBackup = await exists(file + BACKUP_SUFFIX);
     const managed = current !== null && isManagedHostsToml(current);
-    const ours = managed && pointsAtMirror(current, config.mirror);
+    const ours = managed && isOwnHostsToml(current, config);
     // Another RegistryMirror's agent wrote it (and keeps the backup for its owner): not ours to take.
     if (managed && !ours) continue;
-    // Left for a listed registry: a backup whose file of ours is gone, or that someone else replaced.
-    if (!ours && !(config.registries.includes(registry) && hasBackup)) continue;
-    const plan = planHostsRemove(current, hasBackup);
-    if (await carryOutHostsPlan(plan, dir, mode)) {
-      s.changed.push(file);
-      log.info({ registry, file, action: plan.action }, 'containerd hosts.toml taken away');
+    if (ours || (config.registries.includes(registry) && hasBackup)) {
+      // ours, or left for a listed registry: a backup whose file of ours is gone, or that someone else replaced
+      const plan = planHostsRemove(current, hasBackup);
+      if (await carryOutHostsPlan(plan, dir, mode)) {
+        s.changed.push(file);
+        log.info({ registry, file, action: plan.action }, 'containerd hosts.toml taken away');
+      }
+    } else if (current !== null) {
+      continue; // someone else's hosts.toml
     }
-    // our hosts.toml is gone (or was never there): the CA it named goes too, then the emptied directory
-    if (plan.action !== 'none' || current === null) {
-      const caFile = path.join(dir, CA_FILE_NAME);
-      if (await syncCaFile(caFile, undefined, true)) s.changed.push(caFile);
-    }
+    // our hosts.toml is gone (or was never there): the CA it named goes too, then the directory
+    // when the agent made it and nothing else is in it
+    const caFile = path.join(dir, CA_FILE_NAME);
+    if (await syncCaFile(caFile, undefined, false)) s.changed.push(caFile);
+    if (await removeCreatedDirIfEmpty(dir)) s.changed.push(dir);
   }
   if (apply) await checkContainerdConfig(ctx, s);
   return s;
@@ -616,13 +616,7 @@ async function reloadCrio(ctx: ReconcileContext): Promise<void> {
  */
 async function checkLaterCrioDropIns(ctx: ReconcileContext, s: RuntimeStatus): Promise<void> {
   const { config, notices } = ctx;
-  let names: string[];
-  try {
-    names = (await readdir(config.crioDir)).filter(loadsAfterCrioDropIn);
-  } catch {
-    return;
-  }
-  for (const name of names) {
+  for (const name of (await listDir(config.crioDir)).filter(loadsAfterCrioDropIn)) {
     const file = path.join(config.crioDir, name);
     const text = await readTextOrNull(file);
     if (text === null) continue;
@@ -705,6 +699,36 @@ const RECONCILERS: Record<Runtime, (ctx: ReconcileContext) => Promise<RuntimeSta
   crio: reconcileCrio,
 };
 
+/** The directories a runtime's pass writes in, the ones it makes among them. */
+async function writtenDirs(runtime: Runtime, config: AgentConfig): Promise<string[]> {
+  const withSubdirs = async (dir: string): Promise<string[]> => [dir, ...(await subdirectories(dir)).map((name) => path.join(dir, name))];
+  switch (runtime) {
+    case 'containerd':
+      return withSubdirs(config.containerdHostsDir);
+    case 'docker':
+      return [path.dirname(config.dockerDaemonJson), ...(await withSubdirs(config.dockerCertsDir))];
+    case 'crio':
+      return [config.crioDir, ...(await withSubdirs(config.crioCertsDir))];
+  }
+}
+
+/**
+ * Takes away the temp files a killed write of an agent left in a runtime's directories (a
+ * hosts.toml's with the node's credentials in it, among others), before the pass, so that removal
+ * finds the directories the agent made empty. Passes never overlap: none of this process's writes
+ * is under way.
+ */
+async function removeInterruptedWrites(runtime: Runtime, ctx: ReconcileContext): Promise<string[]> {
+  const removed: string[] = [];
+  for (const dir of await writtenDirs(runtime, ctx.config)) {
+    for (const file of await removeStaleTempFiles(dir)) {
+      ctx.log.info({ runtime, file }, 'temp file of an interrupted write removed');
+      removed.push(file);
+    }
+  }
+  return removed;
+}
+
 export async function reconcileNode(ctx: ReconcileContext): Promise<NodeStatus> {
   const runtimes: RuntimeStatus[] = [];
   // Runtimes dropped from the list are cleaned as on removal, whatever the mode.
@@ -712,7 +736,10 @@ export async function reconcileNode(ctx: ReconcileContext): Promise<NodeStatus> 
   const passes = [...ctx.config.runtimes.map((r) => [r, ctx] as const), ...ctx.config.removeRuntimes.map((r) => [r, removing] as const)];
   for (const [runtime, runtimeCtx] of passes) {
     try {
-      runtimes.push(await RECONCILERS[runtime](runtimeCtx));
+      const swept = await removeInterruptedWrites(runtime, runtimeCtx);
+      const result = await RECONCILERS[runtime](runtimeCtx);
+      result.changed.unshift(...swept);
+      runtimes.push(result);
     } catch (error) {
       const s = status(runtime, true);
       fail(s, `${runtime}: ${(error as Error).message}`);

@@ -129,6 +129,9 @@ test('the cleanup DaemonSet runs the node agent in remove mode with a selector o
   assert.deepEqual(cleanup.spec?.template.spec, agent.spec.template.spec, 'the same agent, pods and mounts as the remove-mode DaemonSet');
   const args = cleanup.spec!.template.spec!.containers[0]!.args!;
   assert.equal(args[args.indexOf('--mode') + 1], 'remove');
+  // the same owner as the agent that applied: removal takes what that agent wrote under any mirror URL
+  const relocatedArgs = desiredRelocatedCleanupDaemonSet(inputsFixture(), 'regmirror-system').spec.template.spec.containers[0]!.args;
+  for (const a of [args, relocatedArgs]) assert.equal(a[a.indexOf('--owner') + 1], 'registry-cache/hub');
   // found by name alone, it says which RegistryMirror it is for: a later one of the same name is another
   const relocated = desiredRelocatedCleanupDaemonSet(inputsFixture(), 'regmirror-system');
   for (const daemonSet of [cleanup, relocated]) assert.equal(daemonSet.metadata?.annotations?.[MIRROR_UID_ANNOTATION], inputsFixture().mirror.metadata.uid);
@@ -315,13 +318,14 @@ test('the DaemonSet runs the node agent with the contract\'s flags and the runti
   const pod = daemonSet.spec!.template.spec!;
   const container = pod.containers[0]!;
   assert.deepEqual(container.command, ['regmirror']);
-  assert.deepEqual(container.args!.slice(0, 13), [
+  assert.deepEqual(container.args!.slice(0, 15), [
     'node-agent', '--mirror', 'http://10.96.0.42:5000', '--registries', 'docker.io,ghcr.io', '--default-registry', 'docker.io',
-    '--mode', 'apply', '--runtimes', 'containerd,docker,crio', '--ready-listen', '0.0.0.0:9101',
+    '--owner', 'registry-cache/hub', '--mode', 'apply', '--runtimes', 'containerd,docker,crio', '--ready-listen', '0.0.0.0:9101',
   ]);
   // The node agent's own flag parser takes these arguments, and they point it at the mounts.
   const config = parseAgentConfig(container.args!.slice(1), {});
   assert.equal(config.mirror, 'http://10.96.0.42:5000');
+  assert.equal(config.owner, 'registry-cache/hub', 'the agent knows its files by the RegistryMirror, whatever its URL');
   assert.deepEqual(config.registries, ['docker.io', 'ghcr.io']);
   assert.equal(config.mode, 'apply');
   const mounted = (file: string) => container.volumeMounts!.some((m) => file === m.mountPath || file.startsWith(`${m.mountPath}/`));

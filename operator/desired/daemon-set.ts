@@ -35,6 +35,8 @@ export function nodeAgentArgs(inputs: DesiredInputs): string[] {
     '--mirror', endpoint(mirror, inputs.serviceIP),
     '--registries', mirror.spec.upstreams.map((u) => u.registry).join(','),
     '--default-registry', defaultRegistry(mirror.spec),
+    // whose files the agent writes: they stay its own when --mirror changes (a new ClusterIP, spec.tls)
+    '--owner', `${mirror.metadata.namespace}/${mirror.metadata.name}`,
     '--mode', inputs.nodeAgentMode,
     '--runtimes', apply.join(','),
     ...(remove.length > 0 ? ['--remove-runtimes', remove.join(',')] : []),

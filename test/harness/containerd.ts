@@ -41,6 +41,14 @@ export interface StartContainerdOptions {
   hostsDir?: string;
   /** Write `config_path = hostsDir` for the CRI plugin (default true); false is a node that lacks it. */
   configPath?: boolean;
+  /** The config's version (default 2); version 1 writes no `version` line and names plugins by ID (`[plugins.cri]`). */
+  version?: 1 | 2;
+  /** The [plugins] table config_path goes under (default the CRI plugin's for the version): another one is a node whose setting containerd does not read. */
+  registryPlugin?: string;
+  /** config.toml's `imports`: absolute, or relative to the temp directory config.toml is in (written absolute). */
+  imports?: string[];
+  /** Files to write before containerd starts, path relative to config.toml's directory → TOML text, given the hosts directory. */
+  files?: (hostsDir: string) => Record<string, string>;
 }
 
 function tomlString(value: string): string {
@@ -65,24 +73,32 @@ export async function startContainerd(opts: StartContainerdOptions = {}): Promis
   const hostsDir = opts.hostsDir ?? path.join(dir, 'certs.d');
   const configFile = path.join(dir, 'config.toml');
   await mkdir(hostsDir, { recursive: true });
+  // version 1 names plugins by ID, version 2 by URI
+  const v1 = opts.version === 1;
+  const snapshotters = ['aufs', 'btrfs', 'zfs', 'devmapper'].map((id) => (v1 ? id : `io.containerd.snapshotter.v1.${id}`));
   const lines = [
-    'version = 2',
+    ...(v1 ? [] : ['version = 2']),
+    ...(opts.imports ? [`imports = ${JSON.stringify(opts.imports.map((i) => path.resolve(dir, i)))}`] : []),
     `root = ${tomlString(root)}`,
     `state = ${tomlString(state)}`,
     // snapshotters that cannot work here only add warnings and start-up time
-    'disabled_plugins = ["io.containerd.snapshotter.v1.aufs", "io.containerd.snapshotter.v1.btrfs", "io.containerd.snapshotter.v1.zfs", "io.containerd.snapshotter.v1.devmapper"]',
+    `disabled_plugins = ${JSON.stringify(snapshotters)}`,
     '[grpc]',
     `  address = ${tomlString(socket)}`,
     // the ttrpc socket and the opt dir default to shared paths (/run/containerd, /opt/containerd)
     '[ttrpc]',
     `  address = ${tomlString(`${socket}.ttrpc`)}`,
-    '[plugins."io.containerd.internal.v1.opt"]',
+    v1 ? '[plugins.opt]' : '[plugins."io.containerd.internal.v1.opt"]',
     `  path = ${tomlString(path.join(dir, 'opt'))}`,
   ];
   if (opts.configPath ?? true) {
-    lines.push('[plugins."io.containerd.grpc.v1.cri".registry]', `  config_path = ${tomlString(hostsDir)}`);
+    lines.push(`[plugins.${opts.registryPlugin ?? (v1 ? 'cri' : '"io.containerd.grpc.v1.cri"')}.registry]`, `  config_path = ${tomlString(hostsDir)}`);
   }
   await writeFile(configFile, lines.join('\n') + '\n');
+  for (const [name, text] of Object.entries(opts.files?.(hostsDir) ?? {})) {
+    await mkdir(path.dirname(path.join(dir, name)), { recursive: true });
+    await writeFile(path.join(dir, name), text);
+  }
 
   let server: ServerProcess | undefined;
   let earlierOutput = '';
