@@ -11,6 +11,7 @@ import {
   desiredCleanupDaemonSet, desiredDaemonSet, desiredRelocatedCleanupDaemonSet, MIRROR_UID_ANNOTATION, MODE_ANNOTATION, nodeAgentArg, relocatedCleanupName, runtimesIn, runtimesInDaemonSet,
 } from './desired/daemon-set.ts';
 import { desiredDeployment } from './desired/deployment.ts';
+import { desiredDroppedNodesDaemonSet } from './desired/dropped-nodes.ts';
 import {
   FINALIZER, endpoint, names, withDefaults, type DesiredInputs, type NodeAgentMode,
 } from './desired/inputs.ts';
@@ -23,7 +24,11 @@ import { checksumKey } from './checksum-key.ts';
 import { nodeCredentials } from './node-credentials.ts';
 import { nodeConfigHolder } from './node-conflict.ts';
 import {
-  READY, desiredStatus, nodesDone, type DaemonSetStatus, type Observed, type Problem, type WorkloadStatus,
+  DROPPED_PLACEMENTS_ANNOTATION, allTolerations, anyOf, daemonSetPlacement, droppedTolerations, leftBehind, podPlacement, readDroppedPlacements, selectsAllOf, specPlacement, withPlacement,
+  type DroppedPlacements, type PodPlacement,
+} from './placement.ts';
+import {
+  READY, desiredStatus, nodesDone, type DaemonSetStatus, type DroppedNodes, type Observed, type Problem, type WorkloadStatus,
 } from './status.ts';
 
 export interface ReconcileResult {
@@ -96,7 +101,7 @@ export class Reconciler {
       await this.options.events.record(mirror, 'Warning', 'ApplyFailed', (error as Error).message.slice(0, 1024));
       throw error;
     }
-    const { pvc, clusterIP, deployment, daemonSet, refusals } = applied;
+    const { pvc, clusterIP, deployment, daemonSet, dropped, refusals } = applied;
     // Refusals are said in Ready, so the status no longer speaks for a spec that was not all applied.
     const problem: Problem | undefined = refusals.length > 0 ? { reason: 'ApplyFailed', message: refusals.join('\n') } : undefined;
     if (problem) await this.options.events.record(mirror, 'Warning', 'ApplyFailed', problem.message.slice(0, 4096));
@@ -112,6 +117,7 @@ export class Reconciler {
       pvcPhase: pvc?.status?.phase as string | undefined,
       deployment: deployment ? workloadStatus(deployment) : undefined,
       ...nodeFacts(mirror, daemonSet),
+      droppedNodes: dropped?.nodes,
       ...(conflict
         ? {
             nodeConflict: `its nodes are configured by RegistryMirror ${conflict.holder.metadata.namespace}/${conflict.holder.metadata.name} (${conflict.why}), and both would write ${conflict.files}; give the two disjoint nodeConfig.nodeSelector labels, or set nodeConfig.enabled: false on one. The mirror itself serves.`,
@@ -121,7 +127,7 @@ export class Reconciler {
     });
     // Retried with backoff: a refusal may come from something outside the spec (a quota, a webhook).
     if (problem) throw new Error(problem.message);
-    return {};
+    return dropped ? { requeueAfterMs: dropped.requeueAfterMs } : {};
   }
 
   /** Ready=False for `problem`, with what is known of the objects that run now. */
@@ -177,9 +183,12 @@ export class Reconciler {
       ? await applyOrKeep(desiredDeployment(inputs), find('apps/v1', 'Deployment', n.deployment))
       : await find('apps/v1', 'Deployment', n.deployment)();
     let daemonSet = await find('apps/v1', 'DaemonSet', n.daemonSet)();
+    let dropped: { nodes: DroppedNodes; requeueAfterMs: number } | undefined;
     if (clusterIP && clusterIP !== 'None' && secretApplied) {
       const existing = daemonSet;
       const withIP = { ...inputs, serviceIP: clusterIP, cleanupRuntimes: pendingRuntimeCleanup(existing, mirror.spec.nodeConfig.runtimes) };
+      // Before the agents move: the nodes they leave stay configured when they stop.
+      const record = await this.recordDroppedPlacement(mirror, existing);
       if (mirror.spec.nodeConfig.enabled && !nodeConflict) {
         daemonSet = await applyOrKeep(desiredDaemonSet(withIP), async () => existing);
       } else if (existing) {
@@ -187,8 +196,102 @@ export class Reconciler {
         // configuration away and stays to keep it away.
         daemonSet = await applyOrKeep(desiredDaemonSet({ ...withIP, nodeAgentMode: 'remove' }), async () => existing);
       }
+      dropped = await this.cleanDroppedNodes(withIP, existing, daemonSet, record, applyOrKeep);
     }
-    return { pvc, clusterIP, deployment, daemonSet, refusals };
+    return { pvc, clusterIP, deployment, daemonSet, dropped, refusals };
+  }
+
+  /**
+   * The record of placements whose nodes are still to be cleaned (DROPPED_PLACEMENTS_ANNOTATION),
+   * with the running node agents' placement added first when the spec no longer selects all of
+   * its nodes. Read from the server: a cache that has not seen the last write would lose nodes.
+   */
+  private async recordDroppedPlacement(mirror: RegistryMirror, running: Applied | undefined): Promise<DroppedPlacements | undefined> {
+    const { events } = this.options;
+    const record = await this.droppedPlacements(mirror);
+    const before = daemonSetPlacement(running);
+    if (!before) return record;
+    const after = specPlacement(mirror);
+    const lost = droppedTolerations(before, after);
+    if (lost.length > 0) {
+      // Taints are not labels: no node affinity selects "tainted so", so no cleanup can be aimed there.
+      await events.record(mirror, 'Warning', 'NodeCleanupIncomplete',
+        `nodeConfig.tolerations no longer tolerates ${lost.map((t) => `${t.key || '*'}${t.value ? `=${t.value}` : ''}:${t.effect ?? '*'}`).join(', ')}: the node agents on nodes with such a taint stop and leave them pointing at the mirror, and no cleanup can select nodes by taint; see "Manual node cleanup" in the README (nodes the selector no longer selects are cleaned)`);
+    }
+    if (selectsAllOf(after, before)) return record;
+    const placements = withPlacement(record?.placements ?? [], before);
+    if (record && placements.length === record.placements.length) return record;
+    const next = { since: this.now().toISOString(), placements };
+    await this.writeMirrorMetadata(mirror, next);
+    await events.record(mirror, 'Normal', 'NodeCleanup',
+      `nodeConfig.nodeSelector no longer selects every node the agents configured (it was ${JSON.stringify(before.nodeSelector)}); DaemonSet ${names(mirror).droppedNodesDaemonSet} takes the configuration off the nodes left out`);
+    return next;
+  }
+
+  /**
+   * The DaemonSet that cleans the nodes of `record` the node agents no longer run on (placement.ts),
+   * deleted, with the record, once every pod of it reports its node clean or --node-cleanup-timeout
+   * passed since the placement changed. Undefined when there is nothing (left) to clean.
+   */
+  private async cleanDroppedNodes(
+    inputs: DesiredInputs, before: Applied | undefined, agent: Applied | undefined, record: DroppedPlacements | undefined,
+    applyOrKeep: (object: Parameters<KubeApi['apply']>[0], current: () => Promise<Applied | undefined>) => Promise<Applied | undefined>,
+  ): Promise<{ nodes: DroppedNodes; requeueAfterMs: number } | undefined> {
+    const { api, events } = this.options;
+    const { mirror } = inputs;
+    const { namespace } = mirror.metadata;
+    const name = names(mirror).droppedNodesDaemonSet;
+    const existing = await api.find<Applied>('apps/v1', 'DaemonSet', namespace, name);
+    const finish = async () => {
+      if (existing) await api.delete('apps/v1', 'DaemonSet', namespace, name);
+      if (record) await this.writeMirrorMetadata(mirror, undefined);
+      return undefined;
+    };
+    if (!record) return finish();
+    const current = agent ? daemonSetPlacement(agent) : undefined;
+    // placed otherwise only by the finalizer's removal, which covers the record's nodes itself
+    if (agent && !current) return undefined;
+    // No agent runs: every node of the record is to be cleaned.
+    const terms = current ? leftBehind(record.placements, current) : anyOf(record.placements);
+    // The agents select every such node again (and configure it).
+    if (terms?.length === 0) return finish();
+    const runtimes = [...new Set([...runtimesInDaemonSet(before), ...runtimesInDaemonSet(existing)])].filter((r) => !mirror.spec.nodeConfig.runtimes.includes(r));
+    const desired = desiredDroppedNodesDaemonSet({ ...inputs, cleanupRuntimes: runtimes }, terms, record.placements);
+    // the address those nodes were given
+    const url = nodeAgentArg(existing, '--mirror') ?? nodeAgentArg(before, '--mirror');
+    const daemonSet = await applyOrKeep(url ? pointedAt(desired, url) : desired, async () => existing);
+    if (!daemonSet) return undefined;
+    const nodes = nodesDone(daemonSetStatus(daemonSet));
+    const waitedMs = this.now().getTime() - Date.parse(record.since);
+    const timeoutMs = this.options.nodeCleanupTimeoutMs;
+    // The agents stopped on those nodes may write their files again for their grace period: see finalize.
+    const settleMs = Math.min(RELOCATED_CLEANUP_SETTLE_MS, timeoutMs / 2);
+    if (nodes.complete && waitedMs >= settleMs) {
+      await events.record(mirror, 'Normal', 'NodesCleaned', `mirror configuration removed from ${nodes.desired} node(s) nodeConfig no longer selects`);
+      return finish();
+    }
+    if (waitedMs >= timeoutMs) {
+      await events.record(mirror, 'Warning', 'NodeCleanupTimedOut',
+        `${nodes.done} of ${nodes.desired} nodes nodeConfig no longer selects confirmed removal within ${Math.round(timeoutMs / 1000)}s; they may still point their runtimes at the mirror (see "Manual node cleanup" in the README)`);
+      return finish();
+    }
+    const next = (nodes.complete ? settleMs : timeoutMs) - waitedMs + 100;
+    return { nodes: { daemonSet: name, desired: nodes.desired, done: nodes.done }, requeueAfterMs: Math.min(NODE_CLEANUP_POLL_MS, next) };
+  }
+
+  /** The record of dropped placements as the server has it (see recordDroppedPlacement). */
+  private async droppedPlacements(mirror: RegistryMirror): Promise<DroppedPlacements | undefined> {
+    const fresh = await this.options.api.find<KubeObject>(API_VERSION, KIND, mirror.metadata.namespace, mirror.metadata.name);
+    return readDroppedPlacements(fresh?.metadata?.annotations);
+  }
+
+  /** The operator's metadata on the RegistryMirror: its finalizer, and the record of dropped placements when there is one. */
+  private async writeMirrorMetadata(mirror: RegistryMirror, dropped: DroppedPlacements | undefined): Promise<void> {
+    const { name, namespace } = mirror.metadata;
+    await this.options.api.apply({
+      apiVersion: API_VERSION, kind: KIND,
+      metadata: { name, namespace, finalizers: [FINALIZER], ...(dropped ? { annotations: { [DROPPED_PLACEMENTS_ANNOTATION]: JSON.stringify(dropped) } } : {}) },
+    });
   }
 
   /**
@@ -275,19 +378,25 @@ export class Reconciler {
     const cleanup = await this.findCleanupDaemonSet(mirror);
     const waitedMs = this.now().getTime() - Date.parse(mirror.metadata.deletionTimestamp!);
     const timedOut = waitedMs >= this.options.nodeCleanupTimeoutMs;
+    // Nodes a narrowed placement left behind are still to be cleaned: the removal below reaches
+    // them too, and theirs goes first, so that two agents never take the same files away at once.
+    const dropped = await absentIfRefused(this.droppedPlacements(mirror));
+    if (await this.findWhileDeleting<Applied>('apps/v1', 'DaemonSet', namespace, n.droppedNodesDaemonSet)) {
+      await absentIfRefused(api.delete('apps/v1', 'DaemonSet', namespace, n.droppedNodesDaemonSet));
+    }
     let daemonSet: Applied | undefined;
     if (current && !current.metadata?.deletionTimestamp && !cleanup) {
-      daemonSet = modeOf(current) === 'remove' ? current : await this.switchToRemove(mirror, current);
+      daemonSet = modeOf(current) === 'remove' && !dropped ? current : await this.switchToRemove(mirror, current, dropped);
     } else if (cleanup && !cleanup.metadata?.deletionTimestamp) {
       daemonSet = cleanup;
-    } else if (nodesMayUseMirror(mirror, current)) {
+    } else if (nodesMayUseMirror(mirror, current) || dropped) {
       // The DaemonSet controller rolls nothing out for a DaemonSet being deleted, and its pods go with it.
       const why = cleanup
         ? 'the cleanup DaemonSet was deleted before the nodes confirmed removal'
         : timedOut
           ? `the node agent DaemonSet was deleted before the nodes were cleaned, and --node-cleanup-timeout (${Math.round(this.options.nodeCleanupTimeoutMs / 1000)}s) has passed`
           : undefined;
-      daemonSet = why ? undefined : await this.startCleanupDaemonSet(mirror, current);
+      daemonSet = why ? undefined : await this.startCleanupDaemonSet(mirror, current, dropped);
       if (!daemonSet) {
         if (why) await this.nodesNotCleaned(mirror, why);
         await this.removeFinalizer(mirror);
@@ -326,7 +435,7 @@ export class Reconciler {
   }
 
   /** Inputs for a node agent in remove mode; Secrets may already be gone, and removal needs none of them. */
-  private async removalInputs(mirror: RegistryMirror, serviceIP: string, agent: Applied | undefined): Promise<DesiredInputs> {
+  private async removalInputs(mirror: RegistryMirror, serviceIP: string, agent: Applied | undefined, dropped: DroppedPlacements | undefined): Promise<DesiredInputs> {
     // Secrets the operator may no longer read (see findWhileDeleting): removal needs none of them
     const gathered = await absentIfRefused(this.gatherInputs(mirror, 'remove'));
     const inputs: DesiredInputs = gathered?.inputs ?? {
@@ -338,7 +447,7 @@ export class Reconciler {
       nodeAgentMode: 'remove',
     };
     const cleanupRuntimes = runtimesInDaemonSet(agent).filter((r) => !mirror.spec.nodeConfig.runtimes.includes(r));
-    return { ...inputs, serviceIP, nodeAgentMode: 'remove', cleanupRuntimes };
+    return { ...inputs, serviceIP, nodeAgentMode: 'remove', cleanupRuntimes, ...(dropped ? { placement: removalPlacement(mirror, dropped) } : {}) };
   }
 
   /** The Secret the operator owns for `mirror`, as the server has it now. */
@@ -352,20 +461,23 @@ export class Reconciler {
     return (service?.spec?.clusterIP as string | undefined) ?? mirrorIPFromArgs(agent) ?? hostOf(mirror.status?.endpoint);
   }
 
-  private async switchToRemove(mirror: RegistryMirror, current: Applied): Promise<Applied> {
+  private async switchToRemove(mirror: RegistryMirror, current: Applied, dropped: DroppedPlacements | undefined): Promise<Applied> {
     const { api, events, logger } = this.options;
     const serviceIP = await this.mirrorIP(mirror, current);
     if (!serviceIP) {
       logger.warn({ mirror: `${mirror.metadata.namespace}/${mirror.metadata.name}` }, 'no mirror address left to remove from nodes');
       return current;
     }
-    const daemonSet = await api.apply<Applied>(desiredDaemonSet(await this.removalInputs(mirror, serviceIP, current)));
+    const desired = desiredDaemonSet(await this.removalInputs(mirror, serviceIP, current, dropped));
+    // already removing, and from every node it should
+    if (modeOf(current) === 'remove' && samePodPlacement(current, desired)) return current;
+    const daemonSet = await api.apply<Applied>(desired);
     await events.record(mirror, 'Normal', 'NodeCleanup', 'switched the node agent to remove mode; waiting for every node');
     return daemonSet;
   }
 
   /** Creates the cleanup DaemonSet, or says why the nodes cannot be cleaned (undefined). */
-  private async startCleanupDaemonSet(mirror: RegistryMirror, agent: Applied | undefined): Promise<Applied | undefined> {
+  private async startCleanupDaemonSet(mirror: RegistryMirror, agent: Applied | undefined, dropped: DroppedPlacements | undefined): Promise<Applied | undefined> {
     const { api, events } = this.options;
     // A reconcile from a cache that has not yet seen the finalizer go would start one for nobody to delete.
     const fresh = await api.find<KubeObject>(API_VERSION, KIND, mirror.metadata.namespace, mirror.metadata.name);
@@ -375,7 +487,7 @@ export class Reconciler {
       await this.nodesNotCleaned(mirror, 'the node agent DaemonSet was deleted before the nodes were cleaned, and no mirror address is left to remove');
       return undefined;
     }
-    const inputs = await this.removalInputs(mirror, serviceIP, agent);
+    const inputs = await this.removalInputs(mirror, serviceIP, agent, dropped);
     try {
       const daemonSet = await api.apply<Applied>(desiredCleanupDaemonSet(inputs));
       await events.record(mirror, 'Normal', 'NodeCleanup',
@@ -450,10 +562,9 @@ export class Reconciler {
     await events.record(mirror, 'Warning', 'NodeCleanupSkipped', message);
   }
 
-  /** Adds the operator's finalizer with server-side apply (the field manager owns only it). */
+  /** Adds the operator's finalizer with server-side apply (the field manager owns only it, and the record of dropped placements). */
   private async addFinalizer(mirror: RegistryMirror): Promise<void> {
-    const { name, namespace } = mirror.metadata;
-    await this.options.api.apply({ apiVersion: API_VERSION, kind: KIND, metadata: { name, namespace, finalizers: [FINALIZER] } });
+    await this.writeMirrorMetadata(mirror, readDroppedPlacements(mirror.metadata.annotations));
   }
 
   /**
@@ -582,6 +693,29 @@ function isCleanupDaemonSet(daemonSet: Applied): boolean {
 
 function modeOf(daemonSet: Applied): NodeAgentMode {
   return daemonSet.metadata?.annotations?.[MODE_ANNOTATION] === 'remove' ? 'remove' : 'apply';
+}
+
+/** Where a removal runs while nodes a narrowed placement left behind are still to be cleaned: the current placement's nodes and theirs. */
+function removalPlacement(mirror: RegistryMirror, dropped: DroppedPlacements): PodPlacement {
+  const placements = withPlacement(dropped.placements, specPlacement(mirror));
+  return podPlacement({ nodeSelector: {}, tolerations: allTolerations(placements) }, anyOf(placements));
+}
+
+/** Whether a running DaemonSet's pods go where `desired`'s would. */
+function samePodPlacement(running: Applied, desired: { spec: { template: { spec: PodPlacement } } }): boolean {
+  const of = (pod: PodPlacement | undefined) => stableJson({ nodeSelector: pod?.nodeSelector, affinity: pod?.affinity, tolerations: pod?.tolerations });
+  return of((running.spec?.template as { spec?: PodPlacement } | undefined)?.spec) === of(desired.spec.template.spec);
+}
+
+function stableJson(value: unknown): string {
+  return JSON.stringify(value, (_key, v: unknown) => (v && typeof v === 'object' && !Array.isArray(v) ? Object.fromEntries(Object.entries(v).sort(([a], [b]) => a.localeCompare(b))) : v));
+}
+
+/** A node agent DaemonSet given `url` as its mirror: a removal looks for the address the nodes were given. */
+function pointedAt<T extends { spec: { template: { spec: { containers: { args: string[] }[] } } } }>(daemonSet: T, url: string): T {
+  const [agent, ...others] = daemonSet.spec.template.spec.containers;
+  const args = agent!.args.map((arg, i, all) => (all[i - 1] === '--mirror' ? url : arg));
+  return { ...daemonSet, spec: { ...daemonSet.spec, template: { ...daemonSet.spec.template, spec: { ...daemonSet.spec.template.spec, containers: [{ ...agent!, args }, ...others] } } } };
 }
 
 /** The ClusterIP the running agent was given, for removal when the Service is already gone. */
