@@ -634,6 +634,30 @@ describe('operator against a real kube-apiserver', { skip }, () => {
     assert.ok(after.some((e) => e.involvedObject?.name === 'narrow' && e.reason === 'NodesCleaned' && /from 3 node/.test((e as { message?: string }).message ?? '')));
   });
 
+  it('spec.tls whose Secret is missing changes neither status.endpoint nor what runs, and a deletion then removes the address the nodes were given', async () => {
+    const spec = { upstreams: [{ registry: 'registry.k8s.io' }], ...ownNodes('scheme') };
+    await applyMirror('scheme', spec);
+    await eventually('its DaemonSet', () => owned('apps/v1', 'DaemonSet', 'regmirror-scheme-node'));
+    await playKubeletMirrorRunning('scheme');
+    await playKubeletNodeAgentsReady('scheme', 2);
+    await eventually('Available', async () => (await ready('scheme'))?.reason === 'Available');
+    const given = `http://${(await owned('v1', 'Service', 'regmirror-scheme'))!.spec.clusterIP}:5000`;
+    assert.equal((await mirror('scheme'))!.status.endpoint, given);
+
+    await applyMirror('scheme', { ...spec, tls: { secretName: 'scheme-cert' } });
+    await eventually('SecretNotFound', async () => (await ready('scheme'))?.reason === 'SecretNotFound');
+    assert.equal((await mirror('scheme'))!.status.endpoint, given, 'the mirror still serves http');
+    const agentArgs = async () => (await owned('apps/v1', 'DaemonSet', 'regmirror-scheme-node'))!.spec.template.spec.containers[0].args as string[];
+    assert.equal((await agentArgs())[(await agentArgs()).indexOf('--mirror') + 1], given);
+
+    await mustKubectl(['delete', 'rmir', 'scheme', '-n', NS, '--wait=false']);
+    await eventually('the node agent in remove mode', async () => (await owned('apps/v1', 'DaemonSet', 'regmirror-scheme-node'))?.metadata?.annotations?.[MODE_ANNOTATION] === 'remove');
+    const args = await agentArgs();
+    assert.equal(args[args.indexOf('--mirror') + 1], given, 'the removal names the address the nodes were given');
+    await playKubeletNodeAgentsReady('scheme', 2);
+    await eventually('the RegistryMirror gone', async () => (await mirror('scheme')) === undefined);
+  });
+
   it('a RegistryMirror created from a manifest that lists the finalizer itself (an export created again) is still let go on deletion', async () => {
     await mustKubectl(['create', '-f', '-'], JSON.stringify({
       apiVersion: API_VERSION, kind: KIND,

@@ -253,6 +253,24 @@ test('deletion switches the node agent to remove mode and holds the finalizer un
   assert.ok(server.all('Event').some((e) => e.reason === 'NodesCleaned'));
 });
 
+test('a deletion removes the address the nodes were given, not the one a spec.tls waiting for its Secret asks for', async () => {
+  const { server, reconciler, mirror } = setup();
+  await reconciler.reconcile('registry-cache/hub');
+  const mirrorArg = () => {
+    const args: string[] = server.all('DaemonSet')[0]!.spec.template.spec.containers[0].args;
+    return args[args.indexOf('--mirror') + 1];
+  };
+  assert.equal(mirrorArg(), 'http://10.96.0.42:5000');
+  mirror()!.spec.tls = { secretName: 'missing-cert' };
+  await reconciler.reconcile('registry-cache/hub');
+  assert.equal(mirror()!.status!.conditions!.find((c) => c.type === 'Ready')!.reason, 'SecretNotFound');
+  assert.equal(mirror()!.status!.endpoint, 'http://10.96.0.42:5000', 'what the Service serves');
+  mirror()!.metadata.deletionTimestamp = new Date().toISOString();
+  await reconciler.reconcile('registry-cache/hub');
+  assert.equal(server.all('DaemonSet')[0]!.metadata!.annotations![MODE_ANNOTATION], 'remove');
+  assert.equal(mirrorArg(), 'http://10.96.0.42:5000');
+});
+
 test('deletion stops waiting for nodes after the cleanup timeout, with a Warning', async () => {
   let now = new Date();
   const { server, reconciler, mirror } = setup({}, { timeoutMs: 30_000, now: () => now });

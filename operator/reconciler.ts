@@ -13,7 +13,7 @@ import {
 import { desiredDeployment } from './desired/deployment.ts';
 import { desiredDroppedNodesDaemonSet } from './desired/dropped-nodes.ts';
 import {
-  FINALIZER, endpoint, names, withDefaults, type DesiredInputs, type NodeAgentMode,
+  FINALIZER, endpointAt, names, withDefaults, type DesiredInputs, type NodeAgentMode,
 } from './desired/inputs.ts';
 import { claimSize, desiredPersistentVolumeClaim } from './desired/persistent-volume-claim.ts';
 import { desiredSecret } from './desired/secret.ts';
@@ -101,7 +101,7 @@ export class Reconciler {
       await this.options.events.record(mirror, 'Warning', 'ApplyFailed', (error as Error).message.slice(0, 1024));
       throw error;
     }
-    const { pvc, clusterIP, deployment, daemonSet, dropped, refusals } = applied;
+    const { pvc, service, deployment, daemonSet, dropped, refusals } = applied;
     // Refusals are said in Ready, so the status no longer speaks for a spec that was not all applied.
     const problem: Problem | undefined = refusals.length > 0 ? { reason: 'ApplyFailed', message: refusals.join('\n') } : undefined;
     if (problem) await this.options.events.record(mirror, 'Warning', 'ApplyFailed', problem.message.slice(0, 4096));
@@ -113,7 +113,7 @@ export class Reconciler {
 
     await this.writeStatus(mirror, {
       problem,
-      endpoint: clusterIP ? endpoint(mirror, clusterIP) : undefined,
+      endpoint: servedEndpoint(service),
       pvcPhase: pvc?.status?.phase as string | undefined,
       deployment: deployment ? workloadStatus(deployment) : undefined,
       ...nodeFacts(mirror, daemonSet),
@@ -139,7 +139,7 @@ export class Reconciler {
     const daemonSet = await api.find<Applied>('apps/v1', 'DaemonSet', namespace, n.daemonSet);
     await this.writeStatus(mirror, {
       problem,
-      endpoint: service?.spec?.clusterIP ? endpoint(mirror, String(service.spec.clusterIP)) : undefined,
+      endpoint: servedEndpoint(service),
       ...nodeFacts(mirror, daemonSet),
       deleting: false,
     });
@@ -198,7 +198,7 @@ export class Reconciler {
       }
       dropped = await this.cleanDroppedNodes(withIP, existing, daemonSet, record, applyOrKeep);
     }
-    return { pvc, clusterIP, deployment, daemonSet, dropped, refusals };
+    return { pvc, service, deployment, daemonSet, dropped, refusals };
   }
 
   /**
@@ -435,7 +435,7 @@ export class Reconciler {
   }
 
   /** Inputs for a node agent in remove mode; Secrets may already be gone, and removal needs none of them. */
-  private async removalInputs(mirror: RegistryMirror, serviceIP: string, agent: Applied | undefined, dropped: DroppedPlacements | undefined): Promise<DesiredInputs> {
+  private async removalInputs(mirror: RegistryMirror, url: string, agent: Applied | undefined, dropped: DroppedPlacements | undefined): Promise<DesiredInputs> {
     // Secrets the operator may no longer read (see findWhileDeleting): removal needs none of them
     const gathered = await absentIfRefused(this.gatherInputs(mirror, 'remove'));
     const inputs: DesiredInputs = gathered?.inputs ?? {
@@ -447,7 +447,7 @@ export class Reconciler {
       nodeAgentMode: 'remove',
     };
     const cleanupRuntimes = runtimesInDaemonSet(agent).filter((r) => !mirror.spec.nodeConfig.runtimes.includes(r));
-    return { ...inputs, serviceIP, nodeAgentMode: 'remove', cleanupRuntimes, ...(dropped ? { placement: removalPlacement(mirror, dropped) } : {}) };
+    return { ...inputs, serviceIP: hostOf(url), nodeAgentMode: 'remove', cleanupRuntimes, ...(dropped ? { placement: removalPlacement(mirror, dropped) } : {}) };
   }
 
   /** The Secret the operator owns for `mirror`, as the server has it now. */
@@ -455,20 +455,25 @@ export class Reconciler {
     return this.options.api.find<SecretLike & KubeObject>('v1', 'Secret', mirror.metadata.namespace, names(mirror).secret);
   }
 
-  /** The address the nodes were given: the Service's, else the agent's flag, else the status. */
-  private async mirrorIP(mirror: RegistryMirror, agent: Applied | undefined): Promise<string | undefined> {
+  /**
+   * The address the nodes were given, which is what a removal must name (the agent takes away only
+   * what points at it): the running agent's --mirror, else what the Service serves, else the status.
+   */
+  private async mirrorAddress(mirror: RegistryMirror, agent: Applied | undefined): Promise<string | undefined> {
+    const given = nodeAgentArg(agent, '--mirror');
+    if (hostOf(given)) return given;
     const service = await this.findWhileDeleting<Applied>('v1', 'Service', mirror.metadata.namespace, names(mirror).service);
-    return (service?.spec?.clusterIP as string | undefined) ?? mirrorIPFromArgs(agent) ?? hostOf(mirror.status?.endpoint);
+    return servedEndpoint(service) ?? (hostOf(mirror.status?.endpoint) ? mirror.status?.endpoint : undefined);
   }
 
   private async switchToRemove(mirror: RegistryMirror, current: Applied, dropped: DroppedPlacements | undefined): Promise<Applied> {
     const { api, events, logger } = this.options;
-    const serviceIP = await this.mirrorIP(mirror, current);
-    if (!serviceIP) {
+    const url = await this.mirrorAddress(mirror, current);
+    if (!url) {
       logger.warn({ mirror: `${mirror.metadata.namespace}/${mirror.metadata.name}` }, 'no mirror address left to remove from nodes');
       return current;
     }
-    const desired = desiredDaemonSet(await this.removalInputs(mirror, serviceIP, current, dropped));
+    const desired = pointedAt(desiredDaemonSet(await this.removalInputs(mirror, url, current, dropped)), url);
     // already removing, and from every node it should
     if (modeOf(current) === 'remove' && samePodPlacement(current, desired)) return current;
     const daemonSet = await api.apply<Applied>(desired);
@@ -482,14 +487,14 @@ export class Reconciler {
     // A reconcile from a cache that has not yet seen the finalizer go would start one for nobody to delete.
     const fresh = await api.find<KubeObject>(API_VERSION, KIND, mirror.metadata.namespace, mirror.metadata.name);
     if (fresh?.metadata?.uid !== mirror.metadata.uid || !fresh.metadata.finalizers?.includes(FINALIZER)) return undefined;
-    const serviceIP = await this.mirrorIP(mirror, agent);
-    if (!serviceIP) {
+    const url = await this.mirrorAddress(mirror, agent);
+    if (!url) {
       await this.nodesNotCleaned(mirror, 'the node agent DaemonSet was deleted before the nodes were cleaned, and no mirror address is left to remove');
       return undefined;
     }
-    const inputs = await this.removalInputs(mirror, serviceIP, agent, dropped);
+    const inputs = await this.removalInputs(mirror, url, agent, dropped);
     try {
-      const daemonSet = await api.apply<Applied>(desiredCleanupDaemonSet(inputs));
+      const daemonSet = await api.apply<Applied>(pointedAt(desiredCleanupDaemonSet(inputs), url));
       await events.record(mirror, 'Normal', 'NodeCleanup',
         `the node agent DaemonSet was deleted before the nodes were cleaned (a foreground deletion?); DaemonSet ${names(mirror).cleanupDaemonSet} takes the configuration off them`);
       return daemonSet;
@@ -497,7 +502,7 @@ export class Reconciler {
       if (!isRefused(error)) throw error;
       // A namespace being deleted takes no new objects, and a namespaced install may have lost its
       // RoleBinding there already (findWhileDeleting): the operator's own namespace takes it instead.
-      if (this.options.cleanupNamespace !== mirror.metadata.namespace) return this.startRelocatedCleanup(mirror, inputs, error as Error);
+      if (this.options.cleanupNamespace !== mirror.metadata.namespace) return this.startRelocatedCleanup(mirror, inputs, url, error as Error);
       await this.nodesNotCleaned(mirror, `the node agent DaemonSet was deleted before the nodes were cleaned, and a cleanup DaemonSet was refused: ${(error as Error).message.slice(0, 512)}`);
       return undefined;
     }
@@ -507,11 +512,11 @@ export class Reconciler {
    * The cleanup DaemonSet in the operator's namespace, for a mirror whose own namespace refused it:
    * one being deleted takes no new objects (and may have taken the operator's RoleBinding with it).
    */
-  private async startRelocatedCleanup(mirror: RegistryMirror, inputs: DesiredInputs, refusal: Error): Promise<Applied | undefined> {
+  private async startRelocatedCleanup(mirror: RegistryMirror, inputs: DesiredInputs, url: string, refusal: Error): Promise<Applied | undefined> {
     const { api, events, logger, cleanupNamespace } = this.options;
     const { namespace } = mirror.metadata;
     try {
-      const daemonSet = await api.apply<Applied>(desiredRelocatedCleanupDaemonSet(inputs, cleanupNamespace));
+      const daemonSet = await api.apply<Applied>(pointedAt(desiredRelocatedCleanupDaemonSet(inputs, cleanupNamespace), url));
       const message = `the node agent DaemonSet was deleted before the nodes were cleaned, and namespace ${namespace} refused a cleanup DaemonSet (${refusal.message.slice(0, 256)}); DaemonSet ${relocatedCleanupName(mirror)} in namespace ${cleanupNamespace} takes the configuration off them`;
       // Said in the log too: the namespace being deleted refuses the Event.
       logger.info({ mirror: `${namespace}/${mirror.metadata.name}` }, message);
@@ -718,9 +723,16 @@ function pointedAt<T extends { spec: { template: { spec: { containers: { args: s
   return { ...daemonSet, spec: { ...daemonSet.spec, template: { ...daemonSet.spec.template, spec: { ...daemonSet.spec.template.spec, containers: [{ ...agent!, args }, ...others] } } } };
 }
 
-/** The ClusterIP the running agent was given, for removal when the Service is already gone. */
-function mirrorIPFromArgs(daemonSet: Applied | undefined): string | undefined {
-  return hostOf(nodeAgentArg(daemonSet, '--mirror'));
+/**
+ * The address the Service serves at: its ClusterIP, with the scheme its port is named for (the
+ * mirror's, applied together with it), not the spec's: a spec.tls whose Secret is missing changes
+ * nothing that runs.
+ */
+function servedEndpoint(service: Applied | undefined): string | undefined {
+  const ip = service?.spec?.clusterIP as string | undefined;
+  if (!ip || ip === 'None') return undefined;
+  const port = (service?.spec?.ports as { name?: string }[] | undefined)?.[0];
+  return endpointAt(port?.name === 'https' ? 'https' : 'http', ip);
 }
 
 function hostOf(url: string | undefined): string | undefined {

@@ -196,8 +196,12 @@ export function defaultRegistry(spec: RegistryMirrorSpec): string {
   return spec.upstreams.some((u) => u.registry === 'docker.io') ? 'docker.io' : spec.upstreams[0]!.registry;
 }
 
+/** The address the spec asks the mirror to serve at (what a DaemonSet applied from it gives the agents). */
 export function endpoint(mirror: RegistryMirror, serviceIP: string): string {
-  const scheme = mirror.spec.tls ? 'https' : 'http';
+  return endpointAt(mirror.spec.tls ? 'https' : 'http', serviceIP);
+}
+
+export function endpointAt(scheme: 'http' | 'https', serviceIP: string): string {
   const host = serviceIP.includes(':') ? `[${serviceIP}]` : serviceIP;
   return `${scheme}://${host}:${MIRROR_PORT}`;
 }
