@@ -77,6 +77,15 @@ export class Reconciler {
   }
 
   async reconcile(key: string): Promise<ReconcileResult> {
+    try {
+      return await this.reconcileKey(key);
+    } catch (error) {
+      // the controller logs what is thrown
+      throw withheldIfLocal(error);
+    }
+  }
+
+  private async reconcileKey(key: string): Promise<ReconcileResult> {
     const [namespace, name] = key.split('/') as [string, string];
     const cached = this.options.cache.mirror(namespace, name);
     // Gone: owner references let the garbage collector take the owned objects.
@@ -98,8 +107,9 @@ export class Reconciler {
       applied = await this.applyAll(gathered.inputs, conflict !== undefined);
     } catch (error) {
       // Said on the object too, where `kubectl describe` shows it; repeats only bump the count.
-      await this.options.events.record(mirror, 'Warning', 'ApplyFailed', (error as Error).message.slice(0, 1024));
-      throw error;
+      const shown = withheldIfLocal(error);
+      await this.options.events.record(mirror, 'Warning', 'ApplyFailed', shown.message.slice(0, 1024));
+      throw shown;
     }
     const { pvc, service, deployment, daemonSet, dropped, refusals } = applied;
     // Refusals are said in Ready, so the status no longer speaks for a spec that was not all applied.
@@ -620,6 +630,19 @@ export class Reconciler {
       logger.info({ mirror: `${namespace}/${name}`, ready: ready.status, reason: ready.reason }, ready.message);
     }
   }
+}
+
+/**
+ * An error whose message may be shown (an Event, the log). The builders work on Secret data, and an
+ * error of the language's own (a TypeError naming the value it got, a SyntaxError quoting the text)
+ * may quote it: such a message is withheld, its kind said. The API server's and the network's
+ * errors, and the reconciler's own, are shown as they are.
+ */
+export function withheldIfLocal(error: unknown): Error {
+  if (error instanceof TypeError || error instanceof RangeError || error instanceof SyntaxError) {
+    return new Error(`building the owned objects failed with a ${error.name}; its message is withheld, as it may quote Secret data`);
+  }
+  return error as Error;
 }
 
 /** The storage the existing claim asks for, as the API server wrote it. */
