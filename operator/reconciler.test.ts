@@ -205,6 +205,21 @@ test('an error of the language\'s own from building objects (which may quote Sec
   assert.ok(!JSON.stringify(events).includes('55512345'));
 });
 
+test('an htpasswd Secret with a line the mirror refuses (htpasswd -c writes $apr1$) is InvalidCredentials naming the Secret, key and line, and the mirror is not rolled onto it', async () => {
+  const spec = { auth: { htpasswdSecretRef: { name: 'users' }, allowAnonymousWithCredentials: false } };
+  const { server, secrets, reconciler, ready } = setup(spec);
+  const b64 = (s: string) => Buffer.from(s).toString('base64');
+  secrets.set('registry-cache/users', { data: { htpasswd: b64('bob:$2y$05$abcdefghijklmnopqrstuv\n') } });
+  await reconciler.reconcile('registry-cache/hub');
+  const running = JSON.stringify([server.all('Deployment'), server.all('Secret')]);
+  secrets.set('registry-cache/users', { data: { htpasswd: b64('# users\nbob:$2y$05$abcdefghijklmnopqrstuv\nalice:$apr1$Secr3tSalt$Q0bI5Ljq8T0vXGhCjV4y01\n') } });
+  await reconciler.reconcile('registry-cache/hub');
+  assert.equal(ready()!.reason, 'InvalidCredentials');
+  assert.match(ready()!.message, /^Secret users \(spec\.auth\), key "htpasswd": line 3 is not user:bcrypt-hash/);
+  assert.equal(JSON.stringify([server.all('Deployment'), server.all('Secret')]), running, 'nothing running is changed');
+  assert.ok(!JSON.stringify([...server.objects.values()]).includes('Secr3tSalt'), 'the line is quoted nowhere');
+});
+
 test('a prefetch image on no configured upstream (which the mirror refuses at start) is InvalidSpec, naming the entry, and nothing is rolled out until it is fixed', async () => {
   const spec = { upstreams: [{ registry: 'docker.io' }], prefetch: ['nginx:1.27', 'quay.io/prometheus/node-exporter:v1.8.0'] };
   const { server, reconciler, ready } = setup(spec);

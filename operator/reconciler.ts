@@ -3,6 +3,7 @@
 // pure builders, applies them with server-side apply, and writes status from what the server
 // returned. Deletion runs the node-cleanup finalizer.
 import { createHash } from 'node:crypto';
+import { HtpasswdLineError, parseHtpasswd } from '../common/htpasswd.ts';
 import type { Logger } from '../common/logger.ts';
 import { API_VERSION, KIND, type RegistryMirror, type RegistryMirrorStatus, type Runtime } from './api/registry-mirror.ts';
 import { InvalidCredentialsError, normaliseCredentials, type Credentials, type SecretLike } from './credentials.ts';
@@ -357,6 +358,13 @@ export class Reconciler {
       const text = htpasswd.data?.htpasswd;
       if (!text) return invalid(`Secret ${htpasswdRef.name} (spec.auth) has no key "htpasswd"`);
       inputs.htpasswd = Buffer.from(text, 'base64').toString('utf8');
+      try {
+        // the mirror's own rule: a file it refuses would crash-loop the pods rolled onto it
+        parseHtpasswd(inputs.htpasswd);
+      } catch (error) {
+        if (error instanceof HtpasswdLineError) return invalid(`Secret ${htpasswdRef.name} (spec.auth), key "htpasswd": ${error.message}`);
+        throw error;
+      }
       inputs.nodeCredentials = await nodeCredentials(owned?.data);
     }
 
