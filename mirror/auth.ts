@@ -9,6 +9,7 @@ import bcrypt from 'bcryptjs';
 import type { CompareAnswer, CompareRequest } from './bcrypt-worker.ts';
 import { ConfigError } from '../common/config-error.ts';
 import { ExpiringMap } from '../common/expiring-map.ts';
+import { HtpasswdLineError, parseHtpasswd } from '../common/htpasswd.ts';
 import { RegistryError } from './errors.ts';
 
 const REMEMBER_MS = 60_000;
@@ -101,14 +102,12 @@ export class HtpasswdAuth {
     } catch (error) {
       throw new Error(`cannot read ${this.file}: ${(error as NodeJS.ErrnoException).code ?? 'error'}`);
     }
-    const users = new Map<string, string>();
-    for (const [index, raw] of text.split('\n').entries()) {
-      const line = raw.trim();
-      if (!line || line.startsWith('#')) continue;
-      const colon = line.indexOf(':');
-      const hash = line.slice(colon + 1);
-      if (colon <= 0 || !/^\$2[aby]\$\d\d\$/.test(hash)) throw new Error(`${this.file} line ${index + 1} is not user:bcrypt-hash (only bcrypt entries are accepted)`);
-      users.set(line.slice(0, colon), hash);
+    let users: Map<string, string>;
+    try {
+      users = parseHtpasswd(text);
+    } catch (error) {
+      if (error instanceof HtpasswdLineError) throw new Error(`${this.file} ${error.message}`);
+      throw error;
     }
     if (users.size === 0) throw new Error(`${this.file} has no bcrypt entries (create one with: htpasswd -B -n USER)`);
     return { users, identity };

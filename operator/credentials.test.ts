@@ -39,3 +39,25 @@ test('unusable Secrets are InvalidCredentials whose messages never hold the valu
     });
   }
 });
+
+test('a dockerconfigjson of another shape (a number where a string belongs, null) is InvalidCredentials naming the Secret and key, never the value', () => {
+  const docker = (config: unknown) => ({ type: 'kubernetes.io/dockerconfigjson', data: { '.dockerconfigjson': b64(JSON.stringify(config)) } });
+  const cases: [unknown, RegExp][] = [
+    [{ auths: { 'docker.io': { username: 'alice', password: 55512345 } } }, /Secret hub: auths\["docker\.io"\]\.password in "\.dockerconfigjson" is a number, not a string/],
+    [{ auths: { 'docker.io': { username: 55512345, password: 'x' } } }, /auths\["docker\.io"\]\.username in "\.dockerconfigjson" is a number/],
+    [{ auths: { 'docker.io': { auth: 55512345 } } }, /auths\["docker\.io"\]\.auth in "\.dockerconfigjson" is a number/],
+    [{ auths: { 'docker.io': { auth: [55512345] } } }, /auths\["docker\.io"\]\.auth in "\.dockerconfigjson" is a list/],
+    [{ auths: { 'docker.io': 55512345 } }, /auths\["docker\.io"\] in "\.dockerconfigjson" is not an object/],
+    [{ auths: 55512345 }, /"auths" in "\.dockerconfigjson" is not an object/],
+    [null, /Secret hub: "\.dockerconfigjson" is not a JSON object/],
+    [55512345, /"\.dockerconfigjson" is not a JSON object/],
+  ];
+  for (const [config, message] of cases) {
+    assert.throws(() => normaliseCredentials(docker(config), 'docker.io', 'hub'), (error: Error) => {
+      assert.ok(error instanceof InvalidCredentialsError, `${error.name}: ${JSON.stringify(config)}`);
+      assert.match(error.message, message);
+      assert.ok(!error.message.includes('55512345'), error.message);
+      return true;
+    });
+  }
+});

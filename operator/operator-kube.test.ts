@@ -581,6 +581,83 @@ describe('operator against a real kube-apiserver', { skip }, () => {
     assert.ok(events.some((e) => e.involvedObject?.name === 'stuck' && e.reason === 'NodeCleanupTimedOut'));
   });
 
+  it('nodes a narrowed nodeSelector no longer selects are cleaned by a DaemonSet of their own, and a deletion meanwhile cleans them too', async () => {
+    const POOL = 'regmirror.test/pool';
+    const gpu = { key: 'gpu', operator: 'Exists', effect: 'NoSchedule' };
+    const placed = (pool: string, tolerations: object[] = []) => ({ upstreams: [{ registry: 'gcr.io' }], nodeConfig: { enabled: true, runtimes: ['containerd'], nodeSelector: { [POOL]: pool }, tolerations } });
+    const dropped = () => owned('apps/v1', 'DaemonSet', 'regmirror-narrow-node-dropped');
+    const terms = (ds: Obj) => ds.spec.template.spec.affinity?.nodeAffinity?.requiredDuringSchedulingIgnoredDuringExecution?.nodeSelectorTerms;
+    await applyMirror('narrow', placed('old', [gpu]));
+    await eventually('its DaemonSet', () => owned('apps/v1', 'DaemonSet', 'regmirror-narrow-node'));
+    await playKubeletMirrorRunning('narrow');
+    await playKubeletNodeAgentsReady('narrow', 2);
+    await eventually('Available', async () => (await ready('narrow'))?.reason === 'Available');
+    const endpoint = (await mirror('narrow'))!.status.endpoint;
+
+    await applyMirror('narrow', placed('new'));
+    const cleanup = await eventually('a DaemonSet for the nodes left behind', dropped);
+    assert.equal(cleanup.metadata!.annotations![MODE_ANNOTATION], 'remove');
+    assert.deepEqual(terms(cleanup), [{ matchExpressions: [{ key: POOL, operator: 'In', values: ['old'] }, { key: POOL, operator: 'NotIn', values: ['new'] }] }]);
+    assert.equal(cleanup.spec.template.spec.nodeSelector, undefined);
+    assert.deepEqual(cleanup.spec.template.spec.tolerations, [gpu], 'it reaches the nodes the old tolerations reached');
+    const args: string[] = cleanup.spec.template.spec.containers[0].args;
+    assert.equal(args[args.indexOf('--mirror') + 1], endpoint);
+    assert.equal(cleanup.metadata!.ownerReferences?.[0]?.name, 'narrow');
+    assert.deepEqual((await owned('apps/v1', 'DaemonSet', 'regmirror-narrow-node'))!.spec.template.spec.nodeSelector, { [POOL]: 'new' });
+    await playKubeletNodeAgentsReady('narrow', 2);
+    const pending = await eventually('NodesPending naming the cleanup', async () => (await ready('narrow'))?.reason === 'NodesPending' && ready('narrow'));
+    assert.match(pending.message, /0 of 0 nodes nodeConfig no longer selects cleaned \(DaemonSet regmirror-narrow-node-dropped/);
+    const events = await eventsFor('narrow');
+    assert.ok(events.some((e) => e.reason === 'NodeCleanupIncomplete' && e.type === 'Warning' && /gpu:NoSchedule/.test(e.message!)), 'a dropped toleration is warned about');
+    await playKubeletDaemonSetReady(admin, NS, 'regmirror-narrow-node-dropped', 1);
+    await eventually('the cleanup deleted once its nodes confirmed', async () => (await dropped()) === undefined);
+    assert.ok((await eventsFor('narrow')).some((e) => e.reason === 'NodesCleaned' && /nodeConfig no longer selects/.test(e.message!)));
+    await eventually('Available again', async () => (await ready('narrow'))?.reason === 'Available');
+    assert.equal((await mirror('narrow'))!.metadata!.annotations?.['regmirror.dev/dropped-placements'], undefined);
+
+    // narrowed again, and deleted before those nodes confirmed: the removal covers both placements
+    await applyMirror('narrow', placed('newer'));
+    await eventually('a cleanup for the nodes left this time', dropped);
+    await mustKubectl(['delete', 'rmir', 'narrow', '-n', NS, '--wait=false']);
+    const removal = await eventually('the node agent removing from both placements\' nodes', async () => {
+      const ds = await owned('apps/v1', 'DaemonSet', 'regmirror-narrow-node');
+      return ds?.metadata?.annotations?.[MODE_ANNOTATION] === 'remove' && terms(ds) && ds;
+    });
+    assert.deepEqual(terms(removal), [
+      { matchExpressions: [{ key: POOL, operator: 'In', values: ['new'] }] },
+      { matchExpressions: [{ key: POOL, operator: 'In', values: ['newer'] }] },
+    ]);
+    await eventually('the cleanup of the nodes left behind handed over', async () => (await dropped()) === undefined);
+    await playKubeletNodeAgentsReady('narrow', 3);
+    await eventually('the RegistryMirror gone', async () => (await mirror('narrow')) === undefined);
+    const after = (await admin.list<Obj & { reason?: string; involvedObject?: { name: string } }>('v1', 'Event', NS)).items;
+    assert.ok(after.some((e) => e.involvedObject?.name === 'narrow' && e.reason === 'NodesCleaned' && /from 3 node/.test((e as { message?: string }).message ?? '')));
+  });
+
+  it('spec.tls whose Secret is missing changes neither status.endpoint nor what runs, and a deletion then removes the address the nodes were given', async () => {
+    const spec = { upstreams: [{ registry: 'registry.k8s.io' }], ...ownNodes('scheme') };
+    await applyMirror('scheme', spec);
+    await eventually('its DaemonSet', () => owned('apps/v1', 'DaemonSet', 'regmirror-scheme-node'));
+    await playKubeletMirrorRunning('scheme');
+    await playKubeletNodeAgentsReady('scheme', 2);
+    await eventually('Available', async () => (await ready('scheme'))?.reason === 'Available');
+    const given = `http://${(await owned('v1', 'Service', 'regmirror-scheme'))!.spec.clusterIP}:5000`;
+    assert.equal((await mirror('scheme'))!.status.endpoint, given);
+
+    await applyMirror('scheme', { ...spec, tls: { secretName: 'scheme-cert' } });
+    await eventually('SecretNotFound', async () => (await ready('scheme'))?.reason === 'SecretNotFound');
+    assert.equal((await mirror('scheme'))!.status.endpoint, given, 'the mirror still serves http');
+    const agentArgs = async () => (await owned('apps/v1', 'DaemonSet', 'regmirror-scheme-node'))!.spec.template.spec.containers[0].args as string[];
+    assert.equal((await agentArgs())[(await agentArgs()).indexOf('--mirror') + 1], given);
+
+    await mustKubectl(['delete', 'rmir', 'scheme', '-n', NS, '--wait=false']);
+    await eventually('the node agent in remove mode', async () => (await owned('apps/v1', 'DaemonSet', 'regmirror-scheme-node'))?.metadata?.annotations?.[MODE_ANNOTATION] === 'remove');
+    const args = await agentArgs();
+    assert.equal(args[args.indexOf('--mirror') + 1], given, 'the removal names the address the nodes were given');
+    await playKubeletNodeAgentsReady('scheme', 2);
+    await eventually('the RegistryMirror gone', async () => (await mirror('scheme')) === undefined);
+  });
+
   it('a RegistryMirror created from a manifest that lists the finalizer itself (an export created again) is still let go on deletion', async () => {
     await mustKubectl(['create', '-f', '-'], JSON.stringify({
       apiVersion: API_VERSION, kind: KIND,

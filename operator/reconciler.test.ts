@@ -175,6 +175,51 @@ test('a referenced Secret is read from the server when reconciling; one the oper
   assert.equal(Buffer.from(server.all('Secret')[0]!.data!['upstream-0-password']!, 'base64').toString(), 'rotated');
 });
 
+test('credentials of the wrong JSON type are InvalidCredentials: no Event, status or object carries the value, and what runs is kept', async () => {
+  const spec = { upstreams: [{ registry: 'docker.io', credentialsSecretRef: { name: 'hub-credentials' } }], auth: { allowAnonymousWithCredentials: true } };
+  const { server, secrets, reconciler, ready } = setup(spec);
+  const b64 = (s: string) => Buffer.from(s).toString('base64');
+  const docker = (password: unknown) => ({ type: 'kubernetes.io/dockerconfigjson', data: { '.dockerconfigjson': b64(JSON.stringify({ auths: { 'docker.io': { username: 'alice', password } } })) } });
+  secrets.set('registry-cache/hub-credentials', docker('pw'));
+  await reconciler.reconcile('registry-cache/hub');
+  const deployment = JSON.stringify(server.all('Deployment'));
+  secrets.set('registry-cache/hub-credentials', docker(55512345));
+  await reconciler.reconcile('registry-cache/hub');
+  assert.equal(ready()!.reason, 'InvalidCredentials');
+  assert.match(ready()!.message, /Secret hub-credentials: auths\["docker\.io"\]\.password in "\.dockerconfigjson" is a number, not a string/);
+  assert.equal(JSON.stringify(server.all('Deployment')), deployment, 'nothing running is changed');
+  assert.ok(!JSON.stringify([...server.objects.values()]).includes('55512345'), 'in no Event, status or object');
+});
+
+test('an error of the language\'s own from building objects (which may quote Secret data) reaches no Event or log with its message', async () => {
+  const { server, reconciler } = setup();
+  const api = server as unknown as { apply: (o: unknown) => Promise<unknown> };
+  const apply = api.apply.bind(server);
+  api.apply = async (object) => {
+    if ((object as { kind?: string }).kind === 'ConfigMap') throw new TypeError('Received type number (55512345)');
+    return apply(object);
+  };
+  await assert.rejects(reconciler.reconcile('registry-cache/hub'), (error: Error) => !error.message.includes('55512345') && /TypeError; its message is withheld/.test(error.message));
+  const events = server.all('Event');
+  assert.ok(events.some((e) => e.reason === 'ApplyFailed'));
+  assert.ok(!JSON.stringify(events).includes('55512345'));
+});
+
+test('an htpasswd Secret with a line the mirror refuses (htpasswd -c writes $apr1$) is InvalidCredentials naming the Secret, key and line, and the mirror is not rolled onto it', async () => {
+  const spec = { auth: { htpasswdSecretRef: { name: 'users' }, allowAnonymousWithCredentials: false } };
+  const { server, secrets, reconciler, ready } = setup(spec);
+  const b64 = (s: string) => Buffer.from(s).toString('base64');
+  secrets.set('registry-cache/users', { data: { htpasswd: b64('bob:$2y$05$abcdefghijklmnopqrstuv\n') } });
+  await reconciler.reconcile('registry-cache/hub');
+  const running = JSON.stringify([server.all('Deployment'), server.all('Secret')]);
+  secrets.set('registry-cache/users', { data: { htpasswd: b64('# users\nbob:$2y$05$abcdefghijklmnopqrstuv\nalice:$apr1$Secr3tSalt$Q0bI5Ljq8T0vXGhCjV4y01\n') } });
+  await reconciler.reconcile('registry-cache/hub');
+  assert.equal(ready()!.reason, 'InvalidCredentials');
+  assert.match(ready()!.message, /^Secret users \(spec\.auth\), key "htpasswd": line 3 is not user:bcrypt-hash/);
+  assert.equal(JSON.stringify([server.all('Deployment'), server.all('Secret')]), running, 'nothing running is changed');
+  assert.ok(!JSON.stringify([...server.objects.values()]).includes('Secr3tSalt'), 'the line is quoted nowhere');
+});
+
 test('a prefetch image on no configured upstream (which the mirror refuses at start) is InvalidSpec, naming the entry, and nothing is rolled out until it is fixed', async () => {
   const spec = { upstreams: [{ registry: 'docker.io' }], prefetch: ['nginx:1.27', 'quay.io/prometheus/node-exporter:v1.8.0'] };
   const { server, reconciler, ready } = setup(spec);
@@ -251,6 +296,24 @@ test('deletion switches the node agent to remove mode and holds the finalizer un
   await reconciler.reconcile('registry-cache/hub');
   assert.equal(mirror(), undefined, 'finalizer removed: the object goes');
   assert.ok(server.all('Event').some((e) => e.reason === 'NodesCleaned'));
+});
+
+test('a deletion removes the address the nodes were given, not the one a spec.tls waiting for its Secret asks for', async () => {
+  const { server, reconciler, mirror } = setup();
+  await reconciler.reconcile('registry-cache/hub');
+  const mirrorArg = () => {
+    const args: string[] = server.all('DaemonSet')[0]!.spec.template.spec.containers[0].args;
+    return args[args.indexOf('--mirror') + 1];
+  };
+  assert.equal(mirrorArg(), 'http://10.96.0.42:5000');
+  mirror()!.spec.tls = { secretName: 'missing-cert' };
+  await reconciler.reconcile('registry-cache/hub');
+  assert.equal(mirror()!.status!.conditions!.find((c) => c.type === 'Ready')!.reason, 'SecretNotFound');
+  assert.equal(mirror()!.status!.endpoint, 'http://10.96.0.42:5000', 'what the Service serves');
+  mirror()!.metadata.deletionTimestamp = new Date().toISOString();
+  await reconciler.reconcile('registry-cache/hub');
+  assert.equal(server.all('DaemonSet')[0]!.metadata!.annotations![MODE_ANNOTATION], 'remove');
+  assert.equal(mirrorArg(), 'http://10.96.0.42:5000');
 });
 
 test('deletion stops waiting for nodes after the cleanup timeout, with a Warning', async () => {

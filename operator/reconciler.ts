@@ -3,6 +3,7 @@
 // pure builders, applies them with server-side apply, and writes status from what the server
 // returned. Deletion runs the node-cleanup finalizer.
 import { createHash } from 'node:crypto';
+import { HtpasswdLineError, parseHtpasswd } from '../common/htpasswd.ts';
 import type { Logger } from '../common/logger.ts';
 import { API_VERSION, KIND, type RegistryMirror, type RegistryMirrorStatus, type Runtime } from './api/registry-mirror.ts';
 import { InvalidCredentialsError, normaliseCredentials, type Credentials, type SecretLike } from './credentials.ts';
@@ -11,8 +12,9 @@ import {
   desiredCleanupDaemonSet, desiredDaemonSet, desiredRelocatedCleanupDaemonSet, MIRROR_UID_ANNOTATION, MODE_ANNOTATION, nodeAgentArg, relocatedCleanupName, runtimesIn, runtimesInDaemonSet,
 } from './desired/daemon-set.ts';
 import { desiredDeployment } from './desired/deployment.ts';
+import { desiredDroppedNodesDaemonSet } from './desired/dropped-nodes.ts';
 import {
-  FINALIZER, endpoint, names, withDefaults, type DesiredInputs, type NodeAgentMode,
+  FINALIZER, endpointAt, names, withDefaults, type DesiredInputs, type NodeAgentMode,
 } from './desired/inputs.ts';
 import { claimSize, desiredPersistentVolumeClaim } from './desired/persistent-volume-claim.ts';
 import { desiredSecret } from './desired/secret.ts';
@@ -23,7 +25,11 @@ import { checksumKey } from './checksum-key.ts';
 import { nodeCredentials } from './node-credentials.ts';
 import { nodeConfigHolder } from './node-conflict.ts';
 import {
-  READY, desiredStatus, nodesDone, type DaemonSetStatus, type Observed, type Problem, type WorkloadStatus,
+  DROPPED_PLACEMENTS_ANNOTATION, allTolerations, anyOf, daemonSetPlacement, droppedTolerations, leftBehind, podPlacement, readDroppedPlacements, selectsAllOf, specPlacement, withPlacement,
+  type DroppedPlacements, type PodPlacement,
+} from './placement.ts';
+import {
+  READY, desiredStatus, nodesDone, type DaemonSetStatus, type DroppedNodes, type Observed, type Problem, type WorkloadStatus,
 } from './status.ts';
 
 export interface ReconcileResult {
@@ -72,6 +78,15 @@ export class Reconciler {
   }
 
   async reconcile(key: string): Promise<ReconcileResult> {
+    try {
+      return await this.reconcileKey(key);
+    } catch (error) {
+      // the controller logs what is thrown
+      throw withheldIfLocal(error);
+    }
+  }
+
+  private async reconcileKey(key: string): Promise<ReconcileResult> {
     const [namespace, name] = key.split('/') as [string, string];
     const cached = this.options.cache.mirror(namespace, name);
     // Gone: owner references let the garbage collector take the owned objects.
@@ -93,10 +108,11 @@ export class Reconciler {
       applied = await this.applyAll(gathered.inputs, conflict !== undefined);
     } catch (error) {
       // Said on the object too, where `kubectl describe` shows it; repeats only bump the count.
-      await this.options.events.record(mirror, 'Warning', 'ApplyFailed', (error as Error).message.slice(0, 1024));
-      throw error;
+      const shown = withheldIfLocal(error);
+      await this.options.events.record(mirror, 'Warning', 'ApplyFailed', shown.message.slice(0, 1024));
+      throw shown;
     }
-    const { pvc, clusterIP, deployment, daemonSet, refusals } = applied;
+    const { pvc, service, deployment, daemonSet, dropped, refusals } = applied;
     // Refusals are said in Ready, so the status no longer speaks for a spec that was not all applied.
     const problem: Problem | undefined = refusals.length > 0 ? { reason: 'ApplyFailed', message: refusals.join('\n') } : undefined;
     if (problem) await this.options.events.record(mirror, 'Warning', 'ApplyFailed', problem.message.slice(0, 4096));
@@ -108,10 +124,11 @@ export class Reconciler {
 
     await this.writeStatus(mirror, {
       problem,
-      endpoint: clusterIP ? endpoint(mirror, clusterIP) : undefined,
+      endpoint: servedEndpoint(service),
       pvcPhase: pvc?.status?.phase as string | undefined,
       deployment: deployment ? workloadStatus(deployment) : undefined,
       ...nodeFacts(mirror, daemonSet),
+      droppedNodes: dropped?.nodes,
       ...(conflict
         ? {
             nodeConflict: `its nodes are configured by RegistryMirror ${conflict.holder.metadata.namespace}/${conflict.holder.metadata.name} (${conflict.why}), and both would write ${conflict.files}; give the two disjoint nodeConfig.nodeSelector labels, or set nodeConfig.enabled: false on one. The mirror itself serves.`,
@@ -121,7 +138,7 @@ export class Reconciler {
     });
     // Retried with backoff: a refusal may come from something outside the spec (a quota, a webhook).
     if (problem) throw new Error(problem.message);
-    return {};
+    return dropped ? { requeueAfterMs: dropped.requeueAfterMs } : {};
   }
 
   /** Ready=False for `problem`, with what is known of the objects that run now. */
@@ -133,7 +150,7 @@ export class Reconciler {
     const daemonSet = await api.find<Applied>('apps/v1', 'DaemonSet', namespace, n.daemonSet);
     await this.writeStatus(mirror, {
       problem,
-      endpoint: service?.spec?.clusterIP ? endpoint(mirror, String(service.spec.clusterIP)) : undefined,
+      endpoint: servedEndpoint(service),
       ...nodeFacts(mirror, daemonSet),
       deleting: false,
     });
@@ -177,9 +194,12 @@ export class Reconciler {
       ? await applyOrKeep(desiredDeployment(inputs), find('apps/v1', 'Deployment', n.deployment))
       : await find('apps/v1', 'Deployment', n.deployment)();
     let daemonSet = await find('apps/v1', 'DaemonSet', n.daemonSet)();
+    let dropped: { nodes: DroppedNodes; requeueAfterMs: number } | undefined;
     if (clusterIP && clusterIP !== 'None' && secretApplied) {
       const existing = daemonSet;
       const withIP = { ...inputs, serviceIP: clusterIP, cleanupRuntimes: pendingRuntimeCleanup(existing, mirror.spec.nodeConfig.runtimes) };
+      // Before the agents move: the nodes they leave stay configured when they stop.
+      const record = await this.recordDroppedPlacement(mirror, existing);
       if (mirror.spec.nodeConfig.enabled && !nodeConflict) {
         daemonSet = await applyOrKeep(desiredDaemonSet(withIP), async () => existing);
       } else if (existing) {
@@ -187,8 +207,102 @@ export class Reconciler {
         // configuration away and stays to keep it away.
         daemonSet = await applyOrKeep(desiredDaemonSet({ ...withIP, nodeAgentMode: 'remove' }), async () => existing);
       }
+      dropped = await this.cleanDroppedNodes(withIP, existing, daemonSet, record, applyOrKeep);
     }
-    return { pvc, clusterIP, deployment, daemonSet, refusals };
+    return { pvc, service, deployment, daemonSet, dropped, refusals };
+  }
+
+  /**
+   * The record of placements whose nodes are still to be cleaned (DROPPED_PLACEMENTS_ANNOTATION),
+   * with the running node agents' placement added first when the spec no longer selects all of
+   * its nodes. Read from the server: a cache that has not seen the last write would lose nodes.
+   */
+  private async recordDroppedPlacement(mirror: RegistryMirror, running: Applied | undefined): Promise<DroppedPlacements | undefined> {
+    const { events } = this.options;
+    const record = await this.droppedPlacements(mirror);
+    const before = daemonSetPlacement(running);
+    if (!before) return record;
+    const after = specPlacement(mirror);
+    const lost = droppedTolerations(before, after);
+    if (lost.length > 0) {
+      // Taints are not labels: no node affinity selects "tainted so", so no cleanup can be aimed there.
+      await events.record(mirror, 'Warning', 'NodeCleanupIncomplete',
+        `nodeConfig.tolerations no longer tolerates ${lost.map((t) => `${t.key || '*'}${t.value ? `=${t.value}` : ''}:${t.effect ?? '*'}`).join(', ')}: the node agents on nodes with such a taint stop and leave them pointing at the mirror, and no cleanup can select nodes by taint; see "Manual node cleanup" in the README (nodes the selector no longer selects are cleaned)`);
+    }
+    if (selectsAllOf(after, before)) return record;
+    const placements = withPlacement(record?.placements ?? [], before);
+    if (record && placements.length === record.placements.length) return record;
+    const next = { since: this.now().toISOString(), placements };
+    await this.writeMirrorMetadata(mirror, next);
+    await events.record(mirror, 'Normal', 'NodeCleanup',
+      `nodeConfig.nodeSelector no longer selects every node the agents configured (it was ${JSON.stringify(before.nodeSelector)}); DaemonSet ${names(mirror).droppedNodesDaemonSet} takes the configuration off the nodes left out`);
+    return next;
+  }
+
+  /**
+   * The DaemonSet that cleans the nodes of `record` the node agents no longer run on (placement.ts),
+   * deleted, with the record, once every pod of it reports its node clean or --node-cleanup-timeout
+   * passed since the placement changed. Undefined when there is nothing (left) to clean.
+   */
+  private async cleanDroppedNodes(
+    inputs: DesiredInputs, before: Applied | undefined, agent: Applied | undefined, record: DroppedPlacements | undefined,
+    applyOrKeep: (object: Parameters<KubeApi['apply']>[0], current: () => Promise<Applied | undefined>) => Promise<Applied | undefined>,
+  ): Promise<{ nodes: DroppedNodes; requeueAfterMs: number } | undefined> {
+    const { api, events } = this.options;
+    const { mirror } = inputs;
+    const { namespace } = mirror.metadata;
+    const name = names(mirror).droppedNodesDaemonSet;
+    const existing = await api.find<Applied>('apps/v1', 'DaemonSet', namespace, name);
+    const finish = async () => {
+      if (existing) await api.delete('apps/v1', 'DaemonSet', namespace, name);
+      if (record) await this.writeMirrorMetadata(mirror, undefined);
+      return undefined;
+    };
+    if (!record) return finish();
+    const current = agent ? daemonSetPlacement(agent) : undefined;
+    // placed otherwise only by the finalizer's removal, which covers the record's nodes itself
+    if (agent && !current) return undefined;
+    // No agent runs: every node of the record is to be cleaned.
+    const terms = current ? leftBehind(record.placements, current) : anyOf(record.placements);
+    // The agents select every such node again (and configure it).
+    if (terms?.length === 0) return finish();
+    const runtimes = [...new Set([...runtimesInDaemonSet(before), ...runtimesInDaemonSet(existing)])].filter((r) => !mirror.spec.nodeConfig.runtimes.includes(r));
+    const desired = desiredDroppedNodesDaemonSet({ ...inputs, cleanupRuntimes: runtimes }, terms, record.placements);
+    // the address those nodes were given
+    const url = nodeAgentArg(existing, '--mirror') ?? nodeAgentArg(before, '--mirror');
+    const daemonSet = await applyOrKeep(url ? pointedAt(desired, url) : desired, async () => existing);
+    if (!daemonSet) return undefined;
+    const nodes = nodesDone(daemonSetStatus(daemonSet));
+    const waitedMs = this.now().getTime() - Date.parse(record.since);
+    const timeoutMs = this.options.nodeCleanupTimeoutMs;
+    // The agents stopped on those nodes may write their files again for their grace period: see finalize.
+    const settleMs = Math.min(RELOCATED_CLEANUP_SETTLE_MS, timeoutMs / 2);
+    if (nodes.complete && waitedMs >= settleMs) {
+      await events.record(mirror, 'Normal', 'NodesCleaned', `mirror configuration removed from ${nodes.desired} node(s) nodeConfig no longer selects`);
+      return finish();
+    }
+    if (waitedMs >= timeoutMs) {
+      await events.record(mirror, 'Warning', 'NodeCleanupTimedOut',
+        `${nodes.done} of ${nodes.desired} nodes nodeConfig no longer selects confirmed removal within ${Math.round(timeoutMs / 1000)}s; they may still point their runtimes at the mirror (see "Manual node cleanup" in the README)`);
+      return finish();
+    }
+    const next = (nodes.complete ? settleMs : timeoutMs) - waitedMs + 100;
+    return { nodes: { daemonSet: name, desired: nodes.desired, done: nodes.done }, requeueAfterMs: Math.min(NODE_CLEANUP_POLL_MS, next) };
+  }
+
+  /** The record of dropped placements as the server has it (see recordDroppedPlacement). */
+  private async droppedPlacements(mirror: RegistryMirror): Promise<DroppedPlacements | undefined> {
+    const fresh = await this.options.api.find<KubeObject>(API_VERSION, KIND, mirror.metadata.namespace, mirror.metadata.name);
+    return readDroppedPlacements(fresh?.metadata?.annotations);
+  }
+
+  /** The operator's metadata on the RegistryMirror: its finalizer, and the record of dropped placements when there is one. */
+  private async writeMirrorMetadata(mirror: RegistryMirror, dropped: DroppedPlacements | undefined): Promise<void> {
+    const { name, namespace } = mirror.metadata;
+    await this.options.api.apply({
+      apiVersion: API_VERSION, kind: KIND,
+      metadata: { name, namespace, finalizers: [FINALIZER], ...(dropped ? { annotations: { [DROPPED_PLACEMENTS_ANNOTATION]: JSON.stringify(dropped) } } : {}) },
+    });
   }
 
   /**
@@ -244,6 +358,13 @@ export class Reconciler {
       const text = htpasswd.data?.htpasswd;
       if (!text) return invalid(`Secret ${htpasswdRef.name} (spec.auth) has no key "htpasswd"`);
       inputs.htpasswd = Buffer.from(text, 'base64').toString('utf8');
+      try {
+        // the mirror's own rule: a file it refuses would crash-loop the pods rolled onto it
+        parseHtpasswd(inputs.htpasswd);
+      } catch (error) {
+        if (error instanceof HtpasswdLineError) return invalid(`Secret ${htpasswdRef.name} (spec.auth), key "htpasswd": ${error.message}`);
+        throw error;
+      }
       inputs.nodeCredentials = await nodeCredentials(owned?.data);
     }
 
@@ -275,19 +396,25 @@ export class Reconciler {
     const cleanup = await this.findCleanupDaemonSet(mirror);
     const waitedMs = this.now().getTime() - Date.parse(mirror.metadata.deletionTimestamp!);
     const timedOut = waitedMs >= this.options.nodeCleanupTimeoutMs;
+    // Nodes a narrowed placement left behind are still to be cleaned: the removal below reaches
+    // them too, and theirs goes first, so that two agents never take the same files away at once.
+    const dropped = await absentIfRefused(this.droppedPlacements(mirror));
+    if (await this.findWhileDeleting<Applied>('apps/v1', 'DaemonSet', namespace, n.droppedNodesDaemonSet)) {
+      await absentIfRefused(api.delete('apps/v1', 'DaemonSet', namespace, n.droppedNodesDaemonSet));
+    }
     let daemonSet: Applied | undefined;
     if (current && !current.metadata?.deletionTimestamp && !cleanup) {
-      daemonSet = modeOf(current) === 'remove' ? current : await this.switchToRemove(mirror, current);
+      daemonSet = modeOf(current) === 'remove' && !dropped ? current : await this.switchToRemove(mirror, current, dropped);
     } else if (cleanup && !cleanup.metadata?.deletionTimestamp) {
       daemonSet = cleanup;
-    } else if (nodesMayUseMirror(mirror, current)) {
+    } else if (nodesMayUseMirror(mirror, current) || dropped) {
       // The DaemonSet controller rolls nothing out for a DaemonSet being deleted, and its pods go with it.
       const why = cleanup
         ? 'the cleanup DaemonSet was deleted before the nodes confirmed removal'
         : timedOut
           ? `the node agent DaemonSet was deleted before the nodes were cleaned, and --node-cleanup-timeout (${Math.round(this.options.nodeCleanupTimeoutMs / 1000)}s) has passed`
           : undefined;
-      daemonSet = why ? undefined : await this.startCleanupDaemonSet(mirror, current);
+      daemonSet = why ? undefined : await this.startCleanupDaemonSet(mirror, current, dropped);
       if (!daemonSet) {
         if (why) await this.nodesNotCleaned(mirror, why);
         await this.removeFinalizer(mirror);
@@ -326,7 +453,7 @@ export class Reconciler {
   }
 
   /** Inputs for a node agent in remove mode; Secrets may already be gone, and removal needs none of them. */
-  private async removalInputs(mirror: RegistryMirror, serviceIP: string, agent: Applied | undefined): Promise<DesiredInputs> {
+  private async removalInputs(mirror: RegistryMirror, url: string, agent: Applied | undefined, dropped: DroppedPlacements | undefined): Promise<DesiredInputs> {
     // Secrets the operator may no longer read (see findWhileDeleting): removal needs none of them
     const gathered = await absentIfRefused(this.gatherInputs(mirror, 'remove'));
     const inputs: DesiredInputs = gathered?.inputs ?? {
@@ -338,7 +465,7 @@ export class Reconciler {
       nodeAgentMode: 'remove',
     };
     const cleanupRuntimes = runtimesInDaemonSet(agent).filter((r) => !mirror.spec.nodeConfig.runtimes.includes(r));
-    return { ...inputs, serviceIP, nodeAgentMode: 'remove', cleanupRuntimes };
+    return { ...inputs, serviceIP: hostOf(url), nodeAgentMode: 'remove', cleanupRuntimes, ...(dropped ? { placement: removalPlacement(mirror, dropped) } : {}) };
   }
 
   /** The Secret the operator owns for `mirror`, as the server has it now. */
@@ -346,38 +473,46 @@ export class Reconciler {
     return this.options.api.find<SecretLike & KubeObject>('v1', 'Secret', mirror.metadata.namespace, names(mirror).secret);
   }
 
-  /** The address the nodes were given: the Service's, else the agent's flag, else the status. */
-  private async mirrorIP(mirror: RegistryMirror, agent: Applied | undefined): Promise<string | undefined> {
+  /**
+   * The address the nodes were given, which is what a removal must name (the agent takes away only
+   * what points at it): the running agent's --mirror, else what the Service serves, else the status.
+   */
+  private async mirrorAddress(mirror: RegistryMirror, agent: Applied | undefined): Promise<string | undefined> {
+    const given = nodeAgentArg(agent, '--mirror');
+    if (hostOf(given)) return given;
     const service = await this.findWhileDeleting<Applied>('v1', 'Service', mirror.metadata.namespace, names(mirror).service);
-    return (service?.spec?.clusterIP as string | undefined) ?? mirrorIPFromArgs(agent) ?? hostOf(mirror.status?.endpoint);
+    return servedEndpoint(service) ?? (hostOf(mirror.status?.endpoint) ? mirror.status?.endpoint : undefined);
   }
 
-  private async switchToRemove(mirror: RegistryMirror, current: Applied): Promise<Applied> {
+  private async switchToRemove(mirror: RegistryMirror, current: Applied, dropped: DroppedPlacements | undefined): Promise<Applied> {
     const { api, events, logger } = this.options;
-    const serviceIP = await this.mirrorIP(mirror, current);
-    if (!serviceIP) {
+    const url = await this.mirrorAddress(mirror, current);
+    if (!url) {
       logger.warn({ mirror: `${mirror.metadata.namespace}/${mirror.metadata.name}` }, 'no mirror address left to remove from nodes');
       return current;
     }
-    const daemonSet = await api.apply<Applied>(desiredDaemonSet(await this.removalInputs(mirror, serviceIP, current)));
+    const desired = pointedAt(desiredDaemonSet(await this.removalInputs(mirror, url, current, dropped)), url);
+    // already removing, and from every node it should
+    if (modeOf(current) === 'remove' && samePodPlacement(current, desired)) return current;
+    const daemonSet = await api.apply<Applied>(desired);
     await events.record(mirror, 'Normal', 'NodeCleanup', 'switched the node agent to remove mode; waiting for every node');
     return daemonSet;
   }
 
   /** Creates the cleanup DaemonSet, or says why the nodes cannot be cleaned (undefined). */
-  private async startCleanupDaemonSet(mirror: RegistryMirror, agent: Applied | undefined): Promise<Applied | undefined> {
+  private async startCleanupDaemonSet(mirror: RegistryMirror, agent: Applied | undefined, dropped: DroppedPlacements | undefined): Promise<Applied | undefined> {
     const { api, events } = this.options;
     // A reconcile from a cache that has not yet seen the finalizer go would start one for nobody to delete.
     const fresh = await api.find<KubeObject>(API_VERSION, KIND, mirror.metadata.namespace, mirror.metadata.name);
     if (fresh?.metadata?.uid !== mirror.metadata.uid || !fresh.metadata.finalizers?.includes(FINALIZER)) return undefined;
-    const serviceIP = await this.mirrorIP(mirror, agent);
-    if (!serviceIP) {
+    const url = await this.mirrorAddress(mirror, agent);
+    if (!url) {
       await this.nodesNotCleaned(mirror, 'the node agent DaemonSet was deleted before the nodes were cleaned, and no mirror address is left to remove');
       return undefined;
     }
-    const inputs = await this.removalInputs(mirror, serviceIP, agent);
+    const inputs = await this.removalInputs(mirror, url, agent, dropped);
     try {
-      const daemonSet = await api.apply<Applied>(desiredCleanupDaemonSet(inputs));
+      const daemonSet = await api.apply<Applied>(pointedAt(desiredCleanupDaemonSet(inputs), url));
       await events.record(mirror, 'Normal', 'NodeCleanup',
         `the node agent DaemonSet was deleted before the nodes were cleaned (a foreground deletion?); DaemonSet ${names(mirror).cleanupDaemonSet} takes the configuration off them`);
       return daemonSet;
@@ -385,7 +520,7 @@ export class Reconciler {
       if (!isRefused(error)) throw error;
       // A namespace being deleted takes no new objects, and a namespaced install may have lost its
       // RoleBinding there already (findWhileDeleting): the operator's own namespace takes it instead.
-      if (this.options.cleanupNamespace !== mirror.metadata.namespace) return this.startRelocatedCleanup(mirror, inputs, error as Error);
+      if (this.options.cleanupNamespace !== mirror.metadata.namespace) return this.startRelocatedCleanup(mirror, inputs, url, error as Error);
       await this.nodesNotCleaned(mirror, `the node agent DaemonSet was deleted before the nodes were cleaned, and a cleanup DaemonSet was refused: ${(error as Error).message.slice(0, 512)}`);
       return undefined;
     }
@@ -395,11 +530,11 @@ export class Reconciler {
    * The cleanup DaemonSet in the operator's namespace, for a mirror whose own namespace refused it:
    * one being deleted takes no new objects (and may have taken the operator's RoleBinding with it).
    */
-  private async startRelocatedCleanup(mirror: RegistryMirror, inputs: DesiredInputs, refusal: Error): Promise<Applied | undefined> {
+  private async startRelocatedCleanup(mirror: RegistryMirror, inputs: DesiredInputs, url: string, refusal: Error): Promise<Applied | undefined> {
     const { api, events, logger, cleanupNamespace } = this.options;
     const { namespace } = mirror.metadata;
     try {
-      const daemonSet = await api.apply<Applied>(desiredRelocatedCleanupDaemonSet(inputs, cleanupNamespace));
+      const daemonSet = await api.apply<Applied>(pointedAt(desiredRelocatedCleanupDaemonSet(inputs, cleanupNamespace), url));
       const message = `the node agent DaemonSet was deleted before the nodes were cleaned, and namespace ${namespace} refused a cleanup DaemonSet (${refusal.message.slice(0, 256)}); DaemonSet ${relocatedCleanupName(mirror)} in namespace ${cleanupNamespace} takes the configuration off them`;
       // Said in the log too: the namespace being deleted refuses the Event.
       logger.info({ mirror: `${namespace}/${mirror.metadata.name}` }, message);
@@ -450,10 +585,9 @@ export class Reconciler {
     await events.record(mirror, 'Warning', 'NodeCleanupSkipped', message);
   }
 
-  /** Adds the operator's finalizer with server-side apply (the field manager owns only it). */
+  /** Adds the operator's finalizer with server-side apply (the field manager owns only it, and the record of dropped placements). */
   private async addFinalizer(mirror: RegistryMirror): Promise<void> {
-    const { name, namespace } = mirror.metadata;
-    await this.options.api.apply({ apiVersion: API_VERSION, kind: KIND, metadata: { name, namespace, finalizers: [FINALIZER] } });
+    await this.writeMirrorMetadata(mirror, readDroppedPlacements(mirror.metadata.annotations));
   }
 
   /**
@@ -504,6 +638,19 @@ export class Reconciler {
       logger.info({ mirror: `${namespace}/${name}`, ready: ready.status, reason: ready.reason }, ready.message);
     }
   }
+}
+
+/**
+ * An error whose message may be shown (an Event, the log). The builders work on Secret data, and an
+ * error of the language's own (a TypeError naming the value it got, a SyntaxError quoting the text)
+ * may quote it: such a message is withheld, its kind said. The API server's and the network's
+ * errors, and the reconciler's own, are shown as they are.
+ */
+export function withheldIfLocal(error: unknown): Error {
+  if (error instanceof TypeError || error instanceof RangeError || error instanceof SyntaxError) {
+    return new Error(`building the owned objects failed with a ${error.name}; its message is withheld, as it may quote Secret data`);
+  }
+  return error as Error;
 }
 
 /** The storage the existing claim asks for, as the API server wrote it. */
@@ -584,9 +731,39 @@ function modeOf(daemonSet: Applied): NodeAgentMode {
   return daemonSet.metadata?.annotations?.[MODE_ANNOTATION] === 'remove' ? 'remove' : 'apply';
 }
 
-/** The ClusterIP the running agent was given, for removal when the Service is already gone. */
-function mirrorIPFromArgs(daemonSet: Applied | undefined): string | undefined {
-  return hostOf(nodeAgentArg(daemonSet, '--mirror'));
+/** Where a removal runs while nodes a narrowed placement left behind are still to be cleaned: the current placement's nodes and theirs. */
+function removalPlacement(mirror: RegistryMirror, dropped: DroppedPlacements): PodPlacement {
+  const placements = withPlacement(dropped.placements, specPlacement(mirror));
+  return podPlacement({ nodeSelector: {}, tolerations: allTolerations(placements) }, anyOf(placements));
+}
+
+/** Whether a running DaemonSet's pods go where `desired`'s would. */
+function samePodPlacement(running: Applied, desired: { spec: { template: { spec: PodPlacement } } }): boolean {
+  const of = (pod: PodPlacement | undefined) => stableJson({ nodeSelector: pod?.nodeSelector, affinity: pod?.affinity, tolerations: pod?.tolerations });
+  return of((running.spec?.template as { spec?: PodPlacement } | undefined)?.spec) === of(desired.spec.template.spec);
+}
+
+function stableJson(value: unknown): string {
+  return JSON.stringify(value, (_key, v: unknown) => (v && typeof v === 'object' && !Array.isArray(v) ? Object.fromEntries(Object.entries(v).sort(([a], [b]) => a.localeCompare(b))) : v));
+}
+
+/** A node agent DaemonSet given `url` as its mirror: a removal looks for the address the nodes were given. */
+function pointedAt<T extends { spec: { template: { spec: { containers: { args: string[] }[] } } } }>(daemonSet: T, url: string): T {
+  const [agent, ...others] = daemonSet.spec.template.spec.containers;
+  const args = agent!.args.map((arg, i, all) => (all[i - 1] === '--mirror' ? url : arg));
+  return { ...daemonSet, spec: { ...daemonSet.spec, template: { ...daemonSet.spec.template, spec: { ...daemonSet.spec.template.spec, containers: [{ ...agent!, args }, ...others] } } } };
+}
+
+/**
+ * The address the Service serves at: its ClusterIP, with the scheme its port is named for (the
+ * mirror's, applied together with it), not the spec's: a spec.tls whose Secret is missing changes
+ * nothing that runs.
+ */
+function servedEndpoint(service: Applied | undefined): string | undefined {
+  const ip = service?.spec?.clusterIP as string | undefined;
+  if (!ip || ip === 'None') return undefined;
+  const port = (service?.spec?.ports as { name?: string }[] | undefined)?.[0];
+  return endpointAt(port?.name === 'https' ? 'https' : 'http', ip);
 }
 
 function hostOf(url: string | undefined): string | undefined {

@@ -43,6 +43,13 @@ export interface DaemonSetStatus {
   numberReady?: number;
 }
 
+/** The cleanup of nodes a narrowed nodeConfig placement left behind (operator/placement.ts). */
+export interface DroppedNodes {
+  daemonSet: string;
+  desired: number;
+  done: number;
+}
+
 export interface Observed {
   problem?: Problem;
   serviceIP?: string;
@@ -55,6 +62,8 @@ export interface Observed {
   nodeConfigEnabled: boolean;
   /** Another RegistryMirror configures these nodes: why this one does not. */
   nodeConflict?: string;
+  /** Nodes nodeConfig no longer selects whose configuration is still being taken away. */
+  droppedNodes?: DroppedNodes;
   deleting: boolean;
 }
 
@@ -93,10 +102,15 @@ function readyCondition(observed: Observed): Pick<Condition, 'status' | 'reason'
     const d = observed.deployment;
     return notReady('Progressing', `mirror pods: ${d?.availableReplicas ?? 0} of ${observed.wantedReplicas} available, ${d?.updatedReplicas ?? 0} updated`);
   }
+  const dropped = observed.droppedNodes;
+  const cleaning = dropped
+    ? `${dropped.done} of ${dropped.desired} nodes nodeConfig no longer selects cleaned (DaemonSet ${dropped.daemonSet} takes the mirror configuration off them)`
+    : undefined;
   if (observed.nodeConfigEnabled) {
     const nodes = nodesDone(observed.daemonSet);
-    if (!nodes.complete) return notReady('NodesPending', `${nodes.done} of ${nodes.desired} nodes configured`);
+    if (!nodes.complete) return notReady('NodesPending', `${nodes.done} of ${nodes.desired} nodes configured${cleaning ? `; ${cleaning}` : ''}`);
   }
+  if (cleaning) return notReady('NodesPending', cleaning);
   return { status: 'True', reason: 'Available', message: observed.nodeConfigEnabled ? 'the mirror is serving and every node uses it' : 'the mirror is serving' };
 }
 

@@ -7,6 +7,7 @@ import {
 } from './inputs.ts';
 import { NODE_PASSWORD_KEY, NODE_USERNAME_KEY } from './secret.ts';
 import type { RegistryMirror, Runtime } from '../api/registry-mirror.ts';
+import { podPlacement, specPlacement } from '../placement.ts';
 
 export const MODE_ANNOTATION = 'regmirror.dev/node-agent-mode';
 /** On the pod template: a keyed hash of the nodes' pull credentials, so new ones roll the agents (they read them from env at start). */
@@ -67,7 +68,6 @@ export function runtimesInDaemonSet(daemonSet: { spec?: unknown } | undefined): 
 
 export function desiredDaemonSet(inputs: DesiredInputs) {
   const { mirror } = inputs;
-  const { nodeConfig } = mirror.spec;
   const n = names(mirror);
   const runtimes = touchedRuntimes(inputs);
   const mounts = runtimes.flatMap((runtime) => RUNTIME_MOUNTS[runtime].mounts);
@@ -108,8 +108,7 @@ export function desiredDaemonSet(inputs: DesiredInputs) {
           automountServiceAccountToken: false,
           enableServiceLinks: false,
           hostPID: signalsDaemon,
-          ...(nodeConfig.nodeSelector && Object.keys(nodeConfig.nodeSelector).length > 0 ? { nodeSelector: nodeConfig.nodeSelector } : {}),
-          ...(nodeConfig.tolerations?.length ? { tolerations: nodeConfig.tolerations } : {}),
+          ...(inputs.placement ?? podPlacement(specPlacement(mirror))),
           securityContext: { seccompProfile: { type: 'RuntimeDefault' } },
           containers: [
             {

@@ -8,6 +8,7 @@ import {
   type RegistryMirror, type RegistryMirrorSpec, type Runtime, type Upstream,
 } from '../api/registry-mirror.ts';
 import type { Credentials } from '../credentials.ts';
+import type { PodPlacement } from '../placement.ts';
 
 export const MIRROR_PORT = 5000;
 export const FIELD_MANAGER = 'regmirror-operator';
@@ -104,6 +105,11 @@ export interface DesiredInputs {
   cleanupRuntimes?: Runtime[];
   /** What the existing cache volume's claim asks for: it cannot shrink below that. */
   claimSize?: string;
+  /**
+   * Where the node agent's pods go, when not where nodeConfig says: a removal that must also reach
+   * nodes an earlier placement selected (operator/placement.ts).
+   */
+  placement?: PodPlacement;
   /** The Service's ClusterIP once known; the node agent needs it. */
   serviceIP?: string;
   nodeAgentMode: NodeAgentMode;
@@ -136,10 +142,12 @@ export function names(mirror: RegistryMirror) {
     daemonSet: `${base}-node`,
     /** Takes the configuration off the nodes when the node agent DaemonSet went before it could (see the reconciler's finalize). */
     cleanupDaemonSet: `${base}-node-cleanup`,
+    /** Takes the configuration off nodes a narrowed nodeConfig placement no longer selects (operator/placement.ts). */
+    droppedNodesDaemonSet: `${base}-node-dropped`,
   };
 }
 
-export type Component = 'mirror' | 'node-agent' | 'node-cleanup';
+export type Component = 'mirror' | 'node-agent' | 'node-cleanup' | 'node-dropped';
 
 export function labels(mirror: RegistryMirror, component: Component): Record<string, string> {
   return {
@@ -188,8 +196,12 @@ export function defaultRegistry(spec: RegistryMirrorSpec): string {
   return spec.upstreams.some((u) => u.registry === 'docker.io') ? 'docker.io' : spec.upstreams[0]!.registry;
 }
 
+/** The address the spec asks the mirror to serve at (what a DaemonSet applied from it gives the agents). */
 export function endpoint(mirror: RegistryMirror, serviceIP: string): string {
-  const scheme = mirror.spec.tls ? 'https' : 'http';
+  return endpointAt(mirror.spec.tls ? 'https' : 'http', serviceIP);
+}
+
+export function endpointAt(scheme: 'http' | 'https', serviceIP: string): string {
   const host = serviceIP.includes(':') ? `[${serviceIP}]` : serviceIP;
   return `${scheme}://${host}:${MIRROR_PORT}`;
 }
