@@ -3,6 +3,7 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { chmod, lstat, mkdir, readFile, readdir, readlink, rm, stat, symlink, writeFile } from 'node:fs/promises';
+import { spawn } from 'node:child_process';
 import path from 'node:path';
 import { pino } from 'pino';
 import { freePort, httpRequest, makeTempDir, runCommand, spawnServer, waitFor } from '../test/harness/process.ts';
@@ -455,6 +456,27 @@ test('only the runtimes found on the node are configured', async () => {
   assert.equal(result.ready, true, result.problems.join('; '));
   assert.deepEqual(result.runtimes.map((r) => [r.runtime, r.present]), [['containerd', true], ['crio', false]]);
   await assert.rejects(stat(node.crioDir), 'no drop-in directory is made on a node without CRI-O');
+});
+
+test("a dockerd in a container (docker:dind in a CI pod, seen through hostPID) is not the node's: its flags neither fail the node nor does it get signalled", async () => {
+  const node = await makeNode();
+  await mkdir(path.dirname(node.daemonJson), { recursive: true }); // the DaemonSet's DirectoryOrCreate; no daemon.json
+  // a process named dockerd whose daemon.json, as it sees it, is not in the directory the agent writes
+  const fake = path.join(await makeTempDir('dind'), 'dockerd');
+  await writeFile(fake, '#!/bin/sh\nsleep 120\n', { mode: 0o755 });
+  const dind = spawn(fake, ['--host=unix:///var/run/docker.sock', '--registry-mirror=https://mirror.gitlab.example'], { stdio: 'ignore' });
+  let signalled: string | null = null;
+  dind.on('exit', (_code, signal) => (signalled = signal));
+  try {
+    await waitFor(async () => (await readFile(`/proc/${dind.pid}/comm`, 'utf8').catch(() => '')).trim() === 'dockerd', { timeoutMs: 5_000, what: 'the stand-in dockerd' });
+    const result = await reconcileOnce(nodeConfig(node, ['--runtimes', 'containerd,docker', '--docker-pidfile', path.join(node.root, 'docker.pid')]), quiet);
+    assert.equal(result.ready, true, result.problems.join('; '));
+    assert.deepEqual(result.runtimes.map((r) => [r.runtime, r.present]), [['containerd', true], ['docker', false]]);
+    await assert.rejects(stat(node.daemonJson), 'no daemon.json written for a Docker the node does not run');
+    assert.equal(signalled, null, 'the container\'s dockerd was not signalled');
+  } finally {
+    dind.kill('SIGKILL');
+  }
 });
 
 test('a rotated credentials file reaches hosts.toml on the next periodic check', async () => {

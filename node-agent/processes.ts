@@ -14,9 +14,10 @@ export type ProcessLookup =
 
 /**
  * The daemon named `comm`: from the first pidfile whose pid is such a process, else (when `scan`)
- * the only such process in /proc.
+ * the only such process in /proc that `isNodes` accepts (one in a container, such as docker:dind
+ * in a CI pod, is not the node's).
  */
-export async function findDaemon(comm: string, pidFiles: string[], scan: boolean, procRoot = '/proc'): Promise<ProcessLookup> {
+export async function findDaemon(comm: string, pidFiles: string[], scan: boolean, procRoot = '/proc', isNodes: (pid: number) => Promise<boolean> = async () => true): Promise<ProcessLookup> {
   for (const file of pidFiles) {
     const text = (await readTextOrNull(file))?.trim();
     if (!text || !/^\d+$/.test(text)) continue;
@@ -31,13 +32,17 @@ export async function findDaemon(comm: string, pidFiles: string[], scan: boolean
     return { found: false, reason: `${procRoot} is not readable` };
   }
   const matches: number[] = [];
+  let others = 0;
   for (const entry of entries) {
     if (!/^\d+$/.test(entry)) continue;
-    if ((await commOf(Number(entry), procRoot)) === comm) matches.push(Number(entry));
+    if ((await commOf(Number(entry), procRoot)) !== comm) continue;
+    if (await isNodes(Number(entry))) matches.push(Number(entry));
+    else others++;
   }
   if (matches.length === 1) return { found: true, pid: matches[0]!, via: procRoot };
   if (matches.length > 1) return { found: false, reason: `${matches.length} ${comm} processes and no pidfile (${pidFiles.join(', ')}) names one` };
-  return { found: false, reason: `no ${comm} process visible (pidfile ${pidFiles.join(', ') || 'none'}; the DaemonSet needs hostPID)` };
+  const ignored = others > 0 ? `; ${others} ${comm} process${others > 1 ? 'es' : ''} of containers ignored` : '';
+  return { found: false, reason: `no ${comm} process of the node visible (pidfile ${pidFiles.join(', ') || 'none'}; the DaemonSet needs hostPID${ignored})` };
 }
 
 /** The process's arguments (argv[0] first) from /proc/<pid>/cmdline; undefined when it is gone. */

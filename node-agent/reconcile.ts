@@ -273,10 +273,28 @@ async function writeDockerState(file: string, state: DockerState): Promise<void>
   await writeFileAtomic(file, `${JSON.stringify(state)}\n`, { mode: 0o600, keepMode: false });
 }
 
+/**
+ * Whether a dockerd found in /proc is the node's and not one in a container (docker:dind in a CI
+ * pod, started with flags of its own): the directory of its daemon.json as it sees it (its
+ * --config-file's, else /etc/docker) is the directory the agent writes. When the agent cannot look
+ * at its own directory, any dockerd counts.
+ */
+async function isNodesDockerd(pid: number, file: string): Promise<boolean> {
+  const ours = await fileIdentity(path.dirname(file));
+  if (ours === undefined) return true;
+  const configFile = dockerdFlags((await commandLine(pid)) ?? []).configFile ?? '/etc/docker/daemon.json';
+  return (await fileIdentity(path.dirname(pathSeenBy(pid, configFile)))) === ours;
+}
+
+/** The node's dockerd by the configured pidfile, else the one /proc shows (containers' left out). */
+function scanForDockerd(config: AgentConfig) {
+  return findDaemon('dockerd', [config.dockerPidFile], true, '/proc', (pid) => isNodesDockerd(pid, config.dockerDaemonJson));
+}
+
 /** daemon.json's own pidfile is authoritative (that dockerd wrote it); otherwise the configured one, then /proc. */
 function lookUpDockerd(config: AgentConfig, daemonJson: Buffer | null) {
   const named = daemonJsonPidFile(daemonJson);
-  return named ? findDaemon('dockerd', [named], false) : findDaemon('dockerd', [config.dockerPidFile], true);
+  return named ? findDaemon('dockerd', [named], false) : scanForDockerd(config);
 }
 
 /** The node's dockerd as the agent sees it (hostPID): what to signal, what it was started with, where it answers. */
@@ -550,7 +568,7 @@ async function applyDocker(ctx: ReconcileContext, s: RuntimeStatus, files: Docke
 async function dockerPresent(config: AgentConfig): Promise<boolean> {
   // a link to nothing counts: the pass says what is wrong with it
   if ((await exists(config.dockerDaemonJson)) || (await isSymbolicLink(config.dockerDaemonJson))) return true;
-  return (await findDaemon('dockerd', [config.dockerPidFile], true)).found;
+  return (await scanForDockerd(config)).found;
 }
 
 /** Why this node's Docker is left alone (Docker mirrors only Docker Hub, and sends no credentials). */
