@@ -83,3 +83,12 @@ test('what keeps the agent from reading the configuration as containerd does is 
   assert.match((await load(root)).problems.join('\n'), /conf\.d\/a\.toml \(imported by .*config\.toml\) is not TOML the agent can read/);
   assert.equal(await loadContainerdConfig(path.join(root, 'nothing/config.toml')), null, 'no config.toml at all');
 });
+
+test("a glob import from a directory out of the agent's sight is reported, not taken as matching nothing; a missing directory below config.toml's matches nothing", async () => {
+  const root = await tree({ 'etc/containerd/config.toml': '' });
+  await writeFile(path.join(root, 'etc/containerd/config.toml'), `version = 2\nimports = ["${root}/opt/nvidia/*.toml", "${root}/etc/containerd/conf.d/*.toml"]\n`);
+  const { files, problems } = await load(root);
+  assert.deepEqual(files, ['etc/containerd/config.toml']);
+  assert.equal(problems.length, 1, problems.join('\n'));
+  assert.match(problems[0]!, new RegExp(`imports "${root}/opt/nvidia/\\*\\.toml", from ${root}/opt/nvidia, which is out of the agent's sight`));
+});

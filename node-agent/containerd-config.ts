@@ -4,7 +4,7 @@
 import path from 'node:path';
 import { parse } from 'smol-toml';
 import { containerdConfigVersion, containerdImports, type ContainerdConfigFile } from './containerd.ts';
-import { exists, listDir, readTextOrNull } from './node-files.ts';
+import { exists, isDirectory, listDir, readTextOrNull } from './node-files.ts';
 
 export interface LoadedContainerdConfig {
   /** config.toml first, then every file it imports, in the order containerd merges them. */
@@ -77,6 +77,15 @@ function globElement(pattern: string): RegExp {
   return new RegExp(`^${re}$`);
 }
 
+/** The leading directories of a glob pattern that hold no pattern characters. */
+function fixedDirectory(pattern: string): string {
+  const elements = pattern.split('/');
+  const first = elements.findIndex((element) => GLOB_META.test(element));
+  return elements.slice(0, first).join('/') || '/';
+}
+
+const within = (file: string, dir: string): boolean => file === dir || file.startsWith(`${dir}/`);
+
 async function glob(pattern: string): Promise<string[]> {
   if (!GLOB_META.test(pattern)) return (await exists(pattern)) ? [pattern] : [];
   const element = globElement(path.basename(pattern));
@@ -142,6 +151,12 @@ export async function loadContainerdConfig(configFile: string): Promise<LoadedCo
       const local = path.isAbsolute(named) ? pathAsMounted(path.normalize(named), configFile) : path.join(path.dirname(file), named);
       if (!isGlob) {
         pending.push({ file: local, importedBy: file });
+        continue;
+      }
+      // A directory the agent cannot see matches nothing here, whatever it holds on the host.
+      const fixed = fixedDirectory(local);
+      if (!within(fixed, path.dirname(configFile)) && !(await isDirectory(fixed))) {
+        problems.push(`containerd config ${file} imports "${named}", from ${fixed}, which is out of the agent's sight (only ${path.dirname(configFile)} is mounted into its pod), so it cannot tell which files containerd reads; import from below ${path.dirname(configFile)}, or mount that directory too`);
         continue;
       }
       try {
