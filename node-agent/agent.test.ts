@@ -248,6 +248,23 @@ test('a daemon.json that is a symbolic link is written through it and restored t
   assert.deepEqual(await visibleFiles(path.dirname(node.daemonJson)), ['daemon.json'], 'no state file left');
 });
 
+test('a write through a linked daemon.json killed before its rename leaves its temp file beside the target, and the next pass removes it', async () => {
+  const node = await makeNode();
+  await mkdir(path.dirname(node.daemonJson), { recursive: true });
+  const real = path.join(node.root, 'cm/daemon.json');
+  await mkdir(path.dirname(real));
+  await writeFile(real, `{"pidfile": "${node.root}/nodockerd.pid"}\n`);
+  await symlink('../../cm/daemon.json', node.daemonJson);
+  const env = { ...process.env, REGMIRROR_TEST_KILL_AT_RENAME: real, REGMIRROR_TEST_KILL_NTH: '1' };
+  const run = await runCommand(process.execPath, [...KILL_AT_RENAME_IMPORT, 'bin/regmirror.ts', 'node-agent', ...nodeArgs(node, ['--runtimes', 'docker', '--once'])], { cwd: REPO, env });
+  assert.equal(run.code, 128, `killed at the rename onto the link's target: ${run.stderr}${run.stdout}`);
+  assert.ok((await readdir(path.dirname(real))).some((f) => f.startsWith('.daemon.json.regmirror-')), 'the killed write left its temp file beside the target');
+
+  const applied = await reconcileOnce(nodeConfig(node, ['--runtimes', 'docker']), quiet);
+  assert.equal(applied.ready, true, applied.problems.join('; '));
+  assert.deepEqual(await readdir(path.dirname(real)), ['daemon.json'], 'the temp file is gone');
+});
+
 test('a daemon.json link to nothing is reported and left as it is', async () => {
   const node = await makeNode();
   await mkdir(path.dirname(node.daemonJson), { recursive: true });

@@ -723,8 +723,12 @@ async function writtenDirs(runtime: Runtime, config: AgentConfig): Promise<strin
   switch (runtime) {
     case 'containerd':
       return withSubdirs(config.containerdHostsDir);
-    case 'docker':
-      return [path.dirname(config.dockerDaemonJson), ...(await withSubdirs(config.dockerCertsDir))];
+    case 'docker': {
+      // a linked daemon.json is written beside the file it points to
+      const target = await linkTarget(config.dockerDaemonJson).catch(() => config.dockerDaemonJson);
+      const dirs = new Set([path.dirname(config.dockerDaemonJson), path.dirname(target)]);
+      return [...dirs, ...(await withSubdirs(config.dockerCertsDir))];
+    }
     case 'crio':
       return [config.crioDir, ...(await withSubdirs(config.crioCertsDir))];
   }
