@@ -202,6 +202,27 @@ test('a mirror move killed between the state file and daemon.json: the old entry
   assert.deepEqual(await visibleFiles(path.dirname(node.daemonJson)), ['daemon.json'], 'no state file left');
 });
 
+test("an https mirror's move killed at the rename onto daemon.json keeps the old address's CA while daemon.json still names it; the finished move takes it away", async () => {
+  const node = await dockerNode(`{"log-level": "info", "pidfile": "/nonexistent/nodockerd.pid"}\n`);
+  const cert = await makeCertificate();
+  const certsDir = path.join(node.root, 'etc/docker/certs.d');
+  const args = (mirror: string) => nodeArgs(node, ['--runtimes', 'docker', '--mirror-ca', cert.certFile, '--docker-certs-dir', certsDir]).map((a) => (a === 'http://127.0.0.1:5999' ? mirror : a));
+  const [from, to] = ['https://127.0.0.1:5997', 'https://127.0.0.1:5996'];
+  const caOf = (mirror: string) => path.join(certsDir, new URL(mirror).host, 'regmirror-ca.crt');
+  assert.equal((await reconcileOnce(parseAgentConfig(args(from), {}), quiet)).runtimes[0]!.filesInPlace, true);
+
+  const env = { ...process.env, REGMIRROR_TEST_KILL_AT_RENAME: node.daemonJson, REGMIRROR_TEST_KILL_NTH: '1' };
+  const run = await runCommand(process.execPath, [...KILL_AT_RENAME_IMPORT, 'bin/regmirror.ts', 'node-agent', ...args(to), '--once'], { cwd: REPO, env });
+  assert.equal(run.code, 128, `killed at the rename onto daemon.json: ${run.stderr}${run.stdout}`);
+  assert.deepEqual(JSON.parse(await readFile(node.daemonJson, 'utf8'))['registry-mirrors'], [from], 'dockerd is still sent to the old address');
+  await stat(caOf(from)); // ... with its CA
+
+  await reconcileOnce(parseAgentConfig(args(to), {}), quiet);
+  assert.deepEqual(JSON.parse(await readFile(node.daemonJson, 'utf8'))['registry-mirrors'], [to]);
+  await stat(caOf(to));
+  await assert.rejects(stat(caOf(from)), 'the old address\'s CA went with the move');
+});
+
 test('a removal killed after its reload step, then apply again: the original is still what removal restores', async () => {
   for (const original of [`{"pidfile": "/nonexistent/nodockerd.pid", "log-driver": "journald"}\n`, `{\n  "registry-mirrors": ["https://corp.example"],\n  "pidfile": "/nonexistent/nodockerd.pid"\n}`]) {
     const node = await dockerNode(original);

@@ -521,10 +521,15 @@ async function applyDocker(ctx: ReconcileContext, s: RuntimeStatus, files: Docke
     fail(s, `${file}: ${error.message}; left untouched`);
     return;
   }
-  for (const old of previous ? ourMirrors(previous).filter((m) => m !== config.mirror) : []) {
-    const oldCaFile = certsDirCaFile(config.dockerCertsDir, old);
-    if (await syncCaFile(oldCaFile, undefined, true)) s.changed.push(oldCaFile);
-  }
+  // The CA of an address the mirror moved from goes once the state file (written after daemon.json)
+  // no longer names it: a kill before that leaves dockerd's file naming the old address with its CA.
+  const dropOldCas = async (): Promise<void> => {
+    const still = await readDockerState(stateFile);
+    for (const old of previous ? ourMirrors(previous).filter((m) => m !== config.mirror && !(still && ourMirrors(still).includes(m))) : []) {
+      const oldCaFile = certsDirCaFile(config.dockerCertsDir, old);
+      if (await syncCaFile(oldCaFile, undefined, true)) s.changed.push(oldCaFile);
+    }
+  };
   const caFile = certsDirCaFile(config.dockerCertsDir, config.mirror);
   const dockerd = await findDockerd(ctx, current);
   const conflict = dockerd && (await dockerdConflict(ctx, dockerd, file));
@@ -532,6 +537,7 @@ async function applyDocker(ctx: ReconcileContext, s: RuntimeStatus, files: Docke
     await leaveDockerdItsFile(ctx, s, files, dockerd, previous, current);
     // with the mirror in the flag, dockerd asks it, and reads certs.d per connection
     if (await syncCaFile(caFile, conflict.usesMirror ? ca : undefined, true)) s.changed.push(caFile);
+    await dropOldCas();
     if (conflict.problem) fail(s, conflict.problem);
     return;
   }
@@ -553,6 +559,7 @@ async function applyDocker(ctx: ReconcileContext, s: RuntimeStatus, files: Docke
     log.info({ file, mirror: config.mirror }, 'docker daemon.json: registry mirror merged');
   }
   if (!isDeepStrictEqual(plan.state, plan.text !== null ? plan.during : previous)) await writeDockerState(stateFile, plan.state);
+  await dropOldCas();
   if (!dockerd || written === null) return;
   if ((await syncDockerd(ctx, dockerd, [config.mirror], true, plan.text !== null)) !== 'refused') return;
   // dockerd answers but did not take the file. What it refuses on a reload it also refuses when it
