@@ -169,11 +169,16 @@ export async function createMirror(config: MirrorConfig, options: MirrorOptions)
   let watchers: { close(): void }[] = [];
   if (config.tls) watchers = watchTls(config, app, logger);
 
-  // Keeps this process's heartbeat and removes what processes gone since left in tmp/.
-  let housekeeping: Promise<void> = Promise.resolve();
+  // Keeps this process's heartbeat, and removes what processes gone since left in tmp/. The
+  // heartbeat is touched on every tick whatever the sweep and the store walk take: a walk of a
+  // large store (a network volume, many files) must not make this live process look gone to the
+  // others, which would remove its downloads in progress.
+  let housekeeping: Promise<void> | undefined;
   let others = swept.liveInstances;
-  const keepStore = async () => {
+  const touchHeartbeat = async () => {
     if (await store.heartbeat()) logger.warn({ instance: store.instance, directory: store.temporaryDirectory }, "this process's temporary directory was removed (another process saw no heartbeat for 2 minutes: this one was frozen, or it was removed by hand): made again; downloads that were writing there failed");
+  };
+  const tidyStore = async () => {
     const swept = await store.sweepTemporary();
     logSwept(logger, swept);
     if (swept.liveInstances !== others) logger.info({ instance: store.instance, others: swept.liveInstances }, swept.liveInstances > 0 ? 'other mirror processes use this store: it is walked again every heartbeat, so storage.maxSize and storage.ttl hold for the store as a whole' : 'no other mirror process uses this store any more');
@@ -181,8 +186,13 @@ export async function createMirror(config: MirrorConfig, options: MirrorOptions)
     // others store, read and evict content this process's index would not know of
     if (others > 0) await evictor.rescan();
   };
+  let beating: Promise<void> = Promise.resolve();
   const heartbeatTimer = setInterval(() => {
-    housekeeping = housekeeping.then(keepStore).catch((error: unknown) => logger.warn({ err: error }, 'store heartbeat or temporary file sweep failed; the next one tries again'));
+    beating = beating.then(touchHeartbeat).catch((error: unknown) => logger.warn({ err: error }, 'store heartbeat failed; the next one tries again'));
+    // one sweep and walk at a time: a tick that finds the last one still running skips it
+    housekeeping ??= tidyStore()
+      .catch((error: unknown) => logger.warn({ err: error }, 'temporary file sweep or store walk failed; the next one tries again'))
+      .finally(() => (housekeeping = undefined));
   }, options.heartbeatMs ?? HEARTBEAT_MS);
   heartbeatTimer.unref();
 
@@ -241,6 +251,7 @@ export async function createMirror(config: MirrorConfig, options: MirrorOptions)
       } finally {
         clearTimeout(timer);
         await Promise.all([...upstreams.values()].map((u) => u.client.close()));
+        await beating;
         await housekeeping;
         // fills no client waits for were aborted with the upstream connections: nothing of this process's is left to finish
         await store.removeTemporaryDirectory().catch((error: unknown) => logger.warn({ err: error, directory: store.temporaryDirectory }, 'could not remove this process\'s temporary directory; another process (or the next start) removes it'));

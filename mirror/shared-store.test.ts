@@ -5,7 +5,7 @@ import { after, before, describe, test } from 'node:test';
 import assert from 'node:assert/strict';
 import { createHash } from 'node:crypto';
 import { existsSync } from 'node:fs';
-import { mkdir, readdir, utimes, writeFile } from 'node:fs/promises';
+import { mkdir, readdir, stat, utimes, writeFile } from 'node:fs/promises';
 import { hostname } from 'node:os';
 import path from 'node:path';
 import { startFaultProxy } from '../test/harness/fault-proxy.ts';
@@ -143,6 +143,38 @@ describe('mirror processes sharing one store', () => {
     } finally {
       await second.stop();
       await first.process.stop();
+    }
+  });
+
+  test("a process keeps its heartbeat fresh while it walks the store (a large store, a network volume): the others never take it for gone", async () => {
+    const storagePath = path.join(await makeTempDir('shared-walk'), 'data');
+    // another live process on the store, so every tick walks it again
+    const other = path.join(storagePath, 'tmp', 'elsewhere.1.abcdef01');
+    await mkdir(other, { recursive: true });
+    await writeFile(path.join(other, '.heartbeat'), JSON.stringify({ hostname: 'elsewhere', pid: 1, pidNamespace: undefined, startedAt: new Date().toISOString() }));
+    const mirror = await startTestMirror({ upstreams: [{ registry: 'docker.io', url: upstream.url }], storagePath, heartbeatMs: 100 });
+    // each walk takes 3 s, as one of a store with millions of files, or on a slow network volume, would
+    let walks = 0;
+    mirror.mirror.evictor.rescan = async () => {
+      walks++;
+      await new Promise((resolve) => setTimeout(resolve, 3_000));
+    };
+    const heartbeat = path.join(mirror.mirror.store.temporaryDirectory, '.heartbeat');
+    try {
+      await waitFor(() => walks >= 1, { timeoutMs: 10_000, what: 'a walk of the store to start' });
+      let stalest = 0;
+      const until = Date.now() + 2_500; // within the first walk
+      while (Date.now() < until) {
+        const now = new Date();
+        await utimes(path.join(other, '.heartbeat'), now, now);
+        stalest = Math.max(stalest, Date.now() - (await stat(heartbeat)).mtimeMs);
+        await new Promise((resolve) => setTimeout(resolve, 50));
+      }
+      // a tenth of a second between touches; a walk that held them back would leave the heartbeat 3 s old
+      assert.ok(stalest < 1_500, `the heartbeat was ${stalest} ms old during a walk`);
+      assert.equal(walks, 1, 'one walk at a time: ticks during a walk do not queue more');
+    } finally {
+      await mirror.stop();
     }
   });
 });
