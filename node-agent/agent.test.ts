@@ -9,7 +9,7 @@ import { pino } from 'pino';
 import { freePort, httpRequest, makeTempDir, runCommand, spawnServer, waitFor } from '../test/harness/process.ts';
 import { startAgent, reconcileOnce } from './agent.ts';
 import { parseAgentConfig, type AgentConfig } from './config.ts';
-import { MANAGED_MARKER } from './containerd.ts';
+import { containerdHostsToml, MANAGED_MARKER } from './containerd.ts';
 import { makeCertificate } from '../test/harness/tls.ts';
 import { KILL_AT_RENAME_IMPORT } from '../test/harness/kill-at-rename.ts';
 
@@ -618,7 +618,7 @@ test('an empty registry directory that was there before apply is still there aft
   await writeFile(node.daemonJson, `{"pidfile": "${node.root}/nodockerd.pid"}`);
   const before = await snapshot(node.root);
   const https = (extra: string[]) =>
-    parseAgentConfig(nodeArgs(node, ['--runtimes', 'containerd,docker', '--docker-certs-dir', certsDir, ...extra]).map((a) => (a === 'http://127.0.0.1:5999' ? 'https://127.0.0.1:5999' : a)), {});
+    parseAgentConfig(nodeArgs(node, ['--runtimes', 'containerd,docker', '--docker-certs-dir', certsDir, '--owner', 'registry-cache/hub', ...extra]).map((a) => (a === 'http://127.0.0.1:5999' ? 'https://127.0.0.1:5999' : a)), {});
 
   const applied = await reconcileOnce(https(['--mirror-ca', cert.certFile]), quiet);
   assert.equal(applied.ready, true, applied.problems.join('; '));
@@ -629,6 +629,22 @@ test('an empty registry directory that was there before apply is still there aft
   const removed = await reconcileOnce(https(['--mode', 'remove']), quiet);
   assert.equal(removed.ready, true, removed.problems.join('; '));
   assert.deepEqual(await snapshot(node.root), before, 'docker.io/ and certs.d/127.0.0.1:5999/ stay, empty as they were; ghcr.io/ went');
+});
+
+test("registry directories an agent from before directory markers made (its hosts.toml without an owner line) go on removal with its files, as they did then", async () => {
+  const node = await makeNode();
+  // as the earlier agent left them: its hosts.toml (no owner line) and CA, no marker
+  for (const registry of ['docker.io', 'ghcr.io']) {
+    await mkdir(path.join(node.hostsDir, registry));
+    await writeFile(path.join(node.hostsDir, registry, 'hosts.toml'), containerdHostsToml({ registry, mirror: 'http://127.0.0.1:5999', dialTimeout: '2s' }));
+  }
+  await writeFile(path.join(node.hostsDir, 'ghcr.io', 'regmirror-ca.crt'), 'CA');
+  // a directory of the node's own, with a file beside the earlier agent's
+  await writeFile(path.join(node.hostsDir, 'docker.io', 'client.cert'), 'mine');
+  const removed = await reconcileOnce(nodeConfig(node, ['--runtimes', 'containerd', '--owner', 'registry-cache/hub', '--mode', 'remove']), quiet);
+  assert.equal(removed.ready, true, removed.problems.join('; '));
+  assert.deepEqual(await readdir(node.hostsDir), ['docker.io'], "ghcr.io/ went; docker.io/ holds the node's own file");
+  assert.deepEqual(await readdir(path.join(node.hostsDir, 'docker.io')), ['client.cert']);
 });
 
 test('temp files a killed write left, the node credentials in them, are removed by the next pass, and removal then takes the directories the agent made', async () => {

@@ -180,6 +180,18 @@ export async function ensureDir(dir: string): Promise<boolean> {
 }
 
 /**
+ * Marks `dir` as the agent's when it has no marker and holds nothing but `ours` (files an agent
+ * from before the markers wrote, in a directory it made and did not mark): removal then takes it
+ * as it did then. True when marked.
+ */
+export async function adoptUnmarkedDir(dir: string, ours: string[]): Promise<boolean> {
+  const entries = await listDir(dir);
+  if (entries.length === 0 || entries.includes(CREATED_DIR_MARKER) || !entries.every((name) => ours.includes(name))) return false;
+  await writeFile(path.join(dir, CREATED_DIR_MARKER), MARKER_TEXT, { mode: 0o644 });
+  return true;
+}
+
+/**
  * Removes a directory the agent made (ensureDir) once nothing but its marker is in it. A
  * directory without the marker (there before the agent came, or a symlink to one) stays.
  * True when removed.

@@ -7,7 +7,7 @@ import { isDeepStrictEqual } from 'node:util';
 import type { Logger } from '../common/logger.ts';
 import type { AgentConfig, Runtime } from './config.ts';
 import {
-  containerdHostsToml, containerdRegistrySetup, isManagedHostsToml, isOwnHostsToml, planHostsApply, planHostsRemove, type ContainerdRegistrySetup, type HostsPlan,
+  containerdHostsToml, containerdRegistrySetup, hostsTomlOwner, isManagedHostsToml, isOwnHostsToml, planHostsApply, planHostsRemove, type ContainerdRegistrySetup, type HostsPlan,
 } from './containerd.ts';
 import { loadContainerdConfig } from './containerd-config.ts';
 import { basicAuthorization, readCredentials } from './credentials.ts';
@@ -19,7 +19,7 @@ import {
   type DockerdFlags, type DockerRemovePlan, type DockerState,
 } from './docker.ts';
 import {
-  ensureDir, exists, isDirectory, listDir, moveFile, readFileOrNull, readTextOrNull, removeCreatedDirIfEmpty, removeFile, removeStaleTempFiles, subdirectories, writeFileAtomic,
+  adoptUnmarkedDir, ensureDir, exists, isDirectory, listDir, moveFile, readFileOrNull, readTextOrNull, removeCreatedDirIfEmpty, removeFile, removeStaleTempFiles, subdirectories, writeFileAtomic,
 } from './node-files.ts';
 import { commandLine, findDaemon, pathSeenBy, processIdentity } from './processes.ts';
 import { CA_FILE_NAME, certsDirCaFile, readMirrorCa, syncCaFile } from './mirror-ca.ts';
@@ -227,6 +227,10 @@ export async function reconcileContainerd(ctx: ReconcileContext): Promise<Runtim
     // Another RegistryMirror's agent wrote it (and keeps the backup for its owner): not ours to take.
     if (managed && !ours) continue;
     if (ours || (config.registries.includes(registry) && hasBackup)) {
+      // Run with --owner (as the operator runs it), a hosts.toml of ours without an owner line was
+      // written by an agent from before directory markers: a directory holding only its files is
+      // one it made, taken away with them as it was then.
+      if (ours && !hasBackup && config.owner !== undefined && hostsTomlOwner(current) === undefined) await adoptUnmarkedDir(dir, ['hosts.toml', CA_FILE_NAME]);
       // ours, or left for a listed registry: a backup whose file of ours is gone, or that someone else replaced
       const plan = planHostsRemove(current, hasBackup);
       if (await carryOutHostsPlan(plan, dir, mode)) {
