@@ -166,11 +166,27 @@ test('daemon.json keeps its other keys and permissions, and removal restores it 
   assert.deepEqual(await readdir(path.dirname(node.daemonJson)), ['daemon.json'], 'no state file left behind');
 });
 
-/** `regmirror node-agent --once` SIGKILLed instead of making its `nth` rename onto daemon.json. */
+/** `regmirror node-agent --once ...agentArgs` SIGKILLed instead of making its `nth` rename onto `at`. */
+async function runAgentKilledAtRename(agentArgs: string[], at: string, nth = 1): Promise<void> {
+  const env = { ...process.env, REGMIRROR_TEST_KILL_AT_RENAME: at, REGMIRROR_TEST_KILL_NTH: String(nth) };
+  const run = await runCommand(process.execPath, [...KILL_AT_RENAME_IMPORT, 'bin/regmirror.ts', 'node-agent', '--once', ...agentArgs], { cwd: REPO, env });
+  assert.equal(run.code, 128, `the agent was killed at rename ${nth} onto ${at}, not finished (exit ${run.code}): ${run.stderr}${run.stdout}`);
+}
+
+/** `regmirror node-agent --once` for Docker SIGKILLed instead of making its `nth` rename onto daemon.json. */
 async function runAgentKilledAtDaemonJson(node: Node, args: string[], nth: number): Promise<void> {
-  const env = { ...process.env, REGMIRROR_TEST_KILL_AT_RENAME: node.daemonJson, REGMIRROR_TEST_KILL_NTH: String(nth) };
-  const run = await runCommand(process.execPath, [...KILL_AT_RENAME_IMPORT, 'bin/regmirror.ts', 'node-agent', ...nodeArgs(node, ['--runtimes', 'docker', '--once', ...args])], { cwd: REPO, env });
-  assert.equal(run.code, 128, `the agent was killed at rename ${nth} onto daemon.json, not finished (exit ${run.code}): ${run.stderr}${run.stdout}`);
+  await runAgentKilledAtRename(nodeArgs(node, ['--runtimes', 'docker', ...args]), node.daemonJson, nth);
+}
+
+/** A node whose daemon.json links to `original` kept elsewhere (cm/daemon.json), as configuration management does. */
+async function nodeWithLinkedDaemonJson(original: (node: Node) => string): Promise<{ node: Node; real: string }> {
+  const node = await makeNode();
+  await mkdir(path.dirname(node.daemonJson), { recursive: true });
+  const real = path.join(node.root, 'cm/daemon.json');
+  await mkdir(path.dirname(real));
+  await writeFile(real, original(node));
+  await symlink('../../cm/daemon.json', node.daemonJson);
+  return { node, real };
 }
 
 async function dockerNode(original: string): Promise<Node> {
@@ -211,9 +227,7 @@ test("an https mirror's move killed at the rename onto daemon.json keeps the old
   const caOf = (mirror: string) => path.join(certsDir, new URL(mirror).host, 'regmirror-ca.crt');
   assert.equal((await reconcileOnce(parseAgentConfig(args(from), {}), quiet)).runtimes[0]!.filesInPlace, true);
 
-  const env = { ...process.env, REGMIRROR_TEST_KILL_AT_RENAME: node.daemonJson, REGMIRROR_TEST_KILL_NTH: '1' };
-  const run = await runCommand(process.execPath, [...KILL_AT_RENAME_IMPORT, 'bin/regmirror.ts', 'node-agent', ...args(to), '--once'], { cwd: REPO, env });
-  assert.equal(run.code, 128, `killed at the rename onto daemon.json: ${run.stderr}${run.stdout}`);
+  await runAgentKilledAtRename(args(to), node.daemonJson);
   assert.deepEqual(JSON.parse(await readFile(node.daemonJson, 'utf8'))['registry-mirrors'], [from], 'dockerd is still sent to the old address');
   await stat(caOf(from)); // ... with its CA
 
@@ -241,15 +255,10 @@ test('a removal killed after its reload step, then apply again: the original is 
 });
 
 test('a daemon.json that is a symbolic link is written through it and restored there; the link stays', async () => {
-  const node = await makeNode();
-  await mkdir(path.dirname(node.daemonJson), { recursive: true });
   // configuration management keeps the real file elsewhere and links it
-  const real = path.join(node.root, 'cm/daemon.json');
-  await mkdir(path.dirname(real));
-  const original = `{"pidfile": "${node.root}/nodockerd.pid"}\n`;
-  await writeFile(real, original);
+  const { node, real } = await nodeWithLinkedDaemonJson((n) => `{"pidfile": "${n.root}/nodockerd.pid"}\n`);
+  const original = await readFile(real, 'utf8');
   await chmod(real, 0o640);
-  await symlink('../../cm/daemon.json', node.daemonJson);
   const isLink = async (): Promise<boolean> => (await lstat(node.daemonJson)).isSymbolicLink() && (await readlink(node.daemonJson)) === '../../cm/daemon.json';
 
   const applied = await reconcileOnce(nodeConfig(node, ['--runtimes', 'docker']), quiet);
@@ -270,15 +279,8 @@ test('a daemon.json that is a symbolic link is written through it and restored t
 });
 
 test('a write through a linked daemon.json killed before its rename leaves its temp file beside the target, and the next pass removes it', async () => {
-  const node = await makeNode();
-  await mkdir(path.dirname(node.daemonJson), { recursive: true });
-  const real = path.join(node.root, 'cm/daemon.json');
-  await mkdir(path.dirname(real));
-  await writeFile(real, `{"pidfile": "${node.root}/nodockerd.pid"}\n`);
-  await symlink('../../cm/daemon.json', node.daemonJson);
-  const env = { ...process.env, REGMIRROR_TEST_KILL_AT_RENAME: real, REGMIRROR_TEST_KILL_NTH: '1' };
-  const run = await runCommand(process.execPath, [...KILL_AT_RENAME_IMPORT, 'bin/regmirror.ts', 'node-agent', ...nodeArgs(node, ['--runtimes', 'docker', '--once'])], { cwd: REPO, env });
-  assert.equal(run.code, 128, `killed at the rename onto the link's target: ${run.stderr}${run.stdout}`);
+  const { node, real } = await nodeWithLinkedDaemonJson((n) => `{"pidfile": "${n.root}/nodockerd.pid"}\n`);
+  await runAgentKilledAtRename(nodeArgs(node, ['--runtimes', 'docker']), real);
   assert.ok((await readdir(path.dirname(real))).some((f) => f.startsWith('.daemon.json.regmirror-')), 'the killed write left its temp file beside the target');
 
   const applied = await reconcileOnce(nodeConfig(node, ['--runtimes', 'docker']), quiet);
