@@ -11,6 +11,7 @@ import { appendFile, mkdir, open, readFile, readdir, rename, rm, stat, unlink, u
 import { randomUUID } from 'node:crypto';
 import { hostname } from 'node:os';
 import { dirname, join } from 'node:path';
+import { processExists } from '../common/process-exists.ts';
 import { isDigest, parseDigest, type Digest } from './reference.ts';
 
 export interface TagRecord {
@@ -58,7 +59,7 @@ export const HEARTBEAT_MS = 30_000;
  * (written by versions before instance directories) go when unchanged for this long: a live
  * download writes at least every upstreamTimeouts.idle.
  */
-export const STALE_MS = 120_000;
+const STALE_MS = 120_000;
 
 /** What a process writes into its heartbeat file. */
 interface Owner {
@@ -83,16 +84,6 @@ function pidNamespace(): string | undefined {
     return readlinkSync('/proc/self/ns/pid');
   } catch {
     return undefined;
-  }
-}
-
-/** Whether a process with this PID exists here (EPERM: it does, as another user's). */
-function processExists(pid: number): boolean {
-  try {
-    process.kill(pid, 0);
-    return true;
-  } catch (error) {
-    return (error as NodeJS.ErrnoException).code !== 'ESRCH';
   }
 }
 

@@ -548,25 +548,6 @@ async function snapshot(root: string): Promise<string[]> {
   return rows;
 }
 
-const KILL_AT_RENAME_SHIM = `
-import fs from 'node:fs';
-import { syncBuiltinESMExports } from 'node:module';
-const rename = fs.promises.rename;
-fs.promises.rename = async (from, to) => {
-  if (String(to).endsWith(process.env.KILL_AT_RENAME)) process.kill(process.pid, 'SIGKILL');
-  return rename(from, to);
-};
-syncBuiltinESMExports();
-`;
-
-/** `regmirror node-agent ...args --once`, SIGKILLed just as it renames a temp file over the file whose path ends with `at`. */
-async function agentKilledAtRename(args: string[], at: string): Promise<void> {
-  const shim = path.join(await makeTempDir('kill-at-rename'), 'kill-at-rename.mjs');
-  await writeFile(shim, KILL_AT_RENAME_SHIM);
-  const run = await runCommand(process.execPath, ['--import', shim, 'bin/regmirror.ts', 'node-agent', ...args, '--once'], { cwd: REPO, env: { ...process.env, KILL_AT_RENAME: at } });
-  assert.equal(run.code, 128, `killed at the rename over ${at}:\n${run.stderr}${run.stdout}`);
-}
-
 test('a registry directory that is a symlink (shared with Docker\'s certs.d) is taken back on removal like any other: the node is as it was', async () => {
   const node = await makeNode();
   const shared = path.join(node.root, 'etc/docker/certs.d/docker.io');
@@ -664,14 +645,14 @@ test('temp files a killed write left, the node credentials in them, are removed 
   const temps = async (dir: string, file: string) => (await readdir(dir)).filter((name) => name.startsWith(`.${file}.regmirror-`)).map((name) => path.join(dir, name));
 
   // killed after quay.io's own file was moved aside as the backup, before ours was in place
-  await agentKilledAtRename(containerd, '/quay.io/hosts.toml');
+  await runAgentKilledAtRename(containerd, '/quay.io/hosts.toml');
   assert.equal(await readFile(path.join(node.hostsDir, 'quay.io/hosts.toml.regmirror-backup'), 'utf8'), theirs);
   const [quayTemp] = await temps(path.join(node.hostsDir, 'quay.io'), 'hosts.toml');
   assert.ok(quayTemp, 'the killed write left its temp file');
 
   // killed while rewriting docker.io's hosts.toml with rotated credentials
   await writeFile(secret, 'node:rotated-pass\n');
-  await agentKilledAtRename(containerd, '/docker.io/hosts.toml');
+  await runAgentKilledAtRename(containerd, '/docker.io/hosts.toml');
   await assert.rejects(stat(quayTemp), 'the pass after a killed one removed its temp file');
   const left = await temps(path.join(node.hostsDir, 'docker.io'), 'hosts.toml');
   assert.equal(left.length, 1, 'the killed write left its temp file');
@@ -679,8 +660,8 @@ test('temp files a killed write left, the node credentials in them, are removed 
   assert.match(await readFile(leftFile, 'utf8'), new RegExp(`Authorization = "Basic ${Buffer.from('node:rotated-pass').toString('base64')}"`));
   assert.equal((await stat(leftFile)).mode & 0o777, 0o600);
   // killed writing daemon.json and the CRI-O drop-in
-  await agentKilledAtRename(nodeArgs(node, ['--runtimes', 'docker,crio']), '/daemon.json');
-  await agentKilledAtRename(nodeArgs(node, ['--runtimes', 'crio']), '/99-regmirror.conf');
+  await runAgentKilledAtRename(nodeArgs(node, ['--runtimes', 'docker,crio']), '/daemon.json');
+  await runAgentKilledAtRename(nodeArgs(node, ['--runtimes', 'crio']), '/99-regmirror.conf');
   assert.equal((await temps(path.dirname(node.daemonJson), 'daemon.json')).length, 1);
   assert.equal((await temps(node.crioDir, '99-regmirror.conf')).length, 1);
 

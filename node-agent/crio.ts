@@ -66,7 +66,7 @@ export function crioDropInPointsAt(text: string, mirror: string): boolean {
  * one's for the same prefix.
  */
 export function loadsAfterCrioDropIn(name: string): boolean {
-  return name.endsWith('.conf') && name !== CRIO_DROP_IN && Buffer.compare(Buffer.from(name), Buffer.from(CRIO_DROP_IN)) > 0;
+  return name.endsWith('.conf') && Buffer.compare(Buffer.from(name), Buffer.from(CRIO_DROP_IN)) > 0;
 }
 
 /**

@@ -161,16 +161,14 @@ export function planDockerRemove(current: Buffer | null, state: DockerState | nu
   const doc = parseDaemonJson(current);
   const { bytes: originalBytes, doc: originalDoc } = originalOf(state);
   const restore: DockerRemovePlan = originalBytes === null ? { action: 'delete' } : { action: 'write', bytes: originalBytes };
-  if (!hasOurEntry(doc, state)) {
-    // Our entry is out: an interrupted removal when the rest is the original (restore it), else
-    // someone else's file now (leave it).
-    if (originalBytes !== null && current.equals(originalBytes)) return { action: 'none' };
-    return isOriginalWithoutOurs(doc, state) ? restore : { action: 'none' };
-  }
+  const ours = hasOurEntry(doc, state);
+  if (!ours && originalBytes !== null && current.equals(originalBytes)) return { action: 'none' };
   const stripped = strippedLikeOriginal(doc, state, originalDoc);
-  // an original that was not JSON cannot be compared; keep the edit minimal
+  // The rest is the original: restore its bytes (our entry still in, or out already as an
+  // interrupted removal leaves it). An original that was not JSON cannot be compared.
   if (originalDoc !== undefined && isDeepStrictEqual(stripped, originalDoc)) return restore;
-  return { action: 'write', bytes: Buffer.from(serialize(stripped, current)) };
+  // otherwise take only our entry out; without it, the file is someone else's now: left alone
+  return ours ? { action: 'write', bytes: Buffer.from(serialize(stripped, current)) } : { action: 'none' };
 }
 
 /**

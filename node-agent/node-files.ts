@@ -4,6 +4,7 @@ import { randomBytes } from 'node:crypto';
 import { constants } from 'node:fs';
 import { chown, lstat, mkdir, open, readFile, readdir, rename, rm, rmdir, stat, writeFile } from 'node:fs/promises';
 import path from 'node:path';
+import { processExists } from '../common/process-exists.ts';
 // for the symbolic-link helpers
 import { readlink, realpath } from 'node:fs/promises';
 
@@ -231,13 +232,7 @@ const ABANDONED_AFTER_MS = 60_000;
  */
 function writerDone(pid: number, mtimeMs: number): boolean {
   if (pid === process.pid || Date.now() - mtimeMs > ABANDONED_AFTER_MS) return true;
-  if (pid <= 0) return false;
-  try {
-    process.kill(pid, 0);
-    return false;
-  } catch (error) {
-    return (error as NodeJS.ErrnoException).code === 'ESRCH';
-  }
+  return pid > 0 && !processExists(pid);
 }
 
 /**

@@ -525,11 +525,11 @@ async function applyDocker(ctx: ReconcileContext, s: RuntimeStatus, files: Docke
     fail(s, `${file}: ${error.message}; left untouched`);
     return;
   }
-  // The CA of an address the mirror moved from goes once the state file (written after daemon.json)
-  // no longer names it: a kill before that leaves dockerd's file naming the old address with its CA.
+  // The CA of an address the mirror moved from goes once daemon.json and the state file no longer
+  // name it (called after both are written): a kill before that leaves dockerd's file naming the
+  // old address with its CA.
   const dropOldCas = async (): Promise<void> => {
-    const still = await readDockerState(stateFile);
-    for (const old of previous ? ourMirrors(previous).filter((m) => m !== config.mirror && !(still && ourMirrors(still).includes(m))) : []) {
+    for (const old of previous ? ourMirrors(previous).filter((m) => m !== config.mirror) : []) {
       const oldCaFile = certsDirCaFile(config.dockerCertsDir, old);
       if (await syncCaFile(oldCaFile, undefined, true)) s.changed.push(oldCaFile);
     }
