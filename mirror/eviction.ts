@@ -137,6 +137,11 @@ export class Evictor {
     this.add({ kind, digest: digest.text, size, lastAccess: now });
     void this.store.touch(kind, digest, now);
     this.updateGauges();
+    this.evictIfOverMax();
+  }
+
+  /** Starts an eviction in the background when the store is over storage.maxSize. */
+  private evictIfOverMax(): void {
     if (this.policy.maxSizeBytes && this.totalBytes > this.policy.maxSizeBytes) void this.inBackground(this.evict());
   }
 
@@ -153,7 +158,7 @@ export class Evictor {
         this.pins.delete(digest);
         // Its last stream ended, so it may go now: a blob larger than maxSize (stored while its
         // clients read it, when eviction had to pass it by) does not wait for unrelated content.
-        if (this.policy.maxSizeBytes && this.totalBytes > this.policy.maxSizeBytes) void this.inBackground(this.evict());
+        this.evictIfOverMax();
       }
       this.signalRoom();
     };

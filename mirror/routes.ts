@@ -272,7 +272,7 @@ const SCHEMA1_MEDIA_TYPES = ['application/vnd.docker.distribution.manifest.v1+js
 const DOCKER_MANIFEST_TYPES: readonly string[] = ['application/vnd.docker.distribution.manifest.v2+json', 'application/vnd.docker.distribution.manifest.list.v2+json'];
 
 /** The digest of a Docker manifest list's linux/amd64 entry (the first), or undefined. */
-export function defaultPlatformManifest(list: Buffer): string | undefined {
+function defaultPlatformManifest(list: Buffer): string | undefined {
   try {
     const { manifests } = JSON.parse(list.toString('utf8')) as { manifests?: { digest?: unknown; platform?: { os?: unknown; architecture?: unknown } }[] };
     const entry = (Array.isArray(manifests) ? manifests : []).find((m) => m?.platform?.os === 'linux' && m.platform.architecture === 'amd64');
