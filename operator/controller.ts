@@ -6,7 +6,7 @@
 import { ListWatch, Watch, type Informer, type KubeConfig, type KubernetesObject, type ObjectCache as InformerCache } from '@kubernetes/client-node';
 import type { Logger } from '../common/logger.ts';
 import { API_VERSION, KIND, type RegistryMirror } from './api/registry-mirror.ts';
-import { MODE_ANNOTATION } from './desired/daemon-set.ts';
+import { modeOf } from './desired/daemon-set.ts';
 import { FIELD_MANAGER, names } from './desired/inputs.ts';
 import type { EventRecorder } from './events.ts';
 import { collectionPath, isForbidden, type KubeApi, type KubeObject } from './kube/api.ts';
@@ -72,8 +72,7 @@ export class Controller {
       mirrors: () => this.allMirrors() as unknown as RegistryMirror[],
       nodeAgentMode: (m) => {
         const daemonSet = this.daemonSets && this.lookup(this.daemonSets, m.metadata.namespace, names(m).daemonSet);
-        if (!daemonSet) return undefined;
-        return daemonSet.metadata?.annotations?.[MODE_ANNOTATION] === 'remove' ? 'remove' : 'apply';
+        return daemonSet ? modeOf(daemonSet) : undefined;
       },
     };
     this.reconciler = new Reconciler({

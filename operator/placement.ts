@@ -79,7 +79,7 @@ function unique<T extends object>(items: T[]): T[] {
   });
 }
 
-export function samePlacement(a: Placement, b: Placement): boolean {
+function samePlacement(a: Placement, b: Placement): boolean {
   return canonical(a.nodeSelector) === canonical(b.nodeSelector)
     && JSON.stringify(a.tolerations.map(canonical).sort()) === JSON.stringify(b.tolerations.map(canonical).sort());
 }
@@ -145,4 +145,12 @@ export function readDroppedPlacements(annotations: Record<string, string> | unde
   } catch {
     return undefined;
   }
+}
+
+/**
+ * Where a removal runs for earlier placements: on `terms` (every node when undefined), with every
+ * toleration any of them had, so it reaches each such node.
+ */
+export function cleanupPlacement(placements: Placement[], terms: NodeSelectorTerm[] | undefined): PodPlacement {
+  return podPlacement({ nodeSelector: {}, tolerations: allTolerations(placements) }, terms);
 }

@@ -5,7 +5,7 @@ import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { createLogger } from '../common/logger.ts';
 import { API_VERSION, KIND, type RegistryMirror } from './api/registry-mirror.ts';
-import { desiredRelocatedCleanupDaemonSet, MIRROR_UID_ANNOTATION, MODE_ANNOTATION } from './desired/daemon-set.ts';
+import { desiredRelocatedCleanupDaemonSet, MIRROR_UID_ANNOTATION, MODE_ANNOTATION, modeOf } from './desired/daemon-set.ts';
 import { CHECKSUM_ANNOTATION, FINALIZER, names } from './desired/inputs.ts';
 import { EventRecorder } from './events.ts';
 import { ApiError, type KubeApi, type KubeObject } from './kube/api.ts';
@@ -107,8 +107,7 @@ function setup(spec: Parameters<typeof mirrorFixture>[0] = {}, options: { timeou
       mirrors: () => server.all(KIND) as unknown as RegistryMirror[],
       nodeAgentMode: (m) => {
         const daemonSet = server.objects.get(`apps/v1/DaemonSet/${m.metadata.namespace}/${names(m).daemonSet}`);
-        if (!daemonSet) return undefined;
-        return daemonSet.metadata?.annotations?.[MODE_ANNOTATION] === 'remove' ? 'remove' : 'apply';
+        return daemonSet ? modeOf(daemonSet) : undefined;
       },
     },
     events: new EventRecorder(api, logger, 'test'),

@@ -9,7 +9,7 @@ import { API_VERSION, KIND, type RegistryMirror, type RegistryMirrorStatus, type
 import { InvalidCredentialsError, normaliseCredentials, type Credentials, type SecretLike } from './credentials.ts';
 import { desiredConfigMap, prefetchProblem } from './desired/config-map.ts';
 import {
-  desiredCleanupDaemonSet, desiredDaemonSet, desiredRelocatedCleanupDaemonSet, MIRROR_UID_ANNOTATION, MODE_ANNOTATION, nodeAgentArg, relocatedCleanupName, runtimesIn, runtimesInDaemonSet,
+  desiredCleanupDaemonSet, desiredDaemonSet, desiredRelocatedCleanupDaemonSet, MIRROR_UID_ANNOTATION, modeOf, nodeAgentArg, relocatedCleanupName, runtimesIn, runtimesInDaemonSet,
 } from './desired/daemon-set.ts';
 import { desiredDeployment } from './desired/deployment.ts';
 import { desiredDroppedNodesDaemonSet } from './desired/dropped-nodes.ts';
@@ -25,7 +25,7 @@ import { checksumKey } from './checksum-key.ts';
 import { nodeCredentials } from './node-credentials.ts';
 import { nodeConfigHolder } from './node-conflict.ts';
 import {
-  DROPPED_PLACEMENTS_ANNOTATION, allTolerations, anyOf, daemonSetPlacement, droppedTolerations, leftBehind, podPlacement, readDroppedPlacements, selectsAllOf, specPlacement, withPlacement,
+  DROPPED_PLACEMENTS_ANNOTATION, anyOf, cleanupPlacement, daemonSetPlacement, droppedTolerations, leftBehind, readDroppedPlacements, selectsAllOf, specPlacement, withPlacement,
   type DroppedPlacements, type PodPlacement,
 } from './placement.ts';
 import {
@@ -267,10 +267,10 @@ export class Reconciler {
     // The agents select every such node again (and configure it).
     if (terms?.length === 0) return finish();
     const runtimes = [...new Set([...runtimesInDaemonSet(before), ...runtimesInDaemonSet(existing)])].filter((r) => !mirror.spec.nodeConfig.runtimes.includes(r));
-    const desired = desiredDroppedNodesDaemonSet({ ...inputs, cleanupRuntimes: runtimes }, terms, record.placements);
     // the address those nodes were given
     const url = nodeAgentArg(existing, '--mirror') ?? nodeAgentArg(before, '--mirror');
-    const daemonSet = await applyOrKeep(url ? pointedAt(desired, url) : desired, async () => existing);
+    const desired = desiredDroppedNodesDaemonSet({ ...inputs, cleanupRuntimes: runtimes, ...(url ? { mirrorUrl: url } : {}) }, terms, record.placements);
+    const daemonSet = await applyOrKeep(desired, async () => existing);
     if (!daemonSet) return undefined;
     const nodes = nodesDone(daemonSetStatus(daemonSet));
     const waitedMs = this.now().getTime() - Date.parse(record.since);
@@ -465,7 +465,7 @@ export class Reconciler {
       nodeAgentMode: 'remove',
     };
     const cleanupRuntimes = runtimesInDaemonSet(agent).filter((r) => !mirror.spec.nodeConfig.runtimes.includes(r));
-    return { ...inputs, serviceIP: hostOf(url), nodeAgentMode: 'remove', cleanupRuntimes, ...(dropped ? { placement: removalPlacement(mirror, dropped) } : {}) };
+    return { ...inputs, mirrorUrl: url, nodeAgentMode: 'remove', cleanupRuntimes, ...(dropped ? { placement: removalPlacement(mirror, dropped) } : {}) };
   }
 
   /** The Secret the operator owns for `mirror`, as the server has it now. */
@@ -491,7 +491,7 @@ export class Reconciler {
       logger.warn({ mirror: `${mirror.metadata.namespace}/${mirror.metadata.name}` }, 'no mirror address left to remove from nodes');
       return current;
     }
-    const desired = pointedAt(desiredDaemonSet(await this.removalInputs(mirror, url, current, dropped)), url);
+    const desired = desiredDaemonSet(await this.removalInputs(mirror, url, current, dropped));
     // already removing, and from every node it should
     if (modeOf(current) === 'remove' && samePodPlacement(current, desired)) return current;
     const daemonSet = await api.apply<Applied>(desired);
@@ -512,7 +512,7 @@ export class Reconciler {
     }
     const inputs = await this.removalInputs(mirror, url, agent, dropped);
     try {
-      const daemonSet = await api.apply<Applied>(pointedAt(desiredCleanupDaemonSet(inputs), url));
+      const daemonSet = await api.apply<Applied>(desiredCleanupDaemonSet(inputs));
       await events.record(mirror, 'Normal', 'NodeCleanup',
         `the node agent DaemonSet was deleted before the nodes were cleaned (a foreground deletion?); DaemonSet ${names(mirror).cleanupDaemonSet} takes the configuration off them`);
       return daemonSet;
@@ -520,7 +520,7 @@ export class Reconciler {
       if (!isRefused(error)) throw error;
       // A namespace being deleted takes no new objects, and a namespaced install may have lost its
       // RoleBinding there already (findWhileDeleting): the operator's own namespace takes it instead.
-      if (this.options.cleanupNamespace !== mirror.metadata.namespace) return this.startRelocatedCleanup(mirror, inputs, url, error as Error);
+      if (this.options.cleanupNamespace !== mirror.metadata.namespace) return this.startRelocatedCleanup(mirror, inputs, error as Error);
       await this.nodesNotCleaned(mirror, `the node agent DaemonSet was deleted before the nodes were cleaned, and a cleanup DaemonSet was refused: ${(error as Error).message.slice(0, 512)}`);
       return undefined;
     }
@@ -530,11 +530,11 @@ export class Reconciler {
    * The cleanup DaemonSet in the operator's namespace, for a mirror whose own namespace refused it:
    * one being deleted takes no new objects (and may have taken the operator's RoleBinding with it).
    */
-  private async startRelocatedCleanup(mirror: RegistryMirror, inputs: DesiredInputs, url: string, refusal: Error): Promise<Applied | undefined> {
+  private async startRelocatedCleanup(mirror: RegistryMirror, inputs: DesiredInputs, refusal: Error): Promise<Applied | undefined> {
     const { api, events, logger, cleanupNamespace } = this.options;
     const { namespace } = mirror.metadata;
     try {
-      const daemonSet = await api.apply<Applied>(pointedAt(desiredRelocatedCleanupDaemonSet(inputs, cleanupNamespace), url));
+      const daemonSet = await api.apply<Applied>(desiredRelocatedCleanupDaemonSet(inputs, cleanupNamespace));
       const message = `the node agent DaemonSet was deleted before the nodes were cleaned, and namespace ${namespace} refused a cleanup DaemonSet (${refusal.message.slice(0, 256)}); DaemonSet ${relocatedCleanupName(mirror)} in namespace ${cleanupNamespace} takes the configuration off them`;
       // Said in the log too: the namespace being deleted refuses the Event.
       logger.info({ mirror: `${namespace}/${mirror.metadata.name}` }, message);
@@ -646,7 +646,7 @@ export class Reconciler {
  * may quote it: such a message is withheld, its kind said. The API server's and the network's
  * errors, and the reconciler's own, are shown as they are.
  */
-export function withheldIfLocal(error: unknown): Error {
+function withheldIfLocal(error: unknown): Error {
   if (error instanceof TypeError || error instanceof RangeError || error instanceof SyntaxError) {
     return new Error(`building the owned objects failed with a ${error.name}; its message is withheld, as it may quote Secret data`);
   }
@@ -727,14 +727,11 @@ function isCleanupDaemonSet(daemonSet: Applied): boolean {
   return daemonSet.metadata?.labels?.['app.kubernetes.io/component'] === 'node-cleanup';
 }
 
-function modeOf(daemonSet: Applied): NodeAgentMode {
-  return daemonSet.metadata?.annotations?.[MODE_ANNOTATION] === 'remove' ? 'remove' : 'apply';
-}
 
 /** Where a removal runs while nodes a narrowed placement left behind are still to be cleaned: the current placement's nodes and theirs. */
 function removalPlacement(mirror: RegistryMirror, dropped: DroppedPlacements): PodPlacement {
   const placements = withPlacement(dropped.placements, specPlacement(mirror));
-  return podPlacement({ nodeSelector: {}, tolerations: allTolerations(placements) }, anyOf(placements));
+  return cleanupPlacement(placements, anyOf(placements));
 }
 
 /** Whether a running DaemonSet's pods go where `desired`'s would. */
@@ -745,13 +742,6 @@ function samePodPlacement(running: Applied, desired: { spec: { template: { spec:
 
 function stableJson(value: unknown): string {
   return JSON.stringify(value, (_key, v: unknown) => (v && typeof v === 'object' && !Array.isArray(v) ? Object.fromEntries(Object.entries(v).sort(([a], [b]) => a.localeCompare(b))) : v));
-}
-
-/** A node agent DaemonSet given `url` as its mirror: a removal looks for the address the nodes were given. */
-function pointedAt<T extends { spec: { template: { spec: { containers: { args: string[] }[] } } } }>(daemonSet: T, url: string): T {
-  const [agent, ...others] = daemonSet.spec.template.spec.containers;
-  const args = agent!.args.map((arg, i, all) => (all[i - 1] === '--mirror' ? url : arg));
-  return { ...daemonSet, spec: { ...daemonSet.spec, template: { ...daemonSet.spec.template, spec: { ...daemonSet.spec.template.spec, containers: [{ ...agent!, args }, ...others] } } } };
 }
 
 /**

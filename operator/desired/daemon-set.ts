@@ -10,6 +10,11 @@ import type { RegistryMirror, Runtime } from '../api/registry-mirror.ts';
 import { podPlacement, specPlacement } from '../placement.ts';
 
 export const MODE_ANNOTATION = 'regmirror.dev/node-agent-mode';
+
+/** The mode a node agent DaemonSet runs its agents in, from its annotation. */
+export function modeOf(daemonSet: { metadata?: { annotations?: Record<string, string> } }): 'apply' | 'remove' {
+  return daemonSet.metadata?.annotations?.[MODE_ANNOTATION] === 'remove' ? 'remove' : 'apply';
+}
 /** On the pod template: a keyed hash of the nodes' pull credentials, so new ones roll the agents (they read them from env at start). */
 export const CREDENTIALS_CHECKSUM_ANNOTATION = 'regmirror.dev/credentials-checksum';
 
@@ -25,7 +30,8 @@ function touchedRuntimes(inputs: DesiredInputs): Runtime[] {
 
 export function nodeAgentArgs(inputs: DesiredInputs): string[] {
   const { mirror } = inputs;
-  if (!inputs.serviceIP) throw new Error('the node agent needs the Service ClusterIP');
+  const mirrorUrl = inputs.mirrorUrl ?? (inputs.serviceIP ? endpoint(mirror, inputs.serviceIP) : undefined);
+  if (!mirrorUrl) throw new Error('the node agent needs the Service ClusterIP');
   const { runtimes } = mirror.spec.nodeConfig;
   const touched = touchedRuntimes(inputs);
   const dropped = touched.filter((r) => !runtimes.includes(r));
@@ -33,7 +39,7 @@ export function nodeAgentArgs(inputs: DesiredInputs): string[] {
   const [apply, remove] = inputs.nodeAgentMode === 'remove' ? [touched, []] : [runtimes, dropped];
   return [
     'node-agent',
-    '--mirror', endpoint(mirror, inputs.serviceIP),
+    '--mirror', mirrorUrl,
     '--registries', mirror.spec.upstreams.map((u) => u.registry).join(','),
     '--default-registry', defaultRegistry(mirror.spec),
     // whose files the agent writes: they stay its own when --mirror changes (a new ClusterIP, spec.tls)
@@ -215,21 +221,21 @@ export function desiredRelocatedCleanupDaemonSet(inputs: DesiredInputs, namespac
 export const MIRROR_UID_ANNOTATION = 'regmirror.dev/mirror-uid';
 
 /** A remove-mode node agent DaemonSet made into a cleanup one: its own name, place, labels and selector, and no owner. */
-function asCleanup(daemonSet: ReturnType<typeof desiredDaemonSet>, where: { name: string; namespace: string; uid: string; labels: Record<string, string>; selector: Record<string, string> }) {
-  const { ownerReferences: _owned, ...meta } = daemonSet.metadata;
+/** A node agent DaemonSet under another name, with its own labels and selector (a cleanup one beside the agents). */
+export function relabelled(daemonSet: ReturnType<typeof desiredDaemonSet>, name: string, labels: Record<string, string>, selector: Record<string, string>) {
   return {
     ...daemonSet,
-    metadata: {
-      ...meta,
-      name: where.name,
-      namespace: where.namespace,
-      labels: where.labels,
-      annotations: { ...meta.annotations, [MIRROR_UID_ANNOTATION]: where.uid },
-    },
+    metadata: { ...daemonSet.metadata, name, labels },
     spec: {
       ...daemonSet.spec,
-      selector: { matchLabels: where.selector },
-      template: { ...daemonSet.spec.template, metadata: { ...daemonSet.spec.template.metadata, labels: where.labels } },
+      selector: { matchLabels: selector },
+      template: { ...daemonSet.spec.template, metadata: { ...daemonSet.spec.template.metadata, labels } },
     },
   };
+}
+
+function asCleanup(daemonSet: ReturnType<typeof desiredDaemonSet>, where: { name: string; namespace: string; uid: string; labels: Record<string, string>; selector: Record<string, string> }) {
+  const cleanup = relabelled(daemonSet, where.name, where.labels, where.selector);
+  const { ownerReferences: _owned, ...meta } = cleanup.metadata;
+  return { ...cleanup, metadata: { ...meta, namespace: where.namespace, annotations: { ...meta.annotations, [MIRROR_UID_ANNOTATION]: where.uid } } };
 }

@@ -2,9 +2,9 @@
 // (operator/placement.ts): the DaemonSet controller stopped their agents, which leave a node
 // configured when they stop. It runs beside the node agent DaemonSet, on no node of that one's,
 // until each of its pods reports the node clean; the RegistryMirror owns it.
-import { desiredDaemonSet } from './daemon-set.ts';
+import { desiredDaemonSet, relabelled } from './daemon-set.ts';
 import { labels, names, selector, type DesiredInputs } from './inputs.ts';
-import { allTolerations, podPlacement, type NodeSelectorTerm, type Placement } from '../placement.ts';
+import { cleanupPlacement, type NodeSelectorTerm, type Placement } from '../placement.ts';
 
 /**
  * `terms`: the nodes to clean (leftBehind), undefined for every node (no node agent runs on any);
@@ -12,17 +12,7 @@ import { allTolerations, podPlacement, type NodeSelectorTerm, type Placement } f
  */
 export function desiredDroppedNodesDaemonSet(inputs: DesiredInputs, terms: NodeSelectorTerm[] | undefined, placements: Placement[]) {
   const { mirror } = inputs;
-  const placement = podPlacement({ nodeSelector: {}, tolerations: allTolerations(placements) }, terms);
   // removal reads neither the nodes' credentials nor the CA (node-agent/reconcile.ts)
-  const daemonSet = desiredDaemonSet({ ...inputs, nodeAgentMode: 'remove', nodeCredentials: undefined, tlsCaKey: undefined, placement });
-  const own = labels(mirror, 'node-dropped');
-  return {
-    ...daemonSet,
-    metadata: { ...daemonSet.metadata, name: names(mirror).droppedNodesDaemonSet, labels: own },
-    spec: {
-      ...daemonSet.spec,
-      selector: { matchLabels: selector(mirror, 'node-dropped') },
-      template: { ...daemonSet.spec.template, metadata: { ...daemonSet.spec.template.metadata, labels: own } },
-    },
-  };
+  const daemonSet = desiredDaemonSet({ ...inputs, nodeAgentMode: 'remove', nodeCredentials: undefined, tlsCaKey: undefined, placement: cleanupPlacement(placements, terms) });
+  return relabelled(daemonSet, names(mirror).droppedNodesDaemonSet, labels(mirror, 'node-dropped'), selector(mirror, 'node-dropped'));
 }

@@ -110,8 +110,13 @@ export interface DesiredInputs {
    * nodes an earlier placement selected (operator/placement.ts).
    */
   placement?: PodPlacement;
-  /** The Service's ClusterIP once known; the node agent needs it. */
+  /** The Service's ClusterIP once known; the node agent needs it (or mirrorUrl). */
   serviceIP?: string;
+  /**
+   * The address the node agents are given, when not the Service's as the spec says: a removal
+   * names the address the nodes were given (the agent takes away only what points at it).
+   */
+  mirrorUrl?: string;
   nodeAgentMode: NodeAgentMode;
 }
 
