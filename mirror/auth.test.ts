@@ -4,9 +4,10 @@
 import { after, before, describe, test } from 'node:test';
 import assert from 'node:assert/strict';
 import { mkdir, rename, rm, symlink, writeFile } from 'node:fs/promises';
+import http from 'node:http';
 import path from 'node:path';
 import bcrypt from 'bcryptjs';
-import { HtpasswdAuth, MAX_REMEMBERED, unknownUserHash } from './auth.ts';
+import { HtpasswdAuth, MAX_COMPARING_PER_CLIENT, MAX_REMEMBERED, unknownUserHash } from './auth.ts';
 import { stringify } from 'yaml';
 import { startContainerd } from '../test/harness/containerd.ts';
 import { startDockerd } from '../test/harness/dockerd.ts';
@@ -18,6 +19,12 @@ import { startRegistry, type RegistryServer } from '../test/harness/registry.ts'
 const ROOT = path.resolve(import.meta.dirname, '..');
 const basic = (user: string, password: string) => `Basic ${Buffer.from(`${user}:${password}`).toString('base64')}`;
 const errorCode = (body: Buffer) => (JSON.parse(body.toString()) as { errors: { code: string }[] }).errors[0]!.code;
+/** A new htpasswd file holding `text`. */
+async function newHtpasswdFile(dirName: string, text: string): Promise<string> {
+  const file = path.join(await makeTempDir(dirName), 'htpasswd');
+  await writeFile(file, text);
+  return file;
+}
 /** An htpasswd line as `htpasswd -B -n user` writes it (bcrypt, the $2y$ prefix Apache uses). */
 const htpasswdLine = (user: string, password: string) => `${user}:${bcrypt.hashSync(password, 5).replace(/^\$2b\$/, '$2y$')}`;
 
@@ -166,6 +173,55 @@ test('a flood of made-up credentials is refused at once with 429 past a few bcry
   }
 });
 
+test('a flood of made-up credentials from one address takes its share of the bcrypt checks, not all: a node logging in from another address gets in', async () => {
+  const hub = await startRegistry();
+  const file = await newHtpasswdFile('htpasswd-share', `alice:${bcrypt.hashSync('wonderland', 10)}\n`);
+  const mirror = await startTestMirror({ upstreams: [{ registry: 'docker.io', url: hub.url }], extra: { auth: { htpasswd: file } } });
+  try {
+    const { port } = new URL(mirror.url);
+    // another client address on loopback: the server listens on 127.0.0.1, the client binds 127.0.0.2
+    const fromOtherAddress = (authorization: string) => new Promise<number>((resolve, reject) => {
+      const req = http.get({ host: '127.0.0.1', port, path: '/v2/', localAddress: '127.0.0.2', agent: false, headers: { authorization }, timeout: 20_000 }, (res) => {
+        res.resume();
+        res.on('end', () => resolve(res.statusCode!));
+      });
+      req.on('error', reject);
+      req.on('timeout', () => req.destroy(new Error('timed out')));
+    });
+    const flood = Array.from({ length: 60 }, (_, i) => httpRequest(`${mirror.url}/v2/`, { headers: { authorization: basic(`mallory${i}`, `guess${i}`) }, timeoutMs: 20_000 }));
+    // the flood is refused past its share at once: by then its checks hold the slots they can
+    await Promise.race(flood.map(async (pending) => { if ((await pending).status !== 429) await new Promise(() => {}); }));
+    assert.equal(await fromOtherAddress(basic('alice', 'wonderland')), 200, 'checked, though the flood was still being refused');
+    const statuses = (await Promise.all(flood)).map((res) => res.status);
+    assert.ok(statuses.filter((status) => status === 429).length >= 60 - MAX_COMPARING_PER_CLIENT, statuses.join(' '));
+    assert.ok(statuses.every((status) => status === 401 || status === 429), statuses.join(' '));
+  } finally {
+    await mirror.stop();
+    await hub.stop();
+  }
+});
+
+test('credentials in use stay remembered past a minute: a node pulling every 50 s needs no bcrypt check while made-up credentials fill them all; a node\'s first requests at once share one check', async () => {
+  const file = await newHtpasswdFile('htpasswd-renew', `${htpasswdLine('alice', 'wonderland')}\n`);
+  let clock = 0;
+  const auth = new HtpasswdAuth(file, { configSource: 'test', now: () => clock });
+  const alice = basic('alice', 'wonderland');
+  assert.equal(await auth.check(alice, '10.0.0.1'), 'alice');
+  clock += 50_000;
+  assert.equal(await auth.check(alice, '10.0.0.1'), 'alice');
+  clock += 50_000; // 100 s after its check, 50 s after its last use
+  // every comparison slot and waiting place taken, by many addresses
+  const flood = Array.from({ length: 40 }, (_, i) => auth.check(basic(`mallory${i}`, 'guess'), `10.1.0.${i}`).then(() => 200, (error: { status?: number }) => error.status));
+  assert.equal(await auth.check(alice, '10.0.0.1'), 'alice', 'remembered: no comparison needed');
+  const statuses = await Promise.all(flood);
+  assert.ok(statuses.includes(429), `the comparisons were full: ${statuses.join(' ')}`);
+  clock += 61_000; // unused for over a minute: checked again, and a node's requests at once share one check
+  const atOnce = await Promise.all(Array.from({ length: 3 * MAX_COMPARING_PER_CLIENT }, () => auth.check(alice, '10.0.0.1')));
+  assert.deepEqual(new Set(atOnce), new Set(['alice']));
+  assert.equal(await auth.check(alice, '10.0.0.1'), 'alice');
+  assert.equal(auth.rememberedCredentials, 1);
+});
+
 describe('remembered credentials: one entry a credential however it is spelled, none once expired, never more than MAX_REMEMBERED', () => {
   let mirror: TestMirror;
   let clock = Date.now();
@@ -222,9 +278,11 @@ describe('remembered credentials: one entry a credential however it is spelled, 
 
   test('a password past bcrypt\'s 72 bytes checks out with any tail: MAX_REMEMBERED of those at most are kept', async () => {
     const tails = MAX_REMEMBERED + 50;
-    for (let start = 0; start < tails; start += 16) {
+    // as many at once as one client address may have checked (each tail is another password)
+    const batch = MAX_COMPARING_PER_CLIENT;
+    for (let start = 0; start < tails; start += batch) {
       await Promise.all(
-        Array.from({ length: Math.min(16, tails - start) }, async (_, i) => {
+        Array.from({ length: Math.min(batch, tails - start) }, async (_, i) => {
           assert.equal(await status(basic('long', `${longPassword}${start + i}`)), 200);
         }),
       );
@@ -264,9 +322,7 @@ test('a Kubernetes Secret rotation of the htpasswd file (..data symlink swap) is
 });
 
 test('a broken or empty htpasswd update keeps the previous users, and both the failure and the next good reload are logged', async () => {
-  const dir = await makeTempDir('htpasswd-broken');
-  const file = path.join(dir, 'htpasswd');
-  await writeFile(file, `${htpasswdLine('alice', 'wonderland')}\n`);
+  const file = await newHtpasswdFile('htpasswd-broken', `${htpasswdLine('alice', 'wonderland')}\n`);
   let clock = 0;
   const logged: { level: string; message: string }[] = [];
   const logger = { info: (_fields: object, message: string) => logged.push({ level: 'info', message }), error: (_fields: object, message: string) => logged.push({ level: 'error', message }) };

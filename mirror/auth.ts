@@ -1,7 +1,7 @@
 // Client authentication for /v2/: an htpasswd file of bcrypt entries, as distribution and nginx
-// use. bcrypt is slow on purpose, so verified credentials are remembered for a while (keyed by a
-// hash of the decoded user and password, never their text); the file is re-read when it changes
-// (Secret rotation).
+// use. bcrypt is slow on purpose, so verified credentials are remembered while they are in use
+// (keyed by a hash of the decoded user and password, never their text); the file is re-read when
+// it changes (Secret rotation), which forgets them all.
 import { createHash, randomBytes } from 'node:crypto';
 import { readFileSync, statSync } from 'node:fs';
 import { Worker } from 'node:worker_threads';
@@ -12,6 +12,11 @@ import { ExpiringMap } from '../common/expiring-map.ts';
 import { HtpasswdLineError, parseHtpasswd } from '../common/htpasswd.ts';
 import { RegistryError } from './errors.ts';
 
+/**
+ * How long verified credentials are remembered after their last use. Every use renews it: a node
+ * that pulls now and then never needs bcrypt again, so made-up credentials filling the comparisons
+ * (below) cannot lock it out once its entry would have run out. A changed file forgets them all.
+ */
 const REMEMBER_MS = 60_000;
 /**
  * bcrypt comparisons handed to the worker at once (bcrypt-worker.ts: off the main thread), at
@@ -21,6 +26,12 @@ const REMEMBER_MS = 60_000;
  */
 const MAX_COMPARING = 2;
 const MAX_WAITING = 16;
+/**
+ * Comparisons one client address may have running or waiting at once; past that its request is
+ * refused with 429. One client sending made-up credentials then holds a share of the slots, not
+ * all of them, and a node logging in for the first time from another address still gets checked.
+ */
+export const MAX_COMPARING_PER_CLIENT = 4;
 const RECHECK_FILE_MS = 5_000;
 export const REALM = 'regmirror';
 /**
@@ -74,6 +85,13 @@ export class HtpasswdAuth {
   private comparing = 0;
   /** Requests waiting for a comparison slot, oldest first. */
   private readonly waiting: (() => void)[] = [];
+  /** Comparisons running or waiting, by client address (MAX_COMPARING_PER_CLIENT). */
+  private readonly perClient = new Map<string, number>();
+  /**
+   * Comparisons under way, by credentials key and the hash compared against: a node's first requests after a start come several
+   * at once with the same credentials (layers pulled in parallel), and they share one comparison.
+   */
+  private readonly checking = new Map<string, Promise<boolean>>();
 
   constructor(file: string, options: { configSource: string; now?: () => number; logger?: AuthLog }) {
     this.file = file;
@@ -143,8 +161,11 @@ export class HtpasswdAuth {
     return this.verified.size;
   }
 
-  /** Throws UNAUTHORIZED unless the Authorization header carries valid Basic credentials. */
-  async check(authorization: string | undefined): Promise<string> {
+  /**
+   * Throws UNAUTHORIZED unless the Authorization header carries valid Basic credentials.
+   * `client`: the request's address, for each address's share of the bcrypt comparisons.
+   */
+  async check(authorization: string | undefined, client?: string): Promise<string> {
     this.reloadIfChanged();
     // The scheme name is case-insensitive (RFC 9110 11.1); some clients send "basic".
     const match = authorization ? /^basic[ ]+(\S+)\s*$/i.exec(authorization) : null;
@@ -156,32 +177,57 @@ export class HtpasswdAuth {
     // Keyed by what was decoded, not by how it was spelled (padding or not, the spare bits of the
     // last character): one credential is one entry however a client writes it.
     const key = createHash('sha256').update(decoded).digest('hex');
-    if (this.verified.get(key) !== undefined) return user;
+    if (this.verified.get(key) !== undefined) {
+      this.verified.set(key, user, this.now() + REMEMBER_MS);
+      return user;
+    }
     const users = this.users;
     const hash = users.get(user);
     // An unknown user costs a bcrypt comparison too, so response times do not tell which users exist.
-    const matches = await this.compare(decoded.slice(colon + 1), hash ?? this.decoy);
+    // the same credentials against the same entry (a reload may have changed it meanwhile)
+    const against = hash ?? this.decoy;
+    const comparison = `${key} ${against}`;
+    let checking = this.checking.get(comparison);
+    if (!checking) {
+      checking = this.compare(decoded.slice(colon + 1), against, client).finally(() => this.checking.delete(comparison));
+      this.checking.set(comparison, checking);
+    }
+    const matches = await checking;
     if (!hash || !matches) throw unauthorized('invalid username or password');
     // not remembered when the file was reloaded while bcrypt ran: the user may have been removed
     if (users === this.users) this.verified.set(key, user, this.now() + REMEMBER_MS);
     return user;
   }
 
-  /** One bcrypt comparison, within MAX_COMPARING at once and MAX_WAITING waiting (else 429 at once). */
-  private async compare(password: string, hash: string): Promise<boolean> {
-    if (this.comparing >= MAX_COMPARING) {
-      if (this.waiting.length >= MAX_WAITING) throw tooManyLogins();
-      // the slot is handed over by the comparison that ends (the count stays)
-      await new Promise<void>((resolve) => this.waiting.push(resolve));
-    } else {
-      this.comparing++;
-    }
+  /**
+   * One bcrypt comparison, within MAX_COMPARING at once, MAX_WAITING waiting and
+   * MAX_COMPARING_PER_CLIENT for one client (else 429 at once).
+   */
+  private async compare(password: string, hash: string, client: string | undefined): Promise<boolean> {
+    const held = client === undefined ? 0 : this.perClient.get(client) ?? 0;
+    if (held >= MAX_COMPARING_PER_CLIENT) throw tooManyLogins();
+    if (this.comparing >= MAX_COMPARING && this.waiting.length >= MAX_WAITING) throw tooManyLogins();
+    if (client !== undefined) this.perClient.set(client, held + 1);
     try {
-      return await compareOffThread(password, hash);
+      if (this.comparing >= MAX_COMPARING) {
+        // the slot is handed over by the comparison that ends (the count stays)
+        await new Promise<void>((resolve) => this.waiting.push(resolve));
+      } else {
+        this.comparing++;
+      }
+      try {
+        return await compareOffThread(password, hash);
+      } finally {
+        const next = this.waiting.shift();
+        if (next) next();
+        else this.comparing--;
+      }
     } finally {
-      const next = this.waiting.shift();
-      if (next) next();
-      else this.comparing--;
+      if (client !== undefined) {
+        const left = this.perClient.get(client)! - 1;
+        if (left === 0) this.perClient.delete(client);
+        else this.perClient.set(client, left);
+      }
     }
   }
 }

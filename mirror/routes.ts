@@ -85,7 +85,7 @@ export function registerRoutes(app: FastifyInstance, context: RouteContext): voi
     url: '/v2/*',
     handler: async (request, reply) => {
       reply.headers(API_VERSION);
-      if (context.auth) await context.auth.check(request.headers.authorization);
+      if (context.auth) await context.auth.check(request.headers.authorization, request.socket.remoteAddress);
       const path = request.url.split('?')[0]!;
       if (path === '/v2/') {
         if (request.method !== 'GET' && request.method !== 'HEAD') throw unsupported(`${request.method} /v2/`);
