@@ -2,7 +2,7 @@
 import { after, before, describe, test } from 'node:test';
 import assert from 'node:assert/strict';
 import { createHash } from 'node:crypto';
-import { readdir, readFile, writeFile } from 'node:fs/promises';
+import { chmod, mkdir, readdir, readFile, stat, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import { pushImage, readBlob, skopeo, writeOciImage, type TestImage } from '../test/harness/oci-image.ts';
 import { cleanupAll, httpRequest, makeTempDir, sleep } from '../test/harness/process.ts';
@@ -43,6 +43,32 @@ describe('pull-through cache', () => {
       assert.equal(afterFirst - before, image.layers.length + 1, 'each layer and the config fetched once');
       await copyThrough(mirror, 'app:v1'); // Docker Hub short name: library/ added
       assert.equal(await blobGets(upstream), afterFirst, 'second pull made no upstream blob GET');
+    } finally {
+      await mirror.stop();
+    }
+  });
+
+  test('the store gives other users of the machine no access: what it writes is 0640 and 0750, and an older store\'s open top directories are closed at start', async () => {
+    const storagePath = path.join(await makeTempDir('store-modes'), 'data');
+    await mkdir(path.join(storagePath, 'blobs'), { recursive: true, mode: 0o755 });
+    await chmod(path.join(storagePath, 'blobs'), 0o755); // as a version before the modes made it
+    const mirror = await startTestMirror({ upstreams: [{ registry: 'docker.io', url: upstream.url }], storagePath });
+    try {
+      await copyThrough(mirror, 'library/app:v1');
+      const open: string[] = [];
+      let files = 0;
+      const walk = async (dir: string): Promise<void> => {
+        for (const entry of await readdir(dir, { withFileTypes: true })) {
+          const full = path.join(dir, entry.name);
+          const { mode } = await stat(full);
+          if (mode & 0o007) open.push(`${(mode & 0o777).toString(8)} ${path.relative(storagePath, full)}`);
+          if (entry.isDirectory()) await walk(full);
+          else files++;
+        }
+      };
+      await walk(storagePath);
+      assert.ok(files >= image.layers.length + 2, `${files} files written`);
+      assert.deepEqual(open, [], 'nothing readable by others');
     } finally {
       await mirror.stop();
     }

@@ -7,7 +7,7 @@
 // dead (same host and PID namespace, no such process) or its heartbeat is stale. Tag records say which digest a tag pointed at and when we last asked; a
 // repository's links file lists the digests its upstream is known to have (repository-links.ts).
 import { readlinkSync } from 'node:fs';
-import { appendFile, mkdir, open, readFile, readdir, rename, rm, stat, unlink, utimes, writeFile, type FileHandle } from 'node:fs/promises';
+import { appendFile, chmod, mkdir, open, readFile, readdir, rename, rm, stat, unlink, utimes, writeFile, type FileHandle } from 'node:fs/promises';
 import { randomUUID } from 'node:crypto';
 import { hostname } from 'node:os';
 import { dirname, join } from 'node:path';
@@ -48,6 +48,13 @@ const TAGS = 'tags';
 const TMP = 'tmp';
 const TAG_DIR = '_tags';
 const LINKS_FILE = '_links';
+/**
+ * Modes of what the store makes: no access for other users of the machine. Layers fetched with
+ * upstream credentials are private content, and the volume may be a hostPath or a local volume on
+ * a node. Group access stays (a pod's fsGroup, a backup job in the same group).
+ */
+const FILE_MODE = 0o640;
+const DIR_MODE = 0o750;
 /** In each process's temporary directory: who owns it (JSON), and by its mtime when the owner was last known to live. */
 export const HEARTBEAT_FILE = '.heartbeat';
 /** How often a process touches its heartbeat (and looks at the others'). */
@@ -99,11 +106,11 @@ async function countTemporaryFiles(dir: string): Promise<number> {
  */
 export async function openTemporary(path: string): Promise<FileHandle> {
   try {
-    return await open(path, 'w+');
+    return await open(path, 'w+', FILE_MODE);
   } catch (error) {
     if ((error as NodeJS.ErrnoException).code !== 'ENOENT') throw error;
-    await mkdir(dirname(path), { recursive: true });
-    return open(path, 'w+');
+    await mkdir(dirname(path), { recursive: true, mode: DIR_MODE });
+    return open(path, 'w+', FILE_MODE);
   }
 }
 
@@ -128,7 +135,13 @@ export class ContentStore {
    * of a rolling update) are left alone.
    */
   async init(): Promise<{ removed: RemovedInstance[]; removedLoose: number; liveInstances: number }> {
-    for (const dir of [BLOBS, MANIFESTS, TAGS, TMP]) await mkdir(join(this.root, dir), { recursive: true });
+    for (const dir of [BLOBS, MANIFESTS, TAGS, TMP]) {
+      await mkdir(join(this.root, dir), { recursive: true, mode: DIR_MODE });
+      // a store made by a version before DIR_MODE: closing the top directories closes what is under them
+      await chmod(join(this.root, dir), DIR_MODE).catch((error: NodeJS.ErrnoException) => {
+        if (error.code !== 'EPERM') throw error; // made by another user: left as it is
+      });
+    }
     await this.heartbeat();
     return this.sweepTemporary();
   }
@@ -144,8 +157,8 @@ export class ContentStore {
       await utimes(file, now, now);
       return false;
     } catch {
-      await mkdir(this.temporaryDirectory, { recursive: true });
-      await writeFile(file, JSON.stringify(this.owner));
+      await mkdir(this.temporaryDirectory, { recursive: true, mode: DIR_MODE });
+      await writeFile(file, JSON.stringify(this.owner), { mode: FILE_MODE });
       return true;
     }
   }
@@ -241,7 +254,7 @@ export class ContentStore {
   /** Moves a verified temporary file into place as the blob. */
   async commitBlob(temporary: string, digest: Digest): Promise<void> {
     const target = this.blobPath(digest);
-    await mkdir(join(target, '..'), { recursive: true });
+    await mkdir(join(target, '..'), { recursive: true, mode: DIR_MODE });
     await rename(temporary, target);
   }
 
@@ -258,7 +271,7 @@ export class ContentStore {
   /** Manifests are small: written whole, media type first, so a present manifest always has one. */
   async writeManifest(digest: Digest, manifest: StoredManifest): Promise<void> {
     const path = this.manifestPath(digest);
-    await mkdir(join(path, '..'), { recursive: true });
+    await mkdir(join(path, '..'), { recursive: true, mode: DIR_MODE });
     await this.writeAtomically(`${path}.type`, manifest.mediaType);
     await this.writeAtomically(path, manifest.bytes);
   }
@@ -273,7 +286,7 @@ export class ContentStore {
 
   async writeTag(registry: string, name: string, tag: string, record: TagRecord): Promise<void> {
     const path = this.tagPath(registry, name, tag);
-    await mkdir(join(path, '..'), { recursive: true });
+    await mkdir(join(path, '..'), { recursive: true, mode: DIR_MODE });
     await this.writeAtomically(path, JSON.stringify(record));
   }
 
@@ -327,15 +340,15 @@ export class ContentStore {
 
   async appendLinks(registry: string, name: string, digests: readonly string[]): Promise<void> {
     const dir = join(this.root, TAGS, registry, name);
-    await mkdir(dir, { recursive: true });
+    await mkdir(dir, { recursive: true, mode: DIR_MODE });
     // one write with O_APPEND: lines from concurrent appends do not interleave
-    await appendFile(join(dir, LINKS_FILE), `\n${digests.join('\n')}\n`);
+    await appendFile(join(dir, LINKS_FILE), `\n${digests.join('\n')}\n`, { mode: FILE_MODE });
   }
 
   /** Replaces the repository's links file with these digests (atomically: a crash leaves the old file or the new one). */
   async writeLinks(registry: string, name: string, digests: readonly string[]): Promise<void> {
     const dir = join(this.root, TAGS, registry, name);
-    await mkdir(dir, { recursive: true });
+    await mkdir(dir, { recursive: true, mode: DIR_MODE });
     await this.writeAtomically(join(dir, LINKS_FILE), digests.length > 0 ? `${digests.join('\n')}\n` : '');
   }
 
