@@ -4,6 +4,8 @@
 // stored once by digest but served only under repositories whose upstream has it
 // (repository-links.ts): stored content asked for under another repository is confirmed with a HEAD.
 import type { FileHandle } from 'node:fs/promises';
+import { pipeline } from 'node:stream';
+import { createBrotliDecompress, createGunzip, createInflate } from 'node:zlib';
 import type { Logger } from '../common/logger.ts';
 import {
   RegistryError,
@@ -211,8 +213,8 @@ export class PullThroughCache {
       this.metrics.cacheRequests.inc({ kind: 'manifest', result: 'revalidated' });
       return { ...stored, digest: record.digest };
     }
-    // The tag moved (or the upstream did not say where): take the current manifest.
-    this.metrics.cacheRequests.inc({ kind: 'manifest', result: 'miss' });
+    // The tag moved (or the upstream did not say where: no digest on its HEAD, or no HEAD at all):
+    // take the current manifest.
     const movedTo = tryParseDigest(upstreamDigest);
     const moved = movedTo ? await this.readManifest(movedTo) : undefined;
     let fetched: ManifestResult;
@@ -230,7 +232,13 @@ export class PullThroughCache {
         return this.serveStale(repo, tag, record, stored, `tag moved to ${upstreamDigest ?? 'an unnamed digest'} but fetching it failed: ${describe(error)}`);
       }
     }
-    this.logger.info({ upstream: repo.upstream.registry, repository: repo.name, tag, from: record.digest, to: fetched.digest }, 'tag moved upstream');
+    if (fetched.digest === record.digest) {
+      // it had not moved after all: the GET said what the HEAD did not
+      this.metrics.cacheRequests.inc({ kind: 'manifest', result: 'revalidated' });
+    } else {
+      this.metrics.cacheRequests.inc({ kind: 'manifest', result: 'miss' });
+      this.logger.info({ upstream: repo.upstream.registry, repository: repo.name, tag, from: record.digest, to: fetched.digest }, 'tag moved upstream');
+    }
     await this.rememberTag(repo, tag, key, fetched);
     return fetched;
   }
@@ -298,7 +306,7 @@ export class PullThroughCache {
     }
     let bytes: Buffer;
     try {
-      bytes = await readManifestBody(response.body);
+      bytes = await readManifestBody(decodedBody(response));
     } catch (error) {
       if (error instanceof RegistryError) throw error;
       throw upstreamUnavailable(repo.upstream.registry, describe(error));
@@ -651,6 +659,9 @@ export class PullThroughCache {
     }
     if (response.status === 200) return response;
     await response.body.dump();
+    // Upstreams that do not answer HEAD (quay.io answers some with 405): a GET says the same; its
+    // caller reads no body, and dumping one stops reading after a little (the connection closes).
+    if (method === 'HEAD' && (response.status === 405 || response.status === 501)) return this.upstreamRequest(repo, path, 'GET', accept, notFound, query);
     if (response.status === 404) throw notFound();
     if (response.status === 401 || response.status === 403) throw denied(`upstream ${repo.upstream.registry} denied access to ${repo.name}`);
     if (response.status === 429) throw tooManyRequests(repo.upstream.registry, header(response.headers, 'retry-after'));
@@ -703,10 +714,31 @@ async function readManifestBody(body: AsyncIterable<Uint8Array>): Promise<Buffer
   // leaving the loop early destroys the body, which closes the upstream connection
   for await (const chunk of body) {
     received += chunk.byteLength;
-    if (received > MAX_MANIFEST_BYTES) throw manifestInvalid(`upstream manifest is over the ${MAX_MANIFEST_BYTES} byte limit (sent without a Content-Length; stopped reading at ${received} bytes)`);
+    if (received > MAX_MANIFEST_BYTES) throw manifestInvalid(`upstream manifest is over the ${MAX_MANIFEST_BYTES} byte limit (stopped reading at ${received} bytes)`);
     chunks.push(chunk);
   }
   return Buffer.concat(chunks, received);
+}
+
+/**
+ * A manifest's body as the upstream meant it: decoded when it was compressed on the way anyway (a
+ * proxy that ignores Accept-Encoding: identity); the digest is over the decoded bytes. A coding
+ * the mirror cannot decode is refused rather than stored as the manifest.
+ */
+function decodedBody(response: UpstreamResponse): AsyncIterable<Uint8Array> {
+  const coding = header(response.headers, 'content-encoding')?.trim().toLowerCase();
+  if (!coding || coding === 'identity') return response.body;
+  const decoder = coding === 'gzip' || coding === 'x-gzip' ? createGunzip()
+    : coding === 'deflate' ? createInflate()
+    : coding === 'br' ? createBrotliDecompress()
+    : undefined;
+  if (!decoder) {
+    response.body.destroy();
+    throw manifestInvalid(`upstream sent the manifest with Content-Encoding ${coding}, which the mirror cannot decode`);
+  }
+  // leaving the reading loop early (over the size limit) destroys the decoder, and so the body
+  pipeline(response.body, decoder, () => {});
+  return decoder;
 }
 
 /** How a tag is named in memory (the tag records, concurrent checks of one tag). */

@@ -74,6 +74,54 @@ describe('pull-through cache', () => {
     }
   });
 
+  test('an upstream that answers HEAD with 405 (as quay.io does): content stored under one repository is confirmed for another by a GET, and an unchanged tag counts as revalidated, not moved', async () => {
+    await pushImage(image, upstream.ref('org/app', 'v1'));
+    await pushImage(image, upstream.ref('org/app2', 'v1'));
+    const proxy = await startFaultProxy({ target: upstream.url });
+    proxy.addRule({ method: 'HEAD', status: 405 });
+    const mirror = await startTestMirror({ upstreams: [{ registry: 'quay.io', url: proxy.url, tagTTL: '0s' }] });
+    try {
+      await copyThrough(mirror, 'org/app:v1');
+      const layer = image.layers[0]!.digest;
+      for (const path of [`/v2/org/app2/manifests/${image.manifestDigest}`, `/v2/org/app2/blobs/${layer}`]) {
+        for (const method of ['GET', 'HEAD']) {
+          const res = await httpRequest(`${mirror.url}${path}`, { method, headers: { accept: image.manifestMediaType } });
+          assert.equal(res.status, 200, `${method} ${path}: ${res.body.toString()}`);
+        }
+      }
+      assert.ok(proxy.countRequests({ method: 'GET', path: /^\/v2\/org\/app2\/manifests\/sha256:/ }) >= 1, 'confirmed by a GET');
+      const revalidated = async () => Number(/regmirror_cache_requests_total\{kind="manifest",result="revalidated"\} (\d+)/.exec((await httpRequest(`${mirror.url}/metrics`)).body.toString())?.[1] ?? 0);
+      const before = await revalidated();
+      const res = await httpRequest(`${mirror.url}/v2/org/app/manifests/v1`, { headers: { accept: image.manifestMediaType } });
+      assert.equal(res.status, 200);
+      assert.equal(res.headers['docker-content-digest'], image.digest);
+      assert.equal(await revalidated(), before + 1, 'the tag had not moved');
+    } finally {
+      await mirror.stop();
+      await proxy.stop();
+    }
+  });
+
+  test('a manifest compressed on the way (Content-Encoding gzip, unasked) is decoded and stored as the upstream has it; the mirror asks for identity', async () => {
+    const proxy = await startFaultProxy({ target: upstream.url });
+    proxy.addRule({ method: 'GET', path: /\/manifests\//, gzipBody: true });
+    const mirror = await startTestMirror({ upstreams: [{ registry: 'docker.io', url: proxy.url }] });
+    try {
+      for (const reference of ['v1', image.digest]) {
+        const res = await httpRequest(`${mirror.url}/v2/library/app/manifests/${reference}`, { headers: { accept: image.mediaType } });
+        assert.equal(res.status, 200, `${reference}: ${res.body.toString()}`);
+        assert.equal(sha256(res.body), image.digest);
+        assert.equal(res.headers['content-encoding'], undefined);
+      }
+      assert.ok(proxy.countRequests({ fault: 'gzip' }) >= 1, 'the proxy compressed');
+      const asked = proxy.requests().filter((r) => r.path.startsWith('/v2/library/'));
+      assert.ok(asked.length > 0 && asked.every((r) => r.acceptEncoding === 'identity'), JSON.stringify(asked.map((r) => r.acceptEncoding)));
+    } finally {
+      await mirror.stop();
+      await proxy.stop();
+    }
+  });
+
   test('manifests and blobs carry the headers a registry sends, for GET and HEAD, by tag and by digest', async () => {
     const mirror = await startTestMirror({ upstreams: [{ registry: 'docker.io', url: upstream.url }] });
     try {

@@ -18,6 +18,12 @@ export interface UpstreamTimeouts {
   revalidateMs: number;
 }
 
+/**
+ * Sent with every upstream request. Without an Accept-Encoding a server may apply any content
+ * coding (RFC 9110 12.5.3), and a digest is over the bytes as stored, not as compressed on the way.
+ */
+const REQUEST_HEADERS = { 'user-agent': 'regmirror', 'accept-encoding': 'identity' } as const;
+
 export const DEFAULT_TIMEOUTS: UpstreamTimeouts = { connectMs: 5_000, headersMs: 30_000, bodyIdleMs: 30_000, revalidateMs: 5_000 };
 
 export interface UpstreamResponse {
@@ -104,7 +110,7 @@ export class UpstreamClient {
     const target = new URL(`${this.url.pathname.replace(/\/$/, '')}/v2/${name}/${path}`, this.url);
     for (const [key, value] of Object.entries(options.query ?? {})) target.searchParams.set(key, value);
     const scope = `repository:${name}:pull`;
-    const headers: Record<string, string> = { 'user-agent': 'regmirror' };
+    const headers: Record<string, string> = { ...REQUEST_HEADERS };
     if (options.accept) headers.accept = options.accept;
     const deadline = options.answerWithinMs === undefined ? undefined : performance.now() + options.answerWithinMs;
     const left = (): number | undefined => (deadline === undefined ? undefined : Math.max(1, Math.ceil(deadline - performance.now())));
@@ -209,7 +215,7 @@ export class UpstreamClient {
     const url = new URL(realm);
     if (params.service) url.searchParams.set('service', params.service);
     url.searchParams.set('scope', scope);
-    const headers: Record<string, string> = { 'user-agent': 'regmirror' };
+    const headers: Record<string, string> = { ...REQUEST_HEADERS };
     const basic = this.basicHeader();
     if (basic) {
       // The credentials of an https upstream are not sent in clear to a plain http realm, where

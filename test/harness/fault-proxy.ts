@@ -5,6 +5,7 @@ import http from 'node:http';
 import type net from 'node:net';
 import { Transform, type TransformCallback } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
+import { createGzip } from 'node:zlib';
 import { sleep } from './process.ts';
 
 export interface FaultRule {
@@ -27,6 +28,11 @@ export interface FaultRule {
   stallAfterBytes?: number;
   /** Forward, flipping the bits of the body byte at this offset (same length, wrong digest). */
   corruptByteAt?: number;
+  /**
+   * Forward with the body gzip-compressed (Content-Encoding: gzip, no Content-Length), whatever
+   * the request's Accept-Encoding: a proxy on the way that compresses unasked.
+   */
+  gzipBody?: boolean;
   /** Forward with the body throttled to this rate. */
   bytesPerSecond?: number;
   /** Apply to this many matching requests, then stop matching (default: every one). */
@@ -38,7 +44,9 @@ export interface ProxiedRequest {
   path: string;
   query: string;
   status: number;
-  /** Which fault was applied, if any ('status', 'reset', 'hang', 'truncate', 'stall', 'corrupt', 'down'). */
+  /** The request's Accept-Encoding header, if it sent one. */
+  acceptEncoding?: string;
+  /** Which fault was applied, if any ('status', 'reset', 'hang', 'truncate', 'stall', 'corrupt', 'gzip', 'down'). */
   fault?: string;
 }
 
@@ -132,7 +140,7 @@ export async function startFaultProxy(opts: StartFaultProxyOptions): Promise<Fau
 
   const handle = async (req: http.IncomingMessage, res: http.ServerResponse): Promise<void> => {
     const [pathname = '/', query = ''] = (req.url ?? '/').split('?', 2);
-    const entry: ProxiedRequest = { method: req.method ?? 'GET', path: pathname, query, status: 0 };
+    const entry: ProxiedRequest = { method: req.method ?? 'GET', path: pathname, query, status: 0, ...(req.headers['accept-encoding'] ? { acceptEncoding: req.headers['accept-encoding'] } : {}) };
     log.push(entry);
     if (down === 'reset') {
       entry.fault = 'down';
@@ -185,8 +193,15 @@ export async function startFaultProxy(opts: StartFaultProxyOptions): Promise<Fau
       return;
     }
     entry.status = upstreamRes.statusCode ?? 0;
-    res.writeHead(entry.status, { ...upstreamRes.headers, ...rule.headers });
+    const headers = { ...upstreamRes.headers, ...rule.headers };
     const stages: NodeJS.ReadWriteStream[] = [];
+    if (rule.gzipBody) {
+      entry.fault = 'gzip';
+      delete headers['content-length'];
+      headers['content-encoding'] = 'gzip';
+      stages.push(createGzip());
+    }
+    res.writeHead(entry.status, headers);
     const rate = rule.bytesPerSecond ?? opts.bytesPerSecond;
     if (rule.corruptByteAt !== undefined) {
       entry.fault = 'corrupt';
