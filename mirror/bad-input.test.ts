@@ -50,7 +50,9 @@ describe('bad input', () => {
     ['an unknown digest algorithm', `/v2/library/app/blobs/md5:${'a'.repeat(32)}`, 400, 'DIGEST_INVALID'],
     ['a digest that the upstream does not have', `/v2/library/app/blobs/sha256:${'a'.repeat(64)}`, 404, 'BLOB_UNKNOWN'],
     ['a tag that the upstream does not have', '/v2/library/app/manifests/nope', 404, 'MANIFEST_UNKNOWN'],
-    ['an endpoint that is not part of the API', '/v2/library/app/referrers/x', 404, 'NAME_UNKNOWN'],
+    ['a referrers request with a malformed digest', '/v2/library/app/referrers/x', 400, 'DIGEST_INVALID'],
+    // not NAME_UNKNOWN, which clients take for "no such repository"
+    ['an endpoint that is not part of the API', '/v2/library/app/catalog/x', 404, 'UNSUPPORTED'],
   ];
   for (const [what, url, status, code] of cases) {
     test(`${what} gets ${status} ${code}`, async () => {

@@ -35,6 +35,7 @@ export const MANIFEST_MEDIA_TYPES = [
   'application/vnd.docker.distribution.manifest.v2+json',
 ] as const;
 const ACCEPT = MANIFEST_MEDIA_TYPES.join(', ');
+const OCI_INDEX = 'application/vnd.oci.image.index.v1+json';
 
 /** Distribution's own limit: nothing larger is a manifest. */
 const MAX_MANIFEST_BYTES = 4 * 1024 * 1024;
@@ -299,18 +300,7 @@ export class PullThroughCache {
 
   private async fetchManifest(repo: Repository, reference: string, expected?: Digest): Promise<ManifestResult> {
     const response = await this.countFetchFailure(this.upstreamGet(repo, `manifests/${reference}`, ACCEPT, () => manifestUnknown(reference)));
-    const announced = Number(header(response.headers, 'content-length'));
-    if (announced > MAX_MANIFEST_BYTES) {
-      await response.body.dump();
-      throw manifestInvalid(`upstream manifest is ${announced} bytes, over the ${MAX_MANIFEST_BYTES} byte limit`);
-    }
-    let bytes: Buffer;
-    try {
-      bytes = await readManifestBody(decodedBody(response));
-    } catch (error) {
-      if (error instanceof RegistryError) throw error;
-      throw upstreamUnavailable(repo.upstream.registry, describe(error));
-    }
+    const bytes = await readDocument(repo, response);
     const algorithm = expected?.algorithm ?? 'sha256';
     const actual = digestOf(bytes, algorithm);
     const claimed = expected?.text ?? header(response.headers, 'docker-content-digest');
@@ -320,7 +310,12 @@ export class PullThroughCache {
       throw upstreamUnavailable(repo.upstream.registry, `manifest content does not match digest ${claimed}`);
     }
     const mediaType = manifestMediaType(header(response.headers, 'content-type'), bytes);
-    if (!mediaType) throw upstreamUnavailable(repo.upstream.registry, `${reference} is not a manifest this mirror understands`);
+    if (!mediaType) {
+      // The upstream has it, but it is no image manifest or index (a custom artifact type): not an
+      // outage, and a client that falls back to the upstream on a 404 (containerd) still gets it.
+      const declared = header(response.headers, 'content-type')?.split(';')[0]?.trim() || 'unnamed';
+      throw new RegistryError('MANIFEST_UNKNOWN', 404, `${reference} is a manifest of type ${declared.slice(0, 200)}, which this mirror does not serve (it serves ${MANIFEST_MEDIA_TYPES.join(', ')})`, { reference });
+    }
     const digest = parseDigest(actual);
     try {
       await this.store.writeManifest(digest, { bytes, mediaType });
@@ -620,6 +615,37 @@ export class PullThroughCache {
     return 'fetched';
   }
 
+  // ---------------------------------------------------------------- referrers
+
+  /**
+   * The OCI referrers API (signatures, SBOMs and attestations of a manifest), asked of the upstream
+   * each time: referrers come and go, and tools ask for them rarely. An upstream without the API
+   * (distribution 2.8, Docker Hub) or one that cannot be reached is answered 404 UNSUPPORTED,
+   * which tells clients to fall back to the tag schema (`sha256-<hex>` tags), which the mirror serves.
+   */
+  async referrers(repo: Repository, digest: Digest, query: Record<string, string>): Promise<{ bytes: Buffer; mediaType: string; link?: string; filtersApplied?: string }> {
+    const unsupported = (why: string) => new RegistryError('UNSUPPORTED', 404, `the referrers API of upstream ${repo.upstream.registry} ${why}; use the tag schema`);
+    let response: UpstreamResponse;
+    try {
+      response = await this.upstreamRequest(repo, `referrers/${digest.text}`, 'GET', OCI_INDEX, () => unsupported('is not there'), query);
+    } catch (error) {
+      if (!(error instanceof RegistryError) || error.status < 500) throw error;
+      this.logger.warn({ upstream: repo.upstream.registry, repository: repo.name, digest: digest.text, reason: error.message }, 'upstream could not list referrers');
+      throw unsupported(`could not be asked (${error.message})`);
+    }
+    const bytes = await readDocument(repo, response);
+    let document: { manifests?: unknown };
+    try {
+      document = JSON.parse(bytes.toString('utf8')) as { manifests?: unknown };
+    } catch {
+      document = {};
+    }
+    if (!Array.isArray(document?.manifests)) throw upstreamUnavailable(repo.upstream.registry, `its referrers answer for ${digest.text} is not an image index`);
+    const link = header(response.headers, 'link');
+    const filtersApplied = header(response.headers, 'oci-filters-applied');
+    return { bytes, mediaType: OCI_INDEX, ...(link ? { link } : {}), ...(filtersApplied ? { filtersApplied } : {}) };
+  }
+
   // ---------------------------------------------------------------- tags/list
 
   async listTags(repo: Repository, query: Record<string, string>): Promise<{ body: unknown; link?: string }> {
@@ -631,10 +657,10 @@ export class PullThroughCache {
     } catch (error) {
       if (!(error instanceof RegistryError) || error.status < 500) throw error;
       // The upstream is away: answer with the tags this mirror has seen, rather than nothing.
-      const tags = await this.store.listTags(repo.upstream.registry, repo.name);
-      if (tags.length === 0) throw error;
+      const stored = await this.store.listTags(repo.upstream.registry, repo.name);
+      if (stored.length === 0) throw error;
       this.logger.warn({ upstream: repo.upstream.registry, repository: repo.name, reason: error.message }, 'upstream could not list tags; listing stored tags');
-      return { body: { name: repo.name, tags } };
+      return pageOfTags(repo.name, stored, query);
     }
   }
 
@@ -721,6 +747,24 @@ async function readManifestBody(body: AsyncIterable<Uint8Array>): Promise<Buffer
 }
 
 /**
+ * A manifest (or a referrers index) from the upstream, whole: refused over MAX_MANIFEST_BYTES
+ * whether announced or not, decoded if it came compressed, a failed transfer an upstream failure.
+ */
+async function readDocument(repo: Repository, response: UpstreamResponse): Promise<Buffer> {
+  const announced = Number(header(response.headers, 'content-length'));
+  if (announced > MAX_MANIFEST_BYTES) {
+    await response.body.dump();
+    throw manifestInvalid(`upstream manifest is ${announced} bytes, over the ${MAX_MANIFEST_BYTES} byte limit`);
+  }
+  try {
+    return await readManifestBody(decodedBody(response));
+  } catch (error) {
+    if (error instanceof RegistryError) throw error;
+    throw upstreamUnavailable(repo.upstream.registry, describe(error));
+  }
+}
+
+/**
  * A manifest's body as the upstream meant it: decoded when it was compressed on the way anyway (a
  * proxy that ignores Accept-Encoding: identity); the digest is over the decoded bytes. A coding
  * the mirror cannot decode is refused rather than stored as the manifest.
@@ -739,6 +783,21 @@ function decodedBody(response: UpstreamResponse): AsyncIterable<Uint8Array> {
   // leaving the reading loop early (over the size limit) destroys the decoder, and so the body
   pipeline(response.body, decoder, () => {});
   return decoder;
+}
+
+/**
+ * One page of tags as the distribution spec pages them: sorted, those after `last`, at most `n`,
+ * with a `Link` to the next page when more are left (routes.ts points it back at the client's path).
+ */
+export function pageOfTags(name: string, tags: string[], query: Record<string, string>): { body: { name: string; tags: string[] }; link?: string } {
+  const sorted = [...tags].sort();
+  const after = query.last === undefined ? sorted : sorted.filter((tag) => tag > query.last!);
+  const n = query.n === undefined ? Number.NaN : Number(query.n);
+  if (!Number.isInteger(n) || n < 0 || n >= after.length) return { body: { name, tags: after } };
+  const page = after.slice(0, n);
+  if (page.length === 0) return { body: { name, tags: page } };
+  const next = new URLSearchParams({ n: String(n), last: page.at(-1)! });
+  return { body: { name, tags: page }, link: `</v2/${name}/tags/list?${next.toString()}>; rel="next"` };
 }
 
 /** How a tag is named in memory (the tag records, concurrent checks of one tag). */

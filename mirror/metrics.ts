@@ -7,7 +7,7 @@ export class MirrorMetrics {
 
   readonly requests = new Counter({
     name: 'regmirror_http_requests_total',
-    help: 'Client requests by route (manifest, blob, tags, base, other), method and status.',
+    help: 'Client requests by route (manifest, blob, tags, referrers, base, other), method and status.',
     labelNames: ['route', 'method', 'status'] as const,
     registers: [this.registry],
   });

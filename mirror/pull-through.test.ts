@@ -3,6 +3,8 @@ import { after, before, describe, test } from 'node:test';
 import assert from 'node:assert/strict';
 import { createHash } from 'node:crypto';
 import { chmod, mkdir, readdir, readFile, stat, writeFile } from 'node:fs/promises';
+import http from 'node:http';
+import type net from 'node:net';
 import path from 'node:path';
 import { pushImage, readBlob, skopeo, writeOciImage, type TestImage } from '../test/harness/oci-image.ts';
 import { cleanupAll, httpRequest, makeTempDir, sleep } from '../test/harness/process.ts';
@@ -470,6 +472,104 @@ describe('pull-through cache', () => {
       await mirror.stop();
       await proxy.stop();
       await ghcr.stop();
+    }
+  });
+
+  test('tags/list from stored tags while the upstream is down is paged as the spec pages (n, last, a next-page Link)', async () => {
+    for (const tag of ['p0', 'p1', 'p2', 'p3']) await pushImage(image, upstream.ref('org/pag', tag));
+    const proxy = await startFaultProxy({ target: upstream.url });
+    const mirror = await startTestMirror({ upstreams: [{ registry: 'docker.io', url: proxy.url }] });
+    try {
+      for (const tag of ['p3', 'p1', 'p0', 'p2']) assert.equal((await httpRequest(`${mirror.url}/v2/org/pag/manifests/${tag}`, { headers: { accept: image.mediaType } })).status, 200);
+      await proxy.setDown('refuse');
+      const list = async (query: string) => {
+        const res = await httpRequest(`${mirror.url}/v2/org/pag/tags/list${query}`);
+        assert.equal(res.status, 200, res.body.toString());
+        return { tags: (JSON.parse(res.body.toString()) as { tags: string[] }).tags, link: res.headers.link };
+      };
+      assert.deepEqual(await list(''), { tags: ['p0', 'p1', 'p2', 'p3'], link: undefined });
+      const first = await list('?n=2');
+      assert.deepEqual(first, { tags: ['p0', 'p1'], link: '</v2/org/pag/tags/list?n=2&last=p1>; rel="next"' });
+      assert.deepEqual(await list('?n=2&last=p1'), { tags: ['p2', 'p3'], link: undefined });
+      assert.deepEqual(await list('?last=p2'), { tags: ['p3'], link: undefined });
+      assert.deepEqual(await list('?n=0'), { tags: [], link: undefined });
+    } finally {
+      await mirror.stop();
+      await proxy.stop();
+    }
+  });
+
+  test('a manifest of a type the mirror does not serve (a custom artifact type) is 404 MANIFEST_UNKNOWN naming the type, not an outage, and nothing is stored', async () => {
+    const proxy = await startFaultProxy({ target: upstream.url });
+    const custom = 'application/vnd.example.custom.manifest.v1+json';
+    proxy.addRule({ path: /\/manifests\/custom$/, status: 200, headers: { 'content-type': custom }, body: JSON.stringify({ schemaVersion: 2, mediaType: custom }) });
+    const mirror = await startTestMirror({ upstreams: [{ registry: 'docker.io', url: proxy.url }] });
+    try {
+      for (const method of ['GET', 'HEAD']) {
+        const res = await httpRequest(`${mirror.url}/v2/library/app/manifests/custom`, { method, headers: { accept: custom } });
+        assert.equal(res.status, 404, `${method}: ${res.body.toString()}`);
+        if (method === 'GET') {
+          const error = JSON.parse(res.body.toString()).errors[0];
+          assert.equal(error.code, 'MANIFEST_UNKNOWN');
+          assert.match(error.message, /application\/vnd\.example\.custom\.manifest\.v1\+json/);
+        }
+      }
+      assert.deepEqual(await readdir(path.join(mirror.storagePath, 'manifests', 'sha256')).catch(() => []), [], 'nothing stored');
+    } finally {
+      await mirror.stop();
+      await proxy.stop();
+    }
+  });
+
+  test('referrers: passed on from an upstream that has the API (filter, next-page Link back through the mirror); an upstream without it (distribution 2.8) or away gets 404 UNSUPPORTED, so clients use the tag schema', async () => {
+    // distribution 2.8 has no referrers API; this scripted server plays an upstream that has one
+    // (distribution 3, ghcr.io): a fake, for that endpoint only.
+    const subject = image.manifestDigest;
+    const index = JSON.stringify({
+      schemaVersion: 2,
+      mediaType: 'application/vnd.oci.image.index.v1+json',
+      manifests: [{ mediaType: 'application/vnd.oci.image.manifest.v1+json', digest: `sha256:${'5'.repeat(64)}`, size: 512, artifactType: 'application/vnd.example.signature' }],
+    });
+    const asked: string[] = [];
+    const scripted = http.createServer((req, res) => {
+      const url = new URL(req.url ?? '/', 'http://x');
+      if (url.pathname !== `/v2/org/app/referrers/${subject}`) return void res.writeHead(404).end();
+      asked.push(url.search);
+      const filtered = url.searchParams.has('artifactType');
+      res.writeHead(200, {
+        'content-type': 'application/vnd.oci.image.index.v1+json',
+        link: `</v2/org/app/referrers/${subject}?artifactType=application%2Fvnd.example.signature&page=2>; rel="next"`,
+        ...(filtered ? { 'oci-filters-applied': 'artifactType' } : {}),
+      });
+      res.end(index);
+    });
+    await new Promise<void>((resolve) => scripted.listen(0, '127.0.0.1', resolve));
+    const ghcrUrl = `http://127.0.0.1:${(scripted.address() as net.AddressInfo).port}`;
+    const mirror = await startTestMirror({ upstreams: [{ registry: 'docker.io', url: upstream.url }, { registry: 'ghcr.io', url: ghcrUrl }], default: 'docker.io' });
+    try {
+      const res = await httpRequest(`${mirror.url}/v2/org/app/referrers/${subject}?ns=ghcr.io&artifactType=application/vnd.example.signature`);
+      assert.equal(res.status, 200, res.body.toString());
+      assert.equal(res.body.toString(), index);
+      assert.equal(res.headers['content-type'], 'application/vnd.oci.image.index.v1+json');
+      assert.equal(res.headers['oci-filters-applied'], 'artifactType');
+      assert.equal(res.headers.link, `</v2/org/app/referrers/${subject}?artifactType=application%2Fvnd.example.signature&page=2&ns=ghcr.io>; rel="next"`);
+      assert.deepEqual(asked, ['?artifactType=application%2Fvnd.example.signature'], 'the filter went to the upstream');
+      const next = /^<([^>]+)>/.exec(String(res.headers.link))![1]!;
+      assert.equal((await httpRequest(`${mirror.url}${next}`)).status, 200);
+      assert.match(asked[1]!, /page=2/);
+
+      const unsupported = async (url: string) => {
+        const answer = await httpRequest(`${mirror.url}${url}`);
+        assert.equal(answer.status, 404, url);
+        assert.equal(JSON.parse(answer.body.toString()).errors[0].code, 'UNSUPPORTED', 'not NAME_UNKNOWN, which oras-go takes for a missing repository');
+      };
+      await unsupported(`/v2/library/app/referrers/${subject}`);
+      scripted.closeAllConnections();
+      await new Promise((resolve) => scripted.close(resolve));
+      await unsupported(`/v2/org/app/referrers/${subject}?ns=ghcr.io`);
+    } finally {
+      await mirror.stop();
+      if (scripted.listening) await new Promise((resolve) => scripted.close(resolve));
     }
   });
 

@@ -31,9 +31,10 @@ export interface RouteContext {
 const API_VERSION = { 'docker-distribution-api-version': 'registry/2.0' };
 const CONTENT_PATH = /^\/v2\/(.+)\/(manifests|blobs)\/([^/]+)$/;
 const TAGS_PATH = /^\/v2\/(.+)\/tags\/list$/;
+const REFERRERS_PATH = /^\/v2\/(.+)\/referrers\/([^/]+)$/;
 const UPLOADS_PATH = /^\/v2\/.+\/blobs\/uploads(?:\/.*)?$/;
 
-type Route = 'base' | 'manifest' | 'blob' | 'tags' | 'other';
+type Route = 'base' | 'manifest' | 'blob' | 'tags' | 'referrers' | 'other';
 
 export function registerRoutes(app: FastifyInstance, context: RouteContext): void {
   const { metrics } = context;
@@ -51,7 +52,7 @@ export function registerRoutes(app: FastifyInstance, context: RouteContext): voi
     void reply.code(registryError.status).headers({ ...API_VERSION, ...registryError.headers }).type('application/json').send(registryError.toJSON());
   });
   app.setNotFoundHandler((request, reply) => {
-    void reply.code(404).headers(API_VERSION).send(new RegistryError('NAME_UNKNOWN', 404, `no such endpoint: ${request.method} ${request.url.split('?')[0]!.slice(0, 200)}`).toJSON());
+    void reply.code(404).headers(API_VERSION).send(new RegistryError('UNSUPPORTED', 404, `no such endpoint: ${request.method} ${request.url.split('?')[0]!.slice(0, 200)}`).toJSON());
   });
 
   // Each request is counted once: when its response finishes (fastify's onResponse); when the
@@ -108,11 +109,26 @@ export function registerRoutes(app: FastifyInstance, context: RouteContext): voi
         const params: Record<string, string> = {};
         for (const key of ['n', 'last'] as const) if (typeof query[key] === 'string') params[key] = query[key];
         const { body, link } = await context.cache.listTags(repo, params);
-        const next = link ? nextPageLink(link, tags[1]!, query.ns) : undefined;
+        const next = link ? nextPageLink(link, tags[1]!, query.ns, 'tags/list') : undefined;
         if (next) reply.header('link', next);
         return reply.type('application/json').send(body);
       }
-      throw new RegistryError('NAME_UNKNOWN', 404, 'not an OCI distribution endpoint this mirror serves');
+      const referrers = REFERRERS_PATH.exec(path);
+      if (referrers) {
+        const repo = repositoryFor(context, referrers[1]!, query.ns);
+        const digest = parseDigest(referrers[2]!);
+        const params: Record<string, string> = {};
+        for (const [key, value] of Object.entries(query)) if (key !== 'ns' && typeof value === 'string') params[key] = value;
+        const answer = await context.cache.referrers(repo, digest, params);
+        const next = answer.link ? nextPageLink(answer.link, referrers[1]!, query.ns, `referrers/${digest.text}`) : undefined;
+        if (next) reply.header('link', next);
+        if (answer.filtersApplied) reply.header('oci-filters-applied', answer.filtersApplied);
+        reply.headers({ 'content-type': answer.mediaType, 'content-length': String(answer.bytes.length) });
+        return head ? reply.send() : reply.send(answer.bytes);
+      }
+      // Not NAME_UNKNOWN: clients read that as "no such repository" (oras-go does, and then skips
+      // its fallbacks), where the repository may well exist.
+      throw new RegistryError('UNSUPPORTED', 404, 'not an OCI distribution endpoint this mirror serves');
     },
   });
 
@@ -298,12 +314,13 @@ export function acceptsManifest(accept: string | undefined, mediaType: string): 
 }
 
 /**
- * The upstream's `Link: <...>; rel="next"` for tags/list, pointed back at this mirror as the client
- * asked: the client's own repository path (a registry prefix, Docker Hub's short name) and its
- * ?ns=, with the upstream's paging parameters. Passed on as it was, the next page would name the
- * upstream's path without ?ns= and so reach the default registry. Undefined when it is not one.
+ * The upstream's `Link: <...>; rel="next"` for tags/list or referrers, pointed back at this mirror
+ * as the client asked: the client's own repository path (a registry prefix, Docker Hub's short
+ * name) and its ?ns=, with the upstream's paging parameters (tags/list: n and last; referrers:
+ * whatever the upstream put there, passed on again). Passed on as it was, the next page would name
+ * the upstream's path without ?ns= and so reach the default registry. Undefined when it is not one.
  */
-export function nextPageLink(link: string, clientName: string, ns: string | string[] | undefined): string | undefined {
+export function nextPageLink(link: string, clientName: string, ns: string | string[] | undefined, endpoint: 'tags/list' | `referrers/${string}`): string | undefined {
   const match = /^\s*<([^>]*)>(.*)$/.exec(link);
   if (!match) return undefined;
   let upstream: URL;
@@ -313,12 +330,16 @@ export function nextPageLink(link: string, clientName: string, ns: string | stri
     return undefined;
   }
   const params = new URLSearchParams();
-  for (const key of ['n', 'last']) {
-    const value = upstream.searchParams.get(key);
-    if (value !== null) params.set(key, value);
+  if (endpoint === 'tags/list') {
+    for (const key of ['n', 'last']) {
+      const value = upstream.searchParams.get(key);
+      if (value !== null) params.set(key, value);
+    }
+  } else {
+    for (const [key, value] of upstream.searchParams) if (key !== 'ns') params.append(key, value);
   }
   if (typeof ns === 'string' && ns !== '') params.set('ns', ns);
-  return `</v2/${clientName}/tags/list?${params.toString()}>${match[2]}`;
+  return `</v2/${clientName}/${endpoint}?${params.toString()}>${match[2]}`;
 }
 
 /** A single `bytes=` range; anything else (several ranges, other units, bad syntax) is ignored, as RFC 9110 allows. */
@@ -358,6 +379,7 @@ function routeOf(request: FastifyRequest): Route {
   if (path.includes('/manifests/')) return 'manifest';
   if (path.includes('/blobs/')) return 'blob';
   if (path.endsWith('/tags/list')) return 'tags';
+  if (path.includes('/referrers/')) return 'referrers';
   return 'other';
 }
 
