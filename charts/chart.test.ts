@@ -6,7 +6,7 @@ import assert from 'node:assert/strict';
 import { readFileSync } from 'node:fs';
 import path from 'node:path';
 import { parse } from 'yaml';
-import { LEADER_ELECTION_RULES, MIRROR_RULES, NODE_CLEANUP_RULES, OPERATOR_RULES } from '../operator/rbac.ts';
+import { LEADER_ELECTION_RULES, MIRROR_RULES, NODE_CLEANUP_RULES, NODE_RULES, OPERATOR_RULES } from '../operator/rbac.ts';
 import { CHART_DIR, GENERATED_FILES, REPO_ROOT, helm, helmTemplate } from './generate.ts';
 import { parseManifests, validateObject, type KubeObject } from './kubernetes-schemas.ts';
 
@@ -72,6 +72,7 @@ test('the RBAC rules are operator/rbac.ts\'s, bound cluster-wide by default', as
   const objects = parseManifests(await helmTemplate());
   const [clusterRole] = find(objects, 'ClusterRole', 'regmirror-operator');
   assert.deepEqual((clusterRole as unknown as { rules: unknown }).rules, OPERATOR_RULES);
+  assert.ok(NODE_RULES.every((rule) => OPERATOR_RULES.includes(rule)), 'reading Nodes, bound cluster-wide with the rest');
   const [role] = find(objects, 'Role', 'regmirror-operator-leader-election');
   assert.deepEqual((role as unknown as { rules: unknown }).rules, LEADER_ELECTION_RULES);
   const [binding] = find(objects, 'ClusterRoleBinding', 'regmirror-operator');
@@ -82,15 +83,19 @@ test('the RBAC rules are operator/rbac.ts\'s, bound cluster-wide by default', as
   assert.ok(container.args.includes('--leader-elect=true'));
 });
 
-test('watchNamespaces binds the rules in each listed namespace only (RegistryMirrors themselves cluster-wide) and tells the operator to watch just those', async () => {
+test('watchNamespaces binds the rules in each listed namespace only (RegistryMirrors themselves and reading Nodes cluster-wide) and tells the operator to watch just those', async () => {
   const objects = parseManifests(await helmTemplate(EVERYTHING_ON));
-  // Only the rules over RegistryMirrors are bound cluster-wide: a namespace being deleted takes its
-  // RoleBinding with it before the finalizer of a RegistryMirror in it is done.
+  // Only the rules over RegistryMirrors are bound cluster-wide (a namespace being deleted takes its
+  // RoleBinding with it before the finalizer of a RegistryMirror in it is done), and reading Nodes,
+  // which are cluster-scoped (no RoleBinding grants them).
   const clusterBindings = find(objects, 'ClusterRoleBinding') as unknown as { roleRef: { kind: string; name: string } }[];
-  assert.deepEqual(clusterBindings.map((b) => b.roleRef), [{ apiGroup: 'rbac.authorization.k8s.io', kind: 'ClusterRole', name: 'regmirror-operator-registrymirrors' }]);
+  assert.deepEqual(clusterBindings.map((b) => b.roleRef), ['regmirror-operator-registrymirrors', 'regmirror-operator-nodes'].map((name) => ({ apiGroup: 'rbac.authorization.k8s.io', kind: 'ClusterRole', name })));
   const [mirrorsRole] = find(objects, 'ClusterRole', 'regmirror-operator-registrymirrors');
   assert.deepEqual((mirrorsRole as unknown as { rules: unknown }).rules, MIRROR_RULES);
   assert.ok(MIRROR_RULES.every((rule) => rule.apiGroups.join() === 'regmirror.dev'), 'nothing but RegistryMirrors');
+  const [nodesRole] = find(objects, 'ClusterRole', 'regmirror-operator-nodes');
+  assert.deepEqual((nodesRole as unknown as { rules: unknown }).rules, NODE_RULES);
+  assert.deepEqual(NODE_RULES.flatMap((rule) => [...rule.resources, ...rule.verbs]), ['nodes', 'get', 'list'], 'reading Nodes, nothing else');
   const bindings = find(objects, 'RoleBinding', 'regmirror-operator');
   assert.deepEqual(bindings.map((b) => b.metadata.namespace), ['team-a', 'team-b']);
   for (const binding of bindings) assert.deepEqual((binding as unknown as { roleRef: unknown }).roleRef, { apiGroup: 'rbac.authorization.k8s.io', kind: 'ClusterRole', name: 'regmirror-operator' });

@@ -12,7 +12,7 @@ import path from 'node:path';
 import { promisify } from 'node:util';
 import { stringify } from 'yaml';
 import { CRD_NAME } from '../operator/api/crd.ts';
-import { LEADER_ELECTION_RULES, MIRROR_RULES, MIRRORS_ROLE, NODE_CLEANUP_RULES, OPERATOR_NAME, OPERATOR_RULES, type PolicyRule } from '../operator/rbac.ts';
+import { LEADER_ELECTION_RULES, MIRROR_RULES, MIRRORS_ROLE, NODE_CLEANUP_RULES, NODE_RULES, NODES_ROLE, OPERATOR_NAME, OPERATOR_RULES, type PolicyRule } from '../operator/rbac.ts';
 
 export const REPO_ROOT = path.resolve(import.meta.dirname, '..');
 export const CHART_DIR = path.join(REPO_ROOT, 'charts', 'regmirror');
@@ -60,6 +60,7 @@ function ownNamespaceRole(suffix: string, rules: PolicyRule[]): string {
 /** The chart's RBAC: the rules are operator/rbac.ts's; names, namespaces and bindings are the chart's. */
 export function renderRbacTemplate(): string {
   const mirrors = MIRRORS_ROLE.slice(OPERATOR_NAME.length);
+  const nodes = NODES_ROLE.slice(OPERATOR_NAME.length);
   return `{{- /* ${GENERATED_BY} from operator/rbac.ts; do not edit by hand. */ -}}
 {{- /* What the operator may do with RegistryMirrors and the objects they own. */}}
 ${rbacObject('ClusterRole', '', OPERATOR_RULES)}
@@ -89,6 +90,12 @@ with it before the finalizer of a RegistryMirror in it is done (operator/rbac.ts
 ${rbacObject('ClusterRole', mirrors, MIRROR_RULES)}
 ---
 ${rbacObject('ClusterRoleBinding', mirrors)}
+---
+{{- /* Nodes are cluster-scoped, which the RoleBindings above do not grant: read cluster-wide, to find
+the nodes a narrowed nodeConfig.tolerations leaves behind (operator/rbac.ts NODE_RULES). */}}
+${rbacObject('ClusterRole', nodes, NODE_RULES)}
+---
+${rbacObject('ClusterRoleBinding', nodes)}
 {{- else }}
 ---
 ${rbacObject('ClusterRoleBinding', '')}

@@ -19,7 +19,7 @@ import { API_VERSION, KIND } from './api/registry-mirror.ts';
 import { CHECKSUM_ANNOTATION, FINALIZER } from './desired/inputs.ts';
 import { MIRROR_NAME_LABEL, MIRROR_NAMESPACE_LABEL, MODE_ANNOTATION, relocatedCleanupName } from './desired/daemon-set.ts';
 import type { RegistryMirror } from './api/registry-mirror.ts';
-import { MIRROR_RULES, MIRRORS_ROLE } from './rbac.ts';
+import { MIRROR_RULES, MIRRORS_ROLE, NODE_RULES, OPERATOR_RULES } from './rbac.ts';
 
 const ROOT = fileURLToPath(new URL('../', import.meta.url));
 const CRD_FILE = path.join(ROOT, 'crds/registrymirrors.regmirror.dev.yaml');
@@ -608,7 +608,7 @@ describe('operator against a real kube-apiserver', { skip }, () => {
     const pending = await eventually('NodesPending naming the cleanup', async () => (await ready('narrow'))?.reason === 'NodesPending' && ready('narrow'));
     assert.match(pending.message, /0 of 0 nodes nodeConfig no longer selects cleaned \(DaemonSet regmirror-narrow-node-dropped/);
     const events = await eventsFor('narrow');
-    assert.ok(events.some((e) => e.reason === 'NodeCleanupIncomplete' && e.type === 'Warning' && /gpu:NoSchedule/.test(e.message!)), 'a dropped toleration is warned about');
+    assert.ok(!events.some((e) => e.reason === 'NodeCleanupIncomplete'), 'a dropped toleration no Node\'s taint needed leaves no node behind');
     await playKubeletDaemonSetReady(admin, NS, 'regmirror-narrow-node-dropped', 1);
     await eventually('the cleanup deleted once its nodes confirmed', async () => (await dropped()) === undefined);
     assert.ok((await eventsFor('narrow')).some((e) => e.reason === 'NodesCleaned' && /nodeConfig no longer selects/.test(e.message!)));
@@ -632,6 +632,69 @@ describe('operator against a real kube-apiserver', { skip }, () => {
     await eventually('the RegistryMirror gone', async () => (await mirror('narrow')) === undefined);
     const after = (await admin.list<Obj & { reason?: string; involvedObject?: { name: string } }>('v1', 'Event', NS)).items;
     assert.ok(after.some((e) => e.involvedObject?.name === 'narrow' && e.reason === 'NodesCleaned' && /from 3 node/.test((e as { message?: string }).message ?? '')));
+  });
+
+  it('nodes a narrowed nodeConfig.tolerations leaves behind (a taint now keeps the agents off) are named by a DaemonSet of their own and cleaned, and a deletion meanwhile cleans them too', async () => {
+    const POOL = 'regmirror.test/pool';
+    const gpu = { key: 'regmirror.test/gpu', operator: 'Exists', effect: 'NoSchedule' };
+    const gpuTaint = { key: 'regmirror.test/gpu', value: 'a100', effect: 'NoSchedule' };
+    const nodes: [string, string, object[]][] = [
+      ['taint-gpu-2', 'taint', [gpuTaint]],
+      ['taint-gpu-1', 'taint', [gpuTaint, { key: 'regmirror.test/busy', effect: 'PreferNoSchedule' }]],
+      ['taint-plain', 'taint', []],
+      ['taint-elsewhere', 'other', [gpuTaint]],
+      ['taint-never', 'taint', [gpuTaint, { key: 'regmirror.test/dedicated', value: 'db', effect: 'NoExecute' }]],
+    ];
+    for (const [name, pool, taints] of nodes) {
+      await mustKubectl(['apply', '-f', '-'], JSON.stringify({ apiVersion: 'v1', kind: 'Node', metadata: { name, labels: { [POOL]: pool } }, spec: { taints } }));
+    }
+    const placed = (tolerations: object[]) => ({ upstreams: [{ registry: 'public.ecr.aws' }], nodeConfig: { enabled: true, runtimes: ['containerd'], nodeSelector: { [POOL]: 'taint' }, tolerations } });
+    const dropped = () => owned('apps/v1', 'DaemonSet', 'regmirror-tainted-node-dropped');
+    const terms = (ds: Obj) => ds.spec.template.spec.affinity?.nodeAffinity?.requiredDuringSchedulingIgnoredDuringExecution?.nodeSelectorTerms;
+    const byName = ['taint-gpu-1', 'taint-gpu-2'].map((name) => ({ matchFields: [{ key: 'metadata.name', operator: 'In', values: [name] }] }));
+    const agentsOnGpu = async () => {
+      await applyMirror('tainted', placed([gpu]));
+      await eventually('agents that tolerate the taint', async () => (await owned('apps/v1', 'DaemonSet', 'regmirror-tainted-node'))?.spec.template.spec.tolerations?.length === 1);
+      await playKubeletMirrorRunning('tainted');
+      await playKubeletNodeAgentsReady('tainted', 3);
+      await eventually('Available', async () => (await ready('tainted'))?.reason === 'Available');
+    };
+    try {
+      await agentsOnGpu();
+      await applyMirror('tainted', placed([]));
+      const cleanup = await eventually('a DaemonSet for the tainted nodes left behind', dropped);
+      assert.equal(cleanup.metadata!.annotations![MODE_ANNOTATION], 'remove');
+      assert.deepEqual(terms(cleanup), byName, 'exactly the nodes the old tolerations reached and the new do not, by name');
+      assert.deepEqual(cleanup.spec.template.spec.tolerations, [gpu], 'it reaches them with the old tolerations');
+      assert.equal((await owned('apps/v1', 'DaemonSet', 'regmirror-tainted-node'))!.spec.template.spec.tolerations, undefined);
+      const record = JSON.parse((await mirror('tainted'))!.metadata!.annotations!['regmirror.dev/dropped-placements']!);
+      assert.deepEqual(record.nodes, ['taint-gpu-1', 'taint-gpu-2'], 'the names are recorded, for an operator restarted meanwhile');
+      const events = await eventsFor('tainted');
+      assert.ok(events.some((e) => e.reason === 'NodeCleanup' && /nodeConfig\.tolerations no longer tolerates a taint of 2 node\(s\).*taint-gpu-1, taint-gpu-2/.test(e.message!)));
+      assert.ok(!events.some((e) => e.reason === 'NodeCleanupIncomplete'), 'nothing is left uncleaned');
+      await playKubeletNodeAgentsReady('tainted', 1);
+      await playKubeletDaemonSetReady(admin, NS, 'regmirror-tainted-node-dropped', 2);
+      await eventually('the cleanup deleted once its nodes confirmed', async () => (await dropped()) === undefined);
+      assert.ok((await eventsFor('tainted')).some((e) => e.reason === 'NodesCleaned' && /from 2 node\(s\) nodeConfig no longer selects/.test(e.message!)));
+      assert.equal((await mirror('tainted'))!.metadata!.annotations?.['regmirror.dev/dropped-placements'], undefined);
+
+      // the toleration back, dropped again, and the RegistryMirror deleted before those nodes confirmed
+      await agentsOnGpu();
+      await applyMirror('tainted', placed([]));
+      assert.deepEqual(terms(await eventually('a cleanup for the tainted nodes again', dropped)), byName);
+      await mustKubectl(['delete', 'rmir', 'tainted', '-n', NS, '--wait=false']);
+      const removal = await eventually('the node agent removing from the tainted nodes too', async () => {
+        const ds = await owned('apps/v1', 'DaemonSet', 'regmirror-tainted-node');
+        return ds?.metadata?.annotations?.[MODE_ANNOTATION] === 'remove' && ds;
+      });
+      assert.deepEqual(terms(removal), [{ matchExpressions: [{ key: POOL, operator: 'In', values: ['taint'] }] }]);
+      assert.deepEqual(removal.spec.template.spec.tolerations, [gpu], 'with the toleration that reaches them');
+      await eventually('the cleanup of the nodes left behind handed over', async () => (await dropped()) === undefined);
+      await playKubeletNodeAgentsReady('tainted', 3);
+      await eventually('the RegistryMirror gone', async () => (await mirror('tainted')) === undefined);
+    } finally {
+      await kubectl(['delete', 'node', ...nodes.map(([name]) => name), '--ignore-not-found']);
+    }
   });
 
   it('spec.tls whose Secret is missing changes neither status.endpoint nor what runs, and a deletion then removes the address the nodes were given', async () => {
@@ -672,13 +735,38 @@ describe('operator against a real kube-apiserver', { skip }, () => {
   it('the operator runs under its own RBAC identity, which cannot do more than it needs', async () => {
     for (const [verb, resource, allowed] of [
       ['patch', 'deployments.apps', 'yes'], ['watch', 'secrets', 'yes'], ['patch', 'registrymirrors.regmirror.dev/status', 'yes'],
-      ['delete', 'secrets', 'no'], ['list', 'nodes', 'no'], ['create', 'pods', 'no'], ['delete', 'registrymirrors.regmirror.dev', 'no'],
+      ['delete', 'secrets', 'no'], ['list', 'nodes', 'yes'], ['patch', 'nodes', 'no'], ['watch', 'nodes', 'no'], ['create', 'pods', 'no'], ['delete', 'registrymirrors.regmirror.dev', 'no'],
     ] as const) {
       const result = await kubectl(['auth', 'can-i', verb, resource, '-n', NS, '--kubeconfig', operatorKubeconfig]);
       assert.equal(result.stdout.trim(), allowed, `${verb} ${resource}`);
     }
     // RBAC's own refusal, not an admission's 403 (a claim its StorageClass cannot grow)
     assert.ok(!/forbidden: User .* cannot /.test(operator.logs()), 'no request of the operator was forbidden');
+  });
+
+  it('an operator that may not list Nodes (the RBAC of an earlier version) says, when nodeConfig.tolerations narrows, that nodes with such a taint are not cleaned and what it lacks', async () => {
+    const clusterRole = (rules: object[]) => JSON.stringify({ apiVersion: 'rbac.authorization.k8s.io/v1', kind: 'ClusterRole', metadata: { name: 'regmirror-operator' }, rules });
+    const gpu = { key: 'regmirror.test/gpu', operator: 'Exists', effect: 'NoSchedule' };
+    const placed = (tolerations: object[]) => ({ upstreams: [{ registry: 'public.ecr.aws' }], ...ownNodes('untaint'), nodeConfig: { ...ownNodes('untaint').nodeConfig, tolerations } });
+    await mustKubectl(['apply', '-f', '-'], clusterRole(OPERATOR_RULES.filter((rule) => !NODE_RULES.includes(rule))));
+    try {
+      await eventually('listing Nodes forbidden', async () => (await kubectl(['auth', 'can-i', 'list', 'nodes', '--kubeconfig', operatorKubeconfig])).stdout.trim() === 'no');
+      await applyMirror('untaint', placed([gpu]));
+      await eventually('agents that tolerate the taint', async () => (await owned('apps/v1', 'DaemonSet', 'regmirror-untaint-node'))?.spec.template.spec.tolerations?.length === 1);
+      await applyMirror('untaint', placed([]));
+      const warning = await eventually('a Warning', async () => (await eventsFor('untaint')).find((e) => e.reason === 'NodeCleanupIncomplete'));
+      assert.equal(warning.type, 'Warning');
+      assert.match(warning.message!, /no longer tolerates regmirror\.test\/gpu:NoSchedule/);
+      assert.match(warning.message!, /may not list nodes .*get and list on nodes, cluster-wide/);
+      await eventually('the agents moved all the same', async () => (await owned('apps/v1', 'DaemonSet', 'regmirror-untaint-node'))?.spec.template.spec.tolerations === undefined);
+      assert.equal(await owned('apps/v1', 'DaemonSet', 'regmirror-untaint-node-dropped'), undefined);
+    } finally {
+      await mustKubectl(['apply', '-f', RBAC_FILE]);
+    }
+    await mustKubectl(['delete', 'rmir', 'untaint', '-n', NS, '--wait=false']);
+    await eventually('the node agent in remove mode', async () => (await owned('apps/v1', 'DaemonSet', 'regmirror-untaint-node'))?.metadata?.annotations?.[MODE_ANNOTATION] === 'remove');
+    await playKubeletNodeAgentsReady('untaint', 1);
+    await eventually('the RegistryMirror gone', async () => (await mirror('untaint')) === undefined);
   });
 
   it('a RegistryMirror whose namespace is being deleted, its node agent DaemonSet gone first, has its nodes cleaned from the operator\'s namespace, then goes', async () => {

@@ -29,6 +29,18 @@ export const MIRROR_RULES: PolicyRule[] = [
 
 export const MIRRORS_ROLE = `${OPERATOR_NAME}-registrymirrors`;
 
+/**
+ * Reading Nodes: when nodeConfig.tolerations narrows, the operator finds the nodes whose agent a
+ * taint now keeps off, to clean them (reconciler.ts nodesLeftByTaint). Nodes are cluster-scoped,
+ * which a RoleBinding does not grant: a namespaced install binds these cluster-wide as well, in
+ * ClusterRole NODES_ROLE. Without them those nodes are not cleaned, and a Warning says so.
+ */
+export const NODE_RULES: PolicyRule[] = [
+  { apiGroups: [''], resources: ['nodes'], verbs: ['get', 'list'] },
+];
+
+export const NODES_ROLE = `${OPERATOR_NAME}-nodes`;
+
 /** Rules over RegistryMirrors and the objects they own (server-side apply creates and patches). */
 export const OPERATOR_RULES: PolicyRule[] = [
   ...MIRROR_RULES,
@@ -38,6 +50,7 @@ export const OPERATOR_RULES: PolicyRule[] = [
   // delete: the cleanup DaemonSet has no owner for the garbage collector to follow (reconciler.ts finalize).
   { apiGroups: ['apps'], resources: ['daemonsets'], verbs: ['get', 'list', 'watch', 'create', 'patch', 'delete'] },
   { apiGroups: [''], resources: ['events'], verbs: ['create', 'patch'] },
+  ...NODE_RULES,
 ];
 
 /** Rules in the operator's own namespace: the leader-election Lease. */

@@ -9,6 +9,7 @@ import { desiredRelocatedCleanupDaemonSet, MIRROR_UID_ANNOTATION, MODE_ANNOTATIO
 import { CHECKSUM_ANNOTATION, FINALIZER, names } from './desired/inputs.ts';
 import { EventRecorder } from './events.ts';
 import { ApiError, type KubeApi, type KubeObject } from './kube/api.ts';
+import { DROPPED_PLACEMENTS_ANNOTATION } from './placement.ts';
 import { Reconciler } from './reconciler.ts';
 import { inputsFixture, mirrorFixture } from './test-fixtures.ts';
 
@@ -20,6 +21,9 @@ class FakeApiServer {
   readonly secrets = new Map<string, Obj>();
   /** Reads of these "namespace/name" Secrets fail with this error, as KubeApi.find throws all but 404. */
   readonly secretErrors = new Map<string, Error>();
+  /** The cluster's Nodes, for list; listing them fails with nodesError when it is set. */
+  nodes: Obj[] = [];
+  nodesError: Error | undefined;
   private uid = 0;
   private key = (apiVersion: string, kind: string, namespace: string, name: string) => `${apiVersion}/${kind}/${namespace}/${name}`;
 
@@ -41,6 +45,10 @@ class FakeApiServer {
     if (object.kind === KIND) {
       if (!existing) throw new Error('the fake applies RegistryMirror metadata only');
       existing.metadata!.finalizers = object.metadata.finalizers ?? [];
+      // the field manager's one annotation: applied without it, it goes
+      const { [DROPPED_PLACEMENTS_ANNOTATION]: _, ...others } = existing.metadata!.annotations ?? {};
+      const dropped = object.metadata.annotations?.[DROPPED_PLACEMENTS_ANNOTATION];
+      existing.metadata!.annotations = { ...others, ...(dropped ? { [DROPPED_PLACEMENTS_ANNOTATION]: dropped } : {}) };
       if (existing.metadata!.deletionTimestamp && existing.metadata!.finalizers.length === 0) this.objects.delete(key);
       return structuredClone(existing) as T;
     }
@@ -86,6 +94,14 @@ class FakeApiServer {
     const key = this.key(apiVersion, kind, namespace, name);
     Object.assign(this.objects.get(key)!, patch);
     return structuredClone(this.objects.get(key)) as T;
+  }
+
+  /** Nodes only, by a label selector of key=value pairs. */
+  async list<T>(apiVersion: string, kind: string, _namespace?: string, labelSelector?: string): Promise<{ items: T[] }> {
+    if (kind !== 'Node') throw new Error('the fake lists Nodes only');
+    if (this.nodesError) throw this.nodesError;
+    const wanted = (labelSelector ?? '').split(',').filter(Boolean).map((pair) => pair.split('='));
+    return { items: structuredClone(this.nodes.filter((n) => wanted.every(([k, v]) => n.metadata?.labels?.[k!] === v))) as T[] };
   }
 
   all(kind: string): Obj[] {
@@ -672,4 +688,67 @@ test('a runtime dropped from nodeConfig.runtimes is taken off the nodes (--remov
   assert.ok(!args().includes('--remove-runtimes'), 'every node took it away: dropped');
   assert.ok(!hostPaths().includes('/etc/docker'));
   assert.equal(daemonSet().spec.template.spec.hostPID, false);
+});
+
+const GPU = { key: 'gpu', operator: 'Exists' as const, effect: 'NoSchedule' as const };
+const gpuNode = (name: string, pool = 'a', taints: object[] = [{ key: 'gpu', value: 'a100', effect: 'NoSchedule' }]): Obj =>
+  ({ apiVersion: 'v1', kind: 'Node', metadata: { name, labels: { pool } }, spec: { taints } });
+/** A mirror whose agents ran on pool a with the gpu toleration, and the spec then without it. */
+async function toleranceNarrowed(nodes: Obj[], nodesError?: Error) {
+  const context = setup({ nodeConfig: { enabled: true, runtimes: ['containerd'], nodeSelector: { pool: 'a' }, tolerations: [GPU] } });
+  context.server.nodes = nodes;
+  await context.reconciler.reconcile('registry-cache/hub');
+  context.server.nodesError = nodesError;
+  context.mirror()!.spec.nodeConfig.tolerations = [];
+  await context.reconciler.reconcile('registry-cache/hub');
+  const droppedNodes = () => context.server.objects.get('apps/v1/DaemonSet/registry-cache/regmirror-hub-node-dropped');
+  const terms = () => droppedNodes()?.spec.template.spec.affinity.nodeAffinity.requiredDuringSchedulingIgnoredDuringExecution.nodeSelectorTerms;
+  const record = () => context.mirror()!.metadata.annotations?.[DROPPED_PLACEMENTS_ANNOTATION];
+  return { ...context, droppedNodes, terms, record };
+}
+const named = (...values: string[]) => values.map((value) => ({ matchFields: [{ key: 'metadata.name', operator: 'In', values: [value] }] }));
+
+test('a toleration dropped from nodeConfig: the nodes its taint now keeps the agents off are recorded and cleaned by name; one the agents select again (taint gone, toleration back) is left to them', async () => {
+  const { server, reconciler, mirror, droppedNodes, terms, record } = await toleranceNarrowed([gpuNode('gpu-2'), gpuNode('gpu-1'), gpuNode('plain', 'a', []), gpuNode('other-pool', 'b')]);
+  assert.deepEqual(terms(), named('gpu-1', 'gpu-2'));
+  assert.deepEqual(droppedNodes()!.spec.template.spec.tolerations, [GPU]);
+  assert.deepEqual(JSON.parse(record()!).nodes, ['gpu-1', 'gpu-2']);
+  const cleanup = server.all('Event').find((e) => e.reason === 'NodeCleanup');
+  assert.match((cleanup as { message?: string }).message!, /no longer tolerates a taint of 2 node\(s\) the agents configured \(gpu-1, gpu-2\)/);
+  assert.ok(!server.all('Event').some((e) => e.reason === 'NodeCleanupIncomplete'));
+
+  server.nodes[1]!.spec.taints = [];
+  await reconciler.reconcile('registry-cache/hub');
+  assert.deepEqual(terms(), named('gpu-2'), 'a node whose taint went has its agent again');
+  assert.deepEqual(JSON.parse(record()!).nodes, ['gpu-1', 'gpu-2'], 'the record keeps what was found when the tolerations changed');
+
+  mirror()!.spec.nodeConfig.tolerations = [{ key: 'gpu', operator: 'Equal', value: 'a100' }];
+  await reconciler.reconcile('registry-cache/hub');
+  assert.equal(droppedNodes(), undefined, 'the toleration back: the agents configure those nodes');
+  assert.equal(record(), undefined);
+  assert.ok(!server.all('Event').some((e) => e.reason === 'NodesCleaned' || e.reason === 'NodeCleanupTimedOut'));
+});
+
+test('a toleration dropped that no node\'s taint needed leaves nothing to clean, and no Warning', async () => {
+  const { server, droppedNodes, record } = await toleranceNarrowed([gpuNode('plain', 'a', []), gpuNode('other-pool', 'b')]);
+  assert.equal(droppedNodes(), undefined);
+  assert.equal(record(), undefined);
+  assert.ok(!server.all('Event').some((e) => e.reason === 'NodeCleanupIncomplete' || e.reason === 'NodeCleanup'));
+});
+
+test('an operator that may not list Nodes says which toleration went and which permission it lacks, and moves the agents all the same', async () => {
+  const { server, droppedNodes } = await toleranceNarrowed([gpuNode('gpu-1')], new ApiError(403, 'Forbidden', 'GET /api/v1/nodes: 403 nodes is forbidden'));
+  assert.equal(droppedNodes(), undefined);
+  const warning = server.all('Event').find((e) => e.reason === 'NodeCleanupIncomplete') as { type?: string; message?: string } | undefined;
+  assert.equal(warning?.type, 'Warning');
+  assert.match(warning!.message!, /no longer tolerates gpu:NoSchedule: .*may not list nodes .*\(its RBAC lacks get and list on nodes, cluster-wide/);
+  assert.equal(server.all('DaemonSet').find((d) => d.metadata!.name === 'regmirror-hub-node')!.spec.template.spec.tolerations, undefined);
+});
+
+test('past MAX_DROPPED_NODE_NAMES nodes, the first are cleaned and a Warning counts the rest', async () => {
+  const nodes = Array.from({ length: 503 }, (_, i) => gpuNode(`gpu-${String(i).padStart(3, '0')}`));
+  const { server, terms } = await toleranceNarrowed(nodes);
+  assert.deepEqual(terms(), named(...nodes.slice(0, 500).map((n) => n.metadata!.name!)));
+  const warning = server.all('Event').find((e) => e.reason === 'NodeCleanupIncomplete') as { message?: string } | undefined;
+  assert.match(warning!.message!, /a taint of 3 more node\(s\) the agents configured than the 500 a cleanup names/);
 });

@@ -20,13 +20,14 @@ import { claimSize, desiredPersistentVolumeClaim } from './desired/persistent-vo
 import { desiredSecret } from './desired/secret.ts';
 import { desiredService } from './desired/service.ts';
 import type { EventRecorder } from './events.ts';
-import { isNotFound, isRefused, isStale, type KubeApi, type KubeObject } from './kube/api.ts';
+import { isForbidden, isNotFound, isRefused, isStale, type KubeApi, type KubeObject } from './kube/api.ts';
 import { checksumKey } from './checksum-key.ts';
 import { nodeCredentials } from './node-credentials.ts';
 import { nodeConfigHolder } from './node-conflict.ts';
 import {
-  DROPPED_PLACEMENTS_ANNOTATION, anyOf, cleanupPlacement, daemonSetPlacement, droppedTolerations, leftBehind, readDroppedPlacements, selectsAllOf, specPlacement, withPlacement,
-  type DroppedPlacements, type PodPlacement,
+  DROPPED_PLACEMENTS_ANNOTATION, MAX_DROPPED_NODE_NAMES, anyOf, byName, cleanupPlacement, daemonSetPlacement, droppedTolerations, leftBehind, leftByTaint, nodeOf,
+  readDroppedPlacements, selectsAllOf, specPlacement, stillLeft, withNodes, withPlacement,
+  type DroppedPlacements, type NodeFacts, type Placement, type PodPlacement,
 } from './placement.ts';
 import {
   READY, desiredStatus, nodesDone, type DaemonSetStatus, type DroppedNodes, type Observed, type Problem, type WorkloadStatus,
@@ -223,20 +224,62 @@ export class Reconciler {
     const before = daemonSetPlacement(running);
     if (!before) return record;
     const after = specPlacement(mirror);
-    const lost = droppedTolerations(before, after);
-    if (lost.length > 0) {
-      // Taints are not labels: no node affinity selects "tainted so", so no cleanup can be aimed there.
-      await events.record(mirror, 'Warning', 'NodeCleanupIncomplete',
-        `nodeConfig.tolerations no longer tolerates ${lost.map((t) => `${t.key || '*'}${t.value ? `=${t.value}` : ''}:${t.effect ?? '*'}`).join(', ')}: the node agents on nodes with such a taint stop and leave them pointing at the mirror, and no cleanup can select nodes by taint; see "Manual node cleanup" in the README (nodes the selector no longer selects are cleaned)`);
-    }
-    if (selectsAllOf(after, before)) return record;
+    const tainted = await this.nodesLeftByTaint(mirror, before, after);
+    const labelled = !selectsAllOf(after, before);
+    if (!labelled && tainted.length === 0) return record;
     const placements = withPlacement(record?.placements ?? [], before);
-    if (record && placements.length === record.placements.length) return record;
-    const next = { since: this.now().toISOString(), placements };
+    const { nodes, over } = withNodes(record?.nodes ?? [], tainted);
+    if (over > 0) {
+      await events.record(mirror, 'Warning', 'NodeCleanupIncomplete',
+        `nodeConfig.tolerations no longer tolerates a taint of ${over} more node(s) the agents configured than the ${MAX_DROPPED_NODE_NAMES} a cleanup names: those stay pointing at the mirror; see "Manual node cleanup" in the README`);
+    }
+    if (record && placements.length === record.placements.length && nodes.length === (record.nodes?.length ?? 0)) return record;
+    const next: DroppedPlacements = { since: this.now().toISOString(), placements, ...(nodes.length > 0 ? { nodes } : {}) };
     await this.writeMirrorMetadata(mirror, next);
-    await events.record(mirror, 'Normal', 'NodeCleanup',
-      `nodeConfig.nodeSelector no longer selects every node the agents configured (it was ${JSON.stringify(before.nodeSelector)}); DaemonSet ${names(mirror).droppedNodesDaemonSet} takes the configuration off the nodes left out`);
+    const why = [
+      ...(labelled ? [`nodeConfig.nodeSelector no longer selects every node the agents configured (it was ${JSON.stringify(before.nodeSelector)})`] : []),
+      ...(tainted.length > 0 ? [`nodeConfig.tolerations no longer tolerates a taint of ${tainted.length} node(s) the agents configured (${shortList(tainted)})`] : []),
+    ];
+    await events.record(mirror, 'Normal', 'NodeCleanup', `${why.join('; ')}; DaemonSet ${names(mirror).droppedNodesDaemonSet} takes the configuration off the nodes left out`);
     return next;
+  }
+
+  /**
+   * The nodes `before` placed an agent on that `after` keeps off by a taint alone (leftByTaint),
+   * read from the Nodes when a toleration went. Where the operator may not list Nodes (the RBAC
+   * of an earlier version), a Warning names the tolerations whose nodes are not cleaned, and what is missing.
+   */
+  private async nodesLeftByTaint(mirror: RegistryMirror, before: Placement, after: Placement): Promise<string[]> {
+    const lost = droppedTolerations(before, after);
+    if (lost.length === 0) return [];
+    const nodes = await this.listNodes(before.nodeSelector);
+    if (!nodes) {
+      await this.options.events.record(mirror, 'Warning', 'NodeCleanupIncomplete',
+        `nodeConfig.tolerations no longer tolerates ${lost.map((t) => `${t.key || '*'}${t.value ? `=${t.value}` : ''}:${t.effect ?? '*'}`).join(', ')}: the node agents on nodes with such a taint stop and leave them pointing at the mirror, and the operator may not list nodes to find them (its RBAC lacks get and list on nodes, cluster-wide: apply this version's RBAC); see "Manual node cleanup" in the README`);
+      return [];
+    }
+    return leftByTaint(before, after, nodes);
+  }
+
+  /** The Nodes with these labels; undefined when the operator may not list them. */
+  private async listNodes(labels: Record<string, string>): Promise<NodeFacts[] | undefined> {
+    const selector = Object.entries(labels).map(([key, value]) => `${key}=${value}`).join(',');
+    try {
+      return (await this.options.api.list<KubeObject>('v1', 'Node', undefined, selector || undefined)).items.map(nodeOf);
+    } catch (error) {
+      if (isForbidden(error)) return undefined;
+      throw error;
+    }
+  }
+
+  /**
+   * The recorded nodes the running agents do not take back now (stillLeft), from the Nodes read
+   * again each time; as recorded where the operator may not list Nodes.
+   */
+  private async nodesStillLeft(record: DroppedPlacements, current: Placement): Promise<string[]> {
+    if (!record.nodes?.length) return [];
+    const nodes = await this.listNodes(current.nodeSelector);
+    return nodes ? stillLeft(record.nodes, record.placements, current, nodes) : record.nodes;
   }
 
   /**
@@ -262,8 +305,8 @@ export class Reconciler {
     const current = agent ? daemonSetPlacement(agent) : undefined;
     // placed otherwise only by the finalizer's removal, which covers the record's nodes itself
     if (agent && !current) return undefined;
-    // No agent runs: every node of the record is to be cleaned.
-    const terms = current ? leftBehind(record.placements, current) : anyOf(record.placements);
+    // No agent runs: every node of the record is to be cleaned (the named ones have its labels).
+    const terms = current ? [...leftBehind(record.placements, current), ...byName(await this.nodesStillLeft(record, current))] : anyOf(record.placements);
     // The agents select every such node again (and configure it).
     if (terms?.length === 0) return finish();
     const runtimes = [...new Set([...runtimesInDaemonSet(before), ...runtimesInDaemonSet(existing)])].filter((r) => !mirror.spec.nodeConfig.runtimes.includes(r));
@@ -720,6 +763,11 @@ async function absentIfRefused<T>(read: Promise<T>): Promise<T | undefined> {
     if (isRefused(error)) return undefined;
     throw error;
   }
+}
+
+/** The first few names, and how many more. */
+function shortList(names: string[], shown = 5): string {
+  return names.length > shown ? `${names.slice(0, shown).join(', ')} and ${names.length - shown} more` : names.join(', ');
 }
 
 /** A cleanup DaemonSet (in the mirror's namespace or the operator's), not the node agent DaemonSet. */

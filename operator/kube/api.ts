@@ -49,6 +49,7 @@ export const RESOURCES: Record<string, Resource> = {
   'v1/Service': { prefix: '/api/v1', plural: 'services', namespaced: true },
   'v1/PersistentVolumeClaim': { prefix: '/api/v1', plural: 'persistentvolumeclaims', namespaced: true },
   'v1/Event': { prefix: '/api/v1', plural: 'events', namespaced: true },
+  'v1/Node': { prefix: '/api/v1', plural: 'nodes', namespaced: false },
   'apps/v1/Deployment': { prefix: '/apis/apps/v1', plural: 'deployments', namespaced: true },
   'apps/v1/DaemonSet': { prefix: '/apis/apps/v1', plural: 'daemonsets', namespaced: true },
   'coordination.k8s.io/v1/Lease': { prefix: '/apis/coordination.k8s.io/v1', plural: 'leases', namespaced: true },
