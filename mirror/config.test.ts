@@ -9,6 +9,7 @@ import { parseRange } from './routes.ts';
 import { parseChallenge } from './upstream.ts';
 import { parseImageReference } from './reference.ts';
 import { runCommand } from '../test/harness/process.ts';
+import { makeCertificate } from '../test/harness/tls.ts';
 
 const dir = mkdtempSync(path.join(tmpdir(), 'regmirror-config-'));
 const file = (name: string, text: string) => {
@@ -112,6 +113,28 @@ test('upstream credentials can both come from files (mounted Secret keys)', () =
   const config = loadConfigFile(file('files.yaml', `storage: {path: x}\nupstreams: [{registry: docker.io, url: "https://x", credentials: {usernameFile: ${username}, passwordFile: ${password}}}]\nauth: {allowAnonymousWithCredentials: true}\n`));
   assert.deepEqual(config.upstreams[0]!.credentials, { username: 'alice', password: 'hunter2' });
   assert.throws(() => loadConfigFile(file('both.yaml', `storage: {path: x}\nupstreams: [{registry: docker.io, url: "https://x", credentials: {username: a, usernameFile: ${username}, password: b}}]\nauth: {allowAnonymousWithCredentials: true}\n`)), /upstreams\[0\]\.credentials: set username or usernameFile, not both/);
+});
+
+test('upstreams[].caFile: the PEM certificates of the bundle are kept for that upstream; a file that cannot be read, holds no certificate or a broken one, or an http:// upstream is a ConfigError naming the key and the file', async () => {
+  const [ca, other] = await Promise.all([makeCertificate({ commonName: 'config test CA' }), makeCertificate({ commonName: 'config test other' })]);
+  const bundle = file('bundle.crt', `# comment\n${ca.certPem}\nsome text\n${other.certPem}`);
+  const config = loadConfigFile(file('ca.yaml', `storage: {path: x}\nupstreams: [{registry: docker.io}, {registry: harbor.internal, url: "https://harbor.internal", caFile: ${bundle}}]\n`));
+  assert.equal(config.upstreams[0]!.ca, undefined);
+  assert.deepEqual(config.upstreams[1]!.ca, { file: bundle, certificates: [ca.certPem.trim(), other.certPem.trim()] });
+
+  const notPem = file('not.pem', 'hello\n');
+  const broken = file('broken.pem', `${ca.certPem}-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n`);
+  const cases: [string, string, RegExp][] = [
+    ['https://h', path.join(dir, 'missing.crt'), /ca-bad\.yaml: upstreams\[1\]\.caFile: cannot read \S+missing\.crt: ENOENT/],
+    ['https://h', dir, /ca-bad\.yaml: upstreams\[1\]\.caFile: cannot read \S+: EISDIR/],
+    ['https://h', notPem, /ca-bad\.yaml: upstreams\[1\]\.caFile: \S+not\.pem holds no PEM certificate/],
+    ['https://h', broken, /ca-bad\.yaml: upstreams\[1\]\.caFile: \S+broken\.pem holds a certificate block that is not a valid X\.509 certificate \(block 2 of 2/],
+    ['http://h', ca.caFile, /ca-bad\.yaml: upstreams\[1\]\.caFile: \S+ is for an https:\/\/ upstream, and this url is http:\/\/ \(no certificate to check\)/],
+  ];
+  for (const [url, caFile, message] of cases) {
+    const text = `storage: {path: x}\nupstreams: [{registry: docker.io}, {registry: h, url: "${url}", caFile: "${caFile}"}]\n`;
+    assert.throws(() => loadConfigFile(file('ca-bad.yaml', text)), (error: Error) => error instanceof ConfigError && message.test(error.message), `${url} ${caFile}: ${text}`);
+  }
 });
 
 test('a password never appears in a configuration error', () => {

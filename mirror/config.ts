@@ -10,6 +10,7 @@ import { parseDuration } from '../common/duration.ts';
 import { parseQuantity } from '../common/quantity.ts';
 import { registryApiUrl } from '../common/registry-path.ts';
 import { LOG_LEVELS } from '../common/logger.ts';
+import { caBundleProblem, pemCertificates } from '../common/pem.ts';
 import type { LevelWithSilent } from 'pino';
 import { DEFAULT_TIMEOUTS, type UpstreamTimeouts } from './upstream.ts';
 
@@ -29,7 +30,7 @@ const CredentialsSchema = Type.Object(
 );
 
 const UpstreamSchema = Type.Object(
-  { registry: Str, url: Type.Optional(Str), tagTTL: Type.Optional(Duration), credentials: Type.Optional(CredentialsSchema) },
+  { registry: Str, url: Type.Optional(Str), tagTTL: Type.Optional(Duration), credentials: Type.Optional(CredentialsSchema), caFile: Type.Optional(Str) },
   { additionalProperties: false },
 );
 
@@ -71,6 +72,11 @@ export interface UpstreamConfig {
   /** How long a tag's digest is trusted before asking the upstream again. */
   tagTTLMs: number;
   credentials?: { username: string; password: string };
+  /**
+   * upstreams[].caFile: the certificates (PEM blocks) trusted for this upstream besides the
+   * default roots; they also verify its token service and the storage it redirects to.
+   */
+  ca?: { file: string; certificates: string[] };
 }
 
 export interface MirrorConfig {
@@ -173,6 +179,7 @@ export function resolveConfig(data: unknown, source: string): MirrorConfig {
       url,
       tagTTLMs: duration(`${at}.tagTTL`, upstream.tagTTL, 0),
       ...(upstream.credentials ? { credentials: resolveCredentials(source, `${at}.credentials`, upstream.credentials) } : {}),
+      ...(upstream.caFile !== undefined ? { ca: resolveCaFile(source, `${at}.caFile`, upstream.caFile, url) } : {}),
     };
   });
   const seen = new Set<string>();
@@ -260,6 +267,20 @@ function resolveCredentials(source: string, key: string, credentials: NonNullabl
     return value;
   };
   return { username: fromFileOrInline('username'), password: fromFileOrInline('password') };
+}
+
+/** upstreams[].caFile: a readable PEM bundle, for an https upstream only. */
+function resolveCaFile(source: string, key: string, file: string, url: URL): NonNullable<UpstreamConfig['ca']> {
+  if (url.protocol !== 'https:') throw new ConfigError(source, key, `${file} is for an https:// upstream, and this url is ${url.protocol}// (no certificate to check): drop caFile, or use https://`);
+  let text: string;
+  try {
+    text = readFileSync(file, 'utf8');
+  } catch (error) {
+    throw new ConfigError(source, key, `cannot read ${file}: ${(error as NodeJS.ErrnoException).code ?? 'error'}`);
+  }
+  const problem = caBundleProblem(text);
+  if (problem) throw new ConfigError(source, key, `${file} ${problem}`);
+  return { file, certificates: pemCertificates(text) };
 }
 
 function parseListen(source: string, listen: string): { host: string | undefined; port: number } {

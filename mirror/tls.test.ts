@@ -9,8 +9,8 @@ import https from 'node:https';
 import path from 'node:path';
 import tls from 'node:tls';
 import { startContainerd } from '../test/harness/containerd.ts';
-import { startTestMirror, type TestMirror } from '../test/harness/mirror.ts';
-import { pushImage, writeOciImage, type TestImage } from '../test/harness/oci-image.ts';
+import { startMirrorProcess, startTestMirror, type TestMirror } from '../test/harness/mirror.ts';
+import { pushImage, skopeo, writeOciImage, type TestImage } from '../test/harness/oci-image.ts';
 import { cleanupAll, httpRequest, makeTempDir, runCommand, sleep, waitFor } from '../test/harness/process.ts';
 import { startRegistry, type RegistryServer } from '../test/harness/registry.ts';
 import { makeCertificate, type TestCertificate } from '../test/harness/tls.ts';
@@ -206,6 +206,127 @@ describe('TLS', () => {
       const result = await runCommand(process.execPath, [path.join(ROOT, 'bin/regmirror.ts'), 'mirror', '--config', config], { cwd: ROOT, timeoutMs: 30_000 });
       assert.equal(result.code, 2, result.stderr);
       assert.match(result.stderr, /config\.yaml: tls\.cert, tls\.key: .* are not a PEM certificate and its key/);
+      assert.doesNotMatch(result.stderr, /^\s+at /m, 'a message, not a stack trace');
+    }
+  });
+});
+
+describe('an https upstream whose certificate a private CA signed, or is self-signed (upstreams[].caFile)', () => {
+  let image: TestImage;
+  let ca: TestCertificate;
+  let internal: RegistryServer;
+  let selfSigned: TestCertificate;
+  let selfSignedRegistry: RegistryServer;
+  let bundle: string;
+
+  /** The message of the 502 a manifest request through `mirror` gets. */
+  const refusal = async (mirror: TestMirror, ns?: string) => {
+    const res = await httpRequest(`${mirror.url}/v2/library/app/manifests/v1${ns ? `?ns=${ns}` : ''}`);
+    assert.equal(res.status, 502, res.body.toString());
+    return (JSON.parse(res.body.toString()) as { errors: { message: string }[] }).errors[0]!.message;
+  };
+  const pull = async (mirror: { host: string }) =>
+    skopeo(['copy', '--src-tls-verify=false', '--retry-times=0', `docker://${mirror.host}/library/app:v1`, `dir:${await makeTempDir('ca-pulled')}`]);
+
+  before(async () => {
+    const plain = await startRegistry();
+    image = await writeOciImage(await makeTempDir('ca-image'), { tag: 'v1', seed: 'upstream-ca', layerSizes: [50_000] });
+    await pushImage(image, plain.ref('library/app', 'v1'));
+    await plain.stop();
+    ca = await makeCertificate({ commonName: 'regmirror test private CA' });
+    // the same bytes served over https, with a certificate the private CA signed (an internal Harbor)
+    internal = await startRegistry({ tls: await makeCertificate({ commonName: 'registry.internal', issuer: ca }), storageDir: plain.storageDir });
+    selfSigned = await makeCertificate({ commonName: 'self-signed registry' });
+    selfSignedRegistry = await startRegistry({ tls: selfSigned, storageDir: plain.storageDir });
+    // a bundle as a trust store is written: another CA, text between the blocks, then ours
+    const other = await makeCertificate({ commonName: 'some other CA' });
+    bundle = path.join(await makeTempDir('ca-bundle'), 'ca.crt');
+    await writeFile(bundle, `# the other CA\n${other.certPem}\n# ours\n${ca.certPem}`);
+  });
+  after(cleanupAll);
+
+  test('with caFile the mirror pulls from it (skopeo through the mirror; blobs too); without, the 502 names the untrusted certificate and caFile', async () => {
+    const trusting = await startTestMirror({ upstreams: [{ registry: 'registry.internal', url: internal.url, caFile: bundle }] });
+    try {
+      const pulled = await pull(trusting);
+      assert.equal(pulled.code, 0, pulled.stderr);
+      const blob = await httpRequest(`${trusting.url}/v2/library/app/blobs/${image.layers[0]!.digest}`);
+      assert.equal(blob.status, 200);
+      assert.equal(blob.body.length, image.layers[0]!.size);
+    } finally {
+      await trusting.stop();
+    }
+
+    const untrusting = await startTestMirror({ upstreams: [{ registry: 'registry.internal', url: internal.url }] });
+    try {
+      assert.equal(
+        await refusal(untrusting),
+        `upstream registry.internal unavailable: the certificate of ${internal.host} is not trusted (UNABLE_TO_VERIFY_LEAF_SIGNATURE): if a private CA signed it (or it is self-signed), set this upstream's caFile to that CA's PEM bundle (a RegistryMirror: spec.upstreams[].caSecretRef)`,
+      );
+      assert.notEqual((await pull(untrusting)).code, 0);
+    } finally {
+      await untrusting.stop();
+    }
+  });
+
+  test('a self-signed upstream is trusted by its own certificate as caFile; a caFile of another CA says the certificate is not signed by it', async () => {
+    const mirror = await startTestMirror({
+      upstreams: [
+        { registry: 'self.internal', url: selfSignedRegistry.url, caFile: selfSigned.caFile },
+        // the CA of the other upstream: trust is per upstream, not pooled
+        { registry: 'registry.internal', url: internal.url, caFile: selfSigned.caFile },
+      ],
+      default: 'self.internal',
+    });
+    try {
+      const res = await httpRequest(`${mirror.url}/v2/library/app/manifests/v1?ns=self.internal`);
+      assert.equal(res.status, 200);
+      assert.equal(res.headers['docker-content-digest'], image.manifestDigest);
+      assert.equal(
+        await refusal(mirror, 'registry.internal'),
+        `upstream registry.internal unavailable: the certificate of ${internal.host} is not trusted (UNABLE_TO_VERIFY_LEAF_SIGNATURE): it is not signed by a CA in this upstream's caFile ${selfSigned.caFile}, nor by one of the default roots`,
+      );
+    } finally {
+      await mirror.stop();
+    }
+    const untrusting = await startTestMirror({ upstreams: [{ registry: 'self.internal', url: selfSignedRegistry.url }] });
+    try {
+      assert.match(await refusal(untrusting), /^upstream self\.internal unavailable: the certificate of \S+ is not trusted \(DEPTH_ZERO_SELF_SIGNED_CERT\)/);
+    } finally {
+      await untrusting.stop();
+    }
+  });
+
+  test('caFile adds to the default roots (NODE_EXTRA_CA_CERTS included), it does not replace them', async () => {
+    // the upstream's CA is among the process's defaults only; caFile names an unrelated CA
+    const mirror = await startMirrorProcess({
+      upstreams: [{ registry: 'registry.internal', url: internal.url, caFile: selfSigned.caFile }],
+      env: { NODE_EXTRA_CA_CERTS: ca.certFile },
+    });
+    try {
+      const res = await httpRequest(`${mirror.url}/v2/library/app/manifests/v1`);
+      assert.equal(res.status, 200, res.body.toString());
+      assert.equal(res.headers['docker-content-digest'], image.manifestDigest);
+    } finally {
+      await mirror.process.stop();
+    }
+  });
+
+  test('a caFile that cannot be read, holds no certificate, or is set on an http:// upstream stops the start with exit 2 naming upstreams[N].caFile and the file', async () => {
+    const dir = await makeTempDir('ca-bad');
+    const notPem = path.join(dir, 'not.pem');
+    await writeFile(notPem, 'this is not a certificate\n');
+    const cases: [string, string, RegExp][] = [
+      [internal.url, path.join(dir, 'missing.crt'), /config\.yaml: upstreams\[1\]\.caFile: cannot read \S+missing\.crt: ENOENT/],
+      [internal.url, notPem, /config\.yaml: upstreams\[1\]\.caFile: \S+not\.pem holds no PEM certificate/],
+      ['http://127.0.0.1:9', ca.caFile, /config\.yaml: upstreams\[1\]\.caFile: \S+ is for an https:\/\/ upstream, and this url is http:\/\//],
+    ];
+    for (const [url, caFile, message] of cases) {
+      const config = path.join(dir, 'config.yaml');
+      await writeFile(config, `listen: "127.0.0.1:0"\nstorage: {path: ${path.join(dir, 'data')}}\nupstreams: [{registry: docker.io}, {registry: registry.internal, url: "${url}", caFile: ${caFile}}]\n`);
+      const result = await runCommand(process.execPath, [path.join(ROOT, 'bin/regmirror.ts'), 'mirror', '--config', config], { cwd: ROOT, timeoutMs: 30_000 });
+      assert.equal(result.code, 2, result.stderr);
+      assert.match(result.stderr, message);
       assert.doesNotMatch(result.stderr, /^\s+at /m, 'a message, not a stack trace');
     }
   });

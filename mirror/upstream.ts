@@ -1,7 +1,9 @@
 // The client for one upstream registry: undici with keep-alive, Docker Hub's bearer-token flow
 // (anonymous or with credentials, tokens cached per scope until they expire), Basic auth, and
 // redirects to blob storage (credentials are never sent to another origin, and only the upstream's
-// own origin may ask for them).
+// own origin may ask for them). An upstream with caFile trusts its CA besides the default roots, on
+// every connection its client makes: the registry, its token service, the storage it redirects to.
+import { getCACertificates } from 'node:tls';
 import { Agent, request, type Dispatcher } from 'undici';
 import { ExpiringMap } from '../common/expiring-map.ts';
 import type { Logger } from '../common/logger.ts';
@@ -65,6 +67,7 @@ export class UpstreamClient {
   readonly url: URL;
   readonly timeouts: UpstreamTimeouts;
   private readonly credentials: UpstreamConfig['credentials'];
+  private readonly caFile: string | undefined;
   private readonly dispatcher: Dispatcher;
   private readonly logger: Logger;
   private readonly observer: UpstreamObserver;
@@ -81,13 +84,16 @@ export class UpstreamClient {
     this.tokens = new ExpiringMap({ maxEntries: MAX_CACHED_TOKENS, now: this.now });
     this.url = config.url;
     this.credentials = config.credentials;
+    this.caFile = config.ca?.file;
     this.timeouts = { ...DEFAULT_TIMEOUTS, ...options.timeouts };
     this.logger = options.logger.child({ upstream: config.registry });
     this.observer = options.observer ?? {};
     this.dispatcher =
       options.dispatcher ??
       new Agent({
-        connect: { timeout: this.timeouts.connectMs },
+        // Node's own default set (its bundled roots, NODE_EXTRA_CA_CERTS, the system store under
+        // --use-system-ca) and the upstream's: `ca` replaces the default set, it does not add to it.
+        connect: { timeout: this.timeouts.connectMs, ...(config.ca ? { ca: [...getCACertificates('default'), ...config.ca.certificates] } : {}) },
         headersTimeout: this.timeouts.headersMs,
         bodyTimeout: this.timeouts.bodyIdleMs,
         keepAliveTimeout: 30_000,
@@ -184,6 +190,8 @@ export class UpstreamClient {
         return response;
       } catch (error) {
         this.observer.onResponse?.(this.registry, method, 'error', (performance.now() - started) / 1000);
+        const untrusted = this.untrustedCertificate(error, url);
+        if (untrusted) throw new UpstreamCertificateError(untrusted);
         if (attempt > 0 || !isConnectionDrop(error)) throw error;
         this.logger.debug({ url: url.pathname, err: error }, 'upstream dropped the connection before answering; trying once more');
       }
@@ -228,6 +236,8 @@ export class UpstreamClient {
     try {
       response = await request(url, { method: 'GET', headers, dispatcher: this.dispatcher });
     } catch (error) {
+      const untrusted = this.untrustedCertificate(error, url);
+      if (untrusted) throw new TokenServiceError(`its token service: ${untrusted}`, { cause: error });
       const code = (error as NodeJS.ErrnoException).code ?? (error as Error).message;
       throw new TokenServiceError(`its token service ${url.host} could not be reached (${code})`, { cause: error });
     }
@@ -249,6 +259,19 @@ export class UpstreamClient {
     this.tokens.set(scope, token, this.now() - ageMs + lifetimeMs - 10_000);
     this.logger.debug({ scope, expiresInSec: lifetimeMs / 1000 }, 'upstream token issued');
     return token;
+  }
+
+  /**
+   * What to tell the client when `error` is a certificate the mirror does not trust (a private CA,
+   * a self-signed certificate), with what would make it trusted; undefined for other errors.
+   */
+  private untrustedCertificate(error: unknown, url: URL): string | undefined {
+    const code = (error as NodeJS.ErrnoException).code ?? (error as { cause?: NodeJS.ErrnoException }).cause?.code ?? '';
+    if (!UNTRUSTED_CERTIFICATE.has(code)) return undefined;
+    const fix = this.caFile
+      ? `it is not signed by a CA in this upstream's caFile ${this.caFile}, nor by one of the default roots`
+      : "if a private CA signed it (or it is self-signed), set this upstream's caFile to that CA's PEM bundle (a RegistryMirror: spec.upstreams[].caSecretRef)";
+    return `the certificate of ${url.host} is not trusted (${code}): ${fix}`;
   }
 
   /**
@@ -279,6 +302,23 @@ export class UpstreamAuthError extends Error {
   constructor(registry: string, why: string) {
     super(`upstream ${registry} refused access: ${why}`);
     this.name = 'UpstreamAuthError';
+  }
+}
+
+/** OpenSSL's verdicts on a chain that ends in no trusted CA (not expiry or a wrong name, which caFile does not change). */
+const UNTRUSTED_CERTIFICATE = new Set([
+  'DEPTH_ZERO_SELF_SIGNED_CERT', 'SELF_SIGNED_CERT_IN_CHAIN', 'UNABLE_TO_VERIFY_LEAF_SIGNATURE',
+  'UNABLE_TO_GET_ISSUER_CERT', 'UNABLE_TO_GET_ISSUER_CERT_LOCALLY', 'CERT_UNTRUSTED',
+]);
+
+/**
+ * The upstream (or the storage it redirected to) showed a certificate the mirror does not trust.
+ * Its message is what the client is told; it carries no `code`, so it is said as written.
+ */
+export class UpstreamCertificateError extends Error {
+  constructor(why: string) {
+    super(why);
+    this.name = 'UpstreamCertificateError';
   }
 }
 

@@ -250,7 +250,7 @@ export class Controller {
       if (mirror.metadata.namespace !== namespace) continue;
       const { spec } = mirror;
       const references =
-        spec.upstreams?.some((u) => u.credentialsSecretRef?.name === name) ||
+        spec.upstreams?.some((u) => u.credentialsSecretRef?.name === name || u.caSecretRef?.name === name) ||
         spec.auth?.htpasswdSecretRef?.name === name ||
         spec.tls?.secretName === name;
       if (references) this.queue.add(`${namespace}/${mirror.metadata.name}`);

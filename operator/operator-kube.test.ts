@@ -14,6 +14,7 @@ import { fileURLToPath } from 'node:url';
 import { parse } from 'yaml';
 import { kubeEnvAvailability, startKubeEnv, type KubeEnv } from '../test/kube/env.ts';
 import { freePort, makeTempDir } from '../test/harness/process.ts';
+import { makeCertificate } from '../test/harness/tls.ts';
 import { KubeApi, type KubeObject } from './kube/api.ts';
 import { API_VERSION, KIND } from './api/registry-mirror.ts';
 import { CHECKSUM_ANNOTATION, FINALIZER } from './desired/inputs.ts';
@@ -234,6 +235,7 @@ describe('operator against a real kube-apiserver', { skip }, () => {
       [{ upstreams: [{ registry: 'docker.io' }], storage: { size: '10Gi', maxSize: '0' } }, /maxSize must be at least 1Mi/],
       [{ upstreams: [{ registry: 'docker.io' }], storage: { size: '1Mi' } }, /size must be at least 2Mi/],
       [{ upstreams: [{ registry: 'docker.io', url: 'https://user:secret@registry.example.com' }] }, /spec\.upstreams\[0\]\.url/],
+      [{ upstreams: [{ registry: 'registry.internal', url: 'http://registry.internal', caSecretRef: { name: 'internal-ca' } }] }, /spec\.upstreams\[0\]\.caSecretRef: Invalid value: .*caSecretRef is for an https:\/\/ upstream/],
       // values the DaemonSet would be refused for, after the mirror's other objects had changed
       [{ upstreams: [{ registry: 'docker.io' }], nodeConfig: { nodeSelector: { pool: 'yes please' } } }, /spec\.nodeConfig\.nodeSelector\.pool/],
       [{ upstreams: [{ registry: 'docker.io' }], nodeConfig: { nodeSelector: { 'not a key': 'x' } } }, /label keys are/],
@@ -381,6 +383,40 @@ describe('operator against a real kube-apiserver', { skip }, () => {
     const condition = await eventually('InvalidCredentials', async () => (await ready('opaque'))?.reason === 'InvalidCredentials' && ready('opaque'));
     assert.match(condition.message, /kubernetes\.io\/basic-auth or kubernetes\.io\/dockerconfigjson/);
     assert.ok(!condition.message.includes('opaque-pass'));
+  });
+
+  it('an upstream CA Secret: missing gives SecretNotFound; created, it is mounted read-only at the config\'s caFile; a rotated CA rolls the mirror; one without a certificate is InvalidCredentials', async () => {
+    await applyMirror('internal', { upstreams: [{ registry: 'harbor.internal', caSecretRef: { name: 'harbor-ca' } }], ...ownNodes('internal') });
+    const condition = await eventually('SecretNotFound', async () => (await ready('internal'))?.reason === 'SecretNotFound' && ready('internal'));
+    assert.equal(condition.message, `Secret harbor-ca (CA for harbor.internal) not found in namespace ${NS}`);
+    await eventually('a SecretNotFound Event', async () => (await eventsFor('internal')).find((e) => e.reason === 'SecretNotFound' && e.type === 'Warning'));
+    assert.equal(await owned('apps/v1', 'Deployment', 'regmirror-internal'), undefined, 'no mirror without its CA');
+
+    const [first, second] = await Promise.all([makeCertificate({ commonName: 'harbor CA' }), makeCertificate({ commonName: 'harbor CA rotated' })]);
+    await mustKubectl(['create', 'secret', 'generic', 'harbor-ca', '-n', NS, `--from-file=ca.crt=${first.certFile}`]);
+    await eventually('recovered', async () => (await ready('internal'))?.reason === 'VolumePending');
+    const deployment = async () => (await owned('apps/v1', 'Deployment', 'regmirror-internal'))!;
+    const pod = (await deployment()).spec.template.spec;
+    assert.deepEqual(pod.volumes.find((v: { name: string }) => v.name === 'upstream-ca'), {
+      name: 'upstream-ca', projected: { defaultMode: 0o444, sources: [{ secret: { name: 'harbor-ca', items: [{ key: 'ca.crt', path: 'upstream-0-ca.crt' }] } }] },
+    });
+    assert.deepEqual(pod.containers[0].volumeMounts.find((m: { name: string }) => m.name === 'upstream-ca'), { name: 'upstream-ca', mountPath: '/run/secrets/regmirror-upstream-ca', readOnly: true });
+    const configMap = (await owned('v1', 'ConfigMap', 'regmirror-internal'))!;
+    assert.equal(parse(configMap.data!['config.yaml']!).upstreams[0].caFile, '/run/secrets/regmirror-upstream-ca/upstream-0-ca.crt');
+    assert.ok(!JSON.stringify(configMap).includes('BEGIN CERTIFICATE'), 'a path in the ConfigMap, not the bundle');
+
+    const checksum = async () => (await deployment()).spec.template.metadata.annotations[CHECKSUM_ANNOTATION] as string;
+    const before = await checksum();
+    const writeCa = (text: string) =>
+      mustKubectl(['apply', '-f', '-'], JSON.stringify({ apiVersion: 'v1', kind: 'Secret', metadata: { name: 'harbor-ca', namespace: NS }, stringData: { 'ca.crt': text } }));
+    await writeCa(second.certPem);
+    await eventually('rolled on a rotated CA', async () => (await checksum()) !== before);
+    const rotated = await checksum();
+
+    await writeCa('not a certificate');
+    const invalid = await eventually('InvalidCredentials', async () => (await ready('internal'))?.reason === 'InvalidCredentials' && ready('internal'));
+    assert.equal(invalid.message, 'Secret harbor-ca (CA for harbor.internal), key "ca.crt", holds no PEM certificate (-----BEGIN CERTIFICATE-----)');
+    assert.equal(await checksum(), rotated, 'the mirror is not rolled onto a bundle it would refuse');
   });
 
   it('watches Secrets by their metadata only: it lists and watches no Secret\'s data, reads by name only the Secrets RegistryMirrors name or it owns, and still follows both', async () => {

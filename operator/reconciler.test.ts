@@ -12,6 +12,7 @@ import { ApiError, type KubeApi, type KubeObject } from './kube/api.ts';
 import { DROPPED_PLACEMENTS_ANNOTATION } from './placement.ts';
 import { Reconciler } from './reconciler.ts';
 import { inputsFixture, mirrorFixture } from './test-fixtures.ts';
+import { makeCertificate } from '../test/harness/tls.ts';
 
 type Obj = KubeObject & { spec?: any; status?: any; data?: Record<string, string>; type?: string; reason?: string };
 
@@ -636,6 +637,42 @@ test('with spec.tls the nodes are given the CA from the TLS Secret: its ca.crt, 
   secrets.set('registry-cache/mirror-tls', { type: 'kubernetes.io/tls', data: { 'tls.crt': b64('cert'), 'tls.key': b64('key') } });
   await reconciler.reconcile('registry-cache/hub');
   assert.equal(caKey(), 'tls.crt');
+});
+
+test('an upstream CA Secret: missing is SecretNotFound, without its key or a PEM certificate InvalidCredentials, and nothing is rolled out onto it; found, it is mounted and a rotated CA rolls the mirror', async () => {
+  const spec = { upstreams: [{ registry: 'harbor.internal', caSecretRef: { name: 'harbor-ca' } }] };
+  const { server, secrets, reconciler, ready } = setup(spec);
+  const [first, second] = await Promise.all([makeCertificate({ commonName: 'harbor CA' }), makeCertificate({ commonName: 'harbor CA 2' })]);
+  const b64 = (s: string) => Buffer.from(s).toString('base64');
+  await reconciler.reconcile('registry-cache/hub');
+  assert.equal(ready()!.reason, 'SecretNotFound');
+  assert.equal(ready()!.message, 'Secret harbor-ca (CA for harbor.internal) not found in namespace registry-cache');
+  assert.equal(server.all('Event').find((e) => e.reason === 'SecretNotFound')?.type, 'Warning');
+  assert.equal(server.all('Deployment').length, 0);
+
+  secrets.set('registry-cache/harbor-ca', { data: { 'tls.crt': b64(first.certPem) } });
+  await reconciler.reconcile('registry-cache/hub');
+  assert.equal(ready()!.reason, 'InvalidCredentials');
+  assert.equal(ready()!.message, 'Secret harbor-ca (CA for harbor.internal) has no key "ca.crt"');
+  secrets.set('registry-cache/harbor-ca', { data: { 'ca.crt': b64('not a certificate') } });
+  await reconciler.reconcile('registry-cache/hub');
+  assert.equal(ready()!.message, 'Secret harbor-ca (CA for harbor.internal), key "ca.crt", holds no PEM certificate (-----BEGIN CERTIFICATE-----)');
+  assert.equal(server.all('Deployment').length, 0, 'no mirror that would refuse its caFile at start');
+
+  secrets.set('registry-cache/harbor-ca', { data: { 'ca.crt': b64(first.certPem) } });
+  await reconciler.reconcile('registry-cache/hub');
+  assert.equal(ready()!.reason, 'VolumePending');
+  const deployment = () => server.all('Deployment')[0]!;
+  const pod = deployment().spec.template.spec;
+  assert.deepEqual(pod.volumes.find((v: { name: string }) => v.name === 'upstream-ca').projected.sources, [{ secret: { name: 'harbor-ca', items: [{ key: 'ca.crt', path: 'upstream-0-ca.crt' }] } }]);
+  assert.ok(!JSON.stringify(server.all('ConfigMap')).includes(first.certPem.split('\n')[1]!), 'the bundle is not copied into the ConfigMap');
+  const checksum = () => deployment().spec.template.metadata.annotations[CHECKSUM_ANNOTATION];
+  const before = checksum();
+  await reconciler.reconcile('registry-cache/hub');
+  assert.equal(checksum(), before, 'the same CA rolls nothing');
+  secrets.set('registry-cache/harbor-ca', { data: { 'ca.crt': b64(second.certPem) } });
+  await reconciler.reconcile('registry-cache/hub');
+  assert.notEqual(checksum(), before, 'a rotated CA rolls the mirror');
 });
 
 test('a second RegistryMirror for the same nodes and files serves but configures no nodes, says why, and takes over once the first is gone', async () => {

@@ -4,8 +4,9 @@
 // returned. Deletion runs the node-cleanup finalizer.
 import { createHash } from 'node:crypto';
 import { HtpasswdLineError, parseHtpasswd } from '../common/htpasswd.ts';
+import { caBundleProblem } from '../common/pem.ts';
 import type { Logger } from '../common/logger.ts';
-import { API_VERSION, KIND, type RegistryMirror, type RegistryMirrorStatus, type Runtime } from './api/registry-mirror.ts';
+import { API_VERSION, DEFAULT_CA_KEY, KIND, type RegistryMirror, type RegistryMirrorStatus, type Runtime } from './api/registry-mirror.ts';
 import { InvalidCredentialsError, normaliseCredentials, type Credentials, type SecretLike } from './credentials.ts';
 import { desiredConfigMap, prefetchProblem } from './desired/config-map.ts';
 import {
@@ -393,6 +394,21 @@ export class Reconciler {
       upstreamCredentials,
       nodeAgentMode: mode,
     };
+
+    for (const upstream of spec.upstreams) {
+      const ref = upstream.caSecretRef;
+      if (!ref) continue;
+      const what = `CA for ${upstream.registry}`;
+      const found = await secret(ref.name);
+      if (!found) return missing(ref.name, what);
+      const key = ref.key ?? DEFAULT_CA_KEY;
+      const data = found.data?.[key];
+      if (!data) return invalid(`Secret ${ref.name} (${what}) has no key "${key}"`);
+      // the mirror's own rule: a bundle it refuses would crash-loop the pods rolled onto it
+      const problem = caBundleProblem(Buffer.from(data, 'base64').toString('utf8'));
+      if (problem) return invalid(`Secret ${ref.name} (${what}), key "${key}", ${problem}`);
+      (inputs.upstreamCas ??= new Map()).set(upstream.registry, createHash('sha256').update(data).digest('hex'));
+    }
 
     const htpasswdRef = spec.auth?.htpasswdSecretRef;
     if (htpasswdRef) {

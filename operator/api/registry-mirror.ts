@@ -20,6 +20,10 @@ export const REGISTRY_NAME_PATTERN = '^[a-z0-9]([a-z0-9-]*[a-z0-9])?(\\.[a-z0-9]
 export const QUANTITY_PATTERN = '^[0-9]+(\\.[0-9]+)?(Ki|Mi|Gi|Ti|Pi|Ei|k|M|G|T|P|E)?$';
 // Go-style durations as common/duration.ts reads them.
 export const DURATION_PATTERN = '^(0|([0-9]+(\\.[0-9]+)?(ns|us|µs|ms|s|m|h|d))+)$';
+// A Secret's (or ConfigMap's) data key, as Kubernetes checks it.
+const SECRET_KEY_PATTERN = '^[-._a-zA-Z0-9]+$';
+/** The key spec.upstreams[].caSecretRef reads when it names none: where cert-manager puts a CA. */
+export const DEFAULT_CA_KEY = 'ca.crt';
 const SECRET_NAME_PATTERN = '^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$';
 
 /** A CEL rule as the API server reads it (x-kubernetes-validations). */
@@ -78,8 +82,25 @@ export const UpstreamSchema = Type.Object(
     tagTTL: Type.Optional(
       Type.String({ maxLength: 64, pattern: DURATION_PATTERN, description: 'How long a tag\'s digest is trusted before asking upstream again (default 0s).' }),
     ),
+    caSecretRef: Type.Optional(
+      Type.Object(
+        {
+          name: SecretName,
+          key: Type.Optional(Type.String({ minLength: 1, maxLength: 253, pattern: SECRET_KEY_PATTERN, description: `The Secret's key holding the PEM bundle (default ${DEFAULT_CA_KEY}).` })),
+        },
+        {
+          additionalProperties: false,
+          description:
+            'A Secret in the RegistryMirror\'s namespace whose key holds the PEM certificates of the private CA (or the self-signed certificate) of an https upstream. They are trusted for this upstream only, as well as the usual public roots, and also for its token service and the storage it redirects to. A new CA in the Secret restarts the mirror.',
+        },
+      ),
+    ),
   },
-  { additionalProperties: false },
+  {
+    additionalProperties: false,
+    // The mirror refuses caFile on an http:// upstream (mirror/config.ts): say so when the spec is applied.
+    ...cel({ rule: "!has(self.caSecretRef) || !has(self.url) || self.url.startsWith('https://')", message: 'caSecretRef is for an https:// upstream; this url is http://', fieldPath: '.caSecretRef' }),
+  },
 );
 
 const RUNTIMES = ['containerd', 'docker', 'crio'] as const;

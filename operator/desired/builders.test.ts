@@ -13,7 +13,7 @@ import { desiredPersistentVolumeClaim } from './persistent-volume-claim.ts';
 import { desiredDeployment } from './deployment.ts';
 import { desiredService } from './service.ts';
 import { desiredCleanupDaemonSet, desiredDaemonSet, desiredRelocatedCleanupDaemonSet, MIRROR_UID_ANNOTATION, relocatedCleanupName } from './daemon-set.ts';
-import { CHECKSUM_ANNOTATION, PATHS } from './inputs.ts';
+import { CHECKSUM_ANNOTATION, PATHS, keyedChecksum } from './inputs.ts';
 import { inputsFixture, mirrorFixture } from '../test-fixtures.ts';
 
 const credentialed = {
@@ -300,6 +300,45 @@ test('with TLS the mirror serves HTTPS: certificate mounted, probes and endpoint
   assert.deepEqual(config.tls, { cert: `${PATHS.tlsDir}/tls.crt`, key: `${PATHS.tlsDir}/tls.key` });
   const daemonSet = desiredDaemonSet(inputs);
   assert.ok(daemonSet.spec.template.spec.containers[0]!.args.includes('https://10.96.0.42:5000'));
+});
+
+test('an upstream CA Secret is mounted read-only where the config\'s caFile points (the bundle itself in no ConfigMap), and a new CA rolls the mirror; without one the checksum is what it was', () => {
+  const spec = {
+    upstreams: [
+      { registry: 'docker.io' },
+      { registry: 'harbor.internal', url: 'https://harbor.internal', caSecretRef: { name: 'harbor-ca' } },
+      { registry: 'nexus.internal:8443', caSecretRef: { name: 'trust-bundle', key: 'bundle.pem' } },
+    ],
+  };
+  const cas = (harbor: string) => new Map([['harbor.internal', harbor], ['nexus.internal:8443', 'digest-of-nexus-bundle']]);
+  const inputs = inputsFixture({ upstreamCas: cas('digest-of-harbor-ca') }, spec);
+  const deployment = valid(Deployment, desiredDeployment(inputs));
+  const pod = deployment.spec!.template.spec!;
+  const volume = pod.volumes!.find((v) => v.name === 'upstream-ca')!;
+  assert.deepEqual(JSON.parse(JSON.stringify(volume.projected)), {
+    defaultMode: 0o444,
+    sources: [
+      { secret: { name: 'harbor-ca', items: [{ key: 'ca.crt', path: 'upstream-1-ca.crt' }] } },
+      { secret: { name: 'trust-bundle', items: [{ key: 'bundle.pem', path: 'upstream-2-ca.crt' }] } },
+    ],
+  });
+  assert.deepEqual(JSON.parse(JSON.stringify(pod.containers[0]!.volumeMounts!.find((m) => m.name === 'upstream-ca'))), { name: 'upstream-ca', mountPath: PATHS.upstreamCaDir, readOnly: true });
+
+  const text = desiredConfigMap(inputs).data[CONFIG_KEY];
+  const config = parse(text);
+  assert.equal(config.upstreams[0].caFile, undefined);
+  assert.equal(config.upstreams[1].caFile, `${PATHS.upstreamCaDir}/upstream-1-ca.crt`);
+  assert.equal(config.upstreams[2].caFile, `${PATHS.upstreamCaDir}/upstream-2-ca.crt`);
+  assert.ok(!text.includes('harbor-ca') && !text.includes('BEGIN CERTIFICATE'), 'a path, not the Secret or its content');
+  assert.ok(Value.Check(MirrorConfigFileSchema, config), 'a key the mirror reads');
+
+  const checksum = (i: ReturnType<typeof inputsFixture>) => desiredDeployment(i).spec.template.metadata.annotations[CHECKSUM_ANNOTATION];
+  assert.equal(checksum(inputsFixture({ upstreamCas: cas('digest-of-harbor-ca') }, spec)), checksum(inputs), 'stable for the same CAs');
+  assert.notEqual(checksum(inputsFixture({ upstreamCas: cas('digest-of-rotated-ca') }, spec)), checksum(inputs), 'a rotated CA rolls the mirror');
+  // a mirror without upstream CAs keeps its checksum across the operator upgrade that brought them: no roll for nothing
+  const plain = inputsFixture({ upstreamCredentials: credentials }, credentialed);
+  assert.equal(checksum(plain), keyedChecksum(plain.checksumKey, JSON.stringify(desiredConfigMap(plain).data), JSON.stringify(desiredSecret(plain).data), ''));
+  assert.equal(desiredDeployment(plain).spec.template.spec.volumes.some((v) => v.name === 'upstream-ca'), false);
 });
 
 test('the Service exposes port 5000 on a ClusterIP for the mirror pods', () => {

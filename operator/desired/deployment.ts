@@ -1,10 +1,11 @@
 // The mirror's Deployment. The pod template carries a keyed checksum of everything the mirror reads
-// at start (config, credentials, certificate), so changing any of them rolls the pods.
+// at start (config, credentials, certificate, upstream CAs), so changing any of them rolls the pods.
 import { parseQuantity } from '../../common/quantity.ts';
+import { DEFAULT_CA_KEY } from '../api/registry-mirror.ts';
 import { desiredConfigMap } from './config-map.ts';
 import { desiredSecret } from './secret.ts';
 import {
-  CHECKSUM_ANNOTATION, MIRROR_PORT, PATHS, keyedChecksum, labels, metadata, names, selector, type DesiredInputs,
+  CHECKSUM_ANNOTATION, MIRROR_PORT, PATHS, keyedChecksum, labels, metadata, names, selector, upstreamCaFileName, type DesiredInputs,
 } from './inputs.ts';
 
 const DEFAULT_RESOURCES = {
@@ -45,7 +46,22 @@ export function configChecksum(inputs: DesiredInputs): string {
     JSON.stringify(desiredConfigMap(inputs).data),
     JSON.stringify(desiredSecret(inputs).data),
     inputs.tlsDigest ?? '',
+    // nothing at all without upstream CAs: the checksum of a mirror without them stays what it was
+    inputs.upstreamCas?.size ? JSON.stringify([...inputs.upstreamCas].sort()) : '',
   );
+}
+
+/**
+ * The user's Secrets of spec.upstreams[].caSecretRef in one read-only volume, each key at the path
+ * the config names (upstreamCaFileName). A CA is public: readable by all, unlike the owned Secret.
+ */
+function upstreamCaVolume(inputs: DesiredInputs): Record<string, unknown> | undefined {
+  const sources = inputs.mirror.spec.upstreams.flatMap((upstream, index) => {
+    const ref = upstream.caSecretRef;
+    if (!ref || !inputs.upstreamCas?.has(upstream.registry)) return [];
+    return [{ secret: { name: ref.name, items: [{ key: ref.key ?? DEFAULT_CA_KEY, path: upstreamCaFileName(index) }] } }];
+  });
+  return sources.length > 0 ? { name: 'upstream-ca', projected: { sources, defaultMode: 0o444 } } : undefined;
 }
 
 export function desiredDeployment(inputs: DesiredInputs) {
@@ -71,6 +87,11 @@ export function desiredDeployment(inputs: DesiredInputs) {
     { name: 'storage', mountPath: PATHS.storage },
     { name: 'tmp', mountPath: '/tmp' },
   ];
+  const upstreamCa = upstreamCaVolume(inputs);
+  if (upstreamCa) {
+    volumes.push(upstreamCa);
+    volumeMounts.push({ name: 'upstream-ca', mountPath: PATHS.upstreamCaDir, readOnly: true });
+  }
   if (spec.tls) {
     volumes.push({ name: 'tls', secret: { secretName: spec.tls.secretName, defaultMode: 0o440 } });
     volumeMounts.push({ name: 'tls', mountPath: PATHS.tlsDir, readOnly: true });

@@ -21,6 +21,8 @@ export const PATHS = {
   configFile: '/etc/regmirror/config.yaml',
   secretsDir: '/run/secrets/regmirror',
   tlsDir: '/run/secrets/regmirror-tls',
+  /** The CA bundles of spec.upstreams[].caSecretRef, one file an upstream (upstreamCaFileName). */
+  upstreamCaDir: '/run/secrets/regmirror-upstream-ca',
   storage: '/var/lib/regmirror',
   /** In the node agent: the CA of an https mirror's certificate, from the TLS Secret. */
   nodeAgentCaDir: '/run/secrets/regmirror-ca',
@@ -91,6 +93,11 @@ export interface DesiredInputs {
   checksumKey: string;
   /** Upstream credentials by registry, already normalised from the referenced Secrets. */
   upstreamCredentials: Map<string, Credentials>;
+  /**
+   * A digest of each spec.upstreams[].caSecretRef bundle, by registry, once read and checked: the
+   * mirror mounts these Secrets, and a new CA in one rolls it. Absent: none is referenced.
+   */
+  upstreamCas?: Map<string, string>;
   /** Content of the user's htpasswd Secret, when spec.auth.htpasswdSecretRef is set. */
   htpasswd?: string;
   nodeCredentials?: NodeCredentials;
@@ -214,4 +221,9 @@ export function endpointAt(scheme: 'http' | 'https', serviceIP: string): string 
 /** Secret keys for one upstream's credentials; registry names may hold ':' which keys may not. */
 export function upstreamSecretKeys(index: number) {
   return { username: `upstream-${index}-username`, password: `upstream-${index}-password` };
+}
+
+/** The file, in PATHS.upstreamCaDir, of the CA bundle of the upstream at `index` (spec.upstreams[].caSecretRef). */
+export function upstreamCaFileName(index: number): string {
+  return `upstream-${index}-ca.crt`;
 }

@@ -83,7 +83,7 @@ export interface MirrorProcess {
  * `node bin/regmirror.ts mirror --config FILE` as a child process; with `launcher` (from
  * buildCompiled in compiled.ts), that launcher instead: the compiled programs, as the image runs them.
  */
-export async function startMirrorProcess(opts: TestMirrorOptions & { port?: number; /** More flags after --config FILE. */ args?: string[]; launcher?: string }): Promise<MirrorProcess> {
+export async function startMirrorProcess(opts: TestMirrorOptions & { port?: number; /** More flags after --config FILE. */ args?: string[]; launcher?: string; /** More environment variables for the mirror (NODE_EXTRA_CA_CERTS, for one). */ env?: Record<string, string> }): Promise<MirrorProcess> {
   const port = opts.port ?? (await freePort());
   const file = await configFor({ ...opts, logLevel: opts.logLevel ?? 'info' }, port);
   const dir = await makeTempDir('mirror-config');
@@ -92,8 +92,8 @@ export async function startMirrorProcess(opts: TestMirrorOptions & { port?: numb
   const root = path.resolve(import.meta.dirname, '../..');
   const programArgs = ['mirror', '--config', configFile, ...(opts.args ?? [])];
   const [command, args, env] = opts.launcher
-    ? ['sh', [opts.launcher, ...programArgs], launcherEnv()]
-    : [process.execPath, [path.join(root, 'bin/regmirror.ts'), ...programArgs], process.env];
+    ? ['sh', [opts.launcher, ...programArgs], { ...launcherEnv(), ...opts.env }]
+    : [process.execPath, [path.join(root, 'bin/regmirror.ts'), ...programArgs], { ...process.env, ...opts.env }];
   const child = await spawnServer(command, args, {
     env,
     cwd: root,

@@ -90,7 +90,7 @@ async function startRegistryOnce(opts: StartRegistryOptions): Promise<RegistrySe
   const configFile = path.join(dir, 'config.yml');
   const url = `${opts.tls ? 'https' : 'http'}://127.0.0.1:${port}`;
   const instance = randomUUID();
-  const ca = opts.tls?.certPem;
+  const ca = opts.tls?.caPem;
   const config: Record<string, unknown> = {
     version: 0.1,
     log: { level: opts.quiet ? 'warn' : 'info', formatter: 'text', accesslog: { disabled: opts.quiet ?? false } },

@@ -1,19 +1,23 @@
-// Self-signed certificates for servers on 127.0.0.1: the certificate is its own CA, so clients
-// trust it by being given the same file (containerd's `ca =`, Node's `ca`, NODE_EXTRA_CA_CERTS).
-import { readFile } from 'node:fs/promises';
+// Certificates for servers on 127.0.0.1. By default self-signed: the certificate is its own CA, so
+// clients trust it by being given the same file (containerd's `ca =`, Node's `ca`,
+// NODE_EXTRA_CA_CERTS). With `issuer`, a server certificate signed by that one (a private CA, as an
+// internal Harbor or Artifactory has), which clients trust by being given the issuer's file.
+import { readFile, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import { makeTempDir, runCommand } from './process.ts';
 
 export interface TestCertificate {
   certFile: string;
   keyFile: string;
-  /** Same as certFile: a self-signed certificate is its own CA. */
+  /** The CA that signed it: certFile when self-signed, else the issuer's certFile. */
   caFile: string;
   certPem: string;
   keyPem: string;
+  /** The content of caFile. */
+  caPem: string;
 }
 
-export async function makeCertificate(opts: { commonName?: string; ips?: string[]; dnsNames?: string[]; days?: number } = {}): Promise<TestCertificate> {
+export async function makeCertificate(opts: { commonName?: string; ips?: string[]; dnsNames?: string[]; days?: number; issuer?: TestCertificate } = {}): Promise<TestCertificate> {
   const dir = await makeTempDir('tls');
   const certFile = path.join(dir, 'tls.crt');
   const keyFile = path.join(dir, 'tls.key');
@@ -21,15 +25,29 @@ export async function makeCertificate(opts: { commonName?: string; ips?: string[
   const dnsNames = opts.dnsNames ?? ['localhost'];
   // Go (containerd, distribution) ignores the CN and needs the address in subjectAltName
   const san = [...ips.map((ip) => `IP:${ip}`), ...dnsNames.map((name) => `DNS:${name}`)].join(',');
-  const result = await runCommand('openssl', [
-    'req', '-x509', '-newkey', 'ec', '-pkeyopt', 'ec_paramgen_curve:prime256v1', '-nodes',
-    '-keyout', keyFile, '-out', certFile, '-days', String(opts.days ?? 2),
-    '-subj', `/CN=${opts.commonName ?? 'regmirror test'}`,
-    '-addext', `subjectAltName=${san}`,
-    '-addext', 'basicConstraints=critical,CA:TRUE',
-    '-addext', 'keyUsage=critical,digitalSignature,keyCertSign',
-    '-addext', 'extendedKeyUsage=serverAuth',
-  ]);
-  if (result.code !== 0) throw new Error(`openssl could not make a certificate:\n${result.stderr}`);
-  return { certFile, keyFile, caFile: certFile, certPem: await readFile(certFile, 'utf8'), keyPem: await readFile(keyFile, 'utf8') };
+  const openssl = async (args: string[]) => {
+    const result = await runCommand('openssl', args);
+    if (result.code !== 0) throw new Error(`openssl could not make a certificate:\n${result.stderr}`);
+  };
+  const newKey = ['-newkey', 'ec', '-pkeyopt', 'ec_paramgen_curve:prime256v1', '-nodes', '-keyout', keyFile];
+  const subject = ['-subj', `/CN=${opts.commonName ?? 'regmirror test'}`];
+  const days = ['-days', String(opts.days ?? 2)];
+  if (opts.issuer) {
+    const csrFile = path.join(dir, 'tls.csr');
+    const extFile = path.join(dir, 'ext.cnf');
+    await writeFile(extFile, `subjectAltName=${san}\nbasicConstraints=critical,CA:FALSE\nkeyUsage=critical,digitalSignature\nextendedKeyUsage=serverAuth\n`);
+    await openssl(['req', '-new', ...newKey, '-out', csrFile, ...subject]);
+    await openssl(['x509', '-req', '-in', csrFile, '-CA', opts.issuer.certFile, '-CAkey', opts.issuer.keyFile, '-set_serial', String(Date.now()), '-out', certFile, ...days, '-extfile', extFile]);
+  } else {
+    await openssl([
+      'req', '-x509', ...newKey, '-out', certFile, ...days, ...subject,
+      '-addext', `subjectAltName=${san}`,
+      '-addext', 'basicConstraints=critical,CA:TRUE',
+      '-addext', 'keyUsage=critical,digitalSignature,keyCertSign',
+      '-addext', 'extendedKeyUsage=serverAuth',
+    ]);
+  }
+  const certPem = await readFile(certFile, 'utf8');
+  const caFile = opts.issuer?.certFile ?? certFile;
+  return { certFile, keyFile, caFile, certPem, keyPem: await readFile(keyFile, 'utf8'), caPem: opts.issuer?.certPem ?? certPem };
 }
