@@ -311,10 +311,13 @@ export class PullThroughCache {
     }
     const mediaType = manifestMediaType(header(response.headers, 'content-type'), bytes);
     if (!mediaType) {
-      // The upstream has it, but it is no image manifest or index (a custom artifact type): not an
-      // outage, and a client that falls back to the upstream on a 404 (containerd) still gets it.
-      const declared = header(response.headers, 'content-type')?.split(';')[0]?.trim() || 'unnamed';
-      throw new RegistryError('MANIFEST_UNKNOWN', 404, `${reference} is a manifest of type ${declared.slice(0, 200)}, which this mirror does not serve (it serves ${MANIFEST_MEDIA_TYPES.join(', ')})`, { reference });
+      const custom = customManifestType(bytes);
+      // Not a manifest at all (a proxy's or CDN's HTML page answering 200): the upstream failed,
+      // and a stored tag is served instead (revalidateTag).
+      if (!custom) throw upstreamUnavailable(repo.upstream.registry, `it answered ${reference} with a document that is not a manifest`);
+      // A manifest of a custom artifact type, which the upstream has: not an outage, and a client
+      // that falls back to the upstream on a 404 (containerd) still gets it.
+      throw new RegistryError('MANIFEST_UNKNOWN', 404, `${reference} is a manifest of type ${custom.slice(0, 200)}, which this mirror does not serve (it serves ${MANIFEST_MEDIA_TYPES.join(', ')})`, { reference });
     }
     const digest = parseDigest(actual);
     try {
@@ -730,6 +733,18 @@ function manifestMediaType(contentType: string | undefined, bytes: Buffer): stri
   return undefined;
 }
 
+/** The media type a JSON manifest of another kind declares (an artifact's own type), if it is one. */
+function customManifestType(bytes: Buffer): string | undefined {
+  try {
+    const document = JSON.parse(bytes.toString('utf8')) as { schemaVersion?: unknown; mediaType?: unknown; artifactType?: unknown };
+    if (typeof document !== 'object' || document === null || document.schemaVersion !== 2) return undefined;
+    if (typeof document.mediaType === 'string' && document.mediaType !== '') return document.mediaType;
+    return typeof document.artifactType === 'string' && document.artifactType !== '' ? document.artifactType : undefined;
+  } catch {
+    return undefined;
+  }
+}
+
 /**
  * A manifest's bytes, counted as they arrive: an upstream that sends no Content-Length (chunked)
  * is stopped at the limit too, rather than read into memory whole.
@@ -777,7 +792,8 @@ function decodedBody(response: UpstreamResponse): AsyncIterable<Uint8Array> {
     : coding === 'br' ? createBrotliDecompress()
     : undefined;
   if (!decoder) {
-    response.body.destroy();
+    // an 'error' listener first: destroying undici's body emits one, and unheard it ends the process
+    response.body.on('error', () => {}).destroy();
     throw manifestInvalid(`upstream sent the manifest with Content-Encoding ${coding}, which the mirror cannot decode`);
   }
   // leaving the reading loop early (over the size limit) destroys the decoder, and so the body

@@ -12,6 +12,7 @@ import { startRegistry, type RegistryServer } from '../test/harness/registry.ts'
 import { startTestMirror, temporaryFiles, type TestMirror } from '../test/harness/mirror.ts';
 import { startFaultProxy } from '../test/harness/fault-proxy.ts';
 import { retryAfterMs } from './cache.ts';
+import { nextPageLink } from './routes.ts';
 
 const sha256 = (bytes: Buffer) => `sha256:${createHash('sha256').update(bytes).digest('hex')}`;
 
@@ -54,6 +55,8 @@ describe('pull-through cache', () => {
     const storagePath = path.join(await makeTempDir('store-modes'), 'data');
     await mkdir(path.join(storagePath, 'blobs'), { recursive: true, mode: 0o755 });
     await chmod(path.join(storagePath, 'blobs'), 0o755); // as a version before the modes made it
+    await mkdir(path.join(storagePath, 'manifests'));
+    await chmod(path.join(storagePath, 'manifests'), 0o2775); // set-group-ID, as kubelet leaves a volume with fsGroup
     const mirror = await startTestMirror({ upstreams: [{ registry: 'docker.io', url: upstream.url }], storagePath });
     try {
       await copyThrough(mirror, 'library/app:v1');
@@ -70,6 +73,8 @@ describe('pull-through cache', () => {
       };
       await walk(storagePath);
       assert.ok(files >= image.layers.length + 2, `${files} files written`);
+      assert.equal((await stat(path.join(storagePath, 'manifests'))).mode & 0o7777, 0o2750, 'the set-group-ID bit stays');
+      assert.equal((await stat(path.join(storagePath, 'manifests', 'sha256'))).mode & 0o2000, 0o2000, 'and what is made below inherits it');
       assert.deepEqual(open, [], 'nothing readable by others');
     } finally {
       await mirror.stop();
@@ -499,6 +504,40 @@ describe('pull-through cache', () => {
     }
   });
 
+  test('a manifest with a Content-Encoding the mirror cannot decode is 400 MANIFEST_INVALID, and the mirror goes on serving', async () => {
+    const proxy = await startFaultProxy({ target: upstream.url });
+    proxy.addRule({ method: 'GET', path: /\/manifests\/v1$/, headers: { 'content-encoding': 'zstd' } });
+    const mirror = await startTestMirror({ upstreams: [{ registry: 'docker.io', url: proxy.url }] });
+    try {
+      const res = await httpRequest(`${mirror.url}/v2/library/app/manifests/v1`, { headers: { accept: image.mediaType } });
+      assert.equal(res.status, 400, res.body.toString());
+      assert.match(JSON.parse(res.body.toString()).errors[0].message, /Content-Encoding zstd/);
+      await sleep(200); // an unheard 'error' event from the destroyed body would come now
+      assert.equal((await httpRequest(`${mirror.url}/v2/library/app/manifests/${image.digest}`, { headers: { accept: image.mediaType } })).status, 200);
+    } finally {
+      await mirror.stop();
+      await proxy.stop();
+    }
+  });
+
+  test('a stored tag is served when the upstream answers its GET with a page that is no manifest (a proxy\'s HTML), as in any outage', async () => {
+    const proxy = await startFaultProxy({ target: upstream.url });
+    const mirror = await startTestMirror({ upstreams: [{ registry: 'docker.io', url: proxy.url, tagTTL: '0s' }] });
+    try {
+      assert.equal((await httpRequest(`${mirror.url}/v2/library/app/manifests/v1`, { headers: { accept: image.mediaType } })).status, 200);
+      proxy.addRule({ method: 'HEAD', status: 405 });
+      proxy.addRule({ method: 'GET', path: /\/manifests\/v1$/, status: 200, headers: { 'content-type': 'text/html' }, body: '<html><body>down for maintenance</body></html>' });
+      const res = await httpRequest(`${mirror.url}/v2/library/app/manifests/v1`, { headers: { accept: image.mediaType } });
+      assert.equal(res.status, 200, res.body.toString());
+      assert.equal(res.headers['docker-content-digest'], image.digest);
+      const cold = await httpRequest(`${mirror.url}/v2/library/other/manifests/v1`, { headers: { accept: image.mediaType } });
+      assert.equal(cold.status, 502, 'a tag not stored: the upstream failed');
+    } finally {
+      await mirror.stop();
+      await proxy.stop();
+    }
+  });
+
   test('a manifest of a type the mirror does not serve (a custom artifact type) is 404 MANIFEST_UNKNOWN naming the type, not an outage, and nothing is stored', async () => {
     const proxy = await startFaultProxy({ target: upstream.url });
     const custom = 'application/vnd.example.custom.manifest.v1+json';
@@ -619,4 +658,16 @@ test('Retry-After is read as delta-seconds or an HTTP date, and anything else is
   assert.equal(retryAfterMs('Sat, 28 Nov 2026 10:05:00 GMT', now), 300_000);
   assert.equal(retryAfterMs('soon', now), undefined);
   assert.equal(retryAfterMs(undefined, now), undefined);
+});
+
+test('an upstream\'s next-page Link is rebuilt, pointing at this mirror: other links it carries, and oversized ones, are not passed on', () => {
+  assert.equal(nextPageLink('</v2/org/app/tags/list?n=1&last=a>; rel="next"', 'org/app', 'ghcr.io', 'tags/list'), '</v2/org/app/tags/list?n=1&last=a&ns=ghcr.io>; rel="next"');
+  assert.equal(
+    nextPageLink('</v2/org/app/tags/list?n=1&last=a>; rel="next", <https://evil.example/steal>; rel="next"', 'org/app', undefined, 'tags/list'),
+    '</v2/org/app/tags/list?n=1&last=a>; rel="next"',
+  );
+  assert.equal(nextPageLink(`</v2/org/app/tags/list?n=1&last=${'a'.repeat(5000)}>; rel="next"`, 'org/app', undefined, 'tags/list'), undefined);
+  assert.equal(nextPageLink('</v2/org/app/tags/list?n=1&last=a>; rel="prev"', 'org/app', undefined, 'tags/list'), undefined);
+  const digest = `sha256:${'1'.repeat(64)}`;
+  assert.equal(nextPageLink(`<https://upstream.example/v2/org/app/referrers/${digest}?page=2>; rel="next"; title="x"`, 'org/app', undefined, `referrers/${digest}`), `</v2/org/app/referrers/${digest}?page=2>; rel="next"`);
 });

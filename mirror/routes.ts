@@ -118,7 +118,8 @@ export function registerRoutes(app: FastifyInstance, context: RouteContext): voi
         const repo = repositoryFor(context, referrers[1]!, query.ns);
         const digest = parseDigest(referrers[2]!);
         const params: Record<string, string> = {};
-        for (const [key, value] of Object.entries(query)) if (key !== 'ns' && typeof value === 'string') params[key] = value;
+        // a parameter given twice: its first value (the spec names one artifactType per request)
+        for (const [key, value] of Object.entries(query)) if (key !== 'ns' && value !== undefined) params[key] = Array.isArray(value) ? value[0]! : value;
         const answer = await context.cache.referrers(repo, digest, params);
         const next = answer.link ? nextPageLink(answer.link, referrers[1]!, query.ns, `referrers/${digest.text}`) : undefined;
         if (next) reply.header('link', next);
@@ -321,8 +322,11 @@ export function acceptsManifest(accept: string | undefined, mediaType: string): 
  * the upstream's path without ?ns= and so reach the default registry. Undefined when it is not one.
  */
 export function nextPageLink(link: string, clientName: string, ns: string | string[] | undefined, endpoint: 'tags/list' | `referrers/${string}`): string | undefined {
-  const match = /^\s*<([^>]*)>(.*)$/.exec(link);
-  if (!match) return undefined;
+  // Only the next page is taken from the upstream's header, and rebuilt: other links it may carry
+  // (to anywhere), and its other parameters, are not passed on.
+  if (link.length > MAX_LINK_LENGTH) return undefined;
+  const match = /^\s*<([^>]*)>([^,]*)/.exec(link);
+  if (!match || !/;\s*rel="?next"?\s*(?:;|$)/i.test(match[2]!)) return undefined;
   let upstream: URL;
   try {
     upstream = new URL(match[1]!, 'http://upstream.invalid');
@@ -339,8 +343,11 @@ export function nextPageLink(link: string, clientName: string, ns: string | stri
     for (const [key, value] of upstream.searchParams) if (key !== 'ns') params.append(key, value);
   }
   if (typeof ns === 'string' && ns !== '') params.set('ns', ns);
-  return `</v2/${clientName}/${endpoint}?${params.toString()}>${match[2]}`;
+  return `</v2/${clientName}/${endpoint}?${params.toString()}>; rel="next"`;
 }
+
+/** An upstream's next-page Link longer than this is not passed on (a page's parameters fit easily). */
+const MAX_LINK_LENGTH = 4096;
 
 /** A single `bytes=` range; anything else (several ranges, other units, bad syntax) is ignored, as RFC 9110 allows. */
 export function parseRange(header: string | undefined, size: number): { start: number; end: number } | 'unsatisfiable' | undefined {

@@ -137,8 +137,10 @@ export class ContentStore {
   async init(): Promise<{ removed: RemovedInstance[]; removedLoose: number; liveInstances: number }> {
     for (const dir of [BLOBS, MANIFESTS, TAGS, TMP]) {
       await mkdir(join(this.root, dir), { recursive: true, mode: DIR_MODE });
-      // a store made by a version before DIR_MODE: closing the top directories closes what is under them
-      await chmod(join(this.root, dir), DIR_MODE).catch((error: NodeJS.ErrnoException) => {
+      // A store made by a version before DIR_MODE: closing the top directories closes what is under
+      // them. The setgid bit stays (a pod's fsGroup: what is made below keeps the volume's group).
+      const { mode } = await stat(join(this.root, dir));
+      await chmod(join(this.root, dir), DIR_MODE | (mode & 0o2000)).catch((error: NodeJS.ErrnoException) => {
         if (error.code !== 'EPERM') throw error; // made by another user: left as it is
       });
     }

@@ -40,8 +40,8 @@ after(async () => {
   await kube?.stop();
 });
 
-test('examples/ has RegistryMirrors for Docker Hub with credentials, several registries and CRI-O nodes', () => {
-  for (const name of ['docker-hub-with-credentials.yaml', 'several-registries.yaml', 'crio-nodes.yaml', 'minimal.yaml']) assert.ok(examples.includes(name), name);
+test('examples/ has RegistryMirrors for Docker Hub with credentials, several registries, CRI-O nodes and a registry behind a private CA', () => {
+  for (const name of ['docker-hub-with-credentials.yaml', 'several-registries.yaml', 'crio-nodes.yaml', 'minimal.yaml', 'private-registry-ca.yaml']) assert.ok(examples.includes(name), name);
   for (const file of examples) {
     const kinds = parseManifests(readFileSync(path.join(EXAMPLES_DIR, file), 'utf8')).map((o) => o.kind);
     assert.ok(kinds.includes('RegistryMirror'), `${file} holds a RegistryMirror`);
