@@ -282,9 +282,10 @@ describe('an https upstream whose certificate a private CA signed, or is self-si
       const res = await httpRequest(`${mirror.url}/v2/library/app/manifests/v1?ns=self.internal`);
       assert.equal(res.status, 200);
       assert.equal(res.headers['docker-content-digest'], image.manifestDigest);
+      // with a caFile each of its certificates is an anchor (allowPartialTrustChain), and OpenSSL names the miss so
       assert.equal(
         await refusal(mirror, 'registry.internal'),
-        `upstream registry.internal unavailable: the certificate of ${internal.host} is not trusted (UNABLE_TO_VERIFY_LEAF_SIGNATURE): it is not signed by a CA in this upstream's caFile ${selfSigned.caFile}, nor by one of the default roots`,
+        `upstream registry.internal unavailable: the certificate of ${internal.host} is not trusted (UNABLE_TO_GET_ISSUER_CERT_LOCALLY): it is not signed by a CA in this upstream's caFile ${selfSigned.caFile}, nor by one of the default roots`,
       );
     } finally {
       await mirror.stop();
@@ -294,6 +295,25 @@ describe('an https upstream whose certificate a private CA signed, or is self-si
       assert.match(await refusal(untrusting), /^upstream self\.internal unavailable: the certificate of \S+ is not trusted \(DEPTH_ZERO_SELF_SIGNED_CERT\)/);
     } finally {
       await untrusting.stop();
+    }
+  });
+
+  test('a caFile holding only the issuing (intermediate) CA is enough, as for containerd and skopeo: the server sends the intermediate, the root is nowhere', async () => {
+    const root = await makeCertificate({ commonName: 'regmirror test root CA' });
+    const issuing = await makeCertificate({ commonName: 'regmirror test issuing CA', issuer: root, ca: true });
+    const leaf = await makeCertificate({ commonName: 'harbor.internal', issuer: issuing });
+    const chainFile = path.join(await makeTempDir('ca-chain'), 'chain.crt');
+    await writeFile(chainFile, `${leaf.certPem}${issuing.certPem}`);
+    // the harness checks the registry is up trusting the root, as a client with the whole chain would
+    const harbor = await startRegistry({ tls: { ...leaf, certFile: chainFile, caFile: root.certFile, caPem: root.certPem }, storageDir: internal.storageDir });
+    const mirror = await startTestMirror({ upstreams: [{ registry: 'harbor.internal', url: harbor.url, caFile: issuing.certFile }] });
+    try {
+      const res = await httpRequest(`${mirror.url}/v2/library/app/manifests/v1`);
+      assert.equal(res.status, 200, res.body.toString());
+      assert.equal(res.headers['docker-content-digest'], image.manifestDigest);
+    } finally {
+      await mirror.stop();
+      await harbor.stop();
     }
   });
 

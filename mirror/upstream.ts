@@ -93,7 +93,12 @@ export class UpstreamClient {
       new Agent({
         // Node's own default set (its bundled roots, NODE_EXTRA_CA_CERTS, the system store under
         // --use-system-ca) and the upstream's: `ca` replaces the default set, it does not add to it.
-        connect: { timeout: this.timeouts.connectMs, ...(config.ca ? { ca: [...getCACertificates('default'), ...config.ca.certificates] } : {}) },
+        // Each certificate of caFile is a trust anchor, root or not (allowPartialTrustChain), as Go
+        // clients take a certs.d ca.crt: a file holding only the issuing CA is enough.
+        connect: {
+          timeout: this.timeouts.connectMs,
+          ...(config.ca ? { ca: [...getCACertificates('default'), ...config.ca.certificates], allowPartialTrustChain: true } : {}),
+        },
         headersTimeout: this.timeouts.headersMs,
         bodyTimeout: this.timeouts.bodyIdleMs,
         keepAliveTimeout: 30_000,

@@ -17,7 +17,11 @@ export interface TestCertificate {
   caPem: string;
 }
 
-export async function makeCertificate(opts: { commonName?: string; ips?: string[]; dnsNames?: string[]; days?: number; issuer?: TestCertificate } = {}): Promise<TestCertificate> {
+/**
+ * `issuer` with `ca`: an intermediate CA that issuer signed (an organisation's issuing CA under its
+ * root). A server with a certificate it signs sends the intermediate too: serve a file holding both.
+ */
+export async function makeCertificate(opts: { commonName?: string; ips?: string[]; dnsNames?: string[]; days?: number; issuer?: TestCertificate; ca?: boolean } = {}): Promise<TestCertificate> {
   const dir = await makeTempDir('tls');
   const certFile = path.join(dir, 'tls.crt');
   const keyFile = path.join(dir, 'tls.key');
@@ -35,7 +39,9 @@ export async function makeCertificate(opts: { commonName?: string; ips?: string[
   if (opts.issuer) {
     const csrFile = path.join(dir, 'tls.csr');
     const extFile = path.join(dir, 'ext.cnf');
-    await writeFile(extFile, `subjectAltName=${san}\nbasicConstraints=critical,CA:FALSE\nkeyUsage=critical,digitalSignature\nextendedKeyUsage=serverAuth\n`);
+    await writeFile(extFile, opts.ca
+      ? 'basicConstraints=critical,CA:TRUE\nkeyUsage=critical,digitalSignature,keyCertSign\n'
+      : `subjectAltName=${san}\nbasicConstraints=critical,CA:FALSE\nkeyUsage=critical,digitalSignature\nextendedKeyUsage=serverAuth\n`);
     await openssl(['req', '-new', ...newKey, '-out', csrFile, ...subject]);
     await openssl(['x509', '-req', '-in', csrFile, '-CA', opts.issuer.certFile, '-CAkey', opts.issuer.keyFile, '-set_serial', String(Date.now()), '-out', certFile, ...days, '-extfile', extFile]);
   } else {
