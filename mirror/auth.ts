@@ -88,8 +88,9 @@ export class HtpasswdAuth {
   /** Comparisons running or waiting, by client address (MAX_COMPARING_PER_CLIENT). */
   private readonly perClient = new Map<string, number>();
   /**
-   * Comparisons under way, by credentials key and the hash compared against: a node's first requests after a start come several
-   * at once with the same credentials (layers pulled in parallel), and they share one comparison.
+   * Comparisons under way, by credentials key and the hash compared against: a node's first
+   * requests after a start come several at once with the same credentials (layers pulled in
+   * parallel), and they share one comparison.
    */
   private readonly checking = new Map<string, Promise<boolean>>();
 

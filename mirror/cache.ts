@@ -805,7 +805,7 @@ function decodedBody(response: UpstreamResponse): AsyncIterable<Uint8Array> {
  * One page of tags as the distribution spec pages them: sorted, those after `last`, at most `n`,
  * with a `Link` to the next page when more are left (routes.ts points it back at the client's path).
  */
-export function pageOfTags(name: string, tags: string[], query: Record<string, string>): { body: { name: string; tags: string[] }; link?: string } {
+function pageOfTags(name: string, tags: string[], query: Record<string, string>): { body: { name: string; tags: string[] }; link?: string } {
   const sorted = [...tags].sort();
   const after = query.last === undefined ? sorted : sorted.filter((tag) => tag > query.last!);
   const n = query.n === undefined ? Number.NaN : Number(query.n);
