@@ -68,15 +68,15 @@ test('config_path is found in containerd 1.x and 2.x configs, and its absence is
   const v2 = `version = 2\n[plugins."io.containerd.grpc.v1.cri".registry]\n  config_path = "/etc/containerd/certs.d"\n`;
   assert.deepEqual(setup(v2), {
     version: 2, versionFile: 'config.toml', registryTable: '[plugins."io.containerd.grpc.v1.cri".registry]',
-    configPath: '/etc/containerd/certs.d', criDisabled: false, legacyMirrors: false, misplaced: [], unusable: undefined,
+    configPath: '/etc/containerd/certs.d', criDisabled: false, legacyMirrors: false, listIgnoredByTransfer: false, containerd2Differs: [], misplaced: [], unusable: undefined,
   });
   const v1 = `[plugins.cri.registry]\nconfig_path = "/etc/containerd/certs.d"\n`;
   assert.equal(setup(v1).configPath, '/etc/containerd/certs.d');
   assert.equal(setup(`[plugins."cri".registry]\nconfig_path = "/etc/containerd/certs.d"\n`).configPath, '/etc/containerd/certs.d');
   const v3 = `version = 3\n[plugins."io.containerd.cri.v1.images".registry]\nconfig_path = "/etc/containerd/certs.d"\n`;
   assert.equal(setup(v3).configPath, '/etc/containerd/certs.d');
-  // containerd 2.x has a default; 1.x has none
-  assert.equal(setup('version = 3\n').configPath, '/etc/containerd/certs.d:/etc/docker/certs.d');
+  // no default that counts: containerd 2.0 and 2.1 have none, 2.2's is a list their CRI pulls do not read
+  assert.equal(setup('version = 3\n').configPath, undefined);
   assert.equal(setup('version = 2\nroot = "/var/lib/containerd"\n').configPath, undefined);
   const legacy = `version = 2\n[plugins."io.containerd.grpc.v1.cri".registry.mirrors."docker.io"]\nendpoint = ["https://m"]\n`;
   assert.equal(setup(legacy).configPath, undefined);
@@ -96,13 +96,31 @@ test('config_path counts only in the table containerd reads for the config\'s ve
   assert.equal(v1Uri.registryTable, '[plugins.cri.registry]');
   assert.deepEqual(v1Uri.misplaced, ['config.toml sets it under [plugins."io.containerd.grpc.v1.cri".registry], a table containerd reads only in a version 2 config']);
   assert.equal(setup(`version = 1\n${table(GRPC)}`).configPath, undefined);
-  // version 2: the CRI plugin's URI; containerd 2.x's images table and the version 1 ID are not read
+  // version 2: the CRI plugin's URI; the version 1 ID is not read, containerd 2.x's images table only by 2.x
   assert.equal(setup(`version = 2\n${table(IMAGES)}`).configPath, undefined);
-  assert.match(setup(`version = 2\n${table(IMAGES)}`).misplaced[0]!, /\[plugins."io.containerd.cri.v1.images".registry\], a table containerd reads only in a version 3 config/);
+  assert.match(setup(`version = 2\n${table(IMAGES)}`).misplaced[0]!, /\[plugins."io.containerd.cri.v1.images".registry\], a table containerd 2.x reads in a version 2 config too, but containerd 1.x does not .*set it under \[plugins."io.containerd.grpc.v1.cri".registry\], which both read/);
   assert.equal(setup(`version = 2\n${table('cri')}`).configPath, undefined);
-  // version 3 (containerd 2.x): only the images plugin's; another table's setting leaves the default
-  assert.equal(setup(`version = 3\n${table(GRPC).replace('/etc/containerd/certs.d', '/elsewhere')}`).configPath, '/etc/containerd/certs.d:/etc/docker/certs.d');
+  // version 3 (containerd 2.x): only the images plugin's
+  assert.equal(setup(`version = 3\n${table(GRPC)}`).configPath, undefined);
+  assert.match(setup(`version = 3\n${table(GRPC)}`).misplaced[0]!, /a table containerd reads only in a version 2 config/);
   assert.equal(setup(`version = 3\n[plugins.${IMAGES}.registry]\n  config_path = ""\n`).configPath, undefined, 'set empty: no hosts directory');
+});
+
+test('a config_path list is read by containerd 2.1+ only when it pulls for the CRI itself, not through its transfer service', () => {
+  const IMAGES = '"io.containerd.cri.v1.images"';
+  const list = (version: number, table: string, extra = '') => `version = ${version}\n[plugins.${table}]\n${extra}[plugins.${table}.registry]\n  config_path = "/etc/containerd/certs.d:/etc/docker/certs.d"\n`;
+  assert.equal(setup(list(3, IMAGES)).listIgnoredByTransfer, true);
+  assert.equal(setup(`version = 3\n[plugins.${IMAGES}.registry]\n  config_path = "/etc/containerd/certs.d"\n`).listIgnoredByTransfer, false, 'one directory');
+  for (const local of ['use_local_image_pull = true', 'disable_snapshot_annotations = false', 'discard_unpacked_layers = true', 'image_pull_with_sync_fs = true', 'max_concurrent_downloads = 10']) {
+    assert.equal(setup(list(3, IMAGES, `  ${local}\n`)).listIgnoredByTransfer, false, local);
+  }
+  assert.equal(setup(list(3, IMAGES, '  max_concurrent_downloads = 3\n')).listIgnoredByTransfer, true);
+  // version 2: containerd 1.x and 2.0 read the list, so it is a difference to warn about, not a problem
+  const v2 = setup(list(2, '"io.containerd.grpc.v1.cri"'));
+  assert.equal(v2.configPath, '/etc/containerd/certs.d:/etc/docker/certs.d');
+  assert.match(v2.containerd2Differs[0]!, /containerd 2\.1 and later take the list for one directory/);
+  // version 1: containerd 2.x does not read [plugins.cri]
+  assert.match(setup(`[plugins.cri.registry]\n  config_path = "/d"\n`).containerd2Differs[0]!, /which containerd 1\.x reads but containerd 2\.x does not/);
 });
 
 test('imported files merge as containerd merges them: the last version wins, a later plugin table replaces an earlier one whole', () => {

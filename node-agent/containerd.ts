@@ -121,18 +121,26 @@ export interface ContainerdRegistrySetup {
   criDisabled: boolean;
   /** The legacy `registry.mirrors` table is set; containerd then refuses config_path. */
   legacyMirrors: boolean;
+  /**
+   * config_path lists several directories (`a:b`) and containerd 2.1+ pulls for the CRI through its
+   * transfer service, which takes the list for one directory (containerd#12415): certain in a version
+   * 3 config (a problem), possible in a version 1 or 2 one (containerd 1.x and 2.0 read the list).
+   */
+  listIgnoredByTransfer: boolean;
+  /** What containerd 2.x reads otherwise than 1.x in a version 1 or 2 config, in words (the agent cannot tell which runs). */
+  containerd2Differs: string[];
   /** Why a config_path in the files is not the one containerd reads, in words naming file and table. */
   misplaced: string[];
   /** The configuration is one containerd does not read at all (an unknown version). */
   unusable: string | undefined;
 }
 
-const CONTAINERD2_DEFAULT_CONFIG_PATH = '/etc/containerd/certs.d:/etc/docker/certs.d';
-
 /**
  * The CRI plugin's key under [plugins] per config version: containerd 1.x reads version 1 by
  * plugin ID (`cri`) and version 2 by URI; containerd 2.x's version 3 moved the registry settings
- * to the images plugin. (containerd 2.x migrates versions 1 and 2 from the same tables.)
+ * to the images plugin. containerd 2.x migrates a version 2 config's CRI table to the images plugin
+ * (keeping the images plugin's own table when the CRI one has no `registry`), but does not read a
+ * version 1 config's `[plugins.cri]` (tested against containerd 2.1 and 2.2).
  */
 const CRI_REGISTRY_PLUGIN: Record<number, string> = {
   1: 'cri',
@@ -161,6 +169,24 @@ export function containerdImports(doc: Record<string, unknown>): string[] {
 /** The `version` one file sets, 0 when none (containerd's zero value, which does not override). */
 export function containerdConfigVersion(doc: Record<string, unknown>): number {
   return typeof doc.version === 'number' || typeof doc.version === 'bigint' ? Number(doc.version) : 0;
+}
+
+/**
+ * Whether containerd 2.1+ pulls for the CRI itself rather than through its transfer service: it
+ * does with `use_local_image_pull`, and falls back to it for any setting the transfer service lacks
+ * (containerd's CheckLocalImagePullConfigs). Only then does it read a config_path list.
+ */
+function localImagePull(images: Record<string, unknown> | undefined, registry: Record<string, unknown> | undefined): boolean {
+  if (images === undefined) return false;
+  const nonEmpty = (key: string): boolean => Object.keys(table(registry?.[key]) ?? {}).length > 0;
+  return (
+    images.use_local_image_pull === true ||
+    images.disable_snapshot_annotations === false ||
+    images.discard_unpacked_layers === true ||
+    images.image_pull_with_sync_fs === true ||
+    (images.max_concurrent_downloads !== undefined && Number(images.max_concurrent_downloads) !== 3) ||
+    ['mirrors', 'configs', 'auths'].some(nonEmpty)
+  );
 }
 
 /**
@@ -194,17 +220,26 @@ export function containerdRegistrySetup(files: ContainerdConfigFile[]): Containe
   const criDisabled = disabled.some((name) => name === 'cri' || name === 'io.containerd.grpc.v1.cri' || name === 'io.containerd.cri.v1.images');
   if (plugin === undefined) {
     return {
-      version: effective, versionFile, registryTable: '', configPath: undefined, criDisabled, legacyMirrors: false, misplaced: [],
+      version: effective, versionFile, registryTable: '', configPath: undefined, criDisabled, legacyMirrors: false, listIgnoredByTransfer: false, containerd2Differs: [], misplaced: [],
       unusable: `version = ${effective} is not a containerd config version (1 and 2: containerd 1.x, 3: containerd 2.x)`,
     };
   }
   const registryTable = pluginTable(plugin, '.registry');
   const winner = plugins.get(plugin);
   const registry = registryOf(winner?.value);
-  let configPath = typeof registry?.config_path === 'string' && registry.config_path !== '' ? registry.config_path : undefined;
-  // containerd 2.x looks in its default directories when config_path is not set at all.
-  if (configPath === undefined && effective === 3 && registry?.config_path === undefined) configPath = CONTAINERD2_DEFAULT_CONFIG_PATH;
+  // No default: containerd 2.0 and 2.1 have none, and 2.2's (/etc/containerd/certs.d:/etc/docker/certs.d)
+  // is a list, which the transfer service 2.1+ pulls through by default does not read (below).
+  const configPath = typeof registry?.config_path === 'string' && registry.config_path !== '' ? registry.config_path : undefined;
   const legacyMirrors = Object.keys(table(registry?.mirrors) ?? {}).length > 0;
+  const isList = configPath !== undefined && configPath.split(':').filter(Boolean).length > 1;
+  const listIgnoredByTransfer = isList && !localImagePull(table(winner?.value), registry);
+  const containerd2Differs: string[] = [];
+  if (effective === 1 && configPath !== undefined) {
+    containerd2Differs.push(`${winner!.file} sets config_path under ${registryTable} in a version 1 config, which containerd 1.x reads but containerd 2.x does not (it leaves [plugins.cri] out when it migrates the config): on a containerd 2.x node hosts.toml is ignored; write it as a version 2 config under ${pluginTable(CRI_REGISTRY_PLUGIN[2]!, '.registry')}`);
+  }
+  if (effective === 2 && listIgnoredByTransfer) {
+    containerd2Differs.push(`config_path "${configPath}" lists several directories: containerd 1.x and 2.0 read them all, but containerd 2.1 and later take the list for one directory when the CRI pulls through the transfer service, their default (containerd#12415), so on such a node hosts.toml is ignored; set a single directory`);
+  }
 
   const misplaced: string[] = [];
   if (configPath === undefined) {
@@ -213,10 +248,12 @@ export function containerdRegistrySetup(files: ContainerdConfigFile[]): Containe
         misplaced.push(`${where.file} sets it under ${registryTable}, but ${winner!.file} (loaded later) has a ${pluginTable(plugin)} table of its own, which replaces that one whole: containerd merges imported files plugin table by plugin table`);
       } else {
         const versions = Object.entries(CRI_REGISTRY_PLUGIN).filter(([, p]) => p === where.plugin).map(([v]) => v);
-        const readFor = versions.length > 0 ? `a table containerd reads only in a version ${versions.join(' or ')} config` : 'a table containerd does not read';
+        let readFor = versions.length > 0 ? `a table containerd reads only in a version ${versions.join(' or ')} config` : 'a table containerd does not read';
+        // containerd 2.x keeps the images plugin's table when it migrates a version 2 config; 1.x ignores it
+        if (effective === 2 && where.plugin === CRI_REGISTRY_PLUGIN[3]) readFor = `a table containerd 2.x reads in a version 2 config too, but containerd 1.x does not (the agent cannot tell which runs); set it under ${registryTable}, which both read`;
         misplaced.push(`${where.file} sets it under ${pluginTable(where.plugin, '.registry')}, ${readFor}`);
       }
     }
   }
-  return { version: effective, versionFile, registryTable, configPath, criDisabled, legacyMirrors, misplaced, unusable: undefined };
+  return { version: effective, versionFile, registryTable, configPath, criDisabled, legacyMirrors, listIgnoredByTransfer, containerd2Differs, misplaced, unusable: undefined };
 }

@@ -132,7 +132,8 @@ async function registryDirs(hostsDir: string): Promise<string[]> {
 function noConfigPathProblem(configFile: string, setup: ContainerdRegistrySetup): string {
   const version = `a version ${setup.version} config${setup.versionFile ? ` (version set in ${setup.versionFile})` : ' (no version set)'}`;
   const misplaced = setup.misplaced.length > 0 ? ` config_path is set, but not where containerd reads it: ${setup.misplaced.join('; ')}.` : '';
-  return `containerd config ${configFile} does not set config_path under ${setup.registryTable}, the table containerd reads in ${version}, so containerd ignores hosts.toml.${misplaced} Set config_path = "/etc/containerd/certs.d" under ${setup.registryTable} and restart containerd (the agent does not rewrite config.toml)`;
+  const noDefault = setup.version === 3 ? ' (containerd 2.0 and 2.1 have no default, and the default of 2.2 and later, /etc/containerd/certs.d:/etc/docker/certs.d, is a list their CRI pulls do not read, containerd#12415)' : '';
+  return `containerd config ${configFile} does not set config_path under ${setup.registryTable}, the table containerd reads in ${version}, so containerd ignores hosts.toml${noDefault}.${misplaced} Set config_path = "/etc/containerd/certs.d" under ${setup.registryTable} and restart containerd (the agent does not rewrite config.toml)`;
 }
 
 /** Reports whether containerd will read the hosts directory at all. */
@@ -140,7 +141,7 @@ async function checkContainerdConfig(ctx: ReconcileContext, s: RuntimeStatus): P
   const { config, notices } = ctx;
   const loaded = await loadContainerdConfig(config.containerdConfig);
   if (loaded === null) {
-    notices.warn('containerd-no-config', 'containerd config.toml not found: cannot check that config_path is set (containerd 1.x ignores hosts.toml without it)', { file: config.containerdConfig });
+    notices.warn('containerd-no-config', 'containerd config.toml not found: cannot check that config_path is set (containerd 1.x and 2.x ignore hosts.toml without it)', { file: config.containerdConfig });
     return;
   }
   if (loaded.problems.length > 0) {
@@ -160,6 +161,11 @@ async function checkContainerdConfig(ctx: ReconcileContext, s: RuntimeStatus): P
     notUsed(s, noConfigPathProblem(config.containerdConfig, setup));
     return;
   }
+  if (setup.listIgnoredByTransfer && setup.version === 3) {
+    notUsed(s, `containerd config ${config.containerdConfig} sets config_path = "${setup.configPath}" under ${setup.registryTable}, a list of directories: containerd 2.1 and later take it for one directory when the CRI pulls through the transfer service, their default (containerd#12415), so containerd ignores hosts.toml. Set config_path = "/etc/containerd/certs.d" (one directory) and restart containerd`);
+    return;
+  }
+  for (const [i, differs] of setup.containerd2Differs.entries()) notices.warn(`containerd-2x-differs-${i}`, `containerd config: ${differs}`, { file: config.containerdConfig });
   if (setup.legacyMirrors) {
     notices.warn('containerd-legacy-mirrors', 'containerd config.toml sets both registry.mirrors and config_path; containerd refuses to start with both', { file: config.containerdConfig });
   }

@@ -1,6 +1,7 @@
 // `npm test` runs this first (pretest): it makes a fresh machine ready for the suite, so CI needs
 // nothing beyond `npm ci && npm test`. Each step says what it does; none is silent for long.
 import { execFileSync, spawnSync } from 'node:child_process';
+import { ensureContainerd2Binaries } from './containerd2/binaries.ts';
 import { ensureKubeBinaries } from './kube/binaries.ts';
 
 /** Debian packages that provide the real components the tests drive, keyed by the command used. */
@@ -33,3 +34,4 @@ export function ensureDebianPackages(): void {
 
 ensureDebianPackages();
 await ensureKubeBinaries(); // kube-apiserver, kube-controller-manager and etcd from test/kube/go
+await ensureContainerd2Binaries(); // containerd 2.1 and 2.2 (Debian has 1.6) from test/containerd2/go

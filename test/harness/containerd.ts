@@ -1,8 +1,10 @@
-// A node's containerd (1.6, Debian's package) running as root with every path under a temp dir,
-// so several can run at once and none touches /var/lib/containerd or /run/containerd.
+// A node's containerd (1.6, Debian's package, or 2.x built by test/containerd2) running as root
+// with every path under a temp dir, so several can run at once and none touches /var/lib/containerd
+// or /run/containerd.
 import { mkdir, writeFile } from 'node:fs/promises';
 import net from 'node:net';
 import path from 'node:path';
+import type { Containerd2Binaries } from '../containerd2/binaries.ts';
 import { makeTempDir, registerExitCleanup, runCommand, spawnServer, unmountUnder, type CommandResult, type ServerProcess } from './process.ts';
 
 export interface HostsTomlMirror {
@@ -39,10 +41,17 @@ export interface Containerd {
 export interface StartContainerdOptions {
   /** Where hosts.toml files live (default: <tempdir>/certs.d, created empty). */
   hostsDir?: string;
-  /** Write `config_path = hostsDir` for the CRI plugin (default true); false is a node that lacks it. */
-  configPath?: boolean;
-  /** The config's version (default 2); version 1 writes no `version` line and names plugins by ID (`[plugins.cri]`). */
-  version?: 1 | 2;
+  /**
+   * containerd 2.x (and its ctr) to run instead of Debian's 1.6 (test/containerd2/binaries.ts);
+   * the config is then version 3 unless `version` says otherwise (2.x migrates 1 and 2 in memory).
+   */
+  binaries?: Containerd2Binaries;
+  /** Write `config_path = hostsDir` for the CRI plugin (default true), or what this returns; false is a node that lacks it. */
+  configPath?: boolean | ((hostsDir: string) => string);
+  /** The config's version (default 2, 3 with `binaries`); version 1 writes no `version` line and names plugins by ID (`[plugins.cri]`). */
+  version?: 1 | 2 | 3;
+  /** TOML appended to config.toml (tables of its own, such as the images plugin's `use_local_image_pull`). */
+  extraToml?: string;
   /** The [plugins] table config_path goes under (default the CRI plugin's for the version): another one is a node whose setting containerd does not read. */
   registryPlugin?: string;
   /** config.toml's `imports`: absolute, or relative to the temp directory config.toml is in (written absolute). */
@@ -73,16 +82,22 @@ export async function startContainerd(opts: StartContainerdOptions = {}): Promis
   const hostsDir = opts.hostsDir ?? path.join(dir, 'certs.d');
   const configFile = path.join(dir, 'config.toml');
   await mkdir(hostsDir, { recursive: true });
-  // version 1 names plugins by ID, version 2 by URI
-  const v1 = opts.version === 1;
+  // version 1 names plugins by ID, version 2 and 3 by URI
+  const version = opts.version ?? (opts.binaries ? 3 : 2);
+  const v1 = version === 1;
   const snapshotters = ['aufs', 'btrfs', 'zfs', 'devmapper'].map((id) => (v1 ? id : `io.containerd.snapshotter.v1.${id}`));
+  // containerd 2.x also starts NRI, on a socket shared by every containerd (/var/run/nri/nri.sock)
+  const disabled = opts.binaries ? [...snapshotters, v1 ? 'nri' : 'io.containerd.nri.v1.nri'] : snapshotters;
+  const registryPlugin = opts.registryPlugin ?? (v1 ? 'cri' : version === 3 ? '"io.containerd.cri.v1.images"' : '"io.containerd.grpc.v1.cri"');
+  const containerdCommand = opts.binaries?.containerd ?? 'containerd';
+  const ctrCommand = opts.binaries?.ctr ?? 'ctr';
   const lines = [
-    ...(v1 ? [] : ['version = 2']),
+    ...(v1 ? [] : [`version = ${version}`]),
     ...(opts.imports ? [`imports = ${JSON.stringify(opts.imports.map((i) => path.resolve(dir, i)))}`] : []),
     `root = ${tomlString(root)}`,
     `state = ${tomlString(state)}`,
     // snapshotters that cannot work here only add warnings and start-up time
-    `disabled_plugins = ${JSON.stringify(snapshotters)}`,
+    `disabled_plugins = ${JSON.stringify(disabled)}`,
     '[grpc]',
     `  address = ${tomlString(socket)}`,
     // the ttrpc socket and the opt dir default to shared paths (/run/containerd, /opt/containerd)
@@ -91,9 +106,11 @@ export async function startContainerd(opts: StartContainerdOptions = {}): Promis
     v1 ? '[plugins.opt]' : '[plugins."io.containerd.internal.v1.opt"]',
     `  path = ${tomlString(path.join(dir, 'opt'))}`,
   ];
-  if (opts.configPath ?? true) {
-    lines.push(`[plugins.${opts.registryPlugin ?? (v1 ? 'cri' : '"io.containerd.grpc.v1.cri"')}.registry]`, `  config_path = ${tomlString(hostsDir)}`);
+  const configPath = opts.configPath ?? true;
+  if (configPath !== false) {
+    lines.push(`[plugins.${registryPlugin}.registry]`, `  config_path = ${tomlString(configPath === true ? hostsDir : configPath(hostsDir))}`);
   }
+  if (opts.extraToml) lines.push(opts.extraToml);
   await writeFile(configFile, lines.join('\n') + '\n');
   for (const [name, text] of Object.entries(opts.files?.(hostsDir) ?? {})) {
     await mkdir(path.dirname(path.join(dir, name)), { recursive: true });
@@ -107,14 +124,14 @@ export async function startContainerd(opts: StartContainerdOptions = {}): Promis
   const start = async (): Promise<void> => {
     if (server && !server.exitStatus()) return;
     if (server) earlierOutput += server.output();
-    server = await spawnServer('containerd', ['--config', configFile], {
+    server = await spawnServer(containerdCommand, ['--config', configFile], {
       logFile: path.join(dir, 'containerd.log'),
-      ready: async () => (await socketAnswers(socket)) && (await runCommand('ctr', ['-a', socket, 'version'], { timeoutMs: 5_000 })).code === 0,
+      ready: async () => (await socketAnswers(socket)) && (await runCommand(ctrCommand, ['-a', socket, 'version'], { timeoutMs: 5_000 })).code === 0,
     });
   };
   await start();
 
-  const ctr = (args: string[]): Promise<CommandResult> => runCommand('ctr', ['-a', socket, ...args], { timeoutMs: 300_000 });
+  const ctr = (args: string[]): Promise<CommandResult> => runCommand(ctrCommand, ['-a', socket, ...args], { timeoutMs: 300_000 });
 
   return {
     socket,

@@ -1,12 +1,10 @@
 // The real Kubernetes control plane for tests (kube-apiserver, kube-controller-manager, etcd) is
 // built from Go modules by test/kube/go and cached per machine, outside the repository, keyed by the
 // Kubernetes version. This module finds those binaries and builds them when they are missing.
-import { spawn, spawnSync } from 'node:child_process';
 import { createHash } from 'node:crypto';
-import { accessSync, constants, mkdirSync, readFileSync, renameSync, rmSync, writeFileSync } from 'node:fs';
-import { homedir } from 'node:os';
+import { readFileSync } from 'node:fs';
 import path from 'node:path';
-import { createInterface } from 'node:readline';
+import { goBuild, goCommand, isExecutable, regmirrorCacheDir } from '../go-build.ts';
 
 export const KUBE_BINARIES = ['etcd', 'kube-apiserver', 'kube-controller-manager'] as const;
 export type KubeBinary = (typeof KUBE_BINARIES)[number];
@@ -16,7 +14,6 @@ export const KUBE_BUILD_COMMAND = 'npm run kube:build';
 
 const GO_MODULE_DIR = path.join(import.meta.dirname, 'go');
 const BUILD_INFO = 'build-info.json';
-const PROGRESS_INTERVAL_MS = 30_000;
 
 /** Files whose content decides what gets built; a change to any of them means a rebuild. */
 const BUILD_INPUTS = ['go.mod', 'go.sum', 'cmd/etcd/main.go'];
@@ -63,23 +60,12 @@ function inputsHash(): string {
 
 /** `$REGMIRROR_KUBE_CACHE/<k8s-version>`, by default `~/.cache/regmirror/kube/<k8s-version>`. */
 export function kubeBinaryDir(): string {
-  const root =
-    process.env.REGMIRROR_KUBE_CACHE ??
-    path.join(process.env.XDG_CACHE_HOME ?? path.join(homedir(), '.cache'), 'regmirror', 'kube');
+  const root = process.env.REGMIRROR_KUBE_CACHE ?? regmirrorCacheDir('kube');
   return path.join(root, kubeVersions().kubernetes);
 }
 
 export function kubeBinaryPath(binary: KubeBinary): string {
   return path.join(kubeBinaryDir(), binary);
-}
-
-function isExecutable(file: string): boolean {
-  try {
-    accessSync(file, constants.X_OK);
-    return true;
-  } catch {
-    return false;
-  }
 }
 
 /** Whether the cached binaries exist and were built from the current test/kube/go. */
@@ -97,23 +83,12 @@ export function kubeBinariesStatus(): { ok: true; dir: string } | { ok: false; d
   return { ok: true, dir };
 }
 
-function goCommand(): string | undefined {
-  const found = spawnSync('go', ['version'], { encoding: 'utf8' });
-  if (found.status === 0) return /go\d[\w.]*/.exec(found.stdout)?.[0] ?? found.stdout.trim();
-  return undefined;
-}
-
 function say(line: string): void {
   process.stdout.write(`kube test binaries: ${line}\n`);
 }
 
 function loud(line: string): void {
   process.stderr.write(`\n*** ${line} ***\n\n`);
-}
-
-function minutes(ms: number): string {
-  const s = Math.round(ms / 1000);
-  return `${Math.floor(s / 60)}m${String(s % 60).padStart(2, '0')}s`;
 }
 
 /** `-X` flags that give the binaries their release version, as Kubernetes' own build does (hack/lib/version.sh). */
@@ -133,67 +108,21 @@ function versionLdflags(kubernetes: string): string[] {
   return flags;
 }
 
-function countPackages(goPackages: string[]): number | undefined {
-  const listed = spawnSync('go', ['list', '-deps', ...goPackages], { cwd: GO_MODULE_DIR, encoding: 'utf8', maxBuffer: 64 << 20 });
-  if (listed.status !== 0) return undefined;
-  return listed.stdout.split('\n').filter(Boolean).length;
-}
-
-/**
- * Builds the three binaries into a fresh directory next to the cache entry and renames it into place,
- * so that an interrupted build never leaves a half-filled cache. Prints progress every 30 seconds.
- */
+/** Builds the three binaries into the cache (go-build.ts: progress every 30 s, renamed into place when done). */
 async function buildKubeBinaries(goVersion: string): Promise<void> {
   const { kubernetes, etcd } = kubeVersions();
   const dir = kubeBinaryDir();
-  const partial = `${dir}.partial-${process.pid}`;
-  rmSync(partial, { recursive: true, force: true });
-  mkdirSync(partial, { recursive: true });
-  const goPackages = KUBE_BINARIES.map((binary) => GO_PACKAGES[binary]);
-  const started = Date.now();
   say(`building kube-apiserver and kube-controller-manager ${kubernetes} and etcd ${etcd} with ${goVersion}`);
   say(`into ${dir}; a first build takes about 17 CPU-minutes (15-30 minutes on 2 cores), later runs reuse it`);
   say('resolving Go modules (a fresh machine downloads about 700 MB into the Go module cache)');
-  const total = countPackages(goPackages);
-  const args = ['build', '-v', '-trimpath', `-ldflags=-s -w ${versionLdflags(kubernetes).join(' ')}`, '-o', `${partial}/`, ...goPackages];
-  const child = spawn('go', args, {
+  await goBuild({
     cwd: GO_MODULE_DIR,
-    env: { ...process.env, CGO_ENABLED: '0' },
-    stdio: ['ignore', 'inherit', 'pipe'],
+    packages: KUBE_BINARIES.map((binary) => GO_PACKAGES[binary]),
+    ldflags: `-s -w ${versionLdflags(kubernetes).join(' ')}`,
+    dir,
+    info: { kubernetes, etcd, inputs: inputsHash(), go: goVersion },
+    say,
   });
-  let compiled = 0;
-  let last = '';
-  const errors: string[] = [];
-  createInterface({ input: child.stderr }).on('line', (line) => {
-    if (/^[\w.-]+(\/[\w.~+-]+)*$/.test(line)) {
-      compiled += 1;
-      last = line;
-    } else if (line.startsWith('go: downloading')) {
-      process.stdout.write(`${line}\n`);
-    } else {
-      errors.push(line);
-      process.stderr.write(`${line}\n`);
-    }
-  });
-  const progress = setInterval(() => {
-    const of = total ? ` of at most ${total}` : '';
-    say(`still building after ${minutes(Date.now() - started)}: ${compiled}${of} packages compiled (last ${last})`);
-  }, PROGRESS_INTERVAL_MS);
-  const code = await new Promise<number>((resolve) => {
-    child.on('error', () => resolve(-1));
-    child.on('close', (status) => resolve(status ?? -1));
-  });
-  clearInterval(progress);
-  if (code !== 0) {
-    rmSync(partial, { recursive: true, force: true });
-    throw new Error(`go build failed (exit ${code}) in test/kube/go${errors.length ? `:\n${errors.slice(-20).join('\n')}` : ''}`);
-  }
-  const buildSeconds = Math.round((Date.now() - started) / 1000);
-  const info: BuildInfo = { kubernetes, etcd, inputs: inputsHash(), go: goVersion, builtAt: new Date().toISOString(), buildSeconds };
-  writeFileSync(path.join(partial, BUILD_INFO), `${JSON.stringify(info, null, 2)}\n`);
-  rmSync(dir, { recursive: true, force: true });
-  renameSync(partial, dir);
-  say(`built in ${minutes(buildSeconds * 1000)} into ${dir}`);
 }
 
 /**
