@@ -3,7 +3,8 @@
 // values.yaml says.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { readFileSync } from 'node:fs';
+import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { parse } from 'yaml';
 import { LEADER_ELECTION_RULES, MIRROR_RULES, NODE_CLEANUP_RULES, NODE_RULES, OPERATOR_RULES } from '../operator/rbac.ts';
@@ -131,7 +132,7 @@ test('cleanup DaemonSets of RegistryMirrors whose namespace is being deleted may
     assert.deepEqual((binding as unknown as { subjects: unknown }).subjects, [{ kind: 'ServiceAccount', name: 'edge-regmirror-operator', namespace: 'mirrors' }]);
     // The operator's cleanup namespace is its own: POD_NAMESPACE, from the downward API.
     const env = (operatorContainer(objects) as unknown as { env: { name: string; valueFrom?: unknown }[] }).env;
-    assert.deepEqual(env.find((e) => e.name === 'POD_NAMESPACE')?.valueFrom, { fieldRef: { fieldPath: 'metadata.namespace' } });
+    assert.deepEqual(env.find((e) => e.name === 'POD_NAMESPACE')?.valueFrom, { fieldRef: { apiVersion: 'v1', fieldPath: 'metadata.namespace' } });
   }
 });
 
@@ -153,6 +154,37 @@ test('the operator runs as non-root on a read-only root filesystem, with probes 
   assert.equal(container.readinessProbe.httpGet.path, '/readyz');
   assert.equal(container.livenessProbe.httpGet.path, '/healthz');
   assert.equal(envOf(container, 'METRICS_ADDRESS'), ':8080');
+});
+
+test('values.schema.json refuses values that would render a broken install, naming the key; a numeric image tag is written as its digits', async () => {
+  const refused = async (args: string[], key: RegExp) => {
+    await assert.rejects(helmTemplate(args), (error: Error) => key.test(error.message) && /schema/.test(error.message), args.join(' '));
+  };
+  await refused(['--set-string', 'replicaCount=two'], /replicaCount: Invalid type/);
+  await refused(['--set', 'watchNamespaces=team-a'], /watchNamespaces: Invalid type/);
+  await refused(['--set', 'logLevel=verbose'], /logLevel must be one of/);
+  await refused(['--set', 'nodeCleanupTimeout=five minutes'], /nodeCleanupTimeout/);
+  const dir = mkdtempSync(path.join(tmpdir(), 'regmirror-values-'));
+  try {
+    // a values file: Helm reads an unquoted number as a float, which printf once wrote as %!s(float64=2.0250101e+07)
+    writeFileSync(path.join(dir, 'whole.yaml'), 'image:\n  tag: 20250101\n');
+    writeFileSync(path.join(dir, 'decimal.yaml'), 'image:\n  tag: 1.27\n');
+    for (const args of [['-f', path.join(dir, 'whole.yaml')], ['--set', 'image.tag=20250101']]) {
+      const container = operatorContainer(parseManifests(await helmTemplate(args)));
+      assert.equal(container.image, 'ghcr.io/regmirror/regmirror:20250101', args.join(' '));
+      assert.equal(envOf(container, 'MIRROR_IMAGE'), 'ghcr.io/regmirror/regmirror:20250101');
+    }
+    await refused(['-f', path.join(dir, 'decimal.yaml')], /image\.tag: Invalid type/);
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
+  }
+});
+
+test('the operator\'s fieldRefs name apiVersion v1, as the API server stores them, so a server-side apply of deploy/regmirror.yaml over a Helm install has nothing to conflict on', async () => {
+  const env = operatorContainer(parseManifests(await helmTemplate())).env as { name: string; valueFrom?: { fieldRef?: { apiVersion?: string } } }[];
+  const refs = env.filter((e) => e.valueFrom?.fieldRef);
+  assert.ok(refs.length >= 2);
+  for (const ref of refs) assert.equal(ref.valueFrom!.fieldRef!.apiVersion, 'v1', ref.name);
 });
 
 test('the chart version and appVersion follow package.json, and the CRD ships in the chart\'s crds/', () => {

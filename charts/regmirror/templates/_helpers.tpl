@@ -21,8 +21,12 @@
 {{- default (include "regmirror.operatorName" .) .Values.serviceAccount.name }}
 {{- end }}
 
+{{/* A tag given as a number (--set image.tag=20250101, or unquoted in a values file, which Helm
+reads as a float) is written as the digits; values.schema.json lets only whole numbers through. */}}
 {{- define "regmirror.image" -}}
-{{- printf "%s:%s" .Values.image.repository (default .Chart.AppVersion .Values.image.tag) }}
+{{- $tag := default .Chart.AppVersion .Values.image.tag }}
+{{- if not (kindIs "string" $tag) }}{{ $tag = $tag | int64 | toString }}{{ end }}
+{{- printf "%s:%s" .Values.image.repository $tag }}
 {{- end }}
 
 {{- define "regmirror.selectorLabels" -}}
