@@ -139,6 +139,7 @@ export async function createMirror(config: MirrorConfig, options: MirrorOptions)
   const probe = join(store.temporaryDirectory, '.readyz');
   let draining = false;
   registerRoutes(app, {
+    now: options.now ?? Date.now,
     draining: () => draining,
     sendTimeoutMs: options.sendTimeoutMs ?? SEND_TIMEOUT_MS,
     cache,

@@ -13,7 +13,8 @@ import path from 'node:path';
 import { startFaultProxy, type FaultProxy } from '../test/harness/fault-proxy.ts';
 import { startMirrorProcess, startTestMirror, temporaryFiles, type TestMirror } from '../test/harness/mirror.ts';
 import { pushImage, readBlob, writeOciImage, MEDIA_TYPES, type TestImage } from '../test/harness/oci-image.ts';
-import { cleanupAll, httpRequest, makeTempDir, registerExitCleanup, runCommand, waitFor } from '../test/harness/process.ts';
+import { cleanupAll, freePort, httpRequest, makeTempDir, registerExitCleanup, runCommand, waitFor } from '../test/harness/process.ts';
+import { LOG_WINDOW_MS, LogThrottle } from './log-throttle.ts';
 import { startRegistry, type RegistryServer } from '../test/harness/registry.ts';
 
 const sha256 = (bytes: Buffer) => `sha256:${createHash('sha256').update(bytes).digest('hex')}`;
@@ -794,3 +795,27 @@ test('10,000 malformed requests: no crash, the right error codes, and no memory 
   }
 });
 
+
+test('an upstream that is down makes one warning a kind every 10 s, not one a request; the next says how many were held back', async () => {
+  const down = await freePort(); // nothing listens there: every fetch is refused
+  const mirror = await startMirrorProcess({ upstreams: [{ registry: 'docker.io', url: `http://127.0.0.1:${down}` }], logLevel: 'warn' });
+  try {
+    const answers = await Promise.all(Array.from({ length: 40 }, (_, i) => httpRequest(`${mirror.url}/v2/library/app${i % 4}/manifests/v1`)));
+    assert.ok(answers.every((res) => res.status === 502), answers.map((res) => res.status).join(' '));
+  } finally {
+    await mirror.process.stop(); // every line it wrote is read by the time it has exited
+  }
+  const warnings = mirror.process.output().split('\n').filter((line) => line.includes('request failed upstream'));
+  assert.equal(warnings.length, 1, warnings.join('\n'));
+});
+
+test('LogThrottle: the first line of a kind goes at once, the same within the window is held back and counted, other kinds are not', () => {
+  let clock = 0;
+  const throttle = new LogThrottle(() => clock);
+  assert.equal(throttle.take('a'), 0);
+  for (let i = 0; i < 5; i++) assert.equal(throttle.take('a'), undefined);
+  assert.equal(throttle.take('b'), 0, 'another kind');
+  clock += LOG_WINDOW_MS;
+  assert.equal(throttle.take('a'), 5, 'held back since the last');
+  assert.equal(throttle.take('a'), undefined);
+});

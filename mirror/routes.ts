@@ -7,6 +7,7 @@ import type { HtpasswdAuth } from './auth.ts';
 import { MANIFEST_MEDIA_TYPES, type PullThroughCache, type Repository } from './cache.ts';
 import { RegistryError, isVolumeFull, nameUnknown, rangeInvalid, storeFull, storeUnwritable, unsupported } from './errors.ts';
 import { StoreWriteError } from './fill.ts';
+import { LogThrottle } from './log-throttle.ts';
 import type { MirrorMetrics } from './metrics.ts';
 import { fileSource, sendRange, type ByteSource } from './blob-sender.ts';
 import { isDigestReference, normaliseName, parseDigest, validateName, validateTag } from './reference.ts';
@@ -26,6 +27,8 @@ export interface RouteContext {
   draining(): boolean;
   /** How long a blob response may take no bytes while some wait for it before it is cut (SEND_TIMEOUT_MS unless a test shortens it). */
   sendTimeoutMs: number;
+  /** The clock (tests move it). */
+  now: () => number;
 }
 
 const API_VERSION = { 'docker-distribution-api-version': 'registry/2.0' };
@@ -43,12 +46,16 @@ export function registerRoutes(app: FastifyInstance, context: RouteContext): voi
   app.removeAllContentTypeParsers();
   app.addContentTypeParser('*', (_request, _payload, done) => done(null, undefined));
 
+  // an upstream that is down fails every request alike: one warning a kind every LOG_WINDOW_MS
+  const upstreamFailures = new LogThrottle(context.now);
   app.setErrorHandler((error: unknown, request, reply) => {
     const registryError = toRegistryError(error);
     if (isVolumeFull(error)) context.logger.error({ err: error, url: request.url }, 'the store is full: request failed and nothing was stored');
     else if (!(error instanceof RegistryError)) context.logger.error({ err: error, url: request.url }, 'request failed');
-    else if (registryError.status >= 500) context.logger.warn({ code: registryError.code, reason: registryError.message, url: request.url }, 'request failed upstream');
-    else context.logger.debug({ code: registryError.code, url: request.url }, 'request refused');
+    else if (registryError.status >= 500) {
+      const heldBack = upstreamFailures.take(`${registryError.code} ${registryError.message}`);
+      if (heldBack !== undefined) context.logger.warn({ code: registryError.code, reason: registryError.message, url: request.url, ...(heldBack > 0 ? { heldBack } : {}) }, 'request failed upstream');
+    } else context.logger.debug({ code: registryError.code, url: request.url }, 'request refused');
     void reply.code(registryError.status).headers({ ...API_VERSION, ...registryError.headers }).type('application/json').send(registryError.toJSON());
   });
   app.setNotFoundHandler((request, reply) => {
