@@ -545,7 +545,11 @@ export class PullThroughCache {
         this.metrics.fillFailures.inc({ reason });
         // the next request for it (a runtime retries, or falls back to the upstream meanwhile) finds room
         if (isVolumeFull(error)) this.hooks.onStoreFull?.(size ?? fill.received);
-        this.logger.error({ upstream: repo.upstream.registry, repository: repo.name, digest: digest.text, bytesReceived: fill.received, err: error }, 'blob fetch failed; nothing stored');
+        // An upstream that cuts or stalls a transfer is its trouble, retried by the next request:
+        // a warning. Bytes that fail their digest or size, or a store that cannot take them, are
+        // what an operator must look at: an error.
+        const level = reason === 'upstream' || reason === 'timeout' ? 'warn' : 'error';
+        this.logger[level]({ upstream: repo.upstream.registry, repository: repo.name, digest: digest.text, bytesReceived: fill.received, reason, err: error }, 'blob fetch failed; nothing stored');
         throw error;
       }
     });

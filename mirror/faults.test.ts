@@ -809,6 +809,37 @@ test('an upstream that is down makes one warning a kind every 10 s, not one a re
   assert.equal(warnings.length, 1, warnings.join('\n'));
 });
 
+test('a blob the upstream cuts mid-transfer is logged as a warning naming the reason (the upstream\'s trouble), a corrupted one as an error: operators alert on errors', async () => {
+  const hub = await startRegistry();
+  const proxy = await startFaultProxy({ target: hub.url });
+  const image = await writeOciImage(await makeTempDir('faults-levels'), { tag: 'v1', seed: 'faults-levels', layerSizes: [1024 * 1024, 512 * 1024] });
+  await pushImage(image, hub.ref('library/levels', 'v1'));
+  const mirror = await startMirrorProcess({ upstreams: [{ registry: 'docker.io', url: proxy.url }], logLevel: 'warn' });
+  try {
+    const [cutLayer, badLayer] = [image.layers[0]!, image.layers[1]!];
+    proxy.addRule({ path: new RegExp(`/blobs/${cutLayer.digest}$`), truncateAfterBytes: 100_000, times: 1 });
+    proxy.addRule({ path: new RegExp(`/blobs/${badLayer.digest}$`), corruptByteAt: 1000, times: 1 });
+    for (const layer of [cutLayer, badLayer]) {
+      const answer = await httpRequest(`${mirror.url}/v2/library/levels/blobs/${layer.digest}`).catch((error: Error) => error);
+      assert.ok(answer instanceof Error || answer.status >= 500, 'no success');
+    }
+  } finally {
+    await mirror.process.stop(); // every line it wrote is read by the time it has exited
+    await proxy.stop();
+    await hub.stop();
+  }
+  const lines = mirror.process.output().split('\n').filter((line) => line.startsWith('{')).map((line) => JSON.parse(line) as { level: number; msg: string; digest?: string; reason?: string });
+  const failed = (digest: string) => lines.filter((line) => line.msg === 'blob fetch failed; nothing stored' && line.digest === digest);
+  const [cut] = failed(image.layers[0]!.digest);
+  const [bad] = failed(image.layers[1]!.digest);
+  assert.equal(cut?.level, 40, JSON.stringify(cut));
+  assert.equal(cut?.reason, 'upstream');
+  assert.equal(bad?.level, 50, JSON.stringify(bad));
+  assert.equal(bad?.reason, 'digest');
+  const errors = lines.filter((line) => line.level >= 50);
+  assert.deepEqual(errors.map((line) => line.msg), ['blob fetch failed; nothing stored'], 'the corrupted blob is the one error');
+});
+
 test('LogThrottle: the first line of a kind goes at once, the same within the window is held back and counted, other kinds are not', () => {
   let clock = 0;
   const throttle = new LogThrottle(() => clock);
