@@ -16,7 +16,7 @@ import { Prefetcher } from './prefetch.ts';
 import type { MirrorConfig } from './config.ts';
 import { RegistryError } from './errors.ts';
 import { MirrorMetrics } from './metrics.ts';
-import { registerRoutes } from './routes.ts';
+import { frameworkErrorHandler, registerRoutes } from './routes.ts';
 import { ContentStore, HEARTBEAT_MS, type RemovedInstance } from './store.ts';
 import { UpstreamClient, type UpstreamTimeouts } from './upstream.ts';
 
@@ -128,6 +128,7 @@ export async function createMirror(config: MirrorConfig, options: MirrorOptions)
     return503OnClosing: false,
     forceCloseConnections: 'idle',
     ...(tls ? { https: tls } : {}),
+    frameworkErrors: frameworkErrorHandler(metrics),
     clientErrorHandler: (error: NodeJS.ErrnoException, socket: Socket) => {
       const tooLarge = error.code === 'HPE_HEADER_OVERFLOW';
       if (socket.writable) socket.end(clientErrorResponse(tooLarge ? 431 : 400, tooLarge ? 'request header fields too large' : 'malformed HTTP request'));

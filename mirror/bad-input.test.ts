@@ -53,14 +53,26 @@ describe('bad input', () => {
     ['a referrers request with a malformed digest', '/v2/library/app/referrers/x', 400, 'DIGEST_INVALID'],
     // not NAME_UNKNOWN, which clients take for "no such repository"
     ['an endpoint that is not part of the API', '/v2/library/app/catalog/x', 404, 'UNSUPPORTED'],
+    // refused by fastify before any route runs: the registry's JSON all the same
+    ['a malformed percent-encoding in a name', '/v2/library/%zz/manifests/latest', 400, 'UNSUPPORTED'],
+    ['a malformed percent-encoding outside /v2/', '/%zz', 400, 'UNSUPPORTED'],
   ];
   for (const [what, url, status, code] of cases) {
     test(`${what} gets ${status} ${code}`, async () => {
       const res = await rawRequest(mirror.port, `GET ${url} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n`);
       assert.equal(res.status, status, res.headers);
       assert.equal(JSON.parse(res.body).errors[0].code, code);
+      assert.match(res.headers, /^docker-distribution-api-version: registry\/2\.0$/im);
     });
   }
+
+  test('a URL refused before any route runs (a percent-encoding that does not decode) is counted like any other request', async () => {
+    const counted = async () => Number(/^regmirror_http_requests_total\{route="blob",method="GET",status="400"\} (\d+)$/m.exec((await httpRequest(`${mirror.url}/metrics`)).body.toString())?.[1] ?? 0);
+    const before = await counted();
+    const res = await rawRequest(mirror.port, 'GET /v2/library/%zz/blobs/sha256:x HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n');
+    assert.equal(res.status, 400);
+    assert.equal((await counted()) - before, 1);
+  });
 
   test('/v2 without its slash is sent on to /v2/ (301), as distribution does', async () => {
     const res = await httpRequest(`${mirror.url}/v2`);

@@ -10,7 +10,7 @@ import type { Logger } from '../common/logger.ts';
 import {
   RegistryError,
   blobUnknown,
-  denied,
+  upstreamDenied,
   isVolumeFull,
   manifestInvalid,
   manifestUnknown,
@@ -207,7 +207,7 @@ export class PullThroughCache {
       await this.store.deleteTag(repo.upstream.registry, repo.name, tag);
       throw manifestUnknown(tag);
     }
-    if (response.status === 401 || response.status === 403) throw denied(`upstream ${repo.upstream.registry} denied access to ${repo.name}`);
+    if (response.status === 401 || response.status === 403) throw upstreamDenied(`upstream ${repo.upstream.registry} denied access to ${repo.name}`);
     const upstreamDigest = header(response.headers, 'docker-content-digest');
     if (response.status === 200 && upstreamDigest === record.digest) {
       await this.rememberTag(repo, tag, key, { digest: record.digest, mediaType: record.mediaType });
@@ -323,8 +323,11 @@ export class PullThroughCache {
     try {
       await this.store.writeManifest(digest, { bytes, mediaType });
     } catch (error) {
-      if (isVolumeFull(error)) this.hooks.onStoreFull?.(bytes.length);
-      throw error;
+      // the store's trouble, as for a blob: 503 naming the system's code, counted as a disk failure
+      const failure = (error as NodeJS.ErrnoException).syscall ? new StoreWriteError(error as NodeJS.ErrnoException) : error;
+      this.metrics.fillFailures.inc({ reason: failureReason(failure as Error) });
+      if (isVolumeFull(failure)) this.hooks.onStoreFull?.(bytes.length);
+      throw failure;
     }
     this.manifestMemory.add(digest.text, { bytes, mediaType });
     this.hooks.onAccess?.('manifest', digest, bytes.length);
@@ -683,7 +686,7 @@ export class PullThroughCache {
     try {
       response = await repo.upstream.fetch(repo.name, path, { method, ...(accept ? { accept } : {}), ...(query ? { query } : {}) });
     } catch (error) {
-      if (error instanceof UpstreamAuthError) throw denied(error.message);
+      if (error instanceof UpstreamAuthError) throw upstreamDenied(error.message);
       // the token service down is an outage, as the registry down is: the client may try again
       if (error instanceof TokenServiceError && error.status === 429) throw tooManyRequests(repo.upstream.registry, error.retryAfter);
       const why = error instanceof TokenServiceError ? error.message : describe(error);
@@ -696,7 +699,7 @@ export class PullThroughCache {
     // caller reads no body, and dumping one stops reading after a little (the connection closes).
     if (method === 'HEAD' && (response.status === 405 || response.status === 501)) return this.upstreamRequest(repo, path, 'GET', accept, notFound, query);
     if (response.status === 404) throw notFound();
-    if (response.status === 401 || response.status === 403) throw denied(`upstream ${repo.upstream.registry} denied access to ${repo.name}`);
+    if (response.status === 401 || response.status === 403) throw upstreamDenied(`upstream ${repo.upstream.registry} denied access to ${repo.name}`);
     if (response.status === 429) throw tooManyRequests(repo.upstream.registry, header(response.headers, 'retry-after'));
     throw upstreamUnavailable(repo.upstream.registry, `HTTP ${response.status}`);
   }

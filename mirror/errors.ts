@@ -25,6 +25,11 @@ export class RegistryError extends Error {
   readonly detail: unknown;
   /** Extra response headers (e.g. Retry-After, WWW-Authenticate, Content-Range). */
   readonly headers: Record<string, string>;
+  /**
+   * The upstream refused the mirror (its 401/403, its 429): the client sees a 4xx, but it is the
+   * mirror's credentials or rate limit at stake, so it is logged as the upstream's 5xx are.
+   */
+  upstreamRefusal = false;
 
   constructor(code: RegistryErrorCode, status: number, message: string, detail?: unknown, headers: Record<string, string> = {}) {
     super(message);
@@ -50,9 +55,15 @@ export const manifestInvalid = (why: string) => new RegistryError('MANIFEST_INVA
 export const unsupported = (what: string) => new RegistryError('UNSUPPORTED', 405, `${what} is not supported: this registry is a read-only mirror`);
 export const rangeInvalid = (size: number) =>
   new RegistryError('RANGE_INVALID', 416, 'requested range not satisfiable', { size }, { 'content-range': `bytes */${size}` });
-export const denied = (message: string) => new RegistryError('DENIED', 403, message);
+/** The upstream (or its token service) refused the mirror access. */
+export const upstreamDenied = (message: string) => refusal(new RegistryError('DENIED', 403, message));
 export const tooManyRequests = (registry: string, retryAfter?: string) =>
-  new RegistryError('TOOMANYREQUESTS', 429, `upstream ${registry} is rate limiting this mirror`, undefined, retryAfter ? { 'retry-after': retryAfter } : {});
+  refusal(new RegistryError('TOOMANYREQUESTS', 429, `upstream ${registry} is rate limiting this mirror`, undefined, retryAfter ? { 'retry-after': retryAfter } : {}));
+
+function refusal(error: RegistryError): RegistryError {
+  error.upstreamRefusal = true;
+  return error;
+}
 /** The upstream could not be reached or answered in a way we cannot use, and nothing is stored. */
 export const upstreamUnavailable = (registry: string, why: string) =>
   new RegistryError('UNAVAILABLE', 502, `upstream ${registry} unavailable: ${why}`);

@@ -48,7 +48,7 @@ function get(url: string, agent: http.Agent, headers: Record<string, string> = {
 }
 
 /** GETs a blob through the mirror and asserts that all of it, and the right bytes, came back. */
-async function assertServes(mirror: TestMirror, agent: http.Agent, repository: string, digest: string): Promise<void> {
+async function assertServes(mirror: Pick<TestMirror, 'url'>, agent: http.Agent, repository: string, digest: string): Promise<void> {
   const res = await get(`${mirror.url}/v2/${repository}/blobs/${digest}`, agent);
   assert.equal(res.status, 200, `GET ${repository} ${digest}`);
   assert.equal(sha256(res.body), digest);
@@ -61,7 +61,7 @@ async function storedBlobs(storagePath: string): Promise<string[]> {
   return found;
 }
 
-async function metric(mirror: TestMirror, line: RegExp): Promise<number> {
+async function metric(mirror: Pick<TestMirror, 'url'>, line: RegExp): Promise<number> {
   const text = (await httpRequest(`${mirror.url}/metrics`)).body.toString();
   const found = text.split('\n').find((l) => line.test(l));
   return found ? Number(found.split(' ').pop()) : 0;
@@ -354,7 +354,7 @@ describe('a full disk', { skip: process.getuid?.() !== 0 ? 'mounting a tmpfs nee
   });
   after(cleanupAll);
 
-  const pull = async (mirror: TestMirror, agent: http.Agent, name: string, img: TestImage) => {
+  const pull = async (mirror: Pick<TestMirror, 'url'>, agent: http.Agent, name: string, img: TestImage) => {
     const manifest = await get(`${mirror.url}/v2/library/${name}/manifests/v1`, agent, { accept: ACCEPT });
     assert.equal(manifest.status, 200);
     for (const digest of [img.configDigest, ...img.layers.map((l) => l.digest)]) await assertServes(mirror, agent, `library/${name}`, digest);
@@ -449,6 +449,38 @@ describe('a full disk', { skip: process.getuid?.() !== 0 ? 'mounting a tmpfs nee
       }
     }));
 
+  test('a volume remounted read-only: misses of a small blob, a large blob and a manifest each get 503 saying the store could not be written and count as disk failures; the mirror keeps running and serves what it stored', () =>
+    withTmpfs('32m', async (volume) => {
+      // a process: a failure that ends it must not end the test runner
+      const mirror = await startMirrorProcess({ upstreams: [{ registry: 'docker.io', url: hub.url }], storagePath: path.join(volume, 'data') });
+      const agent = new http.Agent({ keepAlive: true });
+      try {
+        await pull(mirror, agent, 'small', small);
+        const remounted = await runCommand('mount', ['-o', 'remount,ro', volume]);
+        assert.equal(remounted.code, 0, remounted.stderr);
+        const misses = [
+          `/v2/library/later/blobs/${later.configDigest}`, // a few hundred bytes: the whole body is in before the file fails
+          `/v2/library/big/blobs/${big.layers[0]!.digest}`,
+          '/v2/library/later/manifests/v1',
+        ];
+        for (const miss of misses) {
+          const res = await get(`${mirror.url}${miss}`, agent, { accept: ACCEPT });
+          assert.equal(res.status, 503, `${miss}: ${res.status} ${res.body.toString()}`);
+          const error = JSON.parse(res.body.toString()).errors[0];
+          assert.equal(error.code, 'UNAVAILABLE');
+          assert.match(error.message, /store could not be written/);
+        }
+        assert.equal(mirror.process.exitStatus(), undefined, 'the mirror is still running');
+        assert.equal(await metric(mirror, /^regmirror_fetch_failures_total\{reason="disk"\}/), misses.length, 'each counted as a disk failure');
+        assert.equal((await get(`${mirror.url}/readyz`, agent)).status, 503, 'not ready: nodes are sent elsewhere');
+        await pull(mirror, agent, 'small', small);
+      } finally {
+        agent.destroy();
+        await runCommand('mount', ['-o', 'remount,rw', volume]);
+        await mirror.process.stop();
+      }
+    }));
+
   test('with no room left, a miss gets 503 UNAVAILABLE saying the store is full, the least recently read content makes room, and the retry succeeds', () =>
     withTmpfs('4m', async (volume) => {
       const mirror = await startTestMirror({ upstreams: [{ registry: 'docker.io', url: hub.url }], storagePath: path.join(volume, 'data') });
@@ -463,6 +495,7 @@ describe('a full disk', { skip: process.getuid?.() !== 0 ? 'mounting a tmpfs nee
         const error = JSON.parse(full.body.toString()).errors[0];
         assert.equal(error.code, 'UNAVAILABLE');
         assert.match(error.message, /store is full \(ENOSPC\)/);
+        assert.equal(await metric(mirror, /^regmirror_fetch_failures_total\{reason="disk"\}/), 1, 'the manifest that could not be stored is counted');
         // no storage.maxSize here: the full volume itself makes the mirror evict, oldest read first
         await waitFor(async () => (await metric(mirror, /^regmirror_evictions_total\{reason="room"\}/)) >= 1, { timeoutMs: 10_000, what: 'room to be made' });
         assert.ok(!(await storedBlobs(mirror.storagePath)).includes(small.layers[0]!.digest), 'the least recently read blob went');
@@ -838,6 +871,26 @@ test('a blob the upstream cuts mid-transfer is logged as a warning naming the re
   assert.equal(bad?.reason, 'digest');
   const errors = lines.filter((line) => line.level >= 50);
   assert.deepEqual(errors.map((line) => line.msg), ['blob fetch failed; nothing stored'], 'the corrupted blob is the one error');
+});
+
+test('an upstream refusing the mirror (403, 429) is logged at warn as its 5xx are; a client asking for what does not exist is not', async () => {
+  const hub = await startRegistry();
+  const proxy = await startFaultProxy({ target: hub.url });
+  const mirror = await startMirrorProcess({ upstreams: [{ registry: 'docker.io', url: proxy.url }], logLevel: 'warn' });
+  try {
+    proxy.addRule({ path: /\/v2\/library\/private\//, status: 403 });
+    proxy.addRule({ path: /\/v2\/library\/limited\//, status: 429, headers: { 'retry-after': '1' } });
+    assert.equal((await httpRequest(`${mirror.url}/v2/library/private/manifests/v1`)).status, 403);
+    assert.equal((await httpRequest(`${mirror.url}/v2/library/limited/manifests/v1`)).status, 429);
+    assert.equal((await httpRequest(`${mirror.url}/v2/library/missing/manifests/v1`)).status, 404);
+    assert.equal((await httpRequest(`${mirror.url}/v2/library/app/manifests/bad~tag`)).status, 400);
+  } finally {
+    await mirror.process.stop(); // every line it wrote is read by the time it has exited
+    await proxy.stop();
+    await hub.stop();
+  }
+  const warned = mirror.process.output().split('\n').filter((line) => line.includes('request failed upstream')).map((line) => JSON.parse(line) as { level: number; code: string });
+  assert.deepEqual(warned.map((line) => [line.level, line.code]), [[40, 'DENIED'], [40, 'TOOMANYREQUESTS']]);
 });
 
 test('LogThrottle: the first line of a kind goes at once, the same within the window is held back and counted, other kinds are not', () => {

@@ -163,8 +163,10 @@ export class BlobFill {
       // A body nobody reads (the temporary file could not be opened: a read-only volume, no tmp
       // directory, out of descriptors) holds its upstream connection for as long as the process
       // lives, and the upstream's pool has 64 of them: destroyed, which closes that connection.
-      // Nothing to do when receive() already has, or the body ended.
-      source.body.destroy();
+      // Nothing to do when receive() already has, or the body ended. Destroyed unread, undici's
+      // body emits an abort error: with no listener that 'error' event would end the process (a
+      // small blob on a read-only volume did).
+      if (!source.body.destroyed) source.body.on('error', () => undefined).destroy();
       const failure = error instanceof Error ? error : new Error(String(error));
       this.aborted = true;
       await this.writing;

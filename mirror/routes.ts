@@ -52,7 +52,7 @@ export function registerRoutes(app: FastifyInstance, context: RouteContext): voi
     const registryError = toRegistryError(error);
     if (isVolumeFull(error)) context.logger.error({ err: error, url: request.url }, 'the store is full: request failed and nothing was stored');
     else if (!(error instanceof RegistryError)) context.logger.error({ err: error, url: request.url }, 'request failed');
-    else if (registryError.status >= 500) {
+    else if (registryError.status >= 500 || registryError.upstreamRefusal) {
       const heldBack = upstreamFailures.take(`${registryError.code} ${registryError.message}`);
       if (heldBack !== undefined) context.logger.warn({ code: registryError.code, reason: registryError.message, url: request.url, ...(heldBack > 0 ? { heldBack } : {}) }, 'request failed upstream');
     } else context.logger.debug({ code: registryError.code, url: request.url }, 'request refused');
@@ -140,6 +140,21 @@ export function registerRoutes(app: FastifyInstance, context: RouteContext): voi
     },
   });
 
+}
+
+/**
+ * Fastify's own refusals, made before any route runs (a URL whose percent-encoding does not
+ * decode): the registry's error JSON and headers too, not fastify's, so a client reads them as it
+ * reads every other error, and counted as every other request is. Given to Fastify as `frameworkErrors` (app.ts).
+ */
+export function frameworkErrorHandler(metrics: MirrorMetrics) {
+  return (error: Error & { statusCode?: number }, request: FastifyRequest, reply: FastifyReply): void => {
+    const status = error.statusCode ?? 400;
+    const what = (error as NodeJS.ErrnoException).code === 'FST_ERR_BAD_URL' ? 'its percent-encoding does not decode' : error.message.slice(0, 200);
+    // no route ran, so neither did the onResponse hook that counts the others
+    countRequest(metrics, request, String(status));
+    void reply.code(status).headers(API_VERSION).type('application/json').send(new RegistryError('UNSUPPORTED', status, `malformed request URL: ${what}`).toJSON());
+  };
 }
 
 /**
