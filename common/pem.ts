@@ -1,6 +1,6 @@
 // PEM certificate bundles (a private CA, a self-signed certificate), as the mirror's upstreams[].caFile
-// and the operator's spec.upstreams[].caSecretRef hold them: one rule for what counts as a bundle,
-// so the operator refuses what the mirror would refuse at start.
+// and the operator's spec.upstreams[].caSecretRef and caConfigMapRef hold them: one rule for what
+// counts as a bundle, so the operator refuses what the mirror would refuse at start.
 import { X509Certificate } from 'node:crypto';
 
 const BLOCK = /-----BEGIN CERTIFICATE-----[\s\S]*?-----END CERTIFICATE-----/g;

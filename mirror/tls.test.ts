@@ -261,7 +261,7 @@ describe('an https upstream whose certificate a private CA signed, or is self-si
     try {
       assert.equal(
         await refusal(untrusting),
-        `upstream registry.internal unavailable: the certificate of ${internal.host} is not trusted (UNABLE_TO_VERIFY_LEAF_SIGNATURE): if a private CA signed it (or it is self-signed), set this upstream's caFile to that CA's PEM bundle (a RegistryMirror: spec.upstreams[].caSecretRef)`,
+        `upstream registry.internal unavailable: the certificate of ${internal.host} is not trusted (UNABLE_TO_VERIFY_LEAF_SIGNATURE): if a private CA signed it (or it is self-signed), set this upstream's caFile to that CA's PEM bundle (a RegistryMirror: spec.upstreams[].caSecretRef or caConfigMapRef)`,
       );
       assert.notEqual((await pull(untrusting)).code, 0);
     } finally {

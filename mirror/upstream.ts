@@ -275,7 +275,7 @@ export class UpstreamClient {
     if (!UNTRUSTED_CERTIFICATE.has(code)) return undefined;
     const fix = this.caFile
       ? `it is not signed by a CA in this upstream's caFile ${this.caFile}, nor by one of the default roots`
-      : "if a private CA signed it (or it is self-signed), set this upstream's caFile to that CA's PEM bundle (a RegistryMirror: spec.upstreams[].caSecretRef)";
+      : "if a private CA signed it (or it is self-signed), set this upstream's caFile to that CA's PEM bundle (a RegistryMirror: spec.upstreams[].caSecretRef or caConfigMapRef)";
     return `the certificate of ${url.host} is not trusted (${code}): ${fix}`;
   }
 

@@ -1,13 +1,13 @@
 // The thin loop around the reconciler: informers keep caches of RegistryMirrors and the kinds they
-// own, and of Secrets' metadata only (the reconciler reads the few Secrets it needs by name); their
-// event handlers only enqueue keys; workers take keys from the queue and reconcile. A watch that
-// fails is restarted from its last resourceVersion (and relists when the server answers 410 Gone),
-// so events survive an API server restart.
+// own, and of Secrets' and ConfigMaps' metadata only (the reconciler reads the few it needs by
+// name); their event handlers only enqueue keys; workers take keys from the queue and reconcile. A
+// watch that fails is restarted from its last resourceVersion (and relists when the server answers
+// 410 Gone), so events survive an API server restart.
 import { ListWatch, Watch, type Informer, type KubeConfig, type KubernetesObject, type ObjectCache as InformerCache } from '@kubernetes/client-node';
 import type { Logger } from '../common/logger.ts';
 import { API_VERSION, KIND, type RegistryMirror } from './api/registry-mirror.ts';
 import { modeOf } from './desired/daemon-set.ts';
-import { FIELD_MANAGER, names } from './desired/inputs.ts';
+import { FIELD_MANAGER, names, referencedNames } from './desired/inputs.ts';
 import type { EventRecorder } from './events.ts';
 import { collectionPath, isForbidden, type KubeApi, type KubeObject } from './kube/api.ts';
 import { MetadataWatch, routingMetadata } from './kube/metadata.ts';
@@ -16,8 +16,9 @@ import { stoppedBeforeApplying } from './node-conflict.ts';
 import { Reconciler, type ObjectCache } from './reconciler.ts';
 import { WorkQueue } from './work-queue.ts';
 
+// The owned kinds watched as such, the operator's own only (MANAGED_SELECTOR). ConfigMaps are owned
+// too but not here: start watches all of them, by metadata, which brings the owned ones' events.
 const OWNED_KINDS: [string, string][] = [
-  ['v1', 'ConfigMap'],
   ['v1', 'Service'],
   ['v1', 'PersistentVolumeClaim'],
   ['apps/v1', 'Deployment'],
@@ -90,8 +91,11 @@ export class Controller {
   async start(): Promise<void> {
     this.mirrors = this.watch(API_VERSION, KIND, undefined, (obj) => this.onMirror(obj));
     // Secrets are many and large (Helm keeps a release's every revision in one): their metadata says
-    // which mirror a change concerns, and the reconciler reads the ones it uses by name.
-    this.watch('v1', 'Secret', undefined, (obj) => this.onSecret(obj), { metadataOnly: true });
+    // which mirror a change concerns, and the reconciler reads the ones it uses by name. So do
+    // ConfigMaps, which spec.upstreams[].caConfigMapRef names anywhere in a namespace: this one watch
+    // also follows the mirrors' own (their owner references), so none is watched twice.
+    this.watch('v1', 'Secret', undefined, (obj) => this.onReferenced(obj, 'Secret'), { metadataOnly: true });
+    this.watch('v1', 'ConfigMap', undefined, (obj) => this.onReferenced(obj, 'ConfigMap'), { metadataOnly: true });
     for (const [apiVersion, kind] of OWNED_KINDS) {
       const watched = this.watch(apiVersion, kind, MANAGED_SELECTOR, (obj) => this.enqueueOwner(obj));
       if (kind === 'DaemonSet') this.daemonSets = watched;
@@ -240,20 +244,14 @@ export class Controller {
     if (owner && obj.metadata?.namespace) this.queue.add(`${obj.metadata.namespace}/${owner.name}`);
   }
 
-  /** A Secret changed or went (its metadata says which): its owner, and the mirrors naming it, look again. */
-  private onSecret(secret: AnyObject): void {
-    this.enqueueOwner(secret);
-    const namespace = secret.metadata?.namespace;
-    const name = secret.metadata?.name;
+  /** A Secret or ConfigMap changed or went (its metadata says which): its owner, and the mirrors naming it, look again. */
+  private onReferenced(object: AnyObject, kind: 'Secret' | 'ConfigMap'): void {
+    this.enqueueOwner(object);
+    const namespace = object.metadata?.namespace;
+    const name = object.metadata?.name;
     if (!namespace || !name) return;
     for (const mirror of this.allMirrors() as unknown as RegistryMirror[]) {
-      if (mirror.metadata.namespace !== namespace) continue;
-      const { spec } = mirror;
-      const references =
-        spec.upstreams?.some((u) => u.credentialsSecretRef?.name === name || u.caSecretRef?.name === name) ||
-        spec.auth?.htpasswdSecretRef?.name === name ||
-        spec.tls?.secretName === name;
-      if (references) this.queue.add(`${namespace}/${mirror.metadata.name}`);
+      if (mirror.metadata.namespace === namespace && referencedNames(mirror.spec, kind).has(name)) this.queue.add(`${namespace}/${mirror.metadata.name}`);
     }
   }
 

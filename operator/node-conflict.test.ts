@@ -61,7 +61,7 @@ test('a mirror its own spec stopped before it applied anything holds no nodes, u
   stopped.status = { conditions: [{ type: 'Ready', status: 'False', reason: 'InvalidSpec', message: 'spec.prefetch ...', lastTransitionTime: '2026-01-01T00:00:01Z' }] };
   const later = mirror('b-later', '2026-01-01T00:00:00Z');
   assert.equal(nodeConfigHolder(later, [stopped, later], noAgents), undefined, 'InvalidSpec and no agent: nothing on the nodes to keep');
-  for (const reason of ['SecretNotFound', 'InvalidCredentials']) {
+  for (const reason of ['SecretNotFound', 'InvalidCredentials', 'ConfigMapNotFound', 'InvalidConfigMap']) {
     stopped.status.conditions![0]!.reason = reason;
     assert.equal(nodeConfigHolder(later, [stopped, later], noAgents), undefined, reason);
   }

@@ -5,6 +5,7 @@
 // gets no node configuration, and says why in its status.
 import type { RegistryMirror } from './api/registry-mirror.ts';
 import { FINALIZER } from './desired/inputs.ts';
+import { INPUT_PROBLEM_REASONS } from './status.ts';
 
 /**
  * Could both selectors pick one node? Only a label both require, with different values, rules it
@@ -52,7 +53,7 @@ const leftNodes = (m: RegistryMirror) => Boolean(m.metadata.deletionTimestamp) &
  * Ready reasons of a mirror whose spec stopped the operator before it applied anything: it has no
  * node agent unless one is left from before the problem (what runs is kept).
  */
-const STOPPED_BEFORE_APPLYING = ['InvalidSpec', 'SecretNotFound', 'InvalidCredentials'];
+const STOPPED_BEFORE_APPLYING: readonly string[] = INPUT_PROBLEM_REASONS;
 
 /** Whether the mirror's status says it was stopped before applying anything (see STOPPED_BEFORE_APPLYING). */
 export function stoppedBeforeApplying(m: RegistryMirror): boolean {

@@ -32,15 +32,17 @@ const WAIT_MS = 30_000;
 const CLEANUP_TIMEOUT = '6s';
 /** A Secret no RegistryMirror names, there before the operator first lists Secrets. */
 const UNRELATED_SECRET = 'unrelated-bulk';
+/** A ConfigMap no RegistryMirror names. */
+const UNRELATED_CONFIG_MAP = 'unrelated-config';
 /**
- * The API server's own record of how the operator reads Secrets: its lists with what they
- * answered, its gets and watches without bodies, nothing else.
+ * The API server's own record of how the operator reads Secrets and ConfigMaps: its lists with
+ * what they answered, its gets and watches without bodies, nothing else.
  */
 const SECRETS_AUDIT_POLICY = {
   omitStages: ['RequestReceived'],
   rules: [
-    { level: 'RequestResponse', users: [SERVICE_ACCOUNT], verbs: ['list'], resources: [{ group: '', resources: ['secrets'] }] },
-    { level: 'Metadata', users: [SERVICE_ACCOUNT], verbs: ['get', 'watch'], resources: [{ group: '', resources: ['secrets'] }] },
+    { level: 'RequestResponse', users: [SERVICE_ACCOUNT], verbs: ['list'], resources: [{ group: '', resources: ['secrets', 'configmaps'] }] },
+    { level: 'Metadata', users: [SERVICE_ACCOUNT], verbs: ['get', 'watch'], resources: [{ group: '', resources: ['secrets', 'configmaps'] }] },
     { level: 'None' },
   ],
 };
@@ -203,6 +205,7 @@ describe('operator against a real kube-apiserver', { skip }, () => {
     await mustKubectl(['create', 'namespace', OPERATOR_NAMESPACE]);
     await mustKubectl(['create', 'namespace', NS]);
     await mustKubectl(['create', 'secret', 'generic', UNRELATED_SECRET, '-n', NS, '--from-literal=payload=unrelated-payload-v1']);
+    await mustKubectl(['create', 'configmap', UNRELATED_CONFIG_MAP, '-n', NS, '--from-literal=payload=unrelated-config-v1']);
     await mustKubectl(['apply', '-f', CRD_FILE]);
     await mustKubectl(['wait', '--for=condition=Established', '--timeout=60s', 'crd/registrymirrors.regmirror.dev']);
     await mustKubectl(['apply', '-f', RBAC_FILE]);
@@ -236,6 +239,8 @@ describe('operator against a real kube-apiserver', { skip }, () => {
       [{ upstreams: [{ registry: 'docker.io' }], storage: { size: '1Mi' } }, /size must be at least 2Mi/],
       [{ upstreams: [{ registry: 'docker.io', url: 'https://user:secret@registry.example.com' }] }, /spec\.upstreams\[0\]\.url/],
       [{ upstreams: [{ registry: 'registry.internal', url: 'http://registry.internal', caSecretRef: { name: 'internal-ca' } }] }, /spec\.upstreams\[0\]\.caSecretRef: Invalid value: .*caSecretRef is for an https:\/\/ upstream/],
+      [{ upstreams: [{ registry: 'docker.io' }, { registry: 'registry.internal', url: 'http://registry.internal', caConfigMapRef: { name: 'internal-ca' } }] }, /spec\.upstreams\[1\]\.caConfigMapRef: Invalid value: .*caConfigMapRef is for an https:\/\/ upstream/],
+      [{ upstreams: [{ registry: 'harbor.internal', caSecretRef: { name: 'harbor-ca' }, caConfigMapRef: { name: 'trust-bundle' } }] }, /spec\.upstreams\[0\]\.caConfigMapRef: Invalid value: .*caSecretRef and caConfigMapRef both name this upstream's CA: set only one/],
       // values the DaemonSet would be refused for, after the mirror's other objects had changed
       [{ upstreams: [{ registry: 'docker.io' }], nodeConfig: { nodeSelector: { pool: 'yes please' } } }, /spec\.nodeConfig\.nodeSelector\.pool/],
       [{ upstreams: [{ registry: 'docker.io' }], nodeConfig: { nodeSelector: { 'not a key': 'x' } } }, /label keys are/],
@@ -385,38 +390,82 @@ describe('operator against a real kube-apiserver', { skip }, () => {
     assert.ok(!condition.message.includes('opaque-pass'));
   });
 
-  it('an upstream CA Secret: missing gives SecretNotFound; created, it is mounted read-only at the config\'s caFile; a rotated CA rolls the mirror; one without a certificate is InvalidCredentials', async () => {
-    await applyMirror('internal', { upstreams: [{ registry: 'harbor.internal', caSecretRef: { name: 'harbor-ca' } }], ...ownNodes('internal') });
-    const condition = await eventually('SecretNotFound', async () => (await ready('internal'))?.reason === 'SecretNotFound' && ready('internal'));
-    assert.equal(condition.message, `Secret harbor-ca (CA for harbor.internal) not found in namespace ${NS}`);
-    await eventually('a SecretNotFound Event', async () => (await eventsFor('internal')).find((e) => e.reason === 'SecretNotFound' && e.type === 'Warning'));
-    assert.equal(await owned('apps/v1', 'Deployment', 'regmirror-internal'), undefined, 'no mirror without its CA');
+  /**
+   * An upstream's CA in a Secret or ConfigMap: missing, the mirror is stopped with `notFound` and a
+   * Warning; created (`create`, after the mirror: a watch event brings it back), its one key is
+   * mounted read-only where the config's caFile points; a rotated CA (`write`) rolls the mirror; a
+   * bundle without a certificate is `invalid`, and the mirror is not rolled onto it.
+   */
+  const followsUpstreamCa = async (name: string, upstreams: object[], ca: {
+    index: number; key: string; what: string; notFound: string; invalid: string; source: object;
+    create: (certFile: string) => Promise<unknown>; write: (text: string) => Promise<unknown>;
+  }) => {
+    await applyMirror(name, { upstreams, ...ownNodes(name) });
+    const condition = await eventually(ca.notFound, async () => (await ready(name))?.reason === ca.notFound && ready(name));
+    assert.equal(condition.message, `${ca.what} not found in namespace ${NS}`);
+    await eventually(`a ${ca.notFound} Event`, async () => (await eventsFor(name)).find((e) => e.reason === ca.notFound && e.type === 'Warning'));
+    assert.equal(await owned('apps/v1', 'Deployment', `regmirror-${name}`), undefined, 'no mirror without its CA');
 
-    const [first, second] = await Promise.all([makeCertificate({ commonName: 'harbor CA' }), makeCertificate({ commonName: 'harbor CA rotated' })]);
-    await mustKubectl(['create', 'secret', 'generic', 'harbor-ca', '-n', NS, `--from-file=ca.crt=${first.certFile}`]);
-    await eventually('recovered', async () => (await ready('internal'))?.reason === 'VolumePending');
-    const deployment = async () => (await owned('apps/v1', 'Deployment', 'regmirror-internal'))!;
+    const [first, second] = await Promise.all([makeCertificate({ commonName: `${name} CA` }), makeCertificate({ commonName: `${name} CA rotated` })]);
+    await ca.create(first.certFile);
+    await eventually('recovered', async () => (await ready(name))?.reason === 'VolumePending');
+    const deployment = async () => (await owned('apps/v1', 'Deployment', `regmirror-${name}`))!;
     const pod = (await deployment()).spec.template.spec;
-    assert.deepEqual(pod.volumes.find((v: { name: string }) => v.name === 'upstream-ca'), {
-      name: 'upstream-ca', projected: { defaultMode: 0o444, sources: [{ secret: { name: 'harbor-ca', items: [{ key: 'ca.crt', path: 'upstream-0-ca.crt' }] } }] },
-    });
+    assert.deepEqual(pod.volumes.find((v: { name: string }) => v.name === 'upstream-ca'), { name: 'upstream-ca', projected: { defaultMode: 0o444, sources: [ca.source] } });
     assert.deepEqual(pod.containers[0].volumeMounts.find((m: { name: string }) => m.name === 'upstream-ca'), { name: 'upstream-ca', mountPath: '/run/secrets/regmirror-upstream-ca', readOnly: true });
-    const configMap = (await owned('v1', 'ConfigMap', 'regmirror-internal'))!;
-    assert.equal(parse(configMap.data!['config.yaml']!).upstreams[0].caFile, '/run/secrets/regmirror-upstream-ca/upstream-0-ca.crt');
-    assert.ok(!JSON.stringify(configMap).includes('BEGIN CERTIFICATE'), 'a path in the ConfigMap, not the bundle');
+    const configMap = (await owned('v1', 'ConfigMap', `regmirror-${name}`))!;
+    const caFiles = upstreams.map((_, i) => (i === ca.index ? `/run/secrets/regmirror-upstream-ca/upstream-${i}-ca.crt` : undefined));
+    assert.deepEqual(parse(configMap.data!['config.yaml']!).upstreams.map((u: { caFile?: string }) => u.caFile), caFiles);
+    assert.ok(!JSON.stringify(configMap).includes('BEGIN CERTIFICATE'), 'a path in the owned ConfigMap, not the bundle');
 
     const checksum = async () => (await deployment()).spec.template.metadata.annotations[CHECKSUM_ANNOTATION] as string;
     const before = await checksum();
-    const writeCa = (text: string) =>
-      mustKubectl(['apply', '-f', '-'], JSON.stringify({ apiVersion: 'v1', kind: 'Secret', metadata: { name: 'harbor-ca', namespace: NS }, stringData: { 'ca.crt': text } }));
-    await writeCa(second.certPem);
+    await ca.write(second.certPem);
     await eventually('rolled on a rotated CA', async () => (await checksum()) !== before);
     const rotated = await checksum();
 
-    await writeCa('not a certificate');
-    const invalid = await eventually('InvalidCredentials', async () => (await ready('internal'))?.reason === 'InvalidCredentials' && ready('internal'));
-    assert.equal(invalid.message, 'Secret harbor-ca (CA for harbor.internal), key "ca.crt", holds no PEM certificate (-----BEGIN CERTIFICATE-----)');
+    await ca.write('not a certificate');
+    const invalid = await eventually(ca.invalid, async () => (await ready(name))?.reason === ca.invalid && ready(name));
+    assert.equal(invalid.message, `${ca.what}, key "${ca.key}", holds no PEM certificate (-----BEGIN CERTIFICATE-----)`);
     assert.equal(await checksum(), rotated, 'the mirror is not rolled onto a bundle it would refuse');
+    await ca.write(second.certPem);
+    await eventually('fixed', async () => (await ready(name))?.reason === 'VolumePending');
+  };
+
+  it('an upstream CA Secret: missing gives SecretNotFound; created, it is mounted read-only at the config\'s caFile; a rotated CA rolls the mirror; one without a certificate is InvalidCredentials', async () => {
+    await followsUpstreamCa('internal', [{ registry: 'harbor.internal', caSecretRef: { name: 'harbor-ca' } }], {
+      index: 0, key: 'ca.crt', what: 'Secret harbor-ca (CA for harbor.internal, spec.upstreams[0].caSecretRef)', notFound: 'SecretNotFound', invalid: 'InvalidCredentials',
+      source: { secret: { name: 'harbor-ca', items: [{ key: 'ca.crt', path: 'upstream-0-ca.crt' }] } },
+      create: (certFile) => mustKubectl(['create', 'secret', 'generic', 'harbor-ca', '-n', NS, `--from-file=ca.crt=${certFile}`]),
+      write: (text) => mustKubectl(['apply', '-f', '-'], JSON.stringify({ apiVersion: 'v1', kind: 'Secret', metadata: { name: 'harbor-ca', namespace: NS }, stringData: { 'ca.crt': text } })),
+    });
+  });
+
+  it('an upstream CA ConfigMap: missing gives ConfigMapNotFound; created, it is mounted read-only at the config\'s caFile; a rotated CA rolls the mirror; one without a certificate is InvalidConfigMap; ConfigMaps are watched once, by their metadata', async () => {
+    await followsUpstreamCa('bundled', [{ registry: 'docker.io' }, { registry: 'nexus.internal', caConfigMapRef: { name: 'trust-bundle', key: 'bundle.pem' } }], {
+      index: 1, key: 'bundle.pem', what: 'ConfigMap trust-bundle (CA for nexus.internal, spec.upstreams[1].caConfigMapRef)', notFound: 'ConfigMapNotFound', invalid: 'InvalidConfigMap',
+      source: { configMap: { name: 'trust-bundle', items: [{ key: 'bundle.pem', path: 'upstream-1-ca.crt' }] } },
+      create: (certFile) => mustKubectl(['create', 'configmap', 'trust-bundle', '-n', NS, `--from-file=bundle.pem=${certFile}`]),
+      write: (text) => mustKubectl(['apply', '-f', '-'], JSON.stringify({ apiVersion: 'v1', kind: 'ConfigMap', metadata: { name: 'trust-bundle', namespace: NS }, data: { 'bundle.pem': text } })),
+    });
+
+    // ConfigMaps are followed as Secrets are: one watch of their metadata (the mirrors' own
+    // ConfigMaps come through it too, by owner reference), the named one read by name.
+    await mustKubectl(['patch', 'configmap', UNRELATED_CONFIG_MAP, '-n', NS, '--type=merge', '-p', JSON.stringify({ data: { payload: 'unrelated-config-v2' } })]);
+    await sleep(1_000);
+    const requests = (await env.auditEvents()).filter((e) => e.user.username === SERVICE_ACCOUNT && e.objectRef?.resource === 'configmaps');
+    const lists = requests.filter((e) => e.verb === 'list');
+    assert.ok(lists.length > 0, 'the operator listed ConfigMaps');
+    for (const list of lists) {
+      assert.equal(list.responseObject?.kind, 'PartialObjectMetadataList', `list ${list.requestURI} answered with ${list.responseObject?.kind}`);
+      assert.ok(!list.requestURI.includes('labelSelector'), `no second list of its own ConfigMaps: ${list.requestURI}`);
+      for (const item of list.responseObject?.items ?? []) assert.equal(item.data, undefined, 'no data in a listed item');
+    }
+    const watches = requests.filter((e) => e.verb === 'watch');
+    assert.ok(watches.length > 0 && watches.every((e) => !e.requestURI.includes('labelSelector')), 'one watch of ConfigMaps, by metadata');
+    const read = new Set(requests.filter((e) => e.verb === 'get').map((e) => e.objectRef?.name));
+    assert.ok(read.has('trust-bundle'), `it reads the named ConfigMap by name: ${[...read]}`);
+    assert.ok(!read.has(UNRELATED_CONFIG_MAP), 'it never reads the unrelated ConfigMap');
   });
 
   it('watches Secrets by their metadata only: it lists and watches no Secret\'s data, reads by name only the Secrets RegistryMirrors name or it owns, and still follows both', async () => {

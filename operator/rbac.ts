@@ -44,7 +44,9 @@ export const NODES_ROLE = `${OPERATOR_NAME}-nodes`;
 /** Rules over RegistryMirrors and the objects they own (server-side apply creates and patches). */
 export const OPERATOR_RULES: PolicyRule[] = [
   ...MIRROR_RULES,
-  // Secrets: read the ones a RegistryMirror references, write the one it owns.
+  // Secrets and ConfigMaps: get the ones a RegistryMirror references (credentials, htpasswd, TLS,
+  // upstream CAs), list and watch the metadata of all of them (which says whom a change concerns),
+  // write the ones it owns. Granted per namespace where a RoleBinding binds this ClusterRole.
   { apiGroups: [''], resources: ['configmaps', 'secrets', 'services', 'persistentvolumeclaims'], verbs: ['get', 'list', 'watch', 'create', 'patch'] },
   { apiGroups: ['apps'], resources: ['deployments'], verbs: ['get', 'list', 'watch', 'create', 'patch'] },
   // delete: the cleanup DaemonSet has no owner for the garbage collector to follow (reconciler.ts finalize).

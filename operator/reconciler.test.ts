@@ -20,6 +20,8 @@ class FakeApiServer {
   readonly objects = new Map<string, Obj>();
   /** The user's Secrets by "namespace/name", apart from the objects the reconciler makes. */
   readonly secrets = new Map<string, Obj>();
+  /** The user's ConfigMaps by "namespace/name" (upstream CA bundles), apart from the one the reconciler makes. */
+  readonly configMaps = new Map<string, Obj & { binaryData?: Record<string, string> }>();
   /** Reads of these "namespace/name" Secrets fail with this error, as KubeApi.find throws all but 404. */
   readonly secretErrors = new Map<string, Error>();
   /** The cluster's Nodes, for list; listing them fails with nodesError when it is set. */
@@ -31,7 +33,8 @@ class FakeApiServer {
   async find<T>(apiVersion: string, kind: string, namespace: string, name: string): Promise<T | undefined> {
     const userSecret = kind === 'Secret' ? `${namespace}/${name}` : undefined;
     if (userSecret && this.secretErrors.has(userSecret)) throw this.secretErrors.get(userSecret);
-    const object = this.objects.get(this.key(apiVersion, kind, namespace, name)) ?? (userSecret ? this.secrets.get(userSecret) : undefined);
+    const user = kind === 'Secret' ? this.secrets : kind === 'ConfigMap' ? this.configMaps : undefined;
+    const object = this.objects.get(this.key(apiVersion, kind, namespace, name)) ?? user?.get(`${namespace}/${name}`);
     return structuredClone(object) as T | undefined;
   }
 
@@ -114,7 +117,7 @@ function setup(spec: Parameters<typeof mirrorFixture>[0] = {}, options: { timeou
   const server = new FakeApiServer();
   const cr = mirrorFixture(spec);
   server.objects.set(`${API_VERSION}/${KIND}/${cr.metadata.namespace}/${cr.metadata.name}`, cr as Obj);
-  const { secrets } = server;
+  const { secrets, configMaps } = server;
   const api = server as unknown as KubeApi;
   const logger = createLogger('test', 'silent');
   const reconciler = new Reconciler({
@@ -136,7 +139,7 @@ function setup(spec: Parameters<typeof mirrorFixture>[0] = {}, options: { timeou
   });
   const mirror = () => server.objects.get(`${API_VERSION}/${KIND}/registry-cache/hub`) as RegistryMirror | undefined;
   const ready = () => mirror()?.status?.conditions?.find((c) => c.type === 'Ready');
-  return { server, secrets, reconciler, mirror, ready };
+  return { server, secrets, configMaps, reconciler, mirror, ready };
 }
 
 test('a first reconcile creates every owned kind, adds the finalizer and reports the endpoint', async () => {
@@ -646,17 +649,17 @@ test('an upstream CA Secret: missing is SecretNotFound, without its key or a PEM
   const b64 = (s: string) => Buffer.from(s).toString('base64');
   await reconciler.reconcile('registry-cache/hub');
   assert.equal(ready()!.reason, 'SecretNotFound');
-  assert.equal(ready()!.message, 'Secret harbor-ca (CA for harbor.internal) not found in namespace registry-cache');
+  assert.equal(ready()!.message, 'Secret harbor-ca (CA for harbor.internal, spec.upstreams[0].caSecretRef) not found in namespace registry-cache');
   assert.equal(server.all('Event').find((e) => e.reason === 'SecretNotFound')?.type, 'Warning');
   assert.equal(server.all('Deployment').length, 0);
 
   secrets.set('registry-cache/harbor-ca', { data: { 'tls.crt': b64(first.certPem) } });
   await reconciler.reconcile('registry-cache/hub');
   assert.equal(ready()!.reason, 'InvalidCredentials');
-  assert.equal(ready()!.message, 'Secret harbor-ca (CA for harbor.internal) has no key "ca.crt"');
+  assert.equal(ready()!.message, 'Secret harbor-ca (CA for harbor.internal, spec.upstreams[0].caSecretRef) has no key "ca.crt"');
   secrets.set('registry-cache/harbor-ca', { data: { 'ca.crt': b64('not a certificate') } });
   await reconciler.reconcile('registry-cache/hub');
-  assert.equal(ready()!.message, 'Secret harbor-ca (CA for harbor.internal), key "ca.crt", holds no PEM certificate (-----BEGIN CERTIFICATE-----)');
+  assert.equal(ready()!.message, 'Secret harbor-ca (CA for harbor.internal, spec.upstreams[0].caSecretRef), key "ca.crt", holds no PEM certificate (-----BEGIN CERTIFICATE-----)');
   assert.equal(server.all('Deployment').length, 0, 'no mirror that would refuse its caFile at start');
 
   secrets.set('registry-cache/harbor-ca', { data: { 'ca.crt': b64(first.certPem) } });
@@ -673,6 +676,59 @@ test('an upstream CA Secret: missing is SecretNotFound, without its key or a PEM
   secrets.set('registry-cache/harbor-ca', { data: { 'ca.crt': b64(second.certPem) } });
   await reconciler.reconcile('registry-cache/hub');
   assert.notEqual(checksum(), before, 'a rotated CA rolls the mirror');
+});
+
+test('an upstream CA ConfigMap: missing is ConfigMapNotFound, without its key or a PEM certificate InvalidConfigMap naming spec.upstreams[i].caConfigMapRef, and nothing running is changed; in data or binaryData it is mounted, and a rotated CA rolls the mirror', async () => {
+  const spec = { upstreams: [{ registry: 'docker.io' }, { registry: 'harbor.internal', caConfigMapRef: { name: 'trust-bundle', key: 'bundle.pem' } }] };
+  const { server, configMaps, reconciler, ready } = setup(spec);
+  const [first, second] = await Promise.all([makeCertificate({ commonName: 'harbor CA' }), makeCertificate({ commonName: 'harbor CA 2' })]);
+  const what = 'ConfigMap trust-bundle (CA for harbor.internal, spec.upstreams[1].caConfigMapRef)';
+  await reconciler.reconcile('registry-cache/hub');
+  assert.equal(ready()!.reason, 'ConfigMapNotFound');
+  assert.equal(ready()!.message, `${what} not found in namespace registry-cache`);
+  assert.equal(server.all('Event').find((e) => e.reason === 'ConfigMapNotFound')?.type, 'Warning');
+  assert.equal(server.all('Deployment').length, 0, 'no mirror without its CA');
+
+  configMaps.set('registry-cache/trust-bundle', { data: { 'ca.crt': first.certPem } });
+  await reconciler.reconcile('registry-cache/hub');
+  assert.equal(ready()!.reason, 'InvalidConfigMap');
+  assert.equal(ready()!.message, `${what} has no key "bundle.pem"`);
+  configMaps.set('registry-cache/trust-bundle', { data: { 'bundle.pem': 'not a certificate' } });
+  await reconciler.reconcile('registry-cache/hub');
+  assert.equal(ready()!.message, `${what}, key "bundle.pem", holds no PEM certificate (-----BEGIN CERTIFICATE-----)`);
+  assert.equal(server.all('Deployment').length, 0, 'no mirror that would refuse its caFile at start');
+
+  configMaps.set('registry-cache/trust-bundle', { data: { 'bundle.pem': first.certPem } });
+  await reconciler.reconcile('registry-cache/hub');
+  assert.equal(ready()!.reason, 'VolumePending');
+  const deployment = () => server.all('Deployment')[0]!;
+  const pod = () => deployment().spec.template.spec;
+  assert.deepEqual(pod().volumes.find((v: { name: string }) => v.name === 'upstream-ca').projected.sources, [{ configMap: { name: 'trust-bundle', items: [{ key: 'bundle.pem', path: 'upstream-1-ca.crt' }] } }]);
+  assert.ok(!JSON.stringify(server.all('ConfigMap')).includes(first.certPem.split('\n')[1]!), 'the bundle is not copied into the owned ConfigMap');
+  const checksum = () => deployment().spec.template.metadata.annotations[CHECKSUM_ANNOTATION];
+  const before = checksum();
+  await reconciler.reconcile('registry-cache/hub');
+  assert.equal(checksum(), before, 'the same CA rolls nothing');
+  // binaryData, base64 (where kubectl create configmap --from-file puts a file that is not UTF-8): a PEM bundle there is read as well
+  configMaps.set('registry-cache/trust-bundle', { binaryData: { 'bundle.pem': Buffer.from(first.certPem).toString('base64') } });
+  await reconciler.reconcile('registry-cache/hub');
+  assert.equal(ready()!.reason, 'VolumePending', 'binaryData is read too');
+  assert.equal(checksum(), before, 'the same bytes, the same digest');
+  configMaps.set('registry-cache/trust-bundle', { data: { 'bundle.pem': second.certPem } });
+  await reconciler.reconcile('registry-cache/hub');
+  const rotated = checksum();
+  assert.notEqual(rotated, before, 'a rotated CA rolls the mirror');
+
+  // refused while running: the mirror keeps the CA it has, and is not rolled
+  const running = JSON.stringify(deployment());
+  configMaps.set('registry-cache/trust-bundle', { binaryData: { 'bundle.pem': Buffer.from([0x30, 0x82, 0x01, 0x0a]).toString('base64') } });
+  await reconciler.reconcile('registry-cache/hub');
+  assert.equal(ready()!.reason, 'InvalidConfigMap');
+  assert.match(ready()!.message, /spec\.upstreams\[1\]\.caConfigMapRef\), key "bundle\.pem", holds no PEM certificate/);
+  configMaps.delete('registry-cache/trust-bundle');
+  await reconciler.reconcile('registry-cache/hub');
+  assert.equal(ready()!.reason, 'ConfigMapNotFound');
+  assert.equal(JSON.stringify(deployment()), running, 'what runs is kept');
 });
 
 test('a second RegistryMirror for the same nodes and files serves but configures no nodes, says why, and takes over once the first is gone', async () => {

@@ -1,12 +1,12 @@
 // Reconcile one RegistryMirror: level-triggered and idempotent. It reads the mirror (from the cache)
-// and the Secrets it references (by name, from the server), builds the desired objects with the
-// pure builders, applies them with server-side apply, and writes status from what the server
-// returned. Deletion runs the node-cleanup finalizer.
+// and the Secrets and ConfigMaps it references (by name, from the server), builds the desired
+// objects with the pure builders, applies them with server-side apply, and writes status from what
+// the server returned. Deletion runs the node-cleanup finalizer.
 import { createHash } from 'node:crypto';
 import { HtpasswdLineError, parseHtpasswd } from '../common/htpasswd.ts';
 import { caBundleProblem } from '../common/pem.ts';
 import type { Logger } from '../common/logger.ts';
-import { API_VERSION, DEFAULT_CA_KEY, KIND, type RegistryMirror, type RegistryMirrorStatus, type Runtime } from './api/registry-mirror.ts';
+import { API_VERSION, KIND, type RegistryMirror, type RegistryMirrorStatus, type Runtime } from './api/registry-mirror.ts';
 import { InvalidCredentialsError, normaliseCredentials, type Credentials, type SecretLike } from './credentials.ts';
 import { desiredConfigMap, prefetchProblem } from './desired/config-map.ts';
 import {
@@ -15,7 +15,7 @@ import {
 import { desiredDeployment } from './desired/deployment.ts';
 import { desiredDroppedNodesDaemonSet } from './desired/dropped-nodes.ts';
 import {
-  FINALIZER, endpointAt, names, withDefaults, type DesiredInputs, type NodeAgentMode,
+  FINALIZER, endpointAt, names, upstreamCaRef, withDefaults, type DesiredInputs, type NodeAgentMode, type UpstreamCaRef,
 } from './desired/inputs.ts';
 import { claimSize, desiredPersistentVolumeClaim } from './desired/persistent-volume-claim.ts';
 import { desiredSecret } from './desired/secret.ts';
@@ -31,7 +31,7 @@ import {
   type DroppedPlacements, type NodeFacts, type Placement, type PodPlacement,
 } from './placement.ts';
 import {
-  READY, desiredStatus, nodesDone, type DaemonSetStatus, type DroppedNodes, type Observed, type Problem, type WorkloadStatus,
+  INPUT_PROBLEM_REASONS, READY, desiredStatus, nodesDone, type DaemonSetStatus, type DroppedNodes, type Observed, type Problem, type WorkloadStatus,
 } from './status.ts';
 
 export interface ReconcileResult {
@@ -350,9 +350,10 @@ export class Reconciler {
   }
 
   /**
-   * Reads the referenced Secrets into builder inputs, or names the first problem with them. They are
-   * read from the server, each when it is needed: one that does not exist is SecretNotFound, and any
-   * other failure to read it (forbidden, the server unreachable) is thrown, to be retried.
+   * Reads the referenced Secrets (and upstream CA ConfigMaps) into builder inputs, or names the first
+   * problem with them. They are read from the server, each when it is needed: one that does not exist
+   * is SecretNotFound (ConfigMapNotFound), and any other failure to read it (forbidden, the server
+   * unreachable) is thrown, to be retried.
    */
   private async gatherInputs(mirror: RegistryMirror, mode: NodeAgentMode): Promise<{ inputs: DesiredInputs; problem?: undefined } | { problem: Problem; inputs?: undefined }> {
     const { api } = this.options;
@@ -395,19 +396,12 @@ export class Reconciler {
       nodeAgentMode: mode,
     };
 
-    for (const upstream of spec.upstreams) {
-      const ref = upstream.caSecretRef;
+    for (const [index, upstream] of spec.upstreams.entries()) {
+      const ref = upstreamCaRef(upstream);
       if (!ref) continue;
-      const what = `CA for ${upstream.registry}`;
-      const found = await secret(ref.name);
-      if (!found) return missing(ref.name, what);
-      const key = ref.key ?? DEFAULT_CA_KEY;
-      const data = found.data?.[key];
-      if (!data) return invalid(`Secret ${ref.name} (${what}) has no key "${key}"`);
-      // the mirror's own rule: a bundle it refuses would crash-loop the pods rolled onto it
-      const problem = caBundleProblem(Buffer.from(data, 'base64').toString('utf8'));
-      if (problem) return invalid(`Secret ${ref.name} (${what}), key "${key}", ${problem}`);
-      (inputs.upstreamCas ??= new Map()).set(upstream.registry, createHash('sha256').update(data).digest('hex'));
+      const ca = await readUpstreamCa(api, namespace, ref, `CA for ${upstream.registry}, spec.upstreams[${index}].${ref.field}`);
+      if ('problem' in ca) return ca;
+      (inputs.upstreamCas ??= new Map()).set(upstream.registry, ca.digest);
     }
 
     const htpasswdRef = spec.auth?.htpasswdSecretRef;
@@ -692,11 +686,46 @@ export class Reconciler {
     const previous = before?.conditions?.find((c) => c.type === READY);
     const ready = status.conditions!.find((c) => c.type === READY)!;
     if (previous?.reason !== ready.reason) {
-      const warning = ['InvalidSpec', 'SecretNotFound', 'InvalidCredentials', 'ApplyFailed', 'NodeConfigConflict'].includes(ready.reason);
+      const warning = [...INPUT_PROBLEM_REASONS, 'ApplyFailed', 'NodeConfigConflict'].includes(ready.reason);
       await events.record(mirror, warning ? 'Warning' : 'Normal', ready.reason, ready.message);
       logger.info({ mirror: `${namespace}/${name}`, ready: ready.status, reason: ready.reason }, ready.message);
     }
   }
+}
+
+/** Per kind of upstream CA source: the Ready reasons of its problems, and the bytes of a key. */
+const CA_SOURCES: Record<UpstreamCaRef['kind'], { notFound: Problem['reason']; invalid: Problem['reason']; bytes: (object: CaSourceObject, key: string) => Buffer | undefined }> = {
+  Secret: { notFound: 'SecretNotFound', invalid: 'InvalidCredentials', bytes: (secret, key) => fromBase64(secret.data?.[key]) },
+  // A key is in data (text, where trust-manager and OpenShift put PEM bundles) or in binaryData (base64).
+  ConfigMap: {
+    notFound: 'ConfigMapNotFound',
+    invalid: 'InvalidConfigMap',
+    bytes: (configMap, key) => (configMap.data?.[key] !== undefined ? Buffer.from(configMap.data[key], 'utf8') : fromBase64(configMap.binaryData?.[key])),
+  },
+};
+
+type CaSourceObject = KubeObject & { data?: Record<string, string>; binaryData?: Record<string, string> };
+
+const fromBase64 = (text: string | undefined) => (text === undefined ? undefined : Buffer.from(text, 'base64'));
+
+/**
+ * An upstream's CA bundle from the Secret or ConfigMap its spec names, read by name and checked by
+ * the mirror's own rule (a bundle it refuses would crash-loop the pods rolled onto it), as the digest
+ * that rolls the mirror when it changes; or the problem with it, naming the object, `what` it is for
+ * and the key.
+ */
+async function readUpstreamCa(api: KubeApi, namespace: string, ref: UpstreamCaRef, what: string): Promise<{ digest: string } | { problem: Problem }> {
+  const source = CA_SOURCES[ref.kind];
+  const named = `${ref.kind} ${ref.name} (${what})`;
+  const found = await api.find<CaSourceObject>('v1', ref.kind, namespace, ref.name);
+  if (!found) return { problem: { reason: source.notFound, message: `${named} not found in namespace ${namespace}` } };
+  const bytes = source.bytes(found, ref.key);
+  if (!bytes?.length) return { problem: { reason: source.invalid, message: `${named} has no key "${ref.key}"` } };
+  const problem = caBundleProblem(bytes.toString('utf8'));
+  if (problem) return { problem: { reason: source.invalid, message: `${named}, key "${ref.key}", ${problem}` } };
+  // Over the base64 of the bytes, as a Secret's data holds them: a Secret's digest is what it was
+  // before ConfigMaps could be named, so no mirror rolls for the upgrade.
+  return { digest: createHash('sha256').update(bytes.toString('base64')).digest('hex') };
 }
 
 /**

@@ -6,11 +6,16 @@ import type { NodeAgentMode } from './desired/inputs.ts';
 
 export const READY = 'Ready';
 
+/**
+ * Why the spec stops the reconciler before it applies anything (what runs is kept): it names
+ * something the mirror would refuse, or a Secret or ConfigMap that is missing or holds what it
+ * cannot use.
+ */
+export const INPUT_PROBLEM_REASONS = ['InvalidSpec', 'SecretNotFound', 'InvalidCredentials', 'ConfigMapNotFound', 'InvalidConfigMap'] as const;
+
 /** Why a mirror is not ready, in the order they are reported (the first that applies wins). */
 export type NotReadyReason =
-  | 'InvalidSpec'
-  | 'SecretNotFound'
-  | 'InvalidCredentials'
+  | (typeof INPUT_PROBLEM_REASONS)[number]
   | 'ApplyFailed'
   | 'Terminating'
   | 'ScaledToZero'
@@ -23,7 +28,7 @@ export type NotReadyReason =
 export interface Problem {
   /** ApplyFailed: the API server refused an owned object built from the spec (its message says which field). */
   /** InvalidSpec: the spec names something the mirror would refuse at start (the message names the field). */
-  reason: 'InvalidSpec' | 'SecretNotFound' | 'InvalidCredentials' | 'ApplyFailed';
+  reason: (typeof INPUT_PROBLEM_REASONS)[number] | 'ApplyFailed';
   message: string;
 }
 

@@ -22,7 +22,10 @@ export const QUANTITY_PATTERN = '^[0-9]+(\\.[0-9]+)?(Ki|Mi|Gi|Ti|Pi|Ei|k|M|G|T|P
 export const DURATION_PATTERN = '^(0|([0-9]+(\\.[0-9]+)?(ns|us|µs|ms|s|m|h|d))+)$';
 // A Secret's (or ConfigMap's) data key, as Kubernetes checks it.
 const SECRET_KEY_PATTERN = '^[-._a-zA-Z0-9]+$';
-/** The key spec.upstreams[].caSecretRef reads when it names none: where cert-manager puts a CA. */
+/**
+ * The key spec.upstreams[].caSecretRef and caConfigMapRef read when they name none: where
+ * cert-manager puts a CA, and the key of kube-root-ca.crt-like ConfigMaps.
+ */
 export const DEFAULT_CA_KEY = 'ca.crt';
 const SECRET_NAME_PATTERN = '^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$';
 
@@ -54,6 +57,19 @@ const LabelSelector = (description: string) =>
 const QuantityMap = (description: string) =>
   Type.Object({}, { additionalProperties: Type.String({ pattern: '^[0-9]+(\\.[0-9]+)?(m|Ki|Mi|Gi|Ti|Pi|Ei|k|M|G|T|P|E)?$' }), description });
 
+/** The fields of spec.upstreams[] that may name a CA bundle (one of them at most), and the kind each reads. */
+export const CA_REF_KINDS = { caSecretRef: 'Secret', caConfigMapRef: 'ConfigMap' } as const;
+export type CaRefField = keyof typeof CA_REF_KINDS;
+/** A key of a Secret or ConfigMap (names follow the same rule) holding an upstream's CA bundle. */
+const CaBundleRef = (kind: 'Secret' | 'ConfigMap', description: string) =>
+  Type.Object(
+    {
+      name: SecretName,
+      key: Type.Optional(Type.String({ minLength: 1, maxLength: 253, pattern: SECRET_KEY_PATTERN, description: `The ${kind}'s key holding the PEM bundle (default ${DEFAULT_CA_KEY}).` })),
+    },
+    { additionalProperties: false, description },
+  );
+
 export const UpstreamSchema = Type.Object(
   {
     registry: Type.String({
@@ -83,23 +99,30 @@ export const UpstreamSchema = Type.Object(
       Type.String({ maxLength: 64, pattern: DURATION_PATTERN, description: 'How long a tag\'s digest is trusted before asking upstream again (default 0s).' }),
     ),
     caSecretRef: Type.Optional(
-      Type.Object(
-        {
-          name: SecretName,
-          key: Type.Optional(Type.String({ minLength: 1, maxLength: 253, pattern: SECRET_KEY_PATTERN, description: `The Secret's key holding the PEM bundle (default ${DEFAULT_CA_KEY}).` })),
-        },
-        {
-          additionalProperties: false,
-          description:
-            'A Secret in the RegistryMirror\'s namespace whose key holds the PEM certificates of the private CA (or the self-signed certificate) of an https upstream. They are trusted for this upstream only, as well as the usual public roots, and also for its token service and the storage it redirects to. A new CA in the Secret restarts the mirror.',
-        },
+      CaBundleRef(
+        'Secret',
+        'A Secret in the RegistryMirror\'s namespace whose key holds the PEM certificates of the private CA (or the self-signed certificate) of an https upstream. They are trusted for this upstream only, as well as the usual public roots, and also for its token service and the storage it redirects to. A new CA in the Secret restarts the mirror. Not with caConfigMapRef.',
+      ),
+    ),
+    caConfigMapRef: Type.Optional(
+      CaBundleRef(
+        'ConfigMap',
+        'Like caSecretRef, from a ConfigMap in the RegistryMirror\'s namespace (a trust-manager Bundle target, an OpenShift trusted-ca-bundle, a kube-root-ca.crt-like bundle); the key may be in data or binaryData. A new CA in the ConfigMap restarts the mirror. Not with caSecretRef.',
       ),
     ),
   },
   {
     additionalProperties: false,
-    // The mirror refuses caFile on an http:// upstream (mirror/config.ts): say so when the spec is applied.
-    ...cel({ rule: "!has(self.caSecretRef) || !has(self.url) || self.url.startsWith('https://')", message: 'caSecretRef is for an https:// upstream; this url is http://', fieldPath: '.caSecretRef' }),
+    ...cel(
+      // The mirror takes one caFile per upstream: with both, one would be dropped without a word.
+      {
+        rule: '!has(self.caSecretRef) || !has(self.caConfigMapRef)',
+        message: 'caSecretRef and caConfigMapRef both name this upstream\'s CA: set only one (to trust several CAs, put their certificates in one key)',
+        fieldPath: '.caConfigMapRef',
+      },
+      // The mirror refuses caFile on an http:// upstream (mirror/config.ts): say so when the spec is applied.
+      ...Object.keys(CA_REF_KINDS).map((field) => ({ rule: `!has(self.${field}) || !has(self.url) || self.url.startsWith('https://')`, message: `${field} is for an https:// upstream; this url is http://`, fieldPath: `.${field}` })),
+    ),
   },
 );
 

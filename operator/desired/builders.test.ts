@@ -13,7 +13,7 @@ import { desiredPersistentVolumeClaim } from './persistent-volume-claim.ts';
 import { desiredDeployment } from './deployment.ts';
 import { desiredService } from './service.ts';
 import { desiredCleanupDaemonSet, desiredDaemonSet, desiredRelocatedCleanupDaemonSet, MIRROR_UID_ANNOTATION, relocatedCleanupName } from './daemon-set.ts';
-import { CHECKSUM_ANNOTATION, PATHS, keyedChecksum } from './inputs.ts';
+import { CHECKSUM_ANNOTATION, PATHS, keyedChecksum, referencedNames, upstreamCaRef } from './inputs.ts';
 import { inputsFixture, mirrorFixture } from '../test-fixtures.ts';
 
 const credentialed = {
@@ -339,6 +339,57 @@ test('an upstream CA Secret is mounted read-only where the config\'s caFile poin
   const plain = inputsFixture({ upstreamCredentials: credentials }, credentialed);
   assert.equal(checksum(plain), keyedChecksum(plain.checksumKey, JSON.stringify(desiredConfigMap(plain).data), JSON.stringify(desiredSecret(plain).data), ''));
   assert.equal(desiredDeployment(plain).spec.template.spec.volumes.some((v) => v.name === 'upstream-ca'), false);
+});
+
+test('an upstream CA ConfigMap is mounted read-only, its key only, where the config\'s caFile points, beside a Secret\'s in the same volume; a new CA rolls the mirror', () => {
+  const spec = {
+    upstreams: [
+      { registry: 'harbor.internal', caSecretRef: { name: 'harbor-ca' } },
+      { registry: 'nexus.internal:8443', url: 'https://nexus.internal:8443', caConfigMapRef: { name: 'trust-bundle', key: 'bundle.pem' } },
+      { registry: 'artifactory.internal', caConfigMapRef: { name: 'corp-root-ca' } },
+      { registry: 'docker.io' },
+    ],
+  };
+  const cas = (nexus: string) => new Map([['harbor.internal', 'digest-of-harbor-ca'], ['nexus.internal:8443', nexus], ['artifactory.internal', 'digest-of-corp-root']]);
+  const inputs = inputsFixture({ upstreamCas: cas('digest-of-nexus-bundle') }, spec);
+  const pod = valid(Deployment, desiredDeployment(inputs)).spec!.template.spec!;
+  assert.deepEqual(JSON.parse(JSON.stringify(pod.volumes!.find((v) => v.name === 'upstream-ca')!.projected)), {
+    defaultMode: 0o444,
+    sources: [
+      { secret: { name: 'harbor-ca', items: [{ key: 'ca.crt', path: 'upstream-0-ca.crt' }] } },
+      { configMap: { name: 'trust-bundle', items: [{ key: 'bundle.pem', path: 'upstream-1-ca.crt' }] } },
+      { configMap: { name: 'corp-root-ca', items: [{ key: 'ca.crt', path: 'upstream-2-ca.crt' }] } },
+    ],
+  });
+  assert.deepEqual(JSON.parse(JSON.stringify(pod.containers[0]!.volumeMounts!.find((m) => m.name === 'upstream-ca'))), { name: 'upstream-ca', mountPath: PATHS.upstreamCaDir, readOnly: true });
+
+  const text = desiredConfigMap(inputs).data[CONFIG_KEY];
+  const config = parse(text);
+  const dir = PATHS.upstreamCaDir;
+  assert.deepEqual(config.upstreams.map((u: { caFile?: string }) => u.caFile), [`${dir}/upstream-0-ca.crt`, `${dir}/upstream-1-ca.crt`, `${dir}/upstream-2-ca.crt`, undefined]);
+  assert.ok(!text.includes('trust-bundle') && !text.includes('BEGIN CERTIFICATE'), 'a path, not the ConfigMap or its content');
+  assert.ok(Value.Check(MirrorConfigFileSchema, config), 'a key the mirror reads');
+
+  const checksum = (i: ReturnType<typeof inputsFixture>) => desiredDeployment(i).spec.template.metadata.annotations[CHECKSUM_ANNOTATION];
+  assert.equal(checksum(inputsFixture({ upstreamCas: cas('digest-of-nexus-bundle') }, spec)), checksum(inputs), 'stable for the same CAs');
+  assert.notEqual(checksum(inputsFixture({ upstreamCas: cas('digest-of-rotated-bundle') }, spec)), checksum(inputs), 'a rotated CA in the ConfigMap rolls the mirror');
+});
+
+test('an upstream\'s CA source, and the Secrets and ConfigMaps a spec names (whose changes the operator follows)', () => {
+  assert.deepEqual(upstreamCaRef({ registry: 'a.internal', caConfigMapRef: { name: 'bundle' } }), { kind: 'ConfigMap', field: 'caConfigMapRef', name: 'bundle', key: 'ca.crt' });
+  assert.deepEqual(upstreamCaRef({ registry: 'a.internal', caSecretRef: { name: 'ca', key: 'root.pem' } }), { kind: 'Secret', field: 'caSecretRef', name: 'ca', key: 'root.pem' });
+  assert.equal(upstreamCaRef({ registry: 'docker.io' }), undefined);
+  const { spec } = mirrorFixture({
+    upstreams: [
+      { registry: 'docker.io', credentialsSecretRef: { name: 'hub-credentials' } },
+      { registry: 'harbor.internal', caSecretRef: { name: 'harbor-ca' } },
+      { registry: 'nexus.internal', caConfigMapRef: { name: 'trust-bundle' } },
+    ],
+    auth: { htpasswdSecretRef: { name: 'mirror-users' }, allowAnonymousWithCredentials: false },
+    tls: { secretName: 'mirror-tls' },
+  });
+  assert.deepEqual([...referencedNames(spec, 'Secret')].sort(), ['harbor-ca', 'hub-credentials', 'mirror-tls', 'mirror-users']);
+  assert.deepEqual([...referencedNames(spec, 'ConfigMap')], ['trust-bundle']);
 });
 
 test('the Service exposes port 5000 on a ClusterIP for the mirror pods', () => {

@@ -1,12 +1,12 @@
 // The mirror's configuration file (DESIGN.md's mirror contract) in a ConfigMap. Credentials are
 // referenced by file path into the owned Secret's mount, never written here; upstream CA bundles by
-// path into the mount of the user's Secret.
+// path into the mount of the user's Secret or ConfigMap.
 import { stringify } from 'yaml';
 import { formatQuantity, parseQuantity } from '../../common/quantity.ts';
 import { prefetchTarget } from '../../mirror/reference.ts';
 import type { RegistryMirror } from '../api/registry-mirror.ts';
 import {
-  MIRROR_PORT, PATHS, defaultRegistry, metadata, names, upstreamCaFileName, upstreamSecretKeys, upstreamUrl, type DesiredInputs,
+  MIRROR_PORT, PATHS, defaultRegistry, metadata, names, upstreamCaFileName, upstreamCaRef, upstreamSecretKeys, upstreamUrl, type DesiredInputs,
 } from './inputs.ts';
 
 export const CONFIG_KEY = 'config.yaml';
@@ -45,8 +45,8 @@ export function mirrorConfig(inputs: DesiredInputs): Record<string, unknown> {
         const keys = upstreamSecretKeys(index);
         out.credentials = { usernameFile: `${PATHS.secretsDir}/${keys.username}`, passwordFile: `${PATHS.secretsDir}/${keys.password}` };
       }
-      // The path into the Secret's mount (desiredDeployment), never the bundle itself.
-      if (upstream.caSecretRef && inputs.upstreamCas?.has(upstream.registry)) out.caFile = `${PATHS.upstreamCaDir}/${upstreamCaFileName(index)}`;
+      // The path into the Secret's or ConfigMap's mount (desiredDeployment), never the bundle itself.
+      if (upstreamCaRef(upstream) && inputs.upstreamCas?.has(upstream.registry)) out.caFile = `${PATHS.upstreamCaDir}/${upstreamCaFileName(index)}`;
       return out;
     }),
     default: defaultRegistry(spec),

@@ -1,11 +1,10 @@
 // The mirror's Deployment. The pod template carries a keyed checksum of everything the mirror reads
 // at start (config, credentials, certificate, upstream CAs), so changing any of them rolls the pods.
 import { parseQuantity } from '../../common/quantity.ts';
-import { DEFAULT_CA_KEY } from '../api/registry-mirror.ts';
 import { desiredConfigMap } from './config-map.ts';
 import { desiredSecret } from './secret.ts';
 import {
-  CHECKSUM_ANNOTATION, MIRROR_PORT, PATHS, keyedChecksum, labels, metadata, names, selector, upstreamCaFileName, type DesiredInputs,
+  CHECKSUM_ANNOTATION, MIRROR_PORT, PATHS, keyedChecksum, labels, metadata, names, selector, upstreamCaFileName, upstreamCaRef, type DesiredInputs,
 } from './inputs.ts';
 
 const DEFAULT_RESOURCES = {
@@ -52,14 +51,16 @@ export function configChecksum(inputs: DesiredInputs): string {
 }
 
 /**
- * The user's Secrets of spec.upstreams[].caSecretRef in one read-only volume, each key at the path
- * the config names (upstreamCaFileName). A CA is public: readable by all, unlike the owned Secret.
+ * The user's Secrets and ConfigMaps of spec.upstreams[].caSecretRef and caConfigMapRef in one
+ * read-only volume, each key at the path the config names (upstreamCaFileName): a projected volume
+ * takes both kinds, and only the named key of each is mounted. A CA is public: readable by all,
+ * unlike the owned Secret.
  */
 function upstreamCaVolume(inputs: DesiredInputs): Record<string, unknown> | undefined {
   const sources = inputs.mirror.spec.upstreams.flatMap((upstream, index) => {
-    const ref = upstream.caSecretRef;
+    const ref = upstreamCaRef(upstream);
     if (!ref || !inputs.upstreamCas?.has(upstream.registry)) return [];
-    return [{ secret: { name: ref.name, items: [{ key: ref.key ?? DEFAULT_CA_KEY, path: upstreamCaFileName(index) }] } }];
+    return [{ [ref.kind === 'Secret' ? 'secret' : 'configMap']: { name: ref.name, items: [{ key: ref.key, path: upstreamCaFileName(index) }] } }];
   });
   return sources.length > 0 ? { name: 'upstream-ca', projected: { sources, defaultMode: 0o444 } } : undefined;
 }

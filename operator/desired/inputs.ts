@@ -4,8 +4,8 @@ import { createHmac } from 'node:crypto';
 import { Value } from '@sinclair/typebox/value';
 import { registryApiUrl } from '../../common/registry-path.ts';
 import {
-  API_VERSION, KIND, RegistryMirrorSpecSchema,
-  type RegistryMirror, type RegistryMirrorSpec, type Runtime, type Upstream,
+  API_VERSION, CA_REF_KINDS, DEFAULT_CA_KEY, KIND, RegistryMirrorSpecSchema,
+  type CaRefField, type RegistryMirror, type RegistryMirrorSpec, type Runtime, type Upstream,
 } from '../api/registry-mirror.ts';
 import type { Credentials } from '../credentials.ts';
 import type { PodPlacement } from '../placement.ts';
@@ -21,7 +21,7 @@ export const PATHS = {
   configFile: '/etc/regmirror/config.yaml',
   secretsDir: '/run/secrets/regmirror',
   tlsDir: '/run/secrets/regmirror-tls',
-  /** The CA bundles of spec.upstreams[].caSecretRef, one file an upstream (upstreamCaFileName). */
+  /** The CA bundles of spec.upstreams[].caSecretRef or caConfigMapRef, one file an upstream (upstreamCaFileName). */
   upstreamCaDir: '/run/secrets/regmirror-upstream-ca',
   storage: '/var/lib/regmirror',
   /** In the node agent: the CA of an https mirror's certificate, from the TLS Secret. */
@@ -94,8 +94,8 @@ export interface DesiredInputs {
   /** Upstream credentials by registry, already normalised from the referenced Secrets. */
   upstreamCredentials: Map<string, Credentials>;
   /**
-   * A digest of each spec.upstreams[].caSecretRef bundle, by registry, once read and checked: the
-   * mirror mounts these Secrets, and a new CA in one rolls it. Absent: none is referenced.
+   * A digest of each upstream's CA bundle (upstreamCaRef), by registry, once read and checked: the
+   * mirror mounts these Secrets and ConfigMaps, and a new CA in one rolls it. Absent: none is referenced.
    */
   upstreamCas?: Map<string, string>;
   /** Content of the user's htpasswd Secret, when spec.auth.htpasswdSecretRef is set. */
@@ -223,7 +223,46 @@ export function upstreamSecretKeys(index: number) {
   return { username: `upstream-${index}-username`, password: `upstream-${index}-password` };
 }
 
-/** The file, in PATHS.upstreamCaDir, of the CA bundle of the upstream at `index` (spec.upstreams[].caSecretRef). */
+/** The file, in PATHS.upstreamCaDir, of the CA bundle of the upstream at `index` (upstreamCaRef). */
 export function upstreamCaFileName(index: number): string {
   return `upstream-${index}-ca.crt`;
+}
+
+/** The key of a Secret or ConfigMap an upstream's CA bundle is read from, as its spec names it. */
+export interface UpstreamCaRef {
+  kind: (typeof CA_REF_KINDS)[CaRefField];
+  /** The field of spec.upstreams[] that names it, for messages. */
+  field: CaRefField;
+  name: string;
+  key: string;
+}
+
+/**
+ * Where an upstream's CA bundle is, when it has one. The CRD lets an upstream name one of
+ * caSecretRef and caConfigMapRef only; the rest of the operator handles both through this.
+ */
+export function upstreamCaRef(upstream: Upstream): UpstreamCaRef | undefined {
+  for (const field of Object.keys(CA_REF_KINDS) as CaRefField[]) {
+    const ref = upstream[field];
+    if (ref) return { kind: CA_REF_KINDS[field], field, name: ref.name, key: ref.key ?? DEFAULT_CA_KEY };
+  }
+  return undefined;
+}
+
+/**
+ * The names of the user's objects of a kind the spec references, whose changes concern the mirror:
+ * the Secrets of upstream credentials, upstream CAs, htpasswd and TLS; the ConfigMaps of upstream CAs.
+ */
+export function referencedNames(spec: RegistryMirrorSpec, kind: UpstreamCaRef['kind']): Set<string> {
+  const found = new Set<string>();
+  for (const upstream of spec.upstreams ?? []) {
+    const ca = upstreamCaRef(upstream);
+    if (ca?.kind === kind) found.add(ca.name);
+    if (kind === 'Secret' && upstream.credentialsSecretRef) found.add(upstream.credentialsSecretRef.name);
+  }
+  if (kind === 'Secret') {
+    if (spec.auth?.htpasswdSecretRef) found.add(spec.auth.htpasswdSecretRef.name);
+    if (spec.tls) found.add(spec.tls.secretName);
+  }
+  return found;
 }

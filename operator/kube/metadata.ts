@@ -1,9 +1,10 @@
 // Watching a kind by its metadata only. Asked in Accept, the API server answers a list with a
 // PartialObjectMetadataList and a watch with PartialObjectMetadata events: each object's metadata,
-// none of its data. The controller watches Secrets this way, which only tell it which RegistryMirror
-// to reconcile; it reads the few Secrets it needs by name when it reconciles. A server that does not
-// know the media type answers plain JSON (the second entry in Accept), and routingMetadata still
-// keeps only the little that routing needs, so nothing large stays in memory either way.
+// none of its data. The controller watches Secrets and ConfigMaps this way, which only tell it
+// which RegistryMirror to reconcile; it reads the few it needs by name when it reconciles. A server
+// that does not know the media type answers plain JSON (the second entry in Accept), and
+// routingMetadata still keeps only the little that routing needs, so nothing large stays in memory
+// either way.
 import { Watch, type KubeConfig, type RequestContext } from '@kubernetes/client-node';
 import type { KubeObject } from './api.ts';
 
