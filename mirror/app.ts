@@ -52,7 +52,7 @@ export interface Mirror {
   listen(): Promise<string>;
   /** From now on /readyz answers 503 (the first step of shutting down); everything else is served as before. */
   drain(): void;
-  /** Stops accepting, lets in-flight responses finish (up to graceMs), then closes upstream connections. */
+  /** Stops accepting, lets in-flight responses finish (up to graceMs), each closing its connection, then closes upstream connections. */
   close(graceMs?: number): Promise<void>;
 }
 
@@ -121,6 +121,9 @@ export async function createMirror(config: MirrorConfig, options: MirrorOptions)
       throw new ConfigError(config.source, 'tls.cert, tls.key', `${config.tls!.cert} and ${config.tls!.key} are not a PEM certificate and its key: ${(error as Error).message}`);
     }
   }
+  // shutting down: /readyz fails from SIGTERM on (drain), no connection is kept alive once the listener closes (close)
+  let draining = false;
+  let closing = false;
   const app = Fastify({
     logger: false,
     exposeHeadRoutes: false,
@@ -128,7 +131,7 @@ export async function createMirror(config: MirrorConfig, options: MirrorOptions)
     return503OnClosing: false,
     forceCloseConnections: 'idle',
     ...(tls ? { https: tls } : {}),
-    frameworkErrors: frameworkErrorHandler(metrics),
+    frameworkErrors: frameworkErrorHandler(metrics, () => closing),
     clientErrorHandler: (error: NodeJS.ErrnoException, socket: Socket) => {
       const tooLarge = error.code === 'HPE_HEADER_OVERFLOW';
       if (socket.writable) socket.end(clientErrorResponse(tooLarge ? 431 : 400, tooLarge ? 'request header fields too large' : 'malformed HTTP request'));
@@ -138,10 +141,10 @@ export async function createMirror(config: MirrorConfig, options: MirrorOptions)
 
   // in this process's own temporary directory: replicas sharing the store do not remove each other's probe
   const probe = join(store.temporaryDirectory, '.readyz');
-  let draining = false;
   registerRoutes(app, {
     now: options.now ?? Date.now,
     draining: () => draining,
+    closing: () => closing,
     sendTimeoutMs: options.sendTimeoutMs ?? SEND_TIMEOUT_MS,
     cache,
     upstreams,
@@ -248,6 +251,8 @@ export async function createMirror(config: MirrorConfig, options: MirrorOptions)
       clearInterval(heartbeatTimer);
       prefetcher.stop();
       const timer = setTimeout(() => app.server.closeAllConnections?.(), graceMs);
+      // before the listener closes: a response that finishes from now on ends its connection (routes.ts)
+      closing = true;
       try {
         await app.close();
       } finally {

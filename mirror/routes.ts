@@ -25,6 +25,8 @@ export interface RouteContext {
   storeWritable(): Promise<boolean>;
   /** Set once shutdown began: the pod is to leave the Service's endpoints. */
   draining(): boolean;
+  /** Set once the mirror stopped accepting connections: no connection is kept alive from then on. */
+  closing(): boolean;
   /** How long a blob response may take no bytes while some wait for it before it is cut (SEND_TIMEOUT_MS unless a test shortens it). */
   sendTimeoutMs: number;
   /** The clock (tests move it). */
@@ -67,11 +69,23 @@ export function registerRoutes(app: FastifyInstance, context: RouteContext): voi
   // for a blob transfer that never finishes (cut mid-body), when it closes (serveBlob). The status
   // is the one sent ('none' when none was). Hooks, not a listener per response: the manifest path
   // is the busiest.
+  //
+  // Once the mirror is closing, the same hooks end each connection with its response, so the exit
+  // waits for the responses in flight and not for the grace deadline: the listener's close only
+  // closed the connections idle at that moment, and fastify says Connection: close only to
+  // requests that arrive after it.
   app.addHook('onResponse', async (request, reply) => {
     countRequest(metrics, request, String(reply.statusCode));
+    // A response whose headers went out with keep-alive before the close leaves its connection
+    // idle: closed now. A connection with a request on it is not idle, and that request is answered
+    // with Connection: close. Deferred past this turn's I/O so that an answer queued behind this one
+    // (a pipelined request) is written out and counted first; Node then closes that connection itself.
+    if (context.closing()) setImmediate(() => app.server.closeIdleConnections());
   });
   app.addHook('onSend', (request, reply, payload, done) => {
     if (reply.raw.destroyed) countRequest(metrics, request, 'none');
+    // a request that came before the close and is answered after it
+    else if (context.closing()) reply.header('connection', 'close');
     done(null, payload);
   });
 
@@ -147,12 +161,14 @@ export function registerRoutes(app: FastifyInstance, context: RouteContext): voi
  * decode): the registry's error JSON and headers too, not fastify's, so a client reads them as it
  * reads every other error, and counted as every other request is. Given to Fastify as `frameworkErrors` (app.ts).
  */
-export function frameworkErrorHandler(metrics: MirrorMetrics) {
+export function frameworkErrorHandler(metrics: MirrorMetrics, closing: () => boolean) {
   return (error: Error & { statusCode?: number }, request: FastifyRequest, reply: FastifyReply): void => {
     const status = error.statusCode ?? 400;
     const what = (error as NodeJS.ErrnoException).code === 'FST_ERR_BAD_URL' ? 'its percent-encoding does not decode' : error.message.slice(0, 200);
     // no route ran, so neither did the onResponse hook that counts the others
     countRequest(metrics, request, String(status));
+    // nor the onSend hook that ends connections once the mirror is closing (nor fastify's own Connection: close)
+    if (closing()) reply.header('connection', 'close');
     void reply.code(status).headers(API_VERSION).type('application/json').send(new RegistryError('UNSUPPORTED', status, `malformed request URL: ${what}`).toJSON());
   };
 }
@@ -271,6 +287,8 @@ async function serveBlob(context: RouteContext, repo: Repository, reference: str
   // error JSON by the error handler.
   const begin = () => {
     reply.hijack();
+    // written by hand, past the onSend hook: the same Connection: close once the mirror is closing
+    if (context.closing()) headers.connection = 'close';
     reply.raw.writeHead(status, headers);
   };
   try {

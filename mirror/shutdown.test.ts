@@ -3,10 +3,12 @@
 import { after, before, describe, test } from 'node:test';
 import assert from 'node:assert/strict';
 import { createHash } from 'node:crypto';
+import diagnosticsChannel from 'node:diagnostics_channel';
 import http from 'node:http';
 import net from 'node:net';
+import { Client } from 'undici';
 import { startFaultProxy, type FaultProxy } from '../test/harness/fault-proxy.ts';
-import { startMirrorProcess } from '../test/harness/mirror.ts';
+import { startMirrorProcess, type MirrorProcess } from '../test/harness/mirror.ts';
 import { pushImage, writeOciImage, type TestImage } from '../test/harness/oci-image.ts';
 import { cleanupAll, makeTempDir, waitFor } from '../test/harness/process.ts';
 import { startRegistry, type RegistryServer } from '../test/harness/registry.ts';
@@ -25,24 +27,35 @@ function refuses(port: number): Promise<boolean> {
   });
 }
 
-/** A GET whose progress the test can watch while it runs. */
-function streamingGet(url: string): { received: () => number; abort: () => void; done: Promise<{ status: number; body: Buffer }> } {
+/**
+ * A GET whose progress the test can watch while it runs. With a keep-alive agent the connection
+ * outlives the response: `closed` tells when it closed (the mirror closing it).
+ */
+function streamingGet(url: string, opts: { agent?: http.Agent; headers?: http.OutgoingHttpHeaders } = {}): {
+  received: () => number;
+  abort: () => void;
+  done: Promise<{ status: number; headers: http.IncomingHttpHeaders; body: Buffer; endedAt: number }>;
+  closed: Promise<number>;
+} {
   let received = 0;
   let req: http.ClientRequest | undefined;
-  const done = new Promise<{ status: number; body: Buffer }>((resolve, reject) => {
-    req = http.get(url, { agent: false, timeout: 60_000 }, (res) => {
+  let onClosed: (at: number) => void;
+  const closed = new Promise<number>((resolve) => (onClosed = resolve));
+  const done = new Promise<{ status: number; headers: http.IncomingHttpHeaders; body: Buffer; endedAt: number }>((resolve, reject) => {
+    req = http.get(url, { agent: opts.agent ?? false, headers: opts.headers ?? {}, timeout: 60_000 }, (res) => {
       const chunks: Buffer[] = [];
       res.on('data', (b: Buffer) => {
         chunks.push(b);
         received += b.length;
       });
-      res.on('end', () => resolve({ status: res.statusCode ?? 0, body: Buffer.concat(chunks) }));
+      res.on('end', () => resolve({ status: res.statusCode ?? 0, headers: res.headers, body: Buffer.concat(chunks), endedAt: Date.now() }));
       res.on('error', reject);
     });
+    req.once('socket', (socket) => socket.once('close', () => onClosed(Date.now())));
     req.on('timeout', () => req!.destroy(new Error('timed out')));
     req.on('error', reject);
   });
-  return { received: () => received, abort: () => req?.destroy(new Error('client gave up')), done };
+  return { received: () => received, abort: () => req?.destroy(new Error('client gave up')), done, closed };
 }
 
 describe('SIGTERM', () => {
@@ -132,7 +145,8 @@ describe('SIGTERM', () => {
 
   test('SIGTERM under load: every response either completes with the right bytes or is refused, never cut short', async (t) => {
     // "Refused" includes a request sent on a kept-alive connection just as the mirror closed it
-    // idle: no byte of an answer came, and HTTP/1.1 clients (Go's, containerd's) send such a GET again.
+    // (idle at SIGTERM, or once its response ended): no byte of an answer came, and HTTP/1.1
+    // clients (Go's, containerd's) send such a GET again.
     const slow = proxy.addRule({ path: /\/blobs\//, bytesPerSecond: 4 * 1024 * 1024 });
     const mirror = await startMirrorProcess({ upstreams: [{ registry: 'docker.io', url: proxy.url }], logLevel: 'warn' });
     const agent = new http.Agent({ keepAlive: true, maxSockets: 40 });
@@ -205,6 +219,122 @@ describe('SIGTERM', () => {
       assert.deepEqual(mirror.process.exitStatus(), { code: 0, signal: null });
     } finally {
       agent.destroy();
+      await mirror.process.stop();
+    }
+  });
+
+  // A mirror that waits for kept-alive connections to be cut at the grace deadline lingers that
+  // long in every rollout: the exit is to follow the last response in flight instead.
+  const graceMs = 20_000;
+  /**
+   * How soon after the last response ends the exit must come. One held up by a connection comes at
+   * the grace deadline, some 17 s later in these tests; a quarter of the grace leaves a busy machine
+   * room (a bound on the behaviour, not a benchmark).
+   */
+  const promptMs = graceMs / 4;
+  const exitedAt = async (mirror: MirrorProcess): Promise<number> => {
+    await waitFor(() => mirror.process.exitStatus() !== undefined, { timeoutMs: graceMs + 15_000, intervalMs: 20, what: 'the mirror to exit' });
+    return Date.now();
+  };
+
+  test('a keep-alive connection streaming a blob at SIGTERM is closed when the response ends, and the exit follows then, not at the grace deadline', async (t) => {
+    const slow = proxy.addRule({ path: /\/blobs\//, bytesPerSecond: 1024 * 1024 }); // the 3 MiB layer takes about 3 s
+    const mirror = await startMirrorProcess({ upstreams: [{ registry: 'docker.io', url: proxy.url }], args: ['--shutdown-grace', `${graceMs / 1000}s`] });
+    const agent = new http.Agent({ keepAlive: true, maxSockets: 1 });
+    try {
+      const layer = image.layers[0]!;
+      const inFlight = streamingGet(`${mirror.url}/v2/library/app/blobs/${layer.digest}`, { agent });
+      await waitFor(() => inFlight.received() > 256 * 1024, { timeoutMs: 20_000, what: 'the response to be under way' });
+      mirror.process.signal('SIGTERM');
+      const { status, headers, body, endedAt } = await inFlight.done;
+      assert.equal(status, 200);
+      assert.equal(sha256(body), layer.digest, 'every byte of the in-flight response arrived');
+      // its headers went out before SIGTERM, promising keep-alive: the mirror ends the connection after it instead
+      assert.equal(headers.connection, 'keep-alive');
+      const exited = await exitedAt(mirror);
+      const closed = await inFlight.closed;
+      t.diagnostic(`after the body's end: connection closed +${closed - endedAt} ms, exit +${exited - endedAt} ms (grace ${graceMs} ms)`);
+      assert.ok(closed - endedAt < promptMs, `the connection closed ${closed - endedAt} ms after the response ended (grace ${graceMs} ms)`);
+      assert.ok(exited - endedAt < promptMs, `the mirror exited ${exited - endedAt} ms after the last response ended (grace ${graceMs} ms)`);
+      assert.deepEqual(mirror.process.exitStatus(), { code: 0, signal: null });
+    } finally {
+      slow.remove();
+      agent.destroy();
+      await mirror.process.stop();
+    }
+  });
+
+  test('responses whose headers were not sent yet at SIGTERM say Connection: close, and the exit follows the last one', async () => {
+    // the mirror is still waiting for the upstream when SIGTERM arrives: a manifest (fastify's reply) and a blob (written by hand)
+    const late = proxy.addRule({ path: /\/(manifests|blobs)\//, delayMs: 2_000 });
+    const mirror = await startMirrorProcess({ upstreams: [{ registry: 'docker.io', url: proxy.url }], args: ['--shutdown-grace', `${graceMs / 1000}s`] });
+    const agent = new http.Agent({ keepAlive: true, maxSockets: 2 });
+    try {
+      const layer = image.layers[1]!;
+      proxy.resetRequests();
+      const manifest = streamingGet(`${mirror.url}/v2/library/app/manifests/v1`, { agent, headers: { accept: image.manifestMediaType } });
+      const blob = streamingGet(`${mirror.url}/v2/library/app/blobs/${layer.digest}`, { agent });
+      const asked = (path: string) => proxy.requests().some((r) => r.path.endsWith(path));
+      await waitFor(() => asked('/manifests/v1') && asked(`/blobs/${layer.digest}`), { timeoutMs: 10_000, what: 'both requests to reach the upstream' });
+      mirror.process.signal('SIGTERM');
+      const answers = await Promise.all([manifest.done, blob.done]);
+      for (const [answer, digest] of [[answers[0], image.manifestDigest], [answers[1], layer.digest]] as const) {
+        assert.equal(answer.status, 200);
+        assert.equal(sha256(answer.body), digest);
+        assert.equal(answer.headers.connection, 'close', `${digest}: no keep-alive once shutting down`);
+      }
+      const exited = await exitedAt(mirror);
+      const lastEnded = Math.max(...answers.map((a) => a.endedAt));
+      assert.ok(exited - lastEnded < promptMs, `the mirror exited ${exited - lastEnded} ms after the last response ended (grace ${graceMs} ms)`);
+      assert.deepEqual(mirror.process.exitStatus(), { code: 0, signal: null });
+    } finally {
+      late.remove();
+      agent.destroy();
+      await mirror.process.stop();
+    }
+  });
+
+  test('a request sent on a busy keep-alive connection after SIGTERM is answered after the response in flight, with Connection: close', async () => {
+    // undici pipelines the second GET on the connection the blob is streaming on (Node's agent would wait for it to be free)
+    const slow = proxy.addRule({ path: /\/blobs\//, bytesPerSecond: 1024 * 1024 });
+    const mirror = await startMirrorProcess({ upstreams: [{ registry: 'docker.io', url: proxy.url }], args: ['--shutdown-grace', `${graceMs / 1000}s`] });
+    const client = new Client(mirror.url, { pipelining: 2 });
+    try {
+      const layer = image.layers[0]!;
+      const first = await client.request({ method: 'GET', path: `/v2/library/app/blobs/${layer.digest}` });
+      let received = 0;
+      const chunks: Buffer[] = [];
+      const firstBody = (async () => {
+        for await (const chunk of first.body as AsyncIterable<Buffer>) {
+          chunks.push(chunk);
+          received += chunk.length;
+        }
+        return Date.now();
+      })();
+      await waitFor(() => received > 256 * 1024, { timeoutMs: 20_000, what: 'the response to be under way' });
+      mirror.process.signal('SIGTERM');
+      await waitFor(() => refuses(mirror.port), { timeoutMs: 10_000, what: 'new connections to be refused' });
+      assert.ok(received < layer.size, 'the blob was still streaming');
+      let sentAt = Infinity;
+      const onSent = (message: unknown) => {
+        if ((message as { request: { path: string } }).request.path === '/v2/') sentAt = Date.now();
+      };
+      diagnosticsChannel.subscribe('undici:client:sendHeaders', onSent);
+      const second = await client.request({ method: 'GET', path: '/v2/' }).finally(() => diagnosticsChannel.unsubscribe('undici:client:sendHeaders', onSent));
+      const secondBody = await second.body.text();
+      const firstEnded = await firstBody;
+      assert.equal(first.statusCode, 200);
+      assert.equal(sha256(Buffer.concat(chunks)), layer.digest, 'every byte of the in-flight response arrived');
+      assert.ok(sentAt < firstEnded, 'the second request was sent while the blob was streaming');
+      assert.equal(second.statusCode, 200);
+      assert.equal(secondBody, '{}');
+      assert.equal(second.headers.connection, 'close');
+      const exited = await exitedAt(mirror);
+      assert.ok(exited - firstEnded < promptMs, `the mirror exited ${exited - firstEnded} ms after the responses ended (grace ${graceMs} ms)`);
+      assert.deepEqual(mirror.process.exitStatus(), { code: 0, signal: null });
+    } finally {
+      slow.remove();
+      await client.destroy();
       await mirror.process.stop();
     }
   });
