@@ -78,3 +78,17 @@ test('a mirror its own spec stopped before it applied anything holds no nodes, u
   assert.equal(conflict?.why, 'its agents are on them');
   assert.equal(nodeConfigHolder(later, [fixed, later], agents([later])), undefined);
 });
+
+test('a mirror kept off its nodes by an earlier one holds nothing: a third that shares files only with it configures its nodes (no chain of refusals)', () => {
+  const hub = mirror('hub', '2026-01-01T00:00:00Z', { upstreams: [{ registry: 'docker.io' }] });
+  const all = mirror('all-registries', '2026-01-02T00:00:00Z', { upstreams: [{ registry: 'docker.io' }, { registry: 'quay.io' }] });
+  const quay = mirror('quay', '2026-01-03T00:00:00Z', { upstreams: [{ registry: 'quay.io' }], ...nodeConfig({ nodeSelector: { pool: 'a' } }) });
+  const every = [hub, all, quay];
+  assert.equal(nodeConfigHolder(all, every, noAgents)?.holder.metadata.name, 'hub', 'docker.io is the first one\'s');
+  assert.equal(nodeConfigHolder(quay, every, noAgents), undefined, 'nobody configures quay.io on these nodes');
+  // once the first goes, the second takes its nodes and the third, created later, gives them up
+  assert.equal(nodeConfigHolder(quay, [all, quay], noAgents)?.holder.metadata.name, 'all-registries');
+  // a blocked mirror whose agents still configure the nodes (from before the conflict) keeps holding them
+  const agents: NodeAgentModeOf = (m) => (m === all ? 'apply' : undefined);
+  assert.equal(nodeConfigHolder(quay, every, agents)?.holder.metadata.name, 'all-registries');
+});

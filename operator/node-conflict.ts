@@ -83,7 +83,24 @@ const onNodes = (m: RegistryMirror, modeOf: NodeAgentModeOf) => cleaningNodes(m)
  * the earliest created. Undefined when `mirror` may configure its nodes.
  */
 export function nodeConfigHolder(mirror: RegistryMirror, all: readonly RegistryMirror[], modeOf: NodeAgentModeOf): { holder: RegistryMirror; files: string; why: string } | undefined {
+  return holderOf(mirror, all, modeOf, new Map());
+}
+
+type Holder = ReturnType<typeof nodeConfigHolder>;
+
+/**
+ * nodeConfigHolder, remembering per call which mirrors are kept off their nodes. A candidate that
+ * is itself kept off them by an earlier one, with no agents of its own on them, holds nothing: it
+ * must not keep a third mirror off nodes that nobody configures. Ranks only go down from one
+ * mirror to the next, so this ends.
+ */
+function holderOf(mirror: RegistryMirror, all: readonly RegistryMirror[], modeOf: NodeAgentModeOf, keptOff: Map<RegistryMirror, boolean>): Holder {
   if (!mirror.spec.nodeConfig.enabled) return undefined;
+  const isKeptOff = (m: RegistryMirror) => {
+    let known = keptOff.get(m);
+    if (known === undefined) keptOff.set(m, (known = holderOf(m, all, modeOf, keptOff) !== undefined));
+    return known;
+  };
   const rank = (m: RegistryMirror) => `${onNodes(m, modeOf) ? 0 : 1}\u0000${createdOrder(m)}`;
   const mine = rank(mirror);
   const candidates = all
@@ -93,6 +110,7 @@ export function nodeConfigHolder(mirror: RegistryMirror, all: readonly RegistryM
   for (const other of candidates) {
     if (!selectorsOverlap(mirror.spec.nodeConfig.nodeSelector, other.spec.nodeConfig.nodeSelector)) continue;
     const files = sharedNodeFiles(mirror, other);
+    if (files && !onNodes(other, modeOf) && isKeptOff(other)) continue;
     if (files) return { holder: other, files, why: onNodes(other, modeOf) && !onNodes(mirror, modeOf) ? 'its agents are on them' : 'created earlier' };
   }
   return undefined;
