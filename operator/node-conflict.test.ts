@@ -92,3 +92,13 @@ test('a mirror kept off its nodes by an earlier one holds nothing: a third that 
   const agents: NodeAgentModeOf = (m) => (m === all ? 'apply' : undefined);
   assert.equal(nodeConfigHolder(quay, every, agents)?.holder.metadata.name, 'all-registries');
 });
+
+test('thousands of mirrors in a chain (each sharing a registry with the one before) are decided without running out of stack: every other one holds its nodes', () => {
+  const count = 3000;
+  const chain = Array.from({ length: count }, (_, i) =>
+    mirror(`m${i}`, new Date(Date.UTC(2026, 0, 1) + i * 1000).toISOString(), { upstreams: [{ registry: `r${i}.io` }, { registry: `r${i + 1}.io` }] }));
+  assert.equal(nodeConfigHolder(chain[0]!, chain, noAgents), undefined);
+  assert.equal(nodeConfigHolder(chain[1]!, chain, noAgents)?.holder.metadata.name, 'm0');
+  assert.equal(nodeConfigHolder(chain[2]!, chain, noAgents), undefined, 'm1 is kept off, so m2 shares files with no holder');
+  assert.equal(nodeConfigHolder(chain[count - 1]!, chain, noAgents)?.holder.metadata.name, `m${count - 2}`);
+});

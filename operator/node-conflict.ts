@@ -83,35 +83,46 @@ const onNodes = (m: RegistryMirror, modeOf: NodeAgentModeOf) => cleaningNodes(m)
  * the earliest created. Undefined when `mirror` may configure its nodes.
  */
 export function nodeConfigHolder(mirror: RegistryMirror, all: readonly RegistryMirror[], modeOf: NodeAgentModeOf): { holder: RegistryMirror; files: string; why: string } | undefined {
-  return holderOf(mirror, all, modeOf, new Map());
-}
-
-type Holder = ReturnType<typeof nodeConfigHolder>;
-
-/**
- * nodeConfigHolder, remembering per call which mirrors are kept off their nodes. A candidate that
- * is itself kept off them by an earlier one, with no agents of its own on them, holds nothing: it
- * must not keep a third mirror off nodes that nobody configures. Ranks only go down from one
- * mirror to the next, so this ends.
- */
-function holderOf(mirror: RegistryMirror, all: readonly RegistryMirror[], modeOf: NodeAgentModeOf, keptOff: Map<RegistryMirror, boolean>): Holder {
   if (!mirror.spec.nodeConfig.enabled) return undefined;
-  const isKeptOff = (m: RegistryMirror) => {
-    let known = keptOff.get(m);
-    if (known === undefined) keptOff.set(m, (known = holderOf(m, all, modeOf, keptOff) !== undefined));
-    return known;
-  };
   const rank = (m: RegistryMirror) => `${onNodes(m, modeOf) ? 0 : 1}\u0000${createdOrder(m)}`;
   const mine = rank(mirror);
-  const candidates = all
+  const before = all
     .filter((other) => !(other.metadata.namespace === mirror.metadata.namespace && other.metadata.name === mirror.metadata.name))
     .filter((other) => other.spec?.nodeConfig?.enabled && holdsNodes(other, modeOf) && rank(other) < mine)
-    .sort((x, y) => (rank(x) < rank(y) ? -1 : 1));
-  for (const other of candidates) {
-    if (!selectorsOverlap(mirror.spec.nodeConfig.nodeSelector, other.spec.nodeConfig.nodeSelector)) continue;
-    const files = sharedNodeFiles(mirror, other);
-    if (files && !onNodes(other, modeOf) && isKeptOff(other)) continue;
-    if (files) return { holder: other, files, why: onNodes(other, modeOf) && !onNodes(mirror, modeOf) ? 'its agents are on them' : 'created earlier' };
+    .map((other) => ({ other, rank: rank(other) }))
+    .sort((x, y) => (x.rank < y.rank ? -1 : 1));
+  // The mirrors that hold their nodes, decided in rank order, by the files they write: one kept off
+  // its nodes by an earlier one, with no agents of its own on them, holds nothing, so it never
+  // keeps a later mirror off nodes that nobody configures. One pass, no recursion: cheap with
+  // thousands of mirrors.
+  const holders = new Map<string, { other: RegistryMirror; rank: string }[]>();
+  const firstHolder = (m: RegistryMirror) => {
+    let found: { other: RegistryMirror; rank: string } | undefined;
+    for (const key of fileKeys(m)) {
+      const holder = holders.get(key)?.find(({ other }) => selectorsOverlap(m.spec.nodeConfig.nodeSelector, other.spec.nodeConfig.nodeSelector));
+      if (holder && (!found || holder.rank < found.rank)) found = holder;
+    }
+    return found?.other;
+  };
+  for (const entry of before) {
+    if (!onNodes(entry.other, modeOf) && firstHolder(entry.other)) continue;
+    for (const key of fileKeys(entry.other)) {
+      const list = holders.get(key);
+      if (list) list.push(entry);
+      else holders.set(key, [entry]);
+    }
   }
-  return undefined;
+  const holder = firstHolder(mirror);
+  if (!holder) return undefined;
+  return { holder, files: sharedNodeFiles(mirror, holder)!, why: onNodes(holder, modeOf) && !onNodes(mirror, modeOf) ? 'its agents are on them' : 'created earlier' };
+}
+
+/** The node files a mirror writes, as keys two mirrors share exactly when sharedNodeFiles names something. */
+function fileKeys(m: RegistryMirror): string[] {
+  const { runtimes } = m.spec.nodeConfig;
+  const keys: string[] = [];
+  if (runtimes.includes('containerd')) for (const upstream of m.spec.upstreams) keys.push(`containerd ${upstream.registry}`);
+  if (runtimes.includes('docker') && m.spec.upstreams.some((u) => u.registry === 'docker.io')) keys.push('docker');
+  if (runtimes.includes('crio')) keys.push('crio');
+  return keys;
 }
