@@ -43,6 +43,7 @@ const SECRETS_AUDIT_POLICY = {
   rules: [
     { level: 'RequestResponse', users: [SERVICE_ACCOUNT], verbs: ['list'], resources: [{ group: '', resources: ['secrets', 'configmaps'] }] },
     { level: 'Metadata', users: [SERVICE_ACCOUNT], verbs: ['get', 'watch'], resources: [{ group: '', resources: ['secrets', 'configmaps'] }] },
+    { level: 'Metadata', users: [SERVICE_ACCOUNT], verbs: ['list'], resources: [{ group: '', resources: ['nodes'] }] },
     { level: 'None' },
   ],
 };
@@ -754,6 +755,13 @@ describe('operator against a real kube-apiserver', { skip }, () => {
       assert.equal((await owned('apps/v1', 'DaemonSet', 'regmirror-tainted-node'))!.spec.template.spec.tolerations, undefined);
       const record = JSON.parse((await mirror('tainted'))!.metadata!.annotations!['regmirror.dev/dropped-placements']!);
       assert.deepEqual(record.nodes, ['taint-gpu-1', 'taint-gpu-2'], 'the names are recorded, for an operator restarted meanwhile');
+      // Nodes are large (each lists its images) and may be thousands: read a page at a time
+      const nodeLists = (await env.auditEvents()).filter((e) => e.user.username === SERVICE_ACCOUNT && e.objectRef?.resource === 'nodes' && e.verb === 'list');
+      assert.ok(nodeLists.length > 0 && nodeLists.every((e) => /[?&]limit=500(&|$)/.test(e.requestURI)), nodeLists.map((e) => e.requestURI).join(' '));
+      const pages: string[][] = [];
+      for await (const page of admin.listPages<Obj>('v1', 'Node', undefined, `${POOL}=taint`, 2)) pages.push(page.map((n) => n.metadata!.name!));
+      assert.deepEqual(pages.flat().sort(), ['taint-gpu-1', 'taint-gpu-2', 'taint-never', 'taint-plain'], 'every page, by the continue token');
+      assert.deepEqual(pages.map((p) => p.length), [2, 2]);
       const events = await eventsFor('tainted');
       assert.ok(events.some((e) => e.reason === 'NodeCleanup' && /nodeConfig\.tolerations no longer tolerates a taint of 2 node\(s\).*taint-gpu-1, taint-gpu-2/.test(e.message!)));
       assert.ok(!events.some((e) => e.reason === 'NodeCleanupIncomplete'), 'nothing is left uncleaned');

@@ -8,7 +8,7 @@ import { API_VERSION, KIND, type RegistryMirror } from './api/registry-mirror.ts
 import { desiredRelocatedCleanupDaemonSet, MIRROR_UID_ANNOTATION, MODE_ANNOTATION, modeOf } from './desired/daemon-set.ts';
 import { CHECKSUM_ANNOTATION, FINALIZER, names } from './desired/inputs.ts';
 import { EventRecorder } from './events.ts';
-import { ApiError, type KubeApi, type KubeObject } from './kube/api.ts';
+import { ApiError, LIST_PAGE_SIZE, type KubeApi, type KubeObject } from './kube/api.ts';
 import { DROPPED_PLACEMENTS_ANNOTATION } from './placement.ts';
 import { Reconciler } from './reconciler.ts';
 import { inputsFixture, mirrorFixture } from './test-fixtures.ts';
@@ -100,13 +100,19 @@ class FakeApiServer {
     return structuredClone(this.objects.get(key)) as T;
   }
 
-  /** Nodes only, by a label selector of key=value pairs. */
-  async list<T>(apiVersion: string, kind: string, _namespace?: string, labelSelector?: string): Promise<{ items: T[] }> {
+  /** Nodes only, by a label selector of key=value pairs, in pages as the API server gives them; `pages` counts the pages asked for. */
+  async *listPages<T>(apiVersion: string, kind: string, _namespace?: string, labelSelector?: string, pageSize = LIST_PAGE_SIZE): AsyncGenerator<T[]> {
     if (kind !== 'Node') throw new Error('the fake lists Nodes only');
     if (this.nodesError) throw this.nodesError;
     const wanted = (labelSelector ?? '').split(',').filter(Boolean).map((pair) => pair.split('='));
-    return { items: structuredClone(this.nodes.filter((n) => wanted.every(([k, v]) => n.metadata?.labels?.[k!] === v))) as T[] };
+    const found = this.nodes.filter((n) => wanted.every(([k, v]) => n.metadata?.labels?.[k!] === v));
+    for (let start = 0; start === 0 || start < found.length; start += pageSize) {
+      this.pages++;
+      yield structuredClone(found.slice(start, start + pageSize)) as T[];
+    }
   }
+
+  pages = 0;
 
   all(kind: string): Obj[] {
     return [...this.objects.values()].filter((o) => o.kind === kind);
@@ -844,4 +850,5 @@ test('past MAX_DROPPED_NODE_NAMES nodes, the first are cleaned and a Warning cou
   assert.deepEqual(terms(), named(...nodes.slice(0, 500).map((n) => n.metadata!.name!)));
   const warning = server.all('Event').find((e) => e.reason === 'NodeCleanupIncomplete') as { message?: string } | undefined;
   assert.match(warning!.message!, /a taint of 3 more node\(s\) the agents configured than the 500 a cleanup names/);
+  assert.ok(server.pages >= 2, `the Nodes were read in pages of ${LIST_PAGE_SIZE}: ${server.pages}`);
 });

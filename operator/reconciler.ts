@@ -262,11 +262,13 @@ export class Reconciler {
     return leftByTaint(before, after, nodes);
   }
 
-  /** The Nodes with these labels; undefined when the operator may not list them. */
+  /** The Nodes with these labels; undefined when the operator may not list them. Read a page at a time, keeping only what placement needs of each. */
   private async listNodes(labels: Record<string, string>): Promise<NodeFacts[] | undefined> {
     const selector = Object.entries(labels).map(([key, value]) => `${key}=${value}`).join(',');
     try {
-      return (await this.options.api.list<KubeObject>('v1', 'Node', undefined, selector || undefined)).items.map(nodeOf);
+      const facts: NodeFacts[] = [];
+      for await (const page of this.options.api.listPages<KubeObject>('v1', 'Node', undefined, selector || undefined)) facts.push(...page.map(nodeOf));
+      return facts;
     } catch (error) {
       if (isForbidden(error)) return undefined;
       throw error;

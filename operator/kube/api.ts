@@ -30,6 +30,9 @@ export type JsonPatchOperation =
   | { op: 'test' | 'add' | 'replace'; path: string; value: unknown }
   | { op: 'remove'; path: string };
 
+/** Objects a page of listPages asks for: client-go's informers ask for as many. */
+export const LIST_PAGE_SIZE = 500;
+
 export interface KubeList<T> {
   metadata?: { resourceVersion?: string; continue?: string };
   items: T[];
@@ -169,6 +172,23 @@ export class KubeApi {
       ...(options.metadataOnly ? { accept: METADATA_LIST_ACCEPT } : {}),
     });
     return { ...list, items: list.items ?? [] };
+  }
+
+  /**
+   * A list read page by page (`limit`, then each `continue` token the server gives), so a kind whose
+   * objects are large and many (Nodes, each with the images it holds) is never held whole. A token
+   * that expired meanwhile (410, about 5 minutes after the first page) fails the read, to be
+   * retried from the start.
+   */
+  async *listPages<T extends KubeObject>(apiVersion: string, kind: string, namespace?: string, labelSelector?: string, pageSize = LIST_PAGE_SIZE): AsyncGenerator<T[]> {
+    let token: string | undefined;
+    do {
+      const page = await this.request<KubeList<T>>('GET', collectionPath(apiVersion, kind, namespace), {
+        query: { ...(labelSelector ? { labelSelector } : {}), limit: String(pageSize), ...(token ? { continue: token } : {}) },
+      });
+      yield page.items ?? [];
+      token = page.metadata?.continue || undefined;
+    } while (token);
   }
 
   /**
