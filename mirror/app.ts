@@ -16,7 +16,7 @@ import { Prefetcher } from './prefetch.ts';
 import type { MirrorConfig } from './config.ts';
 import { RegistryError } from './errors.ts';
 import { MirrorMetrics } from './metrics.ts';
-import { frameworkErrorHandler, registerRoutes } from './routes.ts';
+import { closeIfIdle, frameworkErrorHandler, registerRoutes } from './routes.ts';
 import { ContentStore, HEARTBEAT_MS, type RemovedInstance } from './store.ts';
 import { UpstreamClient, type UpstreamTimeouts } from './upstream.ts';
 
@@ -138,6 +138,20 @@ export async function createMirror(config: MirrorConfig, options: MirrorOptions)
       else socket.destroy();
     },
   } as Parameters<typeof Fastify>[0]) as unknown as FastifyInstance;
+
+  // Node's own closeIdleConnections (server.close() calls it, so does fastify's forceCloseConnections)
+  // destroys every connection between requests, sparing only responses not yet ended: one whose
+  // response has ended but whose last bytes still wait in its buffer (up to 2 MiB of a blob for a
+  // client reading slower than the mirror writes) was cut short. This one closes only connections
+  // with no response on them, and only once their bytes are out (closeIfIdle).
+  const connections = new Set<Socket>();
+  app.server.on(tls ? 'secureConnection' : 'connection', (socket: Socket) => {
+    connections.add(socket);
+    socket.once('close', () => connections.delete(socket));
+  });
+  app.server.closeIdleConnections = () => {
+    for (const socket of connections) closeIfIdle(socket);
+  };
 
   // in this process's own temporary directory: replicas sharing the store do not remove each other's probe
   const probe = join(store.temporaryDirectory, '.readyz');

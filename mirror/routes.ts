@@ -1,6 +1,7 @@
 // The HTTP layer: the OCI distribution read API on fastify. It parses and checks what the client
 // sent, picks the upstream (containerd's ?ns=, else the default), asks the cache, and writes the
 // response exactly as a registry would. It holds no caching logic of its own.
+import type { Socket } from 'node:net';
 import type { FastifyInstance, FastifyReply, FastifyRequest } from 'fastify';
 import type { Logger } from '../common/logger.ts';
 import type { HtpasswdAuth } from './auth.ts';
@@ -77,10 +78,13 @@ export function registerRoutes(app: FastifyInstance, context: RouteContext): voi
   app.addHook('onResponse', async (request, reply) => {
     countRequest(metrics, request, String(reply.statusCode));
     // A response whose headers went out with keep-alive before the close leaves its connection
-    // idle: closed now. A connection with a request on it is not idle, and that request is answered
-    // with Connection: close. Deferred past this turn's I/O so that an answer queued behind this one
-    // (a pipelined request) is written out and counted first; Node then closes that connection itself.
-    if (context.closing()) setImmediate(() => app.server.closeIdleConnections());
+    // idle: closed now, after its last bytes. A connection with a request on it is not idle, and
+    // that request is answered with Connection: close. Deferred past this turn's I/O so that an
+    // answer queued behind this one (a pipelined request) is on the connection first.
+    if (context.closing()) {
+      const socket = request.raw.socket;
+      setImmediate(() => closeIfIdle(socket));
+    }
   });
   app.addHook('onSend', (request, reply, payload, done) => {
     if (reply.raw.destroyed) countRequest(metrics, request, 'none');
@@ -154,6 +158,16 @@ export function registerRoutes(app: FastifyInstance, context: RouteContext): voi
     },
   });
 
+}
+
+/**
+ * Closes a connection that has no response on it (Node's `_httpMessage`: set from the moment a
+ * request is read until its response has gone to the kernel), after whatever is still buffered:
+ * destroySoon ends the socket once it is flushed. A connection still answering is left alone; its
+ * own response closes it when it ends (the onResponse hook, or Connection: close).
+ */
+export function closeIfIdle(socket: Socket): void {
+  if (!socket.destroyed && !(socket as Socket & { _httpMessage?: unknown })._httpMessage) socket.destroySoon();
 }
 
 /**

@@ -58,6 +58,32 @@ function streamingGet(url: string, opts: { agent?: http.Agent; headers?: http.Ou
   return { received: () => received, abort: () => req?.destroy(new Error('client gave up')), done, closed };
 }
 
+/**
+ * A keep-alive GET on a socket of its own that stops reading once `stopBefore` bytes of the body are
+ * left (resume the socket to read on); `body` is what arrived after the headers.
+ */
+function slowReader(port: number, path: string, size: number, stopBefore: number) {
+  const socket = net.connect(port, '127.0.0.1', () => socket.write(`GET ${path} HTTP/1.1\r\nHost: x\r\nConnection: keep-alive\r\n\r\n`));
+  const chunks: Buffer[] = [];
+  let received = 0;
+  let paused = false;
+  socket.on('data', (chunk: Buffer) => {
+    chunks.push(chunk);
+    received += chunk.length;
+    if (!paused && received >= size - stopBefore) {
+      paused = true;
+      socket.pause();
+    }
+  });
+  socket.on('error', () => undefined);
+  const closed = new Promise<void>((resolve) => socket.once('close', () => resolve()));
+  const body = () => {
+    const all = Buffer.concat(chunks);
+    return all.subarray(all.indexOf('\r\n\r\n') + 4);
+  };
+  return { socket, body, closed, paused: () => paused };
+}
+
 describe('SIGTERM', () => {
   let hub: RegistryServer;
   let proxy: FaultProxy;
@@ -335,6 +361,36 @@ describe('SIGTERM', () => {
     } finally {
       slow.remove();
       await client.destroy();
+      await mirror.process.stop();
+    }
+  });
+
+  test('clients reading slowly near the end of a stored blob at SIGTERM get every byte: a connection whose response is written but not yet delivered is not closed under it', async () => {
+    const MiB = 1024 * 1024;
+    const big = await writeOciImage(await makeTempDir('shutdown-big'), { tag: 'v1', seed: 'shutdown-big', layerSizes: [30 * MiB] });
+    await pushImage(big, hub.ref('library/big', 'v1'));
+    const layer = big.layers[0]!;
+    const mirror = await startMirrorProcess({ upstreams: [{ registry: 'docker.io', url: hub.url }], args: ['--shutdown-grace', '20s'] });
+    const clients: { socket: net.Socket; body: () => Buffer; closed: Promise<void>; paused: () => boolean }[] = [];
+    try {
+      const path = `/v2/library/big/blobs/${layer.digest}`;
+      assert.equal(sha256((await streamingGet(`${mirror.url}${path}`).done).body), layer.digest, 'stored');
+      // Each client stops reading i MiB before the end: some of them then hold responses the mirror
+      // has written to the end while their last bytes still wait in its socket buffer.
+      for (let i = 1; i <= 24; i++) clients.push(slowReader(mirror.port, path, layer.size, i * MiB));
+      await waitFor(() => clients.every((c) => c.paused()), { timeoutMs: 60_000, what: 'every client to stop reading near the end' });
+      await new Promise((resolve) => setTimeout(resolve, 1_000)); // the mirror writes what it can
+      mirror.process.signal('SIGTERM');
+      await new Promise((resolve) => setTimeout(resolve, 1_000));
+      for (const client of clients) client.socket.resume();
+      await Promise.all(clients.map((c) => c.closed));
+      const short = clients.map((c, i) => [i + 1, c.body().length] as const).filter(([, length]) => length !== layer.size);
+      assert.deepEqual(short, [], 'clients (MiB before the end where they stopped, bytes received) cut short');
+      for (const client of clients) assert.equal(sha256(client.body()), layer.digest);
+      await waitFor(() => mirror.process.exitStatus() !== undefined, { timeoutMs: 30_000, what: 'the mirror to exit' });
+      assert.deepEqual(mirror.process.exitStatus(), { code: 0, signal: null });
+    } finally {
+      for (const client of clients) client.socket.destroy();
       await mirror.process.stop();
     }
   });
