@@ -21,19 +21,32 @@ export function selectorsOverlap(a: Record<string, string> | undefined, b: Recor
 
 /** What the two would both write on a node they share, in words; undefined when nothing. */
 export function sharedNodeFiles(a: RegistryMirror, b: RegistryMirror): string | undefined {
-  const runtimesA = a.spec.nodeConfig.runtimes;
-  const runtimesB = b.spec.nodeConfig.runtimes;
-  const registriesB = new Set(b.spec.upstreams.map((u) => u.registry));
+  const keysB = new Set(fileKeys(b));
+  const both = fileKeys(a).filter((key) => keysB.has(key));
+  const registries = both.filter((key) => key.startsWith(CONTAINERD_KEY)).map((key) => key.slice(CONTAINERD_KEY.length));
   const shared: string[] = [];
-  if (runtimesA.includes('containerd') && runtimesB.includes('containerd')) {
-    const both = a.spec.upstreams.map((u) => u.registry).filter((r) => registriesB.has(r));
-    if (both.length > 0) shared.push(`containerd's hosts.toml for ${both.join(', ')}`);
-  }
-  if (runtimesA.includes('docker') && runtimesB.includes('docker') && registriesB.has('docker.io') && a.spec.upstreams.some((u) => u.registry === 'docker.io')) {
-    shared.push("Docker's daemon.json");
-  }
-  if (runtimesA.includes('crio') && runtimesB.includes('crio')) shared.push("CRI-O's registries.conf drop-in");
+  if (registries.length > 0) shared.push(`containerd's hosts.toml for ${registries.join(', ')}`);
+  if (both.includes(DOCKER_KEY)) shared.push("Docker's daemon.json");
+  if (both.includes(CRIO_KEY)) shared.push("CRI-O's registries.conf drop-in");
   return shared.length > 0 ? shared.join(', ') : undefined;
+}
+
+const CONTAINERD_KEY = 'containerd ';
+const DOCKER_KEY = 'docker';
+const CRIO_KEY = 'crio';
+
+/**
+ * The node files a mirror writes, one key a file: containerd's hosts.toml per registry, Docker's
+ * daemon.json (Docker Hub only), CRI-O's one drop-in whatever the registries. Two mirrors on the
+ * same node conflict exactly when they share a key.
+ */
+function fileKeys(m: RegistryMirror): string[] {
+  const { runtimes } = m.spec.nodeConfig;
+  const keys: string[] = [];
+  if (runtimes.includes('containerd')) for (const upstream of m.spec.upstreams) keys.push(`${CONTAINERD_KEY}${upstream.registry}`);
+  if (runtimes.includes('docker') && m.spec.upstreams.some((u) => u.registry === 'docker.io')) keys.push(DOCKER_KEY);
+  if (runtimes.includes('crio')) keys.push(CRIO_KEY);
+  return keys;
 }
 
 const createdOrder = (m: RegistryMirror) => `${m.metadata.creationTimestamp ?? ''}\u0000${m.metadata.namespace}/${m.metadata.name}`;
@@ -117,12 +130,3 @@ export function nodeConfigHolder(mirror: RegistryMirror, all: readonly RegistryM
   return { holder, files: sharedNodeFiles(mirror, holder)!, why: onNodes(holder, modeOf) && !onNodes(mirror, modeOf) ? 'its agents are on them' : 'created earlier' };
 }
 
-/** The node files a mirror writes, as keys two mirrors share exactly when sharedNodeFiles names something. */
-function fileKeys(m: RegistryMirror): string[] {
-  const { runtimes } = m.spec.nodeConfig;
-  const keys: string[] = [];
-  if (runtimes.includes('containerd')) for (const upstream of m.spec.upstreams) keys.push(`containerd ${upstream.registry}`);
-  if (runtimes.includes('docker') && m.spec.upstreams.some((u) => u.registry === 'docker.io')) keys.push('docker');
-  if (runtimes.includes('crio')) keys.push('crio');
-  return keys;
-}
