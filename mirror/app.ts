@@ -133,6 +133,13 @@ export async function createMirror(config: MirrorConfig, options: MirrorOptions)
     ...(tls ? { https: tls } : {}),
     frameworkErrors: frameworkErrorHandler(metrics, () => closing),
     clientErrorHandler: (error: NodeJS.ErrnoException, socket: Socket) => {
+      // A TLS connection that never finished its handshake (timed out, refused) cannot carry an
+      // HTTP answer: ending it with one left it open for good, its descriptor held and the exit
+      // waiting on it.
+      if (error.code?.startsWith('ERR_TLS_')) {
+        socket.destroy();
+        return;
+      }
       const tooLarge = error.code === 'HPE_HEADER_OVERFLOW';
       if (socket.writable) socket.end(clientErrorResponse(tooLarge ? 431 : 400, tooLarge ? 'request header fields too large' : 'malformed HTTP request'));
       else socket.destroy();
@@ -149,6 +156,15 @@ export async function createMirror(config: MirrorConfig, options: MirrorOptions)
     connections.add(socket);
     socket.once('close', () => connections.delete(socket));
   });
+  // Under TLS, a connection still in its handshake is in neither list: every TCP connection is cut
+  // at the grace deadline with the rest, so one that never finishes its handshake cannot hold the exit.
+  const tcpConnections = new Set<Socket>();
+  if (tls) {
+    app.server.on('connection', (socket: Socket) => {
+      tcpConnections.add(socket);
+      socket.once('close', () => tcpConnections.delete(socket));
+    });
+  }
   app.server.closeIdleConnections = () => {
     for (const socket of connections) closeIfIdle(socket);
   };
@@ -264,7 +280,10 @@ export async function createMirror(config: MirrorConfig, options: MirrorOptions)
       evictor.stop();
       clearInterval(heartbeatTimer);
       prefetcher.stop();
-      const timer = setTimeout(() => app.server.closeAllConnections?.(), graceMs);
+      const timer = setTimeout(() => {
+        app.server.closeAllConnections?.();
+        for (const socket of tcpConnections) socket.destroy();
+      }, graceMs);
       // before the listener closes: a response that finishes from now on ends its connection (routes.ts)
       closing = true;
       try {

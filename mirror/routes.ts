@@ -77,6 +77,7 @@ export function registerRoutes(app: FastifyInstance, context: RouteContext): voi
   // requests that arrive after it.
   app.addHook('onResponse', async (request, reply) => {
     countRequest(metrics, request, String(reply.statusCode));
+    markAnswered(request.raw.socket);
     // A response whose headers went out with keep-alive before the close leaves its connection
     // idle: closed now, after its last bytes. A connection with a request on it is not idle, and
     // that request is answered with Connection: close. Deferred past this turn's I/O so that an
@@ -162,12 +163,23 @@ export function registerRoutes(app: FastifyInstance, context: RouteContext): voi
 
 /**
  * Closes a connection that has no response on it (Node's `_httpMessage`: set from the moment a
- * request is read until its response has gone to the kernel), after whatever is still buffered:
+ * request is read until its response has gone to the kernel) and no request arriving on it (bytes
+ * read since its last response ended), after whatever is still buffered:
  * destroySoon ends the socket once it is flushed. A connection still answering is left alone; its
  * own response closes it when it ends (the onResponse hook, or Connection: close).
  */
 export function closeIfIdle(socket: Socket): void {
-  if (!socket.destroyed && !(socket as Socket & { _httpMessage?: unknown })._httpMessage) socket.destroySoon();
+  const state = socket as Socket & { _httpMessage?: unknown; [READ_WHEN_ANSWERED]?: number };
+  // bytes since the last answer: a request whose headers are still arriving, answered once it is in
+  const requestArriving = socket.bytesRead !== (state[READ_WHEN_ANSWERED] ?? 0);
+  if (!socket.destroyed && !state._httpMessage && !requestArriving) socket.destroySoon();
+}
+
+const READ_WHEN_ANSWERED = Symbol('bytes read when the last response ended');
+
+/** Notes what the connection had read when a response on it ended (closeIfIdle). */
+function markAnswered(socket: Socket): void {
+  (socket as Socket & { [READ_WHEN_ANSWERED]?: number })[READ_WHEN_ANSWERED] = socket.bytesRead;
 }
 
 /**

@@ -12,6 +12,7 @@ import { startMirrorProcess, type MirrorProcess } from '../test/harness/mirror.t
 import { pushImage, writeOciImage, type TestImage } from '../test/harness/oci-image.ts';
 import { cleanupAll, makeTempDir, waitFor } from '../test/harness/process.ts';
 import { startRegistry, type RegistryServer } from '../test/harness/registry.ts';
+import { makeCertificate } from '../test/harness/tls.ts';
 
 const sha256 = (bytes: Buffer) => `sha256:${createHash('sha256').update(bytes).digest('hex')}`;
 
@@ -391,6 +392,49 @@ describe('SIGTERM', () => {
       assert.deepEqual(mirror.process.exitStatus(), { code: 0, signal: null });
     } finally {
       for (const client of clients) client.socket.destroy();
+      await mirror.process.stop();
+    }
+  });
+
+  test('a request whose headers are still arriving at SIGTERM is answered, with Connection: close; a connection that sent nothing is closed at once', async () => {
+    const mirror = await startMirrorProcess({ upstreams: [{ registry: 'docker.io', url: hub.url }], args: ['--shutdown-grace', '20s'] });
+    try {
+      const partial = net.connect(mirror.port, '127.0.0.1');
+      const silent = net.connect(mirror.port, '127.0.0.1');
+      await Promise.all([partial, silent].map((socket) => new Promise((resolve) => socket.once('connect', resolve))));
+      const answer: Buffer[] = [];
+      partial.on('data', (chunk: Buffer) => answer.push(chunk));
+      const partialClosed = new Promise((resolve) => partial.once('close', resolve));
+      const silentClosed = new Promise((resolve) => silent.once('close', resolve));
+      partial.write('GET /v2/ HTTP/1.1\r\nHost: x\r\n');
+      await new Promise((resolve) => setTimeout(resolve, 200)); // the mirror has read the first part
+      mirror.process.signal('SIGTERM');
+      await new Promise((resolve) => setTimeout(resolve, 300));
+      partial.write('Accept: application/json\r\n\r\n');
+      await Promise.all([partialClosed, silentClosed]);
+      const text = Buffer.concat(answer).toString();
+      assert.match(text, /^HTTP\/1\.1 200 /, text || 'no answer');
+      assert.match(text, /^connection: close$/im);
+      await waitFor(() => mirror.process.exitStatus() !== undefined, { timeoutMs: 10_000, what: 'the mirror to exit, well before the grace' });
+      assert.deepEqual(mirror.process.exitStatus(), { code: 0, signal: null });
+    } finally {
+      await mirror.process.stop();
+    }
+  });
+
+  test('under TLS, a connection that never starts its handshake does not hold the exit past the grace', async () => {
+    const cert = await makeCertificate({ commonName: '127.0.0.1' });
+    const mirror = await startMirrorProcess({ upstreams: [{ registry: 'docker.io', url: hub.url }], args: ['--shutdown-grace', '2s'], extra: { tls: { cert: cert.certFile, key: cert.keyFile } } });
+    const stalled = net.connect(mirror.port, '127.0.0.1'); // TCP only: no ClientHello
+    stalled.on('error', () => undefined);
+    try {
+      await new Promise((resolve) => stalled.once('connect', resolve));
+      await new Promise((resolve) => setTimeout(resolve, 300)); // accepted by the mirror
+      mirror.process.signal('SIGTERM');
+      await waitFor(() => mirror.process.exitStatus() !== undefined, { timeoutMs: 15_000, what: 'the mirror to exit once the 2 s grace is over' });
+      assert.deepEqual(mirror.process.exitStatus(), { code: 0, signal: null });
+    } finally {
+      stalled.destroy();
       await mirror.process.stop();
     }
   });

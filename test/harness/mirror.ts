@@ -1,6 +1,7 @@
 // regmirror's own mirror for tests: in-process (fast, with an injectable clock and timeouts) or as
 // a child process running `regmirror mirror --config FILE` exactly as users do (for kill -9, SIGTERM).
 import { readdir, stat, writeFile } from 'node:fs/promises';
+import net from 'node:net';
 import path from 'node:path';
 import { stringify } from 'yaml';
 import { createLogger } from '../../common/logger.ts';
@@ -98,9 +99,21 @@ export async function startMirrorProcess(opts: TestMirrorOptions & { port?: numb
     env,
     cwd: root,
     logFile: path.join(dir, 'mirror.log'),
-    ready: async () => (await httpRequest(`http://127.0.0.1:${port}/healthz`)).status === 200,
+    // with tls: the port taking connections (the test's certificate is not one the probe trusts)
+    ready: opts.extra?.tls ? () => acceptsConnections(port) : async () => (await httpRequest(`http://127.0.0.1:${port}/healthz`)).status === 200,
   });
-  return { url: `http://127.0.0.1:${port}`, host: `127.0.0.1:${port}`, port, storagePath: file.storage.path, configFile, process: child };
+  const scheme = opts.extra?.tls ? 'https' : 'http';
+  return { url: `${scheme}://127.0.0.1:${port}`, host: `127.0.0.1:${port}`, port, storagePath: file.storage.path, configFile, process: child };
+}
+
+function acceptsConnections(port: number): Promise<boolean> {
+  return new Promise((resolve) => {
+    const socket = net.connect(port, '127.0.0.1', () => {
+      socket.destroy();
+      resolve(true);
+    });
+    socket.once('error', () => resolve(false));
+  });
 }
 
 /** Temporary files (downloads, manifests and tag records being written) under a store's tmp/, every process's, with their sizes: not the heartbeats. */
